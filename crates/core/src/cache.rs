@@ -1,0 +1,340 @@
+//! Shared cache and event bus.
+//!
+//! With `REDIS_URL` both go through Redis so every replica sees the same counters and
+//! every replica hears every invalidation; without it they are in-process. Redis is
+//! an accelerator, never the system of record: when it fails, reads fall back (a miss),
+//! counters fall back to this process, and events still reach local subscribers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands as _;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+const BUS_PREFIX: &str = "lattice:bus:";
+const KEY_PREFIX: &str = "lattice:";
+
+/// Cache and bus handle; cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Option<redis::aio::ConnectionManager>,
+    local: moka::sync::Cache<String, (Arc<Vec<u8>>, Instant)>,
+    counters: moka::sync::Cache<String, Arc<Mutex<(u64, Instant)>>>,
+    channels: Mutex<HashMap<String, broadcast::Sender<String>>>,
+    /// Identifies this process's own messages coming back from Redis.
+    origin: String,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("redis", &self.inner.redis.is_some())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// An in-process cache and bus (embedded mode).
+    pub fn local() -> Self {
+        Self::build(None)
+    }
+
+    fn build(redis: Option<redis::aio::ConnectionManager>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                redis,
+                local: moka::sync::Cache::builder().max_capacity(100_000).build(),
+                counters: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_idle(Duration::from_secs(3600))
+                    .build(),
+                channels: Mutex::new(HashMap::new()),
+                origin: uuid::Uuid::now_v7().simple().to_string(),
+            }),
+        }
+    }
+
+    /// Connect to Redis at `url` and start the bus listener (a named task that runs
+    /// until `shutdown`, reconnecting with backoff).
+    pub async fn redis(url: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let manager = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connect to redis: timed out"))?
+        .map_err(|e| anyhow::anyhow!("connect to redis: {e}"))?;
+        let cache = Self::build(Some(manager));
+        let listener = cache.clone();
+        tokio::spawn(async move { listener.listen_redis(client, shutdown).await });
+        Ok(cache)
+    }
+
+    /// Whether Redis is configured.
+    pub fn is_shared(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// Check Redis answers (for readiness). Always fine when Redis is not configured.
+    pub async fn ping(&self) -> Result<(), String> {
+        match &self.inner.redis {
+            None => Ok(()),
+            Some(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Read a cached value. A Redis failure reads as a miss.
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.inner.redis {
+            Some(conn) => {
+                let mut conn = conn.clone();
+                match conn
+                    .get::<_, Option<Vec<u8>>>(format!("{KEY_PREFIX}{key}"))
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::debug!(%err, "redis get failed; treating as a miss");
+                        None
+                    }
+                }
+            }
+            None => {
+                let (value, expires) = self.inner.local.get(key)?;
+                (Instant::now() < expires).then(|| value.as_ref().clone())
+            }
+        }
+    }
+
+    /// Store a value for `ttl`. A Redis failure is logged and ignored.
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
+        match &self.inner.redis {
+            Some(conn) => {
+                let mut conn = conn.clone();
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                if let Err(err) = conn
+                    .pset_ex::<_, _, ()>(format!("{KEY_PREFIX}{key}"), value, ms)
+                    .await
+                {
+                    tracing::debug!(%err, "redis set failed; ignoring");
+                }
+            }
+            None => {
+                self.inner.local.insert(
+                    key.to_owned(),
+                    (Arc::new(value.to_vec()), Instant::now() + ttl),
+                );
+            }
+        }
+    }
+
+    /// Remove a value.
+    pub async fn delete(&self, key: &str) {
+        self.inner.local.invalidate(key);
+        if let Some(conn) = &self.inner.redis {
+            let mut conn = conn.clone();
+            if let Err(err) = conn.del::<_, ()>(format!("{KEY_PREFIX}{key}")).await {
+                tracing::debug!(%err, "redis del failed; ignoring");
+            }
+        }
+    }
+
+    /// Increment a counter that expires `window` after its first increment; returns the
+    /// new count. Used for throttling. Falls back to a local counter when Redis fails.
+    pub async fn incr(&self, key: &str, window: Duration) -> u64 {
+        if let Some(conn) = &self.inner.redis {
+            let mut conn = conn.clone();
+            let full = format!("{KEY_PREFIX}ctr:{key}");
+            let ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+            let res: redis::RedisResult<(u64, i64)> = redis::pipe()
+                .atomic()
+                .incr(&full, 1_u64)
+                .cmd("PEXPIRE")
+                .arg(&full)
+                .arg(ms)
+                .arg("NX")
+                .query_async(&mut conn)
+                .await;
+            match res {
+                Ok((count, _)) => return count,
+                Err(err) => tracing::debug!(%err, "redis incr failed; counting locally"),
+            }
+        }
+        let now = Instant::now();
+        let slot = self
+            .inner
+            .counters
+            .get_with(key.to_owned(), || Arc::new(Mutex::new((0, now + window))));
+        let mut guard = slot
+            .lock()
+            .expect("counter mutex is never poisoned: no panics while held");
+        if now >= guard.1 {
+            *guard = (0, now + window);
+        }
+        guard.0 += 1;
+        guard.0
+    }
+
+    /// Reset a counter.
+    pub async fn reset(&self, key: &str) {
+        self.inner.counters.invalidate(key);
+        if let Some(conn) = &self.inner.redis {
+            let mut conn = conn.clone();
+            let _ = conn.del::<_, ()>(format!("{KEY_PREFIX}ctr:{key}")).await;
+        }
+    }
+
+    fn sender(&self, channel: &str) -> broadcast::Sender<String> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .expect("bus mutex is never poisoned");
+        channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| broadcast::channel(1024).0)
+            .clone()
+    }
+
+    /// Subscribe to `channel`. A lagging subscriber sees `RecvError::Lagged` and should
+    /// treat it as "anything may have changed".
+    pub fn subscribe(&self, channel: &str) -> broadcast::Receiver<String> {
+        self.sender(channel).subscribe()
+    }
+
+    /// Publish to every subscriber of `channel` in this process and, with Redis, in
+    /// every other replica.
+    pub async fn publish(&self, channel: &str, message: &str) {
+        let _ = self.sender(channel).send(message.to_owned());
+        if let Some(conn) = &self.inner.redis {
+            let mut conn = conn.clone();
+            let payload = format!("{}|{message}", self.inner.origin);
+            if let Err(err) = conn
+                .publish::<_, _, ()>(format!("{BUS_PREFIX}{channel}"), payload)
+                .await
+            {
+                tracing::warn!(%err, channel, "redis publish failed; other replicas rely on cache expiry");
+            }
+        }
+    }
+
+    async fn listen_redis(self, client: redis::Client, shutdown: CancellationToken) {
+        use futures::StreamExt as _;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.psubscribe(format!("{BUS_PREFIX}*")).await?;
+                tracing::debug!("event bus subscribed to redis");
+                let mut stream = pubsub.on_message();
+                while let Some(msg) = stream.next().await {
+                    let channel = msg
+                        .get_channel_name()
+                        .trim_start_matches(BUS_PREFIX)
+                        .to_owned();
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let Some((origin, message)) = payload.split_once('|') else {
+                        continue;
+                    };
+                    if origin != self.inner.origin {
+                        let _ = self.sender(&channel).send(message.to_owned());
+                    }
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                res = attempt => {
+                    match res {
+                        Ok(()) => tracing::warn!("redis event bus connection closed; reconnecting"),
+                        Err(err) => tracing::warn!(%err, "redis event bus failed; reconnecting"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn caches() -> Vec<(Cache, Option<Cache>, CancellationToken)> {
+        let mut out = vec![(Cache::local(), None, CancellationToken::new())];
+        match std::env::var("LATTICE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => {
+                let token = CancellationToken::new();
+                let a = Cache::redis(&url, token.clone())
+                    .await
+                    .expect("connect LATTICE_TEST_REDIS_URL");
+                let b = Cache::redis(&url, token.clone())
+                    .await
+                    .expect("connect LATTICE_TEST_REDIS_URL");
+                out.push((a, Some(b), token));
+            }
+            _ => assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but LATTICE_TEST_REDIS_URL is not set"
+            ),
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn values_expire_and_counters_count() {
+        for (cache, _, _) in caches().await {
+            let key = format!("k-{}", uuid::Uuid::now_v7());
+            assert_eq!(cache.get(&key).await, None);
+            cache.set(&key, b"v", Duration::from_millis(300)).await;
+            assert_eq!(cache.get(&key).await.as_deref(), Some(&b"v"[..]));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(cache.get(&key).await, None, "shared={}", cache.is_shared());
+            assert_eq!(cache.incr(&key, Duration::from_secs(5)).await, 1);
+            assert_eq!(cache.incr(&key, Duration::from_secs(5)).await, 2);
+            cache.reset(&key).await;
+            assert_eq!(cache.incr(&key, Duration::from_secs(5)).await, 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_local_and_remote_subscribers() {
+        for (a, b, token) in caches().await {
+            let mut local = a.subscribe("test");
+            let mut remote = b.as_ref().map(|b| b.subscribe("test"));
+            // Give the Redis listeners time to subscribe.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            a.publish("test", "hello").await;
+            assert_eq!(local.recv().await.unwrap(), "hello");
+            if let Some(rx) = remote.as_mut() {
+                let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+                assert_eq!(got.expect("remote event within 5s").unwrap(), "hello");
+            }
+            token.cancel();
+        }
+    }
+}

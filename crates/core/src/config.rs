@@ -1,0 +1,628 @@
+//! Configuration: defaults, then `lattice.toml`, then `LATTICE_*` environment
+//! variables (`__` nests: `LATTICE_GATEWAY__LISTEN`), then the conventional names
+//! operators already set (`DATABASE_URL`, `REDIS_URL`, `PORT`, ...), then the command
+//! line. One [`Config::validate`] reports every bad field by name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format as _, Serialized, Toml};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded state lives (SQLite files, objects, master.key, TLS material).
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: `sqlite://<data_dir>/lattice.db`.
+    pub database_url: Option<SecretString>,
+    /// Max connections per pool.
+    pub database_max_connections: u32,
+    /// `redis://…`; without it cache and bus are in-process.
+    pub redis_url: Option<SecretString>,
+    /// Apply pending migrations at start-up. Default: on for SQLite, off for Postgres
+    /// (where `lattice-server migrate` is the release step).
+    pub migrate_on_start: Option<bool>,
+    /// `tracing` filter directive.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// OTLP/gRPC endpoint for traces.
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The master key (`LATTICE_MASTER_KEY` or `CUSTOMER_DATA_KEY`); default: the
+    /// `master.key` file in the data dir.
+    pub master_key: Option<SecretString>,
+    /// Secret for internal principal JWTs (`JWT_SECRET`); default: derived from the master key.
+    pub jwt_secret: Option<SecretString>,
+    /// Secret for MFA challenge tokens (`MFA_TOKEN_SECRET`); default: derived from the master key.
+    pub mfa_token_secret: Option<SecretString>,
+    /// Password for the bootstrap `admin` user at first start; generated when unset.
+    pub bootstrap_admin_password: Option<SecretString>,
+    /// Gateway (public edge) settings.
+    pub gateway: GatewayConfig,
+    /// Identity service settings.
+    pub identity: IdentityConfig,
+}
+
+/// TLS mode of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Generate a CA and server certificate into the data dir.
+    SelfSigned,
+    /// The operator's PEM certificate and key, reloaded on SIGHUP.
+    Files,
+    /// Plain HTTP/1.1 and h2c, behind a TLS-terminating proxy.
+    Off,
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Public listen address.
+    pub listen: SocketAddr,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// PEM certificate chain (tls = files).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (tls = files).
+    pub tls_key_file: Option<PathBuf>,
+    /// Extra DNS names / IPs for the self-signed certificate.
+    pub tls_san: Vec<String>,
+    /// Identity service address when it runs in another process (`http://host:port`).
+    pub identity_url: Option<String>,
+    /// Request timeout, seconds.
+    pub request_timeout_s: u64,
+    /// Max request body, bytes.
+    pub body_limit_bytes: usize,
+    /// Trust `X-Forwarded-For` from the peer (set when behind a reverse proxy).
+    pub trust_forwarded_for: bool,
+    /// How long a verified credential is cached by the gateway, seconds.
+    pub auth_cache_ttl_s: u64,
+}
+
+/// Identity service settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Internal gRPC listen address (never public).
+    pub listen: SocketAddr,
+    /// Session idle timeout, seconds.
+    pub session_idle_timeout_s: u64,
+    /// Session absolute lifetime, seconds.
+    pub session_max_age_s: u64,
+    /// Failed logins before a user is locked.
+    pub lockout_threshold: u32,
+    /// Lockout duration, seconds.
+    pub lockout_duration_s: u64,
+    /// Failed logins per client IP per window before 429.
+    pub ip_failure_limit: u32,
+    /// The per-IP window, seconds.
+    pub ip_failure_window_s: u64,
+    /// argon2id memory cost, KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Concurrent password hashes (each takes `argon2_memory_kib`).
+    pub argon2_max_concurrent: usize,
+    /// Issuer name shown by authenticator apps.
+    pub mfa_issuer: String,
+}
+
+#[derive(Serialize)]
+struct Defaults {
+    data_dir: PathBuf,
+    database_max_connections: u32,
+    log_level: String,
+    log_format: String,
+    gateway: GatewayConfig,
+    identity: IdentityConfig,
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        data_dir: PathBuf::from("./lattice-data"),
+        database_max_connections: 16,
+        log_level: "info".into(),
+        log_format: "text".into(),
+        gateway: GatewayConfig {
+            listen: "127.0.0.1:8088".parse().expect("literal address"),
+            tls: TlsMode::SelfSigned,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_san: Vec::new(),
+            identity_url: None,
+            request_timeout_s: 30,
+            body_limit_bytes: 1024 * 1024,
+            trust_forwarded_for: false,
+            auth_cache_ttl_s: 30,
+        },
+        identity: IdentityConfig {
+            listen: "127.0.0.1:8091".parse().expect("literal address"),
+            session_idle_timeout_s: 30 * 60,
+            session_max_age_s: 12 * 3600,
+            lockout_threshold: 5,
+            lockout_duration_s: 15 * 60,
+            ip_failure_limit: 20,
+            ip_failure_window_s: 15 * 60,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            argon2_max_concurrent: 4,
+            mfa_issuer: "Lattice".into(),
+        },
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub gateway_listen: Option<String>,
+    /// `--tls`.
+    pub gateway_tls: Option<String>,
+    /// `--identity-listen`.
+    pub identity_listen: Option<String>,
+    /// `--identity-url`.
+    pub identity_url: Option<String>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+impl Overrides {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = &self.data_dir {
+            out.push(("data_dir", v.display().to_string()));
+        }
+        for (key, value) in [
+            ("gateway.listen", &self.gateway_listen),
+            ("gateway.tls", &self.gateway_tls),
+            ("identity.listen", &self.identity_listen),
+            ("gateway.identity_url", &self.identity_url),
+            ("log_level", &self.log_level),
+        ] {
+            if let Some(v) = value {
+                out.push((key, v.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Every bad field, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Load from every source. `env` is the process environment (a parameter so tests
+    /// need not touch the real one); `file` is `--config`, or `lattice.toml` if present.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(defaults()));
+        // Where each key was last set, for error messages.
+        let mut origins: Vec<(String, String)> = Vec::new();
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(vec![format!(
+                    "config file {} does not exist",
+                    path.display()
+                )]));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("lattice.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("lattice.toml"))
+            }
+            None => {}
+        }
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("LATTICE_") else {
+                continue;
+            };
+            if rest.starts_with("TEST_") {
+                continue;
+            }
+            let key = rest.to_lowercase().replace("__", ".");
+            origins.push((key.clone(), format!("environment variable {var}")));
+            figment = figment.merge((key.clone(), env_value(&key, value)));
+        }
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let conventional = [
+            ("DATABASE_URL", "database_url"),
+            ("REDIS_URL", "redis_url"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_exporter_otlp_endpoint"),
+            ("JWT_SECRET", "jwt_secret"),
+            ("MFA_TOKEN_SECRET", "mfa_token_secret"),
+            ("CUSTOMER_DATA_KEY", "master_key"),
+            ("MFA_ISSUER", "identity.mfa_issuer"),
+        ];
+        for (var, key) in conventional {
+            let already = env
+                .iter()
+                .any(|(k, _)| k == &format!("LATTICE_{}", key.to_uppercase().replace('.', "__")));
+            if let (Some(value), false) = (get(var), already) {
+                if !value.is_empty() {
+                    origins.push((key.to_owned(), format!("environment variable {var}")));
+                    figment = figment.merge((key, value));
+                }
+            }
+        }
+        // LOG_LEVEL, then RUST_LOG (the more specific directive) when set.
+        for var in ["LOG_LEVEL", "RUST_LOG"] {
+            if let Some(value) = get(var).filter(|v| !v.is_empty()) {
+                origins.push(("log_level".into(), format!("environment variable {var}")));
+                figment = figment.merge(("log_level", value));
+            }
+        }
+        let mut errors = Vec::new();
+        if let Some(port) = get("PORT").filter(|v| !v.is_empty()) {
+            match port.parse::<u16>() {
+                Ok(port) => {
+                    let host = figment
+                        .extract_inner::<SocketAddr>("gateway.listen")
+                        .map(|a| a.ip())
+                        .unwrap_or_else(|_| "127.0.0.1".parse().expect("literal"));
+                    origins.push(("gateway.listen".into(), "environment variable PORT".into()));
+                    figment =
+                        figment.merge(("gateway.listen", SocketAddr::new(host, port).to_string()));
+                }
+                Err(_) => errors.push(format!("PORT: {port:?} is not a port number")),
+            }
+        }
+        for (key, value) in overrides.pairs() {
+            origins.push((key.to_owned(), "command line".to_owned()));
+            figment = figment.merge((key, env_value(key, &value)));
+        }
+        // figment stops at the first bad value; put the default back in its place and
+        // extract again, so one run names every bad field.
+        let config: Option<Config> = loop {
+            match figment.extract::<Config>() {
+                Ok(c) => break Some(c),
+                Err(err) => {
+                    let path = err.path.join(".");
+                    let origin = origins
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| *k == path)
+                        .map(|(_, o)| o.as_str());
+                    errors.push(describe(&err, origin));
+                    let fallback = Figment::from(Serialized::defaults(defaults()));
+                    match fallback.find_value(&path) {
+                        Ok(default) if !path.is_empty() && errors.len() < 64 => {
+                            figment = figment.merge((path, default));
+                        }
+                        _ => break None,
+                    }
+                }
+            }
+        };
+        let Some(config) = config.filter(|_| errors.is_empty()) else {
+            return Err(ConfigError(errors));
+        };
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values that parse but make no sense; reports all of them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if let Some(url) = &self.database_url {
+            let u = url.expose_secret();
+            if !(u.starts_with("sqlite:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://"))
+            {
+                errors.push(format!(
+                    "database_url: unsupported scheme in {:?} (expected sqlite:// or postgres://)",
+                    crate::db::redact_url(u)
+                ));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            let u = url.expose_secret();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                errors.push("redis_url: expected redis:// or rediss://".into());
+            }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            errors.push(format!(
+                "log_format: {:?} is not one of text, json",
+                self.log_format
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            errors.push(format!("log_level: {e}"));
+        }
+        if self.database_max_connections == 0 {
+            errors.push("database_max_connections: must be at least 1".into());
+        }
+        let g = &self.gateway;
+        if g.tls == TlsMode::Files {
+            if g.tls_cert_file.is_none() {
+                errors.push("gateway.tls_cert_file: required when gateway.tls = \"files\"".into());
+            }
+            if g.tls_key_file.is_none() {
+                errors.push("gateway.tls_key_file: required when gateway.tls = \"files\"".into());
+            }
+        }
+        if g.request_timeout_s == 0 {
+            errors.push("gateway.request_timeout_s: must be at least 1".into());
+        }
+        if g.body_limit_bytes < 1024 {
+            errors.push("gateway.body_limit_bytes: must be at least 1024".into());
+        }
+        if let Some(url) = &g.identity_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!(
+                    "gateway.identity_url: {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let i = &self.identity;
+        if i.session_idle_timeout_s == 0 || i.session_idle_timeout_s > i.session_max_age_s {
+            errors.push(
+                "identity.session_idle_timeout_s: must be between 1 and identity.session_max_age_s"
+                    .into(),
+            );
+        }
+        if i.lockout_threshold == 0 {
+            errors.push("identity.lockout_threshold: must be at least 1".into());
+        }
+        if i.argon2_memory_kib < 8 * i.argon2_parallelism.max(1) {
+            errors.push("identity.argon2_memory_kib: must be at least 8 KiB per lane".into());
+        }
+        if i.argon2_iterations == 0 {
+            errors.push("identity.argon2_iterations: must be at least 1".into());
+        }
+        if i.argon2_parallelism == 0 {
+            errors.push("identity.argon2_parallelism: must be at least 1".into());
+        }
+        if i.argon2_max_concurrent == 0 {
+            errors.push("identity.argon2_max_concurrent: must be at least 1".into());
+        }
+        if let Some(key) = &self.master_key {
+            if let Err(e) = crate::crypto::MasterKey::parse(key.expose_secret()) {
+                errors.push(e.to_string());
+            }
+        }
+        for (name, secret) in [
+            ("jwt_secret", &self.jwt_secret),
+            ("mfa_token_secret", &self.mfa_token_secret),
+        ] {
+            if let Some(s) = secret {
+                if s.expose_secret().len() < 32 {
+                    errors.push(format!("{name}: must be at least 32 characters"));
+                }
+            }
+        }
+        if let Some(p) = &self.bootstrap_admin_password {
+            if p.expose_secret().chars().count() < 12 {
+                errors.push("bootstrap_admin_password: must be at least 12 characters".into());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    /// The database URL in effect (explicit, or the embedded SQLite file).
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("lattice.db").display()),
+        }
+    }
+
+    /// Whether start-up applies migrations.
+    pub fn migrate_on_start(&self) -> bool {
+        self.migrate_on_start
+            .unwrap_or_else(|| self.database_url().starts_with("sqlite:"))
+    }
+}
+
+/// Keys whose values stay strings even when they look like numbers or booleans.
+const STRING_KEYS: &[&str] = &[
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "log_level",
+    "log_format",
+    "otel_exporter_otlp_endpoint",
+    "master_key",
+    "jwt_secret",
+    "mfa_token_secret",
+    "bootstrap_admin_password",
+    "gateway.identity_url",
+    "gateway.tls_cert_file",
+    "gateway.tls_key_file",
+    "identity.mfa_issuer",
+];
+
+fn env_value(key: &str, raw: &str) -> figment::value::Value {
+    if STRING_KEYS.contains(&key) {
+        figment::value::Value::from(raw.to_owned())
+    } else {
+        raw.parse()
+            .unwrap_or_else(|never: std::convert::Infallible| match never {})
+    }
+}
+
+fn describe(err: &figment::Error, origin: Option<&str>) -> String {
+    let path = err.path.join(".");
+    let detail = match &err.kind {
+        figment::error::Kind::InvalidType(actual, expected) => {
+            format!("expected {expected}, found {actual}")
+        }
+        figment::error::Kind::InvalidValue(actual, expected) => {
+            format!("expected {expected}, found {actual}")
+        }
+        figment::error::Kind::UnknownField(field, _) => {
+            return format!(
+                "{}: unknown field",
+                if path.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{path}.{field}")
+                }
+            );
+        }
+        figment::error::Kind::UnknownVariant(v, expected) => {
+            format!("{v:?} is not one of {}", expected.join(", "))
+        }
+        other => other.to_string(),
+    };
+    let source = match (origin, &err.metadata) {
+        (Some(o), _) => format!(" (from {o})"),
+        (None, Some(m)) if m.name.contains("TOML") => format!(
+            " (from {})",
+            m.source
+                .as_ref()
+                .map_or_else(|| m.name.to_string(), |s| s.to_string())
+        ),
+        _ => String::new(),
+    };
+    if path.is_empty() {
+        format!("{detail}{source}")
+    } else {
+        format!("{path}: {detail}{source}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let c = Config::load(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8088");
+        assert!(c.database_url().starts_with("sqlite://"));
+        assert!(c.migrate_on_start());
+        assert_eq!(c.gateway.tls, TlsMode::SelfSigned);
+    }
+
+    #[test]
+    fn env_nests_and_conventional_names_apply() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("LATTICE_GATEWAY__TLS", "off"),
+                ("LATTICE_IDENTITY__LOCKOUT_THRESHOLD", "3"),
+                ("DATABASE_URL", "postgres://u:p@h/db"),
+                ("PORT", "9000"),
+                ("LOG_LEVEL", "debug"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.tls, TlsMode::Off);
+        assert_eq!(c.identity.lockout_threshold, 3);
+        assert_eq!(c.gateway.listen.port(), 9000);
+        assert_eq!(c.log_level, "debug");
+        assert!(!c.migrate_on_start());
+    }
+
+    #[test]
+    fn flags_win_over_env() {
+        let c = Config::load(
+            None,
+            &env(&[("LATTICE_GATEWAY__LISTEN", "127.0.0.1:1")]),
+            &Overrides {
+                gateway_listen: Some("127.0.0.1:2".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.gateway.listen.port(), 2);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let err = Config::load(
+            None,
+            &env(&[
+                ("LATTICE_GATEWAY__REQUEST_TIMEOUT_S", "soon"),
+                ("LATTICE_GATEWAY__TLS", "maybe"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gateway.request_timeout_s"), "{err}");
+        assert!(err.contains("gateway.tls"), "{err}");
+
+        let err = Config::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "mysql://x"),
+                ("LATTICE_GATEWAY__TLS", "files"),
+                ("JWT_SECRET", "short"),
+                ("PORT", "http"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PORT"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let err = Config::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "mysql://x"),
+                ("LATTICE_GATEWAY__TLS", "files"),
+                ("JWT_SECRET", "short"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .0;
+        let joined = err.join("\n");
+        assert!(joined.contains("database_url"), "{joined}");
+        assert!(joined.contains("gateway.tls_cert_file"), "{joined}");
+        assert!(joined.contains("gateway.tls_key_file"), "{joined}");
+        assert!(joined.contains("jwt_secret"), "{joined}");
+        assert!(
+            !joined.contains("short"),
+            "secrets are never echoed: {joined}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Config::load(
+            None,
+            &env(&[("LATTICE_GATEWAY__LISTN", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+}

@@ -1,0 +1,572 @@
+//! Database access: one `AnyPool` over SQLite (embedded default) or Postgres (cloud),
+//! and the migration runner every service uses for its own tables.
+//!
+//! Both backends speak one SQL subset (see ARCHITECTURE.md, "Storage discipline").
+//! A migration carries one script per backend; the runner records applied versions per
+//! component in `lattice_migrations`, refuses to start on a changed script, and
+//! serialises concurrent migrators (Postgres advisory lock, SQLite write lock).
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Connection as _, Executor as _};
+
+/// Which SQL engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (embedded default).
+    Sqlite,
+    /// PostgreSQL (cloud).
+    Postgres,
+}
+
+/// Failures opening or migrating a database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL names neither `sqlite:` nor `postgres:`.
+    #[error("database_url: unsupported scheme in {0:?} (expected sqlite:// or postgres://)")]
+    UnsupportedUrl(String),
+    /// The database did not answer.
+    #[error("connect to {backend:?} database: {source}")]
+    Connect {
+        /// Which backend.
+        backend: Backend,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migration {component} v{version} ({name}): {source}")]
+    Migration {
+        /// Owning service.
+        component: String,
+        /// Version number.
+        version: i64,
+        /// Human name.
+        name: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// An applied migration's script differs from the one embedded in this binary.
+    #[error(
+        "migration {component} v{version} was applied with a different script (checksum mismatch); refusing to start"
+    )]
+    Checksum {
+        /// Owning service.
+        component: String,
+        /// Version number.
+        version: i64,
+    },
+    /// The database has migrations this binary does not know (a newer release ran).
+    #[error(
+        "database has {component} migration v{version} that this binary does not know; run a newer lattice-server"
+    )]
+    Unknown {
+        /// Owning service.
+        component: String,
+        /// Version number.
+        version: i64,
+    },
+    /// The database is behind and start-up migration is off.
+    #[error(
+        "database is missing {component} migrations up to v{version}; run `lattice-server migrate`"
+    )]
+    Pending {
+        /// Owning service.
+        component: String,
+        /// Highest embedded version.
+        version: i64,
+    },
+    /// Any other query failure in the runner.
+    #[error("migration bookkeeping: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// A connection pool plus the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Open `url` (`sqlite://path`, `sqlite::memory:` or `postgres://…`).
+    /// SQLite files are created with their directory, in WAL mode with a busy timeout.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        install_default_drivers();
+        let backend = backend_of(url)?;
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite && !url.contains(":memory:") {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(parent) = Path::new(&path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+            }
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+        }
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            // An in-memory database lives as long as its one connection.
+            if url.contains(":memory:") {
+                opts = opts
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+            }
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the one writer; FULL sync keeps every
+                    // acknowledged commit across a crash or power loss.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts
+            .connect(&url)
+            .await
+            .map_err(|source| DbError::Connect { backend, source })?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which engine this is, for the few statements that differ.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Whether the error is a unique-constraint violation (both backends).
+    pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+        match err {
+            sqlx::Error::Database(db) => {
+                db.is_unique_violation()
+                    || db
+                        .code()
+                        .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+            }
+            _ => false,
+        }
+    }
+}
+
+fn backend_of(url: &str) -> Result<Backend, DbError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(DbError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// One schema change, written once per backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Increasing from 1 within a component.
+    pub version: i64,
+    /// Short description.
+    pub name: &'static str,
+    /// Script for SQLite (may hold several statements).
+    pub sqlite: &'static str,
+    /// Script for Postgres (may hold several statements).
+    pub postgres: &'static str,
+}
+
+impl Migration {
+    fn script(&self, backend: Backend) -> &'static str {
+        match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+        }
+    }
+}
+
+/// The migrations of one component (a service, or `core`).
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    /// Owner name recorded in `lattice_migrations`.
+    pub component: &'static str,
+    /// Ordered by version.
+    pub migrations: &'static [Migration],
+}
+
+/// The core tables every service database has (data keys).
+pub const CORE_MIGRATIONS: MigrationSet = MigrationSet {
+    component: "core",
+    migrations: &[Migration {
+        version: 1,
+        name: "data keys",
+        sqlite: "CREATE TABLE IF NOT EXISTS lattice_data_keys (id TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at_ms BIGINT NOT NULL)",
+        postgres: "CREATE TABLE IF NOT EXISTS lattice_data_keys (id TEXT PRIMARY KEY, wrapped BYTEA NOT NULL, created_at_ms BIGINT NOT NULL)",
+    }],
+};
+
+const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS lattice_migrations (\
+    component TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, \
+    applied_at_ms BIGINT NOT NULL, PRIMARY KEY (component, version))";
+
+/// Postgres advisory lock key for migrations ("lattice" in ASCII).
+const PG_MIGRATION_LOCK: i64 = 0x6c61_7474_6963_65;
+
+fn checksum(script: &str) -> String {
+    hex::encode(Sha256::digest(script.as_bytes()))
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// `(component, version, name)` applied in this run.
+    pub applied: Vec<(String, i64, String)>,
+}
+
+/// Apply every pending migration of `sets` (in order), under a lock so concurrent
+/// migrators serialise. With `apply = false` only check that nothing is pending.
+pub async fn migrate(
+    db: &Db,
+    sets: &[MigrationSet],
+    apply: bool,
+) -> Result<MigrationReport, DbError> {
+    let mut conn = db.pool.acquire().await?;
+    let mut report = MigrationReport::default();
+    match db.backend {
+        Backend::Postgres => {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(PG_MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Backend::Sqlite => {}
+    }
+    let result = async {
+        conn.execute(BOOKKEEPING).await?;
+        for set in sets {
+            migrate_set(&mut conn, db.backend, set, apply, &mut report).await?;
+        }
+        Ok::<_, DbError>(())
+    }
+    .await;
+    if db.backend == Backend::Postgres {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PG_MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await;
+    }
+    result.map(|()| report)
+}
+
+async fn migrate_set(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
+    set: &MigrationSet,
+    apply: bool,
+    report: &mut MigrationReport,
+) -> Result<(), DbError> {
+    let applied: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT version, checksum FROM lattice_migrations WHERE component = $1 ORDER BY version",
+    )
+    .bind(set.component)
+    .fetch_all(&mut **conn)
+    .await?;
+    for (version, sum) in &applied {
+        match set.migrations.iter().find(|m| m.version == *version) {
+            None => {
+                return Err(DbError::Unknown {
+                    component: set.component.into(),
+                    version: *version,
+                });
+            }
+            Some(m) if checksum(m.script(backend)) != *sum => {
+                return Err(DbError::Checksum {
+                    component: set.component.into(),
+                    version: *version,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for m in set.migrations {
+        if applied.iter().any(|(v, _)| *v == m.version) {
+            continue;
+        }
+        if !apply {
+            let version = set.migrations.last().map_or(0, |m| m.version);
+            return Err(DbError::Pending {
+                component: set.component.into(),
+                version,
+            });
+        }
+        let script = m.script(backend);
+        let wrap = |source| DbError::Migration {
+            component: set.component.into(),
+            version: m.version,
+            name: m.name.into(),
+            source,
+        };
+        // One transaction per migration: the schema change and its record land together.
+        // SQLite's BEGIN IMMEDIATE takes the write lock up front, which is what
+        // serialises two SQLite migrators.
+        let mut tx = match backend {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await.map_err(wrap)?,
+            Backend::Postgres => conn.begin().await.map_err(wrap)?,
+        };
+        let already: Option<(i64,)> = sqlx::query_as(
+            "SELECT version FROM lattice_migrations WHERE component = $1 AND version = $2",
+        )
+        .bind(set.component)
+        .bind(m.version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(wrap)?;
+        if already.is_some() {
+            continue;
+        }
+        sqlx::raw_sql(script)
+            .execute(&mut *tx)
+            .await
+            .map_err(wrap)?;
+        sqlx::query(
+            "INSERT INTO lattice_migrations (component, version, name, checksum, applied_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(set.component)
+        .bind(m.version)
+        .bind(m.name)
+        .bind(checksum(script))
+        .bind(crate::time::now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(wrap)?;
+        tx.commit().await.map_err(wrap)?;
+        tracing::info!(
+            component = set.component,
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
+        report
+            .applied
+            .push((set.component.into(), m.version, m.name.into()));
+    }
+    Ok(())
+}
+
+/// Helpers for tests that need a database: SQLite always, Postgres when
+/// `LATTICE_TEST_DATABASE_URL` is set. Each Postgres test database is a fresh schema.
+pub mod testing {
+    use super::*;
+
+    /// The backends a store test suite must run against in this environment.
+    /// Under `CI=true` a missing `LATTICE_TEST_DATABASE_URL` is an error, not a skip.
+    pub fn backends() -> Vec<Backend> {
+        let mut out = vec![Backend::Sqlite];
+        match std::env::var("LATTICE_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => out.push(Backend::Postgres),
+            _ => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!(
+                        "CI=true but LATTICE_TEST_DATABASE_URL is not set: Postgres tests cannot run"
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// A fresh, empty database of `backend`: a temporary SQLite file, or a new schema
+    /// in the Postgres test database (selected through `search_path`).
+    pub async fn fresh(backend: Backend) -> (Db, Option<tempfile_guard::Guard>) {
+        match backend {
+            Backend::Sqlite => {
+                let guard = tempfile_guard::Guard::new();
+                let url = format!("sqlite://{}", guard.path.join("test.db").display());
+                (
+                    Db::connect(&url, 4)
+                        .await
+                        .expect("open sqlite test database"),
+                    Some(guard),
+                )
+            }
+            Backend::Postgres => {
+                let base =
+                    std::env::var("LATTICE_TEST_DATABASE_URL").expect("LATTICE_TEST_DATABASE_URL");
+                let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+                let admin = Db::connect(&base, 1)
+                    .await
+                    .expect("connect to LATTICE_TEST_DATABASE_URL");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(admin.pool())
+                    .await
+                    .expect("create test schema");
+                admin.close().await;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                (
+                    Db::connect(&url, 8).await.expect("connect to test schema"),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// A temporary directory removed on drop (no dev-dependency needed by callers).
+    pub mod tempfile_guard {
+        use std::path::PathBuf;
+
+        /// Owns a temporary directory.
+        #[derive(Debug)]
+        pub struct Guard {
+            /// The directory.
+            pub path: PathBuf,
+        }
+
+        impl Guard {
+            /// Create a new empty directory under the system temp dir.
+            pub fn new() -> Self {
+                let path = std::env::temp_dir()
+                    .join(format!("lattice-test-{}", uuid::Uuid::now_v7().simple()));
+                std::fs::create_dir_all(&path).expect("create temp dir");
+                Self { path }
+            }
+        }
+
+        impl Default for Guard {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+
+    const TEST_SET: MigrationSet = MigrationSet {
+        component: "test",
+        migrations: &[
+            Migration {
+                version: 1,
+                name: "things",
+                sqlite: "CREATE TABLE things (id TEXT PRIMARY KEY, n BIGINT NOT NULL); CREATE INDEX things_n ON things (n)",
+                postgres: "CREATE TABLE things (id TEXT PRIMARY KEY, n BIGINT NOT NULL); CREATE INDEX things_n ON things (n)",
+            },
+            Migration {
+                version: 2,
+                name: "more",
+                sqlite: "ALTER TABLE things ADD COLUMN label TEXT",
+                postgres: "ALTER TABLE things ADD COLUMN label TEXT",
+            },
+        ],
+    };
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_concurrently_on_every_backend() {
+        for backend in testing::backends() {
+            let (db, _guard) = testing::fresh(backend).await;
+            assert!(matches!(
+                migrate(&db, &[TEST_SET], false).await,
+                Err(DbError::Pending { .. })
+            ));
+            // Four racing migrators: exactly one applies each version.
+            let runs = futures::future::join_all(
+                (0..4).map(|_| migrate(&db, &[CORE_MIGRATIONS, TEST_SET], true)),
+            )
+            .await;
+            let applied: usize = runs
+                .into_iter()
+                .map(|r| r.expect("migrate").applied.len())
+                .sum();
+            assert_eq!(applied, 3, "{backend:?}");
+            let again = migrate(&db, &[CORE_MIGRATIONS, TEST_SET], true)
+                .await
+                .unwrap();
+            assert!(again.applied.is_empty());
+            sqlx::query("INSERT INTO things (id, n, label) VALUES ($1, $2, $3)")
+                .bind("a")
+                .bind(1_i64)
+                .bind("x")
+                .execute(db.pool())
+                .await
+                .unwrap();
+            // Tampering with an applied script is detected.
+            sqlx::query("UPDATE lattice_migrations SET checksum = 'x' WHERE component = 'test' AND version = 2")
+                .execute(db.pool())
+                .await
+                .unwrap();
+            assert!(matches!(
+                migrate(&db, &[TEST_SET], true).await,
+                Err(DbError::Checksum { version: 2, .. })
+            ));
+        }
+    }
+}
