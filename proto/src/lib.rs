@@ -1,1 +1,15 @@
-//! placeholder
+//! Lattice's gRPC contracts, generated from `proto/lattice/**/*.proto`.
+//!
+//! Services meet only through these types (and `lattice-core` plumbing).
+
+/// Identity: orgs, users, sessions, TOTP, operator tokens.
+pub mod identity {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("lattice.identity.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every Lattice proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lattice_descriptor");

@@ -193,6 +193,29 @@ impl Cache {
         guard.0
     }
 
+    /// The current value of a counter (0 when absent or expired).
+    pub async fn count(&self, key: &str) -> u64 {
+        if let Some(conn) = &self.inner.redis {
+            let mut conn = conn.clone();
+            match conn
+                .get::<_, Option<u64>>(format!("{KEY_PREFIX}ctr:{key}"))
+                .await
+            {
+                Ok(v) => return v.unwrap_or(0),
+                Err(err) => tracing::debug!(%err, "redis get failed; reading local counter"),
+            }
+        }
+        match self.inner.counters.get(key) {
+            Some(slot) => {
+                let guard = slot
+                    .lock()
+                    .expect("counter mutex is never poisoned: no panics while held");
+                if Instant::now() < guard.1 { guard.0 } else { 0 }
+            }
+            None => 0,
+        }
+    }
+
     /// Reset a counter.
     pub async fn reset(&self, key: &str) {
         self.inner.counters.invalidate(key);

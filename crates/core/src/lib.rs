@@ -4,6 +4,7 @@
 //!
 //! Nothing in here knows about a particular service's domain.
 
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod config;

@@ -1,1 +1,197 @@
-fn main() {}
+//! `lattice-server`: the Lattice control plane.
+//!
+//! With no flags it runs every service in one process on the embedded default
+//! (SQLite, local cache, generated keys under `./lattice-data`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lattice_core::config::{Config, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lattice-server",
+    version,
+    about = "The Lattice fleet control plane"
+)]
+struct Cli {
+    /// Configuration file (default: ./lattice.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where embedded state lives.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Gateway listen address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Gateway TLS: self-signed, files or off.
+    #[arg(long)]
+    tls: Option<String>,
+    /// Services to run here: all, or a list such as gateway,identity.
+    #[arg(long, env = "LATTICE_SERVICES", default_value = "all")]
+    services: String,
+    /// Identity service's internal gRPC listen address.
+    #[arg(long)]
+    identity_listen: Option<String>,
+    /// Identity service address when it runs elsewhere.
+    #[arg(long)]
+    identity_url: Option<String>,
+    /// Log filter (info, debug, lattice_identity=debug,info, ...).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the services (the default).
+    Run,
+    /// Apply pending database migrations and exit (the release step).
+    Migrate,
+    /// Load and validate the configuration, print the effective non-secret values, exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        gateway_listen: cli.listen.clone(),
+        gateway_tls: cli.tls.clone(),
+        identity_listen: cli.identity_listen.clone(),
+        identity_url: cli.identity_url.clone(),
+        log_level: cli.log_level.clone(),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = match Config::load(cli.config.as_deref(), &env, &overrides) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("lattice-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let roles = match lattice_server::parse_roles(&cli.services) {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("lattice-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("lattice-server: start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async_main(
+        cli.command.unwrap_or(Command::Run),
+        config,
+        roles,
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lattice-server: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main(
+    command: Command,
+    config: Config,
+    roles: std::collections::BTreeSet<lattice_server::Role>,
+) -> anyhow::Result<()> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let mut telemetry = lattice_core::telemetry::init(
+        "lattice-server",
+        &config.log_level,
+        config.log_format == "json",
+        config.otel_exporter_otlp_endpoint.as_deref(),
+    )?;
+    let result = match command {
+        Command::Migrate => {
+            let report = lattice_server::migrate(&config).await?;
+            if report.applied.is_empty() {
+                println!("database is up to date");
+            }
+            for (component, version, name) in report.applied {
+                println!("applied {component} v{version}: {name}");
+            }
+            Ok(())
+        }
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            println!("data_dir = {}", config.data_dir.display());
+            println!(
+                "database = {}",
+                lattice_core::db::redact_url(&config.database_url())
+            );
+            println!(
+                "redis = {}",
+                if config.redis_url.is_some() {
+                    "configured"
+                } else {
+                    "in-process"
+                }
+            );
+            println!("gateway.listen = {}", config.gateway.listen);
+            println!("gateway.tls = {:?}", config.gateway.tls);
+            println!("identity.listen = {}", config.identity.listen);
+            Ok(())
+        }
+        Command::Run => run(config, roles).await,
+    };
+    telemetry.shutdown();
+    result
+}
+
+async fn run(
+    config: Config,
+    roles: std::collections::BTreeSet<lattice_server::Role>,
+) -> anyhow::Result<()> {
+    let shutdown = lattice_core::shutdown::on_signal();
+    let running = lattice_server::start(config, &roles, shutdown).await?;
+    print_banner(&running);
+    running.wait().await
+}
+
+fn print_banner(running: &lattice_server::Running) {
+    let mut out = String::new();
+    if let Some(addr) = running.gateway_addr {
+        let scheme = if running.tls { "https" } else { "http" };
+        out.push_str(&format!("Lattice is listening on {scheme}://{addr}\n"));
+    }
+    if let Some(addr) = running.identity_addr {
+        out.push_str(&format!("identity service (internal gRPC) on {addr}\n"));
+    }
+    if let Some(info) = &running.tls_info {
+        if let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint) {
+            out.push_str(&format!("TLS CA: {} (SHA-256 {fp})\n", file.display()));
+        }
+    }
+    if let Some(admin) = &running.bootstrap {
+        match &admin.password {
+            Some(p) => out.push_str(&format!(
+                "bootstrap admin created: username {} password {p}\n(shown once: change it or enable TOTP after logging in)\n",
+                admin.username
+            )),
+            None => out.push_str(&format!(
+                "bootstrap admin created: username {} (password from LATTICE_BOOTSTRAP_ADMIN_PASSWORD)\n",
+                admin.username
+            )),
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}

@@ -1,1 +1,272 @@
-//! placeholder
+//! The gateway: the only public entry point. HTTPS (or h2c behind a proxy) for
+//! browsers, the CLI and API clients; REST and gRPC share the port. It authenticates
+//! each caller once and calls the internal services over gRPC with a short-lived
+//! signed principal.
+
+pub mod caller;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod serve;
+pub mod tls;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use http::{HeaderName, HeaderValue, StatusCode};
+use lattice_core::auth::{InternalAuth, Principal};
+use lattice_core::cache::Cache;
+use lattice_core::config::{GatewayConfig, TlsMode};
+use lattice_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+pub use crate::tls::TlsInfo;
+
+/// Shared state of the gateway's handlers.
+pub struct AppState {
+    /// Identity service client (in-process loopback or remote).
+    pub identity: IdentityServiceClient<Channel>,
+    /// gRPC health of the identity service, for `/ready`.
+    pub health: tonic_health::pb::health_client::HealthClient<Channel>,
+    /// Mints internal principals.
+    pub internal: InternalAuth,
+    /// The gateway acting for nobody (login, authenticate).
+    pub service_principal: Principal,
+    /// Verified credentials by credential hash.
+    pub auth_cache: moka::sync::Cache<String, Arc<Caller>>,
+    /// Cache/bus (readiness, revocations).
+    pub cache: Cache,
+    /// Settings.
+    pub cfg: GatewayConfig,
+    /// Whether cookies carry `Secure` (TLS on).
+    pub secure_cookies: bool,
+    /// Request metrics.
+    pub metrics: Metrics,
+    /// Fired when shutdown starts (readiness turns false first).
+    pub shutting_down: CancellationToken,
+}
+
+/// A built gateway, ready to serve on a listener.
+pub struct Gateway {
+    state: Arc<AppState>,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS facts for the start-up message.
+    pub tls_info: TlsInfo,
+}
+
+impl Gateway {
+    /// Build the gateway (phase one: nothing is bound). `identity` is a channel to the
+    /// identity service, which may not be up yet (the channel connects lazily).
+    pub fn build(
+        cfg: &GatewayConfig,
+        data_dir: &Path,
+        internal: InternalAuth,
+        identity: Channel,
+        cache: Cache,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let (tls, tls_info) = tls::server_config(cfg, data_dir, &shutdown)?;
+        let state = Arc::new(AppState {
+            identity: IdentityServiceClient::new(identity.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(identity),
+            internal,
+            service_principal: Principal::service("gateway"),
+            auth_cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(cfg.auth_cache_ttl_s))
+                .support_invalidation_closures()
+                .build(),
+            cache,
+            cfg: cfg.clone(),
+            secure_cookies: cfg.tls != TlsMode::Off,
+            metrics: Metrics::default(),
+            shutting_down: shutdown,
+        });
+        let router = router(state.clone());
+        Ok(Self {
+            state,
+            router,
+            tls,
+            tls_info,
+        })
+    }
+
+    /// The router, for tests that drive it without a socket.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Phase two: serve on `listener` until shutdown, then drain for up to 10 s.
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let shutdown = self.state.shutting_down.clone();
+        let listener_task = tokio::spawn(caller::run_revocation_listener(
+            self.state.clone(),
+            self.state.cache.clone(),
+            shutdown.clone(),
+        ));
+        let result = serve::serve(
+            listener,
+            self.router,
+            self.tls,
+            shutdown,
+            Duration::from_secs(10),
+        )
+        .await;
+        listener_task.abort();
+        result
+    }
+}
+
+/// Every route, with its layers. Listed here, in one place.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/openapi.json", get(routes::system::openapi))
+        .route("/api/v1/auth/login", post(routes::auth::login))
+        .route("/api/v1/auth/login/totp", post(routes::auth::login_totp))
+        .route("/api/v1/auth/logout", post(routes::auth::logout))
+        .route("/api/v1/auth/me", get(routes::auth::me))
+        .route("/api/v1/auth/totp/enroll", post(routes::auth::totp_enroll))
+        .route(
+            "/api/v1/auth/totp/confirm",
+            post(routes::auth::totp_confirm),
+        )
+        .route(
+            "/api/v1/auth/totp/disable",
+            post(routes::auth::totp_disable),
+        )
+        .route(
+            "/api/v1/tokens",
+            post(routes::tokens::create).get(routes::tokens::list),
+        )
+        .route("/api/v1/tokens/{id}", delete(routes::tokens::revoke))
+        .route(
+            "/api/v1/users",
+            post(routes::users::create).get(routes::users::list),
+        )
+        .route("/api/v1/users/{id}/unlock", post(routes::users::unlock))
+        .route("/health", get(routes::system::health))
+        .route("/ready", get(routes::system::ready))
+        .route("/metrics", get(routes::system::metrics))
+        // gRPC on the same port: health for now (the agent stream joins later).
+        .route_service("/grpc.health.v1.Health/{*method}", grpc_health())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+
+    let timeout = Duration::from_secs(state.cfg.request_timeout_s);
+    let body_limit = state.cfg.body_limit_bytes;
+    let hsts = state.secure_cookies;
+    let request_id = HeaderName::from_static("x-request-id");
+    api
+        // Counts and times every answer by matched route (innermost, sees the real status).
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics))
+        // JSON extractors refuse bodies over the limit with 413.
+        .layer(DefaultBodyLimit::max(body_limit))
+        // A slow handler answers 503 instead of holding the connection forever.
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Security headers on every answer (API answers are never rendered as pages).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::STRICT_TRANSPORT_SECURITY,
+            if hsts { HeaderValue::from_static("max-age=31536000") } else { HeaderValue::from_static("max-age=0") },
+        ))
+        // One span per request, parented to the caller's W3C trace context.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let span = tracing::info_span!(
+                "http",
+                method = %req.method(),
+                path = %req.uri().path(),
+                request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            );
+            lattice_core::telemetry::set_parent_from_headers(&span, req.headers());
+            span
+        }))
+        // Credentials never reach logs or traces.
+        .layer(SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION, http::header::COOKIE]))
+        // Echo the request id so clients can quote it.
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        // Give every request an id (keeps one sent by a trusted proxy).
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // A panicking handler answers 500 instead of dropping the connection.
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(lattice_core::ErrorCode::Internal, "internal error"))
+        }))
+        .with_state(state.clone())
+}
+
+/// gRPC health of the gateway itself ("" = serving while the process runs).
+fn grpc_health()
+-> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    service
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        lattice_core::ErrorCode::BadRequest,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.observe(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}

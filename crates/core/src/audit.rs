@@ -1,0 +1,54 @@
+//! The audit interface. Services record every mutation and auth event through an
+//! [`AuditSink`]; where the events are kept is the sink's business (today a table of
+//! the recording service, later the tasks service's hash-chained log), so callers
+//! never change when the log moves.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Whether the audited action succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It happened.
+    Success,
+    /// It was attempted and refused or failed.
+    Failure,
+}
+
+impl Outcome {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// One audited event: who did what to which thing, from where, with what result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Tenant (empty when unknown, e.g. a login for an unknown user).
+    pub org_id: String,
+    /// User id, `service:<name>`, or the attempted username for failed logins.
+    pub actor: String,
+    /// Dotted verb: `auth.login`, `auth.lockout`, `token.create`, ...
+    pub action: String,
+    /// The thing acted on (user id, token id, ...).
+    pub target: String,
+    /// Result.
+    pub outcome: Outcome,
+    /// Client address as seen by the gateway.
+    pub client_ip: String,
+    /// Extra facts as JSON text (never secrets).
+    pub detail: String,
+}
+
+/// Where audit events go. Recording must not fail the caller's action silently: an
+/// error is returned, and the caller decides (auth events log it and carry on).
+#[async_trait]
+pub trait AuditSink: Send + Sync + std::fmt::Debug {
+    /// Append one event.
+    async fn record(&self, event: AuditEvent) -> anyhow::Result<()>;
+}

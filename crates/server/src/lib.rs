@@ -1,0 +1,292 @@
+//! `lattice-server`: builds and runs any subset of the Lattice services in one
+//! process. The binary and the integration tests start servers through [`start`], so
+//! tests exercise exactly the code path operators run.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lattice_core::auth::InternalAuth;
+use lattice_core::cache::Cache;
+use lattice_core::config::Config;
+use lattice_core::crypto::MasterKey;
+use lattice_core::db::{self, Db, MigrationReport};
+use lattice_gateway::{Gateway, TlsInfo};
+use lattice_identity::BootstrapAdmin;
+use lattice_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use secrecy_expose::expose;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+mod secrecy_expose {
+    /// Read a configured secret (kept in one place so it is easy to audit).
+    pub fn expose(s: &secrecy::SecretString) -> &str {
+        use secrecy::ExposeSecret as _;
+        s.expose_secret()
+    }
+}
+
+/// A service role `--services` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// The public edge.
+    Gateway,
+    /// Users, sessions, tokens.
+    Identity,
+}
+
+impl Role {
+    const ALL: [Role; 2] = [Role::Gateway, Role::Identity];
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Identity => "identity",
+        }
+    }
+}
+
+/// Parse `--services` (`all`, or a comma-separated list).
+pub fn parse_roles(text: &str) -> anyhow::Result<BTreeSet<Role>> {
+    let mut roles = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part == "all" {
+            roles.extend(Role::ALL);
+            continue;
+        }
+        let role = Role::ALL
+            .into_iter()
+            .find(|r| r.name() == part)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "services: unknown service {part:?} (known: all, gateway, identity)"
+                )
+            })?;
+        roles.insert(role);
+    }
+    anyhow::ensure!(!roles.is_empty(), "services: name at least one service");
+    Ok(roles)
+}
+
+/// What a started server tells its caller.
+pub struct Running {
+    /// Where the gateway listens (when it runs here).
+    pub gateway_addr: Option<SocketAddr>,
+    /// Where the identity service's internal gRPC listens (when it runs here).
+    pub identity_addr: Option<SocketAddr>,
+    /// The bootstrap admin, when this start created it.
+    pub bootstrap: Option<BootstrapAdmin>,
+    /// TLS facts (gateway).
+    pub tls_info: Option<TlsInfo>,
+    /// Whether the gateway serves TLS.
+    pub tls: bool,
+    tasks: JoinSet<anyhow::Result<()>>,
+    pools: Vec<Db>,
+}
+
+impl Running {
+    /// Wait until every service has stopped (after the shutdown token fires), then
+    /// close the database pools. The first error wins.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        while let Some(res) = self.tasks.join_next().await {
+            let res = res.map_err(anyhow::Error::from).and_then(|r| r);
+            if let (Err(e), None) = (res, &first_err) {
+                first_err = Some(e);
+            }
+        }
+        for pool in &self.pools {
+            pool.close().await;
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    match &config.master_key {
+        Some(k) => Ok(MasterKey::parse(expose(k))?),
+        None => {
+            let path = config.data_dir.join("master.key");
+            let (key, created) = MasterKey::load_or_create(&path)?;
+            if created {
+                tracing::info!(path = %path.display(), "generated master key; back it up with the data dir");
+            }
+            Ok(key)
+        }
+    }
+}
+
+fn secret_or_derived(
+    configured: Option<&secrecy::SecretString>,
+    master: &MasterKey,
+    purpose: &str,
+) -> Vec<u8> {
+    match configured {
+        Some(s) => expose(s).as_bytes().to_vec(),
+        None => master.derive(purpose).to_vec(),
+    }
+}
+
+/// The migration sets of every service that keeps tables.
+pub fn all_migration_sets() -> Vec<db::MigrationSet> {
+    lattice_identity::migration_sets()
+}
+
+/// `lattice-server migrate`: apply every pending migration and report.
+pub async fn migrate(config: &Config) -> anyhow::Result<MigrationReport> {
+    let db = Db::connect(&config.database_url(), 2).await?;
+    let report = db::migrate(&db, &all_migration_sets(), true).await?;
+    db.close().await;
+    Ok(report)
+}
+
+async fn open_cache(config: &Config, shutdown: &CancellationToken) -> Cache {
+    match &config.redis_url {
+        None => Cache::local(),
+        Some(url) => match Cache::redis(expose(url), shutdown.clone()).await {
+            Ok(c) => c,
+            Err(err) => {
+                // Redis only accelerates; without it this replica still serves, slower
+                // and with revocations reaching other replicas only by cache expiry.
+                tracing::warn!(error = %format!("{err:#}"), "redis unavailable at start; using the in-process cache");
+                Cache::local()
+            }
+        },
+    }
+}
+
+/// Build every service in `roles`, bind their listeners and start serving until
+/// `shutdown` fires. Returns once everything is listening.
+pub async fn start(
+    config: Config,
+    roles: &BTreeSet<Role>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let master = master_key(&config)?;
+    let internal = InternalAuth::new(&secret_or_derived(
+        config.jwt_secret.as_ref(),
+        &master,
+        "lattice/internal-jwt",
+    ));
+    let cache = open_cache(&config, &shutdown).await;
+    let mut tasks = JoinSet::new();
+    let mut pools = Vec::new();
+    let mut running_identity = None;
+    let mut bootstrap = None;
+
+    if roles.contains(&Role::Identity) {
+        let url = config.database_url();
+        let db = Db::connect(&url, config.database_max_connections)
+            .await
+            .with_context(|| format!("open identity database {}", db::redact_url(&url)))?;
+        db::migrate(
+            &db,
+            &lattice_identity::migration_sets(),
+            config.migrate_on_start(),
+        )
+        .await?;
+        let mfa_secret = secret_or_derived(
+            config.mfa_token_secret.as_ref(),
+            &master,
+            "lattice/mfa-token",
+        );
+        let identity = lattice_identity::build(
+            db.clone(),
+            &master,
+            cache.clone(),
+            config.identity.clone(),
+            &mfa_secret,
+        )
+        .await?;
+        bootstrap = identity
+            .bootstrap(
+                config
+                    .bootstrap_admin_password
+                    .as_ref()
+                    .map(|p| expose(p).to_owned()),
+            )
+            .await?;
+        let listener = TcpListener::bind(config.identity.listen)
+            .await
+            .with_context(|| format!("identity.listen: bind {}", config.identity.listen))?;
+        let addr = listener.local_addr()?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let service = IdentityServiceServer::with_interceptor(
+            lattice_identity::grpc::IdentityGrpc::new(identity),
+            lattice_core::grpc::RequirePrincipal::new(internal.clone()),
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .trace_fn(lattice_core::telemetry::grpc_server_span)
+                .timeout(Duration::from_secs(30))
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                    stop.cancelled().await;
+                    reporter
+                        .set_not_serving::<IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>>()
+                        .await;
+                })
+                .await
+                .context("identity gRPC server")
+        });
+        pools.push(db);
+        running_identity = Some(addr);
+    }
+
+    let mut gateway_addr = None;
+    let mut tls_info = None;
+    let mut tls = false;
+    if roles.contains(&Role::Gateway) {
+        let identity_url = match (running_identity, &config.gateway.identity_url) {
+            (Some(addr), _) => format!("http://{addr}"),
+            (None, Some(url)) => url.clone(),
+            (None, None) => anyhow::bail!(
+                "gateway.identity_url: required when the identity service is not in --services (e.g. http://identity:8091)"
+            ),
+        };
+        let channel = tonic::transport::Endpoint::from_shared(identity_url.clone())
+            .with_context(|| format!("gateway.identity_url: {identity_url:?} is not a valid URL"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect_lazy();
+        let gateway = Gateway::build(
+            &config.gateway,
+            &config.data_dir,
+            internal.clone(),
+            channel,
+            cache.clone(),
+            shutdown.clone(),
+        )?;
+        let listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("gateway.listen: bind {}", config.gateway.listen))?;
+        gateway_addr = Some(listener.local_addr()?);
+        tls = config.gateway.tls != lattice_core::config::TlsMode::Off;
+        tls_info = Some(gateway.tls_info.clone());
+        tasks.spawn(gateway.run(listener));
+    }
+
+    Ok(Running {
+        gateway_addr,
+        identity_addr: running_identity,
+        bootstrap,
+        tls_info,
+        tls,
+        tasks,
+        pools,
+    })
+}

@@ -1,0 +1,53 @@
+//! The OpenAPI document, assembled from the handlers' annotations.
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// Every REST route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lattice API", description = "The Lattice control plane's REST API. Errors are {\"error\":{\"code\",\"message\"}}."),
+    paths(
+        routes::system::health,
+        routes::system::ready,
+        routes::system::metrics,
+        routes::system::openapi,
+        routes::auth::login,
+        routes::auth::login_totp,
+        routes::auth::logout,
+        routes::auth::me,
+        routes::auth::totp_enroll,
+        routes::auth::totp_confirm,
+        routes::auth::totp_disable,
+        routes::tokens::create,
+        routes::tokens::list,
+        routes::tokens::revoke,
+        routes::users::create,
+        routes::users::list,
+        routes::users::unlock,
+    ),
+    modifiers(&Security),
+    security(("bearer" = []), ("session" = []))
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "lattice_session",
+                "Session cookie from /api/v1/auth/login; state-changing requests also need X-CSRF-Token",
+            ))),
+        );
+    }
+}

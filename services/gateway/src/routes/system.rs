@@ -1,0 +1,134 @@
+//! `/health`, `/ready`, `/metrics`, `/api/v1/openapi.json`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+use utoipa::{OpenApi as _, ToSchema};
+
+use crate::AppState;
+
+/// Liveness and readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready` or `not_ready`.
+    pub status: &'static str,
+    /// Per dependency: `ok` or the reason it is not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+}
+
+/// One dependency check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    /// Dependency.
+    pub name: String,
+    /// `ok` or why not.
+    pub status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        checks: Vec::new(),
+    })
+}
+
+/// Readiness: every dependency reachable (identity over gRPC health; cache).
+#[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutting_down.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not_ready",
+                checks: vec![Check {
+                    name: "gateway".into(),
+                    status: "shutting down".into(),
+                }],
+            }),
+        )
+            .into_response();
+    }
+    let mut checks = Vec::new();
+    let mut health = state.health.clone();
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: "lattice.identity.v1.IdentityService".into(),
+    };
+    let identity = match tokio::time::timeout(Duration::from_secs(2), health.check(req)).await {
+        Ok(Ok(r))
+            if r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            "ok".to_owned()
+        }
+        Ok(Ok(r)) => format!("not serving ({})", r.get_ref().status),
+        Ok(Err(s)) => format!("unreachable: {}", s.message()),
+        Err(_) => "timed out".to_owned(),
+    };
+    checks.push(Check {
+        name: "identity".into(),
+        status: identity,
+    });
+    checks.push(Check {
+        name: "cache".into(),
+        status: match state.cache.ping().await {
+            Ok(()) => "ok".into(),
+            // Redis is an accelerator: its loss costs speed, not readiness.
+            Err(e) => format!("degraded: {e}"),
+        },
+    });
+    let ok = checks
+        .iter()
+        .all(|c| c.status == "ok" || c.status.starts_with("degraded"));
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Health {
+            status: if ok { "ready" } else { "not_ready" },
+            checks,
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain", description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The OpenAPI 3 document for every REST route.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn openapi() -> Response {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        crate::openapi::ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_default()
+    });
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        DOC.as_str(),
+    )
+        .into_response()
+}

@@ -1,0 +1,128 @@
+//! `/api/v1/users`: users of the caller's org.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use lattice_proto::identity::v1 as pb;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::json::ApiJson;
+
+/// New user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Login name (letters, digits, `._@-`; stored lowercase).
+    pub username: String,
+    /// 12 to 1024 characters.
+    pub password: String,
+    /// Scopes; never more than the caller's.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// A user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct User {
+    /// Id.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// Org.
+    pub org_id: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// TOTP on.
+    pub totp_enabled: bool,
+    /// Created.
+    pub created_at_ms: i64,
+    /// Locked until (null: not locked).
+    pub locked_until_ms: Option<i64>,
+}
+
+/// User list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserList {
+    /// Users by name.
+    pub users: Vec<User>,
+}
+
+fn user(u: pb::User) -> User {
+    let now = lattice_core::time::now_ms();
+    User {
+        id: u.id,
+        username: u.username,
+        org_id: u.org_id,
+        scopes: u.scopes,
+        totp_enabled: u.totp_enabled,
+        created_at_ms: u.created_at_ms,
+        locked_until_ms: (u.locked_until_ms > now).then_some(u.locked_until_ms),
+    }
+}
+
+/// Create a user (`users:admin`).
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
+    responses((status = 201, body = User), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    caller.require("users:admin")?;
+    let u = state
+        .identity
+        .clone()
+        .create_user(caller.request(
+            &state,
+            pb::CreateUserRequest {
+                username: body.username,
+                password: body.password,
+                scopes: body.scopes,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(user(u))))
+}
+
+/// List users (`users:read`).
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, body = UserList), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<UserList>, ApiError> {
+    caller.require("users:read")?;
+    let r = state
+        .identity
+        .clone()
+        .list_users(caller.request(&state, pb::ListUsersRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(UserList {
+        users: r.users.into_iter().map(user).collect(),
+    }))
+}
+
+/// Lift a login lockout (`users:admin`).
+#[utoipa::path(post, path = "/api/v1/users/{id}/unlock", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = User), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn unlock(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    caller.require("users:admin")?;
+    let u = state
+        .identity
+        .clone()
+        .unlock_user(caller.request(&state, pb::UnlockUserRequest { user_id: id }))
+        .await?
+        .into_inner();
+    Ok(Json(user(u)))
+}

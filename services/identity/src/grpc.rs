@@ -1,0 +1,298 @@
+//! gRPC adapter: converts `lattice.identity.v1` messages to domain calls and
+//! [`IdentityError`]s to statuses. No decisions are made here.
+
+use lattice_core::error::to_status;
+use lattice_core::grpc::{client_ip_of, principal_of};
+use lattice_proto::identity::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::error::IdentityError;
+use crate::service::{Authenticated, ClientInfo, Credential, Identity, LoginOutcome};
+use crate::store::{TokenRow, UserRow};
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct IdentityGrpc {
+    identity: Identity,
+}
+
+impl IdentityGrpc {
+    /// Serve `identity`.
+    pub fn new(identity: Identity) -> Self {
+        Self { identity }
+    }
+}
+
+fn st(e: IdentityError) -> Status {
+    to_status(&e)
+}
+
+fn principal_pb(a: Authenticated) -> pb::Principal {
+    pb::Principal {
+        user_id: a.principal.sub,
+        username: a.principal.username,
+        org_id: a.principal.org_id,
+        org_name: a.org_name,
+        scopes: a.principal.scopes,
+        auth_method: a.principal.auth.as_str().into(),
+        credential_id: a.principal.credential_id,
+        totp_enabled: a.totp_enabled,
+        expires_at_ms: a.expires_at_ms,
+    }
+}
+
+fn token_pb(t: TokenRow) -> pb::Token {
+    pb::Token {
+        id: t.id,
+        name: t.name,
+        scopes: t.scopes,
+        user_id: t.user_id,
+        created_at_ms: t.created_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        last_used_at_ms: t.last_used_at_ms,
+    }
+}
+
+fn user_pb(u: UserRow) -> pb::User {
+    pb::User {
+        id: u.id,
+        username: u.username,
+        org_id: u.org_id,
+        scopes: u.scopes,
+        totp_enabled: u.totp_enabled,
+        created_at_ms: u.created_at_ms,
+        locked_until_ms: u.locked_until_ms,
+    }
+}
+
+fn login_pb(o: LoginOutcome, cfg_idle: i64, cfg_max: i64) -> pb::LoginResponse {
+    let outcome = match o {
+        LoginOutcome::Session { secret, who } => {
+            pb::login_response::Outcome::Session(pb::Session {
+                session_secret: secret,
+                principal: Some(principal_pb(who)),
+                idle_timeout_s: cfg_idle,
+                max_age_s: cfg_max,
+            })
+        }
+        LoginOutcome::MfaRequired {
+            mfa_token,
+            expires_at_ms,
+        } => pb::login_response::Outcome::Mfa(pb::MfaChallenge {
+            mfa_token,
+            expires_at_ms,
+        }),
+    };
+    pb::LoginResponse {
+        outcome: Some(outcome),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::identity_service_server::IdentityService for IdentityGrpc {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let client = ClientInfo {
+            ip: client_ip_of(&req).unwrap_or_default(),
+            user_agent: req.get_ref().user_agent.clone(),
+        };
+        let m = req.into_inner();
+        let out = self
+            .identity
+            .login(&caller, &m.username, m.password, &client)
+            .await
+            .map_err(st)?;
+        let (idle, max) = self.identity.session_limits_s();
+        Ok(Response::new(login_pb(out, idle, max)))
+    }
+
+    async fn login_totp(
+        &self,
+        req: Request<pb::LoginTotpRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let client = ClientInfo {
+            ip: client_ip_of(&req).unwrap_or_default(),
+            user_agent: req.get_ref().user_agent.clone(),
+        };
+        let m = req.into_inner();
+        let out = self
+            .identity
+            .login_totp(&caller, &m.mfa_token, &m.code, &client)
+            .await
+            .map_err(st)?;
+        let (idle, max) = self.identity.session_limits_s();
+        Ok(Response::new(login_pb(out, idle, max)))
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let credential = match &req.get_ref().credential {
+            Some(pb::authenticate_request::Credential::SessionSecret(s)) => Credential::Session(s),
+            Some(pb::authenticate_request::Credential::BearerToken(t)) => Credential::Token(t),
+            None => {
+                return Err(st(IdentityError::invalid(
+                    "credential",
+                    "session_secret or bearer_token is required",
+                )));
+            }
+        };
+        let who = self
+            .identity
+            .authenticate(&caller, credential)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::AuthenticateResponse {
+            principal: Some(principal_pb(who)),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        self.identity.logout(&caller, &ip).await.map_err(st)?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn enroll_totp(
+        &self,
+        req: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let (secret, otpauth_uri) = self.identity.enroll_totp(&caller).await.map_err(st)?;
+        Ok(Response::new(pb::EnrollTotpResponse {
+            secret,
+            otpauth_uri,
+        }))
+    }
+
+    async fn confirm_totp(
+        &self,
+        req: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        let codes = self
+            .identity
+            .confirm_totp(&caller, &req.get_ref().code, &ip)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::ConfirmTotpResponse {
+            recovery_codes: codes,
+        }))
+    }
+
+    async fn disable_totp(
+        &self,
+        req: Request<pb::DisableTotpRequest>,
+    ) -> Result<Response<pb::DisableTotpResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        let m = req.get_ref();
+        self.identity
+            .disable_totp(&caller, &m.code, &m.user_id, &ip)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::DisableTotpResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        let m = req.get_ref();
+        let created = self
+            .identity
+            .create_token(&caller, &m.name, &m.scopes, m.expires_in_s, &ip)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_pb(created.token)),
+            secret: created.secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let tokens = self.identity.list_tokens(&caller).await.map_err(st)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_pb).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        self.identity
+            .revoke_token(&caller, &req.get_ref().id, &ip)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        let m = req.into_inner();
+        let user = self
+            .identity
+            .create_user(&caller, &m.username, m.password, &m.scopes, &ip)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(user_pb(user)))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let users = self.identity.list_users(&caller).await.map_err(st)?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(user_pb).collect(),
+        }))
+    }
+
+    async fn unlock_user(
+        &self,
+        req: Request<pb::UnlockUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        let user = self
+            .identity
+            .unlock_user(&caller, &req.get_ref().user_id, &ip)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(user_pb(user)))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let who = self.identity.whoami(&caller).await.map_err(st)?;
+        Ok(Response::new(principal_pb(who)))
+    }
+}

@@ -1,0 +1,608 @@
+//! The identity tables. Every query on tenant data filters by `org_id`; the few
+//! lookups that cross orgs (login by username, credential by secret hash) are the
+//! ones that establish which org the caller is in.
+
+use lattice_core::db::{Backend, Db, Migration, MigrationSet};
+use lattice_core::time::now_ms;
+
+const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
+
+/// The identity service's migrations (one script, the column type for bytes differs).
+pub fn migrations() -> MigrationSet {
+    static SQLITE: std::sync::LazyLock<&'static str> =
+        std::sync::LazyLock::new(|| Box::leak(SCHEMA.replace("__BLOB__", "BLOB").into_boxed_str()));
+    static POSTGRES: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        Box::leak(SCHEMA.replace("__BLOB__", "BYTEA").into_boxed_str())
+    });
+    static SET: std::sync::LazyLock<[Migration; 1]> = std::sync::LazyLock::new(|| {
+        [Migration {
+            version: 1,
+            name: "orgs, users, sessions, tokens, audit",
+            sqlite: *SQLITE,
+            postgres: *POSTGRES,
+        }]
+    });
+    MigrationSet {
+        component: "identity",
+        migrations: &*SET,
+    }
+}
+
+/// A user row.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    /// Id.
+    pub id: String,
+    /// Org.
+    pub org_id: String,
+    /// Login name.
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Sealed TOTP seed (pending or enabled).
+    pub totp_sealed: Option<Vec<u8>>,
+    /// Whether TOTP is required at login.
+    pub totp_enabled: bool,
+    /// Consecutive failed logins.
+    pub failed_logins: i64,
+    /// Locked until (0 = not locked).
+    pub locked_until_ms: i64,
+    /// Created.
+    pub created_at_ms: i64,
+}
+
+type UserTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+const USER_COLS: &str = "id, org_id, username, password_hash, scopes, totp_sealed, totp_enabled, failed_logins, locked_until_ms, created_at_ms";
+
+fn user_from(t: UserTuple) -> UserRow {
+    UserRow {
+        id: t.0,
+        org_id: t.1,
+        username: t.2,
+        password_hash: t.3,
+        scopes: parse_scopes(&t.4),
+        totp_sealed: t.5,
+        totp_enabled: t.6 != 0,
+        failed_logins: t.7,
+        locked_until_ms: t.8,
+        created_at_ms: t.9,
+    }
+}
+
+fn parse_scopes(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn scopes_json(scopes: &[String]) -> String {
+    serde_json::to_string(scopes).expect("a list of strings serialises")
+}
+
+/// A credential (session or token) joined with its user and org.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    /// Session or token id.
+    pub id: String,
+    /// Org.
+    pub org_id: String,
+    /// Org name.
+    pub org_name: String,
+    /// User id.
+    pub user_id: String,
+    /// Username.
+    pub username: String,
+    /// User's scopes.
+    pub user_scopes: Vec<String>,
+    /// Token's own scopes (tokens only).
+    pub token_scopes: Vec<String>,
+    /// Whether the user has TOTP on.
+    pub totp_enabled: bool,
+    /// Absolute expiry (0 = none).
+    pub expires_at_ms: i64,
+    /// Last use.
+    pub last_seen_at_ms: i64,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// A token row for listing.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// Id.
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Label.
+    pub name: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Created.
+    pub created_at_ms: i64,
+    /// Expiry (0 = none).
+    pub expires_at_ms: i64,
+    /// Last use.
+    pub last_used_at_ms: i64,
+}
+
+/// New session values.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Hash of the cookie secret.
+    pub secret_hash: &'a str,
+    /// Owner.
+    pub user: &'a UserRow,
+    /// Absolute expiry.
+    pub expires_at_ms: i64,
+    /// Browser.
+    pub user_agent: &'a str,
+    /// Client address.
+    pub client_ip: &'a str,
+}
+
+/// Identity's database access.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    /// Wrap a migrated database.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database, for readiness checks.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Org id by name.
+    pub async fn org_by_name(&self, name: &str) -> sqlx::Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM identity_orgs WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Create an org, or return the existing one of that name.
+    pub async fn ensure_org(&self, name: &str) -> sqlx::Result<String> {
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query("INSERT INTO identity_orgs (id, name, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(&id)
+            .bind(name)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(self.org_by_name(name).await?.unwrap_or(id))
+    }
+
+    /// Org name by id.
+    pub async fn org_name(&self, org_id: &str) -> sqlx::Result<String> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT name FROM identity_orgs WHERE id = $1")
+            .bind(org_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.map(|r| r.0).unwrap_or_default())
+    }
+
+    /// How many users exist in all orgs (bootstrap runs only at zero).
+    pub async fn count_users(&self) -> sqlx::Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM identity_users")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n)
+    }
+
+    /// Insert a user. A duplicate username is a unique violation.
+    pub async fn insert_user(
+        &self,
+        org_id: &str,
+        username: &str,
+        password_hash: &str,
+        scopes: &[String],
+    ) -> sqlx::Result<UserRow> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO identity_users (id, org_id, username, password_hash, scopes, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(&id)
+        .bind(org_id)
+        .bind(username)
+        .bind(password_hash)
+        .bind(scopes_json(scopes))
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        Ok(UserRow {
+            id,
+            org_id: org_id.into(),
+            username: username.into(),
+            password_hash: password_hash.into(),
+            scopes: scopes.to_vec(),
+            totp_sealed: None,
+            totp_enabled: false,
+            failed_logins: 0,
+            locked_until_ms: 0,
+            created_at_ms: now,
+        })
+    }
+
+    /// A user by login name (any org: usernames are global).
+    pub async fn user_by_username(&self, username: &str) -> sqlx::Result<Option<UserRow>> {
+        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM identity_users WHERE username = $1"
+        )))
+        .bind(username)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(user_from))
+    }
+
+    /// A user by id within an org.
+    pub async fn user(&self, org_id: &str, user_id: &str) -> sqlx::Result<Option<UserRow>> {
+        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM identity_users WHERE org_id = $1 AND id = $2"
+        )))
+        .bind(org_id)
+        .bind(user_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(user_from))
+    }
+
+    /// A user by id in whatever org (for MFA tokens, which name only the user).
+    pub async fn user_any_org(&self, user_id: &str) -> sqlx::Result<Option<UserRow>> {
+        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM identity_users WHERE id = $1"
+        )))
+        .bind(user_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(user_from))
+    }
+
+    /// Every user of an org, by name.
+    pub async fn list_users(&self, org_id: &str) -> sqlx::Result<Vec<UserRow>> {
+        let rows: Vec<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM identity_users WHERE org_id = $1 ORDER BY username"
+        )))
+        .bind(org_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows.into_iter().map(user_from).collect())
+    }
+
+    /// Count a failed login; lock the user when `threshold` is reached. Returns the
+    /// lock expiry when this failure locked the account.
+    pub async fn record_failed_login(
+        &self,
+        user_id: &str,
+        threshold: u32,
+        lock_for_ms: i64,
+    ) -> sqlx::Result<Option<i64>> {
+        let now = now_ms();
+        let until = now + lock_for_ms;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE identity_users SET \
+               failed_logins = CASE WHEN failed_logins + 1 >= $2 THEN 0 ELSE failed_logins + 1 END, \
+               locked_until_ms = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until_ms END, \
+               updated_at_ms = $4 \
+             WHERE id = $1 RETURNING failed_logins, locked_until_ms",
+        )
+        .bind(user_id)
+        .bind(i64::from(threshold))
+        .bind(until)
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.and_then(|(_, locked)| (locked == until).then_some(locked)))
+    }
+
+    /// Clear failure counters after a good login or an admin unlock.
+    pub async fn clear_failures(&self, user_id: &str) -> sqlx::Result<()> {
+        sqlx::query("UPDATE identity_users SET failed_logins = 0, locked_until_ms = 0, updated_at_ms = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Store a (pending or enabled) sealed TOTP seed.
+    pub async fn set_totp(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        sealed: Option<&[u8]>,
+        enabled: bool,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE identity_users SET totp_sealed = $3, totp_enabled = $4, totp_last_step = 0, updated_at_ms = $5 \
+             WHERE org_id = $1 AND id = $2",
+        )
+        .bind(org_id)
+        .bind(user_id)
+        .bind(sealed.map(<[u8]>::to_vec))
+        .bind(i64::from(enabled))
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Accept a TOTP time step once: true only for the first use of a step newer than
+    /// any accepted before (atomic across replicas).
+    pub async fn consume_totp_step(&self, user_id: &str, step: i64) -> sqlx::Result<bool> {
+        let res = sqlx::query(
+            "UPDATE identity_users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2",
+        )
+        .bind(user_id)
+        .bind(step)
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Replace a user's recovery codes.
+    pub async fn replace_recovery_codes(
+        &self,
+        user_id: &str,
+        hashes: &[String],
+    ) -> sqlx::Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM identity_recovery_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        for h in hashes {
+            sqlx::query("INSERT INTO identity_recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+                .bind(user_id)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Use a recovery code: true only the first time.
+    pub async fn consume_recovery_code(&self, user_id: &str, hash: &str) -> sqlx::Result<bool> {
+        let res = sqlx::query(
+            "UPDATE identity_recovery_codes SET used_at_ms = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at_ms IS NULL",
+        )
+        .bind(user_id)
+        .bind(hash)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Create a session.
+    pub async fn insert_session(&self, s: &NewSession<'_>) -> sqlx::Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO identity_sessions (id, secret_hash, org_id, user_id, created_at_ms, last_seen_at_ms, expires_at_ms, user_agent, client_ip) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)",
+        )
+        .bind(s.id)
+        .bind(s.secret_hash)
+        .bind(&s.user.org_id)
+        .bind(&s.user.id)
+        .bind(now)
+        .bind(s.expires_at_ms)
+        .bind(s.user_agent)
+        .bind(s.client_ip)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A session (with user and org) by the hash of its secret.
+    pub async fn session_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<CredentialRow>> {
+        let row: Option<(String, String, String, String, String, String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT s.id, s.org_id, o.name, u.id, u.username, u.scopes, u.totp_enabled, s.expires_at_ms, s.last_seen_at_ms, s.revoked_at_ms \
+             FROM identity_sessions s JOIN identity_users u ON u.id = s.user_id JOIN identity_orgs o ON o.id = s.org_id \
+             WHERE s.secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| CredentialRow {
+            id: r.0,
+            org_id: r.1,
+            org_name: r.2,
+            user_id: r.3,
+            username: r.4,
+            user_scopes: parse_scopes(&r.5),
+            token_scopes: Vec::new(),
+            totp_enabled: r.6 != 0,
+            expires_at_ms: r.7,
+            last_seen_at_ms: r.8,
+            revoked: r.9.is_some(),
+        }))
+    }
+
+    /// Move a session's idle clock forward.
+    pub async fn touch_session(&self, id: &str, at_ms: i64) -> sqlx::Result<()> {
+        sqlx::query("UPDATE identity_sessions SET last_seen_at_ms = $2 WHERE id = $1 AND last_seen_at_ms < $2")
+            .bind(id)
+            .bind(at_ms)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// End a session.
+    pub async fn revoke_session(&self, org_id: &str, id: &str) -> sqlx::Result<bool> {
+        let res = sqlx::query("UPDATE identity_sessions SET revoked_at_ms = $3 WHERE org_id = $1 AND id = $2 AND revoked_at_ms IS NULL")
+            .bind(org_id)
+            .bind(id)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Create an operator token.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        org_id: &str,
+        user_id: &str,
+        name: &str,
+        scopes: &[String],
+        created_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO identity_tokens (id, secret_hash, org_id, user_id, name, scopes, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(secret_hash)
+        .bind(org_id)
+        .bind(user_id)
+        .bind(name)
+        .bind(scopes_json(scopes))
+        .bind(created_at_ms)
+        .bind(expires_at_ms)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A token (with user and org) by the hash of its secret.
+    pub async fn token_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<CredentialRow>> {
+        let row: Option<(String, String, String, String, String, String, String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT t.id, t.org_id, o.name, u.id, u.username, u.scopes, t.scopes, u.totp_enabled, t.expires_at_ms, t.last_used_at_ms, t.revoked_at_ms \
+             FROM identity_tokens t JOIN identity_users u ON u.id = t.user_id JOIN identity_orgs o ON o.id = t.org_id \
+             WHERE t.secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| CredentialRow {
+            id: r.0,
+            org_id: r.1,
+            org_name: r.2,
+            user_id: r.3,
+            username: r.4,
+            user_scopes: parse_scopes(&r.5),
+            token_scopes: parse_scopes(&r.6),
+            totp_enabled: r.7 != 0,
+            expires_at_ms: r.8,
+            last_seen_at_ms: r.9,
+            revoked: r.10.is_some(),
+        }))
+    }
+
+    /// Record that a token was used.
+    pub async fn touch_token(&self, id: &str, at_ms: i64) -> sqlx::Result<()> {
+        sqlx::query("UPDATE identity_tokens SET last_used_at_ms = $2 WHERE id = $1 AND last_used_at_ms < $2")
+            .bind(id)
+            .bind(at_ms)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Live tokens of an org, optionally of one user, newest first.
+    pub async fn list_tokens(
+        &self,
+        org_id: &str,
+        user_id: Option<&str>,
+    ) -> sqlx::Result<Vec<TokenRow>> {
+        let rows: Vec<(String, String, String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, user_id, name, scopes, created_at_ms, expires_at_ms, last_used_at_ms FROM identity_tokens \
+             WHERE org_id = $1 AND revoked_at_ms IS NULL AND ($2 = '' OR user_id = $2) ORDER BY id DESC",
+        )
+        .bind(org_id)
+        .bind(user_id.unwrap_or(""))
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TokenRow {
+                id: r.0,
+                user_id: r.1,
+                name: r.2,
+                scopes: parse_scopes(&r.3),
+                created_at_ms: r.4,
+                expires_at_ms: r.5,
+                last_used_at_ms: r.6,
+            })
+            .collect())
+    }
+
+    /// Revoke a token of the org (optionally only if owned by `user_id`).
+    pub async fn revoke_token(
+        &self,
+        org_id: &str,
+        id: &str,
+        user_id: Option<&str>,
+    ) -> sqlx::Result<bool> {
+        let res = sqlx::query(
+            "UPDATE identity_tokens SET revoked_at_ms = $4 \
+             WHERE org_id = $1 AND id = $2 AND ($3 = '' OR user_id = $3) AND revoked_at_ms IS NULL",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(user_id.unwrap_or(""))
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Append an audit event.
+    pub async fn insert_audit(&self, e: &lattice_core::audit::AuditEvent) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO identity_audit (id, org_id, at_ms, actor, action, target, outcome, client_ip, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&e.org_id)
+        .bind(now_ms())
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(e.outcome.as_str())
+        .bind(&e.client_ip)
+        .bind(&e.detail)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Audit actions recorded for an org, oldest first (for tests and the later move).
+    pub async fn audit_actions(&self, org_id: &str) -> sqlx::Result<Vec<(String, String)>> {
+        sqlx::query_as("SELECT action, outcome FROM identity_audit WHERE org_id = $1 OR org_id = '' ORDER BY id")
+            .bind(org_id)
+            .fetch_all(self.db.pool())
+            .await
+    }
+
+    /// Which backend (for the rare backend-specific statement).
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+}
