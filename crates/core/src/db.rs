@@ -430,16 +430,20 @@ pub mod testing {
     /// A fresh, empty database of `backend`: a temporary SQLite file, or a new schema
     /// in the Postgres test database (selected through `search_path`).
     pub async fn fresh(backend: Backend) -> (Db, Option<tempfile_guard::Guard>) {
+        let (url, guard) = fresh_url(backend).await;
+        (
+            Db::connect(&url, 8).await.expect("open test database"),
+            guard,
+        )
+    }
+
+    /// Like [`fresh`], but only the URL (for starting whole servers on it).
+    pub async fn fresh_url(backend: Backend) -> (String, Option<tempfile_guard::Guard>) {
         match backend {
             Backend::Sqlite => {
                 let guard = tempfile_guard::Guard::new();
                 let url = format!("sqlite://{}", guard.path.join("test.db").display());
-                (
-                    Db::connect(&url, 4)
-                        .await
-                        .expect("open sqlite test database"),
-                    Some(guard),
-                )
+                (url, Some(guard))
             }
             Backend::Postgres => {
                 let base =
@@ -454,9 +458,8 @@ pub mod testing {
                     .expect("create test schema");
                 admin.close().await;
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
                 (
-                    Db::connect(&url, 8).await.expect("connect to test schema"),
+                    format!("{base}{sep}options=-c%20search_path%3D{schema}"),
                     None,
                 )
             }

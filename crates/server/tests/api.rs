@@ -1,0 +1,633 @@
+//! The REST API through the real gateway and identity service, over real HTTP, on
+//! every database backend.
+
+mod common;
+
+use common::{ADMIN_PASSWORD, TestServer, json};
+use lattice_core::db::testing;
+use serde_json::json;
+
+#[tokio::test]
+async fn health_ready_metrics_and_openapi() {
+    let s = TestServer::start(lattice_core::db::Backend::Sqlite).await;
+    let (status, body) = json(s.http.get(s.url("/health")).send().await.unwrap()).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = json(s.http.get(s.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"][0]["name"], "identity");
+
+    let resp = s
+        .http
+        .get(s.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/auth/login",
+        "/api/v1/auth/login/totp",
+        "/api/v1/auth/me",
+        "/api/v1/auth/totp/enroll",
+        "/api/v1/tokens",
+        "/api/v1/tokens/{id}",
+        "/api/v1/users",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
+    }
+    let resp = s.http.get(s.url("/metrics")).send().await.unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains(
+            "lattice_gateway_http_requests_total{route=\"/health\",method=\"GET\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    // Security headers and request ids on every answer.
+    let resp = s.http.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert!(resp.headers().contains_key("x-request-id"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn login_session_csrf_tokens_users_and_revocation() {
+    for backend in testing::backends() {
+        let s = TestServer::start(backend).await;
+        let (cookie, csrf) = s.login("admin", ADMIN_PASSWORD).await;
+
+        // The cookie works for reads.
+        let (status, me) = json(
+            s.http
+                .get(s.url("/api/v1/auth/me"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            (me["username"].as_str(), me["auth_method"].as_str()),
+            (Some("admin"), Some("session"))
+        );
+        assert_eq!(me["org_name"], "default");
+
+        // A cookie-authenticated write without the CSRF header is refused.
+        let (status, body) = json(
+            s.http
+                .post(s.url("/api/v1/tokens"))
+                .header("cookie", &cookie)
+                .json(&json!({"name": "ci", "scopes": ["kv:read"]}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("X-CSRF-Token")
+        );
+
+        // With it: created, secret shown once.
+        let (status, created) = json(
+            s.http
+                .post(s.url("/api/v1/tokens"))
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .json(&json!({"name": "ci", "scopes": ["*"], "expires_in_s": 3600}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let admin_token = created["token"].as_str().unwrap().to_owned();
+        let (_, list) = json(
+            s.http
+                .get(s.url("/api/v1/tokens"))
+                .bearer_auth(&admin_token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            list["tokens"][0].get("token").is_none(),
+            "secrets are never listed: {list}"
+        );
+
+        // Bearer: no CSRF needed.
+        let (status, me) = json(
+            s.http
+                .get(s.url("/api/v1/auth/me"))
+                .bearer_auth(&admin_token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, me["auth_method"].as_str()), (200, Some("token")));
+
+        // Users: create bob with narrow scopes.
+        let (status, bob) = json(
+            s.http
+                .post(s.url("/api/v1/users"))
+                .bearer_auth(&admin_token)
+                .json(&json!({"username": "bob", "password": "bob-password-123", "scopes": ["kv:read", "tokens:write"]}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{bob}");
+        let (status, _) = json(
+            s.http
+                .post(s.url("/api/v1/users"))
+                .bearer_auth(&admin_token)
+                .json(&json!({"username": "bob", "password": "bob-password-123"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 409);
+        let (_, users) = json(
+            s.http
+                .get(s.url("/api/v1/users"))
+                .bearer_auth(&admin_token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(users["users"].as_array().unwrap().len(), 2);
+
+        // Bob's session: cannot list users, cannot mint a token beyond his scopes.
+        let (bob_cookie, bob_csrf) = s.login("bob", "bob-password-123").await;
+        let status = s
+            .http
+            .get(s.url("/api/v1/users"))
+            .header("cookie", &bob_cookie)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 403);
+        let (status, body) = json(
+            s.http
+                .post(s.url("/api/v1/tokens"))
+                .header("cookie", &bob_cookie)
+                .header("x-csrf-token", &bob_csrf)
+                .json(&json!({"name": "x", "scopes": ["kv:admin"]}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        // Another session's CSRF token does not work for bob's cookie.
+        let status = s
+            .http
+            .post(s.url("/api/v1/tokens"))
+            .header("cookie", &bob_cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"name": "x", "scopes": ["kv:read"]}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 403);
+
+        // Revocation takes effect at once, even though the gateway caches credentials.
+        let token_id = created["id"].as_str().unwrap();
+        let status = s
+            .http
+            .delete(s.url(&format!("/api/v1/tokens/{token_id}")))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 204);
+        let (status, body) = json(
+            s.http
+                .get(s.url("/api/v1/auth/me"))
+                .bearer_auth(&admin_token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "unauthenticated");
+
+        // Logout ends the session.
+        let status = s
+            .http
+            .post(s.url("/api/v1/auth/logout"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        let status = s
+            .http
+            .get(s.url("/api/v1/auth/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn unauthenticated_and_forged_calls_are_refused() {
+    let s = TestServer::start(lattice_core::db::Backend::Sqlite).await;
+    for (method, path) in [
+        ("GET", "/api/v1/auth/me"),
+        ("GET", "/api/v1/tokens"),
+        ("POST", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/x"),
+        ("GET", "/api/v1/users"),
+        ("POST", "/api/v1/users"),
+        ("POST", "/api/v1/users/x/unlock"),
+        ("POST", "/api/v1/auth/logout"),
+        ("POST", "/api/v1/auth/totp/enroll"),
+        ("POST", "/api/v1/auth/totp/confirm"),
+        ("POST", "/api/v1/auth/totp/disable"),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for auth in [
+            None,
+            Some("Bearer lat_forged"),
+            Some("Basic YWRtaW46eA=="),
+            Some("Bearer "),
+        ] {
+            let mut req = s
+                .http
+                .request(m.clone(), s.url(path))
+                .header("content-type", "application/json")
+                .body("{}");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let (status, body) = json(req.send().await.unwrap()).await;
+            assert_eq!(status, 401, "{method} {path} with {auth:?}: {body}");
+            assert_eq!(body["error"]["code"], "unauthenticated");
+        }
+        let status = s
+            .http
+            .request(m, s.url(path))
+            .header("cookie", "lattice_session=lats_forged")
+            .header(
+                "x-csrf-token",
+                lattice_gateway::caller::csrf_token_for("lats_forged"),
+            )
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "{path} with a forged session");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_errors() {
+    let s = TestServer::start(lattice_core::db::Backend::Sqlite).await;
+    let token = s.admin_token(&["*"]).await;
+    let post = |body: &'static str, ct: Option<&'static str>| {
+        let mut req = s
+            .http
+            .post(s.url("/api/v1/users"))
+            .bearer_auth(&token)
+            .body(body);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        req.send()
+    };
+    let (status, body) = json(
+        post("{\"username\":", Some("application/json"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON")
+    );
+    let (status, body) = json(
+        post(
+            "{\"username\":5,\"password\":\"x\"}",
+            Some("application/json"),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("username"),
+        "{body}"
+    );
+    let (status, body) = json(
+        post(
+            "{\"username\":\"a\",\"password\":\"p\",\"admin\":true}",
+            Some("application/json"),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `admin`"),
+        "{body}"
+    );
+    let (status, body) = json(post("{}", None).await.unwrap()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Type")
+    );
+    let (status, body) = json(
+        s.http
+            .post(s.url("/api/v1/users"))
+            .bearer_auth(&token)
+            .json(&json!({"username": "x".repeat(2_000_000), "password": "p"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    let (status, body) = json(
+        post(
+            "{\"username\":\"bad name!\",\"password\":\"long-enough-pass\"}",
+            Some("application/json"),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("username:"),
+        "{body}"
+    );
+    let (status, body) = json(s.http.get(s.url("/api/v1/nothing")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn totp_login_is_two_steps_over_http() {
+    for backend in testing::backends() {
+        let s = TestServer::start(backend).await;
+        let token = s.admin_token(&["*"]).await;
+        let (status, enroll) = json(
+            s.http
+                .post(s.url("/api/v1/auth/totp/enroll"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{enroll}");
+        let seed = totp_seed(enroll["secret"].as_str().unwrap());
+        let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
+        let (status, codes) = json(
+            s.http
+                .post(s.url("/api/v1/auth/totp/confirm"))
+                .bearer_auth(&token)
+                .json(&json!({"code": lattice_identity::totp::code_at(&seed, now)}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{codes}");
+        assert_eq!(codes["recovery_codes"].as_array().unwrap().len(), 10);
+
+        let (status, step1) = json(
+            s.http
+                .post(s.url("/api/v1/auth/login"))
+                .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, step1["mfa_required"].as_bool()),
+            (200, Some(true)),
+            "{step1}"
+        );
+        let mfa_token = step1["mfa_token"].as_str().unwrap();
+        let (status, _) = json(
+            s.http
+                .post(s.url("/api/v1/auth/login/totp"))
+                .json(&json!({"mfa_token": mfa_token, "code": "000000"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 401);
+        let resp = s
+            .http
+            .post(s.url("/api/v1/auth/login/totp"))
+            .json(&json!({"mfa_token": mfa_token, "code": lattice_identity::totp::code_at(&seed, now + 30)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let cookie = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>();
+        assert!(cookie.iter().any(|c| c.starts_with("lattice_session=")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Lax")));
+        let (_, me) = json(
+            s.http
+                .get(s.url("/api/v1/auth/me"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(me["totp_enabled"], true);
+        s.stop().await;
+    }
+}
+
+fn totp_seed(base32: &str) -> Vec<u8> {
+    // RFC 4648 base32 without padding.
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = Vec::new();
+    for c in base32.trim_end_matches('=').bytes() {
+        let v = alphabet.iter().position(|a| *a == c).expect("base32") as u32;
+        bits = (bits << 5) | v;
+        nbits += 5;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn lockout_answers_429_with_retry_after_and_admin_unlocks() {
+    let s = TestServer::start_with(
+        lattice_core::db::Backend::Sqlite,
+        &[("LATTICE_IDENTITY__LOCKOUT_THRESHOLD", "2")],
+    )
+    .await;
+    let token = s.admin_token(&["*"]).await;
+    let (_, bob) = json(
+        s.http
+            .post(s.url("/api/v1/users"))
+            .bearer_auth(&token)
+            .json(&json!({"username": "bob", "password": "bob-password-123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let login = |password: &'static str| {
+        s.http
+            .post(s.url("/api/v1/auth/login"))
+            .json(&json!({"username": "bob", "password": password}))
+            .send()
+    };
+    for _ in 0..2 {
+        let (status, body) = json(login("wrong-password!!").await.unwrap()).await;
+        assert_eq!(status, 401);
+        assert_eq!(body["error"]["message"], "invalid username or password");
+    }
+    let resp = login("bob-password-123").await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    let (_, users) = json(
+        s.http
+            .get(s.url("/api/v1/users"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let listed = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "bob")
+        .unwrap()
+        .clone();
+    assert!(listed["locked_until_ms"].is_i64());
+    let status = s
+        .http
+        .post(s.url(&format!(
+            "/api/v1/users/{}/unlock",
+            bob["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(login("bob-password-123").await.unwrap().status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn self_signed_tls_serves_http2_with_the_generated_ca() {
+    let s = TestServer::start_with(
+        lattice_core::db::Backend::Sqlite,
+        &[("LATTICE_GATEWAY__TLS", "self-signed")],
+    )
+    .await;
+    assert!(s.base.starts_with("https://"));
+    let resp = s.http.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert!(
+        resp.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=31536000")
+    );
+    // A client that does not trust the CA is refused.
+    let untrusting = reqwest::Client::builder().build().unwrap();
+    assert!(untrusting.get(s.url("/health")).send().await.is_err());
+    // Session cookies are Secure under TLS.
+    let resp = s
+        .http
+        .post(s.url("/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| c.to_str().unwrap().contains("Secure"))
+    );
+    s.stop().await;
+}

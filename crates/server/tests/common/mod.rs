@@ -1,0 +1,147 @@
+//! Starts real servers for integration tests: the same `lattice_server::start` the
+//! binary uses, on port 0, with a fresh database of the requested backend.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+
+use lattice_core::config::{Config, Overrides};
+use lattice_core::db::{Backend, testing};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub data_dir: testing::tempfile_guard::Guard,
+    running: Option<lattice_server::Running>,
+    _db_guard: Option<testing::tempfile_guard::Guard>,
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn test_env(
+    data_dir: &std::path::Path,
+    database_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("LATTICE_DATA_DIR", data_dir.display().to_string().as_str()),
+        ("DATABASE_URL", database_url),
+        ("LATTICE_MIGRATE_ON_START", "true"),
+        ("LATTICE_GATEWAY__LISTEN", "127.0.0.1:0"),
+        ("LATTICE_GATEWAY__TLS", "off"),
+        ("LATTICE_IDENTITY__LISTEN", "127.0.0.1:0"),
+        ("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64"),
+        ("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1"),
+        ("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Self {
+        install_crypto();
+        let (url, db_guard) = testing::fresh_url(backend).await;
+        let data_dir = testing::tempfile_guard::Guard::new();
+        let env = test_env(&data_dir.path, &url, extra);
+        let config = Config::load(None, &env, &Overrides::default()).expect("test config is valid");
+        let tls = config.gateway.tls != lattice_core::config::TlsMode::Off;
+        let shutdown = CancellationToken::new();
+        let roles: BTreeSet<_> = lattice_server::parse_roles("all").unwrap();
+        let running = lattice_server::start(config, &roles, shutdown.clone())
+            .await
+            .expect("server starts");
+        let addr = running.gateway_addr.expect("gateway runs");
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(20));
+        if tls {
+            let ca = std::fs::read(data_dir.path.join("tls/ca.pem")).unwrap();
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+        }
+        Self {
+            base: format!(
+                "{}://localhost:{}",
+                if tls { "https" } else { "http" },
+                addr.port()
+            ),
+            http: builder.build().unwrap(),
+            shutdown,
+            data_dir,
+            running: Some(running),
+            _db_guard: db_guard,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.wait().await.expect("clean shutdown");
+        }
+    }
+
+    /// Log in; returns (cookie header value, csrf token).
+    pub async fn login(&self, username: &str, password: &str) -> (String, String) {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "login as {username}");
+        let cookies: Vec<String> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .collect();
+        let body: Value = resp.json().await.unwrap();
+        (
+            cookies.join("; "),
+            body["csrf_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// An admin operator token with `scopes`.
+    pub async fn admin_token(&self, scopes: &[&str]) -> String {
+        let (cookie, csrf) = self.login("admin", ADMIN_PASSWORD).await;
+        let resp = self
+            .http
+            .post(self.url("/api/v1/tokens"))
+            .header("cookie", cookie)
+            .header("x-csrf-token", csrf)
+            .json(&serde_json::json!({"name": "test", "scopes": scopes}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+pub async fn json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
