@@ -1,0 +1,298 @@
+//! `login`, `logout`, `whoami` and `totp`.
+
+use anyhow::{Context as _, bail};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Ctx, Me, parse, segment};
+use crate::args::{LoginArgs, TotpCommand};
+use crate::client::{Api, ApiError, Auth, SESSION_COOKIE, TlsOptions, set_cookie};
+use crate::config::{self, StoredConfig};
+use crate::output::{Format, Table, scopes_cell};
+use crate::prompt;
+
+/// Lifetime of the token `login` stores.
+const LOGIN_TOKEN_LIFETIME_S: i64 = 30 * 86_400;
+/// Longest token name the server accepts.
+const MAX_TOKEN_NAME: usize = 64;
+
+#[derive(Debug, Deserialize)]
+struct LoginAnswer {
+    mfa_required: bool,
+    #[serde(default)]
+    mfa_token: Option<String>,
+    #[serde(default)]
+    csrf_token: Option<String>,
+    #[serde(default)]
+    user: Option<Me>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreatedToken {
+    token: Option<String>,
+}
+
+/// `lattice login`: password (+ TOTP) → session → long-lived token → stored.
+pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
+    let previous = match config::load(&ctx.config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warning: ignoring the existing config: {e:#}");
+            None
+        }
+    };
+    let server = match (&ctx.server, &previous) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => c.server.clone(),
+        (None, None) => bail!("login needs --server URL"),
+    };
+    let same_server = previous.as_ref().filter(|c| c.server == server);
+    let tls = ctx.tls(same_server);
+    warn_about_transport(&server, &tls);
+
+    let username = prompt::username(args.username.as_deref())?;
+    let password = prompt::secret("Password: ", "password", "LATTICE_PASSWORD")?;
+    let mut api = Api::new(&server, &tls, Auth::None)?;
+    let body = json!({ "username": username, "password": password });
+    let mut reply = api
+        .send(Method::POST, "/api/v1/auth/login", Some(&body))
+        .await?;
+    let mut answer: LoginAnswer = parse(&reply.body)?;
+    if answer.mfa_required {
+        let mfa_token = answer
+            .mfa_token
+            .context("the server asked for a TOTP code but sent no mfa_token")?;
+        let code = prompt::code("TOTP code: ", "LATTICE_TOTP_CODE")?;
+        let body = json!({ "mfa_token": mfa_token, "code": code });
+        reply = api
+            .send(Method::POST, "/api/v1/auth/login/totp", Some(&body))
+            .await?;
+        answer = parse(&reply.body)?;
+        if answer.mfa_required {
+            bail!("the server asked for a second factor twice");
+        }
+    }
+    let secret = set_cookie(&reply.headers, SESSION_COOKIE)
+        .context("the server did not set a session cookie")?;
+    let csrf = answer
+        .csrf_token
+        .or_else(|| set_cookie(&reply.headers, "lattice_csrf"))
+        .context("the server sent no CSRF token")?;
+    let user = answer.user.context("the login answer names no user")?;
+    api.set_auth(Auth::Session { secret, csrf });
+
+    // Whatever happens to the token, end the session: it is only a stepping stone.
+    let created = create_login_token(&api, &user).await;
+    if let Err(e) = api.post("/api/v1/auth/logout", None).await {
+        eprintln!("warning: could not end the login session: {e:#}");
+    }
+    let token = created?;
+
+    let stored = StoredConfig {
+        server: server.clone(),
+        token,
+        ca_file: tls.ca_file.clone(),
+        insecure: tls.insecure,
+    };
+    config::save(&ctx.config_path, &stored)?;
+    if let Some(old) = previous.filter(|c| c.token != stored.token) {
+        revoke_previous(&old).await;
+    }
+    let name = if user.username.is_empty() {
+        &username
+    } else {
+        &user.username
+    };
+    eprintln!("logged in to {server} as {name}");
+    Ok(())
+}
+
+async fn create_login_token(api: &Api, user: &Me) -> anyhow::Result<String> {
+    if user.scopes.is_empty() {
+        bail!(
+            "user {} has no scopes, and an operator token needs at least one",
+            user.username
+        );
+    }
+    let mut name = format!("cli@{}", prompt::hostname());
+    if name.chars().count() > MAX_TOKEN_NAME {
+        name = name.chars().take(MAX_TOKEN_NAME).collect();
+    }
+    let body = json!({
+        "name": name,
+        "scopes": user.scopes,
+        "expires_in_s": LOGIN_TOKEN_LIFETIME_S,
+    });
+    let answer = api.post("/api/v1/tokens", Some(&body)).await?;
+    let created: CreatedToken = parse(&answer)?;
+    created
+        .token
+        .filter(|t| !t.is_empty())
+        .context("the server created a token but did not return its secret")
+}
+
+/// Best effort: the token a re-login replaces should not linger on the server.
+async fn revoke_previous(old: &StoredConfig) {
+    let tls = TlsOptions {
+        ca_file: old.ca_file.clone(),
+        insecure: old.insecure,
+    };
+    let result = async {
+        let api = Api::new(&old.server, &tls, Auth::Bearer(old.token.clone()))?;
+        revoke_own_token(&api).await
+    }
+    .await;
+    match result {
+        Ok(()) => {}
+        Err(e) if status_of(&e) == Some(401) => {} // already expired or revoked
+        Err(e) => eprintln!(
+            "note: could not revoke the previously stored token for {}: {e:#}",
+            old.server
+        ),
+    }
+}
+
+/// Revoke the token `api` authenticates with.
+async fn revoke_own_token(api: &Api) -> anyhow::Result<()> {
+    let me: Me = parse(&api.get("/api/v1/auth/me").await?)?;
+    if me.auth_method != "token" {
+        bail!("the stored credential is a {}, not a token", me.auth_method);
+    }
+    api.delete(&format!("/api/v1/tokens/{}", segment(&me.credential_id)?))
+        .await
+}
+
+fn status_of(err: &anyhow::Error) -> Option<u16> {
+    err.downcast_ref::<ApiError>().map(|e| e.status)
+}
+
+fn warn_about_transport(server: &str, tls: &TlsOptions) {
+    if tls.insecure {
+        eprintln!("warning: TLS certificate verification is off (--insecure)");
+    }
+    let Ok(url) = reqwest::Url::parse(server) else {
+        return;
+    };
+    if url.scheme() != "http" {
+        return;
+    }
+    let host = url.host_str().unwrap_or("");
+    let local = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        eprintln!("warning: {server} is plain http: the password travels unencrypted");
+    }
+}
+
+/// `lattice logout`: revoke the stored token, delete the config file.
+pub async fn logout(ctx: &Ctx) -> anyhow::Result<()> {
+    let Some(stored) = config::load(&ctx.config_path)? else {
+        bail!("not logged in; run lattice login --server URL");
+    };
+    let server = ctx.server.clone().unwrap_or_else(|| stored.server.clone());
+    let api = Api::new(
+        &server,
+        &ctx.tls(Some(&stored)),
+        Auth::Bearer(stored.token.clone()),
+    )?;
+    match revoke_own_token(&api).await {
+        Ok(()) => {}
+        Err(e) if status_of(&e) == Some(401) => {
+            eprintln!("note: the stored token was already expired or revoked");
+        }
+        Err(e) => {
+            eprintln!(
+                "the token was not revoked; to forget it anyway, delete {}",
+                ctx.config_path.display()
+            );
+            return Err(e);
+        }
+    }
+    config::remove(&ctx.config_path)?;
+    eprintln!("logged out of {server}");
+    Ok(())
+}
+
+/// `lattice whoami`.
+pub async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
+    let api = ctx.authed()?;
+    let body = api.get("/api/v1/auth/me").await?;
+    ctx.show(&body, |me: Me| {
+        let mut t = Table::new(&["FIELD", "VALUE"]);
+        let rows = [
+            ("server", api.server().to_owned()),
+            ("username", me.username),
+            ("user id", me.user_id),
+            ("org", format!("{} ({})", me.org_name, me.org_id)),
+            ("scopes", scopes_cell(&me.scopes)),
+            ("auth", format!("{} {}", me.auth_method, me.credential_id)),
+            (
+                "totp",
+                if me.totp_enabled { "on" } else { "off" }.to_owned(),
+            ),
+        ];
+        for (k, v) in rows {
+            t.row(vec![k.to_owned(), v]);
+        }
+        t
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Enrollment {
+    secret: String,
+    otpauth_uri: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecoveryCodes {
+    recovery_codes: Vec<String>,
+}
+
+/// `lattice totp enroll|confirm`.
+pub async fn totp(ctx: &Ctx, cmd: TotpCommand) -> anyhow::Result<()> {
+    let api = ctx.authed()?;
+    match cmd {
+        TotpCommand::Enroll => {
+            let body = api.post("/api/v1/auth/totp/enroll", None).await?;
+            ctx.show(&body, |e: Enrollment| {
+                let mut t = Table::new(&["FIELD", "VALUE"]);
+                t.row(vec!["secret".into(), e.secret]);
+                t.row(vec!["otpauth_uri".into(), e.otpauth_uri]);
+                t
+            })?;
+            eprintln!(
+                "add this secret to your authenticator app, then run: lattice totp confirm CODE"
+            );
+        }
+        TotpCommand::Confirm { code } => {
+            let code = match code {
+                Some(c) => c.trim().to_owned(),
+                None => prompt::code("TOTP code: ", "LATTICE_TOTP_CODE")?,
+            };
+            let body = api
+                .post("/api/v1/auth/totp/confirm", Some(&json!({ "code": code })))
+                .await?;
+            ctx.show(&body, |r: RecoveryCodes| {
+                let mut t = Table::new(&["RECOVERY CODE"]);
+                for c in r.recovery_codes {
+                    t.row(vec![c]);
+                }
+                t
+            })?;
+            if ctx.format == Format::Table {
+                eprintln!(
+                    "TOTP is on. Keep these recovery codes safe: each works once, and they will not be shown again"
+                );
+            } else {
+                eprintln!("TOTP is on; the recovery codes will not be shown again");
+            }
+        }
+    }
+    Ok(())
+}
