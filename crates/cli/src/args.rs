@@ -113,15 +113,20 @@ pub enum UsersCommand {
     },
 }
 
-/// `lattice totp ...`.
+/// `lattice totp ...` (logs in with your password first: API tokens cannot change TOTP).
 #[derive(Debug, Subcommand)]
 pub enum TotpCommand {
-    /// Start enrollment: prints the secret and an otpauth:// URI.
-    Enroll,
-    /// Finish enrollment with a current code; prints recovery codes once.
-    Confirm {
-        /// Current 6-digit code (asked when absent, or LATTICE_TOTP_CODE).
-        code: Option<String>,
+    /// Turn TOTP on: shows the secret, asks for a code, prints recovery codes once.
+    Enable {
+        /// Account (default: asked, or LATTICE_USERNAME).
+        #[arg(short, long)]
+        username: Option<String>,
+    },
+    /// Turn TOTP off (needs a current code or a recovery code).
+    Disable {
+        /// Account (default: asked, or LATTICE_USERNAME).
+        #[arg(short, long)]
+        username: Option<String>,
     },
 }
 

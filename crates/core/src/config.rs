@@ -75,6 +75,10 @@ pub struct GatewayConfig {
     pub tls_san: Vec<String>,
     /// Identity service address when it runs in another process (`http://host:port`).
     pub identity_url: Option<String>,
+    /// The URL clients use to reach the gateway (behind a TLS-terminating proxy:
+    /// `https://lattice.example.com`). An `https` URL makes cookies `Secure` and
+    /// turns on HSTS even when `tls = "off"`.
+    pub public_url: Option<String>,
     /// Request timeout, seconds.
     pub request_timeout_s: u64,
     /// Max request body, bytes.
@@ -138,6 +142,7 @@ fn defaults() -> Defaults {
             tls_key_file: None,
             tls_san: Vec::new(),
             identity_url: None,
+            public_url: None,
             request_timeout_s: 30,
             body_limit_bytes: 1024 * 1024,
             trust_forwarded_for: false,
@@ -231,7 +236,7 @@ impl Config {
             let Some(rest) = var.strip_prefix("LATTICE_") else {
                 continue;
             };
-            if rest.starts_with("TEST_") {
+            if rest.starts_with("TEST_") || NOT_SERVER_CONFIG.contains(&rest) {
                 continue;
             }
             let key = rest.to_lowercase().replace("__", ".");
@@ -260,7 +265,11 @@ impl Config {
             }
         }
         // LOG_LEVEL, then RUST_LOG (the more specific directive) when set.
+        let explicit_log_level = get("LATTICE_LOG_LEVEL").is_some_and(|v| !v.is_empty());
         for var in ["LOG_LEVEL", "RUST_LOG"] {
+            if explicit_log_level {
+                break;
+            }
             if let Some(value) = get(var).filter(|v| !v.is_empty()) {
                 origins.push(("log_level".into(), format!("environment variable {var}")));
                 figment = figment.merge(("log_level", value));
@@ -373,7 +382,23 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &g.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!(
+                    "gateway.public_url: {url:?} must start with http:// or https://"
+                ));
+            }
+        }
         let i = &self.identity;
+        if i.ip_failure_limit == 0 {
+            errors.push("identity.ip_failure_limit: must be at least 1".into());
+        }
+        if i.ip_failure_window_s == 0 {
+            errors.push("identity.ip_failure_window_s: must be at least 1".into());
+        }
+        if i.lockout_duration_s == 0 {
+            errors.push("identity.lockout_duration_s: must be at least 1".into());
+        }
         if i.session_idle_timeout_s == 0 || i.session_idle_timeout_s > i.session_max_age_s {
             errors.push(
                 "identity.session_idle_timeout_s: must be between 1 and identity.session_max_age_s"
@@ -430,12 +455,35 @@ impl Config {
         }
     }
 
+    /// Whether browsers reach the gateway over HTTPS (own TLS, or a proxy named by
+    /// `gateway.public_url`): cookies get `Secure` and HSTS is sent.
+    pub fn gateway_is_https(&self) -> bool {
+        self.gateway.tls != TlsMode::Off
+            || self
+                .gateway
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+    }
+
     /// Whether start-up applies migrations.
     pub fn migrate_on_start(&self) -> bool {
         self.migrate_on_start
             .unwrap_or_else(|| self.database_url().starts_with("sqlite:"))
     }
 }
+
+/// `LATTICE_*` variables that belong to the CLI or to flags, not to the server's
+/// configuration; they may share an environment with the server.
+const NOT_SERVER_CONFIG: &[&str] = &[
+    "SERVICES",
+    "TOKEN",
+    "CONFIG",
+    "USERNAME",
+    "PASSWORD",
+    "TOTP_CODE",
+    "NEW_PASSWORD",
+];
 
 /// Keys whose values stay strings even when they look like numbers or booleans.
 const STRING_KEYS: &[&str] = &[
@@ -450,6 +498,7 @@ const STRING_KEYS: &[&str] = &[
     "mfa_token_secret",
     "bootstrap_admin_password",
     "gateway.identity_url",
+    "gateway.public_url",
     "gateway.tls_cert_file",
     "gateway.tls_key_file",
     "identity.mfa_issuer",
@@ -544,6 +593,31 @@ mod tests {
         assert_eq!(c.gateway.listen.port(), 9000);
         assert_eq!(c.log_level, "debug");
         assert!(!c.migrate_on_start());
+    }
+
+    #[test]
+    fn cli_variables_in_the_same_environment_are_not_config() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("LATTICE_TOKEN", "lat_x"),
+                ("LATTICE_SERVICES", "gateway"),
+                ("LATTICE_PASSWORD", "p"),
+            ]),
+            &Overrides::default(),
+        );
+        assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn specific_log_level_wins_over_generic() {
+        let c = Config::load(
+            None,
+            &env(&[("LATTICE_LOG_LEVEL", "warn"), ("RUST_LOG", "debug")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.log_level, "warn");
     }
 
     #[test]

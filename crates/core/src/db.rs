@@ -294,7 +294,15 @@ pub async fn migrate(
         Backend::Sqlite => {}
     }
     let result = async {
-        conn.execute(BOOKKEEPING).await?;
+        // Only create the bookkeeping table when it is missing, so a role without
+        // CREATE rights can still check that nothing is pending.
+        let exists = sqlx::query("SELECT 1 FROM lattice_migrations WHERE 1 = 0")
+            .execute(&mut *conn)
+            .await
+            .is_ok();
+        if !exists {
+            conn.execute(BOOKKEEPING).await?;
+        }
         for set in sets {
             migrate_set(&mut conn, db.backend, set, apply, &mut report).await?;
         }

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The thing named does not exist, or is not visible to the caller (404).
     NotFound,
+    /// The route exists but not for this method (405).
+    MethodNotAllowed,
     /// The thing already exists or the request conflicts with current state (409).
     Conflict,
     /// A condition the client stated (If-Match and friends) does not hold (412).
@@ -43,11 +45,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::Conflict,
         Self::PreconditionFailed,
         Self::PayloadTooLarge,
@@ -64,6 +67,7 @@ impl ErrorCode {
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::PreconditionFailed => "precondition_failed",
             Self::PayloadTooLarge => "payload_too_large",
@@ -82,6 +86,7 @@ impl ErrorCode {
             Self::Unauthenticated => S::UNAUTHORIZED,
             Self::PermissionDenied => S::FORBIDDEN,
             Self::NotFound => S::NOT_FOUND,
+            Self::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             Self::Conflict => S::CONFLICT,
             Self::PreconditionFailed => S::PRECONDITION_FAILED,
             Self::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
@@ -100,6 +105,7 @@ impl ErrorCode {
             Self::Unauthenticated => C::Unauthenticated,
             Self::PermissionDenied => C::PermissionDenied,
             Self::NotFound => C::NotFound,
+            Self::MethodNotAllowed => C::Unimplemented,
             Self::Conflict => C::AlreadyExists,
             Self::PreconditionFailed => C::FailedPrecondition,
             Self::PayloadTooLarge => C::OutOfRange,

@@ -23,6 +23,10 @@ pub fn on_signal() -> CancellationToken {
         };
         #[cfg(not(unix))]
         let term = std::future::pending::<()>();
+        // SIGHUP must never kill the server (its default action); where something can
+        // be reloaded (TLS files) its own listener acts on it.
+        #[cfg(unix)]
+        let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tokio::select! {
             _ = ctrl_c => tracing::info!("received SIGINT, shutting down"),
             _ = term => tracing::info!("received SIGTERM, shutting down"),

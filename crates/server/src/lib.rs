@@ -118,14 +118,17 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     }
 }
 
+/// A configured secret, or one derived from the master key for `purpose`.
 fn secret_or_derived(
     configured: Option<&secrecy::SecretString>,
-    master: &MasterKey,
+    master: Option<&MasterKey>,
+    name: &str,
     purpose: &str,
-) -> Vec<u8> {
-    match configured {
-        Some(s) => expose(s).as_bytes().to_vec(),
-        None => master.derive(purpose).to_vec(),
+) -> anyhow::Result<Vec<u8>> {
+    match (configured, master) {
+        (Some(s), _) => Ok(expose(s).as_bytes().to_vec()),
+        (None, Some(m)) => Ok(m.derive(purpose).to_vec()),
+        (None, None) => anyhow::bail!("{name}: not configured and no master key is loaded"),
     }
 }
 
@@ -157,6 +160,36 @@ async fn open_cache(config: &Config, shutdown: &CancellationToken) -> Cache {
     }
 }
 
+/// Keep the identity service's gRPC health in step with its database: NOT_SERVING
+/// while the database does not answer, so `/ready` and load balancers see it.
+async fn report_database_health(
+    db: Db,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    type Svc = IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>;
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let ok = tokio::time::timeout(Duration::from_secs(2), db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ok != serving {
+            serving = ok;
+            if ok {
+                tracing::info!("identity database reachable again");
+                reporter.set_serving::<Svc>().await;
+            } else {
+                tracing::warn!("identity database unreachable; reporting not serving");
+                reporter.set_not_serving::<Svc>().await;
+            }
+        }
+    }
+}
+
 /// Build every service in `roles`, bind their listeners and start serving until
 /// `shutdown` fires. Returns once everything is listening.
 pub async fn start(
@@ -164,12 +197,20 @@ pub async fn start(
     roles: &BTreeSet<Role>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let master = master_key(&config)?;
+    // The master key is needed by services that seal data and for secrets derived from
+    // it; a gateway given JWT_SECRET needs none.
+    let needs_master = roles.contains(&Role::Identity) || config.jwt_secret.is_none();
+    let master = if needs_master {
+        Some(master_key(&config)?)
+    } else {
+        None
+    };
     let internal = InternalAuth::new(&secret_or_derived(
         config.jwt_secret.as_ref(),
-        &master,
+        master.as_ref(),
+        "jwt_secret",
         "lattice/internal-jwt",
-    ));
+    )?);
     let cache = open_cache(&config, &shutdown).await;
     let mut tasks = JoinSet::new();
     let mut pools = Vec::new();
@@ -189,12 +230,14 @@ pub async fn start(
         .await?;
         let mfa_secret = secret_or_derived(
             config.mfa_token_secret.as_ref(),
-            &master,
+            master.as_ref(),
+            "mfa_token_secret",
             "lattice/mfa-token",
-        );
+        )?;
+        let master = master.as_ref().context("identity needs the master key")?;
         let identity = lattice_identity::build(
             db.clone(),
-            &master,
+            master,
             cache.clone(),
             config.identity.clone(),
             &mfa_secret,
@@ -216,6 +259,11 @@ pub async fn start(
         reporter
             .set_serving::<IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>>()
             .await;
+        tasks.spawn(report_database_health(
+            db.clone(),
+            reporter.clone(),
+            shutdown.clone(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -256,8 +304,16 @@ pub async fn start(
                 "gateway.identity_url: required when the identity service is not in --services (e.g. http://identity:8091)"
             ),
         };
-        let channel = tonic::transport::Endpoint::from_shared(identity_url.clone())
-            .with_context(|| format!("gateway.identity_url: {identity_url:?} is not a valid URL"))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(identity_url.clone())
+            .with_context(|| {
+                format!("gateway.identity_url: {identity_url:?} is not a valid URL")
+            })?;
+        if identity_url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+                .context("gateway.identity_url: TLS setup")?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
@@ -265,6 +321,7 @@ pub async fn start(
             .connect_lazy();
         let gateway = Gateway::build(
             &config.gateway,
+            config.gateway_is_https(),
             &config.data_dir,
             internal.clone(),
             channel,

@@ -145,7 +145,12 @@ async fn async_main(
                 }
             );
             println!("gateway.listen = {}", config.gateway.listen);
-            println!("gateway.tls = {:?}", config.gateway.tls);
+            let tls = match config.gateway.tls {
+                lattice_core::config::TlsMode::SelfSigned => "self-signed",
+                lattice_core::config::TlsMode::Files => "files",
+                lattice_core::config::TlsMode::Off => "off",
+            };
+            println!("gateway.tls = {tls}");
             println!("identity.listen = {}", config.identity.listen);
             Ok(())
         }
@@ -186,7 +191,7 @@ fn print_banner(running: &lattice_server::Running) {
                 admin.username
             )),
             None => out.push_str(&format!(
-                "bootstrap admin created: username {} (password from LATTICE_BOOTSTRAP_ADMIN_PASSWORD)\n",
+                "bootstrap admin created: username {} (password from bootstrap_admin_password in the configuration)\n",
                 admin.username
             )),
         }

@@ -425,7 +425,8 @@ async fn totp_login_is_two_steps_over_http() {
     for backend in testing::backends() {
         let s = TestServer::start(backend).await;
         let token = s.admin_token(&["*"]).await;
-        let (status, enroll) = json(
+        // An API token cannot change second-factor settings.
+        let (status, body) = json(
             s.http
                 .post(s.url("/api/v1/auth/totp/enroll"))
                 .bearer_auth(&token)
@@ -434,13 +435,21 @@ async fn totp_login_is_two_steps_over_http() {
                 .unwrap(),
         )
         .await;
+        assert_eq!(status, 403, "{body}");
+        let (cookie, csrf) = s.login("admin", ADMIN_PASSWORD).await;
+        let session = |path: &str| {
+            s.http
+                .post(s.url(path))
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+        };
+        let (status, enroll) =
+            json(session("/api/v1/auth/totp/enroll").send().await.unwrap()).await;
         assert_eq!(status, 200, "{enroll}");
         let seed = totp_seed(enroll["secret"].as_str().unwrap());
         let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
         let (status, codes) = json(
-            s.http
-                .post(s.url("/api/v1/auth/totp/confirm"))
-                .bearer_auth(&token)
+            session("/api/v1/auth/totp/confirm")
                 .json(&json!({"code": lattice_identity::totp::code_at(&seed, now)}))
                 .send()
                 .await
@@ -628,6 +637,154 @@ async fn self_signed_tls_serves_http2_with_the_generated_ca() {
             .get_all("set-cookie")
             .iter()
             .all(|c| c.to_str().unwrap().contains("Secure"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn password_change_ends_other_sessions_and_admin_can_reset() {
+    for backend in testing::backends() {
+        let s = TestServer::start(backend).await;
+        let token = s.admin_token(&["*"]).await;
+        let (_, bob) = json(
+            s.http
+                .post(s.url("/api/v1/users"))
+                .bearer_auth(&token)
+                .json(&json!({"username": "bob", "password": "bob-password-123"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let (first, _) = s.login("bob", "bob-password-123").await;
+        let (second, second_csrf) = s.login("bob", "bob-password-123").await;
+        let change = |current: &str, new: &str| {
+            s.http
+                .post(s.url("/api/v1/auth/password"))
+                .header("cookie", &second)
+                .header("x-csrf-token", &second_csrf)
+                .json(&json!({"current_password": current, "new_password": new}))
+                .send()
+        };
+        let (status, body) = json(
+            change("not-the-password", "bob-new-password-1")
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("current_password")
+        );
+        let (status, body) = json(change("bob-password-123", "short").await.unwrap()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(
+            change("bob-password-123", "bob-new-password-1")
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        // The session that changed it lives on; the other one ended.
+        assert_eq!(
+            s.http
+                .get(s.url("/api/v1/auth/me"))
+                .header("cookie", &second)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            s.http
+                .get(s.url("/api/v1/auth/me"))
+                .header("cookie", &first)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        s.login("bob", "bob-new-password-1").await;
+        // An API token cannot change its owner's password.
+        let status = s
+            .http
+            .post(s.url("/api/v1/auth/password"))
+            .bearer_auth(&token)
+            .json(
+                &json!({"current_password": ADMIN_PASSWORD, "new_password": "another-password-9"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 403);
+        // An admin resets bob's password.
+        let status = s
+            .http
+            .post(s.url(&format!(
+                "/api/v1/users/{}/password",
+                bob["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&token)
+            .json(&json!({"new_password": "bob-reset-password-2"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        s.login("bob", "bob-reset-password-2").await;
+        // Wrong method on a known route: 405 in the JSON error shape.
+        let (status, body) = json(
+            s.http
+                .put(s.url("/api/v1/auth/password"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (405, Some("method_not_allowed"))
+        );
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn https_public_url_keeps_cookies_secure_behind_a_proxy() {
+    let s = TestServer::start_with(
+        lattice_core::db::Backend::Sqlite,
+        &[
+            ("LATTICE_GATEWAY__PUBLIC_URL", "https://lattice.example.com"),
+            ("LATTICE_GATEWAY__TRUST_FORWARDED_FOR", "true"),
+        ],
+    )
+    .await;
+    let resp = s
+        .http
+        .post(s.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| c.to_str().unwrap().contains("Secure"))
+    );
+    assert!(
+        resp.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .contains("31536000")
     );
     s.stop().await;
 }

@@ -235,3 +235,223 @@ fn migrate_is_a_release_step() {
     let second = run();
     assert!(String::from_utf8_lossy(&second.stdout).contains("database is up to date"));
 }
+
+/// A CA and a server certificate for localhost signed by it, made with openssl.
+/// Returns (CA file, server certificate file, server key file).
+fn make_cert(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed (Debian package openssl)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let s = |p: &std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let (ca, ca_key, key, csr, cert, ext) = (
+        p("-ca.pem"),
+        p("-ca.key"),
+        p(".key"),
+        p(".csr"),
+        p(".pem"),
+        p(".ext"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+        "-keyout",
+        &s(&ca_key),
+        "-out",
+        &s(&ca),
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca),
+        "-CAkey",
+        &s(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s(&ext),
+        "-out",
+        &s(&cert),
+    ]);
+    (ca, cert, key)
+}
+
+fn client_trusting(cert: &std::path::Path) -> reqwest::Client {
+    let pem = std::fs::read(cert).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn operator_certificate_files_reload_on_sighup() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, cert_a, key_a) = make_cert(dir.path(), "first");
+    let (ca_b, cert_b, key_b) = make_cert(dir.path(), "second");
+    let live_cert = dir.path().join("live.pem");
+    let live_key = dir.path().join("live.key");
+    std::fs::copy(&cert_a, &live_cert).unwrap();
+    std::fs::copy(&key_a, &live_key).unwrap();
+    let (server, url) = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--tls",
+            "files",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[
+            (
+                "LATTICE_GATEWAY__TLS_CERT_FILE",
+                live_cert.to_str().unwrap(),
+            ),
+            ("LATTICE_GATEWAY__TLS_KEY_FILE", live_key.to_str().unwrap()),
+        ],
+        "Lattice is listening on",
+    );
+    let url = url.replace("127.0.0.1", "localhost");
+    assert_eq!(
+        client_trusting(&ca_a)
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        client_trusting(&ca_b)
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_err()
+    );
+
+    std::fs::copy(&cert_b, &live_cert).unwrap();
+    std::fs::copy(&key_b, &live_key).unwrap();
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client_trusting(&ca_b)
+            .get(format!("{url}/health"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "new certificate never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        client_trusting(&ca_a)
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn rest_and_grpc_share_the_public_port_over_h2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--tls",
+            "off",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+        "Lattice is listening on",
+    );
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2c.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+    // grpc.health.v1.Health/Check with an empty request: a length-prefixed empty message.
+    let resp = h2c
+        .post(format!("{url}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let body = resp.bytes().await.unwrap();
+    // One message: flag 0, length 2, field 1 (status) = 1 (SERVING).
+    assert_eq!(&body[..], &[0, 0, 0, 0, 2, 8, 1]);
+    // Plain HTTP/1.1 on the same port works too.
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let resp = h1.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, reqwest::Version::HTTP_11)
+    );
+}

@@ -10,7 +10,6 @@ use axum::extract::FromRequestParts;
 use http::request::Parts;
 use lattice_core::auth::{AuthMethod, Principal, REVOCATION_CHANNEL};
 use lattice_core::cache::Cache;
-use lattice_core::crypto::hash_secret;
 use lattice_core::time::now_ms;
 use lattice_proto::identity::v1 as pb;
 use sha2::{Digest as _, Sha256};
@@ -30,9 +29,9 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
+/// A verified credential, as cached: shared by every request that presents it.
+#[derive(Debug)]
+pub struct Verified {
     /// Verified principal (what internal calls carry).
     pub principal: Principal,
     /// Org name.
@@ -41,8 +40,33 @@ pub struct Caller {
     pub totp_enabled: bool,
     /// Credential expiry (0 = none).
     pub expires_at_ms: i64,
+    /// The `/api/v1/auth/me` answer, rendered once per verification.
+    pub me_json: bytes::Bytes,
+}
+
+/// An authenticated caller: the shared verified credential plus this request's address.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The verified credential.
+    pub verified: Arc<Verified>,
     /// Client address.
     pub client_ip: String,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Verified;
+    fn deref(&self) -> &Verified {
+        &self.verified
+    }
+}
+
+/// Cache key of a presented credential: SHA-256 of its kind and secret.
+fn cache_key(kind: u8, secret: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update([kind])
+        .chain_update(secret.as_bytes())
+        .finalize()
+        .into()
 }
 
 /// The CSRF token bound to a session secret: only someone who can read the cookie
@@ -67,26 +91,33 @@ pub fn cookie<'a>(parts: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` hop when the
-/// gateway is configured to trust its proxy.
-pub fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> String {
+/// The client's address: the TCP peer, or (when the gateway is configured to trust
+/// its reverse proxy) the last `X-Forwarded-For` hop, the one that proxy appended.
+pub fn client_ip_from(
+    headers: &http::HeaderMap,
+    peer: Option<&PeerAddr>,
+    trust_forwarded_for: bool,
+) -> String {
     if trust_forwarded_for {
-        if let Some(first) = parts
-            .headers
+        if let Some(last) = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .map(str::trim)
             .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
         {
-            return first.to_owned();
+            return last.to_owned();
         }
     }
-    parts
-        .extensions
-        .get::<PeerAddr>()
-        .map(|p| p.0.ip().to_string())
-        .unwrap_or_default()
+    peer.map(|p| p.0.ip().to_string()).unwrap_or_default()
+}
+
+fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> String {
+    client_ip_from(
+        &parts.headers,
+        parts.extensions.get::<PeerAddr>(),
+        trust_forwarded_for,
+    )
 }
 
 enum Presented<'a> {
@@ -128,7 +159,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let credential = presented(parts)?;
         let (cache_key, request) = match credential {
             Presented::Bearer(token) => (
-                hash_secret(token),
+                cache_key(b't', token),
                 pb::AuthenticateRequest {
                     credential: Some(pb::authenticate_request::Credential::BearerToken(
                         token.to_owned(),
@@ -155,7 +186,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                     }
                 }
                 (
-                    hash_secret(secret),
+                    cache_key(b's', secret),
                     pb::AuthenticateRequest {
                         credential: Some(pb::authenticate_request::Credential::SessionSecret(
                             secret.to_owned(),
@@ -166,9 +197,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         };
         if let Some(hit) = state.auth_cache.get(&cache_key) {
             if hit.expires_at_ms == 0 || now_ms() < hit.expires_at_ms {
-                let mut caller = hit.as_ref().clone();
-                caller.client_ip = ip;
-                return Ok(caller);
+                return Ok(Caller {
+                    verified: hit,
+                    client_ip: ip,
+                });
             }
             state.auth_cache.invalidate(&cache_key);
         }
@@ -194,21 +226,37 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             "session" => AuthMethod::Session,
             _ => AuthMethod::Token,
         };
-        let caller = Caller {
-            principal: Principal {
-                sub: p.user_id,
-                username: p.username,
-                org_id: p.org_id,
-                scopes: p.scopes,
-                auth,
-                credential_id: p.credential_id,
-            },
+        let principal = Principal {
+            sub: p.user_id,
+            username: p.username,
+            org_id: p.org_id,
+            scopes: p.scopes,
+            auth,
+            credential_id: p.credential_id,
+        };
+        let me_json = serde_json::to_vec(&crate::routes::auth::Me::new(
+            &principal,
+            &p.org_name,
+            p.totp_enabled,
+        ))
+        .map_err(|e| {
+            ApiError::new(
+                lattice_core::ErrorCode::Internal,
+                format!("render principal: {e}"),
+            )
+        })?;
+        let verified = Arc::new(Verified {
+            principal,
             org_name: p.org_name,
             totp_enabled: p.totp_enabled,
             expires_at_ms: p.expires_at_ms,
+            me_json: me_json.into(),
+        });
+        state.auth_cache.insert(cache_key, verified.clone());
+        let caller = Caller {
+            verified,
             client_ip: ip,
         };
-        state.auth_cache.insert(cache_key, Arc::new(caller.clone()));
         Ok(caller)
     }
 }
@@ -282,6 +330,17 @@ mod tests {
         assert_eq!(csrf_token_for("a"), csrf_token_for("a"));
         assert_ne!(csrf_token_for("a"), csrf_token_for("b"));
         assert_eq!(csrf_token_for("a").len(), 32);
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_when_configured_and_only_the_last_hop() {
+        let peer = PeerAddr("10.0.0.9:5555".parse().unwrap());
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "1.1.1.1, 203.0.113.7".parse().unwrap());
+        assert_eq!(client_ip_from(&h, Some(&peer), false), "10.0.0.9");
+        assert_eq!(client_ip_from(&h, Some(&peer), true), "203.0.113.7");
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(client_ip_from(&h, Some(&peer), true), "10.0.0.9");
     }
 
     #[test]

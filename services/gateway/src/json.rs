@@ -1,6 +1,6 @@
 //! A JSON body extractor whose rejections are [`ApiError`]s that name the problem:
-//! 415 wrong content type, 400 malformed JSON, 422 wrong type / unknown or missing
-//! field, 413 too large.
+//! 400 missing JSON content type or malformed JSON, 422 wrong type / unknown or
+//! missing field, 413 too large.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};

@@ -21,10 +21,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue};
 use lattice_core::auth::{InternalAuth, Principal};
 use lattice_core::cache::Cache;
-use lattice_core::config::{GatewayConfig, TlsMode};
+use lattice_core::config::GatewayConfig;
 use lattice_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,10 +33,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 pub use crate::tls::TlsInfo;
@@ -52,7 +50,7 @@ pub struct AppState {
     /// The gateway acting for nobody (login, authenticate).
     pub service_principal: Principal,
     /// Verified credentials by credential hash.
-    pub auth_cache: moka::sync::Cache<String, Arc<Caller>>,
+    pub auth_cache: moka::sync::Cache<[u8; 32], Arc<caller::Verified>>,
     /// Cache/bus (readiness, revocations).
     pub cache: Cache,
     /// Settings.
@@ -79,6 +77,7 @@ impl Gateway {
     /// identity service, which may not be up yet (the channel connects lazily).
     pub fn build(
         cfg: &GatewayConfig,
+        https: bool,
         data_dir: &Path,
         internal: InternalAuth,
         identity: Channel,
@@ -98,7 +97,7 @@ impl Gateway {
                 .build(),
             cache,
             cfg: cfg.clone(),
-            secure_cookies: cfg.tls != TlsMode::Off,
+            secure_cookies: https,
             metrics: Metrics::default(),
             shutting_down: shutdown,
         });
@@ -145,6 +144,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/auth/login/totp", post(routes::auth::login_totp))
         .route("/api/v1/auth/logout", post(routes::auth::logout))
         .route("/api/v1/auth/me", get(routes::auth::me))
+        .route("/api/v1/auth/password", post(routes::auth::change_password))
         .route("/api/v1/auth/totp/enroll", post(routes::auth::totp_enroll))
         .route(
             "/api/v1/auth/totp/confirm",
@@ -164,6 +164,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(routes::users::create).get(routes::users::list),
         )
         .route("/api/v1/users/{id}/unlock", post(routes::users::unlock))
+        .route(
+            "/api/v1/users/{id}/password",
+            post(routes::users::set_password),
+        )
         .route("/health", get(routes::system::health))
         .route("/ready", get(routes::system::ready))
         .route("/metrics", get(routes::system::metrics))
@@ -182,7 +186,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // JSON extractors refuse bodies over the limit with 413.
         .layer(DefaultBodyLimit::max(body_limit))
         // A slow handler answers 503 instead of holding the connection forever.
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(axum::middleware::from_fn_with_state(timeout, request_timeout))
         // Security headers on every answer (API answers are never rendered as pages).
         .layer(SetResponseHeaderLayer::if_not_present(
             http::header::X_CONTENT_TYPE_OPTIONS,
@@ -243,9 +247,21 @@ async fn not_found(req: Request) -> ApiError {
     ))
 }
 
+/// Answer 503 with the JSON error when a handler takes longer than the request
+/// timeout; dropping the handler's future cancels its work.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            lattice_core::ErrorCode::Unavailable,
+            format!("request took longer than {} s", limit.as_secs()),
+        )),
+    }
+}
+
 async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(
-        lattice_core::ErrorCode::BadRequest,
+        lattice_core::ErrorCode::MethodNotAllowed,
         format!(
             "method {} is not allowed on {}",
             req.method(),

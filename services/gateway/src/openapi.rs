@@ -18,6 +18,7 @@ use crate::routes;
         routes::auth::login_totp,
         routes::auth::logout,
         routes::auth::me,
+        routes::auth::change_password,
         routes::auth::totp_enroll,
         routes::auth::totp_confirm,
         routes::auth::totp_disable,
@@ -27,6 +28,7 @@ use crate::routes;
         routes::users::create,
         routes::users::list,
         routes::users::unlock,
+        routes::users::set_password,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = []))

@@ -287,6 +287,29 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         Ok(Response::new(user_pb(user)))
     }
 
+    async fn set_password(
+        &self,
+        req: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::SetPasswordResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let client = ClientInfo {
+            ip: client_ip_of(&req).unwrap_or_default(),
+            user_agent: String::new(),
+        };
+        let m = req.into_inner();
+        self.identity
+            .set_password(
+                &caller,
+                &m.user_id,
+                m.current_password,
+                m.new_password,
+                &client,
+            )
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::SetPasswordResponse {}))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,

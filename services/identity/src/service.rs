@@ -170,6 +170,19 @@ fn require_scope(p: &Principal, scope: &str) -> Result<()> {
     }
 }
 
+/// Second-factor settings change only from an interactive session: a leaked API
+/// token must not be able to put an attacker's authenticator on the account.
+fn require_session(p: &Principal) -> Result<()> {
+    require_user(p)?;
+    if p.auth == AuthMethod::Session {
+        Ok(())
+    } else {
+        Err(IdentityError::Forbidden(
+            "TOTP settings can be changed only from a password login session, not with an API token".into(),
+        ))
+    }
+}
+
 fn require_service(p: &Principal) -> Result<()> {
     if p.is_service() {
         Ok(())
@@ -621,17 +634,26 @@ impl Identity {
         })
     }
 
-    /// End the caller's session.
+    /// End the caller's credential: the session, or (for a bearer token) the token.
     pub async fn logout(&self, caller: &Principal, ip: &str) -> Result<()> {
         require_user(caller)?;
-        if caller.auth != AuthMethod::Session {
-            return Err(IdentityError::Conflict(
-                "logout ends a session; revoke tokens with DELETE /api/v1/tokens/{id}".into(),
-            ));
+        match caller.auth {
+            AuthMethod::Session => {
+                self.store
+                    .revoke_session(&caller.org_id, &caller.credential_id)
+                    .await?;
+            }
+            AuthMethod::Token => {
+                self.store
+                    .revoke_token(&caller.org_id, &caller.credential_id, Some(&caller.sub))
+                    .await?;
+            }
+            AuthMethod::Internal => {
+                return Err(IdentityError::WrongCaller(
+                    "services have nothing to log out",
+                ));
+            }
         }
-        self.store
-            .revoke_session(&caller.org_id, &caller.credential_id)
-            .await?;
         self.cache
             .publish(REVOCATION_CHANNEL, &caller.credential_id)
             .await;
@@ -642,7 +664,7 @@ impl Identity {
             &caller.credential_id,
             Outcome::Success,
             ip,
-            serde_json::json!({}),
+            serde_json::json!({"method": caller.auth.as_str()}),
         )
         .await;
         Ok(())
@@ -666,7 +688,7 @@ impl Identity {
 
     /// Start TOTP enrollment: a new seed, sealed, not yet required.
     pub async fn enroll_totp(&self, caller: &Principal) -> Result<(String, String)> {
-        require_user(caller)?;
+        require_session(caller)?;
         let user = self
             .store
             .user(&caller.org_id, &caller.sub)
@@ -757,6 +779,7 @@ impl Identity {
             .await?
             .ok_or_else(|| IdentityError::NotFound(format!("user {target_id:?}")))?;
         if target.id == caller.sub {
+            require_session(caller)?;
             if target.totp_enabled && !self.check_code(&target, code).await? {
                 return Err(IdentityError::InvalidCode);
             }
@@ -874,9 +897,10 @@ impl Identity {
         Ok(self.store.list_tokens(&caller.org_id, only).await?)
     }
 
-    /// Revoke one of the caller's tokens (any of the org's for `users:admin`).
+    /// Revoke one of the caller's own tokens (always allowed: shrinking one's own
+    /// exposure needs no scope), or any token of the org with `users:admin`.
     pub async fn revoke_token(&self, caller: &Principal, id: &str, ip: &str) -> Result<()> {
-        require_scope(caller, "tokens:write")?;
+        require_user(caller)?;
         let only = (!caller.allows("users:admin")).then_some(caller.sub.as_str());
         if !self.store.revoke_token(&caller.org_id, id, only).await? {
             return Err(IdentityError::NotFound(format!("token {id:?}")));
@@ -942,6 +966,71 @@ impl Identity {
     pub async fn list_users(&self, caller: &Principal) -> Result<Vec<UserRow>> {
         require_scope(caller, "users:read")?;
         Ok(self.store.list_users(&caller.org_id).await?)
+    }
+
+    /// Change the caller's own password (password session + current password), or set
+    /// another user's (`users:admin`). The user's other sessions end.
+    pub async fn set_password(
+        &self,
+        caller: &Principal,
+        user_id: &str,
+        current: String,
+        new: String,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        require_user(caller)?;
+        let own = user_id.is_empty() || user_id == caller.sub;
+        let target_id = if own { caller.sub.as_str() } else { user_id };
+        if own {
+            require_session(caller)?;
+        } else {
+            require_scope(caller, "users:admin")?;
+        }
+        validate_password(&new)?;
+        let user = self
+            .store
+            .user(&caller.org_id, target_id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("user {target_id:?}")))?;
+        if own {
+            if let Some(retry_after_s) = Self::lock_remaining_s(&user) {
+                return Err(IdentityError::Locked { retry_after_s });
+            }
+            if !self
+                .passwords
+                .verify(current, Some(user.password_hash.clone()))
+                .await?
+            {
+                self.fail_login(&user, client, "auth.password.change").await;
+                return Err(IdentityError::invalid("current_password", "does not match"));
+            }
+        }
+        let hash = self.passwords.hash(new).await?;
+        self.store
+            .set_password_hash(&user.org_id, &user.id, &hash)
+            .await?;
+        let keep = if own {
+            caller.credential_id.as_str()
+        } else {
+            ""
+        };
+        self.store
+            .revoke_sessions_of(&user.org_id, &user.id, keep)
+            .await?;
+        self.cache
+            .publish(REVOCATION_CHANNEL, &format!("user:{}", user.id))
+            .await;
+        self.audit(
+            &caller.org_id,
+            &caller.sub,
+            "auth.password.change",
+            &user.id,
+            Outcome::Success,
+            &client.ip,
+            serde_json::json!({"by_admin": !own}),
+        )
+        .await;
+        Ok(())
     }
 
     /// Lift a lockout (`users:admin`).

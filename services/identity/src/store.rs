@@ -325,6 +325,43 @@ impl Store {
         Ok(())
     }
 
+    /// Replace a user's password hash.
+    pub async fn set_password_hash(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        hash: &str,
+    ) -> sqlx::Result<()> {
+        sqlx::query("UPDATE identity_users SET password_hash = $3, updated_at_ms = $4 WHERE org_id = $1 AND id = $2")
+            .bind(org_id)
+            .bind(user_id)
+            .bind(hash)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// End every live session of a user except `keep` (may be empty).
+    pub async fn revoke_sessions_of(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        keep: &str,
+    ) -> sqlx::Result<u64> {
+        let res = sqlx::query(
+            "UPDATE identity_sessions SET revoked_at_ms = $4 \
+             WHERE org_id = $1 AND user_id = $2 AND id <> $3 AND revoked_at_ms IS NULL",
+        )
+        .bind(org_id)
+        .bind(user_id)
+        .bind(keep)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
     /// Store a (pending or enabled) sealed TOTP seed.
     pub async fn set_totp(
         &self,
@@ -533,10 +570,12 @@ impl Store {
     ) -> sqlx::Result<Vec<TokenRow>> {
         let rows: Vec<(String, String, String, String, i64, i64, i64)> = sqlx::query_as(
             "SELECT id, user_id, name, scopes, created_at_ms, expires_at_ms, last_used_at_ms FROM identity_tokens \
-             WHERE org_id = $1 AND revoked_at_ms IS NULL AND ($2 = '' OR user_id = $2) ORDER BY id DESC",
+             WHERE org_id = $1 AND revoked_at_ms IS NULL AND ($2 = '' OR user_id = $2) \
+               AND (expires_at_ms = 0 OR expires_at_ms > $3) ORDER BY id DESC",
         )
         .bind(org_id)
         .bind(user_id.unwrap_or(""))
+        .bind(now_ms())
         .fetch_all(self.db.pool())
         .await?;
         Ok(rows

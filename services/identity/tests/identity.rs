@@ -369,6 +369,31 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
             e.identity.revoke_token(&bob_p, &t.token.id, "").await,
             Err(IdentityError::NotFound(_))
         ));
+        // Revoking one's own token needs no scope; logging out with a token revokes it.
+        let t2 = e
+            .identity
+            .create_token(&bob_p, "ci2", &["kv:read".into()], 0, "")
+            .await
+            .unwrap();
+        let who = e
+            .identity
+            .authenticate(&e.gateway, Credential::Token(&t2.secret))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                e.identity.enroll_totp(&who.principal).await,
+                Err(IdentityError::Forbidden(_))
+            ),
+            "tokens cannot enroll TOTP"
+        );
+        e.identity.logout(&who.principal, "").await.unwrap();
+        assert!(
+            e.identity
+                .authenticate(&e.gateway, Credential::Token(&t2.secret))
+                .await
+                .is_err()
+        );
         // Only a hash is stored.
         let stored = e.identity.store().token_by_hash(&t.secret).await.unwrap();
         assert!(stored.is_none());

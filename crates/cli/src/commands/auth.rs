@@ -9,7 +9,7 @@ use super::{Ctx, Me, parse, segment};
 use crate::args::{LoginArgs, TotpCommand};
 use crate::client::{Api, ApiError, Auth, SESSION_COOKIE, TlsOptions, set_cookie};
 use crate::config::{self, StoredConfig};
-use crate::output::{Format, Table, scopes_cell};
+use crate::output::{Table, scopes_cell};
 use crate::prompt;
 
 /// Lifetime of the token `login` stores.
@@ -51,9 +51,40 @@ pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
     let tls = ctx.tls(same_server);
     warn_about_transport(&server, &tls);
 
-    let username = prompt::username(args.username.as_deref())?;
+    let (api, user) = open_session(&server, &tls, args.username.as_deref()).await?;
+    let username = user.username.clone();
+
+    // Whatever happens to the token, end the session: it is only a stepping stone.
+    let created = create_login_token(&api, &user).await;
+    if let Err(e) = api.post("/api/v1/auth/logout", None).await {
+        eprintln!("warning: could not end the login session: {e:#}");
+    }
+    let token = created?;
+
+    let stored = StoredConfig {
+        server: server.clone(),
+        token,
+        ca_file: tls.ca_file.clone(),
+        insecure: tls.insecure,
+    };
+    config::save(&ctx.config_path, &stored)?;
+    if let Some(old) = previous.filter(|c| c.token != stored.token) {
+        revoke_previous(&old).await;
+    }
+    eprintln!("logged in to {server} as {username}");
+    Ok(())
+}
+
+/// Log in with a password (and a TOTP code when the account has one): an API client
+/// holding the new session's cookie and CSRF token, and the user it belongs to.
+async fn open_session(
+    server: &str,
+    tls: &TlsOptions,
+    username: Option<&str>,
+) -> anyhow::Result<(Api, Me)> {
+    let username = prompt::username(username)?;
     let password = prompt::secret("Password: ", "password", "LATTICE_PASSWORD")?;
-    let mut api = Api::new(&server, &tls, Auth::None)?;
+    let mut api = Api::new(server, tls, Auth::None)?;
     let body = json!({ "username": username, "password": password });
     let mut reply = api
         .send(Method::POST, "/api/v1/auth/login", Some(&body))
@@ -79,33 +110,12 @@ pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
         .csrf_token
         .or_else(|| set_cookie(&reply.headers, "lattice_csrf"))
         .context("the server sent no CSRF token")?;
-    let user = answer.user.context("the login answer names no user")?;
+    let mut user = answer.user.context("the login answer names no user")?;
+    if user.username.is_empty() {
+        user.username = username;
+    }
     api.set_auth(Auth::Session { secret, csrf });
-
-    // Whatever happens to the token, end the session: it is only a stepping stone.
-    let created = create_login_token(&api, &user).await;
-    if let Err(e) = api.post("/api/v1/auth/logout", None).await {
-        eprintln!("warning: could not end the login session: {e:#}");
-    }
-    let token = created?;
-
-    let stored = StoredConfig {
-        server: server.clone(),
-        token,
-        ca_file: tls.ca_file.clone(),
-        insecure: tls.insecure,
-    };
-    config::save(&ctx.config_path, &stored)?;
-    if let Some(old) = previous.filter(|c| c.token != stored.token) {
-        revoke_previous(&old).await;
-    }
-    let name = if user.username.is_empty() {
-        &username
-    } else {
-        &user.username
-    };
-    eprintln!("logged in to {server} as {name}");
-    Ok(())
+    Ok((api, user))
 }
 
 async fn create_login_token(api: &Api, user: &Me) -> anyhow::Result<String> {
@@ -254,45 +264,54 @@ struct RecoveryCodes {
     recovery_codes: Vec<String>,
 }
 
-/// `lattice totp enroll|confirm`.
+/// `lattice totp enable|disable`. Second-factor settings change only from a password
+/// session (the server refuses API tokens), so both log in first and log out after.
 pub async fn totp(ctx: &Ctx, cmd: TotpCommand) -> anyhow::Result<()> {
-    let api = ctx.authed()?;
-    match cmd {
-        TotpCommand::Enroll => {
-            let body = api.post("/api/v1/auth/totp/enroll", None).await?;
-            ctx.show(&body, |e: Enrollment| {
-                let mut t = Table::new(&["FIELD", "VALUE"]);
-                t.row(vec!["secret".into(), e.secret]);
-                t.row(vec!["otpauth_uri".into(), e.otpauth_uri]);
-                t
-            })?;
-            eprintln!(
-                "add this secret to your authenticator app, then run: lattice totp confirm CODE"
-            );
+    let stored = config::load(&ctx.config_path)?;
+    let server = match (&ctx.server, &stored) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => c.server.clone(),
+        (None, None) => bail!("not logged in; run lattice login --server URL (or pass --server)"),
+    };
+    let tls = ctx.tls(stored.as_ref().filter(|c| c.server == server));
+    let username = match &cmd {
+        TotpCommand::Enable { username } | TotpCommand::Disable { username } => username.clone(),
+    };
+    let (api, _user) = open_session(&server, &tls, username.as_deref()).await?;
+    let result = match cmd {
+        TotpCommand::Enable { .. } => totp_enable(ctx, &api).await,
+        TotpCommand::Disable { .. } => {
+            let code = prompt::code("Current TOTP or recovery code: ", "LATTICE_TOTP_CODE")?;
+            api.post("/api/v1/auth/totp/disable", Some(&json!({ "code": code })))
+                .await
+                .map(|_| eprintln!("TOTP is off"))
         }
-        TotpCommand::Confirm { code } => {
-            let code = match code {
-                Some(c) => c.trim().to_owned(),
-                None => prompt::code("TOTP code: ", "LATTICE_TOTP_CODE")?,
-            };
-            let body = api
-                .post("/api/v1/auth/totp/confirm", Some(&json!({ "code": code })))
-                .await?;
-            ctx.show(&body, |r: RecoveryCodes| {
-                let mut t = Table::new(&["RECOVERY CODE"]);
-                for c in r.recovery_codes {
-                    t.row(vec![c]);
-                }
-                t
-            })?;
-            if ctx.format == Format::Table {
-                eprintln!(
-                    "TOTP is on. Keep these recovery codes safe: each works once, and they will not be shown again"
-                );
-            } else {
-                eprintln!("TOTP is on; the recovery codes will not be shown again");
-            }
-        }
+    };
+    if let Err(e) = api.post("/api/v1/auth/logout", None).await {
+        eprintln!("warning: could not end the session: {e:#}");
     }
+    result
+}
+
+async fn totp_enable(ctx: &Ctx, api: &Api) -> anyhow::Result<()> {
+    let body = api.post("/api/v1/auth/totp/enroll", None).await?;
+    let enrollment: Enrollment = parse(&body)?;
+    eprintln!("add this to your authenticator app (or scan the URI as a QR code):");
+    eprintln!("  secret: {}", enrollment.secret);
+    eprintln!("  uri:    {}", enrollment.otpauth_uri);
+    let code = prompt::code("Code shown by the app: ", "LATTICE_TOTP_CODE")?;
+    let body = api
+        .post("/api/v1/auth/totp/confirm", Some(&json!({ "code": code })))
+        .await?;
+    ctx.show(&body, |r: RecoveryCodes| {
+        let mut t = Table::new(&["RECOVERY CODE"]);
+        for c in r.recovery_codes {
+            t.row(vec![c]);
+        }
+        t
+    })?;
+    eprintln!(
+        "TOTP is on. Keep the recovery codes safe: each works once, and they will not be shown again"
+    );
     Ok(())
 }

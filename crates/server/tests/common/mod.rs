@@ -57,8 +57,18 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Self {
-        install_crypto();
         let (url, db_guard) = testing::fresh_url(backend).await;
+        Self::start_on(&url, db_guard, extra).await
+    }
+
+    /// Start on an existing database (several replicas of one deployment).
+    pub async fn start_on(
+        url: &str,
+        db_guard: Option<testing::tempfile_guard::Guard>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        install_crypto();
+        let url = url.to_owned();
         let data_dir = testing::tempfile_guard::Guard::new();
         let env = test_env(&data_dir.path, &url, extra);
         let config = Config::load(None, &env, &Overrides::default()).expect("test config is valid");

@@ -113,16 +113,17 @@ pub struct RecoveryCodes {
 }
 
 impl Me {
-    fn from_caller(c: &Caller) -> Self {
+    /// The answer for a verified principal.
+    pub fn new(p: &lattice_core::auth::Principal, org_name: &str, totp_enabled: bool) -> Self {
         Self {
-            user_id: c.principal.sub.clone(),
-            username: c.principal.username.clone(),
-            org_id: c.principal.org_id.clone(),
-            org_name: c.org_name.clone(),
-            scopes: c.principal.scopes.clone(),
-            auth_method: c.principal.auth.as_str().to_owned(),
-            credential_id: c.principal.credential_id.clone(),
-            totp_enabled: c.totp_enabled,
+            user_id: p.sub.clone(),
+            username: p.username.clone(),
+            org_id: p.org_id.clone(),
+            org_name: org_name.to_owned(),
+            scopes: p.scopes.clone(),
+            auth_method: p.auth.as_str().to_owned(),
+            credential_id: p.credential_id.clone(),
+            totp_enabled,
         }
     }
 
@@ -141,18 +142,7 @@ impl Me {
 }
 
 fn anonymous_ip(state: &AppState, headers: &HeaderMap, peer: Option<&PeerAddr>) -> String {
-    if state.cfg.trust_forwarded_for {
-        if let Some(first) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
-        {
-            return first.to_owned();
-        }
-    }
-    peer.map(|p| p.0.ip().to_string()).unwrap_or_default()
+    crate::caller::client_ip_from(headers, peer, state.cfg.trust_forwarded_for)
 }
 
 fn user_agent(headers: &HeaderMap) -> String {
@@ -268,7 +258,7 @@ pub async fn login_totp(
     login_response(&state, resp)
 }
 
-/// End the current session.
+/// End the current credential: the session (cookies cleared), or the bearer token itself.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 200, body = super::Ok), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn logout(
@@ -300,11 +290,19 @@ pub async fn logout(
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
     responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorBody)),
     security(("bearer" = []), ("session" = [])))]
-pub async fn me(caller: Caller) -> Json<Me> {
-    Json(Me::from_caller(&caller))
+pub async fn me(caller: Caller) -> Response {
+    // Rendered once when the credential was verified; served from the cache after.
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )],
+        caller.me_json.clone(),
+    )
+        .into_response()
 }
 
-/// Start TOTP enrollment.
+/// Start TOTP enrollment (session login only, not API tokens).
 #[utoipa::path(post, path = "/api/v1/auth/totp/enroll", tag = "auth",
     responses((status = 200, body = Enrollment), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn totp_enroll(
@@ -358,6 +356,39 @@ pub async fn totp_disable(
             pb::DisableTotpRequest {
                 code: body.code,
                 user_id: body.user_id,
+            },
+        ))
+        .await?;
+    Ok(Json(super::Ok::yes()))
+}
+
+/// Change your own password.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    /// Your current password.
+    pub current_password: String,
+    /// 12 to 1024 characters.
+    pub new_password: String,
+}
+
+/// Change your own password (password session only); your other sessions end.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth", request_body = PasswordBody,
+    responses((status = 200, body = super::Ok), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn change_password(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> Result<Json<super::Ok>, ApiError> {
+    state
+        .identity
+        .clone()
+        .set_password(caller.request(
+            &state,
+            pb::SetPasswordRequest {
+                user_id: String::new(),
+                current_password: body.current_password,
+                new_password: body.new_password,
             },
         ))
         .await?;

@@ -126,3 +126,36 @@ pub async fn unlock(
         .into_inner();
     Ok(Json(user(u)))
 }
+
+/// Set another user's password.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    /// 12 to 1024 characters.
+    pub new_password: String,
+}
+
+/// Set a user's password (`users:admin`); their sessions end.
+#[utoipa::path(post, path = "/api/v1/users/{id}/password", tag = "users", params(("id" = String, Path, description = "user id")),
+    request_body = SetPassword, responses((status = 200, body = super::Ok), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn set_password(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SetPassword>,
+) -> Result<Json<super::Ok>, ApiError> {
+    caller.require("users:admin")?;
+    state
+        .identity
+        .clone()
+        .set_password(caller.request(
+            &state,
+            pb::SetPasswordRequest {
+                user_id: id,
+                current_password: String::new(),
+                new_password: body.new_password,
+            },
+        ))
+        .await?;
+    Ok(Json(super::Ok::yes()))
+}
