@@ -119,13 +119,13 @@ pub enum TotpCommand {
     /// Turn TOTP on: shows the secret, asks for a code, prints recovery codes once.
     Enable {
         /// Account (default: asked, or LATTICE_USERNAME).
-        #[arg(short, long)]
+        #[arg(short, long, env = "LATTICE_USERNAME")]
         username: Option<String>,
     },
-    /// Turn TOTP off (needs a current code or a recovery code).
+    /// Turn TOTP off (needs a current code or a recovery code; LATTICE_TOTP_DISABLE_CODE in scripts).
     Disable {
         /// Account (default: asked, or LATTICE_USERNAME).
-        #[arg(short, long)]
+        #[arg(short, long, env = "LATTICE_USERNAME")]
         username: Option<String>,
     },
 }

@@ -257,11 +257,11 @@ impl Config {
             let already = env
                 .iter()
                 .any(|(k, _)| k == &format!("LATTICE_{}", key.to_uppercase().replace('.', "__")));
-            if let (Some(value), false) = (get(var), already) {
-                if !value.is_empty() {
-                    origins.push((key.to_owned(), format!("environment variable {var}")));
-                    figment = figment.merge((key, value));
-                }
+            if let (Some(value), false) = (get(var), already)
+                && !value.is_empty()
+            {
+                origins.push((key.to_owned(), format!("environment variable {var}")));
+                figment = figment.merge((key, value));
             }
         }
         // LOG_LEVEL, then RUST_LOG (the more specific directive) when set.
@@ -375,19 +375,19 @@ impl Config {
         if g.body_limit_bytes < 1024 {
             errors.push("gateway.body_limit_bytes: must be at least 1024".into());
         }
-        if let Some(url) = &g.identity_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errors.push(format!(
-                    "gateway.identity_url: {url:?} must start with http:// or https://"
-                ));
-            }
+        if let Some(url) = &g.identity_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "gateway.identity_url: {url:?} must start with http:// or https://"
+            ));
         }
-        if let Some(url) = &g.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errors.push(format!(
-                    "gateway.public_url: {url:?} must start with http:// or https://"
-                ));
-            }
+        if let Some(url) = &g.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "gateway.public_url: {url:?} must start with http:// or https://"
+            ));
         }
         let i = &self.identity;
         if i.ip_failure_limit == 0 {
@@ -420,25 +420,25 @@ impl Config {
         if i.argon2_max_concurrent == 0 {
             errors.push("identity.argon2_max_concurrent: must be at least 1".into());
         }
-        if let Some(key) = &self.master_key {
-            if let Err(e) = crate::crypto::MasterKey::parse(key.expose_secret()) {
-                errors.push(e.to_string());
-            }
+        if let Some(key) = &self.master_key
+            && let Err(e) = crate::crypto::MasterKey::parse(key.expose_secret())
+        {
+            errors.push(e.to_string());
         }
         for (name, secret) in [
             ("jwt_secret", &self.jwt_secret),
             ("mfa_token_secret", &self.mfa_token_secret),
         ] {
-            if let Some(s) = secret {
-                if s.expose_secret().len() < 32 {
-                    errors.push(format!("{name}: must be at least 32 characters"));
-                }
+            if let Some(s) = secret
+                && s.expose_secret().len() < 32
+            {
+                errors.push(format!("{name}: must be at least 32 characters"));
             }
         }
-        if let Some(p) = &self.bootstrap_admin_password {
-            if p.expose_secret().chars().count() < 12 {
-                errors.push("bootstrap_admin_password: must be at least 12 characters".into());
-            }
+        if let Some(p) = &self.bootstrap_admin_password
+            && p.expose_secret().chars().count() < 12
+        {
+            errors.push("bootstrap_admin_password: must be at least 12 characters".into());
         }
         if errors.is_empty() {
             Ok(())

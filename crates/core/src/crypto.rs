@@ -60,15 +60,15 @@ impl MasterKey {
     /// of at least 32 characters (hashed with SHA-256).
     pub fn parse(text: &str) -> Result<Self, CryptoError> {
         let text = text.trim();
-        if text.len() == 64 {
-            if let Ok(bytes) = hex::decode(text) {
-                return Self::from_slice(&bytes);
-            }
+        if text.len() == 64
+            && let Ok(bytes) = hex::decode(text)
+        {
+            return Self::from_slice(&bytes);
         }
-        if let Ok(bytes) = STANDARD.decode(text) {
-            if bytes.len() == 32 {
-                return Self::from_slice(&bytes);
-            }
+        if let Ok(bytes) = STANDARD.decode(text)
+            && bytes.len() == 32
+        {
+            return Self::from_slice(&bytes);
         }
         if text.chars().count() >= 32 {
             let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();

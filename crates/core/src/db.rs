@@ -105,10 +105,10 @@ impl Db {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            if let Some(parent) = Path::new(&path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
+            if let Some(parent) = Path::new(&path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                let _ = std::fs::create_dir_all(parent);
             }
             if !url.contains("mode=") {
                 url.push_str(if url.contains('?') {
@@ -262,7 +262,7 @@ const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS lattice_migrations (\
     applied_at_ms BIGINT NOT NULL, PRIMARY KEY (component, version))";
 
 /// Postgres advisory lock key for migrations ("lattice" in ASCII).
-const PG_MIGRATION_LOCK: i64 = 0x6c61_7474_6963_65;
+const PG_MIGRATION_LOCK: i64 = 0x006c_6174_7469_6365;
 
 fn checksum(script: &str) -> String {
     hex::encode(Sha256::digest(script.as_bytes()))

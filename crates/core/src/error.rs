@@ -177,10 +177,10 @@ pub fn to_status<E: CodedError>(err: &E) -> tonic::Status {
         ERROR_CODE_METADATA,
         tonic::metadata::MetadataValue::from_static(code.as_str()),
     );
-    if let Some(secs) = err.retry_after_s() {
-        if let Ok(v) = secs.to_string().parse() {
-            md.insert(RETRY_AFTER_METADATA, v);
-        }
+    if let Some(secs) = err.retry_after_s()
+        && let Ok(v) = secs.to_string().parse()
+    {
+        md.insert(RETRY_AFTER_METADATA, v);
     }
     status
 }

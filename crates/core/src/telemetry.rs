@@ -20,10 +20,10 @@ pub struct TelemetryGuard {
 impl TelemetryGuard {
     /// Flush and stop the exporter.
     pub fn shutdown(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(err) = provider.shutdown() {
-                eprintln!("telemetry: flushing traces failed: {err}");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing traces failed: {err}");
         }
     }
 }

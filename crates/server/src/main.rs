@@ -151,6 +151,10 @@ async fn async_main(
                 lattice_core::config::TlsMode::Off => "off",
             };
             println!("gateway.tls = {tls}");
+            println!(
+                "gateway.public_url = {}",
+                config.gateway.public_url.as_deref().unwrap_or("(unset)")
+            );
             println!("identity.listen = {}", config.identity.listen);
             Ok(())
         }
@@ -179,10 +183,10 @@ fn print_banner(running: &lattice_server::Running) {
     if let Some(addr) = running.identity_addr {
         out.push_str(&format!("identity service (internal gRPC) on {addr}\n"));
     }
-    if let Some(info) = &running.tls_info {
-        if let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint) {
-            out.push_str(&format!("TLS CA: {} (SHA-256 {fp})\n", file.display()));
-        }
+    if let Some(info) = &running.tls_info
+        && let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint)
+    {
+        out.push_str(&format!("TLS CA: {} (SHA-256 {fp})\n", file.display()));
     }
     if let Some(admin) = &running.bootstrap {
         match &admin.password {

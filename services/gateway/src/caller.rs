@@ -98,16 +98,15 @@ pub fn client_ip_from(
     peer: Option<&PeerAddr>,
     trust_forwarded_for: bool,
 ) -> String {
-    if trust_forwarded_for {
-        if let Some(last) = headers
+    if trust_forwarded_for
+        && let Some(last) = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(str::trim)
             .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
-        {
-            return last.to_owned();
-        }
+    {
+        return last.to_owned();
     }
     peer.map(|p| p.0.ip().to_string()).unwrap_or_default()
 }
@@ -287,6 +286,19 @@ impl Caller {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Drop every cached credential of `user_id` in this replica (after a change that
+/// identity also announces on the bus; this covers a replica without a shared bus).
+pub fn evict_user(state: &AppState, user_id: &str) {
+    let user_id = user_id.to_owned();
+    if state
+        .auth_cache
+        .invalidate_entries_if(move |_, c| c.principal.sub == user_id)
+        .is_err()
+    {
+        state.auth_cache.invalidate_all();
+    }
 }
 
 /// Evict cached credentials when identity announces a revocation. Runs until

@@ -26,8 +26,8 @@ pub(crate) struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthenticated, permission_denied,
-    /// not_found, conflict, precondition_failed, payload_too_large, unprocessable,
-    /// rate_limited, unavailable, internal.
+    /// not_found, method_not_allowed, conflict, precondition_failed, payload_too_large,
+    /// unprocessable, rate_limited, unavailable, internal.
     code: String,
     /// Human-readable, names the field or thing at fault.
     message: String,
@@ -98,10 +98,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.code.http_status(), Json(body)).into_response();
-        if let Some(s) = self.retry_after_s {
-            if let Ok(v) = http::HeaderValue::from_str(&s.to_string()) {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
+        if let Some(s) = self.retry_after_s
+            && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         if self.code == ErrorCode::Unauthenticated {
             resp.headers_mut().insert(

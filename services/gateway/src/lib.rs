@@ -252,10 +252,11 @@ async fn not_found(req: Request) -> ApiError {
 async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
-            lattice_core::ErrorCode::Unavailable,
-            format!("request took longer than {} s", limit.as_secs()),
-        )),
+        Err(_) => axum::response::IntoResponse::into_response(ApiError {
+            code: lattice_core::ErrorCode::Unavailable,
+            message: format!("request took longer than {} s", limit.as_secs()),
+            retry_after_s: Some(1),
+        }),
     }
 }
 

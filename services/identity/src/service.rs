@@ -172,14 +172,14 @@ fn require_scope(p: &Principal, scope: &str) -> Result<()> {
 
 /// Second-factor settings change only from an interactive session: a leaked API
 /// token must not be able to put an attacker's authenticator on the account.
-fn require_session(p: &Principal) -> Result<()> {
+fn require_session(p: &Principal, what: &str) -> Result<()> {
     require_user(p)?;
     if p.auth == AuthMethod::Session {
         Ok(())
     } else {
-        Err(IdentityError::Forbidden(
-            "TOTP settings can be changed only from a password login session, not with an API token".into(),
-        ))
+        Err(IdentityError::Forbidden(format!(
+            "{what} can be changed only from a password login session, not with an API token"
+        )))
     }
 }
 
@@ -231,6 +231,8 @@ impl Identity {
         &self.store
     }
 
+    // One positional call per audited action reads better at the call sites than a builder.
+    #[allow(clippy::too_many_arguments)]
     async fn audit(
         &self,
         org_id: &str,
@@ -382,20 +384,20 @@ impl Identity {
         } else {
             self.store.user_by_username(&name).await?
         };
-        if let Some(u) = &user {
-            if let Some(retry_after_s) = Self::lock_remaining_s(u) {
-                self.audit(
-                    &u.org_id,
-                    &u.id,
-                    "auth.login",
-                    &u.id,
-                    Outcome::Failure,
-                    &client.ip,
-                    serde_json::json!({"reason": "locked"}),
-                )
-                .await;
-                return Err(IdentityError::Locked { retry_after_s });
-            }
+        if let Some(u) = &user
+            && let Some(retry_after_s) = Self::lock_remaining_s(u)
+        {
+            self.audit(
+                &u.org_id,
+                &u.id,
+                "auth.login",
+                &u.id,
+                Outcome::Failure,
+                &client.ip,
+                serde_json::json!({"reason": "locked"}),
+            )
+            .await;
+            return Err(IdentityError::Locked { retry_after_s });
         }
         let ok = self
             .passwords
@@ -688,7 +690,7 @@ impl Identity {
 
     /// Start TOTP enrollment: a new seed, sealed, not yet required.
     pub async fn enroll_totp(&self, caller: &Principal) -> Result<(String, String)> {
-        require_session(caller)?;
+        require_session(caller, "TOTP settings")?;
         let user = self
             .store
             .user(&caller.org_id, &caller.sub)
@@ -716,7 +718,7 @@ impl Identity {
         code: &str,
         ip: &str,
     ) -> Result<Vec<String>> {
-        require_user(caller)?;
+        require_session(caller, "TOTP settings")?;
         let user = self
             .store
             .user(&caller.org_id, &caller.sub)
@@ -779,7 +781,7 @@ impl Identity {
             .await?
             .ok_or_else(|| IdentityError::NotFound(format!("user {target_id:?}")))?;
         if target.id == caller.sub {
-            require_session(caller)?;
+            require_session(caller, "TOTP settings")?;
             if target.totp_enabled && !self.check_code(&target, code).await? {
                 return Err(IdentityError::InvalidCode);
             }
@@ -979,10 +981,13 @@ impl Identity {
         client: &ClientInfo,
     ) -> Result<()> {
         require_user(caller)?;
-        let own = user_id.is_empty() || user_id == caller.sub;
+        // Changing one's own password proves the current one; the admin route (a user
+        // id, even one's own) needs users:admin instead.
+        let own = user_id.is_empty();
         let target_id = if own { caller.sub.as_str() } else { user_id };
         if own {
-            require_session(caller)?;
+            require_session(caller, "your password")?;
+            self.check_ip_throttle(&client.ip).await?;
         } else {
             require_scope(caller, "users:admin")?;
         }

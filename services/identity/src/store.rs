@@ -117,6 +117,34 @@ pub struct CredentialRow {
     pub revoked: bool,
 }
 
+/// Session columns joined with user and org (see `session_by_hash`).
+type SessionTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
+/// Token columns joined with user and org (see `token_by_hash`).
+type TokenTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
+
 /// A token row for listing.
 #[derive(Debug, Clone)]
 pub struct TokenRow {
@@ -453,7 +481,7 @@ impl Store {
 
     /// A session (with user and org) by the hash of its secret.
     pub async fn session_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<CredentialRow>> {
-        let row: Option<(String, String, String, String, String, String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+        let row: Option<SessionTuple> = sqlx::query_as(
             "SELECT s.id, s.org_id, o.name, u.id, u.username, u.scopes, u.totp_enabled, s.expires_at_ms, s.last_seen_at_ms, s.revoked_at_ms \
              FROM identity_sessions s JOIN identity_users u ON u.id = s.user_id JOIN identity_orgs o ON o.id = s.org_id \
              WHERE s.secret_hash = $1",
@@ -529,7 +557,7 @@ impl Store {
 
     /// A token (with user and org) by the hash of its secret.
     pub async fn token_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<CredentialRow>> {
-        let row: Option<(String, String, String, String, String, String, String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+        let row: Option<TokenTuple> = sqlx::query_as(
             "SELECT t.id, t.org_id, o.name, u.id, u.username, u.scopes, t.scopes, u.totp_enabled, t.expires_at_ms, t.last_used_at_ms, t.revoked_at_ms \
              FROM identity_tokens t JOIN identity_users u ON u.id = t.user_id JOIN identity_orgs o ON o.id = t.org_id \
              WHERE t.secret_hash = $1",

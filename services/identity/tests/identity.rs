@@ -192,8 +192,8 @@ async fn totp_enrollment_two_step_login_replay_and_recovery_codes() {
         assert!(uri.starts_with("otpauth://totp/"));
         let seed = totp_rs::Secret::try_from_base32(&secret_b32)
             .unwrap()
-            .to_bytes()
-            .unwrap();
+            .as_bytes()
+            .to_vec();
         let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
         assert!(
             matches!(

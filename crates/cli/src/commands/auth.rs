@@ -281,7 +281,10 @@ pub async fn totp(ctx: &Ctx, cmd: TotpCommand) -> anyhow::Result<()> {
     let result = match cmd {
         TotpCommand::Enable { .. } => totp_enable(ctx, &api).await,
         TotpCommand::Disable { .. } => {
-            let code = prompt::code("Current TOTP or recovery code: ", "LATTICE_TOTP_CODE")?;
+            let code = prompt::code(
+                "Current TOTP or recovery code: ",
+                "LATTICE_TOTP_DISABLE_CODE",
+            )?;
             api.post("/api/v1/auth/totp/disable", Some(&json!({ "code": code })))
                 .await
                 .map(|_| eprintln!("TOTP is off"))

@@ -392,5 +392,6 @@ pub async fn change_password(
             },
         ))
         .await?;
+    crate::caller::evict_user(&state, &caller.principal.sub);
     Ok(Json(super::Ok::yes()))
 }

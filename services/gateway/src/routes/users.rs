@@ -151,11 +151,12 @@ pub async fn set_password(
         .set_password(caller.request(
             &state,
             pb::SetPasswordRequest {
-                user_id: id,
+                user_id: id.clone(),
                 current_password: String::new(),
                 new_password: body.new_password,
             },
         ))
         .await?;
+    crate::caller::evict_user(&state, &id);
     Ok(Json(super::Ok::yes()))
 }
