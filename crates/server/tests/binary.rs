@@ -409,6 +409,7 @@ async fn operator_certificate_files_reload_on_sighup() {
 
 #[tokio::test]
 async fn rest_and_grpc_share_the_public_port_over_h2c() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let (_server, url) = spawn(
         &[
