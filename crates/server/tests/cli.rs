@@ -1,0 +1,202 @@
+//! The operator CLI (`lattice`) against a real `lattice-server` over HTTPS with the
+//! server's generated CA: login, whoami, tokens, users, logout.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_lattice-server");
+
+/// The `lattice` binary sits beside `lattice-server` in the target directory
+/// (`cargo test --workspace` builds both).
+fn cli_bin() -> PathBuf {
+    let path = Path::new(SERVER).with_file_name("lattice");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with --workspace (or cargo build -p lattice)",
+        path.display()
+    );
+    path
+}
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lattice(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(cli_bin());
+    cmd.args(args)
+        .env("LATTICE_CONFIG", config)
+        .env_remove("LATTICE_TOKEN")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run lattice")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cli_login_tokens_users_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(SERVER)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1")
+        .env("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64")
+        .env("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Lattice is listening on ") {
+                let _ = tx.send(url.trim().replace("127.0.0.1", "localhost"));
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed its URL");
+    let ca = data.join("tls/ca.pem");
+    let config = dir.path().join("cli/config.json");
+
+    // Without trusting the CA, login fails and names the problem.
+    let out = lattice(
+        &config,
+        &["login", "--server", &url, "-u", "admin"],
+        &[("LATTICE_PASSWORD", "admin-password-1")],
+    );
+    assert!(!out.status.success());
+
+    ok(&lattice(
+        &config,
+        &[
+            "login",
+            "--server",
+            &url,
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "-u",
+            "admin",
+        ],
+        &[("LATTICE_PASSWORD", "admin-password-1")],
+    ));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let stored = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !stored.contains("admin-password-1"),
+        "the password is never stored"
+    );
+
+    let me: serde_json::Value =
+        serde_json::from_str(&ok(&lattice(&config, &["whoami", "-o", "json"], &[]))).unwrap();
+    assert_eq!(
+        (me["username"].as_str(), me["auth_method"].as_str()),
+        (Some("admin"), Some("token"))
+    );
+
+    let secret = ok(&lattice(
+        &config,
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "kv:read",
+            "--expires-in",
+            "1d",
+        ],
+        &[],
+    ));
+    assert!(secret.trim().starts_with("lat_"), "{secret}");
+    let list: serde_json::Value = serde_json::from_str(&ok(&lattice(
+        &config,
+        &["token", "list", "-o", "json"],
+        &[],
+    )))
+    .unwrap();
+    assert!(
+        list["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "ci")
+    );
+    // The new token works on its own through LATTICE_TOKEN.
+    let me: serde_json::Value = serde_json::from_str(&ok(&lattice(
+        &config,
+        &["whoami", "-o", "json"],
+        &[("LATTICE_TOKEN", secret.trim())],
+    )))
+    .unwrap();
+    assert_eq!(me["scopes"], serde_json::json!(["kv:read"]));
+
+    ok(&lattice(
+        &config,
+        &["users", "create", "bob", "--scope", "kv:read"],
+        &[("LATTICE_NEW_PASSWORD", "bob-password-123")],
+    ));
+    let users = ok(&lattice(&config, &["users", "list"], &[]));
+    assert!(
+        users.lines().next().unwrap().contains("USERNAME"),
+        "{users}"
+    );
+    assert!(users.contains("bob"));
+
+    // An API error is one line naming the problem, exit 1.
+    let out = lattice(
+        &config,
+        &["users", "create", "bob"],
+        &[("LATTICE_NEW_PASSWORD", "bob-password-123")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("409"),
+        "{err}"
+    );
+
+    ok(&lattice(&config, &["logout"], &[]));
+    assert!(!config.exists());
+    let out = lattice(&config, &["whoami"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+    drop(server);
+}
