@@ -352,6 +352,11 @@ else
     log "--no-lint: skipping cargo fmt and cargo clippy"
 fi
 
+# The black-box tests run the real binaries (lattice-server and the lattice CLI);
+# nextest builds test targets only, so build every binary first.
+banner "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked
+
 if [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]] && cargo nextest --version >/dev/null 2>&1; then
     # Doc tests first (nextest cannot run them) so that nextest's summary is the
     # closing line of the run.
