@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["lattice/identity/v1/identity.proto"];
+    let protos = [
+        "lattice/identity/v1/identity.proto",
+        "lattice/storage/v1/storage.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -14,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
+        // `bytes` fields as `bytes::Bytes`: blob chunks pass through without copies.
+        .bytes(".")
         .skip_protoc_run()
         .compile_fds(fds)?;
     Ok(())

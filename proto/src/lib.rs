@@ -11,5 +11,14 @@ pub mod identity {
     }
 }
 
+/// Storage hosting: KV buckets, static sites, host bindings, storage tokens.
+pub mod storage {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("lattice.storage.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every Lattice proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lattice_descriptor");

@@ -1,11 +1,17 @@
 //! Command-line syntax.
 
+mod storage;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::duration::clap_duration;
 use crate::output::Format;
+
+pub use storage::{
+    BindingsCommand, BucketsCommand, KvCommand, StaticCommand, StorageTokensCommand,
+};
 
 /// Lattice operator CLI.
 #[derive(Debug, Parser)]
@@ -56,6 +62,21 @@ pub enum Command {
     /// Two-factor authentication for your own account.
     #[command(subcommand)]
     Totp(TotpCommand),
+    /// Storage buckets: key-value stores and static sites.
+    #[command(subcommand, visible_alias = "bucket")]
+    Buckets(BucketsCommand),
+    /// Keys and values in a kv bucket.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Static sites: deploy, roll back, list and change files.
+    #[command(subcommand)]
+    Static(StaticCommand),
+    /// Host names that serve a bucket.
+    #[command(subcommand, visible_alias = "binding")]
+    Bindings(BindingsCommand),
+    /// Tokens for the storage data APIs (separate from operator tokens).
+    #[command(subcommand, visible_alias = "storage-token")]
+    StorageTokens(StorageTokensCommand),
 }
 
 /// `lattice login`.
@@ -134,6 +155,7 @@ pub enum TotpCommand {
 mod tests {
     use clap::CommandFactory as _;
 
+    use super::storage::{Access, Surface};
     use super::*;
 
     #[test]
@@ -168,6 +190,104 @@ mod tests {
         };
         assert_eq!(scopes, ["kv:read", "kv:write", "nodes:read"]);
         assert_eq!(expires_in, 12 * 3600);
+    }
+
+    #[test]
+    fn kv_put_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "lattice",
+            "kv",
+            "put",
+            "b",
+            "a/k",
+            "-",
+            "--string",
+            "--ttl",
+            "1h",
+            "--if-absent",
+        ])
+        .unwrap();
+        let Command::Kv(KvCommand::Put {
+            value,
+            string,
+            ttl,
+            if_absent,
+            if_match,
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(value, "-");
+        assert!(string && if_absent);
+        assert_eq!(ttl, Some(3600));
+        assert_eq!(if_match, None);
+        // A negative JSON number is a value, not a flag.
+        assert!(Cli::try_parse_from(["lattice", "kv", "put", "b", "k", "-5"]).is_ok());
+    }
+
+    #[test]
+    fn kv_put_refuses_bad_ttls_and_both_conditions() {
+        for ttl in ["0", "never", "5y", "-1h"] {
+            let r = Cli::try_parse_from(["lattice", "kv", "put", "b", "k", "1", "--ttl", ttl]);
+            assert_eq!(r.unwrap_err().exit_code(), 2, "{ttl}");
+        }
+        let r = Cli::try_parse_from([
+            "lattice",
+            "kv",
+            "put",
+            "b",
+            "k",
+            "1",
+            "--if-match",
+            "3",
+            "--if-absent",
+        ]);
+        assert_eq!(r.unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn storage_tokens_take_several_buckets() {
+        let cli = Cli::try_parse_from([
+            "lattice",
+            "storage-tokens",
+            "create",
+            "--surface",
+            "static",
+            "--access",
+            "write",
+            "--bucket",
+            "a",
+            "--bucket",
+            "b",
+            "--expires-in",
+            "30d",
+        ])
+        .unwrap();
+        let Command::StorageTokens(StorageTokensCommand::Create {
+            surface,
+            access,
+            buckets,
+            expires_in,
+            name,
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((surface, access), (Surface::Static, Access::Write));
+        assert_eq!(buckets, ["a", "b"]);
+        assert_eq!(expires_in, Some(30 * 86_400));
+        assert_eq!(name, None);
+        let missing = Cli::try_parse_from([
+            "lattice",
+            "storage-tokens",
+            "create",
+            "--surface",
+            "kv",
+            "--access",
+            "read",
+        ]);
+        assert_eq!(missing.unwrap_err().exit_code(), 2);
     }
 
     #[test]

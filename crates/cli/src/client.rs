@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -193,6 +193,21 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Reply> {
+        self.send_with(method, path, |req| match body {
+            Some(b) => req.json(b),
+            None => req,
+        })
+        .await
+    }
+
+    /// Send one request that `build` completes (extra headers, a raw body, a longer
+    /// timeout); non-2xx answers become [`ApiError`]s.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> anyhow::Result<Reply> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         match &self.auth {
@@ -208,10 +223,10 @@ impl Api {
                 }
             }
         }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| transport_error(&url, &e))?;
+        let resp = build(req)
+            .send()
+            .await
+            .map_err(|e| transport_error(&url, &e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| transport_error(&url, &e))?;

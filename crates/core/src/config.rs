@@ -45,6 +45,21 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Identity service settings.
     pub identity: IdentityConfig,
+    /// Storage service settings.
+    pub storage: StorageConfig,
+}
+
+/// Storage service settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Internal gRPC listen address (never public).
+    pub listen: SocketAddr,
+    /// Where blobs live: `s3://bucket/prefix`, `az://container/prefix`,
+    /// `gs://bucket/prefix` or `file:///dir`; default: `<data_dir>/objects`.
+    pub objects_url: Option<String>,
+    /// Largest deployment (sum of its files), bytes.
+    pub max_deployment_bytes: u64,
 }
 
 /// TLS mode of the gateway.
@@ -87,6 +102,16 @@ pub struct GatewayConfig {
     pub trust_forwarded_for: bool,
     /// How long a verified credential is cached by the gateway, seconds.
     pub auth_cache_ttl_s: u64,
+    /// Storage service address when it runs in another process (`http://host:port`).
+    pub storage_url: Option<String>,
+    /// Host names that serve the API and dashboard. When set (or `public_url` is),
+    /// a request for any other host without an enabled binding answers 404; when
+    /// empty, unbound hosts get the API.
+    pub api_hosts: Vec<String>,
+    /// Memory for static-site blobs cached by the gateway, bytes.
+    pub static_cache_bytes: u64,
+    /// Largest static-site upload (archive or single object), bytes.
+    pub upload_limit_bytes: usize,
 }
 
 /// Identity service settings.
@@ -127,6 +152,7 @@ struct Defaults {
     log_format: String,
     gateway: GatewayConfig,
     identity: IdentityConfig,
+    storage: StorageConfig,
 }
 
 fn defaults() -> Defaults {
@@ -147,6 +173,10 @@ fn defaults() -> Defaults {
             body_limit_bytes: 1024 * 1024,
             trust_forwarded_for: false,
             auth_cache_ttl_s: 30,
+            storage_url: None,
+            api_hosts: Vec::new(),
+            static_cache_bytes: 128 * 1024 * 1024,
+            upload_limit_bytes: 64 * 1024 * 1024,
         },
         identity: IdentityConfig {
             listen: "127.0.0.1:8091".parse().expect("literal address"),
@@ -161,6 +191,11 @@ fn defaults() -> Defaults {
             argon2_parallelism: 1,
             argon2_max_concurrent: 4,
             mfa_issuer: "Lattice".into(),
+        },
+        storage: StorageConfig {
+            listen: "127.0.0.1:8092".parse().expect("literal address"),
+            objects_url: None,
+            max_deployment_bytes: 256 * 1024 * 1024,
         },
     }
 }
@@ -178,6 +213,10 @@ pub struct Overrides {
     pub identity_listen: Option<String>,
     /// `--identity-url`.
     pub identity_url: Option<String>,
+    /// `--storage-listen`.
+    pub storage_listen: Option<String>,
+    /// `--storage-url`.
+    pub storage_url: Option<String>,
     /// `--log-level`.
     pub log_level: Option<String>,
 }
@@ -193,6 +232,8 @@ impl Overrides {
             ("gateway.tls", &self.gateway_tls),
             ("identity.listen", &self.identity_listen),
             ("gateway.identity_url", &self.identity_url),
+            ("storage.listen", &self.storage_listen),
+            ("gateway.storage_url", &self.storage_url),
             ("log_level", &self.log_level),
         ] {
             if let Some(v) = value {
@@ -389,6 +430,34 @@ impl Config {
                 "gateway.public_url: {url:?} must start with http:// or https://"
             ));
         }
+        if let Some(url) = &g.storage_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "gateway.storage_url: {url:?} must start with http:// or https://"
+            ));
+        }
+        if g.upload_limit_bytes < 1024 {
+            errors.push("gateway.upload_limit_bytes: must be at least 1024".into());
+        }
+        if let Some(url) = &self.storage.objects_url {
+            let known = [
+                "s3://",
+                "s3a://",
+                "az://",
+                "azure://",
+                "abfs://",
+                "abfss://",
+                "gs://",
+                "file://",
+                "memory://",
+            ];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                errors.push(format!(
+                    "storage.objects_url: {url:?} must be an s3://, az://, gs:// or file:// URL"
+                ));
+            }
+        }
         let i = &self.identity;
         if i.ip_failure_limit == 0 {
             errors.push("identity.ip_failure_limit: must be at least 1".into());
@@ -499,6 +568,8 @@ const STRING_KEYS: &[&str] = &[
     "bootstrap_admin_password",
     "gateway.identity_url",
     "gateway.public_url",
+    "gateway.storage_url",
+    "storage.objects_url",
     "gateway.tls_cert_file",
     "gateway.tls_key_file",
     "identity.mfa_issuer",

@@ -35,15 +35,18 @@ pub enum Role {
     Gateway,
     /// Users, sessions, tokens.
     Identity,
+    /// KV buckets, static sites, host bindings, storage tokens.
+    Storage,
 }
 
 impl Role {
-    const ALL: [Role; 2] = [Role::Gateway, Role::Identity];
+    const ALL: [Role; 3] = [Role::Gateway, Role::Identity, Role::Storage];
 
     fn name(self) -> &'static str {
         match self {
             Role::Gateway => "gateway",
             Role::Identity => "identity",
+            Role::Storage => "storage",
         }
     }
 }
@@ -61,7 +64,7 @@ pub fn parse_roles(text: &str) -> anyhow::Result<BTreeSet<Role>> {
             .find(|r| r.name() == part)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "services: unknown service {part:?} (known: all, gateway, identity)"
+                    "services: unknown service {part:?} (known: all, gateway, identity, storage)"
                 )
             })?;
         roles.insert(role);
@@ -76,6 +79,8 @@ pub struct Running {
     pub gateway_addr: Option<SocketAddr>,
     /// Where the identity service's internal gRPC listens (when it runs here).
     pub identity_addr: Option<SocketAddr>,
+    /// Where the storage service's internal gRPC listens (when it runs here).
+    pub storage_addr: Option<SocketAddr>,
     /// The bootstrap admin, when this start created it.
     pub bootstrap: Option<BootstrapAdmin>,
     /// TLS facts (gateway).
@@ -134,7 +139,9 @@ fn secret_or_derived(
 
 /// The migration sets of every service that keeps tables.
 pub fn all_migration_sets() -> Vec<db::MigrationSet> {
-    lattice_identity::migration_sets()
+    let mut sets = lattice_identity::migration_sets();
+    sets.push(lattice_storage::store::migrations());
+    sets
 }
 
 /// `lattice-server migrate`: apply every pending migration and report.
@@ -160,14 +167,15 @@ async fn open_cache(config: &Config, shutdown: &CancellationToken) -> Cache {
     }
 }
 
-/// Keep the identity service's gRPC health in step with its database: NOT_SERVING
-/// while the database does not answer, so `/ready` and load balancers see it.
+/// Keep a service's gRPC health in step with its database: NOT_SERVING while the
+/// database does not answer, so `/ready` and load balancers see it.
 async fn report_database_health(
+    service: &'static str,
     db: Db,
     reporter: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    type Svc = IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>;
+    use tonic_health::ServingStatus;
     let mut serving = true;
     loop {
         tokio::select! {
@@ -179,15 +187,120 @@ async fn report_database_health(
             .is_ok_and(|r| r.is_ok());
         if ok != serving {
             serving = ok;
-            if ok {
-                tracing::info!("identity database reachable again");
-                reporter.set_serving::<Svc>().await;
+            let status = if ok {
+                tracing::info!(service, "database reachable again");
+                ServingStatus::Serving
             } else {
-                tracing::warn!("identity database unreachable; reporting not serving");
-                reporter.set_not_serving::<Svc>().await;
-            }
+                tracing::warn!(service, "database unreachable; reporting not serving");
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(service, status).await;
         }
     }
+}
+
+/// Build the storage service, bind its internal gRPC listener and spawn it.
+async fn start_storage(
+    config: &Config,
+    master: &MasterKey,
+    internal: &InternalAuth,
+    cache: &Cache,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<(SocketAddr, Db)> {
+    use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
+    let url = config.database_url();
+    let db = Db::connect(&url, config.database_max_connections)
+        .await
+        .with_context(|| format!("open storage database {}", db::redact_url(&url)))?;
+    db::migrate(
+        &db,
+        &lattice_storage::migration_sets(),
+        config.migrate_on_start(),
+    )
+    .await?;
+    // The data key is created with the database; storage seals nothing yet, but
+    // opening it checks that this master key matches the database.
+    lattice_core::crypto::Sealer::open(&db, master).await?;
+    let blobs = match &config.storage.objects_url {
+        Some(url) => lattice_storage::blobs::Blobs::from_url(url)?,
+        None => lattice_storage::blobs::Blobs::local(&config.data_dir.join("objects"))?,
+    };
+    let limits = lattice_storage::Limits {
+        max_deployment_bytes: config.storage.max_deployment_bytes,
+    };
+    let storage = lattice_storage::Storage::new(
+        lattice_storage::store::Store::new(db.clone()),
+        blobs,
+        cache.clone(),
+        limits,
+    );
+    let listener = TcpListener::bind(config.storage.listen)
+        .await
+        .with_context(|| format!("storage.listen: bind {}", config.storage.listen))?;
+    let addr = listener.local_addr()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<StorageServiceServer<lattice_storage::grpc::StorageGrpc>>()
+        .await;
+    tasks.spawn(report_database_health(
+        "lattice.storage.v1.StorageService",
+        db.clone(),
+        reporter.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(lattice_storage::run_sweeper(
+        storage.clone(),
+        shutdown.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let max_upload = u64::try_from(config.gateway.upload_limit_bytes).unwrap_or(u64::MAX);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        StorageServiceServer::new(lattice_storage::grpc::StorageGrpc::new(storage, max_upload))
+            .max_decoding_message_size(8 * 1024 * 1024)
+            .max_encoding_message_size(8 * 1024 * 1024),
+        lattice_core::grpc::RequirePrincipal::new(internal.clone()),
+    );
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .trace_fn(lattice_core::telemetry::grpc_server_span)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    stop.cancelled().await;
+                    reporter
+                    .set_not_serving::<StorageServiceServer<lattice_storage::grpc::StorageGrpc>>()
+                    .await;
+                },
+            )
+            .await
+            .context("storage gRPC server")
+    });
+    Ok((addr, db))
+}
+
+/// A lazily connecting channel to an internal service (TLS for `https://`).
+fn internal_channel(url: &str, field: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{field}: {url:?} is not a valid URL"))?;
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+            .with_context(|| format!("{field}: TLS setup"))?;
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
 }
 
 /// Build every service in `roles`, bind their listeners and start serving until
@@ -199,7 +312,9 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     // The master key is needed by services that seal data and for secrets derived from
     // it; a gateway given JWT_SECRET needs none.
-    let needs_master = roles.contains(&Role::Identity) || config.jwt_secret.is_none();
+    let needs_master = roles.contains(&Role::Identity)
+        || roles.contains(&Role::Storage)
+        || config.jwt_secret.is_none();
     let master = if needs_master {
         Some(master_key(&config)?)
     } else {
@@ -260,6 +375,7 @@ pub async fn start(
             .set_serving::<IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>>()
             .await;
         tasks.spawn(report_database_health(
+            "lattice.identity.v1.IdentityService",
             db.clone(),
             reporter.clone(),
             shutdown.clone(),
@@ -293,6 +409,15 @@ pub async fn start(
         running_identity = Some(addr);
     }
 
+    let mut running_storage = None;
+    if roles.contains(&Role::Storage) {
+        let master = master.as_ref().context("storage needs the master key")?;
+        let (addr, db) =
+            start_storage(&config, master, &internal, &cache, &shutdown, &mut tasks).await?;
+        pools.push(db);
+        running_storage = Some(addr);
+    }
+
     let mut gateway_addr = None;
     let mut tls_info = None;
     let mut tls = false;
@@ -304,27 +429,24 @@ pub async fn start(
                 "gateway.identity_url: required when the identity service is not in --services (e.g. http://identity:8091)"
             ),
         };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(identity_url.clone())
-            .with_context(|| {
-                format!("gateway.identity_url: {identity_url:?} is not a valid URL")
-            })?;
-        if identity_url.starts_with("https://") {
-            endpoint = endpoint
-                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
-                .context("gateway.identity_url: TLS setup")?;
-        }
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+        let channel = internal_channel(&identity_url, "gateway.identity_url")?;
+        let storage_channel = match (running_storage, &config.gateway.storage_url) {
+            (Some(addr), _) => Some(internal_channel(
+                &format!("http://{addr}"),
+                "gateway.storage_url",
+            )?),
+            (None, Some(url)) => Some(internal_channel(url, "gateway.storage_url")?),
+            (None, None) => None,
+        };
         let gateway = Gateway::build(
             &config.gateway,
             config.gateway_is_https(),
             &config.data_dir,
             internal.clone(),
-            channel,
+            lattice_gateway::Backends {
+                identity: channel,
+                storage: storage_channel,
+            },
             cache.clone(),
             shutdown.clone(),
         )?;
@@ -340,6 +462,7 @@ pub async fn start(
     Ok(Running {
         gateway_addr,
         identity_addr: running_identity,
+        storage_addr: running_storage,
         bootstrap,
         tls_info,
         tls,

@@ -38,6 +38,12 @@ struct Cli {
     /// Identity service address when it runs elsewhere.
     #[arg(long)]
     identity_url: Option<String>,
+    /// Storage service's internal gRPC listen address.
+    #[arg(long)]
+    storage_listen: Option<String>,
+    /// Storage service address when it runs elsewhere.
+    #[arg(long)]
+    storage_url: Option<String>,
     /// Log filter (info, debug, lattice_identity=debug,info, ...).
     #[arg(long, global = true)]
     log_level: Option<String>,
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         gateway_tls: cli.tls.clone(),
         identity_listen: cli.identity_listen.clone(),
         identity_url: cli.identity_url.clone(),
+        storage_listen: cli.storage_listen.clone(),
+        storage_url: cli.storage_url.clone(),
         log_level: cli.log_level.clone(),
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
@@ -182,6 +190,9 @@ fn print_banner(running: &lattice_server::Running) {
     }
     if let Some(addr) = running.identity_addr {
         out.push_str(&format!("identity service (internal gRPC) on {addr}\n"));
+    }
+    if let Some(addr) = running.storage_addr {
+        out.push_str(&format!("storage service (internal gRPC) on {addr}\n"));
     }
     if let Some(info) = &running.tls_info
         && let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint)

@@ -768,6 +768,7 @@ async fn https_public_url_keeps_cookies_secure_behind_a_proxy() {
     let resp = s
         .http
         .post(s.url("/api/v1/auth/login"))
+        .header("host", "lattice.example.com")
         .header("x-forwarded-for", "198.51.100.7")
         .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
         .send()

@@ -61,6 +61,8 @@ fn cli_login_tokens_users_logout() {
             "127.0.0.1:0",
             "--identity-listen",
             "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
         ])

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
+pub mod storage;
 pub mod tls;
 
 use std::path::Path;
@@ -20,7 +21,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use http::{HeaderName, HeaderValue};
 use lattice_core::auth::{InternalAuth, Principal};
 use lattice_core::cache::Cache;
@@ -43,6 +44,11 @@ pub use crate::tls::TlsInfo;
 pub struct AppState {
     /// Identity service client (in-process loopback or remote).
     pub identity: IdentityServiceClient<Channel>,
+    /// Storage service client (None: storage is not configured on this gateway).
+    pub storage:
+        Option<lattice_proto::storage::v1::storage_service_client::StorageServiceClient<Channel>>,
+    /// Host, path, blob and storage-token caches for serving bound hosts.
+    pub host_caches: storage::host::HostCaches,
     /// gRPC health of the identity service, for `/ready`.
     pub health: tonic_health::pb::health_client::HealthClient<Channel>,
     /// Mints internal principals.
@@ -63,6 +69,16 @@ pub struct AppState {
     pub shutting_down: CancellationToken,
 }
 
+/// Channels to the internal services the gateway calls (they may not be up yet: the
+/// channels connect lazily).
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The identity service.
+    pub identity: Channel,
+    /// The storage service, when this deployment has one.
+    pub storage: Option<Channel>,
+}
+
 /// A built gateway, ready to serve on a listener.
 pub struct Gateway {
     state: Arc<AppState>,
@@ -80,14 +96,19 @@ impl Gateway {
         https: bool,
         data_dir: &Path,
         internal: InternalAuth,
-        identity: Channel,
+        backends: Backends,
         cache: Cache,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let (tls, tls_info) = tls::server_config(cfg, data_dir, &shutdown)?;
         let state = Arc::new(AppState {
-            identity: IdentityServiceClient::new(identity.clone()),
-            health: tonic_health::pb::health_client::HealthClient::new(identity),
+            identity: IdentityServiceClient::new(backends.identity.clone()),
+            storage: backends.storage.map(|c| {
+                lattice_proto::storage::v1::storage_service_client::StorageServiceClient::new(c)
+                    .max_decoding_message_size(16 * 1024 * 1024)
+            }),
+            host_caches: storage::host::HostCaches::new(cfg),
+            health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
             internal,
             service_principal: Principal::service("gateway"),
             auth_cache: moka::sync::Cache::builder()
@@ -123,6 +144,10 @@ impl Gateway {
             self.state.cache.clone(),
             shutdown.clone(),
         ));
+        let storage_events = tokio::spawn(storage::host::run_event_listener(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
         let result = serve::serve(
             listener,
             self.router,
@@ -132,12 +157,24 @@ impl Gateway {
         )
         .await;
         listener_task.abort();
+        storage_events.abort();
         result
     }
 }
 
 /// Every route, with its layers. Listed here, in one place.
 pub fn router(state: Arc<AppState>) -> Router {
+    // Site uploads take bigger bodies than the rest of the API.
+    let uploads = Router::new()
+        .route(
+            "/api/v1/static/{bucket}/deployments",
+            post(storage::sites::deploy),
+        )
+        .route(
+            "/api/v1/static/{bucket}/objects/{*path}",
+            put(storage::sites::put_object),
+        )
+        .layer(DefaultBodyLimit::max(state.cfg.upload_limit_bytes));
     let api = Router::new()
         .route("/api/v1/openapi.json", get(routes::system::openapi))
         .route("/api/v1/auth/login", post(routes::auth::login))
@@ -168,6 +205,54 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/users/{id}/password",
             post(routes::users::set_password),
         )
+        .route(
+            "/api/v1/buckets",
+            post(storage::control::create_bucket).get(storage::control::list_buckets),
+        )
+        .route(
+            "/api/v1/buckets/{name}",
+            delete(storage::control::delete_bucket),
+        )
+        .route("/api/v1/kv/{bucket}", get(storage::control::kv_list))
+        .route(
+            "/api/v1/kv/{bucket}/{*key}",
+            get(storage::control::kv_get)
+                .put(storage::control::kv_put)
+                .delete(storage::control::kv_delete),
+        )
+        .route(
+            "/api/v1/bindings",
+            post(storage::control::create_binding).get(storage::control::list_bindings),
+        )
+        .route(
+            "/api/v1/bindings/{host}",
+            delete(storage::control::delete_binding).patch(storage::control::patch_binding),
+        )
+        .route(
+            "/api/v1/storage-tokens",
+            post(storage::control::create_storage_token).get(storage::control::list_storage_tokens),
+        )
+        .route(
+            "/api/v1/storage-tokens/{id}",
+            delete(storage::control::revoke_storage_token),
+        )
+        .route(
+            "/api/v1/static/{bucket}/deployments",
+            get(storage::sites::list_deployments),
+        )
+        .route(
+            "/api/v1/static/{bucket}/deployments/{id}/activate",
+            post(storage::sites::activate),
+        )
+        .route(
+            "/api/v1/static/{bucket}/objects",
+            get(storage::sites::list_objects),
+        )
+        .route(
+            "/api/v1/static/{bucket}/objects/{*path}",
+            delete(storage::sites::delete_object),
+        )
+        .merge(uploads)
         .route("/health", get(routes::system::health))
         .route("/ready", get(routes::system::ready))
         .route("/metrics", get(routes::system::metrics))
@@ -180,13 +265,19 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.cfg.body_limit_bytes;
     let hsts = state.secure_cookies;
     let request_id = HeaderName::from_static("x-request-id");
-    api
+    let api: Router = api
         // Counts and times every answer by matched route (innermost, sees the real status).
-        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         // JSON extractors refuse bodies over the limit with 413.
         .layer(DefaultBodyLimit::max(body_limit))
         // A slow handler answers 503 instead of holding the connection forever.
-        .layer(axum::middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            timeout,
+            request_timeout,
+        ))
         // Security headers on every answer (API answers are never rendered as pages).
         .layer(SetResponseHeaderLayer::if_not_present(
             http::header::X_CONTENT_TYPE_OPTIONS,
@@ -206,8 +297,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             http::header::STRICT_TRANSPORT_SECURITY,
-            if hsts { HeaderValue::from_static("max-age=31536000") } else { HeaderValue::from_static("max-age=0") },
+            if hsts {
+                HeaderValue::from_static("max-age=31536000")
+            } else {
+                HeaderValue::from_static("max-age=0")
+            },
         ))
+        .with_state(state.clone());
+    Router::new()
+        .fallback_service(api)
+        // Bound hosts are served from storage (with their own headers); every other
+        // request continues to the API above.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), storage::host::dispatch))
         // One span per request, parented to the caller's W3C trace context.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let span = tracing::info_span!(

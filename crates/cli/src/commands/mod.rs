@@ -1,8 +1,13 @@
 //! Command implementations, one module per area, and what they share: locating the
 //! stored credentials and building an authenticated client.
 
+mod archive;
 mod auth;
+mod kv;
+mod static_site;
+mod storage;
 mod tokens;
+mod upload;
 mod users;
 
 use std::path::PathBuf;
@@ -13,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::args::{Cli, Command};
-use crate::client::{Api, Auth, TlsOptions, normalize_server};
+use crate::client::{Api, ApiError, Auth, TlsOptions, normalize_server};
 use crate::config::{self, StoredConfig};
 use crate::output::{self, Format, Table};
 
@@ -135,6 +140,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Totp(cmd) => auth::totp(&ctx, cmd).await,
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Users(cmd) => users::run(&ctx, cmd).await,
+        Command::Buckets(cmd) => storage::buckets(&ctx, cmd).await,
+        Command::Bindings(cmd) => storage::bindings(&ctx, cmd).await,
+        Command::StorageTokens(cmd) => storage::tokens(&ctx, cmd).await,
+        Command::Kv(cmd) => kv::run(&ctx, cmd).await,
+        Command::Static(cmd) => static_site::run(&ctx, cmd).await,
     }
 }
 
@@ -143,6 +153,12 @@ pub fn segment(text: &str) -> anyhow::Result<String> {
     if matches!(text, "" | "." | "..") {
         bail!("invalid id {text:?}");
     }
+    Ok(encode_component(text))
+}
+
+/// Percent-encode everything but RFC 3986's unreserved characters (for a path
+/// segment or a query value).
+pub fn encode_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -151,7 +167,34 @@ pub fn segment(text: &str) -> anyhow::Result<String> {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(out)
+    out
+}
+
+/// A `/`-separated name (a KV key, a file in a static site) as URL path segments:
+/// each segment percent-encoded, the separators kept. `what` names it in errors.
+/// `.` and `..` segments are refused (URLs resolve them, even percent-encoded), and
+/// so are empty segments unless `allow_empty_segments`.
+pub fn slash_path(text: &str, what: &str, allow_empty_segments: bool) -> anyhow::Result<String> {
+    if text.is_empty() {
+        bail!("empty {what}");
+    }
+    let mut out = Vec::new();
+    for part in text.split('/') {
+        if matches!(part, "." | "..") {
+            bail!("invalid {what} {text:?}: \".\" and \"..\" segments cannot be sent in a URL");
+        }
+        if part.is_empty() && !allow_empty_segments {
+            bail!("invalid {what} {text:?}: empty path segment");
+        }
+        out.push(encode_component(part));
+    }
+    Ok(out.join("/"))
+}
+
+/// Whether an error is the server's answer with this HTTP status.
+pub fn is_status(err: &anyhow::Error, status: u16) -> bool {
+    err.downcast_ref::<ApiError>()
+        .is_some_and(|e| e.status == status)
 }
 
 #[cfg(test)]
@@ -167,6 +210,35 @@ mod tests {
         assert_eq!(segment("../x y").unwrap(), "..%2Fx%20y");
         assert!(segment("..").is_err());
         assert!(segment("").is_err());
+    }
+
+    #[test]
+    fn keys_keep_their_slashes() {
+        assert_eq!(slash_path("a/b c", "key", true).unwrap(), "a/b%20c");
+        assert_eq!(
+            slash_path("dir/é?#%.txt", "key", true).unwrap(),
+            "dir/%C3%A9%3F%23%25.txt"
+        );
+        assert_eq!(slash_path("a//b", "key", true).unwrap(), "a//b");
+        assert!(slash_path("a//b", "path", false).is_err());
+        assert!(slash_path("a/../b", "key", true).is_err());
+        assert!(slash_path("./a", "key", true).is_err());
+        assert!(slash_path("", "key", true).is_err());
+        assert_eq!(encode_component("a&b=c"), "a%26b%3Dc");
+    }
+
+    #[test]
+    fn status_errors_are_recognised() {
+        let api = ApiError {
+            status: 412,
+            code: "precondition_failed".into(),
+            message: "x".into(),
+            retry_after_s: None,
+        };
+        let err = anyhow::Error::from(api).context("while writing");
+        assert!(is_status(&err, 412));
+        assert!(!is_status(&err, 404));
+        assert!(!is_status(&anyhow::anyhow!("plain"), 412));
     }
 
     #[test]

@@ -1,0 +1,18 @@
+//! Names shared by services and the gateway for cache keys and bus channels, so a
+//! writer and the readers it must invalidate agree on them in one place.
+
+/// Bus channel: a host binding (or the deployment behind it) changed; the message
+/// is the host, or `*` for "drop everything".
+pub const STORAGE_HOSTS_CHANNEL: &str = "storage.hosts";
+/// Bus channel: a storage token was revoked; the message is its id.
+pub const STORAGE_TOKENS_CHANNEL: &str = "storage.tokens";
+
+/// Shared-cache key of a KV entry as served through a host binding.
+pub fn kv_cache_key(bucket_id: &str, key: &str) -> String {
+    format!("kv:{bucket_id}:{key}")
+}
+
+/// Shared-cache key of a host's binding resolution.
+pub fn host_cache_key(host: &str) -> String {
+    format!("host:{host}")
+}

@@ -1,0 +1,851 @@
+//! Serving bound hosts. A request whose `Host` has an enabled binding is answered
+//! from that bucket instead of the API: static buckets are public read (GET/HEAD),
+//! KV buckets need a storage token.
+//!
+//! The hot path touches no database: the host's binding (short TTL, evicted by bus
+//! events), the path's resolution within a deployment and the blob bytes are cached
+//! here. Deployments never change once written and blobs are named by their hash, so
+//! those two caches need no invalidation; a deploy or rollback changes only which
+//! deployment the host points at, which is why a reader sees the old site or the new
+//! one, never a mix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use lattice_core::events::{
+    STORAGE_HOSTS_CHANNEL, STORAGE_TOKENS_CHANNEL, host_cache_key, kv_cache_key,
+};
+use lattice_core::time::now_ms;
+use lattice_proto::storage::v1 as pb;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::client;
+use crate::AppState;
+use crate::error::ApiError;
+
+/// What a host is bound to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostEntry {
+    /// Owning org.
+    pub org_id: String,
+    /// Bucket id.
+    pub bucket_id: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// `kv` or `static`.
+    pub surface: String,
+    /// Static: active deployment ("" when none).
+    pub deployment_id: String,
+}
+
+/// How a path resolved inside one deployment (immutable, cached for good).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resolved {
+    /// 200, 301 or 404.
+    pub status: u16,
+    /// Redirect target (301).
+    pub redirect_to: String,
+    /// The file to send (200, or the site's 404 page).
+    pub sha256: String,
+    /// Its size.
+    pub size: i64,
+    /// Its media type.
+    pub content_type: String,
+}
+
+/// A verified storage token.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    /// Token id.
+    pub id: String,
+    /// Org.
+    pub org_id: String,
+    /// `kv` / `static`.
+    pub surface: String,
+    /// `read` / `write` / `admin`.
+    pub access: String,
+    /// Bucket names or `*`.
+    pub buckets: Vec<String>,
+    /// 0: none.
+    pub expires_at_ms: i64,
+}
+
+/// The gateway's storage caches.
+pub struct HostCaches {
+    /// Host -> binding (None: no enabled binding). Short TTL; bus events evict.
+    pub hosts: moka::sync::Cache<String, Option<Arc<HostEntry>>>,
+    /// (deployment, path) -> resolution. Immutable.
+    pub paths: moka::sync::Cache<(String, String), Arc<Resolved>>,
+    /// sha256 -> bytes. Immutable; bounded by bytes.
+    pub blobs: moka::sync::Cache<String, Bytes>,
+    /// sha256(secret) -> grant. Evicted on revocation.
+    pub tokens: moka::sync::Cache<[u8; 32], Arc<TokenGrant>>,
+    /// Hosts that always get the API.
+    pub api_hosts: std::collections::HashSet<String>,
+}
+
+/// Largest blob kept in the memory cache.
+const MAX_CACHED_BLOB: usize = 8 * 1024 * 1024;
+
+impl HostCaches {
+    /// Caches sized from the configuration.
+    pub fn new(cfg: &lattice_core::config::GatewayConfig) -> Self {
+        let mut api_hosts: std::collections::HashSet<String> =
+            cfg.api_hosts.iter().map(|h| normalise_host(h)).collect();
+        if let Some(host) = cfg
+            .public_url
+            .as_deref()
+            .and_then(|u| u.split("://").nth(1))
+            .map(|rest| rest.split('/').next().unwrap_or(""))
+        {
+            api_hosts.insert(normalise_host(host));
+        }
+        api_hosts.remove("");
+        Self {
+            hosts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
+            paths: moka::sync::Cache::builder().max_capacity(200_000).build(),
+            blobs: moka::sync::Cache::builder()
+                .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+                .max_capacity(cfg.static_cache_bytes)
+                .build(),
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .support_invalidation_closures()
+                .build(),
+            api_hosts,
+        }
+    }
+}
+
+/// Lowercase, without port or trailing dot; IPv6 without brackets.
+pub fn normalise_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        })
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn request_host(req: &Request) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(normalise_host)
+        .or_else(|| req.uri().authority().map(|a| normalise_host(a.as_str())))
+        .unwrap_or_default()
+}
+
+/// Forget a host's cached binding in this replica.
+pub fn forget_host(state: &AppState, host: &str) {
+    state.host_caches.hosts.invalidate(&normalise_host(host));
+}
+
+/// Forget a storage token in this replica.
+pub fn forget_token(state: &AppState, id: &str) {
+    let id = id.to_owned();
+    if state
+        .host_caches
+        .tokens
+        .invalidate_entries_if(move |_, g| g.id == id)
+        .is_err()
+    {
+        state.host_caches.tokens.invalidate_all();
+    }
+}
+
+/// Evict on storage events from any replica until `shutdown`.
+pub async fn run_event_listener(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut hosts = state.cache.subscribe(STORAGE_HOSTS_CHANNEL);
+    let mut tokens = state.cache.subscribe(STORAGE_TOKENS_CHANNEL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = hosts.recv() => match m {
+                Ok(h) if h != "*" => forget_host(&state, &h),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.host_caches.hosts.invalidate_all(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            m = tokens.recv() => match m {
+                Ok(id) => forget_token(&state, &id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.host_caches.tokens.invalidate_all(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn lookup_host(state: &AppState, host: &str) -> Result<Option<Arc<HostEntry>>, ApiError> {
+    if let Some(hit) = state.host_caches.hosts.get(host) {
+        return Ok(hit);
+    }
+    let shared_key = host_cache_key(host);
+    let entry = match state
+        .cache
+        .get(&shared_key)
+        .await
+        .and_then(|b| serde_json::from_slice::<Option<HostEntry>>(&b).ok())
+    {
+        Some(e) => e,
+        None => {
+            let r = client(state)?
+                .resolve_host(lattice_core::grpc::request(
+                    &state.internal,
+                    &state.service_principal,
+                    None,
+                    pb::ResolveHostRequest {
+                        host: host.to_owned(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            let e = r.found.then_some(HostEntry {
+                org_id: r.org_id,
+                bucket_id: r.bucket_id,
+                bucket: r.bucket,
+                surface: r.surface,
+                deployment_id: r.deployment_id,
+            });
+            if let Ok(bytes) = serde_json::to_vec(&e) {
+                state
+                    .cache
+                    .set(&shared_key, &bytes, Duration::from_secs(60))
+                    .await;
+            }
+            e
+        }
+    };
+    let entry = entry.map(Arc::new);
+    state
+        .host_caches
+        .hosts
+        .insert(host.to_owned(), entry.clone());
+    Ok(entry)
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// The outermost dispatch: bound hosts are served from storage, the rest is the API.
+pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.storage.is_none() {
+        return next.run(req).await;
+    }
+    let host = request_host(&req);
+    if host.is_empty() || state.host_caches.api_hosts.contains(&host) {
+        return next.run(req).await;
+    }
+    match lookup_host(&state, &host).await {
+        Ok(Some(entry)) if entry.surface == "static" => serve_static(&state, &entry, req).await,
+        Ok(Some(entry)) => serve_kv(&state, &entry, req).await,
+        Ok(None) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
+            next.run(req).await
+        }
+        Ok(None) => plain(
+            StatusCode::NOT_FOUND,
+            "404 Not Found: no site is bound to this host\n",
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Normalise a request path into a site path: percent-decoded, `.` and empty
+/// segments dropped, a trailing `/` kept (directory), and refusals for `..`, encoded
+/// slashes or backslashes, NUL and invalid UTF-8.
+pub fn normalise_path(raw: &str) -> Result<String, &'static str> {
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+        return Err("encoded slashes, backslashes and NUL are not allowed in paths");
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| "the path is not valid UTF-8")?;
+    if decoded.contains('\\') || decoded.contains('\0') {
+        return Err("backslashes and NUL are not allowed in paths");
+    }
+    let mut parts = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => return Err("'..' is not allowed in paths"),
+            s => parts.push(s),
+        }
+    }
+    let mut out = parts.join("/");
+    if decoded.ends_with('/') && !out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+async fn resolve(
+    state: &AppState,
+    deployment_id: &str,
+    path: &str,
+) -> Result<Arc<Resolved>, ApiError> {
+    let key = (deployment_id.to_owned(), path.to_owned());
+    if let Some(hit) = state.host_caches.paths.get(&key) {
+        return Ok(hit);
+    }
+    let shared_key = format!("static:{deployment_id}:{path}");
+    let resolved = match state
+        .cache
+        .get(&shared_key)
+        .await
+        .and_then(|b| serde_json::from_slice::<Resolved>(&b).ok())
+    {
+        Some(r) => r,
+        None => {
+            let r = client(state)?
+                .resolve_static_path(lattice_core::grpc::request(
+                    &state.internal,
+                    &state.service_principal,
+                    None,
+                    pb::ResolveStaticPathRequest {
+                        deployment_id: deployment_id.to_owned(),
+                        path: path.to_owned(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            let object = r.object.unwrap_or_default();
+            let resolved = Resolved {
+                status: u16::try_from(r.status).unwrap_or(404),
+                redirect_to: r.redirect_to,
+                sha256: object.sha256,
+                size: object.size,
+                content_type: object.content_type,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&resolved) {
+                state
+                    .cache
+                    .set(&shared_key, &bytes, Duration::from_secs(3600))
+                    .await;
+            }
+            resolved
+        }
+    };
+    let resolved = Arc::new(resolved);
+    state.host_caches.paths.insert(key, resolved.clone());
+    Ok(resolved)
+}
+
+async fn blob(state: &AppState, sha256: &str) -> Result<Bytes, ApiError> {
+    if let Some(hit) = state.host_caches.blobs.get(sha256) {
+        return Ok(hit);
+    }
+    use futures::StreamExt as _;
+    let mut stream = client(state)?
+        .get_blob(lattice_core::grpc::request(
+            &state.internal,
+            &state.service_principal,
+            None,
+            pb::GetBlobRequest {
+                sha256: sha256.to_owned(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?.data);
+    }
+    let data = buf.freeze();
+    if data.len() <= MAX_CACHED_BLOB {
+        state
+            .host_caches
+            .blobs
+            .insert(sha256.to_owned(), data.clone());
+    }
+    Ok(data)
+}
+
+/// A single `bytes=` range within `len`: Some(Ok(start..end)) to serve, Some(Err)
+/// when unsatisfiable, None to ignore (absent, multi-range or malformed).
+pub fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return Some(Err(()));
+            }
+            (len.saturating_sub(n), len)
+        }
+        (start, "") => (start.parse().ok()?, len),
+        (start, end) => {
+            let s: u64 = start.parse().ok()?;
+            let e: u64 = end.parse().ok()?;
+            if e < s {
+                return None;
+            }
+            (s, e.saturating_add(1).min(len))
+        }
+    };
+    if start >= len {
+        Some(Err(()))
+    } else {
+        Some(Ok((start, end)))
+    }
+}
+
+fn etag_matches(header_value: &str, etag: &str) -> bool {
+    header_value
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.trim_start_matches("W/") == etag)
+}
+
+async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Response {
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let path = match normalise_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n"),
+    };
+    if entry.deployment_id.is_empty() {
+        return plain(StatusCode::NOT_FOUND, "404 Not Found\n");
+    }
+    let resolved = match resolve(state, &entry.deployment_id, &path).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if resolved.status == 301 {
+        let mut location = resolved.redirect_to.clone();
+        if let Some(q) = req.uri().query() {
+            location = format!("{location}?{q}");
+        }
+        let mut r = plain(StatusCode::MOVED_PERMANENTLY, "301 Moved Permanently\n");
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+    if resolved.sha256.is_empty() {
+        return plain(StatusCode::NOT_FOUND, "404 Not Found\n");
+    }
+    let status = if resolved.status == 200 {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    let etag = format!("\"{}\"", resolved.sha256);
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        // Revalidate every time: cheap with the ETag, and a deploy is never served stale.
+        .header(header::CACHE_CONTROL, "public, no-cache")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, &resolved.content_type);
+    if status == StatusCode::OK
+        && let Some(inm) = req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+        && etag_matches(inm, &etag)
+    {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    let data = match blob(state, &resolved.sha256).await {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    let len = data.len() as u64;
+    let range = (status == StatusCode::OK)
+        .then(|| {
+            req.headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_range(v, len))
+        })
+        .flatten();
+    let (status, body) = match range {
+        Some(Ok((start, end))) => {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{len}", end - 1),
+            );
+            (
+                StatusCode::PARTIAL_CONTENT,
+                data.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)),
+            )
+        }
+        Some(Err(())) => {
+            return builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::empty())
+                .unwrap_or_default();
+        }
+        None => (status, data),
+    };
+    builder = builder.header(header::CONTENT_LENGTH, body.len());
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
+    builder.status(status).body(body).unwrap_or_default()
+}
+
+fn kv_error(status: StatusCode, code: lattice_core::ErrorCode, message: &str) -> Response {
+    let mut r = ApiError::new(code, message).into_response();
+    *r.status_mut() = status;
+    r
+}
+
+async fn authorize(state: &AppState, secret: &str) -> Result<Arc<TokenGrant>, Response> {
+    let key: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    if let Some(hit) = state.host_caches.tokens.get(&key)
+        && (hit.expires_at_ms == 0 || now_ms() < hit.expires_at_ms)
+    {
+        return Ok(hit);
+    }
+    let storage = client(state).map_err(IntoResponse::into_response)?;
+    let info = storage
+        .clone()
+        .authorize_storage_token(lattice_core::grpc::request(
+            &state.internal,
+            &state.service_principal,
+            None,
+            pb::AuthorizeStorageTokenRequest {
+                secret: secret.to_owned(),
+            },
+        ))
+        .await
+        .map_err(|s| match lattice_core::error::code_of(&s) {
+            lattice_core::ErrorCode::PermissionDenied
+            | lattice_core::ErrorCode::Unauthenticated => kv_error(
+                StatusCode::UNAUTHORIZED,
+                lattice_core::ErrorCode::Unauthenticated,
+                "invalid or expired storage token",
+            ),
+            _ => ApiError::from(s).into_response(),
+        })?
+        .into_inner();
+    let grant = Arc::new(TokenGrant {
+        id: info.id,
+        org_id: info.org_id,
+        surface: info.surface,
+        access: info.access,
+        buckets: info.buckets,
+        expires_at_ms: info.expires_at_ms,
+    });
+    state.host_caches.tokens.insert(key, grant.clone());
+    Ok(grant)
+}
+
+fn access_rank(a: &str) -> u8 {
+    match a {
+        "admin" => 3,
+        "write" => 2,
+        "read" => 1,
+        _ => 0,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedKv {
+    version: i64,
+    value: String,
+    expires_at_ms: i64,
+}
+
+async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response {
+    use lattice_core::ErrorCode as C;
+    let needed = match *req.method() {
+        Method::GET | Method::HEAD => 1,
+        Method::PUT | Method::DELETE => 2,
+        _ => {
+            return kv_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                C::MethodNotAllowed,
+                "use GET, PUT or DELETE on /{key}",
+            );
+        }
+    };
+    let key = match normalise_path(req.uri().path()) {
+        Ok(k) if !k.is_empty() => k.trim_end_matches('/').to_owned(),
+        Ok(_) => return kv_error(StatusCode::BAD_REQUEST, C::BadRequest, "name a key: /{key}"),
+        Err(m) => return kv_error(StatusCode::BAD_REQUEST, C::BadRequest, m),
+    };
+    let Some(secret) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+    else {
+        return kv_error(
+            StatusCode::UNAUTHORIZED,
+            C::Unauthenticated,
+            "a storage token is required: Authorization: Bearer <token>",
+        );
+    };
+    let grant = match authorize(state, &secret).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    if grant.org_id != entry.org_id
+        || grant.surface != "kv"
+        || !grant.buckets.iter().any(|b| b == "*" || *b == entry.bucket)
+    {
+        return kv_error(
+            StatusCode::FORBIDDEN,
+            C::PermissionDenied,
+            "this storage token does not cover this bucket",
+        );
+    }
+    if access_rank(&grant.access) < needed {
+        return kv_error(
+            StatusCode::FORBIDDEN,
+            C::PermissionDenied,
+            &format!(
+                "this storage token has {} access; {} needs write",
+                grant.access,
+                req.method()
+            ),
+        );
+    }
+    let principal = &state.service_principal;
+    let host_req =
+        |value_json: String, if_match: String, if_none_match_any: bool| pb::HostKvRequest {
+            bucket_id: entry.bucket_id.clone(),
+            key: key.clone(),
+            value_json,
+            org_id: entry.org_id.clone(),
+            if_match,
+            if_none_match_any,
+            token_id: grant.id.clone(),
+        };
+    let Ok(mut storage) = client(state) else {
+        return kv_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            C::Unavailable,
+            "storage is not configured",
+        );
+    };
+    match *req.method() {
+        Method::GET | Method::HEAD => {
+            let head = req.method() == Method::HEAD;
+            let cache_key = kv_cache_key(&entry.bucket_id, &key);
+            let cached = state
+                .cache
+                .get(&cache_key)
+                .await
+                .and_then(|b| serde_json::from_slice::<CachedKv>(&b).ok())
+                .filter(|c| c.expires_at_ms == 0 || now_ms() < c.expires_at_ms);
+            let kv = match cached {
+                Some(c) => c,
+                None => match storage
+                    .host_kv_get(lattice_core::grpc::request(
+                        &state.internal,
+                        principal,
+                        None,
+                        host_req(String::new(), String::new(), false),
+                    ))
+                    .await
+                {
+                    Ok(r) => {
+                        let e = r.into_inner();
+                        let c = CachedKv {
+                            version: e.version,
+                            value: e.value_json,
+                            expires_at_ms: e.expires_at_ms,
+                        };
+                        if let Ok(bytes) = serde_json::to_vec(&c) {
+                            state
+                                .cache
+                                .set(&cache_key, &bytes, Duration::from_secs(60))
+                                .await;
+                        }
+                        c
+                    }
+                    Err(s) => return ApiError::from(s).into_response(),
+                },
+            };
+            let etag = super::kv_etag(kv.version);
+            if let Some(inm) = req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                && etag_matches(inm, &etag)
+            {
+                return Response::builder()
+                    .status(StatusCode::NOT_MODIFIED)
+                    .header(header::ETAG, etag)
+                    .body(Body::empty())
+                    .unwrap_or_default();
+            }
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ETAG, etag)
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(if head {
+                    Body::empty()
+                } else {
+                    Body::from(kv.value)
+                })
+                .unwrap_or_default()
+        }
+        Method::PUT => {
+            let (if_match, if_none_match_any) = match super::control::write_condition(req.headers())
+            {
+                Ok(c) => c,
+                Err(e) => return e.into_response(),
+            };
+            let limit = state.cfg.body_limit_bytes;
+            let body = match axum::body::to_bytes(req.into_body(), limit).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return kv_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        C::PayloadTooLarge,
+                        "request body is larger than the limit",
+                    );
+                }
+            };
+            let put: PutBody = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return kv_error(
+                        StatusCode::BAD_REQUEST,
+                        C::BadRequest,
+                        &format!("expected {{\"value\": <any JSON>}}: {e}"),
+                    );
+                }
+            };
+            match storage
+                .host_kv_put(lattice_core::grpc::request(
+                    &state.internal,
+                    principal,
+                    None,
+                    host_req(put.value.to_string(), if_match, if_none_match_any),
+                ))
+                .await
+            {
+                Ok(r) => {
+                    let e = r.into_inner();
+                    let etag = super::kv_etag(e.version);
+                    let mut resp = axum::Json(super::control::kv_entry(e, true)).into_response();
+                    if let Ok(v) = HeaderValue::from_str(&etag) {
+                        resp.headers_mut().insert(header::ETAG, v);
+                    }
+                    resp
+                }
+                Err(s) => ApiError::from(s).into_response(),
+            }
+        }
+        _ => match storage
+            .host_kv_delete(lattice_core::grpc::request(
+                &state.internal,
+                principal,
+                None,
+                host_req(String::new(), String::new(), false),
+            ))
+            .await
+        {
+            Ok(_) => StatusCode::NO_CONTENT.into_response(),
+            Err(s) => ApiError::from(s).into_response(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(
+            normalise_host("Assets.Example.COM:8443"),
+            "assets.example.com"
+        );
+        assert_eq!(normalise_host("example.com."), "example.com");
+        assert_eq!(normalise_host("[::1]:8088"), "::1");
+        assert_eq!(normalise_host("127.0.0.1:80"), "127.0.0.1");
+    }
+
+    #[test]
+    fn paths_never_escape_the_site() {
+        assert_eq!(normalise_path("/").unwrap(), "");
+        assert_eq!(normalise_path("/docs/").unwrap(), "docs/");
+        assert_eq!(normalise_path("/a/./b//c.html").unwrap(), "a/b/c.html");
+        assert_eq!(normalise_path("/caf%C3%A9.html").unwrap(), "café.html");
+        for bad in [
+            "/../etc/passwd",
+            "/a/%2e%2e/b",
+            "/a%2fb",
+            "/a%5cb",
+            "/a\\b",
+            "/%00",
+            "/%ff",
+        ] {
+            assert!(normalise_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 10))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 100))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 100))));
+        assert_eq!(parse_range("bytes=95-200", 100), Some(Ok((95, 100))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=5-1", 100), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! What can go wrong in the storage service, and which code each failure is.
+
+use lattice_core::ErrorCode;
+use lattice_core::error::CodedError;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A value or upload is over a stated limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The caller lacks a scope.
+    #[error("missing scope {0}")]
+    MissingScope(String),
+    /// Not allowed for another reason.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A named thing does not exist in the caller's org.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A named thing already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The request conflicts with current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A conditional write's condition does not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The database failed.
+    #[error("storage database")]
+    Db(#[from] sqlx::Error),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+}
+
+impl StorageError {
+    /// Shorthand for a field error.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl CodedError for StorageError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid { .. } => ErrorCode::BadRequest,
+            Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::MissingScope(_) | Self::Forbidden(_) => ErrorCode::PermissionDenied,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AlreadyExists(_) | Self::Conflict(_) => ErrorCode::Conflict,
+            Self::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
+            Self::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                ErrorCode::Unavailable
+            }
+            Self::Db(_) | Self::Objects(_) => ErrorCode::Internal,
+        }
+    }
+}

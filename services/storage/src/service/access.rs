@@ -1,0 +1,262 @@
+//! Host bindings and storage access tokens: managed with the admin scope of the
+//! surface they serve (`kv:admin`, `static:admin`).
+
+use lattice_core::auth::Principal;
+use lattice_core::crypto::{hash_secret, random_secret};
+use lattice_core::time::now_ms;
+
+use super::{Result, Storage, require_scope, require_user};
+use crate::error::StorageError;
+use crate::model::{Access, BucketName, HostName, Surface};
+use crate::store::{BindingRow, TokenRow};
+
+/// Prefix of storage token secrets.
+pub const STORAGE_TOKEN_PREFIX: &str = "lst_";
+
+impl Storage {
+    /// Bind a host to a bucket (admin of the bucket's surface). A host is bound at
+    /// most once across all orgs.
+    pub async fn create_binding(
+        &self,
+        p: &Principal,
+        host: &str,
+        bucket: &str,
+        ip: &str,
+    ) -> Result<BindingRow> {
+        let host = HostName::parse(host)?;
+        let bucket = self.bucket_for(p, bucket, None, Access::Admin).await?;
+        match self
+            .store
+            .insert_binding(host.as_str(), &p.org_id, &bucket.id)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if lattice_core::db::Db::is_unique_violation(&e) => {
+                return Err(StorageError::AlreadyExists(format!(
+                    "a binding for host {:?}",
+                    host.as_str()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.hosts_changed(&[host.as_str().to_owned()]).await;
+        self.audit(
+            p,
+            "binding.create",
+            host.as_str(),
+            ip,
+            serde_json::json!({"bucket": bucket.name}),
+        )
+        .await;
+        self.store
+            .binding(&p.org_id, host.as_str())
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("binding {:?}", host.as_str())))
+    }
+
+    /// Bindings of the org on the surfaces the caller may read.
+    pub async fn list_bindings(&self, p: &Principal) -> Result<Vec<BindingRow>> {
+        require_user(p)?;
+        let rows = self.store.list_bindings(&p.org_id).await?;
+        if !p.allows("kv:read") && !p.allows("static:read") {
+            return Err(StorageError::MissingScope("kv:read or static:read".into()));
+        }
+        Ok(rows
+            .into_iter()
+            .filter(|b| p.allows(&format!("{}:read", b.surface)))
+            .collect())
+    }
+
+    async fn binding_for(&self, p: &Principal, host: &str) -> Result<(HostName, BindingRow)> {
+        require_user(p)?;
+        let host = HostName::parse(host)?;
+        let binding = self
+            .store
+            .binding(&p.org_id, host.as_str())
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("binding {:?}", host.as_str())))?;
+        require_scope(
+            p,
+            Surface::parse("surface", &binding.surface)?,
+            Access::Admin,
+        )?;
+        Ok((host, binding))
+    }
+
+    /// Remove a binding (admin of its surface).
+    pub async fn delete_binding(&self, p: &Principal, host: &str, ip: &str) -> Result<()> {
+        let (host, _) = self.binding_for(p, host).await?;
+        self.store.delete_binding(&p.org_id, host.as_str()).await?;
+        self.hosts_changed(&[host.as_str().to_owned()]).await;
+        self.audit(
+            p,
+            "binding.delete",
+            host.as_str(),
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Turn a binding on or off (admin of its surface).
+    pub async fn set_binding_enabled(
+        &self,
+        p: &Principal,
+        host: &str,
+        enabled: bool,
+        ip: &str,
+    ) -> Result<BindingRow> {
+        let (host, mut binding) = self.binding_for(p, host).await?;
+        self.store
+            .set_binding_enabled(&p.org_id, host.as_str(), enabled)
+            .await?;
+        self.hosts_changed(&[host.as_str().to_owned()]).await;
+        self.audit(
+            p,
+            "binding.update",
+            host.as_str(),
+            ip,
+            serde_json::json!({"enabled": enabled}),
+        )
+        .await;
+        binding.enabled = enabled;
+        Ok(binding)
+    }
+
+    /// Create a storage token (admin of its surface). Every named bucket must exist
+    /// in the org and be of that surface. Returns the row and the secret (once).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_token(
+        &self,
+        p: &Principal,
+        surface: &str,
+        access: &str,
+        buckets: &[String],
+        name: &str,
+        expires_in_s: i64,
+        ip: &str,
+    ) -> Result<(TokenRow, String)> {
+        let surface = Surface::parse("surface", surface)?;
+        require_scope(p, surface, Access::Admin)?;
+        let access = Access::parse(access)?;
+        if buckets.is_empty() {
+            return Err(StorageError::invalid(
+                "buckets",
+                "name at least one bucket, or \"*\" for all",
+            ));
+        }
+        let mut names = Vec::new();
+        for b in buckets {
+            if b == "*" {
+                if buckets.len() != 1 {
+                    return Err(StorageError::invalid(
+                        "buckets",
+                        "\"*\" cannot be combined with bucket names",
+                    ));
+                }
+                names.push("*".to_owned());
+                continue;
+            }
+            let name = BucketName::parse(b).map_err(|_| {
+                StorageError::invalid("buckets", format!("{b:?} is not a bucket name"))
+            })?;
+            let row = self
+                .store
+                .bucket(&p.org_id, name.as_str())
+                .await?
+                .ok_or_else(|| StorageError::NotFound(format!("bucket {:?}", name.as_str())))?;
+            if row.surface != surface.as_str() {
+                return Err(StorageError::invalid(
+                    "buckets",
+                    format!(
+                        "bucket {:?} is a {} bucket, not {}",
+                        row.name,
+                        row.surface,
+                        surface.as_str()
+                    ),
+                ));
+            }
+            names.push(row.name);
+        }
+        names.sort();
+        names.dedup();
+        let name = name.trim();
+        if name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(StorageError::invalid(
+                "name",
+                "must be at most 64 printable characters",
+            ));
+        }
+        const TEN_YEARS_S: i64 = 10 * 366 * 24 * 3600;
+        if !(0..=TEN_YEARS_S).contains(&expires_in_s) {
+            return Err(StorageError::invalid(
+                "expires_in_s",
+                "must be between 0 (no expiry) and 10 years",
+            ));
+        }
+        let now = now_ms();
+        let row = TokenRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            org_id: p.org_id.clone(),
+            name: name.to_owned(),
+            surface: surface.as_str().into(),
+            access: access.as_str().into(),
+            buckets: names,
+            created_at_ms: now,
+            expires_at_ms: if expires_in_s == 0 {
+                0
+            } else {
+                now + expires_in_s * 1000
+            },
+            revoked: false,
+        };
+        let secret = random_secret(STORAGE_TOKEN_PREFIX);
+        self.store.insert_token(&row, &hash_secret(&secret)).await?;
+        self.audit(
+            p,
+            "storage_token.create",
+            &row.id,
+            ip,
+            serde_json::json!({"surface": row.surface, "access": row.access, "buckets": row.buckets}),
+        )
+        .await;
+        Ok((row, secret))
+    }
+
+    /// Live storage tokens on the surfaces the caller administers.
+    pub async fn list_tokens(&self, p: &Principal) -> Result<Vec<TokenRow>> {
+        require_user(p)?;
+        if !p.allows("kv:admin") && !p.allows("static:admin") {
+            return Err(StorageError::MissingScope(
+                "kv:admin or static:admin".into(),
+            ));
+        }
+        Ok(self
+            .store
+            .list_tokens(&p.org_id)
+            .await?
+            .into_iter()
+            .filter(|t| p.allows(&format!("{}:admin", t.surface)))
+            .collect())
+    }
+
+    /// Revoke a storage token (admin of its surface).
+    pub async fn revoke_token(&self, p: &Principal, id: &str, ip: &str) -> Result<()> {
+        require_user(p)?;
+        let token = self
+            .store
+            .token(&p.org_id, id)
+            .await?
+            .filter(|t| !t.revoked)
+            .ok_or_else(|| StorageError::NotFound(format!("storage token {id:?}")))?;
+        require_scope(p, Surface::parse("surface", &token.surface)?, Access::Admin)?;
+        self.store.revoke_token(&p.org_id, id).await?;
+        self.cache
+            .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
+            .await;
+        self.audit(p, "storage_token.revoke", id, ip, serde_json::json!({}))
+            .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! The storage domain: buckets, KV, static deployments, host bindings and storage
+//! tokens. Transport-free: the gRPC adapter converts messages and errors; this module
+//! decides. Split by area: `kv`, `sites`, `access` (bindings and tokens), `serving`.
+
+mod access;
+mod kv;
+mod serving;
+mod sites;
+
+use std::sync::Arc;
+
+use lattice_core::audit::{AuditEvent, AuditSink, Outcome};
+use lattice_core::auth::Principal;
+use lattice_core::cache::Cache;
+
+pub use self::kv::KvCondition;
+pub use self::serving::{Resolution, TokenGrant};
+pub use self::sites::NewFile;
+use crate::blobs::Blobs;
+use crate::error::StorageError;
+use crate::model::{Access, BucketName, Surface};
+use crate::store::{BucketRow, Store};
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// Limits of the storage service.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest deployment (sum of file sizes), bytes.
+    pub max_deployment_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_deployment_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The storage service.
+#[derive(Clone)]
+pub struct Storage {
+    store: Store,
+    blobs: Blobs,
+    cache: Cache,
+    audit: Arc<dyn AuditSink>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
+/// Records audit events in the storage database until the tasks service owns the log.
+#[derive(Debug, Clone)]
+pub struct StoreAudit(pub Store);
+
+#[async_trait::async_trait]
+impl AuditSink for StoreAudit {
+    async fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
+        self.0.insert_audit(&event).await?;
+        Ok(())
+    }
+}
+
+fn require_user(p: &Principal) -> Result<()> {
+    if p.is_service() {
+        return Err(StorageError::Forbidden(
+            "this call needs an operator principal".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn require_service(p: &Principal) -> Result<()> {
+    if p.is_service() {
+        Ok(())
+    } else {
+        Err(StorageError::Forbidden(
+            "only the gateway may call this".into(),
+        ))
+    }
+}
+
+fn require_scope(p: &Principal, surface: Surface, level: Access) -> Result<()> {
+    require_user(p)?;
+    let scope = surface.scope(level);
+    if p.allows(&scope) {
+        Ok(())
+    } else {
+        Err(StorageError::MissingScope(scope))
+    }
+}
+
+impl Storage {
+    /// Build over a migrated store and a blob store.
+    pub fn new(store: Store, blobs: Blobs, cache: Cache, limits: Limits) -> Self {
+        let audit = Arc::new(StoreAudit(store.clone()));
+        Self {
+            store,
+            blobs,
+            cache,
+            audit,
+            limits,
+        }
+    }
+
+    /// The store (tests, readiness).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn audit(
+        &self,
+        p: &Principal,
+        action: &str,
+        target: &str,
+        ip: &str,
+        detail: serde_json::Value,
+    ) {
+        let event = AuditEvent {
+            org_id: p.org_id.clone(),
+            actor: p.sub.clone(),
+            action: action.into(),
+            target: target.into(),
+            outcome: Outcome::Success,
+            client_ip: ip.into(),
+            detail: detail.to_string(),
+        };
+        if let Err(err) = self.audit.record(event).await {
+            tracing::error!(error = %format!("{err:#}"), action, "recording audit event failed");
+        }
+    }
+
+    /// Announce that what `hosts` serve changed, to every gateway replica.
+    async fn hosts_changed(&self, hosts: &[String]) {
+        for host in hosts {
+            self.cache
+                .delete(&lattice_core::events::host_cache_key(host))
+                .await;
+            self.cache
+                .publish(lattice_core::events::STORAGE_HOSTS_CHANNEL, host)
+                .await;
+        }
+    }
+
+    /// The caller's bucket `name`, checked for `level` on its surface and, when
+    /// `surface` is given, that it is of that surface.
+    async fn bucket_for(
+        &self,
+        p: &Principal,
+        name: &str,
+        surface: Option<Surface>,
+        level: Access,
+    ) -> Result<BucketRow> {
+        require_user(p)?;
+        let name = BucketName::parse(name)?;
+        let bucket = self
+            .store
+            .bucket(&p.org_id, name.as_str())
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("bucket {:?}", name.as_str())))?;
+        let actual = Surface::parse("surface", &bucket.surface)?;
+        require_scope(p, actual, level)?;
+        if let Some(expected) = surface
+            && expected != actual
+        {
+            return Err(StorageError::Conflict(format!(
+                "bucket {:?} is a {} bucket, not {}",
+                bucket.name,
+                actual.as_str(),
+                expected.as_str()
+            )));
+        }
+        Ok(bucket)
+    }
+
+    /// Create a bucket (`kv:admin` / `static:admin`).
+    pub async fn create_bucket(
+        &self,
+        p: &Principal,
+        name: &str,
+        surface: &str,
+        ip: &str,
+    ) -> Result<BucketRow> {
+        let surface = Surface::parse("surface", surface)?;
+        require_scope(p, surface, Access::Admin)?;
+        let name = BucketName::parse(name)?;
+        let row = match self
+            .store
+            .insert_bucket(&p.org_id, name.as_str(), surface.as_str())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if lattice_core::db::Db::is_unique_violation(&e) => {
+                return Err(StorageError::AlreadyExists(format!(
+                    "bucket {:?}",
+                    name.as_str()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.audit(
+            p,
+            "bucket.create",
+            &row.id,
+            ip,
+            serde_json::json!({"name": row.name, "surface": row.surface}),
+        )
+        .await;
+        Ok(row)
+    }
+
+    /// Buckets the caller may read (per surface), optionally of one surface.
+    pub async fn list_buckets(
+        &self,
+        p: &Principal,
+        surface: Option<&str>,
+    ) -> Result<Vec<BucketRow>> {
+        require_user(p)?;
+        let filter = surface
+            .filter(|s| !s.is_empty())
+            .map(|s| Surface::parse("surface", s))
+            .transpose()?;
+        let readable: Vec<Surface> = [Surface::Kv, Surface::Static]
+            .into_iter()
+            .filter(|s| filter.is_none_or(|f| f == *s))
+            .filter(|s| p.allows(&s.scope(Access::Read)))
+            .collect();
+        if readable.is_empty() {
+            let wanted = filter.map_or_else(
+                || "kv:read or static:read".to_owned(),
+                |s| s.scope(Access::Read),
+            );
+            return Err(StorageError::MissingScope(wanted));
+        }
+        let rows = self
+            .store
+            .list_buckets(&p.org_id, filter.map(Surface::as_str))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|b| readable.iter().any(|s| s.as_str() == b.surface))
+            .collect())
+    }
+
+    /// Delete a bucket and everything in it (admin of its surface).
+    pub async fn delete_bucket(&self, p: &Principal, name: &str, ip: &str) -> Result<()> {
+        let bucket = self.bucket_for(p, name, None, Access::Admin).await?;
+        let hosts = self.store.delete_bucket(&p.org_id, &bucket.id).await?;
+        self.hosts_changed(&hosts).await;
+        self.audit(
+            p,
+            "bucket.delete",
+            &bucket.id,
+            ip,
+            serde_json::json!({"name": bucket.name, "unbound_hosts": hosts}),
+        )
+        .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! Static sites: deployments stored content-addressed and activated atomically by
+//! swapping the bucket's active-deployment pointer; single-object edits derive a new
+//! deployment from the active one.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use lattice_core::auth::Principal;
+use lattice_core::time::now_ms;
+
+use super::{Result, Storage};
+use crate::error::StorageError;
+use crate::model::{Access, MAX_FILES, MAX_OBJECT_BYTES, SitePath, Surface, guess_content_type};
+use crate::store::{BucketRow, DeploymentRow, FileRow};
+
+/// One file of an upload.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    /// Path inside the site (validated here).
+    pub path: String,
+    /// Content type; guessed from the extension when empty.
+    pub content_type: String,
+    /// Bytes.
+    pub data: Bytes,
+}
+
+impl Storage {
+    /// Store blobs and build the file rows; every path and size checked.
+    async fn store_files(&self, files: Vec<NewFile>) -> Result<BTreeMap<SitePath, FileRow>> {
+        if files.len() > MAX_FILES {
+            return Err(StorageError::TooLarge(format!(
+                "{} files; the limit is {MAX_FILES}",
+                files.len()
+            )));
+        }
+        let total: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+        if total > self.limits.max_deployment_bytes {
+            return Err(StorageError::TooLarge(format!(
+                "deployment is {total} bytes; the limit is {}",
+                self.limits.max_deployment_bytes
+            )));
+        }
+        let mut out = BTreeMap::new();
+        for f in files {
+            let path = SitePath::parse(&f.path)?;
+            if f.data.len() as u64 > MAX_OBJECT_BYTES {
+                return Err(StorageError::TooLarge(format!(
+                    "{:?} is {} bytes; the limit per file is {MAX_OBJECT_BYTES}",
+                    path.as_str(),
+                    f.data.len()
+                )));
+            }
+            let content_type = if f.content_type.trim().is_empty() {
+                guess_content_type(path.as_str())
+            } else {
+                f.content_type.trim().chars().take(255).collect()
+            };
+            let size = i64::try_from(f.data.len()).unwrap_or(i64::MAX);
+            let sha256 = self.blobs.put(f.data).await?;
+            self.store.insert_blob(&sha256, size).await?;
+            if out.contains_key(&path) {
+                return Err(StorageError::invalid(
+                    "path",
+                    format!("{:?} appears twice", path.as_str()),
+                ));
+            }
+            out.insert(
+                path.clone(),
+                FileRow {
+                    path: path.as_str().to_owned(),
+                    sha256,
+                    size,
+                    content_type,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn record_deployment(
+        &self,
+        p: &Principal,
+        bucket: &BucketRow,
+        files: Vec<FileRow>,
+        activate: bool,
+        action: &str,
+        ip: &str,
+    ) -> Result<(DeploymentRow, bool)> {
+        let d = DeploymentRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            bucket_id: bucket.id.clone(),
+            created_at_ms: now_ms(),
+            created_by: if p.username.is_empty() {
+                p.sub.clone()
+            } else {
+                p.username.clone()
+            },
+            file_count: i64::try_from(files.len()).unwrap_or(i64::MAX),
+            total_bytes: files.iter().map(|f| f.size).sum(),
+        };
+        self.store.insert_deployment(&d, &files, activate).await?;
+        if activate {
+            self.bucket_hosts_changed(p, bucket).await?;
+        }
+        self.audit(
+            p,
+            action,
+            &d.id,
+            ip,
+            serde_json::json!({"bucket": bucket.name, "files": d.file_count, "bytes": d.total_bytes, "activated": activate}),
+        )
+        .await;
+        Ok((d, activate))
+    }
+
+    async fn bucket_hosts_changed(&self, p: &Principal, bucket: &BucketRow) -> Result<()> {
+        let hosts: Vec<String> = self
+            .store
+            .list_bindings(&p.org_id)
+            .await?
+            .into_iter()
+            .filter(|b| b.bucket_id == bucket.id)
+            .map(|b| b.host)
+            .collect();
+        self.hosts_changed(&hosts).await;
+        Ok(())
+    }
+
+    /// Publish a whole site as a new deployment (`static:write`); activate it unless
+    /// told not to. Returns the deployment and whether it is active.
+    pub async fn upload_deployment(
+        &self,
+        p: &Principal,
+        bucket: &str,
+        files: Vec<NewFile>,
+        activate: bool,
+        ip: &str,
+    ) -> Result<(DeploymentRow, bool)> {
+        let bucket = self
+            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .await?;
+        if files.is_empty() {
+            return Err(StorageError::invalid(
+                "files",
+                "a deployment needs at least one file",
+            ));
+        }
+        let files = self.store_files(files).await?.into_values().collect();
+        self.record_deployment(p, &bucket, files, activate, "static.deploy", ip)
+            .await
+    }
+
+    /// Put one object: a new deployment = the active one with this file added or
+    /// replaced, activated at once (`static:write`).
+    pub async fn put_object(
+        &self,
+        p: &Principal,
+        bucket: &str,
+        file: NewFile,
+        ip: &str,
+    ) -> Result<(DeploymentRow, bool)> {
+        let bucket = self
+            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .await?;
+        let mut files = self.active_files(&bucket).await?;
+        for (path, row) in self.store_files(vec![file]).await? {
+            files.insert(path, row);
+        }
+        self.record_deployment(
+            p,
+            &bucket,
+            files.into_values().collect(),
+            true,
+            "static.object.put",
+            ip,
+        )
+        .await
+    }
+
+    /// Delete one object: a new deployment without it, activated (`static:write`).
+    pub async fn delete_object(
+        &self,
+        p: &Principal,
+        bucket: &str,
+        path: &str,
+        ip: &str,
+    ) -> Result<(DeploymentRow, bool)> {
+        let bucket = self
+            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .await?;
+        let path = SitePath::parse(path)?;
+        let mut files = self.active_files(&bucket).await?;
+        if files.remove(&path).is_none() {
+            return Err(StorageError::NotFound(format!(
+                "object {:?}",
+                path.as_str()
+            )));
+        }
+        self.record_deployment(
+            p,
+            &bucket,
+            files.into_values().collect(),
+            true,
+            "static.object.delete",
+            ip,
+        )
+        .await
+    }
+
+    async fn active_files(&self, bucket: &BucketRow) -> Result<BTreeMap<SitePath, FileRow>> {
+        let Some(active) = &bucket.active_deployment_id else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out = BTreeMap::new();
+        for f in self.store.files(active).await? {
+            out.insert(SitePath::parse(&f.path)?, f);
+        }
+        Ok(out)
+    }
+
+    /// Deployments of a bucket, newest first, and the active one's id (`static:read`).
+    pub async fn list_deployments(
+        &self,
+        p: &Principal,
+        bucket: &str,
+    ) -> Result<(Vec<DeploymentRow>, Option<String>)> {
+        let bucket = self
+            .bucket_for(p, bucket, Some(Surface::Static), Access::Read)
+            .await?;
+        Ok((
+            self.store.list_deployments(&bucket.id).await?,
+            bucket.active_deployment_id,
+        ))
+    }
+
+    /// Make an existing deployment active: publish or roll back (`static:write`).
+    pub async fn activate(
+        &self,
+        p: &Principal,
+        bucket: &str,
+        deployment_id: &str,
+        ip: &str,
+    ) -> Result<DeploymentRow> {
+        let bucket = self
+            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .await?;
+        if !self.store.activate(&bucket.id, deployment_id).await? {
+            return Err(StorageError::NotFound(format!(
+                "deployment {deployment_id:?} of bucket {:?}",
+                bucket.name
+            )));
+        }
+        self.bucket_hosts_changed(p, &bucket).await?;
+        self.audit(
+            p,
+            "static.activate",
+            deployment_id,
+            ip,
+            serde_json::json!({"bucket": bucket.name}),
+        )
+        .await;
+        self.store
+            .list_deployments(&bucket.id)
+            .await?
+            .into_iter()
+            .find(|d| d.id == deployment_id)
+            .ok_or_else(|| StorageError::NotFound(format!("deployment {deployment_id:?}")))
+    }
+
+    /// Files of a deployment (the active one by default) (`static:read`).
+    pub async fn list_objects(
+        &self,
+        p: &Principal,
+        bucket: &str,
+        deployment_id: &str,
+    ) -> Result<(String, Vec<FileRow>)> {
+        let bucket = self
+            .bucket_for(p, bucket, Some(Surface::Static), Access::Read)
+            .await?;
+        let id = if deployment_id.is_empty() {
+            match &bucket.active_deployment_id {
+                Some(id) => id.clone(),
+                None => return Ok((String::new(), Vec::new())),
+            }
+        } else {
+            let known = self
+                .store
+                .list_deployments(&bucket.id)
+                .await?
+                .iter()
+                .any(|d| d.id == deployment_id);
+            if !known {
+                return Err(StorageError::NotFound(format!(
+                    "deployment {deployment_id:?}"
+                )));
+            }
+            deployment_id.to_owned()
+        };
+        let files = self.store.files(&id).await?;
+        Ok((id, files))
+    }
+}
