@@ -1,0 +1,667 @@
+//! The storage service's behaviour, written once and run on SQLite always and on
+//! Postgres when `LATTICE_TEST_DATABASE_URL` is set.
+
+use bytes::Bytes;
+use lattice_core::auth::{AuthMethod, Principal};
+use lattice_core::cache::Cache;
+use lattice_core::db::{self, Backend, testing};
+use lattice_storage::blobs::Blobs;
+use lattice_storage::service::{KvCondition, NewFile, Resolution};
+use lattice_storage::{Limits, Storage, StorageError};
+
+struct Env {
+    storage: Storage,
+    _db: Option<testing::tempfile_guard::Guard>,
+    _blobs: testing::tempfile_guard::Guard,
+}
+
+async fn env(backend: Backend) -> Env {
+    let (db, guard) = testing::fresh(backend).await;
+    db::migrate(&db, &lattice_storage::migration_sets(), true)
+        .await
+        .unwrap();
+    let blobs_dir = testing::tempfile_guard::Guard::new();
+    let storage = Storage::new(
+        lattice_storage::store::Store::new(db),
+        Blobs::local(&blobs_dir.path).unwrap(),
+        Cache::local(),
+        Limits::default(),
+    );
+    Env {
+        storage,
+        _db: guard,
+        _blobs: blobs_dir,
+    }
+}
+
+fn op(org: &str, scopes: &[&str]) -> Principal {
+    Principal {
+        sub: format!("user-{org}"),
+        username: format!("user-{org}"),
+        org_id: org.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        auth: AuthMethod::Token,
+        credential_id: "t".into(),
+    }
+}
+
+fn gateway() -> Principal {
+    Principal::service("gateway")
+}
+
+fn file(path: &str, data: &str) -> NewFile {
+    NewFile {
+        path: path.into(),
+        content_type: String::new(),
+        data: Bytes::from(data.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn buckets_are_validated_unique_per_org_and_scoped() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let admin = op("o1", &["*"]);
+        e.storage
+            .create_bucket(&admin, "site", "static", "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.storage.create_bucket(&admin, "site", "kv", "").await,
+            Err(StorageError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            e.storage.create_bucket(&admin, "Bad_Name", "kv", "").await,
+            Err(StorageError::Invalid { field: "name", .. })
+        ));
+        assert!(matches!(
+            e.storage.create_bucket(&admin, "x", "blob", "").await,
+            Err(StorageError::Invalid {
+                field: "surface",
+                ..
+            })
+        ));
+        // Another org may use the same name.
+        e.storage
+            .create_bucket(&op("o2", &["*"]), "site", "static", "")
+            .await
+            .unwrap();
+        // kv:admin cannot create static buckets; kv:write cannot create any.
+        assert!(
+            matches!(e.storage.create_bucket(&op("o1", &["kv:admin"]), "s2", "static", "").await, Err(StorageError::MissingScope(s)) if s == "static:admin")
+        );
+        assert!(matches!(
+            e.storage
+                .create_bucket(&op("o1", &["kv:write"]), "k2", "kv", "")
+                .await,
+            Err(StorageError::MissingScope(_))
+        ));
+        e.storage
+            .create_bucket(&op("o1", &["kv:admin"]), "conf", "kv", "")
+            .await
+            .unwrap();
+        // Listing shows only the surfaces the caller may read, of its own org.
+        let kv_reader = op("o1", &["kv:read"]);
+        let names: Vec<String> = e
+            .storage
+            .list_buckets(&kv_reader, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, vec!["conf"]);
+        assert_eq!(e.storage.list_buckets(&admin, None).await.unwrap().len(), 2);
+        assert!(matches!(
+            e.storage
+                .list_buckets(&op("o1", &["users:read"]), None)
+                .await,
+            Err(StorageError::MissingScope(_))
+        ));
+        // Delete needs admin of the surface.
+        assert!(matches!(
+            e.storage.delete_bucket(&kv_reader, "conf", "").await,
+            Err(StorageError::MissingScope(_))
+        ));
+        e.storage.delete_bucket(&admin, "conf", "").await.unwrap();
+        assert!(matches!(
+            e.storage.delete_bucket(&admin, "conf", "").await,
+            Err(StorageError::NotFound(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn kv_conditional_writes_ttl_and_ordered_listing() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let p = op("o1", &["*"]);
+        e.storage.create_bucket(&p, "conf", "kv", "").await.unwrap();
+        let v1 = e
+            .storage
+            .kv_put(
+                &p,
+                "conf",
+                "site/title",
+                "\"Lattice\"",
+                KvCondition::None,
+                0,
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!(v1.version, 1);
+        let got = e.storage.kv_get(&p, "conf", "site/title").await.unwrap();
+        assert_eq!((got.value.as_str(), got.version), ("\"Lattice\"", 1));
+        // If-None-Match: * refuses an existing key; If-Match needs the current version.
+        assert!(matches!(
+            e.storage
+                .kv_put(&p, "conf", "site/title", "1", KvCondition::Absent, 0, "")
+                .await,
+            Err(StorageError::PreconditionFailed(_))
+        ));
+        assert!(matches!(
+            e.storage
+                .kv_put(
+                    &p,
+                    "conf",
+                    "site/title",
+                    "1",
+                    KvCondition::Version(7),
+                    0,
+                    ""
+                )
+                .await,
+            Err(StorageError::PreconditionFailed(_))
+        ));
+        let v2 = e
+            .storage
+            .kv_put(
+                &p,
+                "conf",
+                "site/title",
+                "{\"a\": [1, 2]}",
+                KvCondition::Version(1),
+                0,
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!((v2.version, v2.value.as_str()), (2, "{\"a\":[1,2]}"));
+        // Bad input names the field; limits give 413.
+        assert!(matches!(
+            e.storage
+                .kv_put(&p, "conf", "k", "{nope", KvCondition::None, 0, "")
+                .await,
+            Err(StorageError::Invalid { field: "value", .. })
+        ));
+        assert!(matches!(
+            e.storage
+                .kv_put(&p, "conf", &"k".repeat(600), "1", KvCondition::None, 0, "")
+                .await,
+            Err(StorageError::Invalid { field: "key", .. })
+        ));
+        let big = format!("\"{}\"", "x".repeat(600 * 1024));
+        assert!(matches!(
+            e.storage
+                .kv_put(&p, "conf", "k", &big, KvCondition::None, 0, "")
+                .await,
+            Err(StorageError::TooLarge(_))
+        ));
+        // TTL: gone once expired, and then If-None-Match: * may create it again.
+        e.storage
+            .kv_put(&p, "conf", "tmp", "1", KvCondition::None, 1, "")
+            .await
+            .unwrap();
+        assert!(e.storage.kv_get(&p, "conf", "tmp").await.is_ok());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert!(matches!(
+            e.storage.kv_get(&p, "conf", "tmp").await,
+            Err(StorageError::NotFound(_))
+        ));
+        e.storage
+            .kv_put(&p, "conf", "tmp", "2", KvCondition::Absent, 0, "")
+            .await
+            .unwrap();
+        assert!(e.storage.sweep_expired().await.is_ok());
+        // Listing: key order (bytewise on both backends), prefix, cursor pages.
+        for k in ["b", "a/2", "a/1", "a/10", "B", "ab"] {
+            e.storage
+                .kv_put(&p, "conf", k, "0", KvCondition::None, 0, "")
+                .await
+                .unwrap();
+        }
+        let (page, next) = e.storage.kv_list(&p, "conf", "a/", "", 2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            vec!["a/1", "a/10"]
+        );
+        let (page2, next2) = e
+            .storage
+            .kv_list(&p, "conf", "a/", next.as_deref().unwrap(), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            page2.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            vec!["a/2"]
+        );
+        assert!(next2.is_none());
+        let (all, _) = e.storage.kv_list(&p, "conf", "", "", 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            vec!["B", "a/1", "a/10", "a/2", "ab", "b", "site/title", "tmp"]
+        );
+        // Delete, conditional delete.
+        assert!(matches!(
+            e.storage.kv_delete(&p, "conf", "b", Some(9), "").await,
+            Err(StorageError::PreconditionFailed(_))
+        ));
+        e.storage
+            .kv_delete(&p, "conf", "b", Some(1), "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.storage.kv_delete(&p, "conf", "b", None, "").await,
+            Err(StorageError::NotFound(_))
+        ));
+        // A static bucket is not a KV bucket; read scope cannot write.
+        e.storage
+            .create_bucket(&p, "site", "static", "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.storage.kv_get(&p, "site", "x").await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(matches!(
+            e.storage
+                .kv_put(
+                    &op("o1", &["kv:read"]),
+                    "conf",
+                    "x",
+                    "1",
+                    KvCondition::None,
+                    0,
+                    ""
+                )
+                .await,
+            Err(StorageError::MissingScope(_))
+        ));
+        // Another org does not see the bucket.
+        assert!(matches!(
+            e.storage.kv_get(&op("o2", &["*"]), "conf", "a/1").await,
+            Err(StorageError::NotFound(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_with_the_same_if_match_exactly_one_wins() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let p = op("o1", &["*"]);
+        e.storage.create_bucket(&p, "conf", "kv", "").await.unwrap();
+        e.storage
+            .kv_put(&p, "conf", "counter", "0", KvCondition::None, 0, "")
+            .await
+            .unwrap();
+        let writers = (0..8).map(|i| {
+            let storage = e.storage.clone();
+            let p = p.clone();
+            tokio::spawn(async move {
+                storage
+                    .kv_put(
+                        &p,
+                        "conf",
+                        "counter",
+                        &i.to_string(),
+                        KvCondition::Version(1),
+                        0,
+                        "",
+                    )
+                    .await
+            })
+        });
+        let results = futures::future::join_all(writers).await;
+        let wins = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        let lost = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(StorageError::PreconditionFailed(_)))))
+            .count();
+        assert_eq!((wins, lost), (1, 7), "{backend:?}");
+        assert_eq!(
+            e.storage
+                .kv_get(&p, "conf", "counter")
+                .await
+                .unwrap()
+                .version,
+            2
+        );
+        // Create-only races too: one creator.
+        let creators = (0..8).map(|i| {
+            let storage = e.storage.clone();
+            let p = p.clone();
+            tokio::spawn(async move {
+                storage
+                    .kv_put(
+                        &p,
+                        "conf",
+                        "fresh",
+                        &i.to_string(),
+                        KvCondition::Absent,
+                        0,
+                        "",
+                    )
+                    .await
+            })
+        });
+        let results = futures::future::join_all(creators).await;
+        assert_eq!(
+            results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count(),
+            1,
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deployments_activate_atomically_and_roll_back() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let p = op("o1", &["*"]);
+        let g = gateway();
+        e.storage
+            .create_bucket(&p, "site", "static", "")
+            .await
+            .unwrap();
+        e.storage
+            .create_binding(&p, "Assets.Example.com", "site", "")
+            .await
+            .unwrap();
+        let (d1, active) = e
+            .storage
+            .upload_deployment(
+                &p,
+                "site",
+                vec![
+                    file("index.html", "v1"),
+                    file("docs/index.html", "docs"),
+                    file("404.html", "nf"),
+                ],
+                true,
+                "",
+            )
+            .await
+            .unwrap();
+        assert!(active);
+        let host = e
+            .storage
+            .resolve_host(&g, "assets.example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(host.active_deployment_id.as_deref(), Some(d1.id.as_str()));
+        let r = |path: &'static str, dep: String| {
+            let storage = e.storage.clone();
+            let g = g.clone();
+            async move { storage.resolve_static_path(&g, &dep, path).await.unwrap() }
+        };
+        assert!(
+            matches!(r("", d1.id.clone()).await, Resolution::Found(f) if f.path == "index.html" && f.content_type.starts_with("text/html"))
+        );
+        assert!(
+            matches!(r("docs", d1.id.clone()).await, Resolution::Redirect(to) if to == "/docs/")
+        );
+        assert!(
+            matches!(r("docs/", d1.id.clone()).await, Resolution::Found(f) if f.path == "docs/index.html")
+        );
+        assert!(
+            matches!(r("missing.css", d1.id.clone()).await, Resolution::NotFoundPage(f) if f.path == "404.html")
+        );
+
+        // A second deployment, not activated: the host still serves the first.
+        let (d2, active) = e
+            .storage
+            .upload_deployment(&p, "site", vec![file("index.html", "v2")], false, "")
+            .await
+            .unwrap();
+        assert!(!active);
+        let host = e
+            .storage
+            .resolve_host(&g, "assets.example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(host.active_deployment_id.as_deref(), Some(d1.id.as_str()));
+        // Activate it (publish), then roll back.
+        e.storage.activate(&p, "site", &d2.id, "").await.unwrap();
+        let host = e
+            .storage
+            .resolve_host(&g, "assets.example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(host.active_deployment_id.as_deref(), Some(d2.id.as_str()));
+        assert!(matches!(
+            r("missing.css", d2.id.clone()).await,
+            Resolution::NotFound
+        ));
+        e.storage.activate(&p, "site", &d1.id, "").await.unwrap();
+        let (deployments, active_id) = e.storage.list_deployments(&p, "site").await.unwrap();
+        assert_eq!(deployments.len(), 2);
+        assert_eq!(deployments[0].id, d2.id, "newest first");
+        assert_eq!(active_id.as_deref(), Some(d1.id.as_str()));
+        // Another bucket's deployment cannot be activated here.
+        e.storage
+            .create_bucket(&p, "other", "static", "")
+            .await
+            .unwrap();
+        let (foreign, _) = e
+            .storage
+            .upload_deployment(&p, "other", vec![file("a.txt", "x")], true, "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.storage.activate(&p, "site", &foreign.id, "").await,
+            Err(StorageError::NotFound(_))
+        ));
+
+        // Single-object edits derive a new active deployment; blobs are shared.
+        let (d3, _) = e
+            .storage
+            .put_object(&p, "site", file("css/app.css", "body{}"), "")
+            .await
+            .unwrap();
+        assert_eq!(d3.file_count, 4);
+        let (_, objects) = e.storage.list_objects(&p, "site", "").await.unwrap();
+        assert_eq!(
+            objects.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
+            vec!["404.html", "css/app.css", "docs/index.html", "index.html"]
+        );
+        let (d4, _) = e
+            .storage
+            .delete_object(&p, "site", "docs/index.html", "")
+            .await
+            .unwrap();
+        assert_eq!(d4.file_count, 3);
+        assert!(matches!(
+            e.storage.delete_object(&p, "site", "nope.txt", "").await,
+            Err(StorageError::NotFound(_))
+        ));
+        // Blob bytes come back by hash.
+        let Resolution::Found(f) = r("css/app.css", d4.id.clone()).await else {
+            panic!("css not found")
+        };
+        assert_eq!(
+            &e.storage.get_blob(&g, &f.sha256).await.unwrap()[..],
+            b"body{}"
+        );
+
+        // Paths that escape or are malformed are refused; so is an empty deployment.
+        for bad in ["../etc/passwd", "a//b", "dir/", "a\\b"] {
+            let err = e
+                .storage
+                .upload_deployment(&p, "site", vec![file(bad, "x")], true, "")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StorageError::Invalid { field: "path", .. }),
+                "{bad}: {err:?}"
+            );
+        }
+        assert!(
+            e.storage
+                .upload_deployment(&p, "site", vec![], true, "")
+                .await
+                .is_err()
+        );
+        assert!(matches!(
+            e.storage
+                .upload_deployment(&p, "site", vec![file("a", "1"), file("a", "2")], true, "")
+                .await,
+            Err(StorageError::Invalid { .. })
+        ));
+        // static:read cannot publish; the serving calls refuse operators.
+        assert!(matches!(
+            e.storage
+                .upload_deployment(
+                    &op("o1", &["static:read"]),
+                    "site",
+                    vec![file("a", "1")],
+                    true,
+                    ""
+                )
+                .await,
+            Err(StorageError::MissingScope(_))
+        ));
+        assert!(matches!(
+            e.storage.resolve_host(&p, "assets.example.com").await,
+            Err(StorageError::Forbidden(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let a = op("o1", &["*"]);
+        let b = op("o2", &["*"]);
+        let g = gateway();
+        e.storage.create_bucket(&a, "conf", "kv", "").await.unwrap();
+        e.storage.create_bucket(&b, "conf", "kv", "").await.unwrap();
+        e.storage
+            .create_binding(&a, "kv.example.com", "conf", "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            e.storage
+                .create_binding(&b, "KV.example.com", "conf", "")
+                .await,
+            Err(StorageError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            e.storage.create_binding(&a, "not a host", "conf", "").await,
+            Err(StorageError::Invalid { field: "host", .. })
+        ));
+        // o2 cannot see or touch o1's binding.
+        assert!(e.storage.list_bindings(&b).await.unwrap().is_empty());
+        assert!(matches!(
+            e.storage.delete_binding(&b, "kv.example.com", "").await,
+            Err(StorageError::NotFound(_))
+        ));
+        // Disabled bindings do not resolve.
+        e.storage
+            .set_binding_enabled(&a, "kv.example.com", false, "")
+            .await
+            .unwrap();
+        assert!(
+            e.storage
+                .resolve_host(&g, "kv.example.com")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        e.storage
+            .set_binding_enabled(&a, "kv.example.com", true, "")
+            .await
+            .unwrap();
+        assert!(
+            e.storage
+                .resolve_host(&g, "kv.example.com")
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // Tokens: named buckets must exist and be of the surface; admin of the surface needed.
+        assert!(matches!(
+            e.storage
+                .create_token(&a, "kv", "read", &["nope".into()], "", 0, "")
+                .await,
+            Err(StorageError::NotFound(_))
+        ));
+        assert!(matches!(
+            e.storage
+                .create_token(&a, "kv", "root", &["conf".into()], "", 0, "")
+                .await,
+            Err(StorageError::Invalid {
+                field: "access",
+                ..
+            })
+        ));
+        assert!(matches!(
+            e.storage
+                .create_token(&a, "kv", "read", &["*".into(), "conf".into()], "", 0, "")
+                .await,
+            Err(StorageError::Invalid { .. })
+        ));
+        assert!(matches!(
+            e.storage
+                .create_token(
+                    &op("o1", &["kv:write"]),
+                    "kv",
+                    "read",
+                    &["conf".into()],
+                    "",
+                    0,
+                    ""
+                )
+                .await,
+            Err(StorageError::MissingScope(_))
+        ));
+        let (t, secret) = e
+            .storage
+            .create_token(&a, "kv", "read", &["conf".into()], "ci", 0, "")
+            .await
+            .unwrap();
+        assert!(secret.starts_with("lst_"));
+        let grant = e.storage.authorize_token(&g, &secret).await.unwrap();
+        assert_eq!(
+            (
+                grant.org_id.as_str(),
+                grant.access.as_str(),
+                grant.buckets.clone()
+            ),
+            ("o1", "read", vec!["conf".to_owned()])
+        );
+        assert!(e.storage.authorize_token(&g, "lst_forged").await.is_err());
+        assert_eq!(e.storage.list_tokens(&a).await.unwrap().len(), 1);
+        assert!(e.storage.list_tokens(&b).await.unwrap().is_empty());
+        assert!(matches!(
+            e.storage.revoke_token(&b, &t.id, "").await,
+            Err(StorageError::NotFound(_))
+        ));
+        e.storage.revoke_token(&a, &t.id, "").await.unwrap();
+        assert!(e.storage.authorize_token(&g, &secret).await.is_err());
+        // Only the hash of the secret is stored.
+        assert!(
+            e.storage
+                .store()
+                .token_by_hash(&secret)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
