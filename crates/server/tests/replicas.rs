@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{TestServer, json};
 use lattice_core::db::testing;
 
 fn redis_url() -> Option<String> {
@@ -93,4 +93,224 @@ async fn revocation_reaches_every_replica_through_redis() {
         a.stop().await;
         b.stop().await;
     }
+}
+
+#[tokio::test]
+async fn storage_changes_reach_every_replica_through_redis() {
+    let Some(redis) = redis_url() else { return };
+    let (url, guard) = testing::fresh_url(testing::backends().pop().unwrap()).await;
+    let shared = [
+        ("REDIS_URL", redis.as_str()),
+        ("JWT_SECRET", "replicas-share-this-internal-secret-value"),
+        (
+            "LATTICE_MASTER_KEY",
+            "replicas-share-this-master-key-passphrase",
+        ),
+    ];
+    let a = TestServer::start_on(&url, None, &shared).await;
+    let b = TestServer::start_on(&url, guard, &shared).await;
+    let token = a.admin_token(&["*"]).await;
+    let host = format!("kv-{}.example.com", uuid_like());
+    // B looks the host up before it is bound (and remembers "not bound").
+    assert_eq!(b.host_get(&host, "/k").send().await.unwrap().status(), 404);
+    assert_eq!(
+        a.call(
+            "POST",
+            "/api/v1/buckets",
+            &token,
+            Some(serde_json::json!({"name": "conf", "surface": "kv"}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        a.call(
+            "POST",
+            "/api/v1/bindings",
+            &token,
+            Some(serde_json::json!({"host": host, "bucket": "conf"}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        a.call(
+            "PUT",
+            "/api/v1/kv/conf/k",
+            &token,
+            Some(serde_json::json!({"value": 1}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, st) = a
+        .call(
+            "POST",
+            "/api/v1/storage-tokens",
+            &token,
+            Some(serde_json::json!({"surface": "kv", "access": "read", "buckets": ["conf"]})),
+        )
+        .await;
+    let st = st["token"].as_str().unwrap().to_owned();
+    let read = |s: &TestServer| s.host_get(&host, "/k").bearer_auth(&st).send();
+    // The binding reaches B by event, not by waiting out its cache.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let resp = read(&b).await.unwrap();
+        if resp.status() == 200 {
+            assert_eq!(resp.text().await.unwrap(), "1");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica B never saw the new binding"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A write on A is read on B at once (the shared cache entry was dropped).
+    assert_eq!(
+        a.call(
+            "PUT",
+            "/api/v1/kv/conf/k",
+            &token,
+            Some(serde_json::json!({"value": 2}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(read(&b).await.unwrap().text().await.unwrap(), "2");
+    a.stop().await;
+    b.stop().await;
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Redis is an accelerator: when it dies, reads and writes go on from the database.
+#[tokio::test]
+async fn losing_redis_costs_only_speed() {
+    if redis_url().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/test.sh installs it)");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "private redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = TestServer::start_with(testing::backends()[0], &[("REDIS_URL", url.as_str())]).await;
+    let token = s.admin_token(&["*"]).await;
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/v1/buckets",
+            &token,
+            Some(serde_json::json!({"name": "conf", "surface": "kv"}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/v1/bindings",
+            &token,
+            Some(serde_json::json!({"host": "kv.down.test", "bucket": "conf"}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        s.call(
+            "PUT",
+            "/api/v1/kv/conf/k",
+            &token,
+            Some(serde_json::json!({"value": "before"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, st) = s
+        .call(
+            "POST",
+            "/api/v1/storage-tokens",
+            &token,
+            Some(serde_json::json!({"surface": "kv", "access": "write", "buckets": ["conf"]})),
+        )
+        .await;
+    let st = st["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        s.host_get("kv.down.test", "/k")
+            .bearer_auth(&st)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+    // Reads, writes and logins keep working.
+    assert_eq!(
+        s.call(
+            "PUT",
+            "/api/v1/kv/conf/k",
+            &token,
+            Some(serde_json::json!({"value": "after"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let resp = s
+        .host_get("kv.down.test", "/k")
+        .bearer_auth(&st)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "\"after\"");
+    assert_eq!(s.call("GET", "/api/v1/auth/me", &token, None).await.0, 200);
+    s.login("admin", common::ADMIN_PASSWORD).await;
+    let (status, ready) = json(s.http.get(s.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{ready}");
+    s.stop().await;
 }

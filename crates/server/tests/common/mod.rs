@@ -156,3 +156,71 @@ pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let body = resp.json().await.unwrap_or(Value::Null);
     (status, body)
 }
+
+/// A gzip'd tar of `files` (path, contents).
+pub fn site_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        builder.append_data(&mut h, path, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+impl TestServer {
+    /// `method path` with a bearer token and an optional JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                self.url(path),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        json(req.send().await.unwrap()).await
+    }
+
+    /// Publish a site archive to `bucket`; returns the deployment.
+    pub async fn deploy(
+        &self,
+        token: &str,
+        bucket: &str,
+        files: &[(&str, &[u8])],
+        activate: bool,
+    ) -> Value {
+        let resp = self
+            .http
+            .post(self.url(&format!(
+                "/api/v1/static/{bucket}/deployments?activate={activate}"
+            )))
+            .bearer_auth(token)
+            .header("content-type", "application/gzip")
+            .body(site_archive(files))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json(resp).await;
+        assert_eq!(status, 201, "deploy: {body}");
+        body
+    }
+
+    /// GET `path` on a bound `host`.
+    pub fn host_get(&self, host: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).header("host", host)
+    }
+}
