@@ -202,3 +202,236 @@ fn cli_login_tokens_users_logout() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
     drop(server);
 }
+
+#[test]
+fn cli_storage_hosting_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(SERVER)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
+            "--tls",
+            "off",
+        ])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .env("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1")
+        .env("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64")
+        .env("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Lattice is listening on ") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed its URL");
+    let config = dir.path().join("cli/config.json");
+    ok(&lattice(
+        &config,
+        &["login", "--server", &url, "-u", "admin"],
+        &[("LATTICE_PASSWORD", "admin-password-1")],
+    ));
+
+    // KV.
+    ok(&lattice(
+        &config,
+        &["buckets", "create", "conf", "--surface", "kv"],
+        &[],
+    ));
+    ok(&lattice(
+        &config,
+        &["kv", "put", "conf", "site/title", "\"Lattice\""],
+        &[],
+    ));
+    assert_eq!(
+        ok(&lattice(&config, &["kv", "get", "conf", "site/title"], &[])).trim(),
+        "\"Lattice\""
+    );
+    let out = lattice(
+        &config,
+        &["kv", "put", "conf", "site/title", "1", "--if-absent"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("412"));
+    let list = ok(&lattice(
+        &config,
+        &["kv", "list", "conf", "--prefix", "site/"],
+        &[],
+    ));
+    assert!(list.contains("site/title"), "{list}");
+
+    // A static site: deploy a directory, bind a host, fetch it, roll back.
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("css")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>v1</h1>").unwrap();
+    std::fs::write(site.join("css/app.css"), "body{}").unwrap();
+    ok(&lattice(
+        &config,
+        &["buckets", "create", "site", "--surface", "static"],
+        &[],
+    ));
+    ok(&lattice(
+        &config,
+        &["bindings", "create", "site.cli.test", "--bucket", "site"],
+        &[],
+    ));
+    let out = lattice(
+        &config,
+        &[
+            "static",
+            "deploy",
+            site.to_str().unwrap(),
+            "--bucket",
+            "site",
+        ],
+        &[],
+    );
+    let first = ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("site.cli.test"),
+        "deploy names where the site is served"
+    );
+    assert!(!first.trim().is_empty());
+    let fetch = |path: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-fsS", "-H", "Host: site.cli.test", &format!("{url}{path}")])
+            .output()
+            .expect("curl is installed");
+        assert!(
+            out.status.success(),
+            "curl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(fetch("/"), "<h1>v1</h1>");
+    assert_eq!(fetch("/css/app.css"), "body{}");
+    std::fs::write(site.join("index.html"), "<h1>v2</h1>").unwrap();
+    ok(&lattice(
+        &config,
+        &[
+            "static",
+            "deploy",
+            site.to_str().unwrap(),
+            "--bucket",
+            "site",
+        ],
+        &[],
+    ));
+    assert_eq!(fetch("/"), "<h1>v2</h1>");
+    ok(&lattice(
+        &config,
+        &["static", "rollback", "--bucket", "site"],
+        &[],
+    ));
+    assert_eq!(fetch("/"), "<h1>v1</h1>");
+    let deployments = ok(&lattice(
+        &config,
+        &["static", "deployments", "--bucket", "site", "-o", "json"],
+        &[],
+    ));
+    let deployments: serde_json::Value = serde_json::from_str(&deployments).unwrap();
+    assert_eq!(deployments["deployments"].as_array().unwrap().len(), 2);
+
+    // Storage tokens: the KV binding with curl, as in the seed's examples.
+    ok(&lattice(
+        &config,
+        &["bindings", "create", "kv.cli.test", "--bucket", "conf"],
+        &[],
+    ));
+    let secret = ok(&lattice(
+        &config,
+        &[
+            "storage-tokens",
+            "create",
+            "--surface",
+            "kv",
+            "--access",
+            "write",
+            "--bucket",
+            "conf",
+        ],
+        &[],
+    ));
+    let secret = secret.trim();
+    assert!(secret.starts_with("lst_"), "{secret}");
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-X",
+            "PUT",
+            "-H",
+            "Host: kv.cli.test",
+            "-H",
+            &format!("Authorization: Bearer {secret}"),
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"value\":\"from curl\"}",
+            &format!("{url}/greeting"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Host: kv.cli.test",
+            "-H",
+            &format!("Authorization: Bearer {secret}"),
+            &format!("{url}/greeting"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "\"from curl\"");
+    let tokens: serde_json::Value = serde_json::from_str(&ok(&lattice(
+        &config,
+        &["storage-tokens", "list", "-o", "json"],
+        &[],
+    )))
+    .unwrap();
+    let id = tokens["tokens"][0]["id"].as_str().unwrap().to_owned();
+    ok(&lattice(&config, &["storage-tokens", "revoke", &id], &[]));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: kv.cli.test",
+        ])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {secret}"),
+            &format!("{url}/greeting"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+}
