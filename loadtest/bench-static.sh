@@ -16,6 +16,8 @@
 #
 # Knobs (env): DURATION (10s), CONNECTIONS (32), THREADS (2), ROUNDS (3),
 # NGINX_WORKERS (2: as many cores as lattice's tokio runtime gets on this box),
+# NGINX_SENDFILE (on), NGINX_TCP_NOPUSH (on; "on" stalls some 64 KiB answers on the
+# delayed ACK, ~40 ms, which shows in nginx's p99: try off for a stricter baseline),
 # PORT_OVERRIDE (18098; lattice also uses +3 and +4), NGINX_PORT (PORT + 10),
 # BIN (target/release/lattice-server), NGINX (/usr/sbin/nginx),
 # KEEP_WORK (0; 1 keeps the temp dir with the wrk outputs and server logs).
@@ -29,6 +31,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
+NGINX_SENDFILE=${NGINX_SENDFILE:-on}
+NGINX_TCP_NOPUSH=${NGINX_TCP_NOPUSH:-on}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/lattice-server}
 NGINX=${NGINX:-/usr/sbin/nginx}
 KEEP_WORK=${KEEP_WORK:-0}
@@ -159,8 +163,8 @@ http {
     $types
     default_type application/octet-stream;
     access_log off;
-    sendfile on;
-    tcp_nopush on;
+    sendfile $NGINX_SENDFILE;
+    tcp_nopush $NGINX_TCP_NOPUSH;
     keepalive_requests 100000;
     client_body_temp_path $work/nginx-tmp/body;
     proxy_temp_path $work/nginx-tmp/proxy;
@@ -214,9 +218,10 @@ check lattice-1k "$base/1k.bin" "$site/1k.bin" -H "Host: $STATIC_HOST"
 check lattice-64k "$base/64k.bin" "$site/64k.bin" -H "Host: $STATIC_HOST"
 check lattice-kv "$base/site-title" 'literal:"Lattice"' "${kv_args[@]}"
 
-# What each server gets to run on: tokio starts one worker per core (or
-# TOKIO_WORKER_THREADS); count the threads it really has.
-tokio_workers=$(cat /proc/"$server_pid"/task/*/comm 2>/dev/null | grep -c '^tokio-runtime-w' || true)
+# What each server gets to run on: tokio starts one worker per usable core unless
+# TOKIO_WORKER_THREADS says otherwise (its blocking-pool threads carry the same
+# name, so counting threads would not tell).
+tokio_workers=${TOKIO_WORKER_THREADS:-$(nproc)}
 nginx_worker_count=$(pgrep -P "$nginx_pid" | wc -l || true)
 
 # --- load --------------------------------------------------------------------------
@@ -255,11 +260,12 @@ server_log_lines=$(grep -c . "$work/server.err" || true)
 
 set +e
 python3 - "$results" "$DURATION" "$CONNECTIONS" "$THREADS" "$ROUNDS" "$(nproc)" "$tokio_workers" \
-    "$NGINX_WORKERS" "$nginx_worker_count" "$busy_rss_kb" "$server_log_lines" <<'PY'
+    "$NGINX_WORKERS" "$nginx_worker_count" "$NGINX_SENDFILE" "$NGINX_TCP_NOPUSH" \
+    "$busy_rss_kb" "$server_log_lines" <<'PY'
 import math, statistics, sys
 
 (path, dur, conns, threads, rounds, cores, tokio_workers, nginx_workers,
- nginx_running, busy_kb, log_lines) = sys.argv[1:]
+ nginx_running, sendfile, nopush, busy_kb, log_lines) = sys.argv[1:]
 CASES = [
     ("nginx-1k", "nginx: GET /1k.bin (disk)"),
     ("lattice-1k", "lattice: GET /1k.bin (static binding)"),
@@ -330,7 +336,8 @@ def verdict(x, target, higher_is_better):
 
 print(f"wrk -t{threads} -c{conns} -d{dur} (keep-alive), {rounds} round(s), medians; loopback, {cores} cores")
 print(f"lattice: tokio multi-thread on {tokio_workers} worker threads ({cores} cores); "
-      f"nginx: {nginx_workers} worker(s) (NGINX_WORKERS; {nginx_running} running)")
+      f"nginx: {nginx_workers} worker(s) (NGINX_WORKERS; {nginx_running} running), "
+      f"sendfile {sendfile}, tcp_nopush {nopush}")
 print()
 print("| case | requests/s | p99 |")
 print("|---|---:|---:|")
