@@ -442,15 +442,7 @@ impl Config {
         }
         if let Some(url) = &self.storage.objects_url {
             let known = [
-                "s3://",
-                "s3a://",
-                "az://",
-                "azure://",
-                "abfs://",
-                "abfss://",
-                "gs://",
-                "file://",
-                "memory://",
+                "s3://", "s3a://", "az://", "azure://", "abfs://", "abfss://", "gs://", "file://",
             ];
             if !known.iter().any(|k| url.starts_with(k)) {
                 errors.push(format!(
@@ -552,6 +544,7 @@ const NOT_SERVER_CONFIG: &[&str] = &[
     "PASSWORD",
     "TOTP_CODE",
     "NEW_PASSWORD",
+    "STORAGE_TOKEN",
 ];
 
 /// Keys whose values stay strings even when they look like numbers or booleans.

@@ -257,7 +257,8 @@ async fn start_storage(
         .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let max_upload = u64::try_from(config.gateway.upload_limit_bytes).unwrap_or(u64::MAX);
+    // The internal upload stream carries unpacked files: the deployment limit applies.
+    let max_upload = config.storage.max_deployment_bytes;
     let service = tonic::service::interceptor::InterceptedService::new(
         StorageServiceServer::new(lattice_storage::grpc::StorageGrpc::new(storage, max_upload))
             .max_decoding_message_size(8 * 1024 * 1024)
@@ -268,6 +269,7 @@ async fn start_storage(
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .trace_fn(lattice_core::telemetry::grpc_server_span)
+            .timeout(Duration::from_secs(120))
             .add_service(health)
             .add_service(reflection)
             .add_service(service)
@@ -446,6 +448,7 @@ pub async fn start(
             lattice_gateway::Backends {
                 identity: channel,
                 storage: storage_channel,
+                storage_in_process: running_storage.is_some(),
             },
             cache.clone(),
             shutdown.clone(),

@@ -270,8 +270,17 @@ async fn unknown_hosts_are_404_when_api_hosts_are_configured() {
             .status(),
         200
     );
-    // The API host still gets the API.
+    // The API host still gets the API, and cannot be taken over by a binding.
     assert_eq!(s.call("GET", "/api/v1/buckets", &token, None).await.0, 200);
+    let (status, body) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            &token,
+            Some(json!({"host": "LocalHost", "bucket": "site"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
     // A bucket with nothing deployed, and one without 404.html.
     assert_eq!(
         s.call(
@@ -459,6 +468,18 @@ async fn kv_bindings_need_a_storage_token_with_the_right_access() {
             204
         );
         assert_eq!(kv("GET", Some(&read), None).await.unwrap().status(), 404);
+        // Deleting a bucket revokes the tokens that name it (a new bucket of that name
+        // must not inherit them).
+        let (_, before) = s.call("GET", "/api/v1/storage-tokens", &token, None).await;
+        assert_eq!(before["tokens"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            s.call("DELETE", "/api/v1/buckets/other", &token, None)
+                .await
+                .0,
+            204
+        );
+        let (_, after) = s.call("GET", "/api/v1/storage-tokens", &token, None).await;
+        assert_eq!(after["tokens"].as_array().unwrap().len(), 2);
         // A revoked token stops working at once.
         assert_eq!(
             s.call(

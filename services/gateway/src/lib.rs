@@ -77,6 +77,8 @@ pub struct Backends {
     pub identity: Channel,
     /// The storage service, when this deployment has one.
     pub storage: Option<Channel>,
+    /// Storage runs in this process (it shares this process's cache and bus).
+    pub storage_in_process: bool,
 }
 
 /// A built gateway, ready to serve on a listener.
@@ -107,7 +109,10 @@ impl Gateway {
                 lattice_proto::storage::v1::storage_service_client::StorageServiceClient::new(c)
                     .max_decoding_message_size(16 * 1024 * 1024)
             }),
-            host_caches: storage::host::HostCaches::new(cfg),
+            host_caches: storage::host::HostCaches::new(
+                cfg,
+                backends.storage_in_process || cache.is_shared(),
+            ),
             health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
             internal,
             service_principal: Principal::service("gateway"),

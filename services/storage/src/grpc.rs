@@ -651,6 +651,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
                 &m.key,
                 &m.value_json,
                 cond,
+                m.ttl_s,
                 &m.token_id,
                 &ip,
             )
@@ -666,8 +667,20 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         let p = principal_of(&req)?.clone();
         let ip = client_ip_of(&req).unwrap_or_default();
         let m = req.get_ref();
+        let if_version = match condition(&m.if_match, false)? {
+            KvCondition::Version(v) => Some(v),
+            _ => None,
+        };
         self.storage
-            .host_kv_delete(&p, &m.org_id, &m.bucket_id, &m.key, &m.token_id, &ip)
+            .host_kv_delete(
+                &p,
+                &m.org_id,
+                &m.bucket_id,
+                &m.key,
+                if_version,
+                &m.token_id,
+                &ip,
+            )
             .await
             .map_err(st)?;
         Ok(Response::new(pb::KvDeleteResponse {}))

@@ -761,6 +761,26 @@ impl Store {
         Ok(row.map(token))
     }
 
+    /// Revoke the org's live tokens that name `bucket` explicitly (not `*`); returns
+    /// their ids.
+    pub async fn revoke_tokens_naming(
+        &self,
+        org_id: &str,
+        bucket: &str,
+    ) -> sqlx::Result<Vec<String>> {
+        let ids: Vec<String> = self
+            .list_tokens(org_id)
+            .await?
+            .into_iter()
+            .filter(|t| t.buckets.iter().any(|b| b == bucket))
+            .map(|t| t.id)
+            .collect();
+        for id in &ids {
+            self.revoke_token(org_id, id).await?;
+        }
+        Ok(ids)
+    }
+
     /// Revoke a token of the org.
     pub async fn revoke_token(&self, org_id: &str, id: &str) -> sqlx::Result<bool> {
         let res = sqlx::query("UPDATE storage_tokens SET revoked_at_ms = $3 WHERE org_id = $1 AND id = $2 AND revoked_at_ms IS NULL")

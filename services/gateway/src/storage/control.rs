@@ -366,6 +366,19 @@ pub async fn create_binding(
     caller: Caller,
     ApiJson(body): ApiJson<CreateBinding>,
 ) -> Result<(StatusCode, Json<Binding>), ApiError> {
+    if state
+        .host_caches
+        .api_hosts
+        .contains(&super::host::normalise_host(&body.host))
+    {
+        return Err(ApiError::new(
+            lattice_core::ErrorCode::Conflict,
+            format!(
+                "host {:?} serves the API and cannot be bound to a bucket",
+                body.host
+            ),
+        ));
+    }
     let b = client(&state)?
         .create_binding(caller.request(
             &state,

@@ -90,6 +90,10 @@ pub struct HostCaches {
     pub tokens: moka::sync::Cache<[u8; 32], Arc<TokenGrant>>,
     /// Hosts that always get the API.
     pub api_hosts: std::collections::HashSet<String>,
+    /// Whether the shared cache sees the storage service's invalidations (Redis, or
+    /// storage in this process). Without that, mutable entries (host bindings, KV
+    /// values) are not put there: only this process's short-lived cache holds them.
+    pub shared_cache_coherent: bool,
 }
 
 /// Largest blob kept in the memory cache.
@@ -97,7 +101,7 @@ const MAX_CACHED_BLOB: usize = 8 * 1024 * 1024;
 
 impl HostCaches {
     /// Caches sized from the configuration.
-    pub fn new(cfg: &lattice_core::config::GatewayConfig) -> Self {
+    pub fn new(cfg: &lattice_core::config::GatewayConfig, shared_cache_coherent: bool) -> Self {
         let mut api_hosts: std::collections::HashSet<String> =
             cfg.api_hosts.iter().map(|h| normalise_host(h)).collect();
         if let Some(host) = cfg
@@ -125,6 +129,7 @@ impl HostCaches {
                 .support_invalidation_closures()
                 .build(),
             api_hosts,
+            shared_cache_coherent,
         }
     }
 }
@@ -199,12 +204,13 @@ async fn lookup_host(state: &AppState, host: &str) -> Result<Option<Arc<HostEntr
         return Ok(hit);
     }
     let shared_key = host_cache_key(host);
-    let entry = match state
-        .cache
-        .get(&shared_key)
-        .await
-        .and_then(|b| serde_json::from_slice::<Option<HostEntry>>(&b).ok())
-    {
+    let coherent = state.host_caches.shared_cache_coherent;
+    let cached = if coherent {
+        state.cache.get(&shared_key).await
+    } else {
+        None
+    };
+    let entry = match cached.and_then(|b| serde_json::from_slice::<Option<HostEntry>>(&b).ok()) {
         Some(e) => e,
         None => {
             let r = client(state)?
@@ -225,7 +231,7 @@ async fn lookup_host(state: &AppState, host: &str) -> Result<Option<Arc<HostEntr
                 surface: r.surface,
                 deployment_id: r.deployment_id,
             });
-            if let Ok(bytes) = serde_json::to_vec(&e) {
+            if coherent && let Ok(bytes) = serde_json::to_vec(&e) {
                 state
                     .cache
                     .set(&shared_key, &bytes, Duration::from_secs(60))
@@ -268,6 +274,11 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Ne
         Ok(Some(entry)) if entry.surface == "static" => serve_static(&state, &entry, req).await,
         Ok(Some(entry)) => serve_kv(&state, &entry, req).await,
         Ok(None) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
+            next.run(req).await
+        }
+        // Storage unreachable: the API and the probes still answer.
+        Err(e) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
+            tracing::warn!(host, error = %e.message, "host lookup failed; serving the API");
             next.run(req).await
         }
         Ok(None) => plain(
@@ -449,7 +460,19 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
         Err(e) => return e.into_response(),
     };
     if resolved.status == 301 {
-        let mut location = resolved.redirect_to.clone();
+        const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'#')
+            .add(b'<')
+            .add(b'>')
+            .add(b'?')
+            .add(b'`')
+            .add(b'{')
+            .add(b'}')
+            .add(b'%');
+        let mut location =
+            percent_encoding::utf8_percent_encode(&resolved.redirect_to, PATH).to_string();
         if let Some(q) = req.uri().query() {
             location = format!("{location}?{q}");
         }
@@ -589,6 +612,8 @@ fn access_rank(a: &str) -> u8 {
 #[serde(deny_unknown_fields)]
 struct PutBody {
     value: serde_json::Value,
+    #[serde(default)]
+    ttl_s: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -660,8 +685,14 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         );
     }
     let principal = &state.service_principal;
-    let host_req =
-        |value_json: String, if_match: String, if_none_match_any: bool| pb::HostKvRequest {
+    let client_ip = crate::caller::client_ip_from(
+        req.headers(),
+        req.extensions().get::<crate::caller::PeerAddr>(),
+        state.cfg.trust_forwarded_for,
+    );
+    let ip = Some(client_ip.as_str());
+    let host_req = |value_json: String, if_match: String, if_none_match_any: bool, ttl_s: i64| {
+        pb::HostKvRequest {
             bucket_id: entry.bucket_id.clone(),
             key: key.clone(),
             value_json,
@@ -669,7 +700,9 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
             if_match,
             if_none_match_any,
             token_id: grant.id.clone(),
-        };
+            ttl_s,
+        }
+    };
     let Ok(mut storage) = client(state) else {
         return kv_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -681,10 +714,13 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         Method::GET | Method::HEAD => {
             let head = req.method() == Method::HEAD;
             let cache_key = kv_cache_key(&entry.bucket_id, &key);
-            let cached = state
-                .cache
-                .get(&cache_key)
-                .await
+            let coherent = state.host_caches.shared_cache_coherent;
+            let cached = if coherent {
+                state.cache.get(&cache_key).await
+            } else {
+                None
+            };
+            let cached = cached
                 .and_then(|b| serde_json::from_slice::<CachedKv>(&b).ok())
                 .filter(|c| c.expires_at_ms == 0 || now_ms() < c.expires_at_ms);
             let kv = match cached {
@@ -694,7 +730,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                         &state.internal,
                         principal,
                         None,
-                        host_req(String::new(), String::new(), false),
+                        host_req(String::new(), String::new(), false, 0),
                     ))
                     .await
                 {
@@ -705,7 +741,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                             value: e.value_json,
                             expires_at_ms: e.expires_at_ms,
                         };
-                        if let Ok(bytes) = serde_json::to_vec(&c) {
+                        if coherent && let Ok(bytes) = serde_json::to_vec(&c) {
                             state
                                 .cache
                                 .set(&cache_key, &bytes, Duration::from_secs(60))
@@ -771,8 +807,13 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                 .host_kv_put(lattice_core::grpc::request(
                     &state.internal,
                     principal,
-                    None,
-                    host_req(put.value.to_string(), if_match, if_none_match_any),
+                    ip,
+                    host_req(
+                        put.value.to_string(),
+                        if_match,
+                        if_none_match_any,
+                        put.ttl_s,
+                    ),
                 ))
                 .await
             {
@@ -788,18 +829,27 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                 Err(s) => ApiError::from(s).into_response(),
             }
         }
-        _ => match storage
-            .host_kv_delete(lattice_core::grpc::request(
-                &state.internal,
-                principal,
-                None,
-                host_req(String::new(), String::new(), false),
-            ))
-            .await
-        {
-            Ok(_) => StatusCode::NO_CONTENT.into_response(),
-            Err(s) => ApiError::from(s).into_response(),
-        },
+        _ => {
+            let if_match = match req.headers().get(header::IF_MATCH) {
+                Some(v) => match super::parse_if_match(v.to_str().unwrap_or_default()) {
+                    Ok(version) => version.to_string(),
+                    Err(e) => return e.into_response(),
+                },
+                None => String::new(),
+            };
+            match storage
+                .host_kv_delete(lattice_core::grpc::request(
+                    &state.internal,
+                    principal,
+                    ip,
+                    host_req(String::new(), if_match, false, 0),
+                ))
+                .await
+            {
+                Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                Err(s) => ApiError::from(s).into_response(),
+            }
+        }
     }
 }
 

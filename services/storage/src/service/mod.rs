@@ -252,6 +252,17 @@ impl Storage {
         let bucket = self.bucket_for(p, name, None, Access::Admin).await?;
         let hosts = self.store.delete_bucket(&p.org_id, &bucket.id).await?;
         self.hosts_changed(&hosts).await;
+        // Tokens are scoped by bucket name: a later bucket of the same name must not
+        // inherit them.
+        let revoked = self
+            .store
+            .revoke_tokens_naming(&p.org_id, &bucket.name)
+            .await?;
+        for id in &revoked {
+            self.cache
+                .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
+                .await;
+        }
         self.audit(
             p,
             "bucket.delete",

@@ -146,12 +146,13 @@ impl Storage {
         key: &str,
         value_json: &str,
         condition: KvCondition,
+        ttl_s: i64,
         token_id: &str,
         ip: &str,
     ) -> Result<KvRow> {
         let bucket = self.host_bucket(p, org_id, bucket_id).await?;
         let row = self
-            .kv_put_in(&bucket, key, value_json, condition, 0)
+            .kv_put_in(&bucket, key, value_json, condition, ttl_s)
             .await?;
         let actor = Principal {
             sub: format!("storage_token:{token_id}"),
@@ -170,17 +171,19 @@ impl Storage {
     }
 
     /// Delete a key for an authorised host request.
+    #[allow(clippy::too_many_arguments)]
     pub async fn host_kv_delete(
         &self,
         p: &Principal,
         org_id: &str,
         bucket_id: &str,
         key: &str,
+        if_version: Option<i64>,
         token_id: &str,
         ip: &str,
     ) -> Result<()> {
         let bucket = self.host_bucket(p, org_id, bucket_id).await?;
-        self.kv_delete_in(&bucket, key, None).await?;
+        self.kv_delete_in(&bucket, key, if_version).await?;
         let actor = Principal {
             sub: format!("storage_token:{token_id}"),
             org_id: org_id.to_owned(),
