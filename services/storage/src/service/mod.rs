@@ -268,7 +268,7 @@ impl Storage {
             "bucket.delete",
             &bucket.id,
             ip,
-            serde_json::json!({"name": bucket.name, "unbound_hosts": hosts}),
+            serde_json::json!({"name": bucket.name, "unbound_hosts": hosts, "revoked_storage_tokens": revoked}),
         )
         .await;
         Ok(())

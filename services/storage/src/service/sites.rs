@@ -166,6 +166,16 @@ impl Storage {
         for (path, row) in self.store_files(vec![file]).await? {
             files.insert(path, row);
         }
+        let total: u64 = files
+            .values()
+            .map(|f| u64::try_from(f.size).unwrap_or(0))
+            .sum();
+        if total > self.limits.max_deployment_bytes {
+            return Err(StorageError::TooLarge(format!(
+                "the site would be {total} bytes; the limit is {}",
+                self.limits.max_deployment_bytes
+            )));
+        }
         self.record_deployment(
             p,
             &bucket,
