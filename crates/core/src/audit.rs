@@ -52,3 +52,46 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
     /// Append one event.
     async fn record(&self, event: AuditEvent) -> anyhow::Result<()>;
 }
+
+/// Records events in an `*_audit` table of the recording service's own database
+/// (columns: id, org_id, at_ms, actor, action, target, outcome, client_ip, detail),
+/// until the tasks service owns the hash-chained log.
+#[derive(Debug, Clone)]
+pub struct TableAudit {
+    db: crate::db::Db,
+    insert: &'static str,
+}
+
+impl TableAudit {
+    /// Record into `table` of `db`. `table` is a name from the service's own
+    /// migrations, never input.
+    pub fn new(db: crate::db::Db, table: &'static str) -> Self {
+        let insert = format!(
+            "INSERT INTO {table} (id, org_id, at_ms, actor, action, target, outcome, client_ip, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        Self {
+            db,
+            insert: Box::leak(insert.into_boxed_str()),
+        }
+    }
+}
+
+#[async_trait]
+impl AuditSink for TableAudit {
+    async fn record(&self, e: AuditEvent) -> anyhow::Result<()> {
+        sqlx::query(self.insert)
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(&e.org_id)
+            .bind(crate::time::now_ms())
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(e.outcome.as_str())
+            .bind(&e.client_ip)
+            .bind(&e.detail)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+}

@@ -37,7 +37,10 @@ pub async fn build(
 ) -> anyhow::Result<Identity> {
     let sealer = Sealer::open(&db, master_key).await?;
     let store = store::Store::new(db);
-    let audit = Arc::new(service::StoreAudit(store.clone()));
+    let audit = Arc::new(lattice_core::audit::TableAudit::new(
+        store.db().clone(),
+        "identity_audit",
+    ));
     Ok(Identity::new(store, sealer, cache, cfg, mfa_secret, audit)?)
 }
 

@@ -105,18 +105,6 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// Records audit events in the identity database until the tasks service owns the log.
-#[derive(Debug, Clone)]
-pub struct StoreAudit(pub Store);
-
-#[async_trait::async_trait]
-impl AuditSink for StoreAudit {
-    async fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
-        self.0.insert_audit(&event).await?;
-        Ok(())
-    }
-}
-
 fn validate_username(raw: &str) -> Result<String> {
     let name = raw.trim().to_lowercase();
     if name.is_empty() || name.len() > 64 {

@@ -640,26 +640,6 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    /// Append an audit event.
-    pub async fn insert_audit(&self, e: &lattice_core::audit::AuditEvent) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO identity_audit (id, org_id, at_ms, actor, action, target, outcome, client_ip, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&e.org_id)
-        .bind(now_ms())
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(e.outcome.as_str())
-        .bind(&e.client_ip)
-        .bind(&e.detail)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
-    }
-
     /// Audit actions recorded for an org, oldest first (for tests and the later move).
     pub async fn audit_actions(&self, org_id: &str) -> sqlx::Result<Vec<(String, String)>> {
         sqlx::query_as("SELECT action, outcome FROM identity_audit WHERE org_id = $1 OR org_id = '' ORDER BY id")

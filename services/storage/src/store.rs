@@ -791,24 +791,4 @@ impl Store {
             .await?;
         Ok(res.rows_affected() == 1)
     }
-
-    /// Append an audit event.
-    pub async fn insert_audit(&self, e: &lattice_core::audit::AuditEvent) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO storage_audit (id, org_id, at_ms, actor, action, target, outcome, client_ip, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&e.org_id)
-        .bind(now_ms())
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(e.outcome.as_str())
-        .bind(&e.client_ip)
-        .bind(&e.detail)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
-    }
 }

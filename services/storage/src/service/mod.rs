@@ -54,18 +54,6 @@ impl std::fmt::Debug for Storage {
     }
 }
 
-/// Records audit events in the storage database until the tasks service owns the log.
-#[derive(Debug, Clone)]
-pub struct StoreAudit(pub Store);
-
-#[async_trait::async_trait]
-impl AuditSink for StoreAudit {
-    async fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
-        self.0.insert_audit(&event).await?;
-        Ok(())
-    }
-}
-
 fn require_user(p: &Principal) -> Result<()> {
     if p.is_service() {
         return Err(StorageError::Forbidden(
@@ -98,7 +86,10 @@ fn require_scope(p: &Principal, surface: Surface, level: Access) -> Result<()> {
 impl Storage {
     /// Build over a migrated store and a blob store.
     pub fn new(store: Store, blobs: Blobs, cache: Cache, limits: Limits) -> Self {
-        let audit = Arc::new(StoreAudit(store.clone()));
+        let audit = Arc::new(lattice_core::audit::TableAudit::new(
+            store.db().clone(),
+            "storage_audit",
+        ));
         Self {
             store,
             blobs,
