@@ -796,3 +796,112 @@ async fn uploads_are_validated() {
     assert_eq!(objects["objects"][0]["content_type"], "application/rss+xml");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn static_storage_tokens_publish_only_their_buckets() {
+    let s = TestServer::start(lattice_core::db::Backend::Sqlite).await;
+    let admin = s.admin_token(&["*"]).await;
+    for (name, surface) in [("site", "static"), ("blog", "static"), ("conf", "kv")] {
+        assert_eq!(
+            s.call(
+                "POST",
+                "/api/v1/buckets",
+                &admin,
+                Some(json!({"name": name, "surface": surface}))
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/v1/bindings",
+            &admin,
+            Some(json!({"host": "ci.example.com", "bucket": "site"}))
+        )
+        .await
+        .0,
+        201
+    );
+    let mint = |surface: &'static str, access: &'static str, bucket: &'static str| {
+        let s = &s;
+        let admin = admin.clone();
+        async move {
+            let (status, body) = s
+                .call(
+                    "POST",
+                    "/api/v1/storage-tokens",
+                    &admin,
+                    Some(json!({"surface": surface, "access": access, "buckets": [bucket]})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            (
+                body["id"].as_str().unwrap().to_owned(),
+                body["token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (write_id, write) = mint("static", "write", "site").await;
+    let (_, read) = mint("static", "read", "site").await;
+    let (_, kv) = mint("kv", "admin", "conf").await;
+    let deploy = |token: String, bucket: &'static str| {
+        s.http
+            .post(s.url(&format!("/api/v1/static/{bucket}/deployments")))
+            .bearer_auth(token)
+            .body(common::site_archive(&[("index.html", b"from ci")]))
+            .send()
+    };
+    // A CI job with a static write token publishes its bucket.
+    let (status, d) = json(deploy(write.clone(), "site").await.unwrap()).await;
+    assert_eq!(status, 201, "{d}");
+    assert_eq!(
+        s.host_get("ci.example.com", "/")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "from ci"
+    );
+    // Not another bucket, not with read access, not with a kv token.
+    assert_eq!(deploy(write.clone(), "blog").await.unwrap().status(), 403);
+    assert_eq!(deploy(read.clone(), "site").await.unwrap().status(), 403);
+    assert_eq!(deploy(kv, "site").await.unwrap().status(), 403);
+    // Read access lists deployments; a storage token is not an operator elsewhere.
+    let resp = s
+        .http
+        .get(s.url("/api/v1/static/site/deployments"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        s.http
+            .get(s.url("/api/v1/buckets"))
+            .bearer_auth(&write)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Revoked: 401.
+    assert_eq!(
+        s.call(
+            "DELETE",
+            &format!("/api/v1/storage-tokens/{write_id}"),
+            &admin,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(deploy(write, "site").await.unwrap().status(), 401);
+    s.stop().await;
+}

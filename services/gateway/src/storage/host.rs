@@ -558,7 +558,8 @@ fn kv_error(status: StatusCode, code: lattice_core::ErrorCode, message: &str) ->
     r
 }
 
-async fn authorize(state: &AppState, secret: &str) -> Result<Arc<TokenGrant>, Response> {
+/// Verify a storage token (cached; revocations evict).
+pub(crate) async fn authorize(state: &AppState, secret: &str) -> Result<Arc<TokenGrant>, Response> {
     let key: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     if let Some(hit) = state.host_caches.tokens.get(&key)
         && (hit.expires_at_ms == 0 || now_ms() < hit.expires_at_ms)
@@ -599,7 +600,8 @@ async fn authorize(state: &AppState, secret: &str) -> Result<Arc<TokenGrant>, Re
     Ok(grant)
 }
 
-fn access_rank(a: &str) -> u8 {
+/// read < write < admin.
+pub(crate) fn access_rank(a: &str) -> u8 {
     match a {
         "admin" => 3,
         "write" => 2,

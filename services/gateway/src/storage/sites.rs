@@ -17,6 +17,78 @@ use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
 
+/// The caller of a site route: an operator (session or API token), or a `static`
+/// storage token whose bucket list covers the route's bucket — what CI and deploy
+/// scripts use. A storage token acts as a principal with only the `static:<access>`
+/// scope of its level; the storage service then applies its usual scope checks.
+#[derive(Debug, Clone)]
+pub struct SiteCaller(pub Caller);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for SiteCaller {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse as _;
+        let bearer = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| t.starts_with("lst_"))
+            .map(str::to_owned);
+        let Some(secret) = bearer else {
+            return Caller::from_request_parts(parts, state)
+                .await
+                .map(SiteCaller)
+                .map_err(|e| e.into_response());
+        };
+        let grant = super::host::authorize(state, &secret).await?;
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| e.into_response())?;
+        let bucket = params
+            .iter()
+            .find(|(k, _)| *k == "bucket")
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default();
+        let forbidden =
+            |m: &str| ApiError::new(lattice_core::ErrorCode::PermissionDenied, m).into_response();
+        if grant.surface != "static" {
+            return Err(forbidden("this storage token is for the kv surface"));
+        }
+        if !grant.buckets.iter().any(|b| b == "*" || *b == bucket) {
+            return Err(forbidden("this storage token does not cover this bucket"));
+        }
+        let principal = lattice_core::auth::Principal {
+            sub: format!("storage_token:{}", grant.id),
+            username: String::new(),
+            org_id: grant.org_id.clone(),
+            scopes: vec![format!("static:{}", grant.access)],
+            auth: lattice_core::auth::AuthMethod::Token,
+            credential_id: grant.id.clone(),
+        };
+        let client_ip = crate::caller::client_ip_from(
+            &parts.headers,
+            parts.extensions.get::<crate::caller::PeerAddr>(),
+            state.cfg.trust_forwarded_for,
+        );
+        Ok(SiteCaller(Caller {
+            verified: Arc::new(crate::caller::Verified {
+                principal,
+                org_name: String::new(),
+                totp_enabled: false,
+                expires_at_ms: grant.expires_at_ms,
+                me_json: bytes::Bytes::new(),
+            }),
+            client_ip,
+        }))
+    }
+}
+
 /// Upload chunk size on the internal stream.
 const CHUNK: usize = 1024 * 1024;
 /// Most files in one archive.
@@ -138,7 +210,7 @@ fn yes() -> bool {
     responses((status = 201, body = Deployment), (status = 400, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub async fn deploy(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    SiteCaller(caller): SiteCaller,
     Path(bucket): Path<String>,
     Query(q): Query<DeployQuery>,
     body: Bytes,
@@ -172,7 +244,7 @@ pub async fn deploy(
     responses((status = 200, body = DeploymentList)))]
 pub async fn list_deployments(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    SiteCaller(caller): SiteCaller,
     Path(bucket): Path<String>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let r = client(&state)?
@@ -190,7 +262,7 @@ pub async fn list_deployments(
     responses((status = 200, body = Deployment), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn activate(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    SiteCaller(caller): SiteCaller,
     Path((bucket, id)): Path<(String, String)>,
 ) -> Result<Json<Deployment>, ApiError> {
     let d = client(&state)?
@@ -213,7 +285,7 @@ pub async fn activate(
     responses((status = 200, body = Deployment), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn put_object(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    SiteCaller(caller): SiteCaller,
     Path((bucket, path)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -246,7 +318,7 @@ pub async fn put_object(
     responses((status = 200, body = Deployment), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn delete_object(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    SiteCaller(caller): SiteCaller,
     Path((bucket, path)): Path<(String, String)>,
 ) -> Result<Json<Deployment>, ApiError> {
     let d = client(&state)?
@@ -270,7 +342,7 @@ pub struct ObjectsQuery {
     responses((status = 200, body = ObjectList)))]
 pub async fn list_objects(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    SiteCaller(caller): SiteCaller,
     Path(bucket): Path<String>,
     Query(q): Query<ObjectsQuery>,
 ) -> Result<Json<ObjectList>, ApiError> {
