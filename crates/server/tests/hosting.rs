@@ -231,6 +231,20 @@ async fn static_sites_are_served_by_host() {
             let status = raw_get(&s.base, h, bad).await;
             assert!(status == 400 || status == 404, "{bad}: {status}");
         }
+        // Host-served requests are counted in the metrics.
+        let metrics = s
+            .http
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("route=\"host:static\",method=\"GET\",status=\"200\""),
+            "{metrics}"
+        );
         // Disabled binding: the host no longer serves the site (here: falls back to the API).
         assert_eq!(
             s.call(

@@ -271,8 +271,22 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Ne
         return next.run(req).await;
     }
     match lookup_host(&state, &host).await {
-        Ok(Some(entry)) if entry.surface == "static" => serve_static(&state, &entry, req).await,
-        Ok(Some(entry)) => serve_kv(&state, &entry, req).await,
+        Ok(Some(entry)) => {
+            let started = std::time::Instant::now();
+            let method = req.method().clone();
+            let (route, resp) = if entry.surface == "static" {
+                ("host:static", serve_static(&state, &entry, req).await)
+            } else {
+                ("host:kv", serve_kv(&state, &entry, req).await)
+            };
+            state.metrics.observe(
+                route,
+                method.as_str(),
+                resp.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            resp
+        }
         Ok(None) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
             next.run(req).await
         }
