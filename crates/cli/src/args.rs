@@ -62,6 +62,12 @@ pub enum Command {
     /// Two-factor authentication for your own account.
     #[command(subcommand)]
     Totp(TotpCommand),
+    /// Change your own password (logs in with the current one; your other sessions end).
+    Password {
+        /// Account (default: asked, or LATTICE_USERNAME).
+        #[arg(short, long, env = "LATTICE_USERNAME")]
+        username: Option<String>,
+    },
     /// Storage buckets: key-value stores and static sites.
     #[command(subcommand, visible_alias = "bucket")]
     Buckets(BucketsCommand),

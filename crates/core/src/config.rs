@@ -545,6 +545,7 @@ const NOT_SERVER_CONFIG: &[&str] = &[
     "TOTP_CODE",
     "NEW_PASSWORD",
     "STORAGE_TOKEN",
+    "TOTP_DISABLE_CODE",
 ];
 
 /// Keys whose values stay strings even when they look like numbers or booleans.

@@ -195,6 +195,27 @@ fn cli_login_tokens_users_logout() {
         "{err}"
     );
 
+    // Change the password: the old one stops working, the new one logs in.
+    ok(&lattice(
+        &config,
+        &["password", "-u", "admin"],
+        &[
+            ("LATTICE_PASSWORD", "admin-password-1"),
+            ("LATTICE_NEW_PASSWORD", "admin-password-2"),
+        ],
+    ));
+    let out = lattice(
+        &config,
+        &["login", "-u", "admin"],
+        &[("LATTICE_PASSWORD", "admin-password-1")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    ok(&lattice(
+        &config,
+        &["login", "-u", "admin"],
+        &[("LATTICE_PASSWORD", "admin-password-2")],
+    ));
+
     ok(&lattice(&config, &["logout"], &[]));
     assert!(!config.exists());
     let out = lattice(&config, &["whoami"], &[]);

@@ -51,7 +51,7 @@ pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
     let tls = ctx.tls(same_server);
     warn_about_transport(&server, &tls);
 
-    let (api, user) = open_session(&server, &tls, args.username.as_deref()).await?;
+    let (api, user, _) = open_session(&server, &tls, args.username.as_deref()).await?;
     let username = user.username.clone();
 
     // Whatever happens to the token, end the session: it is only a stepping stone.
@@ -76,12 +76,13 @@ pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
 }
 
 /// Log in with a password (and a TOTP code when the account has one): an API client
-/// holding the new session's cookie and CSRF token, and the user it belongs to.
+/// holding the new session's cookie and CSRF token, the user it belongs to, and the
+/// password used (for a following password change).
 async fn open_session(
     server: &str,
     tls: &TlsOptions,
     username: Option<&str>,
-) -> anyhow::Result<(Api, Me)> {
+) -> anyhow::Result<(Api, Me, String)> {
     let username = prompt::username(username)?;
     let password = prompt::secret("Password: ", "password", "LATTICE_PASSWORD")?;
     let mut api = Api::new(server, tls, Auth::None)?;
@@ -115,7 +116,7 @@ async fn open_session(
         user.username = username;
     }
     api.set_auth(Auth::Session { secret, csrf });
-    Ok((api, user))
+    Ok((api, user, password))
 }
 
 async fn create_login_token(api: &Api, user: &Me) -> anyhow::Result<String> {
@@ -264,9 +265,8 @@ struct RecoveryCodes {
     recovery_codes: Vec<String>,
 }
 
-/// `lattice totp enable|disable`. Second-factor settings change only from a password
-/// session (the server refuses API tokens), so both log in first and log out after.
-pub async fn totp(ctx: &Ctx, cmd: TotpCommand) -> anyhow::Result<()> {
+/// The server of `--server` or of the stored configuration, with its TLS options.
+fn target_server(ctx: &Ctx) -> anyhow::Result<(String, TlsOptions)> {
     let stored = config::load(&ctx.config_path)?;
     let server = match (&ctx.server, &stored) {
         (Some(s), _) => s.clone(),
@@ -274,10 +274,41 @@ pub async fn totp(ctx: &Ctx, cmd: TotpCommand) -> anyhow::Result<()> {
         (None, None) => bail!("not logged in; run lattice login --server URL (or pass --server)"),
     };
     let tls = ctx.tls(stored.as_ref().filter(|c| c.server == server));
+    Ok((server, tls))
+}
+
+/// `lattice password`: log in with the current password, set a new one, end the session.
+pub async fn password(ctx: &Ctx, username: Option<&str>) -> anyhow::Result<()> {
+    let (server, tls) = target_server(ctx)?;
+    let (api, user, current) = open_session(&server, &tls, username).await?;
+    let result = async {
+        let new = prompt::new_password(&user.username)?;
+        api.post(
+            "/api/v1/auth/password",
+            Some(&json!({ "current_password": current, "new_password": new })),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = api.post("/api/v1/auth/logout", None).await {
+        eprintln!("warning: could not end the session: {e:#}");
+    }
+    result?;
+    eprintln!(
+        "password changed for {}; your other sessions have ended",
+        user.username
+    );
+    Ok(())
+}
+
+/// `lattice totp enable|disable`. Second-factor settings change only from a password
+/// session (the server refuses API tokens), so both log in first and log out after.
+pub async fn totp(ctx: &Ctx, cmd: TotpCommand) -> anyhow::Result<()> {
+    let (server, tls) = target_server(ctx)?;
     let username = match &cmd {
         TotpCommand::Enable { username } | TotpCommand::Disable { username } => username.clone(),
     };
-    let (api, _user) = open_session(&server, &tls, username.as_deref()).await?;
+    let (api, _user, _) = open_session(&server, &tls, username.as_deref()).await?;
     let result = match cmd {
         TotpCommand::Enable { .. } => totp_enable(ctx, &api).await,
         TotpCommand::Disable { .. } => {

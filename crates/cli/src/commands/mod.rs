@@ -138,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => auth::logout(&ctx).await,
         Command::Whoami => auth::whoami(&ctx).await,
         Command::Totp(cmd) => auth::totp(&ctx, cmd).await,
+        Command::Password { username } => auth::password(&ctx, username.as_deref()).await,
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Users(cmd) => users::run(&ctx, cmd).await,
         Command::Buckets(cmd) => storage::buckets(&ctx, cmd).await,
