@@ -41,6 +41,9 @@ pub struct Config {
     pub mfa_token_secret: Option<SecretString>,
     /// Password for the bootstrap `admin` user at first start; generated when unset.
     pub bootstrap_admin_password: Option<SecretString>,
+    /// Where `/health`, `/ready` and `/metrics` are served in a process without the
+    /// gateway (default `127.0.0.1:9464` there); with the gateway, an extra listener.
+    pub ops_listen: Option<SocketAddr>,
     /// Gateway (public edge) settings.
     pub gateway: GatewayConfig,
     /// Identity service settings.
@@ -219,6 +222,8 @@ pub struct Overrides {
     pub storage_url: Option<String>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--ops-listen`.
+    pub ops_listen: Option<String>,
 }
 
 impl Overrides {
@@ -235,6 +240,7 @@ impl Overrides {
             ("storage.listen", &self.storage_listen),
             ("gateway.storage_url", &self.storage_url),
             ("log_level", &self.log_level),
+            ("ops_listen", &self.ops_listen),
         ] {
             if let Some(v) = value {
                 out.push((key, v.clone()));

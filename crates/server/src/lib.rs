@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod ops;
+
 mod secrecy_expose {
     /// Read a configured secret (kept in one place so it is easy to audit).
     pub fn expose(s: &secrecy::SecretString) -> &str {
@@ -81,6 +83,8 @@ pub struct Running {
     pub identity_addr: Option<SocketAddr>,
     /// Where the storage service's internal gRPC listens (when it runs here).
     pub storage_addr: Option<SocketAddr>,
+    /// Where `/health`, `/ready` and `/metrics` are served outside the gateway.
+    pub ops_addr: Option<SocketAddr>,
     /// The bootstrap admin, when this start created it.
     pub bootstrap: Option<BootstrapAdmin>,
     /// TLS facts (gateway).
@@ -207,6 +211,7 @@ async fn start_storage(
     cache: &Cache,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    grpc_metrics: ops::GrpcMetrics,
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
     let url = config.database_url();
@@ -270,6 +275,7 @@ async fn start_storage(
         tonic::transport::Server::builder()
             .trace_fn(lattice_core::telemetry::grpc_server_span)
             .timeout(Duration::from_secs(120))
+            .layer(grpc_metrics)
             .add_service(health)
             .add_service(reflection)
             .add_service(service)
@@ -329,6 +335,7 @@ pub async fn start(
         "lattice/internal-jwt",
     )?);
     let cache = open_cache(&config, &shutdown).await;
+    let grpc_metrics = ops::GrpcMetrics::default();
     let mut tasks = JoinSet::new();
     let mut pools = Vec::new();
     let mut running_identity = None;
@@ -391,10 +398,12 @@ pub async fn start(
             lattice_core::grpc::RequirePrincipal::new(internal.clone()),
         );
         let stop = shutdown.clone();
+        let identity_metrics = grpc_metrics.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .trace_fn(lattice_core::telemetry::grpc_server_span)
                 .timeout(Duration::from_secs(30))
+                .layer(identity_metrics)
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(service)
@@ -414,8 +423,16 @@ pub async fn start(
     let mut running_storage = None;
     if roles.contains(&Role::Storage) {
         let master = master.as_ref().context("storage needs the master key")?;
-        let (addr, db) =
-            start_storage(&config, master, &internal, &cache, &shutdown, &mut tasks).await?;
+        let (addr, db) = start_storage(
+            &config,
+            master,
+            &internal,
+            &cache,
+            &shutdown,
+            &mut tasks,
+            grpc_metrics.clone(),
+        )
+        .await?;
         pools.push(db);
         running_storage = Some(addr);
     }
@@ -462,10 +479,39 @@ pub async fn start(
         tasks.spawn(gateway.run(listener));
     }
 
+    // Every process answers probes and scrapes: the gateway serves them itself;
+    // a process without it (or with ops_listen set) gets a small listener.
+    let mut ops_addr = None;
+    if config.ops_listen.is_some() || !roles.contains(&Role::Gateway) {
+        let addr = config
+            .ops_listen
+            .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("literal address"));
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("ops_listen: bind {addr}"))?;
+        ops_addr = Some(listener.local_addr()?);
+        let databases: Vec<(&'static str, Db)> = roles
+            .iter()
+            .filter_map(|r| match r {
+                Role::Identity => Some("identity database"),
+                Role::Storage => Some("storage database"),
+                Role::Gateway => None,
+            })
+            .zip(pools.iter().cloned())
+            .collect();
+        tasks.spawn(ops::serve(
+            listener,
+            grpc_metrics.clone(),
+            databases,
+            shutdown.clone(),
+        ));
+    }
+
     Ok(Running {
         gateway_addr,
         identity_addr: running_identity,
         storage_addr: running_storage,
+        ops_addr,
         bootstrap,
         tls_info,
         tls,

@@ -44,6 +44,9 @@ struct Cli {
     /// Storage service address when it runs elsewhere.
     #[arg(long)]
     storage_url: Option<String>,
+    /// Where a process without the gateway serves /health, /ready and /metrics.
+    #[arg(long)]
+    ops_listen: Option<String>,
     /// Log filter (info, debug, lattice_identity=debug,info, ...).
     #[arg(long, global = true)]
     log_level: Option<String>,
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         storage_listen: cli.storage_listen.clone(),
         storage_url: cli.storage_url.clone(),
         log_level: cli.log_level.clone(),
+        ops_listen: cli.ops_listen.clone(),
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = match Config::load(cli.config.as_deref(), &env, &overrides) {
@@ -190,6 +194,11 @@ fn print_banner(running: &lattice_server::Running) {
     }
     if let Some(addr) = running.identity_addr {
         out.push_str(&format!("identity service (internal gRPC) on {addr}\n"));
+    }
+    if let Some(addr) = running.ops_addr {
+        out.push_str(&format!(
+            "ops endpoints (/health /ready /metrics) on http://{addr}\n"
+        ));
     }
     if let Some(addr) = running.storage_addr {
         out.push_str(&format!("storage service (internal gRPC) on {addr}\n"));

@@ -74,14 +74,20 @@ async fn gateway_and_identity_as_two_processes() {
         ("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1"),
         ("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1"),
     ];
+    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ops_listen = format!("127.0.0.1:{ops_port}");
     let (identity, identity_addr) = spawn(
         &[
             "--services",
             "identity",
             "--identity-listen",
             "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
+            "--ops-listen",
+            &ops_listen,
             "--data-dir",
             identity_dir.to_str().unwrap(),
         ],
@@ -172,6 +178,38 @@ async fn gateway_and_identity_as_two_processes() {
             .map(|v| v.to_str().unwrap().to_owned())
             .as_deref(),
         Some("16")
+    );
+
+    // The identity-only process answers probes and scrapes on its ops listener.
+    let ops = format!("http://{ops_listen}");
+    assert_eq!(
+        http.get(format!("{ops}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: serde_json::Value = http
+        .get(format!("{ops}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("method=\"/lattice.identity.v1.IdentityService/Login\""),
+        "{metrics}"
     );
 
     // Identity goes away: the gateway says not ready and answers 503, not a hang.
