@@ -115,6 +115,9 @@ pub struct GatewayConfig {
     pub static_cache_bytes: u64,
     /// Largest static-site upload (archive or single object), bytes.
     pub upload_limit_bytes: usize,
+    /// On shutdown, keep accepting for this long while `/ready` answers 503, so load
+    /// balancers take the instance out first, seconds.
+    pub shutdown_grace_s: u64,
 }
 
 /// Identity service settings.
@@ -180,6 +183,7 @@ fn defaults() -> Defaults {
             api_hosts: Vec::new(),
             static_cache_bytes: 128 * 1024 * 1024,
             upload_limit_bytes: 64 * 1024 * 1024,
+            shutdown_grace_s: 0,
         },
         identity: IdentityConfig {
             listen: "127.0.0.1:8091".parse().expect("literal address"),

@@ -335,6 +335,10 @@ pub async fn start(
         "lattice/internal-jwt",
     )?);
     let cache = open_cache(&config, &shutdown).await;
+    // Internal services stop only after the gateway has finished its grace period and
+    // drained, so requests still in flight can reach them.
+    let internal_stop = CancellationToken::new();
+    let gateway_done = CancellationToken::new();
     let grpc_metrics = ops::GrpcMetrics::default();
     let mut tasks = JoinSet::new();
     let mut pools = Vec::new();
@@ -387,7 +391,7 @@ pub async fn start(
             "lattice.identity.v1.IdentityService",
             db.clone(),
             reporter.clone(),
-            shutdown.clone(),
+            internal_stop.clone(),
         ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
@@ -397,7 +401,7 @@ pub async fn start(
             lattice_identity::grpc::IdentityGrpc::new(identity),
             lattice_core::grpc::RequirePrincipal::new(internal.clone()),
         );
-        let stop = shutdown.clone();
+        let stop = internal_stop.clone();
         let identity_metrics = grpc_metrics.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
@@ -428,7 +432,7 @@ pub async fn start(
             master,
             &internal,
             &cache,
-            &shutdown,
+            &internal_stop,
             &mut tasks,
             grpc_metrics.clone(),
         )
@@ -476,7 +480,23 @@ pub async fn start(
         gateway_addr = Some(listener.local_addr()?);
         tls = config.gateway.tls != lattice_core::config::TlsMode::Off;
         tls_info = Some(gateway.tls_info.clone());
-        tasks.spawn(gateway.run(listener));
+        let done = gateway_done.clone();
+        tasks.spawn(async move {
+            let result = gateway.run(listener).await;
+            done.cancel();
+            result
+        });
+    } else {
+        gateway_done.cancel();
+    }
+    {
+        let (shutdown, internal_stop) = (shutdown.clone(), internal_stop.clone());
+        tasks.spawn(async move {
+            shutdown.cancelled().await;
+            gateway_done.cancelled().await;
+            internal_stop.cancel();
+            Ok(())
+        });
     }
 
     // Every process answers probes and scrapes: the gateway serves them itself;

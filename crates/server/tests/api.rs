@@ -15,6 +15,8 @@ async fn health_ready_metrics_and_openapi() {
     let (status, body) = json(s.http.get(s.url("/ready")).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"][0]["name"], "identity");
+    assert_eq!(body["checks"][1]["name"], "storage");
+    assert_eq!(body["checks"][1]["status"], "ok");
 
     let resp = s
         .http

@@ -500,3 +500,82 @@ async fn rest_and_grpc_share_the_public_port_over_h2c() {
         (200, reqwest::Version::HTTP_11)
     );
 }
+
+#[tokio::test]
+async fn shutdown_reports_not_ready_keeps_serving_for_the_grace_period_then_exits() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
+            "--tls",
+            "off",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[
+            ("LATTICE_GATEWAY__SHUTDOWN_GRACE_S", "2"),
+            ("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1"),
+            ("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64"),
+            ("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1"),
+        ],
+        "Lattice is listening on",
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&http, &url).await;
+    let started = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // During the grace period: not ready, but still serving, internal services included.
+    assert_eq!(
+        http.get(format!("{url}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        http.get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let login = http
+        .post(format!("{url}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": "admin-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    // Then it exits cleanly by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}

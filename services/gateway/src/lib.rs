@@ -51,6 +51,8 @@ pub struct AppState {
     pub host_caches: storage::host::HostCaches,
     /// gRPC health of the identity service, for `/ready`.
     pub health: tonic_health::pb::health_client::HealthClient<Channel>,
+    /// gRPC health of the storage service, for `/ready` (when storage is configured).
+    pub storage_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// Mints internal principals.
     pub internal: InternalAuth,
     /// The gateway acting for nobody (login, authenticate).
@@ -105,6 +107,10 @@ impl Gateway {
         let (tls, tls_info) = tls::server_config(cfg, data_dir, &shutdown)?;
         let state = Arc::new(AppState {
             identity: IdentityServiceClient::new(backends.identity.clone()),
+            storage_health: backends
+                .storage
+                .clone()
+                .map(tonic_health::pb::health_client::HealthClient::new),
             storage: backends.storage.map(|c| {
                 lattice_proto::storage::v1::storage_service_client::StorageServiceClient::new(c)
                     .max_decoding_message_size(16 * 1024 * 1024)
@@ -158,6 +164,7 @@ impl Gateway {
             self.router,
             self.tls,
             shutdown,
+            Duration::from_secs(self.state.cfg.shutdown_grace_s),
             Duration::from_secs(10),
         )
         .await;

@@ -24,6 +24,7 @@ pub async fn serve(
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
+    grace: Duration,
     drain: Duration,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
@@ -39,9 +40,20 @@ pub async fn serve(
         .max_concurrent_streams(1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if deadline.is_none() => {
+                if grace.is_zero() {
+                    break;
+                }
+                // Not ready any more (readiness reads the same token); keep serving
+                // while load balancers notice.
+                tracing::info!(?grace, "shutting down: not ready; still accepting during the grace period");
+                deadline = Some(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded by is_some")).await }, if deadline.is_some() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {

@@ -40,7 +40,7 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: every dependency reachable (identity over gRPC health; cache).
+/// Readiness: every dependency reachable (identity and storage over gRPC health; cache).
 #[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.shutting_down.is_cancelled() {
@@ -56,26 +56,16 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    let mut checks = Vec::new();
-    let mut health = state.health.clone();
-    let req = tonic_health::pb::HealthCheckRequest {
-        service: "lattice.identity.v1.IdentityService".into(),
-    };
-    let identity = match tokio::time::timeout(Duration::from_secs(2), health.check(req)).await {
-        Ok(Ok(r))
-            if r.get_ref().status
-                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-        {
-            "ok".to_owned()
-        }
-        Ok(Ok(r)) => format!("not serving ({})", r.get_ref().status),
-        Ok(Err(s)) => format!("unreachable: {}", s.message()),
-        Err(_) => "timed out".to_owned(),
-    };
-    checks.push(Check {
+    let mut checks = vec![Check {
         name: "identity".into(),
-        status: identity,
-    });
+        status: grpc_health(state.health.clone(), "lattice.identity.v1.IdentityService").await,
+    }];
+    if let Some(storage) = &state.storage_health {
+        checks.push(Check {
+            name: "storage".into(),
+            status: grpc_health(storage.clone(), "lattice.storage.v1.StorageService").await,
+        });
+    }
     checks.push(Check {
         name: "cache".into(),
         status: match state.cache.ping().await {
@@ -100,6 +90,27 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         }),
     )
         .into_response()
+}
+
+/// `ok`, or why `service` is not serving, from its gRPC health (2 s at most).
+async fn grpc_health(
+    mut client: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> String {
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    match tokio::time::timeout(Duration::from_secs(2), client.check(req)).await {
+        Ok(Ok(r))
+            if r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            "ok".to_owned()
+        }
+        Ok(Ok(r)) => format!("not serving ({})", r.get_ref().status),
+        Ok(Err(s)) => format!("unreachable: {}", s.message()),
+        Err(_) => "timed out".to_owned(),
+    }
 }
 
 /// Prometheus text exposition.
