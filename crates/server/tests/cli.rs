@@ -1,12 +1,12 @@
 //! The operator CLI (`lattice`) against a real `lattice-server` over HTTPS with the
 //! server's generated CA: login, whoami, tokens, users, logout.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_lattice-server");
+mod common;
+
+const SERVER: &str = common::process::BIN;
 
 /// The `lattice` binary sits beside `lattice-server` in the target directory
 /// (`cargo test --workspace` builds both).
@@ -18,15 +18,6 @@ fn cli_bin() -> PathBuf {
         path.display()
     );
     path
-}
-
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn lattice(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -55,39 +46,8 @@ fn ok(out: &Output) -> String {
 fn cli_login_tokens_users_logout() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(SERVER)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--identity-listen",
-            "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1")
-        .env("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64")
-        .env("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("Lattice is listening on ") {
-                let _ = tx.send(url.trim().replace("127.0.0.1", "localhost"));
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server printed its URL");
+    let (server, url) = common::process::spawn_all_in_one(&data, "self-signed", &[]);
+    let url = url.replace("127.0.0.1", "localhost");
     let ca = data.join("tls/ca.pem");
     let config = dir.path().join("cli/config.json");
 
@@ -228,40 +188,7 @@ fn cli_login_tokens_users_logout() {
 fn cli_storage_hosting_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(SERVER)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--identity-listen",
-            "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
-            "--tls",
-            "off",
-        ])
-        .args(["--data-dir", data.to_str().unwrap()])
-        .env("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1")
-        .env("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64")
-        .env("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("Lattice is listening on ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server printed its URL");
+    let (_server, url) = common::process::spawn_all_in_one(&data, "off", &[]);
     let config = dir.path().join("cli/config.json");
     ok(&lattice(
         &config,

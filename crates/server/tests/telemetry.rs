@@ -2,8 +2,7 @@
 //! client's request, the gateway and the internal gRPC hop to identity.
 
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_lattice-server");
+mod common;
 
 /// (trace id hex, span name, service.name)
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -65,43 +64,12 @@ async fn traces_are_exported_and_follow_the_request_across_the_grpc_hop() {
     let collector = tokio::spawn(server);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--identity-listen",
-            "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
-            "--tls",
-            "off",
-        ])
-        .args(["--data-dir", dir.path().to_str().unwrap()])
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{collector_addr}"),
-        )
-        .env("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1")
-        .env("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64")
-        .env("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("Lattice is listening on ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server printed its URL");
+    let collector_url = format!("http://{collector_addr}");
+    let (mut server, url) = common::process::spawn_all_in_one(
+        dir.path(),
+        "off",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str())],
+    );
 
     // The client starts the trace.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -118,14 +86,14 @@ async fn traces_are_exported_and_follow_the_request_across_the_grpc_hop() {
     // A graceful stop flushes the batch exporter.
     assert!(
         Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &server.0.id().to_string()])
             .status()
             .unwrap()
             .success()
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if child.try_wait().unwrap().is_some() {
+        if server.0.try_wait().unwrap().is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
