@@ -11,7 +11,7 @@ mod common;
 
 const JWT_SECRET: &str = "a-shared-internal-secret-of-enough-length";
 
-use common::process::{BIN, spawn};
+use common::process::{BIN, spawn, spawn_all_in_one};
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -417,22 +417,7 @@ async fn operator_certificate_files_reload_on_sighup() {
 async fn rest_and_grpc_share_the_public_port_over_h2c() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let (_server, url) = spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--identity-listen",
-            "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
-            "--tls",
-            "off",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-        "Lattice is listening on",
-    );
+    let (_server, url) = spawn_all_in_one(dir.path(), "off", &[]);
     let h2c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -469,26 +454,10 @@ async fn rest_and_grpc_share_the_public_port_over_h2c() {
 async fn shutdown_reports_not_ready_keeps_serving_for_the_grace_period_then_exits() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--identity-listen",
-            "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
-            "--tls",
-            "off",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[
-            ("LATTICE_GATEWAY__SHUTDOWN_GRACE_S", "2"),
-            ("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", "admin-password-1"),
-            ("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64"),
-            ("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1"),
-        ],
-        "Lattice is listening on",
+    let (mut server, url) = spawn_all_in_one(
+        dir.path(),
+        "off",
+        &[("LATTICE_GATEWAY__SHUTDOWN_GRACE_S", "2")],
     );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
