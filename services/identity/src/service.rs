@@ -171,6 +171,19 @@ fn require_session(p: &Principal, what: &str) -> Result<()> {
     }
 }
 
+/// An admin may act on another account only if that account's scopes are within the
+/// admin's own: `users:admin` alone must not lead to the `*` account.
+fn require_outranks(caller: &Principal, target: &UserRow) -> Result<()> {
+    if scope::all_covered(&caller.scopes, &target.scopes) {
+        Ok(())
+    } else {
+        Err(IdentityError::Forbidden(format!(
+            "user {:?} has scopes beyond yours; only an administrator who holds them may do this",
+            target.username
+        )))
+    }
+}
+
 fn require_service(p: &Principal) -> Result<()> {
     if p.is_service() {
         Ok(())
@@ -775,6 +788,7 @@ impl Identity {
             }
         } else {
             require_scope(caller, "users:admin")?;
+            require_outranks(caller, &target)?;
         }
         self.store
             .set_totp(&target.org_id, &target.id, None, false)
@@ -978,6 +992,11 @@ impl Identity {
             self.check_ip_throttle(&client.ip).await?;
         } else {
             require_scope(caller, "users:admin")?;
+            if user_id == caller.sub {
+                return Err(IdentityError::Conflict(
+                    "change your own password with POST /api/v1/auth/password (it needs the current one)".into(),
+                ));
+            }
         }
         validate_password(&new)?;
         let user = self
@@ -985,6 +1004,9 @@ impl Identity {
             .user(&caller.org_id, target_id)
             .await?
             .ok_or_else(|| IdentityError::NotFound(format!("user {target_id:?}")))?;
+        if !own {
+            require_outranks(caller, &user)?;
+        }
         if own {
             if let Some(retry_after_s) = Self::lock_remaining_s(&user) {
                 return Err(IdentityError::Locked { retry_after_s });

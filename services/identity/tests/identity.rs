@@ -467,3 +467,72 @@ async fn sessions_end_at_logout_and_service_calls_need_service_principals() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_users_admin_cannot_take_over_a_more_privileged_account() {
+    for backend in testing::backends() {
+        let e = env(backend, config()).await;
+        let (_, admin) = session(&e, "admin", "admin-password-1").await;
+        e.identity
+            .create_user(
+                &admin,
+                "helpdesk",
+                "helpdesk-password".into(),
+                &["users:admin".into()],
+                "",
+            )
+            .await
+            .unwrap();
+        let bob = e
+            .identity
+            .create_user(&admin, "bob", "bob-password-123".into(), &[], "")
+            .await
+            .unwrap();
+        let (_, helpdesk) = session(&e, "helpdesk", "helpdesk-password").await;
+        let c = client();
+        // The `*` admin is out of reach: no password reset, no TOTP removal.
+        let err = e
+            .identity
+            .set_password(
+                &helpdesk,
+                &admin.sub,
+                String::new(),
+                "taken-over-password".into(),
+                &c,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
+        let err = e
+            .identity
+            .disable_totp(&helpdesk, "", &admin.sub, "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
+        // A less privileged user is fine.
+        e.identity
+            .set_password(
+                &helpdesk,
+                &bob.id,
+                String::new(),
+                "bob-new-password".into(),
+                &c,
+            )
+            .await
+            .unwrap();
+        // The admin route with one's own id is refused (it would skip the current password).
+        let err = e
+            .identity
+            .set_password(
+                &helpdesk,
+                &helpdesk.sub,
+                String::new(),
+                "new-password-12".into(),
+                &c,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::Conflict(_)), "{err:?}");
+        session(&e, "admin", "admin-password-1").await;
+    }
+}
