@@ -29,6 +29,38 @@ pub enum ArchiveError {
     TooLarge(String),
 }
 
+/// Marks the error a [`Capped`] reader returns, so it maps to `TooLarge`.
+const CAP_MESSAGE: &str = "unpacked archive stream is larger than the limit";
+
+/// A reader that fails once more than `left` bytes were read: bounds everything the
+/// tar reader pulls through it (file bodies, skipped entries, long names, PAX headers).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other(CAP_MESSAGE));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn tar_error(e: &std::io::Error) -> ArchiveError {
+    if e.to_string().contains(CAP_MESSAGE) {
+        ArchiveError::TooLarge(CAP_MESSAGE.into())
+    } else {
+        ArchiveError::Malformed(e.to_string())
+    }
+}
+
 /// What kind of archive the bytes are (from the magic number, not the client's word).
 fn kind(data: &[u8]) -> &'static str {
     if data.starts_with(&[0x1f, 0x8b]) {
@@ -75,7 +107,10 @@ impl Budget {
         reader
             .take(left + 1)
             .read_to_end(&mut buf)
-            .map_err(|e| ArchiveError::Malformed(format!("{name}: {e}")))?;
+            .map_err(|e| match tar_error(&e) {
+                ArchiveError::Malformed(m) => ArchiveError::Malformed(format!("{name}: {m}")),
+                other => other,
+            })?;
         self.bytes += buf.len() as u64;
         if self.bytes > self.max_bytes {
             return Err(ArchiveError::TooLarge(format!(
@@ -100,9 +135,18 @@ pub fn unpack(
         files: 0,
         bytes: 0,
     };
+    // The tar stream may hold headers and padding besides file bodies (up to 1.5 KiB a
+    // file), and nothing else.
+    let stream_cap = max_bytes + (max_files as u64) * 1536 + 1024 * 1024;
     match kind(data) {
         "zip" => unpack_zip(data, &mut budget),
-        "gzip" => unpack_tar(flate2::read::GzDecoder::new(data), &mut budget),
+        "gzip" => unpack_tar(
+            Capped {
+                inner: flate2::read::GzDecoder::new(data),
+                left: stream_cap,
+            },
+            &mut budget,
+        ),
         _ => unpack_tar(data, &mut budget),
     }
 }
@@ -110,11 +154,9 @@ pub fn unpack(
 fn unpack_tar(reader: impl Read, budget: &mut Budget) -> Result<Vec<ArchiveFile>, ArchiveError> {
     let mut archive = tar::Archive::new(reader);
     let mut out = Vec::new();
-    let entries = archive
-        .entries()
-        .map_err(|e| ArchiveError::Malformed(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| tar_error(&e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| ArchiveError::Malformed(e.to_string()))?;
+        let entry = entry.map_err(|e| tar_error(&e))?;
         let raw = entry
             .path()
             .map_err(|e| ArchiveError::Malformed(e.to_string()))?
