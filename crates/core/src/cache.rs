@@ -164,17 +164,16 @@ impl Cache {
             let mut conn = conn.clone();
             let full = format!("{KEY_PREFIX}ctr:{key}");
             let ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-            let res: redis::RedisResult<(u64, i64)> = redis::pipe()
-                .atomic()
-                .incr(&full, 1_u64)
-                .cmd("PEXPIRE")
+            // One script (any Redis version): the first increment of a window sets its expiry.
+            let res: redis::RedisResult<u64> = redis::cmd("EVAL")
+                .arg("local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n")
+                .arg(1)
                 .arg(&full)
                 .arg(ms)
-                .arg("NX")
                 .query_async(&mut conn)
                 .await;
             match res {
-                Ok((count, _)) => return count,
+                Ok(count) => return count,
                 Err(err) => tracing::debug!(%err, "redis incr failed; counting locally"),
             }
         }
@@ -191,6 +190,31 @@ impl Cache {
         }
         guard.0 += 1;
         guard.0
+    }
+
+    /// Give back one count of a counter (never below zero).
+    pub async fn decr(&self, key: &str) {
+        if let Some(conn) = &self.inner.redis {
+            let mut conn = conn.clone();
+            let full = format!("{KEY_PREFIX}ctr:{key}");
+            // DECR only an existing counter, and not below zero.
+            let res: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg("local v = redis.call('GET', KEYS[1]) if v and tonumber(v) > 0 then return redis.call('DECR', KEYS[1]) end return 0")
+                .arg(1)
+                .arg(&full)
+                .query_async(&mut conn)
+                .await;
+            match res {
+                Ok(_) => return,
+                Err(err) => tracing::debug!(%err, "redis decr failed; adjusting the local counter"),
+            }
+        }
+        if let Some(slot) = self.inner.counters.get(key) {
+            let mut guard = slot
+                .lock()
+                .expect("counter mutex is never poisoned: no panics while held");
+            guard.0 = guard.0.saturating_sub(1);
+        }
     }
 
     /// The current value of a counter (0 when absent or expired).

@@ -302,8 +302,16 @@ impl Identity {
         if ip.is_empty() {
             return Ok(());
         }
-        let failures = self.cache.count(&format!("login-fail-ip:{ip}")).await;
-        if failures >= u64::from(self.cfg.ip_failure_limit) {
+        // Count the attempt before checking anything, so parallel attempts cannot all
+        // slip under the limit; a successful one is given back (release_ip_attempt).
+        let attempts = self
+            .cache
+            .incr(
+                &format!("login-fail-ip:{ip}"),
+                Duration::from_secs(self.cfg.ip_failure_window_s),
+            )
+            .await;
+        if attempts > u64::from(self.cfg.ip_failure_limit) {
             return Err(IdentityError::Throttled {
                 retry_after_s: self.cfg.ip_failure_window_s,
             });
@@ -311,15 +319,28 @@ impl Identity {
         Ok(())
     }
 
-    async fn count_ip_failure(&self, ip: &str) {
+    async fn release_ip_attempt(&self, ip: &str) {
         if !ip.is_empty() {
-            self.cache
-                .incr(
-                    &format!("login-fail-ip:{ip}"),
-                    Duration::from_secs(self.cfg.ip_failure_window_s),
-                )
-                .await;
+            self.cache.decr(&format!("login-fail-ip:{ip}")).await;
         }
+    }
+
+    /// Count an attempt on `user` before checking the secret (atomically, so parallel
+    /// attempts cannot all pass the lock check); refuse when locked or when attempts in
+    /// flight already reached the threshold. Returns the attempt's number.
+    async fn reserve_attempt(&self, user: &UserRow) -> Result<i64> {
+        let locked = || IdentityError::Locked {
+            retry_after_s: self.cfg.lockout_duration_s,
+        };
+        let Some(n) = self.store.reserve_attempt(&user.id, now_ms()).await? else {
+            return Err(locked());
+        };
+        if n > i64::from(self.cfg.lockout_threshold) {
+            let lock_ms = i64::try_from(self.cfg.lockout_duration_s * 1000).unwrap_or(i64::MAX / 2);
+            self.store.lock_user(&user.id, now_ms() + lock_ms).await?;
+            return Err(locked());
+        }
+        Ok(n)
     }
 
     fn lock_remaining_s(user: &UserRow) -> Option<u64> {
@@ -329,15 +350,24 @@ impl Identity {
     }
 
     /// A failed password or code for a known user: count it, maybe lock, audit.
-    async fn fail_login(&self, user: &UserRow, client: &ClientInfo, action: &str) -> IdentityError {
-        self.count_ip_failure(&client.ip).await;
-        let lock_ms = i64::try_from(self.cfg.lockout_duration_s * 1000).unwrap_or(i64::MAX);
-        match self
-            .store
-            .record_failed_login(&user.id, self.cfg.lockout_threshold, lock_ms)
-            .await
-        {
-            Ok(Some(_)) => {
+    async fn fail_login(
+        &self,
+        user: &UserRow,
+        client: &ClientInfo,
+        action: &str,
+        attempt: i64,
+    ) -> IdentityError {
+        let lock_ms = i64::try_from(self.cfg.lockout_duration_s * 1000).unwrap_or(i64::MAX / 2);
+        let lock = if attempt >= i64::from(self.cfg.lockout_threshold) {
+            self.store
+                .lock_user(&user.id, now_ms() + lock_ms)
+                .await
+                .map(Some)
+        } else {
+            Ok(None)
+        };
+        match lock {
+            Ok(Some(())) => {
                 self.audit(
                     &user.org_id,
                     &user.id,
@@ -400,6 +430,10 @@ impl Identity {
             .await;
             return Err(IdentityError::Locked { retry_after_s });
         }
+        let attempt = match &user {
+            Some(u) => self.reserve_attempt(u).await?,
+            None => 0,
+        };
         let ok = self
             .passwords
             .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
@@ -408,9 +442,8 @@ impl Identity {
             Some(u) if ok => u,
             other => {
                 return Err(match &other {
-                    Some(u) => self.fail_login(u, client, "auth.login").await,
+                    Some(u) => self.fail_login(u, client, "auth.login", attempt).await,
                     None => {
-                        self.count_ip_failure(&client.ip).await;
                         let shown: String = name.chars().take(64).collect();
                         self.audit(
                             "",
@@ -447,6 +480,9 @@ impl Identity {
                 serde_json::json!({"mfa_required": true}),
             )
             .await;
+            // The password was right: give the address its attempt back. The account's
+            // counter stays up until the second factor succeeds.
+            self.release_ip_attempt(&client.ip).await;
             return Ok(LoginOutcome::MfaRequired {
                 mfa_token,
                 expires_at_ms: i64::try_from(exp * 1000).unwrap_or(i64::MAX),
@@ -485,8 +521,11 @@ impl Identity {
         if !user.totp_enabled {
             return Err(IdentityError::InvalidMfaToken);
         }
+        let attempt = self.reserve_attempt(&user).await?;
         if !self.check_code(&user, code).await? {
-            return Err(self.fail_login(&user, client, "auth.login.totp").await);
+            return Err(self
+                .fail_login(&user, client, "auth.login.totp", attempt)
+                .await);
         }
         self.start_session(&user, client, "totp").await
     }
@@ -522,6 +561,7 @@ impl Identity {
         how: &str,
     ) -> Result<LoginOutcome> {
         self.store.clear_failures(&user.id).await?;
+        self.release_ip_attempt(&client.ip).await;
         let secret = random_secret(SESSION_PREFIX);
         let id = uuid::Uuid::now_v7().to_string();
         let expires_at_ms =
@@ -1011,12 +1051,14 @@ impl Identity {
             if let Some(retry_after_s) = Self::lock_remaining_s(&user) {
                 return Err(IdentityError::Locked { retry_after_s });
             }
+            let attempt = self.reserve_attempt(&user).await?;
             if !self
                 .passwords
                 .verify(current, Some(user.password_hash.clone()))
                 .await?
             {
-                self.fail_login(&user, client, "auth.password.change").await;
+                self.fail_login(&user, client, "auth.password.change", attempt)
+                    .await;
                 return Err(IdentityError::invalid("current_password", "does not match"));
             }
         }
@@ -1032,6 +1074,10 @@ impl Identity {
         self.store
             .revoke_sessions_of(&user.org_id, &user.id, keep)
             .await?;
+        if own {
+            self.store.clear_failures(&user.id).await?;
+            self.release_ip_attempt(&client.ip).await;
+        }
         self.cache
             .publish(REVOCATION_CHANNEL, &format!("user:{}", user.id))
             .await;

@@ -317,30 +317,29 @@ impl Store {
         Ok(rows.into_iter().map(user_from).collect())
     }
 
-    /// Count a failed login; lock the user when `threshold` is reached. Returns the
-    /// lock expiry when this failure locked the account.
-    pub async fn record_failed_login(
-        &self,
-        user_id: &str,
-        threshold: u32,
-        lock_for_ms: i64,
-    ) -> sqlx::Result<Option<i64>> {
-        let now = now_ms();
-        let until = now + lock_for_ms;
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "UPDATE identity_users SET \
-               failed_logins = CASE WHEN failed_logins + 1 >= $2 THEN 0 ELSE failed_logins + 1 END, \
-               locked_until_ms = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until_ms END, \
-               updated_at_ms = $4 \
-             WHERE id = $1 RETURNING failed_logins, locked_until_ms",
+    /// Count one attempt on a user that is not locked (atomically); returns the
+    /// attempt's number, or None when the user is locked.
+    pub async fn reserve_attempt(&self, user_id: &str, now: i64) -> sqlx::Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE identity_users SET failed_logins = failed_logins + 1, updated_at_ms = $2 \
+             WHERE id = $1 AND locked_until_ms <= $2 RETURNING failed_logins",
         )
         .bind(user_id)
-        .bind(i64::from(threshold))
-        .bind(until)
         .bind(now)
         .fetch_optional(self.db.pool())
         .await?;
-        Ok(row.and_then(|(_, locked)| (locked == until).then_some(locked)))
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Lock a user until `until_ms` and reset the attempt counter.
+    pub async fn lock_user(&self, user_id: &str, until_ms: i64) -> sqlx::Result<()> {
+        sqlx::query("UPDATE identity_users SET locked_until_ms = $2, failed_logins = 0, updated_at_ms = $3 WHERE id = $1")
+            .bind(user_id)
+            .bind(until_ms)
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
     }
 
     /// Clear failure counters after a good login or an admin unlock.

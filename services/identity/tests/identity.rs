@@ -536,3 +536,40 @@ async fn a_users_admin_cannot_take_over_a_more_privileged_account() {
         session(&e, "admin", "admin-password-1").await;
     }
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_slip_past_the_lockout() {
+    for backend in testing::backends() {
+        let e = env(backend, config()).await; // lockout_threshold = 3
+        let guesses = (0..12).map(|i| {
+            let identity = e.identity.clone();
+            let gateway = e.gateway.clone();
+            tokio::spawn(async move {
+                identity
+                    .login(&gateway, "admin", format!("wrong-password-{i}"), &client())
+                    .await
+            })
+        });
+        let results = futures::future::join_all(guesses).await;
+        let checked = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(IdentityError::InvalidCredentials))))
+            .count();
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(IdentityError::Locked { .. }))))
+            .count();
+        assert!(
+            checked <= 3,
+            "{backend:?}: {checked} guesses were checked against the password"
+        );
+        assert_eq!(checked + refused, 12);
+        // Locked now, even for the right password.
+        assert!(matches!(
+            e.identity
+                .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+                .await,
+            Err(IdentityError::Locked { .. })
+        ));
+    }
+}
