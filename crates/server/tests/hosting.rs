@@ -245,6 +245,19 @@ async fn static_sites_are_served_by_host() {
             metrics.contains("route=\"host:static\",method=\"GET\",status=\"200\""),
             "{metrics}"
         );
+        // The gateway's own local names cannot be taken by a binding, even with no API
+        // host configured.
+        for reserved in ["127.0.0.1", "localhost", "::1"] {
+            let (status, body) = s
+                .call(
+                    "POST",
+                    "/api/v1/bindings",
+                    &token,
+                    Some(json!({"host": reserved, "bucket": "site"})),
+                )
+                .await;
+            assert_eq!(status, 409, "{reserved}: {body}");
+        }
         // Disabled binding: the host no longer serves the site (here: falls back to the API).
         assert_eq!(
             s.call(

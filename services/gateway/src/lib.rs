@@ -389,7 +389,7 @@ async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = metrics::method_label(req.method()).to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
     state.metrics.observe(

@@ -52,6 +52,21 @@ impl Default for Metrics {
     }
 }
 
+/// A bounded label for an HTTP method: clients choose methods freely, and each label
+/// value is a series kept forever.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 impl Metrics {
     /// Count one answered request.
     pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {

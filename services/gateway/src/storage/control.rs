@@ -366,11 +366,7 @@ pub async fn create_binding(
     caller: Caller,
     ApiJson(body): ApiJson<CreateBinding>,
 ) -> Result<(StatusCode, Json<Binding>), ApiError> {
-    if state
-        .host_caches
-        .api_hosts
-        .contains(&super::host::normalise_host(&body.host))
-    {
+    if super::host::is_reserved(&state.host_caches, &body.host) {
         return Err(ApiError::new(
             lattice_core::ErrorCode::Conflict,
             format!(

@@ -90,6 +90,9 @@ pub struct HostCaches {
     pub tokens: moka::sync::Cache<[u8; 32], Arc<TokenGrant>>,
     /// Hosts that always get the API.
     pub api_hosts: std::collections::HashSet<String>,
+    /// Hosts a binding may never take, even with no API host configured: the names and
+    /// addresses this gateway is reached by locally.
+    pub reserved_hosts: std::collections::HashSet<String>,
     /// Whether the shared cache sees the storage service's invalidations (Redis, or
     /// storage in this process). Without that, mutable entries (host bindings, KV
     /// values) are not put there: only this process's short-lived cache holds them.
@@ -118,7 +121,13 @@ impl HostCaches {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(10))
                 .build(),
-            paths: moka::sync::Cache::builder().max_capacity(200_000).build(),
+            // Weighed by key size: any visitor can ask for new paths (404s included).
+            paths: moka::sync::Cache::builder()
+                .weigher(|k: &(String, String), _v: &Arc<Resolved>| {
+                    u32::try_from(k.0.len() + k.1.len() + 128).unwrap_or(u32::MAX)
+                })
+                .max_capacity(64 * 1024 * 1024)
+                .build(),
             blobs: moka::sync::Cache::builder()
                 .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
                 .max_capacity(cfg.static_cache_bytes)
@@ -128,6 +137,10 @@ impl HostCaches {
                 .time_to_live(Duration::from_secs(30))
                 .support_invalidation_closures()
                 .build(),
+            reserved_hosts: ["localhost".to_owned(), cfg.listen.ip().to_string()]
+                .into_iter()
+                .chain(cfg.tls_san.iter().map(|h| normalise_host(h)))
+                .collect(),
             api_hosts,
             shared_cache_coherent,
         }
@@ -137,6 +150,9 @@ impl HostCaches {
 /// Lowercase, without port or trailing dot; IPv6 without brackets.
 pub fn normalise_host(raw: &str) -> String {
     let raw = raw.trim();
+    if let Ok(ip) = raw.parse::<std::net::IpAddr>() {
+        return ip.to_string();
+    }
     let host = if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
@@ -158,6 +174,17 @@ fn request_host(req: &Request) -> String {
         .map(normalise_host)
         .or_else(|| req.uri().authority().map(|a| normalise_host(a.as_str())))
         .unwrap_or_default()
+}
+
+/// Whether a binding may not take `host`: an API host, a name or address the gateway
+/// is reached by locally, or any loopback or unspecified address.
+pub fn is_reserved(caches: &HostCaches, host: &str) -> bool {
+    let host = normalise_host(host);
+    caches.api_hosts.contains(&host)
+        || caches.reserved_hosts.contains(&host)
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 /// Forget a host's cached binding in this replica.
@@ -281,7 +308,7 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Ne
             };
             state.metrics.observe(
                 route,
-                method.as_str(),
+                crate::metrics::method_label(&method),
                 resp.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );
@@ -307,6 +334,10 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Ne
 /// segments dropped, a trailing `/` kept (directory), and refusals for `..`, encoded
 /// slashes or backslashes, NUL and invalid UTF-8.
 pub fn normalise_path(raw: &str) -> Result<String, &'static str> {
+    // Site paths are at most 1 KiB; percent-encoding triples that at most.
+    if raw.len() > 3 * 1024 + 16 {
+        return Err("the path is too long");
+    }
     let lower = raw.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
         return Err("encoded slashes, backslashes and NUL are not allowed in paths");
@@ -370,7 +401,10 @@ async fn resolve(
                 size: object.size,
                 content_type: object.content_type,
             };
-            if let Ok(bytes) = serde_json::to_vec(&resolved) {
+            // Misses are not shared: any visitor can ask for new paths.
+            if resolved.status != 404
+                && let Ok(bytes) = serde_json::to_vec(&resolved)
+            {
                 state
                     .cache
                     .set(&shared_key, &bytes, Duration::from_secs(3600))
@@ -882,6 +916,8 @@ mod tests {
         assert_eq!(normalise_host("example.com."), "example.com");
         assert_eq!(normalise_host("[::1]:8088"), "::1");
         assert_eq!(normalise_host("127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(normalise_host("::1"), "::1");
+        assert_eq!(normalise_host("2001:db8::1"), "2001:db8::1");
     }
 
     #[test]
