@@ -517,12 +517,16 @@ impl Store {
 
     /// Store a deployment and its file list in one transaction; optionally make it
     /// the bucket's active deployment in the same transaction (the pointer swap).
+    /// With `expected_active`, activation happens only if the bucket's active
+    /// deployment is still that one (compare-and-set: a derived edit never undoes a
+    /// concurrent one); on a mismatch nothing is stored and `Ok(false)` is returned.
     pub async fn insert_deployment(
         &self,
         d: &DeploymentRow,
         files: &[FileRow],
         activate: bool,
-    ) -> sqlx::Result<()> {
+        expected_active: Option<&str>,
+    ) -> sqlx::Result<bool> {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO storage_deployments (id, bucket_id, created_at_ms, created_by, file_count, total_bytes) \
@@ -547,13 +551,22 @@ impl Store {
                 .await?;
         }
         if activate {
-            sqlx::query("UPDATE storage_buckets SET active_deployment_id = $2 WHERE id = $1")
-                .bind(&d.bucket_id)
-                .bind(&d.id)
-                .execute(&mut *tx)
-                .await?;
+            let res = sqlx::query(
+                "UPDATE storage_buckets SET active_deployment_id = $2 WHERE id = $1 \
+                 AND ($3 = '-' OR COALESCE(active_deployment_id, '') = $3)",
+            )
+            .bind(&d.bucket_id)
+            .bind(&d.id)
+            .bind(expected_active.unwrap_or("-"))
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Deployments of a bucket, newest first.

@@ -665,3 +665,51 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
         );
     }
 }
+
+#[tokio::test]
+async fn concurrent_single_object_edits_never_lose_each_other() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let p = op("o1", &["*"]);
+        e.storage
+            .create_bucket(&p, "site", "static", "")
+            .await
+            .unwrap();
+        e.storage
+            .upload_deployment(&p, "site", vec![file("index.html", "x")], true, "")
+            .await
+            .unwrap();
+        let edits = (0..6).map(|i| {
+            let storage = e.storage.clone();
+            let p = p.clone();
+            tokio::spawn(async move {
+                storage
+                    .put_object(&p, "site", file(&format!("f{i}.txt"), "y"), "")
+                    .await
+            })
+        });
+        let results = futures::future::join_all(edits).await;
+        let won: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Ok(Ok(_))))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(Ok(_)) | Ok(Err(StorageError::Conflict(_))))),
+            "{backend:?}"
+        );
+        assert!(!won.is_empty());
+        // Every edit that was acknowledged is in the active site.
+        let (_, objects) = e.storage.list_objects(&p, "site", "").await.unwrap();
+        let paths: Vec<String> = objects.into_iter().map(|o| o.path).collect();
+        for i in won {
+            assert!(
+                paths.contains(&format!("f{i}.txt")),
+                "{backend:?}: f{i}.txt was acknowledged but lost: {paths:?}"
+            );
+        }
+    }
+}

@@ -86,6 +86,10 @@ impl Storage {
         action: &str,
         ip: &str,
     ) -> Result<(DeploymentRow, bool)> {
+        // A derived edit (single object) activates only over the deployment it was
+        // derived from; a whole deploy replaces whatever is active.
+        let derived = action.starts_with("static.object.");
+        let base = bucket.active_deployment_id.clone().unwrap_or_default();
         let d = DeploymentRow {
             id: uuid::Uuid::now_v7().to_string(),
             bucket_id: bucket.id.clone(),
@@ -98,7 +102,16 @@ impl Storage {
             file_count: i64::try_from(files.len()).unwrap_or(i64::MAX),
             total_bytes: files.iter().map(|f| f.size).sum(),
         };
-        self.store.insert_deployment(&d, &files, activate).await?;
+        let stored = self
+            .store
+            .insert_deployment(&d, &files, activate, derived.then_some(base.as_str()))
+            .await?;
+        if !stored {
+            return Err(StorageError::Conflict(format!(
+                "bucket {:?} changed during this edit; retry it",
+                bucket.name
+            )));
+        }
         if activate {
             self.bucket_hosts_changed(p, bucket).await?;
         }
