@@ -203,6 +203,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             }
             state.auth_cache.invalidate(&cache_key);
         }
+        let generation = state
+            .auth_generation
+            .load(std::sync::atomic::Ordering::SeqCst);
         let req = lattice_core::grpc::request(
             &state.internal,
             &state.service_principal,
@@ -251,7 +254,13 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             expires_at_ms: p.expires_at_ms,
             me_json: me_json.into(),
         });
-        state.auth_cache.insert(cache_key, verified.clone());
+        if state
+            .auth_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == generation
+        {
+            state.auth_cache.insert(cache_key, verified.clone());
+        }
         let caller = Caller {
             verified,
             client_ip: ip,
@@ -291,6 +300,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Drop every cached credential of `user_id` in this replica (after a change that
 /// identity also announces on the bus; this covers a replica without a shared bus).
 pub fn evict_user(state: &AppState, user_id: &str) {
+    state
+        .auth_generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let user_id = user_id.to_owned();
     if state
         .auth_cache
@@ -299,6 +311,12 @@ pub fn evict_user(state: &AppState, user_id: &str) {
     {
         state.auth_cache.invalidate_all();
     }
+}
+
+fn bump(state: &AppState) {
+    state
+        .auth_generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Evict cached credentials when identity announces a revocation. Runs until
@@ -312,7 +330,7 @@ pub async fn run_revocation_listener(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            msg = rx.recv() => match msg {
+            msg = rx.recv() => match msg.inspect_err(|_| bump(&state)).inspect(|_| bump(&state)) {
                 Ok(m) => {
                     let evict = m.clone();
                     let result = if let Some(user_id) = evict.strip_prefix("user:") {

@@ -59,6 +59,9 @@ pub struct AppState {
     pub service_principal: Principal,
     /// Verified credentials by credential hash.
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<caller::Verified>>,
+    /// Bumped by every eviction from `auth_cache`: a verification that started before
+    /// an eviction does not put its (possibly revoked) result back.
+    pub auth_generation: std::sync::atomic::AtomicU64,
     /// Cache/bus (readiness, revocations).
     pub cache: Cache,
     /// Settings.
@@ -122,6 +125,7 @@ impl Gateway {
             health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
             internal,
             service_principal: Principal::service("gateway"),
+            auth_generation: std::sync::atomic::AtomicU64::new(0),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(cfg.auth_cache_ttl_s))

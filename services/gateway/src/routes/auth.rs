@@ -271,6 +271,9 @@ pub async fn logout(
         .logout(caller.request(&state, pb::LogoutRequest {}))
         .await?;
     state
+        .auth_generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state
         .auth_cache
         .invalidate_entries_if({
             let id = caller.principal.credential_id.clone();

@@ -131,6 +131,9 @@ pub async fn revoke(
         .revoke_token(caller.request(&state, pb::RevokeTokenRequest { id: id.clone() }))
         .await?;
     state
+        .auth_generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state
         .auth_cache
         .invalidate_entries_if(move |_, c| c.principal.credential_id == id)
         .ok();
