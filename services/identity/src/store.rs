@@ -65,7 +65,12 @@ type UserTuple = (
     i64,
     i64,
 );
-const USER_COLS: &str = "id, org_id, username, password_hash, scopes, totp_sealed, totp_enabled, failed_logins, locked_until_ms, created_at_ms";
+/// Column list shared by the queries below (a literal, so queries stay `&'static str`).
+macro_rules! user_cols {
+    () => {
+        "id, org_id, username, password_hash, scopes, totp_sealed, totp_enabled, failed_logins, locked_until_ms, created_at_ms"
+    };
+}
 
 fn user_from(t: UserTuple) -> UserRow {
     UserRow {
@@ -274,9 +279,11 @@ impl Store {
 
     /// A user by login name (any org: usernames are global).
     pub async fn user_by_username(&self, username: &str) -> sqlx::Result<Option<UserRow>> {
-        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLS} FROM identity_users WHERE username = $1"
-        )))
+        let row: Option<UserTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM identity_users WHERE username = $1"
+        ))
         .bind(username)
         .fetch_optional(self.db.pool())
         .await?;
@@ -285,9 +292,11 @@ impl Store {
 
     /// A user by id within an org.
     pub async fn user(&self, org_id: &str, user_id: &str) -> sqlx::Result<Option<UserRow>> {
-        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLS} FROM identity_users WHERE org_id = $1 AND id = $2"
-        )))
+        let row: Option<UserTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM identity_users WHERE org_id = $1 AND id = $2"
+        ))
         .bind(org_id)
         .bind(user_id)
         .fetch_optional(self.db.pool())
@@ -297,9 +306,11 @@ impl Store {
 
     /// A user by id in whatever org (for MFA tokens, which name only the user).
     pub async fn user_any_org(&self, user_id: &str) -> sqlx::Result<Option<UserRow>> {
-        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLS} FROM identity_users WHERE id = $1"
-        )))
+        let row: Option<UserTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM identity_users WHERE id = $1"
+        ))
         .bind(user_id)
         .fetch_optional(self.db.pool())
         .await?;
@@ -308,9 +319,11 @@ impl Store {
 
     /// Every user of an org, by name.
     pub async fn list_users(&self, org_id: &str) -> sqlx::Result<Vec<UserRow>> {
-        let rows: Vec<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLS} FROM identity_users WHERE org_id = $1 ORDER BY username"
-        )))
+        let rows: Vec<UserTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM identity_users WHERE org_id = $1 ORDER BY username"
+        ))
         .bind(org_id)
         .fetch_all(self.db.pool())
         .await?;

@@ -51,7 +51,12 @@ pub struct BucketRow {
 }
 
 type BucketTuple = (String, String, String, String, Option<String>, i64);
-const BUCKET_COLS: &str = "id, org_id, name, surface, active_deployment_id, created_at_ms";
+/// Column list shared by the queries below (a literal, so queries stay `&'static str`).
+macro_rules! bucket_cols {
+    () => {
+        "id, org_id, name, surface, active_deployment_id, created_at_ms"
+    };
+}
 
 fn bucket(t: BucketTuple) -> BucketRow {
     BucketRow {
@@ -140,8 +145,13 @@ type BindingTuple = (
     i64,
     Option<String>,
 );
-const BINDING_SELECT: &str = "SELECT b.host, b.org_id, b.bucket_id, k.name, k.surface, b.enabled, b.created_at_ms, k.active_deployment_id \
-     FROM storage_bindings b JOIN storage_buckets k ON k.id = b.bucket_id";
+/// Column list shared by the queries below (a literal, so queries stay `&'static str`).
+macro_rules! binding_select {
+    () => {
+        "SELECT b.host, b.org_id, b.bucket_id, k.name, k.surface, b.enabled, b.created_at_ms, k.active_deployment_id \
+     FROM storage_bindings b JOIN storage_buckets k ON k.id = b.bucket_id"
+    };
+}
 
 fn binding(t: BindingTuple) -> BindingRow {
     BindingRow {
@@ -190,8 +200,12 @@ type TokenTuple = (
     i64,
     Option<i64>,
 );
-const TOKEN_COLS: &str =
-    "id, org_id, name, surface, access, buckets, created_at_ms, expires_at_ms, revoked_at_ms";
+/// Column list shared by the queries below (a literal, so queries stay `&'static str`).
+macro_rules! token_cols {
+    () => {
+        "id, org_id, name, surface, access, buckets, created_at_ms, expires_at_ms, revoked_at_ms"
+    };
+}
 
 fn token(t: TokenTuple) -> TokenRow {
     TokenRow {
@@ -261,9 +275,11 @@ impl Store {
 
     /// A bucket of the org by name.
     pub async fn bucket(&self, org_id: &str, name: &str) -> sqlx::Result<Option<BucketRow>> {
-        let row: Option<BucketTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BUCKET_COLS} FROM storage_buckets WHERE org_id = $1 AND name = $2"
-        )))
+        let row: Option<BucketTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            bucket_cols!(),
+            " FROM storage_buckets WHERE org_id = $1 AND name = $2"
+        ))
         .bind(org_id)
         .bind(name)
         .fetch_optional(self.db.pool())
@@ -273,9 +289,11 @@ impl Store {
 
     /// A bucket of the org by id.
     pub async fn bucket_by_id(&self, org_id: &str, id: &str) -> sqlx::Result<Option<BucketRow>> {
-        let row: Option<BucketTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BUCKET_COLS} FROM storage_buckets WHERE org_id = $1 AND id = $2"
-        )))
+        let row: Option<BucketTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            bucket_cols!(),
+            " FROM storage_buckets WHERE org_id = $1 AND id = $2"
+        ))
         .bind(org_id)
         .bind(id)
         .fetch_optional(self.db.pool())
@@ -289,9 +307,11 @@ impl Store {
         org_id: &str,
         surface: Option<&str>,
     ) -> sqlx::Result<Vec<BucketRow>> {
-        let rows: Vec<BucketTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BUCKET_COLS} FROM storage_buckets WHERE org_id = $1 AND ($2 = '' OR surface = $2) ORDER BY name"
-        )))
+        let rows: Vec<BucketTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            bucket_cols!(),
+            " FROM storage_buckets WHERE org_id = $1 AND ($2 = '' OR surface = $2) ORDER BY name"
+        ))
         .bind(org_id)
         .bind(surface.unwrap_or(""))
         .fetch_all(self.db.pool())
@@ -310,13 +330,11 @@ impl Store {
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-        for table in ["storage_bindings", "storage_kv"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE bucket_id = $1"
-            )))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for statement in [
+            "DELETE FROM storage_bindings WHERE bucket_id = $1",
+            "DELETE FROM storage_kv WHERE bucket_id = $1",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM storage_files WHERE deployment_id IN (SELECT id FROM storage_deployments WHERE bucket_id = $1)")
             .bind(id)
@@ -659,9 +677,10 @@ impl Store {
 
     /// The org's bindings, by host.
     pub async fn list_bindings(&self, org_id: &str) -> sqlx::Result<Vec<BindingRow>> {
-        let rows: Vec<BindingTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{BINDING_SELECT} WHERE b.org_id = $1 ORDER BY b.host"
-        )))
+        let rows: Vec<BindingTuple> = sqlx::query_as(concat!(
+            binding_select!(),
+            " WHERE b.org_id = $1 ORDER BY b.host"
+        ))
         .bind(org_id)
         .fetch_all(self.db.pool())
         .await?;
@@ -670,9 +689,10 @@ impl Store {
 
     /// One binding of the org.
     pub async fn binding(&self, org_id: &str, host: &str) -> sqlx::Result<Option<BindingRow>> {
-        let row: Option<BindingTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{BINDING_SELECT} WHERE b.org_id = $1 AND b.host = $2"
-        )))
+        let row: Option<BindingTuple> = sqlx::query_as(concat!(
+            binding_select!(),
+            " WHERE b.org_id = $1 AND b.host = $2"
+        ))
         .bind(org_id)
         .bind(host)
         .fetch_optional(self.db.pool())
@@ -682,12 +702,11 @@ impl Store {
 
     /// The binding of a host, in whatever org (serving).
     pub async fn resolve_host(&self, host: &str) -> sqlx::Result<Option<BindingRow>> {
-        let row: Option<BindingTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{BINDING_SELECT} WHERE b.host = $1"
-        )))
-        .bind(host)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let row: Option<BindingTuple> =
+            sqlx::query_as(concat!(binding_select!(), " WHERE b.host = $1"))
+                .bind(host)
+                .fetch_optional(self.db.pool())
+                .await?;
         Ok(row.map(binding))
     }
 
@@ -740,10 +759,12 @@ impl Store {
 
     /// Live tokens of the org, newest first.
     pub async fn list_tokens(&self, org_id: &str) -> sqlx::Result<Vec<TokenRow>> {
-        let rows: Vec<TokenTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLS} FROM storage_tokens WHERE org_id = $1 AND revoked_at_ms IS NULL \
+        let rows: Vec<TokenTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM storage_tokens WHERE org_id = $1 AND revoked_at_ms IS NULL \
              AND (expires_at_ms = 0 OR expires_at_ms > $2) ORDER BY id DESC"
-        )))
+        ))
         .bind(org_id)
         .bind(now_ms())
         .fetch_all(self.db.pool())
@@ -753,9 +774,11 @@ impl Store {
 
     /// A token of the org by id.
     pub async fn token(&self, org_id: &str, id: &str) -> sqlx::Result<Option<TokenRow>> {
-        let row: Option<TokenTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLS} FROM storage_tokens WHERE org_id = $1 AND id = $2"
-        )))
+        let row: Option<TokenTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM storage_tokens WHERE org_id = $1 AND id = $2"
+        ))
         .bind(org_id)
         .bind(id)
         .fetch_optional(self.db.pool())
@@ -765,9 +788,11 @@ impl Store {
 
     /// A token by the hash of its secret (serving).
     pub async fn token_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<TokenRow>> {
-        let row: Option<TokenTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLS} FROM storage_tokens WHERE secret_hash = $1"
-        )))
+        let row: Option<TokenTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM storage_tokens WHERE secret_hash = $1"
+        ))
         .bind(secret_hash)
         .fetch_optional(self.db.pool())
         .await?;
