@@ -124,16 +124,18 @@ enum Presented<'a> {
     Session(&'a str),
 }
 
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive,
+/// surrounding spaces trimmed), if the request has one.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn presented(parts: &Parts) -> Result<Presented<'_>, ApiError> {
-    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthenticated("Authorization must be \"Bearer <token>\""))?
-            .trim();
+    if parts.headers.contains_key(http::header::AUTHORIZATION) {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::unauthenticated("Authorization must be \"Bearer <token>\""))?;
         if token.is_empty() || token.len() > 512 {
             return Err(ApiError::unauthenticated("invalid or expired credential"));
         }

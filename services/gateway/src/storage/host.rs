@@ -691,15 +691,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         Ok(_) => return kv_error(StatusCode::BAD_REQUEST, C::BadRequest, "name a key: /{key}"),
         Err(m) => return kv_error(StatusCode::BAD_REQUEST, C::BadRequest, m),
     };
-    let Some(secret) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+    let Some(secret) = crate::caller::bearer(req.headers())
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
     else {

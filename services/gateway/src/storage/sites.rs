@@ -32,12 +32,7 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for SiteCaller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse as _;
-        let bearer = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+        let bearer = crate::caller::bearer(&parts.headers)
             .filter(|t| t.starts_with("lst_"))
             .map(str::to_owned);
         let Some(secret) = bearer else {
