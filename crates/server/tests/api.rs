@@ -112,64 +112,29 @@ async fn login_session_csrf_tokens_users_and_revocation() {
         .await;
         assert_eq!(status, 201, "{created}");
         let admin_token = created["token"].as_str().unwrap().to_owned();
-        let (_, list) = json(
-            s.http
-                .get(s.url("/api/v1/tokens"))
-                .bearer_auth(&admin_token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, list) = s.call("GET", "/api/v1/tokens", &admin_token, None).await;
         assert!(
             list["tokens"][0].get("token").is_none(),
             "secrets are never listed: {list}"
         );
 
         // Bearer: no CSRF needed.
-        let (status, me) = json(
-            s.http
-                .get(s.url("/api/v1/auth/me"))
-                .bearer_auth(&admin_token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, me) = s.call("GET", "/api/v1/auth/me", &admin_token, None).await;
         assert_eq!((status, me["auth_method"].as_str()), (200, Some("token")));
 
         // Users: create bob with narrow scopes.
-        let (status, bob) = json(
-            s.http
-                .post(s.url("/api/v1/users"))
-                .bearer_auth(&admin_token)
-                .json(&json!({"username": "bob", "password": "bob-password-123", "scopes": ["kv:read", "tokens:write"]}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, bob) = s.call("POST", "/api/v1/users", &admin_token, Some(json!({"username": "bob", "password": "bob-password-123", "scopes": ["kv:read", "tokens:write"]}))).await;
         assert_eq!(status, 201, "{bob}");
-        let (status, _) = json(
-            s.http
-                .post(s.url("/api/v1/users"))
-                .bearer_auth(&admin_token)
-                .json(&json!({"username": "bob", "password": "bob-password-123"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, _) = s
+            .call(
+                "POST",
+                "/api/v1/users",
+                &admin_token,
+                Some(json!({"username": "bob", "password": "bob-password-123"})),
+            )
+            .await;
         assert_eq!(status, 409);
-        let (_, users) = json(
-            s.http
-                .get(s.url("/api/v1/users"))
-                .bearer_auth(&admin_token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, users) = s.call("GET", "/api/v1/users", &admin_token, None).await;
         assert_eq!(users["users"].as_array().unwrap().len(), 2);
 
         // Bob's session: cannot list users, cannot mint a token beyond his scopes.
@@ -219,15 +184,7 @@ async fn login_session_csrf_tokens_users_and_revocation() {
             .unwrap()
             .status();
         assert_eq!(status, 204);
-        let (status, body) = json(
-            s.http
-                .get(s.url("/api/v1/auth/me"))
-                .bearer_auth(&admin_token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = s.call("GET", "/api/v1/auth/me", &admin_token, None).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"]["code"], "unauthenticated");
 
@@ -382,16 +339,14 @@ async fn bad_input_gets_precise_errors() {
             .unwrap()
             .contains("Content-Type")
     );
-    let (status, body) = json(
-        s.http
-            .post(s.url("/api/v1/users"))
-            .bearer_auth(&token)
-            .json(&json!({"username": "x".repeat(2_000_000), "password": "p"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = s
+        .call(
+            "POST",
+            "/api/v1/users",
+            &token,
+            Some(json!({"username": "x".repeat(2_000_000), "password": "p"})),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (413, Some("payload_too_large")),
@@ -428,15 +383,9 @@ async fn totp_login_is_two_steps_over_http() {
         let s = TestServer::start(backend).await;
         let token = s.admin_token(&["*"]).await;
         // An API token cannot change second-factor settings.
-        let (status, body) = json(
-            s.http
-                .post(s.url("/api/v1/auth/totp/enroll"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = s
+            .call("POST", "/api/v1/auth/totp/enroll", &token, None)
+            .await;
         assert_eq!(status, 403, "{body}");
         let (cookie, csrf) = s.login("admin", ADMIN_PASSWORD).await;
         let session = |path: &str| {
@@ -503,15 +452,7 @@ async fn totp_login_is_two_steps_over_http() {
         assert!(cookie.iter().any(|c| c.starts_with("lattice_session=")
             && c.contains("HttpOnly")
             && c.contains("SameSite=Lax")));
-        let (_, me) = json(
-            s.http
-                .get(s.url("/api/v1/auth/me"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, me) = s.call("GET", "/api/v1/auth/me", &token, None).await;
         assert_eq!(me["totp_enabled"], true);
         s.stop().await;
     }
@@ -544,16 +485,14 @@ async fn lockout_answers_429_with_retry_after_and_admin_unlocks() {
     )
     .await;
     let token = s.admin_token(&["*"]).await;
-    let (_, bob) = json(
-        s.http
-            .post(s.url("/api/v1/users"))
-            .bearer_auth(&token)
-            .json(&json!({"username": "bob", "password": "bob-password-123"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, bob) = s
+        .call(
+            "POST",
+            "/api/v1/users",
+            &token,
+            Some(json!({"username": "bob", "password": "bob-password-123"})),
+        )
+        .await;
     let login = |password: &'static str| {
         s.http
             .post(s.url("/api/v1/auth/login"))
@@ -573,15 +512,7 @@ async fn lockout_answers_429_with_retry_after_and_admin_unlocks() {
         .parse()
         .unwrap();
     assert!(retry > 0);
-    let (_, users) = json(
-        s.http
-            .get(s.url("/api/v1/users"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, users) = s.call("GET", "/api/v1/users", &token, None).await;
     let listed = users["users"]
         .as_array()
         .unwrap()
@@ -648,16 +579,14 @@ async fn password_change_ends_other_sessions_and_admin_can_reset() {
     for backend in testing::backends() {
         let s = TestServer::start(backend).await;
         let token = s.admin_token(&["*"]).await;
-        let (_, bob) = json(
-            s.http
-                .post(s.url("/api/v1/users"))
-                .bearer_auth(&token)
-                .json(&json!({"username": "bob", "password": "bob-password-123"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, bob) = s
+            .call(
+                "POST",
+                "/api/v1/users",
+                &token,
+                Some(json!({"username": "bob", "password": "bob-password-123"})),
+            )
+            .await;
         let (first, _) = s.login("bob", "bob-password-123").await;
         let (second, second_csrf) = s.login("bob", "bob-password-123").await;
         let change = |current: &str, new: &str| {
