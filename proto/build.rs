@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "lattice/identity/v1/identity.proto",
         "lattice/storage/v1/storage.proto",
+        "lattice/tasks/v1/tasks.proto",
+        "lattice/agent/v1/agent.proto",
+        "lattice/tunnel/v1/tunnel.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

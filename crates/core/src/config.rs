@@ -50,6 +50,56 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Storage service settings.
     pub storage: StorageConfig,
+    /// Task queue, audit log and outbox settings.
+    pub tasks: TasksConfig,
+    /// Agent streams and proxy tunnel settings.
+    pub tunnel: TunnelConfig,
+}
+
+/// Tasks service settings (queue, audit log, outbox push).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Internal gRPC listen address (never public).
+    pub listen: SocketAddr,
+    /// The tasks service's address when it runs in another process
+    /// (`http://host:port`); every other service sends its audit events there.
+    pub url: Option<String>,
+    /// A claimed task's lease; the agent's heartbeats extend it, seconds.
+    pub lease_s: u64,
+    /// Push outbox events to a webhook (`ASYNC_PUSH_ENABLED`).
+    pub async_push_enabled: bool,
+    /// Where events go (`ASYNC_PUSH_WEBHOOK_URL`).
+    pub async_push_webhook_url: Option<String>,
+    /// Sent with every push (`ASYNC_PUSH_AUTH_HEADER`): `Name: value`, or a bare
+    /// value sent as `Authorization`.
+    #[serde(skip_serializing)]
+    pub async_push_auth_header: Option<SecretString>,
+    /// Delivered outbox events are deleted after this long, seconds.
+    pub outbox_retention_s: u64,
+}
+
+/// Tunnel service settings (agent streams, nodes, the proxy).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Internal gRPC listen address (never public).
+    pub listen: SocketAddr,
+    /// The tunnel service's address when it runs in another process (the gateway
+    /// relays agent streams and proxied requests there).
+    pub url: Option<String>,
+    /// How other tunnel replicas reach this one (default `http://<listen>`).
+    pub advertise_url: Option<String>,
+    /// Agents heartbeat this often; three missed beats close the stream, seconds.
+    pub heartbeat_interval_s: u64,
+    /// Agents send a metrics sample this often, seconds.
+    pub metrics_interval_s: u64,
+    /// Metrics samples are kept this long, seconds.
+    pub metrics_retention_s: u64,
+    /// Log lines are kept this long, seconds.
+    pub logs_retention_s: u64,
+    /// Longest join token lifetime an operator may ask for, seconds.
+    pub join_token_max_ttl_s: u64,
 }
 
 /// Storage service settings.
@@ -159,6 +209,8 @@ struct Defaults {
     gateway: GatewayConfig,
     identity: IdentityConfig,
     storage: StorageConfig,
+    tasks: TasksConfig,
+    tunnel: TunnelConfig,
 }
 
 fn defaults() -> Defaults {
@@ -204,6 +256,25 @@ fn defaults() -> Defaults {
             objects_url: None,
             max_deployment_bytes: 256 * 1024 * 1024,
         },
+        tasks: TasksConfig {
+            listen: "127.0.0.1:8093".parse().expect("literal address"),
+            url: None,
+            lease_s: 30,
+            async_push_enabled: false,
+            async_push_webhook_url: None,
+            async_push_auth_header: None,
+            outbox_retention_s: 7 * 24 * 3600,
+        },
+        tunnel: TunnelConfig {
+            listen: "127.0.0.1:8094".parse().expect("literal address"),
+            url: None,
+            advertise_url: None,
+            heartbeat_interval_s: 10,
+            metrics_interval_s: 15,
+            metrics_retention_s: 24 * 3600,
+            logs_retention_s: 7 * 24 * 3600,
+            join_token_max_ttl_s: 7 * 24 * 3600,
+        },
     }
 }
 
@@ -224,6 +295,14 @@ pub struct Overrides {
     pub storage_listen: Option<String>,
     /// `--storage-url`.
     pub storage_url: Option<String>,
+    /// `--tasks-listen`.
+    pub tasks_listen: Option<String>,
+    /// `--tasks-url`.
+    pub tasks_url: Option<String>,
+    /// `--tunnel-listen`.
+    pub tunnel_listen: Option<String>,
+    /// `--tunnel-url`.
+    pub tunnel_url: Option<String>,
     /// `--log-level`.
     pub log_level: Option<String>,
     /// `--ops-listen`.
@@ -243,6 +322,10 @@ impl Overrides {
             ("gateway.identity_url", &self.identity_url),
             ("storage.listen", &self.storage_listen),
             ("gateway.storage_url", &self.storage_url),
+            ("tasks.listen", &self.tasks_listen),
+            ("tasks.url", &self.tasks_url),
+            ("tunnel.listen", &self.tunnel_listen),
+            ("tunnel.url", &self.tunnel_url),
             ("log_level", &self.log_level),
             ("ops_listen", &self.ops_listen),
         ] {
@@ -303,6 +386,9 @@ impl Config {
             ("MFA_TOKEN_SECRET", "mfa_token_secret"),
             ("CUSTOMER_DATA_KEY", "master_key"),
             ("MFA_ISSUER", "identity.mfa_issuer"),
+            ("ASYNC_PUSH_ENABLED", "tasks.async_push_enabled"),
+            ("ASYNC_PUSH_WEBHOOK_URL", "tasks.async_push_webhook_url"),
+            ("ASYNC_PUSH_AUTH_HEADER", "tasks.async_push_auth_header"),
         ];
         for (var, key) in conventional {
             let already = env
@@ -312,6 +398,16 @@ impl Config {
                 && !value.is_empty()
             {
                 origins.push((key.to_owned(), format!("environment variable {var}")));
+                let value = if key == "tasks.async_push_enabled" {
+                    // Seed 003 style flags: 1/0, true/false, yes/no, on/off.
+                    match value.to_ascii_lowercase().as_str() {
+                        "1" | "true" | "yes" | "on" => figment::value::Value::from(true),
+                        "0" | "false" | "no" | "off" => figment::value::Value::from(false),
+                        _ => figment::value::Value::from(value),
+                    }
+                } else {
+                    env_value(key, &value)
+                };
                 figment = figment.merge((key, value));
             }
         }
@@ -460,6 +556,48 @@ impl Config {
                 ));
             }
         }
+        for (field, url) in [
+            ("tasks.url", &self.tasks.url),
+            ("tunnel.url", &self.tunnel.url),
+            ("tunnel.advertise_url", &self.tunnel.advertise_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                errors.push(format!(
+                    "{field}: {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let t = &self.tasks;
+        if t.lease_s < 2 {
+            errors.push("tasks.lease_s: must be at least 2".into());
+        }
+        if t.async_push_enabled {
+            match &t.async_push_webhook_url {
+                None => errors.push(
+                    "tasks.async_push_webhook_url: required when async push is enabled (ASYNC_PUSH_WEBHOOK_URL)"
+                        .into(),
+                ),
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    errors.push(format!(
+                        "tasks.async_push_webhook_url: {:?} must start with http:// or https://",
+                        crate::db::redact_url(url)
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let tn = &self.tunnel;
+        if tn.heartbeat_interval_s == 0 {
+            errors.push("tunnel.heartbeat_interval_s: must be at least 1".into());
+        }
+        if tn.metrics_interval_s == 0 {
+            errors.push("tunnel.metrics_interval_s: must be at least 1".into());
+        }
+        if tn.join_token_max_ttl_s < 60 {
+            errors.push("tunnel.join_token_max_ttl_s: must be at least 60".into());
+        }
         let i = &self.identity;
         if i.ip_failure_limit == 0 {
             errors.push("identity.ip_failure_limit: must be at least 1".into());
@@ -556,6 +694,10 @@ const NOT_SERVER_CONFIG: &[&str] = &[
     "NEW_PASSWORD",
     "STORAGE_TOKEN",
     "TOTP_DISABLE_CODE",
+    "AGENT_CONFIG",
+    "AGENT_STATE_DIR",
+    "JOIN_TOKEN",
+    "SERVER",
 ];
 
 /// Keys whose values stay strings even when they look like numbers or booleans.
@@ -577,6 +719,11 @@ const STRING_KEYS: &[&str] = &[
     "gateway.tls_cert_file",
     "gateway.tls_key_file",
     "identity.mfa_issuer",
+    "tasks.url",
+    "tunnel.url",
+    "tunnel.advertise_url",
+    "tasks.async_push_webhook_url",
+    "tasks.async_push_auth_header",
 ];
 
 fn env_value(key: &str, raw: &str) -> figment::value::Value {

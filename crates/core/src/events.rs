@@ -16,3 +16,7 @@ pub fn kv_cache_key(bucket_id: &str, key: &str) -> String {
 pub fn host_cache_key(host: &str) -> String {
     format!("host:{host}")
 }
+
+/// Bus channel: a node has runnable tasks; the message is the node id. The tunnel
+/// replica holding that node's agent claims and pushes them.
+pub const TASKS_RUNNABLE_CHANNEL: &str = "tasks.runnable";

@@ -15,6 +15,7 @@ pub mod events;
 pub mod grpc;
 pub mod scope;
 pub mod shutdown;
+pub mod task_kinds;
 pub mod telemetry;
 pub mod time;
 

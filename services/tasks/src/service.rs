@@ -1,0 +1,346 @@
+//! The task queue and audit log behind the gRPC adapter: scope checks, validation,
+//! and the wake-ups that push work to agents as soon as it is queued.
+
+use std::sync::Arc;
+
+use lattice_core::audit::{AuditEvent, Outcome};
+use lattice_core::auth::Principal;
+use lattice_core::cache::Cache;
+use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
+use lattice_core::task_kinds;
+
+use crate::error::TaskError;
+use crate::store::{AuditEntry, Completion, NewTask, Store, TaskRow, Verification};
+
+/// The service that may claim tasks and record results for agents.
+pub const TUNNEL_PRINCIPAL: &str = "service:tunnel";
+
+/// States a task can be in.
+pub const STATES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",
+];
+
+/// The tasks service.
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    store: Store,
+    cache: Cache,
+    lease_ms: i64,
+    /// Wakes the chainer when events are queued.
+    pub(crate) chain_wake: Arc<tokio::sync::Notify>,
+}
+
+/// What the caller asked to enqueue.
+#[derive(Debug, Clone)]
+pub struct EnqueueInput {
+    pub node_id: String,
+    pub kind: String,
+    pub payload_json: String,
+    pub idempotency_key: String,
+    pub max_attempts: i64,
+}
+
+fn require(p: &Principal, scope: &str) -> Result<(), TaskError> {
+    if p.allows(scope) {
+        Ok(())
+    } else {
+        Err(TaskError::MissingScope(scope.into()))
+    }
+}
+
+fn require_service(p: &Principal, who: &str) -> Result<(), TaskError> {
+    if p.is_service() && p.sub == who {
+        Ok(())
+    } else {
+        Err(TaskError::Forbidden(format!("only {who} may call this")))
+    }
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), TaskError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(TaskError::Invalid(format!("{field}: {id:?} is not an id")));
+    }
+    Ok(())
+}
+
+impl Tasks {
+    /// A service over `store`; claims hold a lease of `lease_ms`.
+    pub fn new(store: Store, cache: Cache, lease_ms: i64) -> Self {
+        Self {
+            store,
+            cache,
+            lease_ms,
+            chain_wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The store (background loops).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The lease a claim gets.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    /// Tell the replica holding `node`'s agent that it has work.
+    pub async fn notify_runnable(&self, node: &str) {
+        self.cache.publish(TASKS_RUNNABLE_CHANNEL, node).await;
+    }
+
+    /// Enqueue a task (`tasks:write`).
+    pub async fn enqueue(
+        &self,
+        p: &Principal,
+        client_ip: &str,
+        input: EnqueueInput,
+    ) -> Result<(TaskRow, bool), TaskError> {
+        require(p, "tasks:write")?;
+        check_id("node", &input.node_id)?;
+        let spec = task_kinds::spec(&input.kind).ok_or_else(|| {
+            TaskError::Invalid(format!(
+                "kind: unknown task kind {:?} (known: {})",
+                input.kind,
+                task_kinds::KINDS
+                    .iter()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let payload: serde_json::Value = if input.payload_json.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&input.payload_json)
+                .map_err(|e| TaskError::Invalid(format!("payload: not JSON: {e}")))?
+        };
+        if input.payload_json.len() > 64 * 1024 {
+            return Err(TaskError::Invalid("payload: at most 64 KiB".into()));
+        }
+        task_kinds::validate_payload(spec.name, &payload).map_err(TaskError::Invalid)?;
+        let key = input.idempotency_key.trim();
+        if key.len() > 200 {
+            return Err(TaskError::Invalid(
+                "idempotency_key: at most 200 characters".into(),
+            ));
+        }
+        let max_attempts = match input.max_attempts {
+            0 => spec.default_max_attempts,
+            n @ 1..=20 => n,
+            _ => return Err(TaskError::Invalid("max_attempts: must be 1..20".into())),
+        };
+        let new = NewTask {
+            org_id: p.org_id.clone(),
+            node_id: input.node_id.clone(),
+            kind: spec.name.into(),
+            payload: payload.to_string(),
+            idempotency_key: (!key.is_empty()).then(|| key.to_owned()),
+            exclusive: spec.exclusive,
+            max_attempts,
+            created_by: p.sub.clone(),
+        };
+        let audit = AuditEvent {
+            org_id: p.org_id.clone(),
+            actor: p.sub.clone(),
+            action: "task.create".into(),
+            target: String::new(),
+            outcome: Outcome::Success,
+            client_ip: client_ip.into(),
+            detail: serde_json::json!({"node_id": input.node_id, "kind": spec.name}).to_string(),
+        };
+        let (row, created) = self.store.enqueue(&new, &audit).await?;
+        if created {
+            self.chain_wake.notify_one();
+            self.notify_runnable(&row.node_id).await;
+        }
+        Ok((row, created))
+    }
+
+    /// One task (`tasks:read`).
+    pub async fn get(&self, p: &Principal, id: &str) -> Result<TaskRow, TaskError> {
+        check_id("id", id)?;
+        if p.is_service() {
+            return self.store.get(None, id).await;
+        }
+        require(p, "tasks:read")?;
+        self.store.get(Some(&p.org_id), id).await
+    }
+
+    /// Tasks of the caller's org, newest first (`tasks:read`).
+    pub async fn list(
+        &self,
+        p: &Principal,
+        node: &str,
+        state: &str,
+        before: &str,
+        limit: i64,
+    ) -> Result<Vec<TaskRow>, TaskError> {
+        require(p, "tasks:read")?;
+        if !node.is_empty() {
+            check_id("node", node)?;
+        }
+        if !before.is_empty() {
+            check_id("before", before)?;
+        }
+        if !state.is_empty() && !STATES.contains(&state) {
+            return Err(TaskError::Invalid(format!(
+                "state: {state:?} is not one of {}",
+                STATES.join(", ")
+            )));
+        }
+        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
+        self.store.list(&p.org_id, node, state, before, limit).await
+    }
+
+    /// Cancel (`tasks:write`).
+    pub async fn cancel(
+        &self,
+        p: &Principal,
+        client_ip: &str,
+        id: &str,
+    ) -> Result<TaskRow, TaskError> {
+        require(p, "tasks:write")?;
+        check_id("id", id)?;
+        let audit = AuditEvent {
+            org_id: p.org_id.clone(),
+            actor: p.sub.clone(),
+            action: "task.cancel".into(),
+            target: id.into(),
+            outcome: Outcome::Success,
+            client_ip: client_ip.into(),
+            detail: "{}".into(),
+        };
+        let row = self.store.cancel(&p.org_id, id, &audit).await?;
+        self.chain_wake.notify_one();
+        Ok(row)
+    }
+
+    /// Claim work for an agent (tunnel service only).
+    pub async fn claim(
+        &self,
+        p: &Principal,
+        node: &str,
+        max: i64,
+    ) -> Result<Vec<TaskRow>, TaskError> {
+        require_service(p, TUNNEL_PRINCIPAL)?;
+        check_id("node_id", node)?;
+        self.store
+            .claim(node, max.clamp(1, 64), self.lease_ms)
+            .await
+    }
+
+    /// Extend leases (tunnel service only).
+    pub async fn heartbeat(
+        &self,
+        p: &Principal,
+        node: &str,
+        leases: &[(String, i64)],
+    ) -> Result<Vec<(String, i64)>, TaskError> {
+        require_service(p, TUNNEL_PRINCIPAL)?;
+        check_id("node_id", node)?;
+        if leases.len() > 1024 {
+            return Err(TaskError::Invalid("leases: at most 1024".into()));
+        }
+        self.store.heartbeat(node, leases, self.lease_ms).await
+    }
+
+    /// Record a result (tunnel service only); fenced by epoch.
+    pub async fn complete(&self, p: &Principal, c: Completion) -> Result<TaskRow, TaskError> {
+        require_service(p, TUNNEL_PRINCIPAL)?;
+        check_id("task_id", &c.task_id)?;
+        check_id("node_id", &c.node_id)?;
+        if c.result.len() > 1024 * 1024 {
+            return Err(TaskError::Invalid("result_json: at most 1 MiB".into()));
+        }
+        if !c.result.is_empty() && serde_json::from_str::<serde_json::Value>(&c.result).is_err() {
+            return Err(TaskError::Invalid("result_json: not JSON".into()));
+        }
+        let audit = AuditEvent {
+            org_id: String::new(),
+            actor: format!("node:{}", c.node_id),
+            action: String::new(),
+            target: c.task_id.clone(),
+            outcome: if c.ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+            client_ip: String::new(),
+            detail: serde_json::json!({"epoch": c.epoch, "error_code": c.error_code}).to_string(),
+        };
+        let result = self.store.complete(&c, &audit).await;
+        self.chain_wake.notify_one();
+        let row = result?;
+        // The next task of this kind may run now.
+        self.notify_runnable(&row.node_id).await;
+        Ok(row)
+    }
+
+    /// Queue audit events from another service (service principals only).
+    pub async fn append_audit(
+        &self,
+        p: &Principal,
+        events: Vec<(String, i64, AuditEvent)>,
+    ) -> Result<u64, TaskError> {
+        if !p.is_service() {
+            return Err(TaskError::Forbidden(
+                "only internal services append audit events".into(),
+            ));
+        }
+        if events.len() > 1000 {
+            return Err(TaskError::Invalid("events: at most 1000 per call".into()));
+        }
+        for (id, at, e) in &events {
+            check_id("event_id", id)?;
+            if *at <= 0 {
+                return Err(TaskError::Invalid(format!("event {id}: at_ms must be set")));
+            }
+            if e.action.is_empty() || e.actor.is_empty() {
+                return Err(TaskError::Invalid(format!(
+                    "event {id}: actor and action are required"
+                )));
+            }
+            if e.detail.len() > 64 * 1024 {
+                return Err(TaskError::Invalid(format!(
+                    "event {id}: detail is over 64 KiB"
+                )));
+            }
+        }
+        let n = self.store.append_audit(&events).await?;
+        // Chain now, so a reader right after an action sees it.
+        self.store.chain_pending(10_000).await?;
+        Ok(n)
+    }
+
+    /// Read the chain (`audit:read`): the caller's org (a `*` principal also sees
+    /// events that belong to no org, such as failed logins of unknown users).
+    pub async fn list_audit(
+        &self,
+        p: &Principal,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, TaskError> {
+        require(p, "audit:read")?;
+        // Whatever is queued is chained first, so the reader sees every event so far.
+        self.store.chain_pending(10_000).await?;
+        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
+        let everything = p.scopes.iter().any(|s| s == "*");
+        self.store
+            .list_audit(Some(&p.org_id), everything, after.max(0), limit)
+            .await
+    }
+
+    /// Walk the chain (`audit:read`).
+    pub async fn verify_audit(&self, p: &Principal) -> Result<Verification, TaskError> {
+        require(p, "audit:read")?;
+        self.store.chain_pending(10_000).await?;
+        self.store.verify_audit().await
+    }
+}

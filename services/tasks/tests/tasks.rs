@@ -1,0 +1,523 @@
+//! The task queue, audit chain and outbox, written once and run on SQLite always and
+//! on Postgres when `LATTICE_TEST_DATABASE_URL` is set.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lattice_core::audit::{AuditEvent, Outcome};
+use lattice_core::auth::{AuthMethod, Principal};
+use lattice_core::cache::Cache;
+use lattice_core::db::{self, Backend, Db, testing};
+use lattice_tasks::service::EnqueueInput;
+use lattice_tasks::store::{Completion, Store};
+use lattice_tasks::{TaskError, Tasks};
+
+struct Env {
+    tasks: Tasks,
+    db: Db,
+    _guard: Option<testing::tempfile_guard::Guard>,
+}
+
+async fn env(backend: Backend, lease_ms: i64, outbox: bool) -> Env {
+    let (db, guard) = testing::fresh(backend).await;
+    db::migrate(&db, &lattice_tasks::migration_sets(), true)
+        .await
+        .unwrap();
+    let tasks = Tasks::new(Store::new(db.clone(), outbox), Cache::local(), lease_ms);
+    Env {
+        tasks,
+        db,
+        _guard: guard,
+    }
+}
+
+fn op(scopes: &[&str]) -> Principal {
+    Principal {
+        sub: "user-1".into(),
+        username: "alice".into(),
+        org_id: "org-1".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        auth: AuthMethod::Token,
+        credential_id: "t".into(),
+    }
+}
+
+fn tunnel() -> Principal {
+    Principal::service("tunnel")
+}
+
+fn exec(node: &str, key: &str) -> EnqueueInput {
+    EnqueueInput {
+        node_id: node.into(),
+        kind: "exec".into(),
+        payload_json: r#"{"argv":["uptime"]}"#.into(),
+        idempotency_key: key.into(),
+        max_attempts: 0,
+    }
+}
+
+fn done(id: &str, epoch: i64, node: &str) -> Completion {
+    Completion {
+        task_id: id.into(),
+        epoch,
+        node_id: node.into(),
+        ok: true,
+        result: r#"{"exit_code":0}"#.into(),
+        error_code: String::new(),
+        error: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn enqueue_validates_and_deduplicates() {
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, false).await;
+        let w = op(&["tasks:write"]);
+        let (t, created) = e
+            .tasks
+            .enqueue(&w, "10.0.0.1", exec("node-1", "k1"))
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(t.state, "queued");
+        assert_eq!(t.max_attempts, 3);
+        let (again, created) = e.tasks.enqueue(&w, "", exec("node-1", "k1")).await.unwrap();
+        assert!(!created, "{backend:?}: same key, same task");
+        assert_eq!(again.id, t.id);
+
+        let mut bad = exec("node-1", "");
+        bad.kind = "reboot".into();
+        let err = e.tasks.enqueue(&w, "", bad).await.unwrap_err();
+        assert!(err.to_string().starts_with("kind:"), "{err}");
+        let mut bad = exec("node-1", "");
+        bad.payload_json = r#"{"argv":[]}"#.into();
+        assert!(
+            matches!(e.tasks.enqueue(&w, "", bad).await, Err(TaskError::Invalid(m)) if m.contains("payload.argv"))
+        );
+        let mut bad = exec("node 1; drop", "");
+        bad.payload_json = "{}".into();
+        assert!(matches!(
+            e.tasks.enqueue(&w, "", bad).await,
+            Err(TaskError::Invalid(_))
+        ));
+
+        // Forbidden calls are refused.
+        let r = op(&["tasks:read"]);
+        assert!(
+            matches!(e.tasks.enqueue(&r, "", exec("node-1", "")).await, Err(TaskError::MissingScope(s)) if s == "tasks:write")
+        );
+        assert!(matches!(
+            e.tasks.claim(&w, "node-1", 1).await,
+            Err(TaskError::Forbidden(_))
+        ));
+        assert!(matches!(
+            e.tasks
+                .claim(&Principal::service("storage"), "node-1", 1)
+                .await,
+            Err(TaskError::Forbidden(_))
+        ));
+        assert!(matches!(
+            e.tasks.list_audit(&w, 0, 10).await,
+            Err(TaskError::MissingScope(_))
+        ));
+        assert!(matches!(
+            e.tasks.append_audit(&w, vec![]).await,
+            Err(TaskError::Forbidden(_))
+        ));
+
+        // Other orgs see nothing.
+        let mut other = op(&["*"]);
+        other.org_id = "org-2".into();
+        assert!(matches!(
+            e.tasks.get(&other, &t.id).await,
+            Err(TaskError::NotFound(_))
+        ));
+        assert!(
+            e.tasks
+                .list(&other, "", "", "", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            e.tasks
+                .list(&r, "node-1", "queued", "", 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn claims_are_exclusive_per_kind_and_fenced_by_epoch() {
+    for backend in testing::backends() {
+        let e = env(backend, 300, false).await;
+        let w = op(&["tasks:write"]);
+        let (t1, _) = e.tasks.enqueue(&w, "", exec("node-a", "")).await.unwrap();
+        let mut facts = exec("node-a", "");
+        facts.kind = "facts.refresh".into();
+        facts.payload_json = "{}".into();
+        let (t2, _) = e.tasks.enqueue(&w, "", exec("node-a", "")).await.unwrap();
+        let (t3, _) = e.tasks.enqueue(&w, "", facts).await.unwrap();
+
+        // One exec at a time; the facts task runs alongside it.
+        let claimed = e.tasks.claim(&tunnel(), "node-a", 10).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, vec![t1.id.as_str(), t3.id.as_str()], "{backend:?}");
+        assert_eq!(claimed[0].epoch, 1);
+        assert!(
+            e.tasks
+                .claim(&tunnel(), "node-a", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Heartbeats keep the lease; a wrong epoch is reported stale.
+        let stale = e
+            .tasks
+            .heartbeat(
+                &tunnel(),
+                "node-a",
+                &[(t1.id.clone(), 1), (t3.id.clone(), 7)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(stale, vec![(t3.id.clone(), 7)]);
+
+        // The agent goes quiet: the lease runs out and the task is rescued.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let nodes = e.tasks.store().rescue_expired(1).await.unwrap();
+        assert!(nodes.contains(&"node-a".to_owned()));
+        let rescued = e.tasks.get(&w, &t1.id).await.unwrap();
+        assert_eq!(
+            (rescued.state.as_str(), rescued.error_code.as_str()),
+            ("queued", "lease_expired")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let again = e.tasks.claim(&tunnel(), "node-a", 10).await.unwrap();
+        let rerun = again
+            .iter()
+            .find(|t| t.id == t1.id)
+            .expect("rescued task runs again");
+        assert_eq!(rerun.epoch, 2);
+
+        // The first run's late result is refused by the fence; the second run's counts.
+        let late = e
+            .tasks
+            .complete(&tunnel(), done(&t1.id, 1, "node-a"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&late, TaskError::Fenced(m) if m.contains("epoch 1")),
+            "{late}"
+        );
+        let ok = e
+            .tasks
+            .complete(&tunnel(), done(&t1.id, 2, "node-a"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ok.state.as_str(), ok.epoch, ok.attempts),
+            ("succeeded", 2, 2)
+        );
+        // A result for another node's task is not found.
+        assert!(matches!(
+            e.tasks.complete(&tunnel(), done(&t2.id, 1, "node-b")).await,
+            Err(TaskError::NotFound(_))
+        ));
+        // Now the second exec may run.
+        let next = e.tasks.claim(&tunnel(), "node-a", 10).await.unwrap();
+        assert!(next.iter().any(|t| t.id == t2.id), "{backend:?}: {next:?}");
+
+        // The audit log saw the rejection.
+        let admin = op(&["*"]);
+        let log = e.tasks.list_audit(&admin, 0, 100).await.unwrap();
+        let actions: Vec<_> = log.iter().map(|x| x.event.action.as_str()).collect();
+        for a in [
+            "task.create",
+            "task.rescued",
+            "task.result_rejected",
+            "task.succeeded",
+        ] {
+            assert!(
+                actions.contains(&a),
+                "{backend:?}: {a} missing from {actions:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn last_attempt_goes_dead_and_cancel_stops_work() {
+    for backend in testing::backends() {
+        let e = env(backend, 100, false).await;
+        let w = op(&["tasks:write", "tasks:read"]);
+        let mut once = exec("node-d", "");
+        once.max_attempts = 1;
+        let (t, _) = e.tasks.enqueue(&w, "", once).await.unwrap();
+        assert_eq!(
+            e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap().len(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        e.tasks.store().rescue_expired(1).await.unwrap();
+        let dead = e.tasks.get(&w, &t.id).await.unwrap();
+        assert_eq!(dead.state, "dead", "{backend:?}");
+        assert!(dead.error.contains("giving up"), "{}", dead.error);
+
+        let (c, _) = e.tasks.enqueue(&w, "", exec("node-d", "")).await.unwrap();
+        let claimed = e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap();
+        let cancelled = e.tasks.cancel(&w, "", &c.id).await.unwrap();
+        assert_eq!(cancelled.state, "cancelled");
+        // The running agent learns on its next heartbeat, and its result is refused.
+        let stale = e
+            .tasks
+            .heartbeat(&tunnel(), "node-d", &[(c.id.clone(), claimed[0].epoch)])
+            .await
+            .unwrap();
+        assert_eq!(stale.len(), 1);
+        assert!(matches!(
+            e.tasks
+                .complete(&tunnel(), done(&c.id, claimed[0].epoch, "node-d"))
+                .await,
+            Err(TaskError::Fenced(_))
+        ));
+        let err = e.tasks.cancel(&w, "", &c.id).await.unwrap_err();
+        assert!(
+            matches!(&err, TaskError::Conflict(m) if m.contains("already cancelled")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_task() {
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, false).await;
+        let w = op(&["tasks:write"]);
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let mut f = exec(&format!("node-{}", i % 4), "");
+            f.kind = "facts.refresh".into();
+            f.payload_json = "{}".into();
+            // facts.refresh is exclusive per node: finish each claimed one.
+            ids.push(e.tasks.enqueue(&w, "", f).await.unwrap().0.id);
+        }
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        for worker in 0..8 {
+            let tasks = e.tasks.clone();
+            let seen = seen.clone();
+            handles.push(tokio::spawn(async move {
+                let node = format!("node-{}", worker % 4);
+                for _ in 0..200 {
+                    let got = tasks.claim(&tunnel(), &node, 4).await.unwrap();
+                    if got.is_empty() {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    for t in got {
+                        seen.lock().unwrap().push(t.id.clone());
+                        tasks
+                            .complete(&tunnel(), done(&t.id, t.epoch, &node))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(before, seen.len(), "{backend:?}: a task was claimed twice");
+        assert_eq!(seen.len(), ids.len(), "{backend:?}: every task ran");
+    }
+}
+
+fn event(i: usize) -> (String, i64, AuditEvent) {
+    (
+        uuid::Uuid::now_v7().to_string(),
+        1_700_000_000_000 + i as i64,
+        AuditEvent {
+            org_id: "org-1".into(),
+            actor: "user-1".into(),
+            action: "auth.login".into(),
+            target: "user-1".into(),
+            outcome: Outcome::Success,
+            client_ip: "10.0.0.9".into(),
+            detail: "{}".into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn audit_chain_verifies_and_detects_edits() {
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, false).await;
+        let svc = Principal::service("identity");
+        let events: Vec<_> = (0..25).map(event).collect();
+        assert_eq!(
+            e.tasks.append_audit(&svc, events.clone()).await.unwrap(),
+            25
+        );
+        // The same event ids again are recorded once.
+        assert_eq!(
+            e.tasks
+                .append_audit(&svc, events[..5].to_vec())
+                .await
+                .unwrap(),
+            0
+        );
+        let admin = op(&["audit:read"]);
+        let v = e.tasks.verify_audit(&admin).await.unwrap();
+        assert_eq!((v.entries, v.broken.clone()), (25, None), "{backend:?}");
+        let page = e.tasks.list_audit(&admin, 10, 5).await.unwrap();
+        assert_eq!(
+            page.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![11, 12, 13, 14, 15]
+        );
+        assert_eq!(
+            page[0].prev_hash,
+            e.tasks.list_audit(&admin, 9, 1).await.unwrap()[0].hash
+        );
+
+        // Someone with database access edits an entry: verify names it.
+        sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 7")
+            .execute(e.db.pool())
+            .await
+            .unwrap();
+        let v = e.tasks.verify_audit(&admin).await.unwrap();
+        let (seq, why) = v.broken.expect("edit detected");
+        assert_eq!(seq, 7, "{backend:?}");
+        assert!(why.contains("edited"), "{why}");
+        // Recomputing that entry's hash moves the break to the next link.
+        let entry = e
+            .tasks
+            .list_audit(&op(&["*"]), 6, 1)
+            .await
+            .unwrap()
+            .remove(0);
+        let forged = lattice_tasks::store::entry_hash(
+            &entry.prev_hash,
+            7,
+            &entry.event_id,
+            entry.at_ms,
+            &entry.event,
+        );
+        sqlx::query("UPDATE audit_log SET hash = $1 WHERE seq = 7")
+            .bind(&forged)
+            .execute(e.db.pool())
+            .await
+            .unwrap();
+        let v = e.tasks.verify_audit(&admin).await.unwrap();
+        assert_eq!(v.broken.unwrap().0, 8, "{backend:?}");
+        // Dropping the newest entries is caught by the head.
+        let e2 = env(backend, 30_000, false).await;
+        e2.tasks
+            .append_audit(&svc, (0..3).map(event).collect())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+            .execute(e2.db.pool())
+            .await
+            .unwrap();
+        let v = e2.tasks.verify_audit(&admin).await.unwrap();
+        assert!(v.broken.unwrap().1.contains("removed"), "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn outbox_pushes_at_least_once_with_retries() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, true).await;
+        // A webhook that fails its first two calls.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let got = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+        let app = {
+            let (calls, got) = (calls.clone(), got.clone());
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |headers: http::HeaderMap, body: String| {
+                    let (calls, got) = (calls.clone(), got.clone());
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                            return http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let h = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        got.lock()
+                            .unwrap()
+                            .push((h("x-lattice-event-id"), h("x-api-key"), body));
+                        http::StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let w = op(&["tasks:write"]);
+        let (t, _) = e.tasks.enqueue(&w, "", exec("node-o", "")).await.unwrap();
+        let target = lattice_tasks::outbox::PushTarget {
+            url: format!("http://{addr}/hook"),
+            auth: Some(lattice_tasks::outbox::parse_auth_header("X-Api-Key: s3cret").unwrap()),
+        };
+        let client = reqwest::Client::builder().build().unwrap();
+        for _ in 0..3 {
+            lattice_tasks::outbox::push_once(e.tasks.store(), &target, &client)
+                .await
+                .unwrap();
+            // Failed events come back due after their backoff (1-2 s at first).
+            sqlx::query("UPDATE outbox SET next_attempt_ms = 0 WHERE delivered_at_ms = 0")
+                .execute(e.db.pool())
+                .await
+                .unwrap();
+        }
+        let got = got.lock().unwrap().clone();
+        assert_eq!(
+            got.len(),
+            1,
+            "{backend:?}: one event, delivered once after two failures"
+        );
+        let (id, key, body) = &got[0];
+        assert!(!id.is_empty());
+        assert_eq!(key, "s3cret");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["type"], "task.create");
+        assert_eq!(body["target"], t.id.as_str());
+        assert_eq!(body["id"], id.as_str());
+        let (attempts, err): (i64, String) =
+            sqlx::query_as("SELECT attempts, last_error FROM outbox WHERE id = $1")
+                .bind(id)
+                .fetch_one(e.db.pool())
+                .await
+                .unwrap();
+        assert_eq!((attempts, err.as_str()), (3, ""));
+    }
+}
+
+#[test]
+fn auth_header_forms() {
+    let (n, v) = lattice_tasks::outbox::parse_auth_header("Bearer abc").unwrap();
+    assert_eq!(
+        (n.as_str(), v.to_str().unwrap()),
+        ("authorization", "Bearer abc")
+    );
+    let (n, _) = lattice_tasks::outbox::parse_auth_header("X-Token: abc").unwrap();
+    assert_eq!(n.as_str(), "x-token");
+}
