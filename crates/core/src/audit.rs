@@ -1,7 +1,7 @@
 //! The audit interface. Services record every mutation and auth event through an
-//! [`AuditSink`]; where the events are kept is the sink's business (today a table of
-//! the recording service, later the tasks service's hash-chained log), so callers
-//! never change when the log moves.
+//! [`AuditSink`]. A service writes to its own `*_audit` table (so recording never
+//! waits on another service and a crash loses nothing); the server forwards those
+//! rows to the tasks service's hash-chained log and deletes them once acknowledged.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -54,11 +54,12 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
 }
 
 /// Records events in an `*_audit` table of the recording service's own database
-/// (columns: id, org_id, at_ms, actor, action, target, outcome, client_ip, detail),
-/// until the tasks service owns the hash-chained log.
+/// (columns: id, org_id, at_ms, actor, action, target, outcome, client_ip, detail):
+/// the service's outbox towards the central hash-chained log.
 #[derive(Debug, Clone)]
 pub struct TableAudit {
     db: crate::db::Db,
+    table: &'static str,
     insert: &'static str,
 }
 
@@ -72,6 +73,7 @@ impl TableAudit {
         );
         Self {
             db,
+            table,
             insert: Box::leak(insert.into_boxed_str()),
         }
     }
@@ -92,6 +94,70 @@ impl AuditSink for TableAudit {
             .bind(&e.detail)
             .execute(self.db.pool())
             .await?;
+        Ok(())
+    }
+}
+
+impl TableAudit {
+    /// The oldest `limit` recorded events (id, at_ms, event), for forwarding to the
+    /// central log.
+    pub async fn pending(&self, limit: i64) -> anyhow::Result<Vec<(String, i64, AuditEvent)>> {
+        let select: &'static str = Box::leak(
+            format!(
+                "SELECT id, at_ms, org_id, actor, action, target, outcome, client_ip, detail FROM {} ORDER BY at_ms, id LIMIT $1",
+                self.table
+            )
+            .into_boxed_str(),
+        );
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(select)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let outcome = if r.6 == "success" {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                };
+                (
+                    r.0,
+                    r.1,
+                    AuditEvent {
+                        org_id: r.2,
+                        actor: r.3,
+                        action: r.4,
+                        target: r.5,
+                        outcome,
+                        client_ip: r.7,
+                        detail: r.8,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Delete events the central log has acknowledged.
+    pub async fn forwarded(&self, ids: &[String]) -> anyhow::Result<()> {
+        let delete: &'static str =
+            Box::leak(format!("DELETE FROM {} WHERE id = $1", self.table).into_boxed_str());
+        let mut tx = self.db.pool().begin().await?;
+        for id in ids {
+            sqlx::query(delete).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod audit_forward;
 pub mod ops;
 
 mod secrecy_expose {
@@ -39,16 +40,19 @@ pub enum Role {
     Identity,
     /// KV buckets, static sites, host bindings, storage tokens.
     Storage,
+    /// The task queue, the audit log, the outbox.
+    Tasks,
 }
 
 impl Role {
-    const ALL: [Role; 3] = [Role::Gateway, Role::Identity, Role::Storage];
+    const ALL: [Role; 4] = [Role::Gateway, Role::Identity, Role::Storage, Role::Tasks];
 
     fn name(self) -> &'static str {
         match self {
             Role::Gateway => "gateway",
             Role::Identity => "identity",
             Role::Storage => "storage",
+            Role::Tasks => "tasks",
         }
     }
 }
@@ -66,7 +70,7 @@ pub fn parse_roles(text: &str) -> anyhow::Result<BTreeSet<Role>> {
             .find(|r| r.name() == part)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "services: unknown service {part:?} (known: all, gateway, identity, storage)"
+                    "services: unknown service {part:?} (known: all, gateway, identity, storage, tasks)"
                 )
             })?;
         roles.insert(role);
@@ -83,6 +87,8 @@ pub struct Running {
     pub identity_addr: Option<SocketAddr>,
     /// Where the storage service's internal gRPC listens (when it runs here).
     pub storage_addr: Option<SocketAddr>,
+    /// Where the tasks service's internal gRPC listens (when it runs here).
+    pub tasks_addr: Option<SocketAddr>,
     /// Where `/health`, `/ready` and `/metrics` are served outside the gateway.
     pub ops_addr: Option<SocketAddr>,
     /// The bootstrap admin, when this start created it.
@@ -92,7 +98,7 @@ pub struct Running {
     /// Whether the gateway serves TLS.
     pub tls: bool,
     tasks: JoinSet<anyhow::Result<()>>,
-    pools: Vec<Db>,
+    pools: Vec<(&'static str, Db)>,
 }
 
 impl Running {
@@ -106,7 +112,7 @@ impl Running {
                 first_err = Some(e);
             }
         }
-        for pool in &self.pools {
+        for (_, pool) in &self.pools {
             pool.close().await;
         }
         first_err.map_or(Ok(()), Err)
@@ -145,6 +151,7 @@ fn secret_or_derived(
 pub fn all_migration_sets() -> Vec<db::MigrationSet> {
     let mut sets = lattice_identity::migration_sets();
     sets.push(lattice_storage::store::migrations());
+    sets.push(lattice_tasks::store::migrations());
     sets
 }
 
@@ -294,6 +301,117 @@ async fn start_storage(
     Ok((addr, db))
 }
 
+/// Build the tasks service, bind its internal gRPC listener and spawn it with its
+/// background loops (lease rescue, audit chaining, outbox push).
+async fn start_tasks(
+    config: &Config,
+    internal: &InternalAuth,
+    cache: &Cache,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    grpc_metrics: ops::GrpcMetrics,
+) -> anyhow::Result<(SocketAddr, Db)> {
+    use lattice_proto::tasks::v1::task_service_server::TaskServiceServer;
+    use lattice_tasks::grpc::TaskGrpc;
+    let url = config.database_url();
+    let db = Db::connect(&url, config.database_max_connections)
+        .await
+        .with_context(|| format!("open tasks database {}", db::redact_url(&url)))?;
+    db::migrate(
+        &db,
+        &lattice_tasks::migration_sets(),
+        config.migrate_on_start(),
+    )
+    .await?;
+    let tc = &config.tasks;
+    let push = if tc.async_push_enabled {
+        let url = tc
+            .async_push_webhook_url
+            .clone()
+            .context("tasks.async_push_webhook_url: required when async push is enabled")?;
+        let auth = tc
+            .async_push_auth_header
+            .as_ref()
+            .map(|h| lattice_tasks::outbox::parse_auth_header(expose(h)))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Some(lattice_tasks::outbox::PushTarget { url, auth })
+    } else {
+        None
+    };
+    let service = lattice_tasks::Tasks::new(
+        lattice_tasks::store::Store::new(db.clone(), push.is_some()),
+        cache.clone(),
+        i64::try_from(tc.lease_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+    );
+    let listener = TcpListener::bind(tc.listen)
+        .await
+        .with_context(|| format!("tasks.listen: bind {}", tc.listen))?;
+    let addr = listener.local_addr()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<TaskServiceServer<TaskGrpc>>().await;
+    tasks.spawn(report_database_health(
+        "lattice.tasks.v1.TaskService",
+        db.clone(),
+        reporter.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(lattice_tasks::run_background(
+        service.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(target) = push {
+        tracing::info!(webhook = %db::redact_url(&target.url), "outbox push enabled");
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("outbox HTTP client")?;
+        tasks.spawn(lattice_tasks::outbox::run_pusher(
+            service.store().clone(),
+            target,
+            client,
+            shutdown.clone(),
+        ));
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let grpc = TaskServiceServer::with_interceptor(
+        TaskGrpc::new(service),
+        lattice_core::grpc::RequirePrincipal::new(internal.clone()),
+    );
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .trace_fn(lattice_core::telemetry::grpc_server_span)
+            .timeout(Duration::from_secs(30))
+            .layer(grpc_metrics)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    stop.cancelled().await;
+                    reporter
+                        .set_not_serving::<TaskServiceServer<TaskGrpc>>()
+                        .await;
+                },
+            )
+            .await
+            .context("tasks gRPC server")
+    });
+    Ok((addr, db))
+}
+
+/// The tasks service's address for this process: in-process, or `tasks.url`.
+fn tasks_url(config: &Config, running: Option<SocketAddr>) -> Option<String> {
+    running
+        .map(|a| format!("http://{a}"))
+        .or_else(|| config.tasks.url.clone())
+}
+
 /// A lazily connecting channel to an internal service (TLS for `https://`).
 fn internal_channel(url: &str, field: &str) -> anyhow::Result<tonic::transport::Channel> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
@@ -344,6 +462,50 @@ pub async fn start(
     let mut pools = Vec::new();
     let mut running_identity = None;
     let mut bootstrap = None;
+
+    // The tasks service first: every other service sends it audit events.
+    let mut running_tasks = None;
+    if roles.contains(&Role::Tasks) {
+        let (addr, db) = start_tasks(
+            &config,
+            &internal,
+            &cache,
+            &internal_stop,
+            &mut tasks,
+            grpc_metrics.clone(),
+        )
+        .await?;
+        pools.push(("tasks database", db));
+        running_tasks = Some(addr);
+    }
+    let tasks_channel = match tasks_url(&config, running_tasks) {
+        Some(url) => Some(internal_channel(&url, "tasks.url")?),
+        None => {
+            if roles
+                .iter()
+                .any(|r| matches!(r, Role::Identity | Role::Storage))
+            {
+                tracing::warn!(
+                    "tasks.url is not set: audit events stay in each service's own table until it is"
+                );
+            }
+            None
+        }
+    };
+    let forward_audit = |tasks: &mut JoinSet<anyhow::Result<()>>,
+                         service: &'static str,
+                         db: &Db,
+                         table: &'static str| {
+        if let Some(ch) = &tasks_channel {
+            tasks.spawn(audit_forward::run(
+                service,
+                lattice_core::audit::TableAudit::new(db.clone(), table),
+                lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new(ch.clone()),
+                internal.clone(),
+                internal_stop.clone(),
+            ));
+        }
+    };
 
     if roles.contains(&Role::Identity) {
         let url = config.database_url();
@@ -420,7 +582,8 @@ pub async fn start(
                 .await
                 .context("identity gRPC server")
         });
-        pools.push(db);
+        forward_audit(&mut tasks, "identity", &db, "identity_audit");
+        pools.push(("identity database", db));
         running_identity = Some(addr);
     }
 
@@ -437,7 +600,8 @@ pub async fn start(
             grpc_metrics.clone(),
         )
         .await?;
-        pools.push(db);
+        forward_audit(&mut tasks, "storage", &db, "storage_audit");
+        pools.push(("storage database", db));
         running_storage = Some(addr);
     }
 
@@ -470,6 +634,7 @@ pub async fn start(
                 identity: channel,
                 storage: storage_channel,
                 storage_in_process: running_storage.is_some(),
+                tasks: tasks_channel.clone(),
             },
             cache.clone(),
             shutdown.clone(),
@@ -510,15 +675,7 @@ pub async fn start(
             .await
             .with_context(|| format!("ops_listen: bind {addr}"))?;
         ops_addr = Some(listener.local_addr()?);
-        let databases: Vec<(&'static str, Db)> = roles
-            .iter()
-            .filter_map(|r| match r {
-                Role::Identity => Some("identity database"),
-                Role::Storage => Some("storage database"),
-                Role::Gateway => None,
-            })
-            .zip(pools.iter().cloned())
-            .collect();
+        let databases: Vec<(&'static str, Db)> = pools.clone();
         tasks.spawn(ops::serve(
             listener,
             grpc_metrics.clone(),
@@ -531,6 +688,7 @@ pub async fn start(
         gateway_addr,
         identity_addr: running_identity,
         storage_addr: running_storage,
+        tasks_addr: running_tasks,
         ops_addr,
         bootstrap,
         tls_info,

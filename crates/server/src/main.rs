@@ -44,6 +44,18 @@ struct Cli {
     /// Storage service address when it runs elsewhere.
     #[arg(long)]
     storage_url: Option<String>,
+    /// Tasks service's internal gRPC listen address.
+    #[arg(long)]
+    tasks_listen: Option<String>,
+    /// Tasks service address when it runs elsewhere.
+    #[arg(long)]
+    tasks_url: Option<String>,
+    /// Tunnel service's internal gRPC listen address.
+    #[arg(long)]
+    tunnel_listen: Option<String>,
+    /// Tunnel service address when it runs elsewhere.
+    #[arg(long)]
+    tunnel_url: Option<String>,
     /// Where a process without the gateway serves /health, /ready and /metrics.
     #[arg(long)]
     ops_listen: Option<String>,
@@ -74,6 +86,10 @@ fn main() -> ExitCode {
         identity_url: cli.identity_url.clone(),
         storage_listen: cli.storage_listen.clone(),
         storage_url: cli.storage_url.clone(),
+        tasks_listen: cli.tasks_listen.clone(),
+        tasks_url: cli.tasks_url.clone(),
+        tunnel_listen: cli.tunnel_listen.clone(),
+        tunnel_url: cli.tunnel_url.clone(),
         log_level: cli.log_level.clone(),
         ops_listen: cli.ops_listen.clone(),
     };
@@ -168,6 +184,13 @@ async fn async_main(
                 config.gateway.public_url.as_deref().unwrap_or("(unset)")
             );
             println!("identity.listen = {}", config.identity.listen);
+            println!("storage.listen = {}", config.storage.listen);
+            println!("tasks.listen = {}", config.tasks.listen);
+            println!(
+                "tasks.async_push_enabled = {}",
+                config.tasks.async_push_enabled
+            );
+            println!("tunnel.listen = {}", config.tunnel.listen);
             Ok(())
         }
         Command::Run => run(config, roles).await,
@@ -202,6 +225,9 @@ fn print_banner(running: &lattice_server::Running) {
     }
     if let Some(addr) = running.storage_addr {
         out.push_str(&format!("storage service (internal gRPC) on {addr}\n"));
+    }
+    if let Some(addr) = running.tasks_addr {
+        out.push_str(&format!("tasks service (internal gRPC) on {addr}\n"));
     }
     if let Some(info) = &running.tls_info
         && let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint)

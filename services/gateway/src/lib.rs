@@ -51,6 +51,10 @@ pub struct AppState {
     pub host_caches: storage::host::HostCaches,
     /// gRPC health of the identity service, for `/ready`.
     pub health: tonic_health::pb::health_client::HealthClient<Channel>,
+    /// Task queue and audit log client (None: not configured on this gateway).
+    pub tasks: Option<lattice_proto::tasks::v1::task_service_client::TaskServiceClient<Channel>>,
+    /// gRPC health of the tasks service, for `/ready`.
+    pub tasks_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// gRPC health of the storage service, for `/ready` (when storage is configured).
     pub storage_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// Mints internal principals.
@@ -84,6 +88,8 @@ pub struct Backends {
     pub storage: Option<Channel>,
     /// Storage runs in this process (it shares this process's cache and bus).
     pub storage_in_process: bool,
+    /// The tasks service (queue and audit log), when this deployment has one.
+    pub tasks: Option<Channel>,
 }
 
 /// A built gateway, ready to serve on a listener.
@@ -123,6 +129,13 @@ impl Gateway {
                 backends.storage_in_process || cache.is_shared(),
             ),
             health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
+            tasks_health: backends
+                .tasks
+                .clone()
+                .map(tonic_health::pb::health_client::HealthClient::new),
+            tasks: backends
+                .tasks
+                .map(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new),
             internal,
             service_principal: Principal::service("gateway"),
             auth_generation: std::sync::atomic::AtomicU64::new(0),
@@ -221,6 +234,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/users/{id}/password",
             post(routes::users::set_password),
         )
+        .route(
+            "/api/v1/tasks",
+            post(routes::tasks::create).get(routes::tasks::list),
+        )
+        .route("/api/v1/tasks/{id}", get(routes::tasks::get))
+        .route("/api/v1/tasks/{id}/cancel", post(routes::tasks::cancel))
+        .route("/api/v1/audit", get(routes::tasks::audit))
+        .route("/api/v1/audit/verify", get(routes::tasks::verify))
         .route(
             "/api/v1/buckets",
             post(storage::control::create_bucket).get(storage::control::list_buckets),

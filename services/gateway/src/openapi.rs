@@ -49,6 +49,12 @@ use crate::routes;
         crate::storage::sites::put_object,
         crate::storage::sites::delete_object,
         crate::storage::sites::list_objects,
+        routes::tasks::create,
+        routes::tasks::list,
+        routes::tasks::get,
+        routes::tasks::cancel,
+        routes::tasks::audit,
+        routes::tasks::verify,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = []))

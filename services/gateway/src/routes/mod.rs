@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod system;
+pub mod tasks;
 pub mod tokens;
 pub mod users;
 

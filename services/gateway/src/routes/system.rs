@@ -66,6 +66,12 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
             status: grpc_health(storage.clone(), "lattice.storage.v1.StorageService").await,
         });
     }
+    if let Some(tasks) = &state.tasks_health {
+        checks.push(Check {
+            name: "tasks".into(),
+            status: grpc_health(tasks.clone(), "lattice.tasks.v1.TaskService").await,
+        });
+    }
     checks.push(Check {
         name: "cache".into(),
         status: match state.cache.ping().await {

@@ -1,0 +1,197 @@
+//! The task queue and the central audit log through the real gateway over HTTP, on
+//! every database backend: auth events of the identity service and storage
+//! mutations arrive in the tasks service's hash-chained log, and an edit made
+//! behind the server's back is found by verify.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_PASSWORD, TestServer};
+use lattice_core::db::{Db, testing};
+use serde_json::{Value, json};
+
+async fn audit_actions(s: &TestServer, token: &str, want: &[&str]) -> Vec<Value> {
+    // Other services' events reach the log within a forwarding interval.
+    for _ in 0..100 {
+        let (status, page) = s.call("GET", "/api/v1/audit?limit=1000", token, None).await;
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().unwrap().clone();
+        // `action` or `action!outcome`.
+        let actions: Vec<String> = entries
+            .iter()
+            .flat_map(|e| {
+                let a = e["action"].as_str().unwrap();
+                [
+                    a.to_owned(),
+                    format!("{a}!{}", e["outcome"].as_str().unwrap()),
+                ]
+            })
+            .collect();
+        if want.iter().all(|w| actions.iter().any(|a| a == w)) {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("audit log never showed all of {want:?}");
+}
+
+#[tokio::test]
+async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let s = TestServer::start_on(&url, guard, &[]).await;
+        let admin = s.admin_token(&["*"]).await;
+        let reader = s.admin_token(&["tasks:read"]).await;
+
+        // Enqueue, idempotently.
+        let body = json!({"node": "0190c3f0-0000-7000-8000-000000000001", "kind": "exec",
+            "payload": {"argv": ["uptime"]}, "idempotency_key": "k-1"});
+        let (status, t) = s
+            .call("POST", "/api/v1/tasks", &admin, Some(body.clone()))
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {t}");
+        assert_eq!(t["state"], "queued");
+        assert_eq!(t["payload"]["argv"][0], "uptime");
+        let (status, again) = s.call("POST", "/api/v1/tasks", &admin, Some(body)).await;
+        assert_eq!((status, &again["id"]), (200, &t["id"]));
+        let id = t["id"].as_str().unwrap();
+
+        // Bad input names the field; a read-only token may not enqueue or cancel.
+        let (status, err) = s
+            .call(
+                "POST",
+                "/api/v1/tasks",
+                &admin,
+                Some(json!({"node": "n1", "kind": "exec", "payload": {"argv": "ls"}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("payload.argv"),
+            "{err}"
+        );
+        let (status, _) = s
+            .call(
+                "POST",
+                "/api/v1/tasks",
+                &reader,
+                Some(json!({"node": "n1", "kind": "facts.refresh"})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = s
+            .call("POST", &format!("/api/v1/tasks/{id}/cancel"), &reader, None)
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = s.call("GET", "/api/v1/audit", &reader, None).await;
+        assert_eq!(status, 403, "audit needs audit:read");
+        let (status, _) = s.call("GET", "/api/v1/tasks", "lat_bogus", None).await;
+        assert_eq!(status, 401);
+
+        let (status, list) = s
+            .call("GET", "/api/v1/tasks?state=queued", &reader, None)
+            .await;
+        assert_eq!((status, list["tasks"].as_array().unwrap().len()), (200, 1));
+        let (status, got) = s
+            .call("GET", &format!("/api/v1/tasks/{id}"), &reader, None)
+            .await;
+        assert_eq!((status, &got["id"]), (200, &t["id"]));
+        let (status, cancelled) = s
+            .call("POST", &format!("/api/v1/tasks/{id}/cancel"), &admin, None)
+            .await;
+        assert_eq!(
+            (status, cancelled["state"].as_str()),
+            (200, Some("cancelled"))
+        );
+        let (status, again) = s
+            .call("POST", &format!("/api/v1/tasks/{id}/cancel"), &admin, None)
+            .await;
+        assert_eq!(status, 409, "{again}");
+
+        // A failed login, a bucket and a task: three services, one chain.
+        let resp = s
+            .http
+            .post(s.url("/api/v1/auth/login"))
+            .json(&json!({"username": "admin", "password": "wrong-password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        let (status, _) = s
+            .call(
+                "POST",
+                "/api/v1/buckets",
+                &admin,
+                Some(json!({"name": "audited", "surface": "kv"})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let entries = audit_actions(
+            &s,
+            &admin,
+            &[
+                "auth.login!failure",
+                "token.create",
+                "bucket.create",
+                "task.create",
+                "task.cancel",
+            ],
+        )
+        .await;
+        let failed = entries
+            .iter()
+            .find(|e| e["action"] == "auth.login" && e["outcome"] == "failure")
+            .expect("the failed login is audited");
+        assert_eq!(failed["client_ip"], "127.0.0.1");
+        for pair in entries.windows(2) {
+            assert_eq!(
+                pair[1]["prev_hash"], pair[0]["hash"],
+                "{backend:?}: entries link"
+            );
+        }
+        let (status, v) = s.call("GET", "/api/v1/audit/verify", &admin, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["ok"], true, "{backend:?}: {v}");
+        let total = v["entries"].as_i64().unwrap();
+        assert!(total >= entries.len() as i64);
+
+        // Someone edits a row directly in the database: verify names the entry.
+        let victim = entries
+            .iter()
+            .find(|e| e["action"] == "bucket.create")
+            .unwrap()["seq"]
+            .as_i64()
+            .unwrap();
+        let db = Db::connect(&url, 1).await.unwrap();
+        sqlx::query("UPDATE audit_log SET outcome = 'failure' WHERE seq = $1")
+            .bind(victim)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        db.close().await;
+        let (status, v) = s.call("GET", "/api/v1/audit/verify", &admin, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["ok"], false, "{backend:?}: {v}");
+        assert_eq!(v["broken_seq"].as_i64(), Some(victim));
+        assert!(v["reason"].as_str().unwrap().contains("edited"), "{v}");
+
+        // The audit log pages by sequence.
+        let (_, page) = s
+            .call("GET", "/api/v1/audit?after=1&limit=2", &admin, None)
+            .await;
+        let seqs: Vec<i64> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(page["next_after"], 3);
+        let _ = ADMIN_PASSWORD;
+        s.stop().await;
+    }
+}
