@@ -220,11 +220,7 @@ fn disk_table() -> Vec<Disk> {
         cmd.arg("--").args(mounts);
     }
     // df exits non-zero if any single mount fails; the rest of stdout is still good.
-    let Ok(output) = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-    else {
+    let Ok(output) = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output() else {
         return Vec::new();
     };
     let mut seen = HashSet::new();
@@ -291,7 +287,10 @@ pub fn parse_cpu_model(text: &str) -> Option<String> {
 pub fn count_processors(text: &str) -> u32 {
     let count = text
         .lines()
-        .filter(|line| line.split_once(':').is_some_and(|(key, _)| key.trim() == "processor"))
+        .filter(|line| {
+            line.split_once(':')
+                .is_some_and(|(key, _)| key.trim() == "processor")
+        })
         .count();
     u32::try_from(count).unwrap_or(u32::MAX).max(1)
 }
@@ -503,7 +502,10 @@ mod tests {
             parse_os_release("PRETTY_NAME='Alpine Linux v3.20'\n").as_deref(),
             Some("Alpine Linux v3.20")
         );
-        assert_eq!(parse_os_release("PRETTY_NAME=Arch\n").as_deref(), Some("Arch"));
+        assert_eq!(
+            parse_os_release("PRETTY_NAME=Arch\n").as_deref(),
+            Some("Arch")
+        );
         assert_eq!(parse_os_release("ID=debian\n"), None);
         assert_eq!(parse_os_release("PRETTY_NAME=\"\"\n"), None);
         assert_eq!(parse_os_release(""), None);
@@ -578,9 +580,17 @@ eth0:1234 10 0 0 0 0 0 0 5678 20 0 0 0 0 0 0\n  \
 wlan0: 42 1 0 0 0 0 0 0 24 1 0 0 0 0 0 0\n";
         assert_eq!(
             parse_net_dev(text),
-            vec![
-                NetCounters { interface: "eth0".into(), rx_bytes: 1234, tx_bytes: 5678 },
-                NetCounters { interface: "wlan0".into(), rx_bytes: 42, tx_bytes: 24 },
+            [
+                NetCounters {
+                    interface: "eth0".into(),
+                    rx_bytes: 1234,
+                    tx_bytes: 5678
+                },
+                NetCounters {
+                    interface: "wlan0".into(),
+                    rx_bytes: 42,
+                    tx_bytes: 24
+                },
             ]
         );
         assert!(parse_net_dev("").is_empty());
@@ -595,7 +605,7 @@ wlan0: 42 1 0 0 0 0 0 0 24 1 0 0 0 0 0 0\n";
                     garbage\n";
         assert_eq!(
             parse_df(text),
-            vec![
+            [
                 Disk {
                     mount: "/".into(),
                     fs_type: "ext4".into(),
@@ -628,7 +638,7 @@ wlan0: 42 1 0 0 0 0 0 0 24 1 0 0 0 0 0 0\n";
         let mounts = parse_mounts(text);
         assert_eq!(
             mounts,
-            vec![
+            [
                 ("/proc".to_owned(), "proc".to_owned()),
                 ("/".to_owned(), "ext4".to_owned()),
                 ("/mnt/my disk".to_owned(), "vfat".to_owned()),
@@ -656,7 +666,7 @@ wlan0: 42 1 0 0 0 0 0 0 24 1 0 0 0 0 0 0\n";
 5: veth1@if4    inet 10.1.0.1/16 scope global veth1\\       valid_lft forever preferred_lft forever\n";
         assert_eq!(
             parse_ip_addr(text),
-            vec!["192.0.2.2/24", "fd00::2/64", "10.1.0.1/16"]
+            ["192.0.2.2/24", "fd00::2/64", "10.1.0.1/16"]
         );
         assert!(parse_ip_addr("").is_empty());
     }

@@ -204,7 +204,10 @@ async fn run_journald(units: Vec<String>, tx: Sender<LogLine>, shutdown: Cancell
         match follow_journald(&units, &tx, &shutdown).await {
             Ok(()) => return,
             Err(err) => {
-                tracing::warn!(?units, "journald follower failed, restarting in 5 s: {err:#}");
+                tracing::warn!(
+                    ?units,
+                    "journald follower failed, restarting in 5 s: {err:#}"
+                );
             }
         }
         if !pause(&shutdown).await {
@@ -350,9 +353,17 @@ async fn follow_file(
         *resume = Resume::At { ino, pos };
 
         loop {
-            let flow = read_new(&mut file, &mut buf, &mut pending, &mut pos, source, tx, shutdown)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?;
+            let flow = read_new(
+                &mut file,
+                &mut buf,
+                &mut pending,
+                &mut pos,
+                source,
+                tx,
+                shutdown,
+            )
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
             *resume = Resume::At { ino, pos };
             if flow == Flow::Stop {
                 return Ok(());
@@ -365,10 +376,17 @@ async fn follow_file(
                 Ok(current) if current.ino() != ino => {
                     // Replaced (rename rotation): finish the old file, then
                     // switch to the new one from its start.
-                    let flow =
-                        read_new(&mut file, &mut buf, &mut pending, &mut pos, source, tx, shutdown)
-                            .await
-                            .with_context(|| format!("reading {}", path.display()))?;
+                    let flow = read_new(
+                        &mut file,
+                        &mut buf,
+                        &mut pending,
+                        &mut pos,
+                        source,
+                        tx,
+                        shutdown,
+                    )
+                    .await
+                    .with_context(|| format!("reading {}", path.display()))?;
                     if flow == Flow::Stop || !flush_pending(&mut pending, source, tx) {
                         return Ok(());
                     }
@@ -453,7 +471,10 @@ fn take_complete_lines(pending: &mut Vec<u8>) -> Vec<String> {
     };
     let rest = pending.split_off(last_newline + 1);
     let complete = std::mem::replace(pending, rest);
-    complete.split(|&b| b == b'\n').filter_map(line_text).collect()
+    complete
+        .split(|&b| b == b'\n')
+        .filter_map(line_text)
+        .collect()
 }
 
 /// Text of one raw line: trailing `\r` removed, lossy UTF-8, truncated;
@@ -507,8 +528,8 @@ mod tests {
         assert!(parsed.at_ms >= before);
 
         // Multi-valued field: first value wins.
-        let parsed = parse_journal_json(r#"{"MESSAGE":["one","two"],"PRIORITY":"x"}"#)
-            .expect("parsed");
+        let parsed =
+            parse_journal_json(r#"{"MESSAGE":["one","two"],"PRIORITY":"x"}"#).expect("parsed");
         assert_eq!(parsed.message, "one");
         assert_eq!(parsed.priority, 6);
 
@@ -561,7 +582,9 @@ mod tests {
                 path: PathBuf::from("/var/log/app.log")
             }
         );
-        assert!(serde_json::from_str::<LogSource>(r#"{"type":"file","path":"/x","oops":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<LogSource>(r#"{"type":"file","path":"/x","oops":1}"#).is_err()
+        );
         assert!(serde_json::from_str::<LogSource>(r#"{"type":"syslog"}"#).is_err());
     }
 

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     Unprocessable,
     /// Too many requests; retry later (429).
     RateLimited,
+    /// The upstream behind a proxy failed or answered badly (502).
+    BadGateway,
     /// A dependency is down; retry later (503).
     Unavailable,
     /// A bug or an unexpected failure (500).
@@ -45,7 +47,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -56,6 +58,7 @@ impl ErrorCode {
         Self::PayloadTooLarge,
         Self::Unprocessable,
         Self::RateLimited,
+        Self::BadGateway,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -73,6 +76,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
             Self::RateLimited => "rate_limited",
+            Self::BadGateway => "bad_gateway",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -92,6 +96,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Self::Unprocessable => S::UNPROCESSABLE_ENTITY,
             Self::RateLimited => S::TOO_MANY_REQUESTS,
+            Self::BadGateway => S::BAD_GATEWAY,
             Self::Unavailable => S::SERVICE_UNAVAILABLE,
             Self::Internal => S::INTERNAL_SERVER_ERROR,
         }
@@ -110,7 +115,7 @@ impl ErrorCode {
             Self::PreconditionFailed => C::FailedPrecondition,
             Self::PayloadTooLarge => C::OutOfRange,
             Self::RateLimited => C::ResourceExhausted,
-            Self::Unavailable => C::Unavailable,
+            Self::Unavailable | Self::BadGateway => C::Unavailable,
             Self::Internal => C::Internal,
         }
     }

@@ -42,10 +42,18 @@ pub enum Role {
     Storage,
     /// The task queue, the audit log, the outbox.
     Tasks,
+    /// Nodes, agent streams and the proxy tunnel.
+    Tunnel,
 }
 
 impl Role {
-    const ALL: [Role; 4] = [Role::Gateway, Role::Identity, Role::Storage, Role::Tasks];
+    const ALL: [Role; 5] = [
+        Role::Gateway,
+        Role::Identity,
+        Role::Storage,
+        Role::Tasks,
+        Role::Tunnel,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -53,6 +61,7 @@ impl Role {
             Role::Identity => "identity",
             Role::Storage => "storage",
             Role::Tasks => "tasks",
+            Role::Tunnel => "tunnel",
         }
     }
 }
@@ -70,7 +79,7 @@ pub fn parse_roles(text: &str) -> anyhow::Result<BTreeSet<Role>> {
             .find(|r| r.name() == part)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "services: unknown service {part:?} (known: all, gateway, identity, storage, tasks)"
+                    "services: unknown service {part:?} (known: all, gateway, identity, storage, tasks, tunnel)"
                 )
             })?;
         roles.insert(role);
@@ -89,6 +98,8 @@ pub struct Running {
     pub storage_addr: Option<SocketAddr>,
     /// Where the tasks service's internal gRPC listens (when it runs here).
     pub tasks_addr: Option<SocketAddr>,
+    /// Where the tunnel service's internal gRPC listens (when it runs here).
+    pub tunnel_addr: Option<SocketAddr>,
     /// Where `/health`, `/ready` and `/metrics` are served outside the gateway.
     pub ops_addr: Option<SocketAddr>,
     /// The bootstrap admin, when this start created it.
@@ -152,6 +163,7 @@ pub fn all_migration_sets() -> Vec<db::MigrationSet> {
     let mut sets = lattice_identity::migration_sets();
     sets.push(lattice_storage::store::migrations());
     sets.push(lattice_tasks::store::migrations());
+    sets.push(lattice_tunnel::store::migrations());
     sets
 }
 
@@ -405,11 +417,140 @@ async fn start_tasks(
     Ok((addr, db))
 }
 
+/// Build the tunnel service (nodes, agent streams, proxy), bind its internal gRPC
+/// listener and spawn it.
+#[allow(clippy::too_many_arguments)]
+async fn start_tunnel(
+    config: &Config,
+    internal: &InternalAuth,
+    cache: &Cache,
+    tasks_channel: Option<tonic::transport::Channel>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    grpc_metrics: ops::GrpcMetrics,
+) -> anyhow::Result<(SocketAddr, Db)> {
+    use lattice_proto::agent::v1::agent_service_server::AgentServiceServer;
+    use lattice_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
+    use lattice_tunnel::grpc::{AgentGrpc, TunnelGrpc};
+    let url = config.database_url();
+    let db = Db::connect(&url, config.database_max_connections)
+        .await
+        .with_context(|| format!("open tunnel database {}", db::redact_url(&url)))?;
+    db::migrate(
+        &db,
+        &lattice_tunnel::migration_sets(),
+        config.migrate_on_start(),
+    )
+    .await?;
+    let tc = &config.tunnel;
+    let listener = TcpListener::bind(tc.listen)
+        .await
+        .with_context(|| format!("tunnel.listen: bind {}", tc.listen))?;
+    let addr = listener.local_addr()?;
+    let advertise = tc
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let nodes = lattice_tunnel::Nodes::new(
+        lattice_tunnel::store::Store::new(db.clone()),
+        lattice_tunnel::Settings {
+            heartbeat_interval_ms: ms(tc.heartbeat_interval_s),
+            metrics_interval_ms: ms(tc.metrics_interval_s),
+            metrics_retention_ms: ms(tc.metrics_retention_s),
+            logs_retention_ms: ms(tc.logs_retention_s),
+            join_token_max_ttl_s: i64::try_from(tc.join_token_max_ttl_s).unwrap_or(i64::MAX),
+        },
+    );
+    if tasks_channel.is_none() {
+        tracing::warn!("tasks.url is not set: agents connect but receive no tasks");
+    }
+    let hub = lattice_tunnel::Hub::new(
+        nodes,
+        tasks_channel.map(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new),
+        internal.clone(),
+        cache.clone(),
+        advertise,
+        shutdown.clone(),
+    );
+    {
+        let hub = hub.clone();
+        tasks.spawn(async move {
+            hub.run_dispatcher().await;
+            Ok(())
+        });
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<TunnelServiceServer<TunnelGrpc>>()
+        .await;
+    tasks.spawn(report_database_health(
+        "lattice.tunnel.v1.TunnelService",
+        db.clone(),
+        reporter.clone(),
+        shutdown.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let check = lattice_core::grpc::RequirePrincipal::new(internal.clone());
+    let tunnel = TunnelServiceServer::with_interceptor(TunnelGrpc::new(hub.clone()), check.clone());
+    let agents = AgentServiceServer::with_interceptor(AgentGrpc::new(hub), check);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        // No request timeout: agent streams and proxied watches live for hours.
+        tonic::transport::Server::builder()
+            .trace_fn(lattice_core::telemetry::grpc_server_span)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(Some(1024 * 1024))
+            .initial_connection_window_size(Some(8 * 1024 * 1024))
+            .layer(grpc_metrics)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(tunnel)
+            .add_service(agents)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    stop.cancelled().await;
+                    reporter
+                        .set_not_serving::<TunnelServiceServer<TunnelGrpc>>()
+                        .await;
+                },
+            )
+            .await
+            .context("tunnel gRPC server")
+    });
+    Ok((addr, db))
+}
+
 /// The tasks service's address for this process: in-process, or `tasks.url`.
 fn tasks_url(config: &Config, running: Option<SocketAddr>) -> Option<String> {
     running
         .map(|a| format!("http://{a}"))
         .or_else(|| config.tasks.url.clone())
+}
+
+/// Like [`internal_channel`] without a per-call timeout (agent streams, proxied
+/// watches) and with larger HTTP/2 windows for bulk proxy traffic.
+fn internal_channel_streaming(url: &str, field: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{field}: {url:?} is not a valid URL"))?;
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+            .with_context(|| format!("{field}: TLS setup"))?;
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(8 * 1024 * 1024))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }
 
 /// A lazily connecting channel to an internal service (TLS for `https://`).
@@ -605,6 +746,24 @@ pub async fn start(
         running_storage = Some(addr);
     }
 
+    let mut running_tunnel = None;
+    if roles.contains(&Role::Tunnel) {
+        let (addr, db) = start_tunnel(
+            &config,
+            &internal,
+            &cache,
+            tasks_channel.clone(),
+            // Agents are told to reconnect as soon as shutdown starts.
+            &shutdown,
+            &mut tasks,
+            grpc_metrics.clone(),
+        )
+        .await?;
+        forward_audit(&mut tasks, "tunnel", &db, "tunnel_audit");
+        pools.push(("tunnel database", db));
+        running_tunnel = Some(addr);
+    }
+
     let mut gateway_addr = None;
     let mut tls_info = None;
     let mut tls = false;
@@ -635,6 +794,14 @@ pub async fn start(
                 storage: storage_channel,
                 storage_in_process: running_storage.is_some(),
                 tasks: tasks_channel.clone(),
+                tunnel: match (running_tunnel, &config.tunnel.url) {
+                    (Some(addr), _) => Some(internal_channel_streaming(
+                        &format!("http://{addr}"),
+                        "tunnel.url",
+                    )?),
+                    (None, Some(url)) => Some(internal_channel_streaming(url, "tunnel.url")?),
+                    (None, None) => None,
+                },
             },
             cache.clone(),
             shutdown.clone(),
@@ -689,6 +856,7 @@ pub async fn start(
         identity_addr: running_identity,
         storage_addr: running_storage,
         tasks_addr: running_tasks,
+        tunnel_addr: running_tunnel,
         ops_addr,
         bootstrap,
         tls_info,

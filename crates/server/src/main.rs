@@ -229,6 +229,9 @@ fn print_banner(running: &lattice_server::Running) {
     if let Some(addr) = running.tasks_addr {
         out.push_str(&format!("tasks service (internal gRPC) on {addr}\n"));
     }
+    if let Some(addr) = running.tunnel_addr {
+        out.push_str(&format!("tunnel service (internal gRPC) on {addr}\n"));
+    }
     if let Some(info) = &running.tls_info
         && let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint)
     {

@@ -44,6 +44,24 @@ async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
         let admin = s.admin_token(&["*"]).await;
         let reader = s.admin_token(&["tasks:read"]).await;
 
+        // Work only goes to the org's own nodes.
+        let (status, err) = s
+            .call("POST", "/api/v1/tasks", &admin, Some(json!({"node": "0190c3f0-0000-7000-8000-00000000dead", "kind": "facts.refresh"})))
+            .await;
+        assert_eq!(status, 404, "{err}");
+        // A node row as enrollment leaves it (the agent tests enroll for real).
+        let me = s.call("GET", "/api/v1/auth/me", &admin, None).await.1;
+        let db = Db::connect(&url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
+             VALUES ('0190c3f0-0000-7000-8000-000000000001', $1, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
+        )
+        .bind(me["org_id"].as_str().unwrap())
+        .execute(db.pool())
+        .await
+        .unwrap();
+        db.close().await;
+
         // Enqueue, idempotently.
         let body = json!({"node": "0190c3f0-0000-7000-8000-000000000001", "kind": "exec",
             "payload": {"argv": ["uptime"]}, "idempotency_key": "k-1"});
@@ -63,7 +81,7 @@ async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
                 "POST",
                 "/api/v1/tasks",
                 &admin,
-                Some(json!({"node": "n1", "kind": "exec", "payload": {"argv": "ls"}})),
+                Some(json!({"node": "0190c3f0-0000-7000-8000-000000000001", "kind": "exec", "payload": {"argv": "ls"}})),
             )
             .await;
         assert_eq!(status, 400, "{err}");
@@ -79,7 +97,7 @@ async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
                 "POST",
                 "/api/v1/tasks",
                 &reader,
-                Some(json!({"node": "n1", "kind": "facts.refresh"})),
+                Some(json!({"node": "0190c3f0-0000-7000-8000-000000000001", "kind": "facts.refresh"})),
             )
             .await;
         assert_eq!(status, 403);

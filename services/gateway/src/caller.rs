@@ -111,7 +111,7 @@ pub fn client_ip_from(
     peer.map(|p| p.0.ip().to_string()).unwrap_or_default()
 }
 
-fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> String {
+pub(crate) fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> String {
     client_ip_from(
         &parts.headers,
         parts.extensions.get::<PeerAddr>(),

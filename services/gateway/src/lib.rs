@@ -53,6 +53,13 @@ pub struct AppState {
     pub health: tonic_health::pb::health_client::HealthClient<Channel>,
     /// Task queue and audit log client (None: not configured on this gateway).
     pub tasks: Option<lattice_proto::tasks::v1::task_service_client::TaskServiceClient<Channel>>,
+    /// Nodes and proxy client (None: the tunnel service is not configured here).
+    pub tunnel:
+        Option<lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient<Channel>>,
+    /// Raw channel to the tunnel service for relaying agent streams.
+    pub tunnel_channel: Option<Channel>,
+    /// SHA-256 (hex) of the CA agents pin, when this gateway serves TLS.
+    pub ca_sha256: Option<String>,
     /// gRPC health of the tasks service, for `/ready`.
     pub tasks_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// gRPC health of the storage service, for `/ready` (when storage is configured).
@@ -90,6 +97,8 @@ pub struct Backends {
     pub storage_in_process: bool,
     /// The tasks service (queue and audit log), when this deployment has one.
     pub tasks: Option<Channel>,
+    /// The tunnel service (nodes, agent streams, proxy), when this deployment has one.
+    pub tunnel: Option<Channel>,
 }
 
 /// A built gateway, ready to serve on a listener.
@@ -133,6 +142,15 @@ impl Gateway {
                 .tasks
                 .clone()
                 .map(tonic_health::pb::health_client::HealthClient::new),
+            tunnel: backends.tunnel.clone().map(|c| {
+                lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient::new(c)
+                    .max_decoding_message_size(8 * 1024 * 1024)
+            }),
+            tunnel_channel: backends.tunnel,
+            ca_sha256: tls_info
+                .ca_fingerprint
+                .as_ref()
+                .map(|f| f.replace(':', "").to_ascii_lowercase()),
             tasks: backends
                 .tasks
                 .map(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new),
@@ -241,6 +259,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}", get(routes::tasks::get))
         .route("/api/v1/tasks/{id}/cancel", post(routes::tasks::cancel))
         .route("/api/v1/audit", get(routes::tasks::audit))
+        .route("/api/v1/nodes", get(routes::nodes::list))
+        .route(
+            "/api/v1/nodes/join-tokens",
+            post(routes::nodes::create_join_token),
+        )
+        .route(
+            "/api/v1/nodes/{id}",
+            get(routes::nodes::get)
+                .patch(routes::nodes::patch)
+                .delete(routes::nodes::delete),
+        )
+        .route("/api/v1/nodes/{id}/metrics", get(routes::nodes::metrics))
+        .route("/api/v1/nodes/{id}/logs", get(routes::nodes::logs))
+        .route("/api/v1/fleet/metrics", get(routes::nodes::fleet_metrics))
         .route("/api/v1/audit/verify", get(routes::tasks::verify))
         .route(
             "/api/v1/buckets",
@@ -341,7 +373,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             },
         ))
         .with_state(state.clone());
+    // Long-lived streams: no request timeout and no body limit (the agent stream and
+    // proxied requests, such as a Kubernetes watch, last as long as they need).
+    let streams = Router::new()
+        .route(
+            "/api/v1/nodes/{node}/proxy/{port}",
+            axum::routing::any(routes::nodes::proxy),
+        )
+        .route(
+            "/api/v1/nodes/{node}/proxy/{port}/{*path}",
+            axum::routing::any(routes::nodes::proxy),
+        )
+        .route(
+            "/lattice.agent.v1.AgentService/{*method}",
+            axum::routing::post(routes::nodes::relay_agent),
+        )
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state.clone());
     Router::new()
+        .merge(streams)
         .fallback_service(api)
         // Bound hosts are served from storage (with their own headers); every other
         // request continues to the API above.

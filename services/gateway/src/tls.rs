@@ -208,12 +208,18 @@ pub fn server_config(
                 .tls_key_file
                 .clone()
                 .context("gateway.tls_key_file is required")?;
+            // Agents pin the last certificate of the chain (the issuing CA when the
+            // file carries it, else the server certificate itself).
+            let chain = read_certs(&cert)?;
+            let fp = chain
+                .last()
+                .map(|c| lattice_core::crypto::fingerprint(c.as_ref()));
             (
                 cert,
                 key,
                 TlsInfo {
                     ca_file: None,
-                    ca_fingerprint: None,
+                    ca_fingerprint: fp,
                 },
             )
         }

@@ -125,6 +125,18 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
+    if let Some(tunnel) = state.tunnel.clone() {
+        // Only the caller's own nodes can be given work.
+        tunnel
+            .clone()
+            .get_node(caller.request(
+                &state,
+                lattice_proto::tunnel::v1::GetNodeRequest {
+                    id: body.node.clone(),
+                },
+            ))
+            .await?;
+    }
     let payload = if body.payload.is_null() {
         "{}".to_owned()
     } else {

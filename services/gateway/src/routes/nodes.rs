@@ -1,0 +1,558 @@
+//! `/api/v1/nodes`: join tokens, the node registry, metrics and logs, the fleet's
+//! Prometheus exposition, the proxy into a node, and the relay that carries agent
+//! streams (`lattice.agent.v1`) to the tunnel service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use http::{HeaderName, HeaderValue, StatusCode};
+use lattice_proto::agent::v1 as agent;
+use lattice_proto::tunnel::v1 as pb;
+use lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::json::ApiJson;
+
+/// The tunnel service, or 503 naming the missing setting.
+pub fn client(state: &AppState) -> Result<TunnelServiceClient<Channel>, ApiError> {
+    state.tunnel.clone().ok_or_else(|| {
+        ApiError::new(
+            lattice_core::ErrorCode::Unavailable,
+            "the tunnel service is not configured on this gateway (run it here or set tunnel.url)",
+        )
+    })
+}
+
+/// New join token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// Labels the enrolled node gets.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Lifetime (default 3600, at least 60).
+    #[serde(default)]
+    pub expires_in_s: i64,
+}
+
+/// A join token (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinToken {
+    pub id: String,
+    /// Carries the server URL and the CA fingerprint the agent pins.
+    pub token: String,
+    pub expires_at_ms: i64,
+    pub labels: BTreeMap<String, String>,
+    /// Ready to paste on the node.
+    pub install_command: String,
+}
+
+/// Create a single-use join token (`nodes:write`).
+#[utoipa::path(post, path = "/api/v1/nodes/join-tokens", tag = "nodes", request_body = CreateJoinToken,
+    responses((status = 201, body = JoinToken), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn create_join_token(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: http::HeaderMap,
+    ApiJson(body): ApiJson<CreateJoinToken>,
+) -> Result<(StatusCode, Json<JoinToken>), ApiError> {
+    let server_url = match &state.cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("localhost");
+            let scheme = if state.ca_sha256.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
+        }
+    };
+    let t = client(&state)?
+        .create_join_token(caller.request(
+            &state,
+            pb::CreateJoinTokenRequest {
+                labels: body.labels.into_iter().collect(),
+                expires_in_s: body.expires_in_s,
+                server_url,
+                ca_sha256: state.ca_sha256.clone().unwrap_or_default(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let install_command = format!(
+        "sudo lattice-agent enroll --token '{}' && sudo systemctl enable --now lattice-agent",
+        t.token
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinToken {
+            id: t.id,
+            token: t.token,
+            expires_at_ms: t.expires_at_ms,
+            labels: t.labels.into_iter().collect(),
+            install_command,
+        }),
+    ))
+}
+
+/// A node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    /// Enabled on the server.
+    pub capabilities: Vec<String>,
+    /// Enabled in the agent's own config.
+    pub agent_capabilities: Vec<String>,
+    /// Local ports the agent lets the proxy reach.
+    pub proxy_ports: Vec<u32>,
+    /// connected | disconnected | never_connected
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub last_seen_ms: i64,
+    pub connected_since_ms: i64,
+    pub enrolled_at_ms: i64,
+    pub agent_version: String,
+    #[schema(value_type = Object)]
+    pub facts: serde_json::Value,
+}
+
+/// Host facts as JSON.
+pub fn facts_json(f: &agent::HostFacts) -> serde_json::Value {
+    serde_json::json!({
+        "hostname": f.hostname, "os": f.os, "kernel": f.kernel, "arch": f.arch,
+        "cpu_model": f.cpu_model, "cpus": f.cpus, "memory_bytes": f.memory_bytes,
+        "disks": f.disks.iter().map(|d| serde_json::json!({"mount": d.mount, "fs_type": d.fs_type,
+            "total_bytes": d.total_bytes, "available_bytes": d.available_bytes})).collect::<Vec<_>>(),
+        "addresses": f.addresses, "agent_version": f.agent_version, "boot_time_s": f.boot_time_s,
+    })
+}
+
+fn node(n: pb::Node) -> Node {
+    Node {
+        facts: n.facts.as_ref().map_or(serde_json::Value::Null, facts_json),
+        id: n.id,
+        hostname: n.hostname,
+        labels: n.labels.into_iter().collect(),
+        capabilities: n.capabilities,
+        agent_capabilities: n.agent_capabilities,
+        proxy_ports: n.proxy_ports,
+        status: n.status,
+        status_reason: (!n.status_reason.is_empty()).then_some(n.status_reason),
+        last_seen_ms: n.last_seen_ms,
+        connected_since_ms: n.connected_since_ms,
+        enrolled_at_ms: n.enrolled_at_ms,
+        agent_version: n.agent_version,
+    }
+}
+
+/// Nodes of the org.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+/// List nodes (`nodes:read`).
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, body = NodeList)))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<NodeList>, ApiError> {
+    let r = client(&state)?
+        .list_nodes(caller.request(&state, pb::ListNodesRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(NodeList {
+        nodes: r.nodes.into_iter().map(node).collect(),
+    }))
+}
+
+/// One node (`nodes:read`).
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes",
+    responses((status = 200, body = Node), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    let n = client(&state)?
+        .get_node(caller.request(&state, pb::GetNodeRequest { id }))
+        .await?
+        .into_inner();
+    Ok(Json(node(n)))
+}
+
+/// Node changes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNode {
+    /// Privileged capabilities enabled on the server side (`exec`).
+    pub capabilities: Option<Vec<String>>,
+    /// Replaces the labels.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Change a node's capabilities or labels (`nodes:write`).
+#[utoipa::path(patch, path = "/api/v1/nodes/{id}", tag = "nodes", request_body = PatchNode,
+    responses((status = 200, body = Node), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn patch(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchNode>,
+) -> Result<Json<Node>, ApiError> {
+    let n = client(&state)?
+        .update_node(caller.request(
+            &state,
+            pb::UpdateNodeRequest {
+                id,
+                set_capabilities: body.capabilities.is_some(),
+                capabilities: body.capabilities.unwrap_or_default(),
+                set_labels: body.labels.is_some(),
+                labels: body.labels.unwrap_or_default().into_iter().collect(),
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(node(n)))
+}
+
+/// Forget a node and revoke its credential (`nodes:write`).
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes",
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    client(&state)?
+        .delete_node(caller.request(&state, pb::GetNodeRequest { id }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Time-window query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SinceQuery {
+    /// Unix ms (default: everything kept).
+    #[serde(default)]
+    pub since: i64,
+    /// At most this many.
+    #[serde(default)]
+    pub limit: i64,
+    /// Logs: the unit or file.
+    #[serde(default)]
+    pub unit: String,
+    /// Logs: a substring of the message.
+    #[serde(default)]
+    pub q: String,
+}
+
+/// Metric samples of a node (`nodes:read`).
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/metrics", tag = "nodes", params(SinceQuery),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SinceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = client(&state)?
+        .node_metrics(caller.request(
+            &state,
+            pb::NodeMetricsRequest {
+                id,
+                since_ms: q.since,
+                limit: q.limit,
+            },
+        ))
+        .await?
+        .into_inner();
+    let samples: Vec<_> = r
+        .samples
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "at_ms": s.at_ms, "cpu_percent": s.cpu_percent, "load1": s.load1, "load5": s.load5, "load15": s.load15,
+                "memory_total_bytes": s.memory_total_bytes, "memory_available_bytes": s.memory_available_bytes,
+                "disks": s.disks.iter().map(|d| serde_json::json!({"mount": d.mount, "used_bytes": d.used_bytes, "total_bytes": d.total_bytes})).collect::<Vec<_>>(),
+                "net": s.net.iter().map(|n| serde_json::json!({"interface": n.interface, "rx_bytes": n.rx_bytes, "tx_bytes": n.tx_bytes})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "samples": samples })))
+}
+
+/// Log lines of a node (`nodes:read`).
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/logs", tag = "nodes", params(SinceQuery),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SinceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = client(&state)?
+        .node_logs(caller.request(
+            &state,
+            pb::NodeLogsRequest {
+                id,
+                since_ms: q.since,
+                unit: q.unit,
+                q: q.q,
+                limit: q.limit,
+            },
+        ))
+        .await?
+        .into_inner();
+    let entries: Vec<_> = r
+        .entries
+        .iter()
+        .map(|e| serde_json::json!({"at_ms": e.at_ms, "unit": e.source, "priority": e.priority, "message": e.message}))
+        .collect();
+    Ok(Json(serde_json::json!({ "entries": entries })))
+}
+
+/// The fleet's latest metric values in Prometheus text format (`nodes:read`), for
+/// a Prometheus `bearer_token` scrape.
+#[utoipa::path(get, path = "/api/v1/fleet/metrics", tag = "nodes", responses((status = 200, content_type = "text/plain")))]
+pub async fn fleet_metrics(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let r = client(&state)?
+        .fleet_metrics(caller.request(&state, pb::FleetMetricsRequest {}))
+        .await?
+        .into_inner();
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        r.text,
+    )
+        .into_response())
+}
+
+/// Headers that belong to one hop, or carry Lattice credentials: never sent on.
+fn forwardable(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "authorization"
+            | "cookie"
+            | "x-csrf-token"
+            | "x-lattice-principal"
+            | "x-lattice-client-ip"
+            | "content-length"
+    )
+}
+
+/// `ANY /api/v1/nodes/{node}/proxy/{port}/{*path}` (`nodes:proxy`): carried over the
+/// node agent's stream to `127.0.0.1:{port}/{path}` on the node. The response
+/// streams; the client going away cancels it on the node.
+pub async fn proxy(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let node_id = get("node");
+    let port: u32 = get("port")
+        .parse()
+        .ok()
+        .filter(|p| (1..=65_535).contains(p))
+        .ok_or_else(|| {
+            ApiError::new(
+                lattice_core::ErrorCode::BadRequest,
+                "port: must be 1..65535",
+            )
+        })?;
+    let path = get("path");
+    let mut path_and_query = format!("/{path}");
+    if let Some(q) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let (parts, body) = req.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| forwardable(n))
+        .map(|(n, v)| agent::Header {
+            name: n.as_str().to_owned(),
+            value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+        })
+        .collect();
+    let head = pb::ProxyChunk {
+        chunk: Some(pb::proxy_chunk::Chunk::Head(pb::ProxyRequestHead {
+            node_id,
+            port,
+            method: parts.method.as_str().to_owned(),
+            path_and_query,
+            headers,
+            forwarded: false,
+        })),
+    };
+    let body = body
+        .into_data_stream()
+        .take_while(|r| std::future::ready(r.is_ok()))
+        .filter_map(|r| std::future::ready(r.ok()))
+        .map(|data| pb::ProxyChunk {
+            chunk: Some(pb::proxy_chunk::Chunk::Data(data)),
+        })
+        .chain(futures::stream::once(std::future::ready(pb::ProxyChunk {
+            chunk: Some(pb::proxy_chunk::Chunk::End(true)),
+        })));
+    let outbound = futures::stream::once(std::future::ready(head)).chain(body);
+    let mut answers = client(&state)?
+        .proxy(caller.request(&state, outbound))
+        .await?
+        .into_inner();
+    let first = answers
+        .message()
+        .await?
+        .and_then(|c| c.chunk)
+        .ok_or_else(|| {
+            ApiError::new(
+                lattice_core::ErrorCode::Unavailable,
+                "the tunnel ended the stream before answering",
+            )
+        })?;
+    let head = match first {
+        pb::proxy_chunk::Chunk::Response(h) => h,
+        pb::proxy_chunk::Chunk::Reset(r) => {
+            let code = match r.code.as_str() {
+                "port_not_allowed" => lattice_core::ErrorCode::PermissionDenied,
+                _ => lattice_core::ErrorCode::BadGateway,
+            };
+            return Err(ApiError::new(code, format!("{}: {}", r.code, r.message)));
+        }
+        _ => {
+            return Err(ApiError::new(
+                lattice_core::ErrorCode::BadGateway,
+                "the tunnel answered out of order",
+            ));
+        }
+    };
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(head.status as u16).unwrap_or(StatusCode::BAD_GATEWAY));
+    for h in head.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(h.name.as_str()),
+            HeaderValue::from_bytes(&h.value),
+        ) && forwardable(&n)
+        {
+            resp = resp.header(n, v);
+        }
+    }
+    let stream = futures::stream::unfold(answers, |mut answers| async move {
+        match answers.message().await {
+            Ok(Some(pb::ProxyChunk {
+                chunk: Some(pb::proxy_chunk::Chunk::Data(d)),
+            })) => Some((Ok(d), answers)),
+            Ok(Some(pb::ProxyChunk {
+                chunk: Some(pb::proxy_chunk::Chunk::Reset(r)),
+            })) => Some((
+                Err(std::io::Error::other(format!("{}: {}", r.code, r.message))),
+                answers,
+            )),
+            Ok(_) => None,
+            Err(st) => Some((Err(std::io::Error::other(st.message().to_owned())), answers)),
+        }
+    })
+    // After an error the body ends.
+    .scan(
+        false,
+        |failed, item: Result<bytes::Bytes, std::io::Error>| {
+            if *failed {
+                return std::future::ready(None);
+            }
+            *failed = item.is_err();
+            std::future::ready(Some(item))
+        },
+    );
+    resp.body(Body::from_stream(stream)).map_err(|e| {
+        ApiError::new(
+            lattice_core::ErrorCode::BadGateway,
+            format!("bad response head from the node: {e}"),
+        )
+    })
+}
+
+/// `/lattice.agent.v1.AgentService/*`: relay an agent's gRPC call (enrollment, or
+/// its long-lived stream) to the tunnel service, as the gateway.
+pub async fn relay_agent(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    use tower::ServiceExt as _;
+    let Some(channel) = state.tunnel_channel.clone() else {
+        return grpc_error(
+            tonic::Code::Unavailable,
+            "the tunnel service is not configured on this gateway",
+        );
+    };
+    let (mut parts, body) = req.into_parts();
+    let ip = crate::caller::client_ip(&parts, state.cfg.trust_forwarded_for);
+    let principal = state.internal.mint(&state.service_principal);
+    let h = &mut parts.headers;
+    h.remove(lattice_core::auth::PRINCIPAL_METADATA);
+    h.remove(lattice_core::auth::CLIENT_IP_METADATA);
+    if let (Ok(p), Ok(ip)) = (HeaderValue::try_from(principal), HeaderValue::try_from(ip)) {
+        h.insert(lattice_core::auth::PRINCIPAL_METADATA, p);
+        h.insert(lattice_core::auth::CLIENT_IP_METADATA, ip);
+    }
+    let path = parts.uri.path().to_owned();
+    parts.uri = match http::Uri::builder()
+        .scheme("http")
+        .authority("tunnel")
+        .path_and_query(path)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return grpc_error(tonic::Code::InvalidArgument, "bad path"),
+    };
+    let req = http::Request::from_parts(parts, tonic::body::Body::new(body));
+    match channel.oneshot(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => grpc_error(
+            tonic::Code::Unavailable,
+            &format!("tunnel service unreachable: {e}"),
+        ),
+    }
+}
+
+fn grpc_error(code: tonic::Code, message: &str) -> Response {
+    let status = tonic::Status::new(code, message);
+    status.into_http::<Body>().into_response()
+}

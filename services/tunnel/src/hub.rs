@@ -1,0 +1,888 @@
+//! The agent streams this replica holds, and everything that rides on them: task
+//! dispatch (pushed as soon as work is queued), results fenced by epoch, heartbeats,
+//! and the multiplexed proxy streams with per-stream flow control.
+//!
+//! Flow control: each proxy stream has a window of [`WINDOW`] bytes in each
+//! direction. A sender sends body bytes only within the window the receiver granted;
+//! the receiver grants more (a `window_update`) as its consumer takes bytes. So one
+//! slow HTTP client stops only its own stream, never the agent's other streams.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use lattice_core::auth::{InternalAuth, Principal};
+use lattice_core::cache::Cache;
+use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
+use lattice_core::task_kinds;
+use lattice_proto::agent::v1 as agent;
+use lattice_proto::tasks::v1 as tpb;
+use lattice_proto::tasks::v1::task_service_client::TaskServiceClient;
+use lattice_proto::tunnel::v1 as pb;
+use lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::error::TunnelError;
+use crate::service::Nodes;
+use crate::store::{Connected, NodeRow};
+
+/// Per-stream flow-control window, bytes, each direction.
+pub const WINDOW: u32 = 256 * 1024;
+/// Largest body chunk in one frame.
+pub const CHUNK: usize = 64 * 1024;
+/// Tasks claimed per dispatch round.
+const CLAIM_BATCH: i64 = 16;
+
+/// A stream of proxy answers (local, or from the owning replica).
+pub type ProxyStream = Pin<Box<dyn Stream<Item = Result<pb::ProxyChunk, Status>> + Send>>;
+
+/// Registry key of the replica holding `node`'s stream.
+fn registry_key(node: &str) -> String {
+    format!("tunnel:node:{node}")
+}
+
+enum Event {
+    Head(agent::ProxyHead),
+    Data(Bytes),
+    End,
+    Reset(agent::ProxyReset),
+}
+
+struct Slot {
+    to_client: mpsc::UnboundedSender<Event>,
+    /// Request-body credit the agent granted.
+    credit: Arc<Semaphore>,
+    /// Response bytes received and not yet taken by the client.
+    buffered: Arc<AtomicI64>,
+}
+
+/// One connected agent.
+pub struct Session {
+    /// Node id.
+    pub node_id: String,
+    /// Org of the node.
+    pub org_id: String,
+    /// When this connection started (the node row's `connected_since_ms`).
+    pub since: i64,
+    out: mpsc::UnboundedSender<agent::ServerMessage>,
+    wake: Notify,
+    streams: Mutex<HashMap<u64, Slot>>,
+    next_stream: AtomicU64,
+    proxy_ports: Vec<u32>,
+    close: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl Session {
+    fn send(&self, msg: agent::server_message::Msg) {
+        let _ = self.out.send(agent::ServerMessage { msg: Some(msg) });
+    }
+
+    fn frame(&self, stream_id: u64, frame: agent::proxy_frame::Frame) {
+        self.send(agent::server_message::Msg::Proxy(agent::ProxyFrame {
+            stream_id,
+            frame: Some(frame),
+        }));
+    }
+
+    /// End this connection, saying why.
+    pub fn close(&self, reason: &str) {
+        let mut r = self.close_reason.lock().expect("close reason lock");
+        if r.is_none() {
+            *r = Some(reason.to_owned());
+        }
+        drop(r);
+        self.close.cancel();
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.streams.lock().expect("stream table lock")
+    }
+}
+
+/// Everything this replica holds.
+pub struct Hub {
+    nodes: Nodes,
+    tasks: Option<TaskServiceClient<Channel>>,
+    internal: InternalAuth,
+    cache: Cache,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    advertise: String,
+    peers: Mutex<HashMap<String, TunnelServiceClient<Channel>>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("advertise", &self.advertise)
+            .field("sessions", &self.connected())
+            .finish()
+    }
+}
+
+fn tunnel_principal() -> Principal {
+    Principal::service("tunnel")
+}
+
+impl Hub {
+    /// A hub for this replica, reachable by other replicas at `advertise`.
+    pub fn new(
+        nodes: Nodes,
+        tasks: Option<TaskServiceClient<Channel>>,
+        internal: InternalAuth,
+        cache: Cache,
+        advertise: String,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            nodes,
+            tasks,
+            internal,
+            cache,
+            sessions: Mutex::new(HashMap::new()),
+            advertise,
+            peers: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    /// The node registry.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    /// How many agents are connected here.
+    pub fn connected(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").len()
+    }
+
+    /// Close `node`'s stream if it is held here.
+    pub fn disconnect(&self, node: &str, reason: &str) {
+        if let Some(s) = self.session(node) {
+            s.close(reason);
+        }
+    }
+
+    fn session(&self, node: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(node)
+            .cloned()
+    }
+
+    fn treq<T>(&self, msg: T) -> tonic::Request<T> {
+        lattice_core::grpc::request(&self.internal, &tunnel_principal(), None, msg)
+    }
+
+    /// Wake the sessions whose nodes have runnable tasks, until shutdown.
+    pub async fn run_dispatcher(self: Arc<Self>) {
+        let mut rx = self.cache.subscribe(TASKS_RUNNABLE_CHANNEL);
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = sweep.tick() => {
+                    let now = lattice_core::time::now_ms();
+                    let s = &self.nodes.settings;
+                    if let Err(err) = self.nodes.store().sweep(now - s.metrics_retention_ms, now - s.logs_retention_ms).await {
+                        tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "tunnel: retention sweep failed");
+                    }
+                }
+                msg = rx.recv() => match msg {
+                    Ok(node) => {
+                        if let Some(s) = self.session(&node) {
+                            s.wake.notify_one();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for s in self.sessions.lock().expect("sessions lock").values() {
+                            s.wake.notify_one();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        // Ask every agent to come back (to another replica, or this one restarted).
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .cloned()
+            .collect();
+        for s in sessions {
+            s.send(agent::server_message::Msg::Reconnect(agent::Reconnect {
+                url: String::new(),
+                reason: "server shutting down".into(),
+            }));
+            s.close("server shutting down");
+        }
+    }
+
+    /// Serve one agent stream: `node` is authenticated, `inbound` its messages.
+    pub async fn attach(
+        self: &Arc<Self>,
+        node: NodeRow,
+        client_ip: String,
+        mut inbound: Streaming<agent::AgentMessage>,
+    ) -> Result<
+        impl Stream<Item = Result<agent::ServerMessage, Status>> + Send + 'static,
+        TunnelError,
+    > {
+        let hello = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
+            Ok(Ok(Some(agent::AgentMessage {
+                msg: Some(agent::agent_message::Msg::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                return Err(TunnelError::Invalid(
+                    "the first message must be hello".into(),
+                ));
+            }
+            Ok(Err(status)) => {
+                return Err(TunnelError::Invalid(format!(
+                    "agent stream: {}",
+                    status.message()
+                )));
+            }
+            Err(_) => return Err(TunnelError::Invalid("no hello within 15 s".into())),
+        };
+        let facts = hello.facts.unwrap_or_default();
+        let mut ports = hello.proxy_ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        let connected = Connected {
+            facts: facts.clone(),
+            agent_capabilities: hello.capabilities.clone(),
+            proxy_ports: ports.clone(),
+            agent_version: if hello.agent_version.is_empty() {
+                facts.agent_version.clone()
+            } else {
+                hello.agent_version.clone()
+            },
+        };
+        self.nodes.store().connected(&node.id, &connected).await?;
+        let since = self
+            .nodes
+            .store()
+            .node(None, &node.id)
+            .await?
+            .connected_since_ms;
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            node_id: node.id.clone(),
+            org_id: node.org_id.clone(),
+            since,
+            out,
+            wake: Notify::new(),
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            proxy_ports: ports,
+            close: self.shutdown.child_token(),
+            close_reason: Mutex::new(None),
+        });
+        if let Some(old) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(node.id.clone(), session.clone())
+        {
+            old.close("replaced by a newer connection from the agent");
+        }
+        let hb = self.nodes.settings.heartbeat_interval_ms;
+        self.cache
+            .set(
+                &registry_key(&node.id),
+                self.advertise.as_bytes(),
+                Duration::from_millis((hb * 3) as u64),
+            )
+            .await;
+        self.nodes
+            .record(&node.org_id, &format!("node:{}", node.id), "node.connect", &node.id, true, &client_ip,
+                serde_json::json!({"agent_version": connected.agent_version, "capabilities": connected.agent_capabilities}))
+            .await;
+        session.send(agent::server_message::Msg::Welcome(agent::Welcome {
+            node_id: node.id.clone(),
+            heartbeat_interval_ms: hb,
+            metrics_interval_ms: self.nodes.settings.metrics_interval_ms,
+            capabilities: node.capabilities.clone(),
+        }));
+        // Leases of tasks still running from a previous connection stay current.
+        if !hello.running.is_empty() {
+            self.extend_leases(&session, &hello.running).await;
+        }
+        let hub = self.clone();
+        let s = session.clone();
+        tokio::spawn(async move { hub.read_loop(s, inbound, client_ip).await });
+        let hub = self.clone();
+        let s = session.clone();
+        tokio::spawn(async move { hub.dispatch_loop(s).await });
+        session.wake.notify_one();
+        let close = session.close.clone();
+        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx)
+            .map(Ok)
+            .take_until(close.cancelled_owned()))
+    }
+
+    async fn read_loop(
+        self: Arc<Self>,
+        s: Arc<Session>,
+        mut inbound: Streaming<agent::AgentMessage>,
+        client_ip: String,
+    ) {
+        let hb = Duration::from_millis(self.nodes.settings.heartbeat_interval_ms as u64);
+        let mut last = Instant::now();
+        let mut check = tokio::time::interval(hb);
+        let reason = loop {
+            tokio::select! {
+                _ = s.close.cancelled() => {
+                    break s.close_reason.lock().expect("close reason lock").clone().unwrap_or_else(|| "closed".into());
+                }
+                _ = check.tick() => {
+                    if last.elapsed() > hb * 3 {
+                        break format!("no heartbeat for {} s", last.elapsed().as_secs());
+                    }
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => {
+                        last = Instant::now();
+                        if let Some(m) = m.msg
+                            && let Err(err) = self.handle(&s, m).await
+                        {
+                            tracing::warn!(node = %s.node_id, error = %lattice_core::error::DisplayChain(&err), "agent message failed");
+                        }
+                    }
+                    Ok(None) => break "the agent closed the stream".to_owned(),
+                    Err(status) => break format!("stream broken: {}", status.message()),
+                },
+            }
+        };
+        s.close(&reason);
+        // Every open proxy stream ends with the connection.
+        for (_, slot) in s.streams().drain() {
+            slot.credit.close();
+            let _ = slot.to_client.send(Event::Reset(agent::ProxyReset {
+                code: "agent_disconnected".into(),
+                message: format!("the node's agent disconnected: {reason}"),
+            }));
+        }
+        let current = {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let ours = sessions.get(&s.node_id).is_some_and(|x| Arc::ptr_eq(x, &s));
+            if ours {
+                sessions.remove(&s.node_id);
+            }
+            ours
+        };
+        if current {
+            self.cache.delete(&registry_key(&s.node_id)).await;
+        }
+        if let Err(err) = self
+            .nodes
+            .store()
+            .disconnected(&s.node_id, s.since, &reason)
+            .await
+        {
+            tracing::warn!(node = %s.node_id, error = %lattice_core::error::DisplayChain(&err), "could not record the disconnect");
+        }
+        self.nodes
+            .record(
+                &s.org_id,
+                &format!("node:{}", s.node_id),
+                "node.disconnect",
+                &s.node_id,
+                true,
+                &client_ip,
+                serde_json::json!({"reason": reason}),
+            )
+            .await;
+        tracing::info!(node = %s.node_id, %reason, "agent disconnected");
+    }
+
+    async fn handle(
+        &self,
+        s: &Arc<Session>,
+        msg: agent::agent_message::Msg,
+    ) -> Result<(), TunnelError> {
+        use agent::agent_message::Msg;
+        match msg {
+            Msg::Hello(_) => return Err(TunnelError::Invalid("hello may only come first".into())),
+            Msg::Heartbeat(h) => {
+                self.nodes.store().seen(&s.node_id).await?;
+                let hb = self.nodes.settings.heartbeat_interval_ms;
+                self.cache
+                    .set(
+                        &registry_key(&s.node_id),
+                        self.advertise.as_bytes(),
+                        Duration::from_millis((hb * 3) as u64),
+                    )
+                    .await;
+                if !h.running.is_empty() {
+                    self.extend_leases(s, &h.running).await;
+                }
+                s.send(agent::server_message::Msg::Heartbeat(agent::Heartbeat {
+                    sent_at_ms: lattice_core::time::now_ms(),
+                    running: Vec::new(),
+                }));
+            }
+            Msg::Facts(f) => self.nodes.store().set_facts(&s.node_id, &f).await?,
+            Msg::Metrics(m) => self.nodes.store().add_metrics(&s.node_id, &m).await?,
+            Msg::Logs(batch) => {
+                if batch.entries.len() > 10_000 {
+                    return Err(TunnelError::Invalid(
+                        "logs: at most 10000 lines per batch".into(),
+                    ));
+                }
+                self.nodes
+                    .store()
+                    .add_logs(&s.node_id, &batch.entries)
+                    .await?;
+            }
+            Msg::Result(r) => self.complete(s, r).await,
+            Msg::Proxy(frame) => self.agent_frame(s, frame),
+        }
+        Ok(())
+    }
+
+    async fn extend_leases(&self, s: &Session, running: &[agent::RunningTask]) {
+        let Some(tasks) = &self.tasks else { return };
+        let req = tpb::HeartbeatRequest {
+            node_id: s.node_id.clone(),
+            leases: running
+                .iter()
+                .map(|r| tpb::Lease {
+                    task_id: r.task_id.clone(),
+                    epoch: r.epoch,
+                })
+                .collect(),
+        };
+        match tasks.clone().heartbeat(self.treq(req)).await {
+            Ok(resp) => {
+                for stale in resp.into_inner().stale {
+                    s.send(agent::server_message::Msg::Cancel(agent::CancelTask {
+                        task_id: stale.task_id,
+                        epoch: stale.epoch,
+                    }));
+                }
+            }
+            Err(status) => tracing::warn!(node = %s.node_id, %status, "lease heartbeat failed"),
+        }
+    }
+
+    async fn complete(&self, s: &Session, r: agent::TaskResult) {
+        let Some(tasks) = &self.tasks else { return };
+        let req = tpb::CompleteRequest {
+            task_id: r.task_id.clone(),
+            epoch: r.epoch,
+            node_id: s.node_id.clone(),
+            ok: r.ok,
+            result_json: r.result_json,
+            error_code: r.error_code,
+            error: r.error,
+        };
+        let (accepted, reason) = match tasks.clone().complete(self.treq(req)).await {
+            Ok(_) => (true, String::new()),
+            // Fenced or gone: tell the agent to drop it.
+            Err(st)
+                if matches!(
+                    st.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                ) =>
+            {
+                (false, st.message().to_owned())
+            }
+            // The queue is unreachable: no ack, the agent sends it again later.
+            Err(st) => {
+                tracing::warn!(node = %s.node_id, status = %st, "could not record a task result; the agent will resend it");
+                return;
+            }
+        };
+        s.send(agent::server_message::Msg::Ack(agent::ResultAck {
+            task_id: r.task_id,
+            epoch: r.epoch,
+            accepted,
+            reason,
+        }));
+        s.wake.notify_one();
+    }
+
+    async fn dispatch_loop(self: Arc<Self>, s: Arc<Session>) {
+        let Some(tasks) = self.tasks.clone() else {
+            return;
+        };
+        loop {
+            // Pushed by the bus; the poll is only a fallback (no shared bus, lost message).
+            let poll = Duration::from_millis(10_000 + rand::random_range(0..5_000));
+            tokio::select! {
+                _ = s.close.cancelled() => return,
+                _ = s.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            let claimed = match tasks
+                .clone()
+                .claim(self.treq(tpb::ClaimRequest {
+                    node_id: s.node_id.clone(),
+                    max: CLAIM_BATCH,
+                }))
+                .await
+            {
+                Ok(r) => r.into_inner().tasks,
+                Err(status) => {
+                    tracing::warn!(node = %s.node_id, %status, "claim failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    s.wake.notify_one();
+                    continue;
+                }
+            };
+            let full = claimed.len() as i64 == CLAIM_BATCH;
+            let mut node_caps: Option<Vec<String>> = None;
+            for t in claimed {
+                let needs = task_kinds::spec(&t.kind).and_then(|k| k.capability);
+                if let Some(cap) = needs {
+                    if node_caps.is_none() {
+                        node_caps = Some(match self.nodes.store().node(None, &s.node_id).await {
+                            Ok(n) => n.capabilities,
+                            Err(_) => Vec::new(),
+                        });
+                    }
+                    if !node_caps
+                        .as_ref()
+                        .is_some_and(|c| c.iter().any(|x| x == cap))
+                    {
+                        let error = format!(
+                            "server refused: capability {cap:?} is not enabled for node {} (enable it with PATCH /api/v1/nodes/{} {{\"capabilities\":[\"{cap}\"]}})",
+                            s.node_id, s.node_id
+                        );
+                        let r = agent::TaskResult {
+                            task_id: t.id,
+                            epoch: t.epoch,
+                            ok: false,
+                            result_json:
+                                serde_json::json!({"refused_by": "server", "capability": cap})
+                                    .to_string(),
+                            error_code: "capability_denied".into(),
+                            error,
+                        };
+                        self.complete(&s, r).await;
+                        continue;
+                    }
+                }
+                s.send(agent::server_message::Msg::Task(agent::TaskAssignment {
+                    task_id: t.id,
+                    epoch: t.epoch,
+                    kind: t.kind,
+                    payload_json: t.payload_json,
+                }));
+            }
+            if full {
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    fn agent_frame(&self, s: &Session, frame: agent::ProxyFrame) {
+        use agent::proxy_frame::Frame;
+        let id = frame.stream_id;
+        let Some(f) = frame.frame else { return };
+        let mut streams = s.streams();
+        let Some(slot) = streams.get(&id) else { return };
+        match f {
+            Frame::Head(h) => {
+                let _ = slot.to_client.send(Event::Head(h));
+            }
+            Frame::Data(d) => {
+                let buffered =
+                    slot.buffered.fetch_add(d.len() as i64, Ordering::SeqCst) + d.len() as i64;
+                if buffered > i64::from(WINDOW) + CHUNK as i64 {
+                    // The agent ignored the window: end the stream rather than buffer.
+                    let _ = slot.to_client.send(Event::Reset(agent::ProxyReset {
+                        code: "flow_control".into(),
+                        message: "the agent sent past its window".into(),
+                    }));
+                    streams.remove(&id);
+                    drop(streams);
+                    s.frame(
+                        id,
+                        Frame::Reset(agent::ProxyReset {
+                            code: "flow_control".into(),
+                            message: String::new(),
+                        }),
+                    );
+                    return;
+                }
+                let _ = slot.to_client.send(Event::Data(d));
+            }
+            Frame::End(_) => {
+                let _ = slot.to_client.send(Event::End);
+                streams.remove(&id);
+            }
+            Frame::Reset(r) => {
+                let _ = slot.to_client.send(Event::Reset(r));
+                if let Some(slot) = streams.remove(&id) {
+                    slot.credit.close();
+                }
+            }
+            Frame::WindowUpdate(n) => slot.credit.add_permits(n as usize),
+            Frame::Open(_) => {}
+        }
+    }
+
+    /// Carry one HTTP exchange to `head.node_id`: through the stream held here, or
+    /// forwarded once to the replica that holds it.
+    pub async fn proxy(
+        self: &Arc<Self>,
+        p: &Principal,
+        metadata: &tonic::metadata::MetadataMap,
+        head: pb::ProxyRequestHead,
+        body: Streaming<pb::ProxyChunk>,
+    ) -> Result<ProxyStream, TunnelError> {
+        if !(p.allows("nodes:proxy")) {
+            return Err(TunnelError::MissingScope("nodes:proxy".into()));
+        }
+        crate::service::check_id("node_id", &head.node_id)?;
+        if head.port == 0 || head.port > 65_535 {
+            return Err(TunnelError::Invalid("port: must be 1..65535".into()));
+        }
+        if !head.path_and_query.starts_with('/') || head.path_and_query.len() > 8192 {
+            return Err(TunnelError::Invalid(
+                "path: must start with / (at most 8 KiB)".into(),
+            ));
+        }
+        // The node must be the caller's (the same check on every replica).
+        let node = self
+            .nodes
+            .store()
+            .node(Some(&p.org_id), &head.node_id)
+            .await?;
+        if let Some(s) = self.session(&node.id) {
+            if !s.proxy_ports.contains(&head.port) {
+                return Err(TunnelError::Forbidden(format!(
+                    "port {} is not allowed by the agent on node {} (its config allows: {:?})",
+                    head.port, node.id, s.proxy_ports
+                )));
+            }
+            return Ok(Box::pin(self.open_local(s, head, body)));
+        }
+        let owner = self
+            .cache
+            .get(&registry_key(&node.id))
+            .await
+            .and_then(|v| String::from_utf8(v).ok());
+        match owner {
+            Some(url) if url != self.advertise && !head.forwarded => {
+                let mut head = head;
+                head.forwarded = true;
+                self.forward(&url, metadata, head, body).await
+            }
+            _ => Err(TunnelError::NotConnected(format!(
+                "node {} is not connected ({}{})",
+                node.id,
+                node.status,
+                if node.status_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", node.status_reason)
+                }
+            ))),
+        }
+    }
+
+    async fn forward(
+        &self,
+        url: &str,
+        metadata: &tonic::metadata::MetadataMap,
+        head: pb::ProxyRequestHead,
+        body: Streaming<pb::ProxyChunk>,
+    ) -> Result<ProxyStream, TunnelError> {
+        let client = {
+            let mut peers = self.peers.lock().expect("peers lock");
+            match peers.get(url) {
+                Some(c) => c.clone(),
+                None => {
+                    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+                        .map_err(|e| TunnelError::NotConnected(format!("replica {url}: {e}")))?
+                        .connect_timeout(Duration::from_secs(2))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(30));
+                    let c = TunnelServiceClient::new(endpoint.connect_lazy());
+                    peers.insert(url.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        let first = pb::ProxyChunk {
+            chunk: Some(pb::proxy_chunk::Chunk::Head(head)),
+        };
+        let rest = body
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()));
+        let mut req =
+            tonic::Request::new(futures::stream::once(std::future::ready(first)).chain(rest));
+        lattice_core::grpc::forward_metadata(metadata, req.metadata_mut());
+        let resp = client.clone().proxy(req).await.map_err(|st| {
+            TunnelError::NotConnected(format!(
+                "the replica holding the node ({url}) failed: {}",
+                st.message()
+            ))
+        })?;
+        Ok(Box::pin(resp.into_inner()))
+    }
+
+    fn open_local(
+        self: &Arc<Self>,
+        s: Arc<Session>,
+        head: pb::ProxyRequestHead,
+        mut body: Streaming<pb::ProxyChunk>,
+    ) -> LocalStream {
+        use agent::proxy_frame::Frame;
+        let id = s.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(Semaphore::new(WINDOW as usize));
+        let buffered = Arc::new(AtomicI64::new(0));
+        s.streams().insert(
+            id,
+            Slot {
+                to_client: tx,
+                credit: credit.clone(),
+                buffered: buffered.clone(),
+            },
+        );
+        s.frame(
+            id,
+            Frame::Open(agent::ProxyOpen {
+                port: head.port,
+                method: head.method,
+                path_and_query: head.path_and_query,
+                headers: head.headers,
+            }),
+        );
+        // The request body, within the agent's window.
+        let pump = s.clone();
+        tokio::spawn(async move {
+            loop {
+                let chunk = tokio::select! {
+                    _ = pump.close.cancelled() => return,
+                    c = body.message() => c,
+                };
+                match chunk {
+                    Ok(Some(pb::ProxyChunk {
+                        chunk: Some(pb::proxy_chunk::Chunk::Data(d)),
+                    })) => {
+                        let mut rest = d;
+                        while !rest.is_empty() {
+                            let piece = rest.split_to(rest.len().min(CHUNK));
+                            let Ok(permit) = credit.acquire_many(piece.len() as u32).await else {
+                                return;
+                            };
+                            permit.forget();
+                            pump.frame(id, Frame::Data(piece));
+                        }
+                    }
+                    Ok(Some(pb::ProxyChunk {
+                        chunk: Some(pb::proxy_chunk::Chunk::End(_)),
+                    }))
+                    | Ok(None) => {
+                        pump.frame(id, Frame::End(true));
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(_) => {
+                        pump.frame(
+                            id,
+                            Frame::Reset(agent::ProxyReset {
+                                code: "cancelled".into(),
+                                message: "client went away".into(),
+                            }),
+                        );
+                        return;
+                    }
+                }
+            }
+        });
+        LocalStream {
+            rx,
+            session: s,
+            id,
+            buffered,
+            done: false,
+        }
+    }
+}
+
+/// Answers of one proxy stream held here. Taking a body chunk grants the agent more
+/// window; dropping the stream before its end (the client went away) resets it on
+/// the agent.
+struct LocalStream {
+    rx: mpsc::UnboundedReceiver<Event>,
+    session: Arc<Session>,
+    id: u64,
+    buffered: Arc<AtomicI64>,
+    done: bool,
+}
+
+impl Stream for LocalStream {
+    type Item = Result<pb::ProxyChunk, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use pb::proxy_chunk::Chunk;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let chunk = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Event::Head(h))) => Chunk::Response(h),
+            Poll::Ready(Some(Event::Data(d))) => {
+                self.buffered.fetch_sub(d.len() as i64, Ordering::SeqCst);
+                self.session.frame(
+                    self.id,
+                    agent::proxy_frame::Frame::WindowUpdate(d.len() as u32),
+                );
+                Chunk::Data(d)
+            }
+            Poll::Ready(Some(Event::End)) => {
+                self.done = true;
+                Chunk::End(true)
+            }
+            Poll::Ready(Some(Event::Reset(r))) => {
+                self.done = true;
+                Chunk::Reset(r)
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Chunk::Reset(agent::ProxyReset {
+                    code: "agent_disconnected".into(),
+                    message: "the node's agent disconnected".into(),
+                })
+            }
+        };
+        Poll::Ready(Some(Ok(pb::ProxyChunk { chunk: Some(chunk) })))
+    }
+}
+
+impl Drop for LocalStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away: stop the agent's side too.
+            if let Some(slot) = self.session.streams().remove(&self.id) {
+                slot.credit.close();
+            }
+            self.session.frame(
+                self.id,
+                agent::proxy_frame::Frame::Reset(agent::ProxyReset {
+                    code: "cancelled".into(),
+                    message: "the client went away".into(),
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! Nodes: join tokens and enrollment, the node registry the operator API reads and
+//! changes, metrics and logs, and the fleet's Prometheus exposition.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use lattice_core::audit::{AuditEvent, AuditSink, Outcome, TableAudit};
+use lattice_core::auth::Principal;
+use lattice_core::crypto::{hash_secret, random_secret};
+use lattice_core::task_kinds::CAPABILITIES;
+use lattice_core::time::now_ms;
+use lattice_proto::agent::v1 as agent;
+
+use crate::error::TunnelError;
+use crate::store::{NodeRow, Store};
+
+/// Prefix of join tokens (`ljt1.<server url>.<ca sha-256>.<secret>`).
+pub const JOIN_PREFIX: &str = "ljt1";
+
+/// Settings the service needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat_interval_ms: i64,
+    pub metrics_interval_ms: i64,
+    pub metrics_retention_ms: i64,
+    pub logs_retention_ms: i64,
+    pub join_token_max_ttl_s: i64,
+}
+
+/// The node registry.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    pub(crate) store: Store,
+    pub(crate) settings: Settings,
+    audit: Arc<dyn AuditSink>,
+}
+
+/// A join token as created.
+#[derive(Debug, Clone)]
+pub struct NewJoinToken {
+    pub id: String,
+    pub token: String,
+    pub expires_at_ms: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The parts of a join token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub server_url: String,
+    /// Hex SHA-256 of the CA to pin (None: the server has no TLS of its own).
+    pub ca_sha256: Option<String>,
+    pub secret: String,
+}
+
+/// Read `ljt1.<b64url(server)>.<ca hex or ->.<secret>`.
+pub fn parse_join_token(token: &str) -> Result<JoinToken, String> {
+    let mut parts = token.trim().split('.');
+    let (Some(prefix), Some(url), Some(ca), Some(secret), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err("join token: expected ljt1.<server>.<ca>.<secret>".into());
+    };
+    if prefix != JOIN_PREFIX {
+        return Err(format!("join token: unknown format {prefix:?}"));
+    }
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(url)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or("join token: the server part does not decode")?;
+    let ca_sha256 = match ca {
+        "-" => None,
+        hex if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(hex.to_ascii_lowercase())
+        }
+        _ => return Err("join token: the CA fingerprint is not 64 hex digits".into()),
+    };
+    if secret.is_empty() {
+        return Err("join token: the secret is missing".into());
+    }
+    Ok(JoinToken {
+        server_url: url,
+        ca_sha256,
+        secret: secret.to_owned(),
+    })
+}
+
+fn require(p: &Principal, scope: &str) -> Result<(), TunnelError> {
+    if p.allows(scope) {
+        Ok(())
+    } else {
+        Err(TunnelError::MissingScope(scope.into()))
+    }
+}
+
+pub(crate) fn check_id(field: &str, id: &str) -> Result<(), TunnelError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(TunnelError::Invalid(format!(
+            "{field}: {id:?} is not a node id"
+        )));
+    }
+    Ok(())
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), TunnelError> {
+    if labels.len() > 64 {
+        return Err(TunnelError::Invalid("labels: at most 64".into()));
+    }
+    for (k, v) in labels {
+        let ok_key = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        if !ok_key {
+            return Err(TunnelError::Invalid(format!(
+                "labels: key {k:?} must be 1-63 of a-z, 0-9, '-', '_', '.', '/'"
+            )));
+        }
+        if v.len() > 255 || v.chars().any(char::is_control) {
+            return Err(TunnelError::Invalid(format!(
+                "labels.{k}: at most 255 printable characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Nodes {
+    /// Over `store`, recording audit events in its own table.
+    pub fn new(store: Store, settings: Settings) -> Self {
+        let audit = Arc::new(TableAudit::new(store.db().clone(), "tunnel_audit"));
+        Self {
+            store,
+            settings,
+            audit,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn record(
+        &self,
+        p_org: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        ok: bool,
+        ip: &str,
+        detail: serde_json::Value,
+    ) {
+        let event = AuditEvent {
+            org_id: p_org.into(),
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: if ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+            client_ip: ip.into(),
+            detail: detail.to_string(),
+        };
+        if let Err(err) = self.audit.record(event).await {
+            tracing::error!(error = %format!("{err:#}"), action, "audit record failed");
+        }
+    }
+
+    /// A single-use join token (`nodes:write`).
+    pub async fn create_join_token(
+        &self,
+        p: &Principal,
+        ip: &str,
+        labels: BTreeMap<String, String>,
+        expires_in_s: i64,
+        server_url: &str,
+        ca_sha256: &str,
+    ) -> Result<NewJoinToken, TunnelError> {
+        require(p, "nodes:write")?;
+        check_labels(&labels)?;
+        let ttl = if expires_in_s == 0 {
+            3600
+        } else {
+            expires_in_s
+        };
+        if !(60..=self.settings.join_token_max_ttl_s).contains(&ttl) {
+            return Err(TunnelError::Invalid(format!(
+                "expires_in_s: must be 60..{} seconds",
+                self.settings.join_token_max_ttl_s
+            )));
+        }
+        if !(server_url.starts_with("https://") || server_url.starts_with("http://")) {
+            return Err(TunnelError::Invalid(
+                "server_url: must be an http(s) URL".into(),
+            ));
+        }
+        let ca = ca_sha256.replace(':', "").to_ascii_lowercase();
+        if !ca.is_empty() && (ca.len() != 64 || !ca.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(TunnelError::Invalid(
+                "ca_sha256: must be a SHA-256 in hex".into(),
+            ));
+        }
+        let secret = random_secret("");
+        let id = uuid::Uuid::now_v7().to_string();
+        let expires_at_ms = now_ms() + ttl * 1000;
+        self.store
+            .create_join_token(
+                &id,
+                &p.org_id,
+                &hash_secret(&secret),
+                &labels,
+                &p.sub,
+                expires_at_ms,
+            )
+            .await?;
+        let token = format!(
+            "{JOIN_PREFIX}.{}.{}.{secret}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(server_url),
+            if ca.is_empty() { "-" } else { &ca },
+        );
+        self.record(
+            &p.org_id,
+            &p.sub,
+            "node.join_token.create",
+            &id,
+            true,
+            ip,
+            serde_json::json!({"expires_at_ms": expires_at_ms, "labels": labels}),
+        )
+        .await;
+        Ok(NewJoinToken {
+            id,
+            token,
+            expires_at_ms,
+            labels,
+        })
+    }
+
+    /// Exchange a join secret for the node's credential.
+    pub async fn enroll(
+        &self,
+        ip: &str,
+        join_secret: &str,
+        facts: agent::HostFacts,
+    ) -> Result<(NodeRow, String), TunnelError> {
+        if join_secret.is_empty() || join_secret.len() > 200 {
+            return Err(TunnelError::Unauthenticated(
+                "join token is not valid".into(),
+            ));
+        }
+        if facts.hostname.is_empty() || facts.hostname.len() > 253 {
+            return Err(TunnelError::Invalid(
+                "facts.hostname: 1-253 characters".into(),
+            ));
+        }
+        let node_id = uuid::Uuid::now_v7().to_string();
+        let token = random_secret("lnt_");
+        match self
+            .store
+            .enroll(
+                &hash_secret(join_secret),
+                &node_id,
+                &hash_secret(&token),
+                &facts,
+            )
+            .await
+        {
+            Ok(node) => {
+                self.record(
+                    &node.org_id,
+                    &format!("node:{node_id}"),
+                    "node.enroll",
+                    &node_id,
+                    true,
+                    ip,
+                    serde_json::json!({"hostname": facts.hostname}),
+                )
+                .await;
+                Ok((node, token))
+            }
+            Err(e) => {
+                if let TunnelError::Unauthenticated(why) = &e {
+                    self.record(
+                        "",
+                        "anonymous",
+                        "node.enroll",
+                        "",
+                        false,
+                        ip,
+                        serde_json::json!({"reason": why, "hostname": facts.hostname}),
+                    )
+                    .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The node a node token belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<NodeRow, TunnelError> {
+        if !token.starts_with("lnt_") || token.len() > 200 {
+            return Err(TunnelError::Unauthenticated(
+                "node token is not valid".into(),
+            ));
+        }
+        self.store
+            .node_by_token(&hash_secret(token))
+            .await?
+            .ok_or_else(|| {
+                TunnelError::Unauthenticated(
+                    "node token is not valid (revoked or never issued)".into(),
+                )
+            })
+    }
+
+    /// Nodes of the caller's org (`nodes:read`).
+    pub async fn list(&self, p: &Principal) -> Result<Vec<NodeRow>, TunnelError> {
+        require(p, "nodes:read")?;
+        self.store.nodes(&p.org_id).await
+    }
+
+    /// One node (`nodes:read`; `nodes:proxy` also sees the node it reaches).
+    pub async fn get(&self, p: &Principal, id: &str) -> Result<NodeRow, TunnelError> {
+        check_id("id", id)?;
+        if !(p.allows("nodes:read") || p.allows("nodes:proxy") || p.allows("tasks:write")) {
+            return Err(TunnelError::MissingScope("nodes:read".into()));
+        }
+        self.store.node(Some(&p.org_id), id).await
+    }
+
+    /// Change capabilities / labels (`nodes:write`).
+    pub async fn update(
+        &self,
+        p: &Principal,
+        ip: &str,
+        id: &str,
+        capabilities: Option<Vec<String>>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Result<NodeRow, TunnelError> {
+        require(p, "nodes:write")?;
+        check_id("id", id)?;
+        let caps = match capabilities {
+            None => None,
+            Some(mut caps) => {
+                for c in &caps {
+                    if !CAPABILITIES.contains(&c.as_str()) {
+                        return Err(TunnelError::Invalid(format!(
+                            "capabilities: unknown capability {c:?} (known: {})",
+                            CAPABILITIES.join(", ")
+                        )));
+                    }
+                }
+                caps.sort();
+                caps.dedup();
+                Some(caps)
+            }
+        };
+        if let Some(l) = &labels {
+            check_labels(l)?;
+        }
+        let node = self
+            .store
+            .update_node(&p.org_id, id, caps.as_deref(), labels.as_ref())
+            .await?;
+        self.record(
+            &p.org_id,
+            &p.sub,
+            "node.update",
+            id,
+            true,
+            ip,
+            serde_json::json!({"capabilities": caps, "labels": labels}),
+        )
+        .await;
+        Ok(node)
+    }
+
+    /// Forget a node (`nodes:write`).
+    pub async fn delete(&self, p: &Principal, ip: &str, id: &str) -> Result<(), TunnelError> {
+        require(p, "nodes:write")?;
+        check_id("id", id)?;
+        self.store.delete_node(&p.org_id, id).await?;
+        self.record(
+            &p.org_id,
+            &p.sub,
+            "node.delete",
+            id,
+            true,
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Samples (`nodes:read`).
+    pub async fn metrics(
+        &self,
+        p: &Principal,
+        id: &str,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<agent::MetricsSample>, TunnelError> {
+        let node = self.get(p, id).await?;
+        require(p, "nodes:read")?;
+        let limit = if limit <= 0 { 1000 } else { limit.min(10_000) };
+        self.store.metrics(&node.id, since_ms, limit).await
+    }
+
+    /// Log lines (`nodes:read`).
+    pub async fn logs(
+        &self,
+        p: &Principal,
+        id: &str,
+        since_ms: i64,
+        unit: &str,
+        q: &str,
+        limit: i64,
+    ) -> Result<Vec<agent::LogEntry>, TunnelError> {
+        let node = self.get(p, id).await?;
+        require(p, "nodes:read")?;
+        if unit.len() > 256 || q.len() > 256 {
+            return Err(TunnelError::Invalid(
+                "unit, q: at most 256 characters".into(),
+            ));
+        }
+        let limit = if limit <= 0 { 1000 } else { limit.min(10_000) };
+        self.store.logs(&node.id, since_ms, unit, q, limit).await
+    }
+
+    /// The org's latest metric values in Prometheus text format (`nodes:read`).
+    pub async fn fleet_metrics(&self, p: &Principal) -> Result<String, TunnelError> {
+        let nodes = self.list(p).await?;
+        Ok(prometheus_text(&nodes))
+    }
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render the latest sample of every node.
+pub fn prometheus_text(nodes: &[NodeRow]) -> String {
+    let mut out = String::new();
+    type Get = fn(&agent::MetricsSample) -> f64;
+    let gauges: [(&str, &str, Get); 6] = [
+        (
+            "lattice_node_cpu_percent",
+            "Busy share of all CPUs over the last interval, percent.",
+            |s| s.cpu_percent,
+        ),
+        ("lattice_node_load1", "1-minute load average.", |s| s.load1),
+        ("lattice_node_load5", "5-minute load average.", |s| s.load5),
+        ("lattice_node_load15", "15-minute load average.", |s| {
+            s.load15
+        }),
+        ("lattice_node_memory_total_bytes", "Physical memory.", |s| {
+            s.memory_total_bytes as f64
+        }),
+        (
+            "lattice_node_memory_available_bytes",
+            "Memory available for new work.",
+            |s| s.memory_available_bytes as f64,
+        ),
+    ];
+    let base = |n: &NodeRow| format!("node=\"{}\",hostname=\"{}\"", esc(&n.id), esc(&n.hostname));
+    let _ = writeln!(
+        out,
+        "# HELP lattice_node_up Whether the node's agent is connected."
+    );
+    let _ = writeln!(out, "# TYPE lattice_node_up gauge");
+    for n in nodes {
+        let _ = writeln!(
+            out,
+            "lattice_node_up{{{}}} {}",
+            base(n),
+            u8::from(n.status == "connected")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lattice_node_last_seen_timestamp_seconds When the agent was last heard from."
+    );
+    let _ = writeln!(out, "# TYPE lattice_node_last_seen_timestamp_seconds gauge");
+    for n in nodes {
+        let _ = writeln!(
+            out,
+            "lattice_node_last_seen_timestamp_seconds{{{}}} {}",
+            base(n),
+            n.last_seen_ms as f64 / 1000.0
+        );
+    }
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for n in nodes {
+            if let Some(s) = &n.last_metrics {
+                let _ = writeln!(out, "{name}{{{}}} {}", base(n), get(s));
+            }
+        }
+    }
+    for (name, help, used) in [
+        (
+            "lattice_node_disk_used_bytes",
+            "Used bytes of a filesystem.",
+            true,
+        ),
+        (
+            "lattice_node_disk_total_bytes",
+            "Size of a filesystem.",
+            false,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for n in nodes {
+            for d in n.last_metrics.iter().flat_map(|s| &s.disks) {
+                let v = if used { d.used_bytes } else { d.total_bytes };
+                let _ = writeln!(out, "{name}{{{},mount=\"{}\"}} {v}", base(n), esc(&d.mount));
+            }
+        }
+    }
+    for (name, help, rx) in [
+        (
+            "lattice_node_network_receive_bytes_total",
+            "Bytes received by an interface.",
+            true,
+        ),
+        (
+            "lattice_node_network_transmit_bytes_total",
+            "Bytes sent by an interface.",
+            false,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for n in nodes {
+            for i in n.last_metrics.iter().flat_map(|s| &s.net) {
+                let v = if rx { i.rx_bytes } else { i.tx_bytes };
+                let _ = writeln!(
+                    out,
+                    "{name}{{{},interface=\"{}\"}} {v}",
+                    base(n),
+                    esc(&i.interface)
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_round_trip_and_reject_garbage() {
+        let t = format!(
+            "ljt1.{}.{}.s3cret",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("https://cp.example:8443"),
+            "ab".repeat(32)
+        );
+        let j = parse_join_token(&t).unwrap();
+        assert_eq!(j.server_url, "https://cp.example:8443");
+        assert_eq!(j.ca_sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(j.secret, "s3cret");
+        assert!(
+            parse_join_token("ljt1.aGk.-.x")
+                .unwrap()
+                .ca_sha256
+                .is_none()
+        );
+        assert!(parse_join_token("ljt2.aGk.-.x").is_err());
+        assert!(parse_join_token("ljt1.aGk.zz.x").is_err());
+        assert!(parse_join_token("ljt1.aGk.-").is_err());
+    }
+}
