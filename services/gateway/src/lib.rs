@@ -381,6 +381,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::any(routes::nodes::proxy),
         )
         .route(
+            "/api/v1/nodes/{node}/proxy/{port}/",
+            axum::routing::any(routes::nodes::proxy),
+        )
+        .route(
             "/api/v1/nodes/{node}/proxy/{port}/{*path}",
             axum::routing::any(routes::nodes::proxy),
         )

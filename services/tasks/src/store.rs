@@ -283,6 +283,11 @@ impl Store {
         events: &[(String, i64, AuditEvent)],
     ) -> Result<u64, TaskError> {
         let mut tx = self.db.pool().begin().await?;
+        // Write first: SQLite then takes its write lock at once (a read-then-write
+        // transaction could not wait for it), and appends queue behind the chainer.
+        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         let mut n = 0;
         for (id, at, e) in events {
             let seen: Option<(i64,)> =

@@ -63,16 +63,24 @@ pub struct JoinToken {
 pub async fn create_join_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    uri: http::Uri,
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<CreateJoinToken>,
 ) -> Result<(StatusCode, Json<JoinToken>), ApiError> {
     let server_url = match &state.cfg.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {
-            let host = headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("localhost");
+            // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+            let host = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "localhost".into());
             let scheme = if state.ca_sha256.is_some() {
                 "https"
             } else {

@@ -1,0 +1,96 @@
+//! The agent's local configuration (its half of every consent) and its state
+//! (the credential it got at enrollment).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::logs::LogSource;
+
+/// `/etc/lattice/agent.toml`. Absent: no capability, no proxy port, no logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Privileged capabilities this node consents to (`exec`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Programs `exec` tasks may run: `argv[0]` must be one of these exactly.
+    #[serde(default)]
+    pub exec_allow: Vec<String>,
+    /// Local ports on 127.0.0.1 the proxy may reach.
+    #[serde(default)]
+    pub proxy_ports: Vec<u32>,
+    /// Log sources to follow and ship.
+    #[serde(default)]
+    pub logs: Vec<LogSource>,
+}
+
+impl AgentConfig {
+    /// Read `path`; a missing file is the empty configuration, a bad one an error
+    /// naming the problem.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => anyhow::bail!("read {}: {e}", path.display()),
+        };
+        let cfg: Self =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for c in &cfg.capabilities {
+            anyhow::ensure!(
+                lattice_core::task_kinds::CAPABILITIES.contains(&c.as_str()),
+                "{}: capabilities: unknown capability {c:?} (known: {})",
+                path.display(),
+                lattice_core::task_kinds::CAPABILITIES.join(", ")
+            );
+        }
+        for p in &cfg.proxy_ports {
+            anyhow::ensure!(
+                (1..=65_535).contains(p),
+                "{}: proxy_ports: {p} is not a port",
+                path.display()
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// What enrollment leaves in the state directory (0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The control plane's URL.
+    pub server: String,
+    /// Hex SHA-256 of the pinned CA (None: plain HTTP behind a trusted network).
+    pub ca_sha256: Option<String>,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's credential.
+    pub node_token: String,
+}
+
+impl Credentials {
+    /// `credentials.json` in `state_dir`.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("credentials.json")
+    }
+
+    /// Read them (a clear error when the node is not enrolled).
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(state_dir);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (enroll first: lattice-agent enroll --token ...)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Write them readable by the agent only.
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        let text = serde_json::to_vec_pretty(self)?;
+        lattice_core::crypto::write_private_file(&Self::path(state_dir), &text)?;
+        Ok(())
+    }
+}

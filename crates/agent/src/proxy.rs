@@ -1,0 +1,219 @@
+//! The agent's side of proxy streams: each opened stream is one HTTP/1.1 request to
+//! `127.0.0.1:{port}` (only ports the local config allows), its body fed from the
+//! server's frames and its response streamed back within the server's window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use lattice_proto::agent::v1 as pb;
+use pb::proxy_frame::Frame;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::run::Agent;
+
+/// Window each way, as on the server.
+const WINDOW: usize = 256 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+struct Slot {
+    body: Option<mpsc::UnboundedSender<Bytes>>,
+    credit: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+/// The streams of one connection.
+pub struct Streams {
+    agent: Arc<Agent>,
+    conn: CancellationToken,
+    slots: Arc<Mutex<HashMap<u64, Slot>>>,
+}
+
+async fn send(agent: &Agent, stream_id: u64, frame: Frame) {
+    agent
+        .send(pb::agent_message::Msg::Proxy(pb::ProxyFrame {
+            stream_id,
+            frame: Some(frame),
+        }))
+        .await;
+}
+
+fn reset(code: &str, message: String) -> Frame {
+    Frame::Reset(pb::ProxyReset {
+        code: code.into(),
+        message,
+    })
+}
+
+impl Streams {
+    /// Streams of the connection `conn`.
+    pub fn new(agent: Arc<Agent>, conn: CancellationToken) -> Self {
+        Self {
+            agent,
+            conn,
+            slots: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Handle one frame from the server.
+    pub fn handle(&self, frame: pb::ProxyFrame) {
+        let id = frame.stream_id;
+        let Some(f) = frame.frame else { return };
+        let mut slots = self.slots.lock().expect("slots lock");
+        match f {
+            Frame::Open(open) => {
+                let credit = Arc::new(Semaphore::new(WINDOW));
+                let cancel = self.conn.child_token();
+                let (body_tx, body_rx) = mpsc::unbounded_channel();
+                slots.insert(
+                    id,
+                    Slot {
+                        body: Some(body_tx),
+                        credit: credit.clone(),
+                        cancel: cancel.clone(),
+                    },
+                );
+                let (agent, table) = (self.agent.clone(), self.slots.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        () = exchange(&agent, id, open, body_rx, credit) => {}
+                    }
+                    table.lock().expect("slots lock").remove(&id);
+                });
+            }
+            Frame::Data(d) => {
+                if let Some(tx) = slots.get(&id).and_then(|s| s.body.as_ref()) {
+                    let _ = tx.send(d);
+                }
+            }
+            Frame::End(_) => {
+                if let Some(s) = slots.get_mut(&id) {
+                    s.body = None;
+                }
+            }
+            Frame::Reset(_) => {
+                if let Some(s) = slots.remove(&id) {
+                    s.cancel.cancel();
+                }
+            }
+            Frame::WindowUpdate(n) => {
+                if let Some(s) = slots.get(&id) {
+                    s.credit.add_permits(n as usize);
+                }
+            }
+            Frame::Head(_) => {}
+        }
+    }
+}
+
+async fn exchange(
+    agent: &Arc<Agent>,
+    id: u64,
+    open: pb::ProxyOpen,
+    body_rx: mpsc::UnboundedReceiver<Bytes>,
+    credit: Arc<Semaphore>,
+) {
+    if !agent.config.proxy_ports.contains(&open.port) {
+        let msg = format!("port {} is not in the agent's proxy_ports", open.port);
+        send(agent, id, reset("port_not_allowed", msg)).await;
+        return;
+    }
+    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", open.port as u16)).await {
+        Ok(t) => t,
+        Err(e) => {
+            send(
+                agent,
+                id,
+                reset("connect_failed", format!("127.0.0.1:{}: {e}", open.port)),
+            )
+            .await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await {
+            Ok(x) => x,
+            Err(e) => {
+                send(agent, id, reset("connect_failed", e.to_string())).await;
+                return;
+            }
+        };
+    tokio::spawn(conn);
+    // The request body: each chunk taken grants the server more window.
+    let grant = agent.clone();
+    let body =
+        tokio_stream::wrappers::UnboundedReceiverStream::new(body_rx).then(move |d: Bytes| {
+            let grant = grant.clone();
+            async move {
+                send(&grant, id, Frame::WindowUpdate(d.len() as u32)).await;
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(d))
+            }
+        });
+    let mut req = http::Request::builder()
+        .method(open.method.as_str())
+        .uri(open.path_and_query.as_str());
+    for h in &open.headers {
+        req = req.header(h.name.as_str(), h.value.as_ref());
+    }
+    req = req.header(http::header::HOST, format!("127.0.0.1:{}", open.port));
+    let req = match req.body(http_body_util::StreamBody::new(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            send(agent, id, reset("bad_request", e.to_string())).await;
+            return;
+        }
+    };
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            send(agent, id, reset("upstream_failed", e.to_string())).await;
+            return;
+        }
+    };
+    let (parts, mut body) = resp.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(n, v)| pb::Header {
+            name: n.as_str().to_owned(),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        })
+        .collect();
+    send(
+        agent,
+        id,
+        Frame::Head(pb::ProxyHead {
+            status: u32::from(parts.status.as_u16()),
+            headers,
+        }),
+    )
+    .await;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                send(agent, id, reset("upstream_failed", e.to_string())).await;
+                return;
+            }
+            Some(Ok(frame)) => {
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                while !data.is_empty() {
+                    let piece = data.split_to(data.len().min(CHUNK));
+                    let Ok(permit) = credit.acquire_many(piece.len() as u32).await else {
+                        return;
+                    };
+                    permit.forget();
+                    send(agent, id, Frame::Data(piece)).await;
+                }
+            }
+        }
+    }
+    send(agent, id, Frame::End(true)).await;
+}

@@ -1,0 +1,505 @@
+//! Real agents (the `lattice-agent` binary) against a real server over HTTPS with the
+//! generated CA pinned from the join token: enrollment, reports, the two consents,
+//! tasks, the proxy (streaming and cancellation), several tunnel replicas, server
+//! restarts, and a task rescued after its agent stalls, whose late result the fence
+//! refuses. Every database backend.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::TestServer;
+use lattice_core::db::{Db, testing};
+use serde_json::{Value, json};
+
+fn agent_bin() -> PathBuf {
+    let path = Path::new(common::process::BIN).with_file_name("lattice-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace",
+        path.display()
+    );
+    path
+}
+
+/// A running agent process, killed on drop.
+struct AgentProc {
+    child: Child,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `lattice-agent enroll` (off the runtime: the server runs in this process).
+async fn enroll(token: &str, state: &Path) -> std::process::Output {
+    let (token, state) = (token.to_owned(), state.to_owned());
+    tokio::task::spawn_blocking(move || enroll_blocking(&token, &state))
+        .await
+        .unwrap()
+}
+
+fn enroll_blocking(token: &str, state: &Path) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(["enroll", "--token", token, "--state-dir"])
+        .arg(state)
+        .env("LATTICE_AGENT_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn run_agent(state: &Path, config: &str) -> AgentProc {
+    let cfg = state.join("agent.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let child = Command::new(agent_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(state)
+        .env("LATTICE_AGENT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    AgentProc { child }
+}
+
+const FAST: &[(&str, &str)] = &[
+    ("LATTICE_GATEWAY__TLS", "self-signed"),
+    ("LATTICE_TUNNEL__HEARTBEAT_INTERVAL_S", "1"),
+    ("LATTICE_TUNNEL__METRICS_INTERVAL_S", "1"),
+    ("LATTICE_TASKS__LEASE_S", "2"),
+];
+
+async fn join_token(s: &TestServer, admin: &str) -> String {
+    let (status, t) = s
+        .call(
+            "POST",
+            "/api/v1/nodes/join-tokens",
+            admin,
+            Some(json!({"labels": {"role": "web"}, "expires_in_s": 600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    assert!(
+        t["install_command"]
+            .as_str()
+            .unwrap()
+            .contains("lattice-agent enroll")
+    );
+    t["token"].as_str().unwrap().to_owned()
+}
+
+async fn wait_for<F: Fn(&Value) -> bool>(
+    s: &TestServer,
+    token: &str,
+    path: &str,
+    what: &str,
+    ok: F,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (status, body) = s.call("GET", path, token, None).await;
+        if status == 200 && ok(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: never happened; last answer from {path}: {last}");
+}
+
+async fn run_task(s: &TestServer, admin: &str, node: &str, kind: &str, payload: Value) -> Value {
+    let (status, t) = s
+        .call(
+            "POST",
+            "/api/v1/tasks",
+            admin,
+            Some(json!({"node": node, "kind": kind, "payload": payload})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    let id = t["id"].as_str().unwrap().to_owned();
+    wait_for(
+        s,
+        admin,
+        &format!("/api/v1/tasks/{id}"),
+        "task finishes",
+        |t| matches!(t["state"].as_str(), Some("succeeded" | "failed" | "dead")),
+    )
+    .await
+}
+
+/// A local service for the proxy: echoes requests; `/stream` sends a chunk every
+/// 50 ms until its client goes away (counted in `gone`).
+async fn upstream(gone: Arc<AtomicUsize>) -> u16 {
+    struct Gone(Arc<AtomicUsize>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let app =
+        axum::Router::new()
+            .route(
+                "/echo",
+                axum::routing::any(
+                    |method: http::Method,
+                     uri: http::Uri,
+                     headers: http::HeaderMap,
+                     body: String| async move {
+                        axum::Json(json!({
+                            "method": method.as_str(), "uri": uri.to_string(), "body": body,
+                            "x_test": headers.get("x-test").and_then(|v| v.to_str().ok()),
+                            "authorization": headers.get("authorization").is_some(),
+                            "host": headers.get("host").and_then(|v| v.to_str().ok()),
+                        }))
+                    },
+                ),
+            )
+            .route(
+                "/stream",
+                axum::routing::get(move || {
+                    let guard = Gone(gone.clone());
+                    async move {
+                        let s = futures::stream::unfold((0u64, guard), |(i, g)| async move {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Some((
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(format!("event {i}\n"))),
+                                (i + 1, g),
+                            ))
+                        });
+                        axum::body::Body::from_stream(s)
+                    }
+                }),
+            );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enroll_report_consent_tasks_and_proxy() {
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let s = TestServer::start_on(&url, guard, FAST).await;
+        let admin = s.admin_token(&["*"]).await;
+        let dir = tempfile::tempdir().unwrap();
+
+        // Enrollment: a good token once; reused and expired tokens are refused.
+        let token = join_token(&s, &admin).await;
+        assert!(token.starts_with("ljt1."));
+        let out = enroll(&token, dir.path()).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let creds = std::fs::metadata(dir.path().join("credentials.json")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&creds.permissions()) & 0o777,
+            0o600
+        );
+        let other = tempfile::tempdir().unwrap();
+        let out = enroll(&token, other.path()).await;
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("already used"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expired = join_token(&s, &admin).await;
+        let db = Db::connect(&url, 1).await.unwrap();
+        sqlx::query("UPDATE tunnel_join_tokens SET expires_at_ms = 1 WHERE used_at_ms = 0")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let out = enroll(&expired, other.path()).await;
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("expired"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // Reports: facts at connect, metrics every interval, log lines from a file.
+        let gone = Arc::new(AtomicUsize::new(0));
+        let port = upstream(gone.clone()).await;
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "").unwrap();
+        let config = format!(
+            "capabilities = [\"exec\"]\nexec_allow = [\"/bin/echo\"]\nproxy_ports = [{port}]\n[[logs]]\ntype = \"file\"\npath = \"{}\"\n",
+            log.display()
+        );
+        let agent = run_agent(dir.path(), &config);
+        let nodes = wait_for(&s, &admin, "/api/v1/nodes", "agent connects", |b| {
+            b["nodes"][0]["status"] == "connected"
+        })
+        .await;
+        let node = nodes["nodes"][0].clone();
+        let id = node["id"].as_str().unwrap().to_owned();
+        assert_eq!(node["labels"]["role"], "web");
+        assert!(!node["facts"]["hostname"].as_str().unwrap().is_empty());
+        assert!(node["facts"]["memory_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(node["agent_capabilities"], json!(["exec"]));
+        assert_eq!(node["capabilities"], json!([]));
+        wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/nodes/{id}/metrics?since=0"),
+            "metrics arrive",
+            |b| b["samples"].as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        std::fs::write(&log, "boot ok\nneedle in the log\n").unwrap();
+        let logs = wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/nodes/{id}/logs?q=needle"),
+            "log lines arrive",
+            |b| b["entries"].as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+        assert_eq!(logs["entries"][0]["message"], "needle in the log");
+        let resp = s
+            .http
+            .get(s.url("/api/v1/fleet/metrics"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains(&format!("lattice_node_up{{node=\"{id}\"")),
+            "{text}"
+        );
+        assert!(text.contains("lattice_node_memory_total_bytes{"), "{text}");
+
+        // Two consents: the server refuses until it enables exec; then it runs.
+        let t = run_task(
+            &s,
+            &admin,
+            &id,
+            "exec",
+            json!({"argv": ["/bin/echo", "hi"]}),
+        )
+        .await;
+        assert_eq!(
+            (t["state"].as_str(), t["error_code"].as_str()),
+            (Some("failed"), Some("capability_denied")),
+            "{t}"
+        );
+        assert!(
+            t["error"].as_str().unwrap().starts_with("server refused"),
+            "{t}"
+        );
+        let (status, n) = s
+            .call(
+                "PATCH",
+                &format!("/api/v1/nodes/{id}"),
+                &admin,
+                Some(json!({"capabilities": ["exec"]})),
+            )
+            .await;
+        assert_eq!((status, &n["capabilities"]), (200, &json!(["exec"])));
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/api/v1/nodes/{id}"),
+                &admin,
+                Some(json!({"capabilities": ["root"]})),
+            )
+            .await;
+        assert_eq!(status, 400);
+        let t = run_task(
+            &s,
+            &admin,
+            &id,
+            "exec",
+            json!({"argv": ["/bin/echo", "hi"]}),
+        )
+        .await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+        assert_eq!(t["result"]["stdout"], "hi\n");
+        let t = run_task(
+            &s,
+            &admin,
+            &id,
+            "exec",
+            json!({"argv": ["/bin/cat", "/etc/shadow"]}),
+        )
+        .await;
+        assert_eq!(t["error_code"], "capability_denied", "{t}");
+        assert!(
+            t["error"].as_str().unwrap().starts_with("agent refused"),
+            "{t}"
+        );
+        let t = run_task(&s, &admin, &id, "facts.refresh", json!({})).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+
+        // The proxy: method, query, headers and body pass; credentials do not.
+        let base = format!("/api/v1/nodes/{id}/proxy/{port}");
+        let resp = s
+            .http
+            .post(s.url(&format!("{base}/echo?x=1")))
+            .bearer_auth(&admin)
+            .header("x-test", "yes")
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(echo["method"], "POST");
+        assert_eq!(echo["uri"], "/echo?x=1");
+        assert_eq!(echo["body"], "payload");
+        assert_eq!(echo["x_test"], "yes");
+        assert_eq!(
+            echo["authorization"], false,
+            "the caller's credential never reaches the node"
+        );
+        // Ports the agent does not allow, and callers without nodes:proxy, are refused.
+        let (status, err) = s
+            .call(
+                "GET",
+                &format!("/api/v1/nodes/{id}/proxy/22/"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "{err}");
+        let reader = s.admin_token(&["nodes:read"]).await;
+        let (status, _) = s.call("GET", &format!("{base}/echo"), &reader, None).await;
+        assert_eq!(status, 403);
+        // A streamed response flows as produced; leaving cancels it on the node.
+        let mut resp = s
+            .http
+            .get(s.url(&format!("{base}/stream")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut got = String::new();
+        while got.matches('\n').count() < 3 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            got.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(got.starts_with("event 0\nevent 1\n"), "{got}");
+        drop(resp);
+        for _ in 0..100 {
+            if gone.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            gone.load(Ordering::SeqCst),
+            1,
+            "{backend:?}: the node-side request was cancelled"
+        );
+
+        // The agent goes away: the node shows disconnected, with why.
+        drop(agent);
+        let n = wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/nodes/{id}"),
+            "node disconnects",
+            |b| b["status"] == "disconnected",
+        )
+        .await;
+        assert!(n["status_reason"].as_str().is_some(), "{n}");
+        let (status, _) = s.call("GET", &format!("{base}/echo"), &admin, None).await;
+        assert_eq!(status, 503);
+
+        // The agent's local config alone cannot grant: without exec there, refused.
+        let _agent = run_agent(dir.path(), "exec_allow = [\"/bin/echo\"]\n");
+        wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/nodes/{id}"),
+            "agent reconnects",
+            |b| b["status"] == "connected",
+        )
+        .await;
+        let t = run_task(
+            &s,
+            &admin,
+            &id,
+            "exec",
+            json!({"argv": ["/bin/echo", "hi"]}),
+        )
+        .await;
+        assert_eq!(t["error_code"], "capability_denied", "{t}");
+        assert!(
+            t["error"].as_str().unwrap().starts_with("agent refused"),
+            "{t}"
+        );
+        db.close().await;
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_entering_the_wrong_tunnel_replica_is_forwarded() {
+    let Ok(redis) = std::env::var("LATTICE_TEST_REDIS_URL") else {
+        eprintln!(
+            "LATTICE_TEST_REDIS_URL unset: two tunnel replicas need Redis; scripts/test.sh provides it"
+        );
+        return;
+    };
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let mut env = FAST.to_vec();
+        env.push(("REDIS_URL", redis.as_str()));
+        env.push((
+            "LATTICE_MASTER_KEY",
+            "replicas-share-this-master-key-passphrase",
+        ));
+        let a = TestServer::start_on(&url, guard, &env).await;
+        let b = TestServer::start_on(&url, None, &env).await;
+        let admin = a.admin_token(&["*"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = enroll(&join_token(&a, &admin).await, dir.path()).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = upstream(Arc::new(AtomicUsize::new(0))).await;
+        let _agent = run_agent(dir.path(), &format!("proxy_ports = [{port}]\n"));
+        let nodes = wait_for(&a, &admin, "/api/v1/nodes", "agent connects", |b| {
+            b["nodes"][0]["status"] == "connected"
+        })
+        .await;
+        let id = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+        // The agent's stream is held by replica A; ask replica B.
+        let resp = b
+            .http
+            .get(b.url(&format!("/api/v1/nodes/{id}/proxy/{port}/echo?via=b")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{backend:?}");
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(echo["uri"], "/echo?via=b");
+        b.stop().await;
+        a.stop().await;
+    }
+}
