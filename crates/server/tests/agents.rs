@@ -503,3 +503,178 @@ async fn a_request_entering_the_wrong_tunnel_replica_is_forwarded() {
         a.stop().await;
     }
 }
+
+/// The server binary on a fixed port and data dir (so it can be restarted in place).
+fn spawn_server(port: u16, data: &Path, db_url: &str) -> common::process::Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("DATABASE_URL", db_url),
+        ("LATTICE_MIGRATE_ON_START", "true"),
+        ("LATTICE_BOOTSTRAP_ADMIN_PASSWORD", common::ADMIN_PASSWORD),
+        ("LATTICE_IDENTITY__ARGON2_MEMORY_KIB", "64"),
+        ("LATTICE_IDENTITY__ARGON2_ITERATIONS", "1"),
+        ("LATTICE_TUNNEL__HEARTBEAT_INTERVAL_S", "1"),
+        ("LATTICE_TUNNEL__METRICS_INTERVAL_S", "1"),
+        ("LATTICE_TASKS__LEASE_S", "2"),
+    ];
+    let (proc, _) = common::process::spawn(
+        &[
+            "--listen",
+            &listen,
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
+            "--tasks-listen",
+            "127.0.0.1:0",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--tls",
+            "self-signed",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &env,
+        "Lattice is listening on ",
+    );
+    proc
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnect_after_restart_and_a_stalled_run_is_rescued_and_fenced() {
+    common::install_crypto();
+    for backend in testing::backends() {
+        let (url, _guard) = testing::fresh_url(backend).await;
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = spawn_server(port, data.path(), &url);
+        let ca = std::fs::read(data.path().join("tls/ca.pem")).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let s = TestServer::external(&format!("https://localhost:{port}"), http);
+        let admin = s.admin_token(&["*"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = enroll(&join_token(&s, &admin).await, dir.path()).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let agent = run_agent(
+            dir.path(),
+            "capabilities = [\"exec\"]\nexec_allow = [\"/bin/sleep\"]\n",
+        );
+        let nodes = wait_for(&s, &admin, "/api/v1/nodes", "agent connects", |b| {
+            b["nodes"][0]["status"] == "connected"
+        })
+        .await;
+        let id = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+        let first = nodes["nodes"][0]["connected_since_ms"].as_i64().unwrap();
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/api/v1/nodes/{id}"),
+                &admin,
+                Some(json!({"capabilities": ["exec"]})),
+            )
+            .await;
+        assert_eq!(status, 200);
+
+        // The server restarts; the agent comes back by itself.
+        drop(server);
+        let _server = spawn_server(port, data.path(), &url);
+        wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/nodes/{id}"),
+            "agent reconnects after the restart",
+            |b| b["status"] == "connected" && b["connected_since_ms"].as_i64().unwrap_or(0) > first,
+        )
+        .await;
+
+        // A run stalls (the agent is frozen): its lease runs out and the task is
+        // rescued; when the agent thaws, its late result is refused by the fence and
+        // the second run's result is the one recorded.
+        let (status, t) = s
+            .call(
+                "POST",
+                "/api/v1/tasks",
+                &admin,
+                Some(json!({"node": id, "kind": "exec", "payload": {"argv": ["/bin/sleep", "2"]}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{t}");
+        let task = t["id"].as_str().unwrap().to_owned();
+        wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/tasks/{task}"),
+            "task starts",
+            |t| t["state"] == "running",
+        )
+        .await;
+        signal(agent.child.id(), "-STOP");
+        wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/tasks/{task}"),
+            "lease expires and the task is rescued",
+            |t| t["error_code"] == "lease_expired",
+        )
+        .await;
+        signal(agent.child.id(), "-CONT");
+        let done = wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/tasks/{task}"),
+            "second run succeeds",
+            |t| t["state"] == "succeeded",
+        )
+        .await;
+        assert_eq!(
+            (done["epoch"].as_i64(), done["attempts"].as_i64()),
+            (Some(2), Some(2)),
+            "{backend:?}: {done}"
+        );
+        let audit =
+            wait_for(
+                &s,
+                &admin,
+                "/api/v1/audit?limit=1000",
+                "the late result is audited",
+                |b| {
+                    b["entries"].as_array().unwrap().iter().any(|e| {
+                        e["action"] == "task.result_rejected" && e["target"] == task.as_str()
+                    })
+                },
+            )
+            .await;
+        let rejected = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "task.result_rejected")
+            .unwrap()
+            .clone();
+        assert_eq!(rejected["detail"]["epoch"], 1, "{rejected}");
+        drop(agent);
+    }
+}

@@ -103,6 +103,18 @@ impl TestServer {
         }
     }
 
+    /// A handle on a server running elsewhere (a spawned binary) at `base`.
+    pub fn external(base: &str, http: reqwest::Client) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            shutdown: CancellationToken::new(),
+            data_dir: testing::tempfile_guard::Guard::new(),
+            running: None,
+            _db_guard: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
