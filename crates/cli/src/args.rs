@@ -83,6 +83,28 @@ pub enum Command {
     /// Tokens for the storage data APIs (separate from operator tokens).
     #[command(subcommand, visible_alias = "storage-token")]
     StorageTokens(StorageTokensCommand),
+    /// Show fleet resources (`get nodes`, `get node ID`).
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Enroll and configure nodes.
+    #[command(subcommand, visible_alias = "node")]
+    Nodes(NodesCommand),
+    /// The task queue.
+    #[command(subcommand, visible_alias = "task")]
+    Tasks(TasksCommand),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Forward a local port to an HTTP service on a node, through its agent's tunnel.
+    Proxy {
+        /// Node id.
+        node: String,
+        /// Port on the node (its agent must allow it).
+        port: u16,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 /// `lattice login`.
@@ -312,4 +334,102 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
+}
+
+/// `lattice get ...`.
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// Every node of your org.
+    Nodes,
+    /// One node, with its facts.
+    Node {
+        /// Node id.
+        id: String,
+    },
+}
+
+/// `lattice nodes ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// Create a single-use join token and print the install command.
+    JoinToken {
+        /// Labels for the node (`key=value`, repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        expires_in_s: i64,
+    },
+    /// Enable a privileged capability on the server side (the agent must consent too).
+    Enable {
+        /// Node id.
+        id: String,
+        /// Capability (`exec`).
+        capability: String,
+    },
+    /// Disable a capability on the server side.
+    Disable {
+        /// Node id.
+        id: String,
+        /// Capability.
+        capability: String,
+    },
+    /// Forget a node and revoke its credential.
+    Delete {
+        /// Node id.
+        id: String,
+    },
+}
+
+/// `lattice tasks ...`.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Enqueue a task.
+    Create {
+        /// Node id.
+        node: String,
+        /// `facts.refresh` or `exec`.
+        kind: String,
+        /// JSON payload (exec: `{"argv":["uptime"]}`).
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Enqueueing the same key again returns the first task.
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+    },
+    /// List tasks, newest first.
+    List {
+        /// Only this node's.
+        #[arg(long, default_value = "")]
+        node: String,
+        /// Only this state.
+        #[arg(long, default_value = "")]
+        state: String,
+    },
+    /// One task with its result.
+    Get {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a queued or running task.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+}
+
+/// `lattice audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print entries in order (and keep printing new ones with --follow).
+    Tail {
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep polling for new entries.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Walk the chain; exits 1 and names the first broken entry if it does not hold.
+    Verify,
 }

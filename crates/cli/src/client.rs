@@ -161,6 +161,19 @@ impl Api {
         })
     }
 
+    /// The HTTP client (for streaming calls such as `lattice proxy`).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The bearer token, when the client uses one.
+    pub fn bearer(&self) -> Option<&str> {
+        match &self.auth {
+            Auth::Bearer(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The server base URL.
     pub fn server(&self) -> &str {
         &self.base

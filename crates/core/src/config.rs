@@ -695,6 +695,7 @@ const NOT_SERVER_CONFIG: &[&str] = &[
     "STORAGE_TOKEN",
     "TOTP_DISABLE_CODE",
     "AGENT_CONFIG",
+    "AGENT_LOG",
     "AGENT_STATE_DIR",
     "JOIN_TOKEN",
     "SERVER",

@@ -3,6 +3,7 @@
 
 mod archive;
 mod auth;
+mod fleet;
 mod kv;
 mod static_site;
 mod storage;
@@ -146,6 +147,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::StorageTokens(cmd) => storage::tokens(&ctx, cmd).await,
         Command::Kv(cmd) => kv::run(&ctx, cmd).await,
         Command::Static(cmd) => static_site::run(&ctx, cmd).await,
+        Command::Get(cmd) => fleet::get(&ctx, cmd).await,
+        Command::Nodes(cmd) => fleet::nodes(&ctx, cmd).await,
+        Command::Tasks(cmd) => fleet::tasks(&ctx, cmd).await,
+        Command::Audit(cmd) => fleet::audit(&ctx, cmd).await,
+        Command::Proxy { node, port, listen } => fleet::proxy(&ctx, &node, port, &listen).await,
     }
 }
 

@@ -476,12 +476,20 @@ pub async fn proxy(
         }
     };
     let mut resp = Response::builder()
-        .status(StatusCode::from_u16(head.status as u16).unwrap_or(StatusCode::BAD_GATEWAY));
+        .status(StatusCode::from_u16(head.status as u16).unwrap_or(StatusCode::BAD_GATEWAY))
+        // The node's pages come from the API's origin: sandbox them, so a page on a
+        // node cannot act with a logged-in operator's session.
+        .header(http::header::CONTENT_SECURITY_POLICY, "sandbox")
+        .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     for h in head.headers {
         if let (Ok(n), Ok(v)) = (
             HeaderName::try_from(h.name.as_str()),
             HeaderValue::from_bytes(&h.value),
         ) && forwardable(&n)
+            && !matches!(
+                n.as_str(),
+                "set-cookie" | "content-security-policy" | "x-content-type-options"
+            )
         {
             resp = resp.header(n, v);
         }
