@@ -347,7 +347,12 @@ async fn start_tasks(
             .map(|h| lattice_tasks::outbox::parse_auth_header(expose(h)))
             .transpose()
             .map_err(|e| anyhow::anyhow!(e))?;
-        Some(lattice_tasks::outbox::PushTarget { url, auth })
+        Some(lattice_tasks::outbox::PushTarget {
+            url,
+            auth,
+            retention_ms: i64::try_from(tc.outbox_retention_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        })
     } else {
         None
     };

@@ -17,6 +17,8 @@ pub struct PushTarget {
     pub url: String,
     /// Extra header (`ASYNC_PUSH_AUTH_HEADER`); never logged.
     pub auth: Option<(HeaderName, HeaderValue)>,
+    /// Delivered events are deleted after this long, ms.
+    pub retention_ms: i64,
 }
 
 impl std::fmt::Debug for PushTarget {
@@ -66,7 +68,7 @@ pub async fn run_pusher(
         let now = now_ms();
         if now - last_prune > 3_600_000 {
             last_prune = now;
-            if let Err(err) = store.outbox_prune(now - 7 * 24 * 3_600_000).await {
+            if let Err(err) = store.outbox_prune(now - target.retention_ms).await {
                 tracing::warn!(error = %err, "outbox: prune failed");
             }
         }

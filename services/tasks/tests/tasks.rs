@@ -476,6 +476,7 @@ async fn outbox_pushes_at_least_once_with_retries() {
         let target = lattice_tasks::outbox::PushTarget {
             url: format!("http://{addr}/hook"),
             auth: Some(lattice_tasks::outbox::parse_auth_header("X-Api-Key: s3cret").unwrap()),
+            retention_ms: 86_400_000,
         };
         let client = reqwest::Client::builder().build().unwrap();
         for _ in 0..3 {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Proxy tunnel vs direct: the same small GET sent straight to a local nginx and
+# through Lattice (gateway -> tunnel service -> agent stream -> nginx), same wrk,
+# same run. Also reports the agent's idle RSS. Bounded: 10 s per scenario.
+#   loadtest/bench-tunnel.sh            (CARGO_TARGET_DIR honoured)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${CARGO_TARGET_DIR:-target}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+cargo build --release -q -p lattice-server -p lattice-agent
+B=$TARGET/release
+command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is required (apt-get install nginx-light)"; exit 1; }
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+UP=18080 GW=18443
+mkdir -p "$tmp/www" && head -c 1024 /dev/urandom | base64 > "$tmp/www/small.txt"
+cat > "$tmp/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log $tmp/nginx.err;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:$UP; root $tmp/www; } }
+CONF
+nginx -c "$tmp/nginx.conf" & pids+=($!)
+
+LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=warn \
+  "$B/lattice-server" --data-dir "$tmp/data" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
+  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 & pids+=($!)
+for _ in $(seq 50); do [ -f "$tmp/data/tls/ca.pem" ] && curl -sf --cacert "$tmp/data/tls/ca.pem" https://localhost:$GW/health >/dev/null && break; sleep 0.2; done
+CA=(--cacert "$tmp/data/tls/ca.pem")
+curl -sf "${CA[@]}" -c "$tmp/cj" https://localhost:$GW/api/v1/auth/login -H 'content-type: application/json' \
+  -d '{"username":"admin","password":"bench-admin-password"}' > "$tmp/login.json"
+CSRF=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["csrf_token"])' "$tmp/login.json")
+TOKEN=$(curl -sf "${CA[@]}" -b "$tmp/cj" -H "x-csrf-token: $CSRF" https://localhost:$GW/api/v1/tokens \
+  -H 'content-type: application/json' -d '{"name":"bench","scopes":["*"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+JOIN=$(curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes/join-tokens \
+  -H 'content-type: application/json' -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+"$B/lattice-agent" enroll --token "$JOIN" --state-dir "$tmp/agent" >/dev/null
+echo "proxy_ports = [$UP]" > "$tmp/agent.toml"
+LATTICE_AGENT_LOG=warn "$B/lattice-agent" run --config "$tmp/agent.toml" --state-dir "$tmp/agent" & AGENT=$!; pids+=($AGENT)
+for _ in $(seq 50); do
+  NODE=$(curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes \
+    | python3 -c 'import json,sys; n=json.load(sys.stdin)["nodes"]; print(n[0]["id"] if n and n[0]["status"]=="connected" else "")')
+  [ -n "$NODE" ] && break; sleep 0.2
+done
+[ -n "$NODE" ] || { echo "agent did not connect"; exit 1; }
+sleep 5
+echo "agent idle RSS: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"
+SERVER_PID=${pids[1]}
+
+run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@" | awk '/Requests\/sec/{rps=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "%s req/s  p50 %s  p99 %s\n", rps, p50, p99}'; }
+echo "direct (nginx):        $(run http://127.0.0.1:$UP/small.txt)"
+echo "through the tunnel:    $(run -H "Authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
+echo "server RSS after load: $(ps -o rss= -p $SERVER_PID | tr -d ' ') KiB; agent RSS after load: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"
