@@ -127,7 +127,7 @@ async fn enroll(
     server: Option<String>,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let join = parse_join_token(token)?;
+    let join = lattice_core::join_token::JoinToken::parse(token).map_err(anyhow::Error::msg)?;
     let server = server
         .unwrap_or(join.server_url)
         .trim_end_matches('/')
@@ -156,36 +156,4 @@ async fn enroll(
         Credentials::path(state_dir).display()
     );
     Ok(())
-}
-
-struct Join {
-    server_url: String,
-    ca_sha256: Option<String>,
-    secret: String,
-}
-
-/// `ljt1.<base64url(server)>.<ca hex or ->.<secret>`.
-fn parse_join_token(token: &str) -> anyhow::Result<Join> {
-    use base64::Engine as _;
-    let parts: Vec<&str> = token.trim().split('.').collect();
-    let [prefix, url, ca, secret] = parts.as_slice() else {
-        anyhow::bail!("join token: expected ljt1.<server>.<ca>.<secret>");
-    };
-    anyhow::ensure!(*prefix == "ljt1", "join token: unknown format {prefix:?}");
-    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(url)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| anyhow::anyhow!("join token: the server part does not decode"))?;
-    let ca_sha256 = match *ca {
-        "-" => None,
-        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_owned()),
-        _ => anyhow::bail!("join token: the CA fingerprint is not 64 hex digits"),
-    };
-    anyhow::ensure!(!secret.is_empty(), "join token: the secret is missing");
-    Ok(Join {
-        server_url: url,
-        ca_sha256,
-        secret: (*secret).to_owned(),
-    })
 }

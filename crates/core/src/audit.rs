@@ -59,22 +59,32 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct TableAudit {
     db: crate::db::Db,
-    table: &'static str,
     insert: &'static str,
+    select: &'static str,
+    delete: &'static str,
 }
 
 impl TableAudit {
     /// Record into `table` of `db`. `table` is a name from the service's own
     /// migrations, never input.
     pub fn new(db: crate::db::Db, table: &'static str) -> Self {
-        let insert = format!(
+        // Built once per construction (at start-up) and kept: sqlx wants
+        // `&'static str` statements.
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let insert = leak(format!(
             "INSERT INTO {table} (id, org_id, at_ms, actor, action, target, outcome, client_ip, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        );
+        ));
+        let select = leak(format!(
+            "SELECT id, at_ms, org_id, actor, action, target, outcome, client_ip, detail \
+             FROM {table} ORDER BY at_ms, id LIMIT $1"
+        ));
+        let delete = leak(format!("DELETE FROM {table} WHERE id = $1"));
         Self {
             db,
-            table,
-            insert: Box::leak(insert.into_boxed_str()),
+            insert,
+            select,
+            delete,
         }
     }
 }
@@ -102,13 +112,6 @@ impl TableAudit {
     /// The oldest `limit` recorded events (id, at_ms, event), for forwarding to the
     /// central log.
     pub async fn pending(&self, limit: i64) -> anyhow::Result<Vec<(String, i64, AuditEvent)>> {
-        let select: &'static str = Box::leak(
-            format!(
-                "SELECT id, at_ms, org_id, actor, action, target, outcome, client_ip, detail FROM {} ORDER BY at_ms, id LIMIT $1",
-                self.table
-            )
-            .into_boxed_str(),
-        );
         type Row = (
             String,
             i64,
@@ -120,7 +123,7 @@ impl TableAudit {
             String,
             String,
         );
-        let rows: Vec<Row> = sqlx::query_as(select)
+        let rows: Vec<Row> = sqlx::query_as(self.select)
             .bind(limit)
             .fetch_all(self.db.pool())
             .await?;
@@ -151,11 +154,9 @@ impl TableAudit {
 
     /// Delete events the central log has acknowledged.
     pub async fn forwarded(&self, ids: &[String]) -> anyhow::Result<()> {
-        let delete: &'static str =
-            Box::leak(format!("DELETE FROM {} WHERE id = $1", self.table).into_boxed_str());
         let mut tx = self.db.pool().begin().await?;
         for id in ids {
-            sqlx::query(delete).bind(id).execute(&mut *tx).await?;
+            sqlx::query(self.delete).bind(id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod join_token;
 pub mod scope;
 pub mod shutdown;
 pub mod task_kinds;

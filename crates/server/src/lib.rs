@@ -222,6 +222,93 @@ async fn report_database_health(
     }
 }
 
+/// Open a service's database and, when configured, apply its migrations.
+async fn open_service_db(
+    config: &Config,
+    service: &str,
+    sets: &[db::MigrationSet],
+) -> anyhow::Result<Db> {
+    let url = config.database_url();
+    let db = Db::connect(&url, config.database_max_connections)
+        .await
+        .with_context(|| format!("open {service} database {}", db::redact_url(&url)))?;
+    db::migrate(&db, sets, config.migrate_on_start()).await?;
+    Ok(db)
+}
+
+/// Bind an internal listener; the error names the setting.
+async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{field}: bind {addr}"))
+}
+
+/// One internal gRPC service, ready to serve.
+struct InternalService {
+    /// The name gRPC health reports (`lattice.tasks.v1.TaskService`).
+    name: &'static str,
+    listener: TcpListener,
+    /// The service(s), each behind the principal check.
+    routes: tonic::service::Routes,
+    /// Health follows this database.
+    db: Db,
+    /// Per-call limit; None where long-lived streams run (agents, proxied watches).
+    timeout: Option<Duration>,
+}
+
+/// Serve `svc` with health, reflection, request metrics and tracing until `stop`,
+/// reporting NOT_SERVING first.
+async fn serve_internal(
+    svc: InternalService,
+    grpc_metrics: ops::GrpcMetrics,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use tonic_health::ServingStatus;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(svc.name, ServingStatus::Serving)
+        .await;
+    tasks.spawn(report_database_health(
+        svc.name,
+        svc.db,
+        reporter.clone(),
+        stop.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let routes = svc.routes.add_service(health).add_service(reflection);
+    let mut builder = tonic::transport::Server::builder()
+        .trace_fn(lattice_core::telemetry::grpc_server_span)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(8 * 1024 * 1024));
+    if let Some(limit) = svc.timeout {
+        builder = builder.timeout(limit);
+    }
+    let (name, listener, stop) = (svc.name, svc.listener, stop.clone());
+    tasks.spawn(async move {
+        builder
+            .layer(grpc_metrics)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    stop.cancelled().await;
+                    reporter
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                },
+            )
+            .await
+            .with_context(|| format!("{name} gRPC server"))
+    });
+    Ok(())
+}
+
 /// Build the storage service, bind its internal gRPC listener and spawn it.
 async fn start_storage(
     config: &Config,
@@ -233,16 +320,7 @@ async fn start_storage(
     grpc_metrics: ops::GrpcMetrics,
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
-    let url = config.database_url();
-    let db = Db::connect(&url, config.database_max_connections)
-        .await
-        .with_context(|| format!("open storage database {}", db::redact_url(&url)))?;
-    db::migrate(
-        &db,
-        &lattice_storage::migration_sets(),
-        config.migrate_on_start(),
-    )
-    .await?;
+    let db = open_service_db(config, "storage", &lattice_storage::migration_sets()).await?;
     // The data key is created with the database; storage seals nothing yet, but
     // opening it checks that this master key matches the database.
     lattice_core::crypto::Sealer::open(&db, master).await?;
@@ -259,28 +337,12 @@ async fn start_storage(
         cache.clone(),
         limits,
     );
-    let listener = TcpListener::bind(config.storage.listen)
-        .await
-        .with_context(|| format!("storage.listen: bind {}", config.storage.listen))?;
+    let listener = bind(config.storage.listen, "storage.listen").await?;
     let addr = listener.local_addr()?;
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<StorageServiceServer<lattice_storage::grpc::StorageGrpc>>()
-        .await;
-    tasks.spawn(report_database_health(
-        "lattice.storage.v1.StorageService",
-        db.clone(),
-        reporter.clone(),
-        shutdown.clone(),
-    ));
     tasks.spawn(lattice_storage::run_sweeper(
         storage.clone(),
         shutdown.clone(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     // The internal upload stream carries unpacked files: the deployment limit applies.
     let max_upload = config.storage.max_deployment_bytes;
     let service = tonic::service::interceptor::InterceptedService::new(
@@ -289,27 +351,19 @@ async fn start_storage(
             .max_encoding_message_size(8 * 1024 * 1024),
         lattice_core::grpc::RequirePrincipal::new(internal.clone()),
     );
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .trace_fn(lattice_core::telemetry::grpc_server_span)
-            .timeout(Duration::from_secs(120))
-            .layer(grpc_metrics)
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    stop.cancelled().await;
-                    reporter
-                    .set_not_serving::<StorageServiceServer<lattice_storage::grpc::StorageGrpc>>()
-                    .await;
-                },
-            )
-            .await
-            .context("storage gRPC server")
-    });
+    serve_internal(
+        InternalService {
+            name: "lattice.storage.v1.StorageService",
+            listener,
+            routes: tonic::service::Routes::new(service),
+            db: db.clone(),
+            timeout: Some(Duration::from_secs(120)),
+        },
+        grpc_metrics,
+        shutdown,
+        tasks,
+    )
+    .await?;
     Ok((addr, db))
 }
 
@@ -325,16 +379,7 @@ async fn start_tasks(
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::tasks::v1::task_service_server::TaskServiceServer;
     use lattice_tasks::grpc::TaskGrpc;
-    let url = config.database_url();
-    let db = Db::connect(&url, config.database_max_connections)
-        .await
-        .with_context(|| format!("open tasks database {}", db::redact_url(&url)))?;
-    db::migrate(
-        &db,
-        &lattice_tasks::migration_sets(),
-        config.migrate_on_start(),
-    )
-    .await?;
+    let db = open_service_db(config, "tasks", &lattice_tasks::migration_sets()).await?;
     let tc = &config.tasks;
     let push = if tc.async_push_enabled {
         let url = tc
@@ -361,18 +406,8 @@ async fn start_tasks(
         cache.clone(),
         i64::try_from(tc.lease_s.saturating_mul(1000)).unwrap_or(i64::MAX),
     );
-    let listener = TcpListener::bind(tc.listen)
-        .await
-        .with_context(|| format!("tasks.listen: bind {}", tc.listen))?;
+    let listener = bind(tc.listen, "tasks.listen").await?;
     let addr = listener.local_addr()?;
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<TaskServiceServer<TaskGrpc>>().await;
-    tasks.spawn(report_database_health(
-        "lattice.tasks.v1.TaskService",
-        db.clone(),
-        reporter.clone(),
-        shutdown.clone(),
-    ));
     tasks.spawn(lattice_tasks::run_background(
         service.clone(),
         shutdown.clone(),
@@ -390,35 +425,23 @@ async fn start_tasks(
             shutdown.clone(),
         ));
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let grpc = TaskServiceServer::with_interceptor(
         TaskGrpc::new(service),
         lattice_core::grpc::RequirePrincipal::new(internal.clone()),
     );
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .trace_fn(lattice_core::telemetry::grpc_server_span)
-            .timeout(Duration::from_secs(30))
-            .layer(grpc_metrics)
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(grpc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    stop.cancelled().await;
-                    reporter
-                        .set_not_serving::<TaskServiceServer<TaskGrpc>>()
-                        .await;
-                },
-            )
-            .await
-            .context("tasks gRPC server")
-    });
+    serve_internal(
+        InternalService {
+            name: "lattice.tasks.v1.TaskService",
+            listener,
+            routes: tonic::service::Routes::new(grpc),
+            db: db.clone(),
+            timeout: Some(Duration::from_secs(30)),
+        },
+        grpc_metrics,
+        shutdown,
+        tasks,
+    )
+    .await?;
     Ok((addr, db))
 }
 
@@ -430,27 +453,17 @@ async fn start_tunnel(
     internal: &InternalAuth,
     cache: &Cache,
     tasks_channel: Option<tonic::transport::Channel>,
-    shutdown: &CancellationToken,
+    agents_stop: &CancellationToken,
+    stop: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     grpc_metrics: ops::GrpcMetrics,
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::agent::v1::agent_service_server::AgentServiceServer;
     use lattice_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
     use lattice_tunnel::grpc::{AgentGrpc, TunnelGrpc};
-    let url = config.database_url();
-    let db = Db::connect(&url, config.database_max_connections)
-        .await
-        .with_context(|| format!("open tunnel database {}", db::redact_url(&url)))?;
-    db::migrate(
-        &db,
-        &lattice_tunnel::migration_sets(),
-        config.migrate_on_start(),
-    )
-    .await?;
+    let db = open_service_db(config, "tunnel", &lattice_tunnel::migration_sets()).await?;
     let tc = &config.tunnel;
-    let listener = TcpListener::bind(tc.listen)
-        .await
-        .with_context(|| format!("tunnel.listen: bind {}", tc.listen))?;
+    let listener = bind(tc.listen, "tunnel.listen").await?;
     let addr = listener.local_addr()?;
     let advertise = tc
         .advertise_url
@@ -476,7 +489,7 @@ async fn start_tunnel(
         internal.clone(),
         cache.clone(),
         advertise,
-        shutdown.clone(),
+        agents_stop.clone(),
     );
     {
         let hub = hub.clone();
@@ -485,49 +498,23 @@ async fn start_tunnel(
             Ok(())
         });
     }
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<TunnelServiceServer<TunnelGrpc>>()
-        .await;
-    tasks.spawn(report_database_health(
-        "lattice.tunnel.v1.TunnelService",
-        db.clone(),
-        reporter.clone(),
-        shutdown.clone(),
-    ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let check = lattice_core::grpc::RequirePrincipal::new(internal.clone());
     let tunnel = TunnelServiceServer::with_interceptor(TunnelGrpc::new(hub.clone()), check.clone());
     let agents = AgentServiceServer::with_interceptor(AgentGrpc::new(hub), check);
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        // No request timeout: agent streams and proxied watches live for hours.
-        tonic::transport::Server::builder()
-            .trace_fn(lattice_core::telemetry::grpc_server_span)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .initial_stream_window_size(Some(1024 * 1024))
-            .initial_connection_window_size(Some(8 * 1024 * 1024))
-            .layer(grpc_metrics)
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(tunnel)
-            .add_service(agents)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    stop.cancelled().await;
-                    reporter
-                        .set_not_serving::<TunnelServiceServer<TunnelGrpc>>()
-                        .await;
-                },
-            )
-            .await
-            .context("tunnel gRPC server")
-    });
+    serve_internal(
+        InternalService {
+            name: "lattice.tunnel.v1.TunnelService",
+            listener,
+            routes: tonic::service::Routes::new(tunnel).add_service(agents),
+            db: db.clone(),
+            // No call timeout: agent streams and proxied watches live for hours.
+            timeout: None,
+        },
+        grpc_metrics,
+        stop,
+        tasks,
+    )
+    .await?;
     Ok((addr, db))
 }
 
@@ -538,15 +525,25 @@ fn tasks_url(config: &Config, running: Option<SocketAddr>) -> Option<String> {
         .or_else(|| config.tasks.url.clone())
 }
 
-/// Like [`internal_channel`] without a per-call timeout (agent streams, proxied
-/// watches) and with larger HTTP/2 windows for bulk proxy traffic.
-fn internal_channel_streaming(url: &str, field: &str) -> anyhow::Result<tonic::transport::Channel> {
+/// Per-call limit on unary internal calls.
+const CALL_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
+
+/// A lazily connecting channel to an internal service (TLS for `https://`).
+/// `timeout` bounds each call; None for channels carrying long-lived streams.
+fn internal_channel(
+    url: &str,
+    field: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<tonic::transport::Channel> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("{field}: {url:?} is not a valid URL"))?;
     if url.starts_with("https://") {
         endpoint = endpoint
             .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
             .with_context(|| format!("{field}: TLS setup"))?;
+    }
+    if let Some(limit) = timeout {
+        endpoint = endpoint.timeout(limit);
     }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
@@ -555,23 +552,6 @@ fn internal_channel_streaming(url: &str, field: &str) -> anyhow::Result<tonic::t
         .initial_connection_window_size(Some(8 * 1024 * 1024))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
-/// A lazily connecting channel to an internal service (TLS for `https://`).
-fn internal_channel(url: &str, field: &str) -> anyhow::Result<tonic::transport::Channel> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{field}: {url:?} is not a valid URL"))?;
-    if url.starts_with("https://") {
-        endpoint = endpoint
-            .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
-            .with_context(|| format!("{field}: TLS setup"))?;
-    }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy())
 }
 
@@ -625,7 +605,7 @@ pub async fn start(
         running_tasks = Some(addr);
     }
     let tasks_channel = match tasks_url(&config, running_tasks) {
-        Some(url) => Some(internal_channel(&url, "tasks.url")?),
+        Some(url) => Some(internal_channel(&url, "tasks.url", CALL_TIMEOUT)?),
         None => {
             if roles
                 .iter()
@@ -654,16 +634,7 @@ pub async fn start(
     };
 
     if roles.contains(&Role::Identity) {
-        let url = config.database_url();
-        let db = Db::connect(&url, config.database_max_connections)
-            .await
-            .with_context(|| format!("open identity database {}", db::redact_url(&url)))?;
-        db::migrate(
-            &db,
-            &lattice_identity::migration_sets(),
-            config.migrate_on_start(),
-        )
-        .await?;
+        let db = open_service_db(&config, "identity", &lattice_identity::migration_sets()).await?;
         let mfa_secret = secret_or_derived(
             config.mfa_token_secret.as_ref(),
             master.as_ref(),
@@ -687,47 +658,25 @@ pub async fn start(
                     .map(|p| expose(p).to_owned()),
             )
             .await?;
-        let listener = TcpListener::bind(config.identity.listen)
-            .await
-            .with_context(|| format!("identity.listen: bind {}", config.identity.listen))?;
+        let listener = bind(config.identity.listen, "identity.listen").await?;
         let addr = listener.local_addr()?;
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>>()
-            .await;
-        tasks.spawn(report_database_health(
-            "lattice.identity.v1.IdentityService",
-            db.clone(),
-            reporter.clone(),
-            internal_stop.clone(),
-        ));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(lattice_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         let service = IdentityServiceServer::with_interceptor(
             lattice_identity::grpc::IdentityGrpc::new(identity),
             lattice_core::grpc::RequirePrincipal::new(internal.clone()),
         );
-        let stop = internal_stop.clone();
-        let identity_metrics = grpc_metrics.clone();
-        tasks.spawn(async move {
-            tonic::transport::Server::builder()
-                .trace_fn(lattice_core::telemetry::grpc_server_span)
-                .timeout(Duration::from_secs(30))
-                .layer(identity_metrics)
-                .add_service(health)
-                .add_service(reflection)
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                    stop.cancelled().await;
-                    reporter
-                        .set_not_serving::<IdentityServiceServer<lattice_identity::grpc::IdentityGrpc>>()
-                        .await;
-                })
-                .await
-                .context("identity gRPC server")
-        });
+        serve_internal(
+            InternalService {
+                name: "lattice.identity.v1.IdentityService",
+                listener,
+                routes: tonic::service::Routes::new(service),
+                db: db.clone(),
+                timeout: Some(Duration::from_secs(30)),
+            },
+            grpc_metrics.clone(),
+            &internal_stop,
+            &mut tasks,
+        )
+        .await?;
         forward_audit(&mut tasks, "identity", &db, "identity_audit");
         pools.push(("identity database", db));
         running_identity = Some(addr);
@@ -758,8 +707,10 @@ pub async fn start(
             &internal,
             &cache,
             tasks_channel.clone(),
-            // Agents are told to reconnect as soon as shutdown starts.
+            // Agents are told to reconnect as soon as shutdown starts (their streams
+            // would hold the gateway's drain); the service stops with the others.
             &shutdown,
+            &internal_stop,
             &mut tasks,
             grpc_metrics.clone(),
         )
@@ -780,13 +731,14 @@ pub async fn start(
                 "gateway.identity_url: required when the identity service is not in --services (e.g. http://identity:8091)"
             ),
         };
-        let channel = internal_channel(&identity_url, "gateway.identity_url")?;
+        let channel = internal_channel(&identity_url, "gateway.identity_url", CALL_TIMEOUT)?;
         let storage_channel = match (running_storage, &config.gateway.storage_url) {
             (Some(addr), _) => Some(internal_channel(
                 &format!("http://{addr}"),
                 "gateway.storage_url",
+                CALL_TIMEOUT,
             )?),
-            (None, Some(url)) => Some(internal_channel(url, "gateway.storage_url")?),
+            (None, Some(url)) => Some(internal_channel(url, "gateway.storage_url", CALL_TIMEOUT)?),
             (None, None) => None,
         };
         let gateway = Gateway::build(
@@ -800,11 +752,12 @@ pub async fn start(
                 storage_in_process: running_storage.is_some(),
                 tasks: tasks_channel.clone(),
                 tunnel: match (running_tunnel, &config.tunnel.url) {
-                    (Some(addr), _) => Some(internal_channel_streaming(
+                    (Some(addr), _) => Some(internal_channel(
                         &format!("http://{addr}"),
                         "tunnel.url",
+                        None,
                     )?),
-                    (None, Some(url)) => Some(internal_channel_streaming(url, "tunnel.url")?),
+                    (None, Some(url)) => Some(internal_channel(url, "tunnel.url", None)?),
                     (None, None) => None,
                 },
             },

@@ -24,9 +24,6 @@ impl TaskGrpc {
 }
 
 fn st(e: TaskError) -> Status {
-    if matches!(e, TaskError::Db(_)) {
-        tracing::error!(error = %lattice_core::error::DisplayChain(&e), "tasks database error");
-    }
     to_status(&e)
 }
 

@@ -17,9 +17,6 @@ use crate::hub::{Hub, ProxyStream};
 use crate::store::NodeRow;
 
 fn st(e: TunnelError) -> Status {
-    if matches!(e, TunnelError::Db(_)) {
-        tracing::error!(error = %lattice_core::error::DisplayChain(&e), "tunnel database error");
-    }
     to_status(&e)
 }
 

@@ -180,6 +180,14 @@ impl Hub {
             .cloned()
     }
 
+    /// Record this replica as the holder of `node`'s stream, for three heartbeats.
+    async fn claim_registry(&self, node: &str) {
+        let ttl = Duration::from_millis((self.nodes.settings.heartbeat_interval_ms * 3) as u64);
+        self.cache
+            .set(&registry_key(node), self.advertise.as_bytes(), ttl)
+            .await;
+    }
+
     fn treq<T>(&self, msg: T) -> tonic::Request<T> {
         lattice_core::grpc::request(&self.internal, &tunnel_principal(), None, msg)
     }
@@ -300,13 +308,7 @@ impl Hub {
             old.close("replaced by a newer connection from the agent");
         }
         let hb = self.nodes.settings.heartbeat_interval_ms;
-        self.cache
-            .set(
-                &registry_key(&node.id),
-                self.advertise.as_bytes(),
-                Duration::from_millis((hb * 3) as u64),
-            )
-            .await;
+        self.claim_registry(&node.id).await;
         self.nodes
             .record(&node.org_id, &format!("node:{}", node.id), "node.connect", &node.id, true, &client_ip,
                 serde_json::json!({"agent_version": connected.agent_version, "capabilities": connected.agent_capabilities}))
@@ -419,14 +421,7 @@ impl Hub {
             Msg::Hello(_) => return Err(TunnelError::Invalid("hello may only come first".into())),
             Msg::Heartbeat(h) => {
                 self.nodes.store().seen(&s.node_id).await?;
-                let hb = self.nodes.settings.heartbeat_interval_ms;
-                self.cache
-                    .set(
-                        &registry_key(&s.node_id),
-                        self.advertise.as_bytes(),
-                        Duration::from_millis((hb * 3) as u64),
-                    )
-                    .await;
+                self.claim_registry(&s.node_id).await;
                 if !h.running.is_empty() {
                     self.extend_leases(s, &h.running).await;
                 }

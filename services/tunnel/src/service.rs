@@ -5,19 +5,16 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use lattice_core::audit::{AuditEvent, AuditSink, Outcome, TableAudit};
 use lattice_core::auth::Principal;
 use lattice_core::crypto::{hash_secret, random_secret};
+use lattice_core::join_token::JoinToken;
 use lattice_core::task_kinds::CAPABILITIES;
 use lattice_core::time::now_ms;
 use lattice_proto::agent::v1 as agent;
 
 use crate::error::TunnelError;
 use crate::store::{NodeRow, Store};
-
-/// Prefix of join tokens (`ljt1.<server url>.<ca sha-256>.<secret>`).
-pub const JOIN_PREFIX: &str = "ljt1";
 
 /// Settings the service needs.
 #[derive(Debug, Clone)]
@@ -44,52 +41,6 @@ pub struct NewJoinToken {
     pub token: String,
     pub expires_at_ms: i64,
     pub labels: BTreeMap<String, String>,
-}
-
-/// The parts of a join token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub server_url: String,
-    /// Hex SHA-256 of the CA to pin (None: the server has no TLS of its own).
-    pub ca_sha256: Option<String>,
-    pub secret: String,
-}
-
-/// Read `ljt1.<b64url(server)>.<ca hex or ->.<secret>`.
-pub fn parse_join_token(token: &str) -> Result<JoinToken, String> {
-    let mut parts = token.trim().split('.');
-    let (Some(prefix), Some(url), Some(ca), Some(secret), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err("join token: expected ljt1.<server>.<ca>.<secret>".into());
-    };
-    if prefix != JOIN_PREFIX {
-        return Err(format!("join token: unknown format {prefix:?}"));
-    }
-    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(url)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or("join token: the server part does not decode")?;
-    let ca_sha256 = match ca {
-        "-" => None,
-        hex if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Some(hex.to_ascii_lowercase())
-        }
-        _ => return Err("join token: the CA fingerprint is not 64 hex digits".into()),
-    };
-    if secret.is_empty() {
-        return Err("join token: the secret is missing".into());
-    }
-    Ok(JoinToken {
-        server_url: url,
-        ca_sha256,
-        secret: secret.to_owned(),
-    })
 }
 
 fn require(p: &Principal, scope: &str) -> Result<(), TunnelError> {
@@ -225,11 +176,12 @@ impl Nodes {
                 expires_at_ms,
             )
             .await?;
-        let token = format!(
-            "{JOIN_PREFIX}.{}.{}.{secret}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(server_url),
-            if ca.is_empty() { "-" } else { &ca },
-        );
+        let token = JoinToken {
+            server_url: server_url.to_owned(),
+            ca_sha256: (!ca.is_empty()).then(|| ca.clone()),
+            secret: secret.clone(),
+        }
+        .encode();
         self.record(
             &p.org_id,
             &p.sub,
@@ -561,31 +513,4 @@ pub fn prometheus_text(nodes: &[NodeRow]) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn join_tokens_round_trip_and_reject_garbage() {
-        let t = format!(
-            "ljt1.{}.{}.s3cret",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("https://cp.example:8443"),
-            "ab".repeat(32)
-        );
-        let j = parse_join_token(&t).unwrap();
-        assert_eq!(j.server_url, "https://cp.example:8443");
-        assert_eq!(j.ca_sha256.as_deref(), Some("ab".repeat(32).as_str()));
-        assert_eq!(j.secret, "s3cret");
-        assert!(
-            parse_join_token("ljt1.aGk.-.x")
-                .unwrap()
-                .ca_sha256
-                .is_none()
-        );
-        assert!(parse_join_token("ljt2.aGk.-.x").is_err());
-        assert!(parse_join_token("ljt1.aGk.zz.x").is_err());
-        assert!(parse_join_token("ljt1.aGk.-").is_err());
-    }
 }

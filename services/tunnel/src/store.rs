@@ -250,19 +250,24 @@ impl Store {
         capabilities: Option<&[String]>,
         labels: Option<&BTreeMap<String, String>>,
     ) -> Result<NodeRow, TunnelError> {
-        let current = self.node(Some(org), id).await?;
-        let caps = capabilities.map_or(current.capabilities.clone(), <[String]>::to_vec);
-        let labels = labels.cloned().unwrap_or(current.labels);
-        sqlx::query(
-            "UPDATE tunnel_nodes SET capabilities = $1, labels = $2 WHERE id = $3 AND org_id = $4",
-        )
-        .bind(serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()))
-        .bind(serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()))
+        // NULL keeps the stored value.
+        let caps = capabilities.map(|c| serde_json::to_string(c).unwrap_or_else(|_| "[]".into()));
+        let labels = labels.map(|l| serde_json::to_string(l).unwrap_or_else(|_| "{}".into()));
+        let row = sqlx::query(concat!(
+            "UPDATE tunnel_nodes SET capabilities = COALESCE($1, capabilities), labels = COALESCE($2, labels) \
+             WHERE id = $3 AND org_id = $4 RETURNING ",
+            node_cols!()
+        ))
+        .bind(caps)
+        .bind(labels)
         .bind(id)
         .bind(org)
-        .execute(self.db.pool())
+        .fetch_optional(self.db.pool())
         .await?;
-        self.node(Some(org), id).await
+        row.as_ref()
+            .map(node)
+            .transpose()?
+            .ok_or_else(|| TunnelError::NotFound(format!("node {id}")))
     }
 
     /// Forget a node (its credential stops working at once).
