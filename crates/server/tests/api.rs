@@ -37,6 +37,17 @@ async fn health_ready_metrics_and_openapi() {
         "/health",
         "/ready",
         "/metrics",
+        "/api/v1/tasks",
+        "/api/v1/tasks/{id}/cancel",
+        "/api/v1/audit",
+        "/api/v1/audit/verify",
+        "/api/v1/nodes",
+        "/api/v1/nodes/join-tokens",
+        "/api/v1/nodes/{id}",
+        "/api/v1/nodes/{id}/metrics",
+        "/api/v1/nodes/{id}/logs",
+        "/api/v1/nodes/{node}/proxy/{port}/{path}",
+        "/api/v1/fleet/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }

@@ -63,6 +63,7 @@ use crate::routes;
         routes::nodes::metrics,
         routes::nodes::logs,
         routes::nodes::fleet_metrics,
+        routes::nodes::proxy_doc,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = []))

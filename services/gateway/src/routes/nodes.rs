@@ -381,9 +381,19 @@ fn forwardable(name: &HeaderName) -> bool {
     )
 }
 
-/// `ANY /api/v1/nodes/{node}/proxy/{port}/{*path}` (`nodes:proxy`): carried over the
-/// node agent's stream to `127.0.0.1:{port}/{path}` on the node. The response
-/// streams; the client going away cancels it on the node.
+/// The proxy route as the OpenAPI document shows it (the handler's path extractor
+/// takes both the `{port}` and `{port}/{path}` forms, which utoipa cannot read).
+#[utoipa::path(get, path = "/api/v1/nodes/{node}/proxy/{port}/{path}", tag = "nodes",
+    params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
+        ("path" = String, Path, description = "Path on the node; any method, the query string and body pass through")),
+    responses((status = 200, description = "The node's answer, streamed (any status the node gives)"),
+        (status = 403, body = crate::error::ErrorBody), (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+#[allow(dead_code)]
+fn proxy_doc() {}
+
+/// `ANY /api/v1/nodes/{node}/proxy/{port}/{*path}` (`nodes:proxy`, every method):
+/// carried over the node agent's stream to `127.0.0.1:{port}/{path}` on the node.
+/// The response streams; the client going away cancels it on the node.
 pub async fn proxy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
