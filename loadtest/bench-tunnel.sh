@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Proxy tunnel vs direct: the same small GET sent straight to a local nginx and
 # through Lattice (gateway -> tunnel service -> agent stream -> nginx), same wrk,
-# same run. Also reports the agent's idle RSS. Bounded: 10 s per scenario.
+# same run; and, when `rathole` is on PATH (cargo install rathole), the same GET
+# through rathole (a Rust reverse tunnel) on the same machine. Also reports the
+# agent's idle RSS. Bounded: 10 s per scenario.
 #   loadtest/bench-tunnel.sh            (CARGO_TARGET_DIR honoured)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,4 +56,27 @@ SERVER_PID=${pids[1]}
 run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@" | awk '/Requests\/sec/{rps=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "%s req/s  p50 %s  p99 %s\n", rps, p50, p99}'; }
 echo "direct (nginx):        $(run http://127.0.0.1:$UP/small.txt)"
 echo "through the tunnel:    $(run -H "Authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
+if command -v rathole >/dev/null; then
+  cat > "$tmp/rh-server.toml" <<CONF
+[server]
+bind_addr = "127.0.0.1:18233"
+[server.services.web]
+token = "bench"
+bind_addr = "127.0.0.1:18081"
+CONF
+  cat > "$tmp/rh-client.toml" <<CONF
+[client]
+remote_addr = "127.0.0.1:18233"
+[client.services.web]
+token = "bench"
+local_addr = "127.0.0.1:$UP"
+CONF
+  rathole "$tmp/rh-server.toml" >/dev/null 2>&1 & pids+=($!)
+  sleep 0.5
+  rathole "$tmp/rh-client.toml" >/dev/null 2>&1 & pids+=($!)
+  for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/small.txt >/dev/null && break; sleep 0.2; done
+  echo "through rathole:       $(run http://127.0.0.1:18081/small.txt)"
+else
+  echo "through rathole:       skipped (rathole not on PATH: cargo install rathole)"
+fi
 echo "server RSS after load: $(ps -o rss= -p $SERVER_PID | tr -d ' ') KiB; agent RSS after load: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use http_body_util::BodyExt as _;
+use http_body_util::BodyExt;
 use lattice_proto::agent::v1 as pb;
 use pb::proxy_frame::Frame;
 use tokio::sync::{Semaphore, mpsc};
@@ -19,6 +19,20 @@ use crate::run::Agent;
 const WINDOW: usize = 256 * 1024;
 const CHUNK: usize = 64 * 1024;
 
+/// Keep-alive HTTP/1.1 connections to the node's local services.
+type Upstream = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
+>;
+
+fn upstream() -> Upstream {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(connector)
+}
+
 struct Slot {
     body: Option<mpsc::UnboundedSender<Bytes>>,
     credit: Arc<Semaphore>,
@@ -28,6 +42,7 @@ struct Slot {
 /// The streams of one connection.
 pub struct Streams {
     agent: Arc<Agent>,
+    upstream: Upstream,
     conn: CancellationToken,
     slots: Arc<Mutex<HashMap<u64, Slot>>>,
 }
@@ -53,6 +68,7 @@ impl Streams {
     pub fn new(agent: Arc<Agent>, conn: CancellationToken) -> Self {
         Self {
             agent,
+            upstream: upstream(),
             conn,
             slots: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -76,11 +92,15 @@ impl Streams {
                         cancel: cancel.clone(),
                     },
                 );
-                let (agent, table) = (self.agent.clone(), self.slots.clone());
+                let (agent, table, upstream) = (
+                    self.agent.clone(),
+                    self.slots.clone(),
+                    self.upstream.clone(),
+                );
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
-                        () = exchange(&agent, id, open, body_rx, credit) => {}
+                        () = exchange(&agent, &upstream, id, open, body_rx, credit) => {}
                     }
                     table.lock().expect("slots lock").remove(&id);
                 });
@@ -112,6 +132,7 @@ impl Streams {
 
 async fn exchange(
     agent: &Arc<Agent>,
+    upstream: &Upstream,
     id: u64,
     open: pb::ProxyOpen,
     body_rx: mpsc::UnboundedReceiver<Bytes>,
@@ -122,28 +143,6 @@ async fn exchange(
         send(agent, id, reset("port_not_allowed", msg)).await;
         return;
     }
-    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", open.port as u16)).await {
-        Ok(t) => t,
-        Err(e) => {
-            send(
-                agent,
-                id,
-                reset("connect_failed", format!("127.0.0.1:{}: {e}", open.port)),
-            )
-            .await;
-            return;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await {
-            Ok(x) => x,
-            Err(e) => {
-                send(agent, id, reset("connect_failed", e.to_string())).await;
-                return;
-            }
-        };
-    tokio::spawn(conn);
     // The request body: each chunk taken grants the server more window.
     let grant = agent.clone();
     let body =
@@ -156,22 +155,32 @@ async fn exchange(
         });
     let mut req = http::Request::builder()
         .method(open.method.as_str())
-        .uri(open.path_and_query.as_str());
+        .uri(format!(
+            "http://127.0.0.1:{}{}",
+            open.port, open.path_and_query
+        ));
     for h in &open.headers {
         req = req.header(h.name.as_str(), h.value.as_ref());
     }
     req = req.header(http::header::HOST, format!("127.0.0.1:{}", open.port));
-    let req = match req.body(http_body_util::StreamBody::new(body)) {
+    let req = match req.body(BodyExt::boxed(http_body_util::StreamBody::new(body))) {
         Ok(r) => r,
         Err(e) => {
             send(agent, id, reset("bad_request", e.to_string())).await;
             return;
         }
     };
-    let resp = match sender.send_request(req).await {
+    let resp = match upstream.request(req).await {
         Ok(r) => r,
         Err(e) => {
-            send(agent, id, reset("upstream_failed", e.to_string())).await;
+            let (code, what) = if e.is_connect() {
+                ("connect_failed", format!("127.0.0.1:{}", open.port))
+            } else {
+                ("upstream_failed", "request".into())
+            };
+            let detail =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            send(agent, id, reset(code, format!("{what}: {detail}"))).await;
             return;
         }
     };

@@ -760,6 +760,15 @@ pub async fn start(
                     (None, Some(url)) => Some(internal_channel(url, "tunnel.url", None)?),
                     (None, None) => None,
                 },
+                tunnel_agents: match (running_tunnel, &config.tunnel.url) {
+                    (Some(addr), _) => Some(internal_channel(
+                        &format!("http://{addr}"),
+                        "tunnel.url",
+                        None,
+                    )?),
+                    (None, Some(url)) => Some(internal_channel(url, "tunnel.url", None)?),
+                    (None, None) => None,
+                },
             },
             cache.clone(),
             shutdown.clone(),

@@ -97,8 +97,11 @@ pub struct Backends {
     pub storage_in_process: bool,
     /// The tasks service (queue and audit log), when this deployment has one.
     pub tasks: Option<Channel>,
-    /// The tunnel service (nodes, agent streams, proxy), when this deployment has one.
+    /// The tunnel service (nodes, proxy), when this deployment has one.
     pub tunnel: Option<Channel>,
+    /// A separate connection to the tunnel service for relaying agent streams, so
+    /// proxy traffic can never take them down with it.
+    pub tunnel_agents: Option<Channel>,
 }
 
 /// A built gateway, ready to serve on a listener.
@@ -146,7 +149,7 @@ impl Gateway {
                 lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient::new(c)
                     .max_decoding_message_size(8 * 1024 * 1024)
             }),
-            tunnel_channel: backends.tunnel,
+            tunnel_channel: backends.tunnel_agents,
             ca_sha256: tls_info
                 .ca_fingerprint
                 .as_ref()

@@ -653,21 +653,24 @@ impl Hub {
                 "path: must start with / (at most 8 KiB)".into(),
             ));
         }
-        // The node must be the caller's (the same check on every replica).
+        // The node must be the caller's. A stream held here knows its org; otherwise
+        // the registry row is read (and the same check runs again on the owner).
+        if let Some(s) = self.session(&head.node_id)
+            && s.org_id == p.org_id
+        {
+            if !s.proxy_ports.contains(&head.port) {
+                return Err(TunnelError::Forbidden(format!(
+                    "port {} is not allowed by the agent on node {} (its config allows: {:?})",
+                    head.port, s.node_id, s.proxy_ports
+                )));
+            }
+            return Ok(Box::pin(self.open_local(s, head, body)));
+        }
         let node = self
             .nodes
             .store()
             .node(Some(&p.org_id), &head.node_id)
             .await?;
-        if let Some(s) = self.session(&node.id) {
-            if !s.proxy_ports.contains(&head.port) {
-                return Err(TunnelError::Forbidden(format!(
-                    "port {} is not allowed by the agent on node {} (its config allows: {:?})",
-                    head.port, node.id, s.proxy_ports
-                )));
-            }
-            return Ok(Box::pin(self.open_local(s, head, body)));
-        }
         let owner = self
             .cache
             .get(&registry_key(&node.id))

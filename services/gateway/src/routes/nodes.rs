@@ -515,7 +515,14 @@ pub async fn proxy(
                 Err(std::io::Error::other(format!("{}: {}", r.code, r.message))),
                 answers,
             )),
-            Ok(_) => None,
+            Ok(Some(_)) => {
+                // The answer is complete: read the call to its end (trailers), so it
+                // closes cleanly instead of being reset (a stream of resets is what
+                // HTTP/2 servers treat as an attack and answer with GOAWAY).
+                while let Ok(Some(_)) = answers.message().await {}
+                None
+            }
+            Ok(None) => None,
             Err(st) => Some((Err(std::io::Error::other(st.message().to_owned())), answers)),
         }
     })
