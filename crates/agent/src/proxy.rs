@@ -163,7 +163,17 @@ async fn exchange(
         req = req.header(h.name.as_str(), h.value.as_ref());
     }
     req = req.header(http::header::HOST, format!("127.0.0.1:{}", open.port));
-    let req = match req.body(BodyExt::boxed(http_body_util::StreamBody::new(body))) {
+    let empty = open
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-length") && h.value.as_ref() == b"0");
+    let body = if empty {
+        // No body: nothing to wait for (the server's end-of-body frame is ignored).
+        BodyExt::boxed(http_body_util::Empty::new())
+    } else {
+        BodyExt::boxed(http_body_util::StreamBody::new(body))
+    };
+    let req = match req.body(body) {
         Ok(r) => r,
         Err(e) => {
             send(agent, id, reset("bad_request", e.to_string())).await;

@@ -282,7 +282,6 @@ async fn serve_internal(
     let routes = svc.routes.add_service(health).add_service(reflection);
     let mut builder = tonic::transport::Server::builder()
         .trace_fn(lattice_core::telemetry::grpc_server_span)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(8 * 1024 * 1024));
@@ -295,7 +294,16 @@ async fn serve_internal(
             .layer(grpc_metrics)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // tonic applies `tcp_nodelay` only to listeners it binds itself: set it
+                // on each accepted socket (small frames of long-lived streams would
+                // otherwise wait on delayed ACKs).
+                futures::TryStreamExt::map_ok(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                        tcp
+                    },
+                ),
                 async move {
                     stop.cancelled().await;
                     reporter

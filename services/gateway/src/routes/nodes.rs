@@ -424,8 +424,11 @@ pub async fn proxy(
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
+    // A body of known length travels with its Content-Length (0 for a GET), so the
+    // node's service gets a plain request rather than a chunked one.
+    let body_len = axum::body::HttpBody::size_hint(req.body()).exact();
     let (parts, body) = req.into_parts();
-    let headers = parts
+    let mut headers: Vec<agent::Header> = parts
         .headers
         .iter()
         .filter(|(n, _)| forwardable(n))
@@ -434,6 +437,12 @@ pub async fn proxy(
             value: bytes::Bytes::copy_from_slice(v.as_bytes()),
         })
         .collect();
+    if let Some(len) = body_len {
+        headers.push(agent::Header {
+            name: "content-length".into(),
+            value: bytes::Bytes::from(len.to_string()),
+        });
+    }
     let head = pb::ProxyChunk {
         chunk: Some(pb::proxy_chunk::Chunk::Head(pb::ProxyRequestHead {
             node_id,
