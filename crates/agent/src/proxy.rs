@@ -18,6 +18,8 @@ use crate::run::Agent;
 /// Window each way, as on the server.
 const WINDOW: usize = 256 * 1024;
 const CHUNK: usize = 64 * 1024;
+/// Window is granted back in steps of this many consumed bytes, as on the server.
+const GRANT_STEP: usize = WINDOW / 4;
 
 /// Keep-alive HTTP/1.1 connections to the node's local services.
 type Upstream = hyper_util::client::legacy::Client<
@@ -145,11 +147,20 @@ async fn exchange(
     }
     // The request body: each chunk taken grants the server more window.
     let grant = agent.clone();
+    let mut ungranted = 0usize;
     let body =
         tokio_stream::wrappers::UnboundedReceiverStream::new(body_rx).then(move |d: Bytes| {
             let grant = grant.clone();
+            ungranted += d.len();
+            let n = if ungranted >= GRANT_STEP {
+                std::mem::take(&mut ungranted)
+            } else {
+                0
+            };
             async move {
-                send(&grant, id, Frame::WindowUpdate(d.len() as u32)).await;
+                if n > 0 {
+                    send(&grant, id, Frame::WindowUpdate(n as u32)).await;
+                }
                 Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(d))
             }
         });

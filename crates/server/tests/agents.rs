@@ -167,6 +167,16 @@ async fn upstream(gone: Arc<AtomicUsize>) -> u16 {
                 ),
             )
             .route(
+                "/big",
+                axum::routing::get(|| async {
+                    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                    let s = futures::stream::iter(
+                        (0..256).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                    );
+                    axum::body::Body::from_stream(s)
+                }),
+            )
+            .route(
                 "/stream",
                 axum::routing::get(move || {
                     let guard = Gone(gone.clone());
@@ -412,6 +422,39 @@ async fn enroll_report_consent_tasks_and_proxy() {
             1,
             "{backend:?}: the node-side request was cancelled"
         );
+
+        // Per-stream flow control: a client that does not read a 16 MiB answer fills
+        // only its own window; another request through the same agent still answers.
+        let mut big = s
+            .http
+            .get(s.url(&format!("{base}/big")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(big.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.http
+                .get(s.url(&format!("{base}/echo?while=stalled")))
+                .bearer_auth(&admin)
+                .send(),
+        )
+        .await
+        .expect("a stalled stream does not hold up the agent's others")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        // And the stalled answer arrives whole once read (window granted back as it goes).
+        let mut total = 0;
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), big.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            total += chunk.len();
+        }
+        assert_eq!(total, 16 * 1024 * 1024, "{backend:?}");
 
         // The agent goes away: the node shows disconnected, with why.
         drop(agent);

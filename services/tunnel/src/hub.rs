@@ -38,6 +38,9 @@ use crate::store::{Connected, NodeRow};
 pub const WINDOW: u32 = 256 * 1024;
 /// Largest body chunk in one frame.
 pub const CHUNK: usize = 64 * 1024;
+/// Window is granted back in steps of this many consumed bytes (like HTTP/2
+/// implementations), not per chunk: a small answer costs no update at all.
+pub const GRANT_STEP: u32 = WINDOW / 4;
 /// Tasks claimed per dispatch round.
 const CLAIM_BATCH: i64 = 16;
 
@@ -812,6 +815,7 @@ impl Hub {
             session: s,
             id,
             buffered,
+            ungranted: 0,
             done: false,
         }
     }
@@ -825,6 +829,8 @@ struct LocalStream {
     session: Arc<Session>,
     id: u64,
     buffered: Arc<AtomicI64>,
+    /// Consumed bytes not yet granted back to the agent.
+    ungranted: u32,
     done: bool,
 }
 
@@ -841,10 +847,12 @@ impl Stream for LocalStream {
             Poll::Ready(Some(Event::Head(h))) => Chunk::Response(h),
             Poll::Ready(Some(Event::Data(d))) => {
                 self.buffered.fetch_sub(d.len() as i64, Ordering::SeqCst);
-                self.session.frame(
-                    self.id,
-                    agent::proxy_frame::Frame::WindowUpdate(d.len() as u32),
-                );
+                self.ungranted += d.len() as u32;
+                if self.ungranted >= GRANT_STEP {
+                    let n = std::mem::take(&mut self.ungranted);
+                    self.session
+                        .frame(self.id, agent::proxy_frame::Frame::WindowUpdate(n));
+                }
                 Chunk::Data(d)
             }
             Poll::Ready(Some(Event::End)) => {
