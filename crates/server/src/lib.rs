@@ -465,7 +465,7 @@ async fn start_tunnel(
     stop: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     grpc_metrics: ops::GrpcMetrics,
-) -> anyhow::Result<(SocketAddr, Db)> {
+) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
     use lattice_proto::agent::v1::agent_service_server::AgentServiceServer;
     use lattice_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
     use lattice_tunnel::grpc::{AgentGrpc, TunnelGrpc};
@@ -509,11 +509,12 @@ async fn start_tunnel(
     let check = lattice_core::grpc::RequirePrincipal::new(internal.clone());
     let tunnel = TunnelServiceServer::with_interceptor(TunnelGrpc::new(hub.clone()), check.clone());
     let agents = AgentServiceServer::with_interceptor(AgentGrpc::new(hub), check);
+    let routes = tonic::service::Routes::new(tunnel).add_service(agents);
     serve_internal(
         InternalService {
             name: "lattice.tunnel.v1.TunnelService",
             listener,
-            routes: tonic::service::Routes::new(tunnel).add_service(agents),
+            routes: routes.clone(),
             db: db.clone(),
             // No call timeout: agent streams and proxied watches live for hours.
             timeout: None,
@@ -523,7 +524,7 @@ async fn start_tunnel(
         tasks,
     )
     .await?;
-    Ok((addr, db))
+    Ok((addr, db, routes))
 }
 
 /// The tasks service's address for this process: in-process, or `tasks.url`.
@@ -710,7 +711,7 @@ pub async fn start(
 
     let mut running_tunnel = None;
     if roles.contains(&Role::Tunnel) {
-        let (addr, db) = start_tunnel(
+        let (addr, db, routes) = start_tunnel(
             &config,
             &internal,
             &cache,
@@ -725,7 +726,7 @@ pub async fn start(
         .await?;
         forward_audit(&mut tasks, "tunnel", &db, "tunnel_audit");
         pools.push(("tunnel database", db));
-        running_tunnel = Some(addr);
+        running_tunnel = Some((addr, routes));
     }
 
     let mut gateway_addr = None;
@@ -759,22 +760,24 @@ pub async fn start(
                 storage: storage_channel,
                 storage_in_process: running_storage.is_some(),
                 tasks: tasks_channel.clone(),
-                tunnel: match (running_tunnel, &config.tunnel.url) {
-                    (Some(addr), _) => Some(internal_channel(
-                        &format!("http://{addr}"),
+                // In this process the gateway calls the tunnel service directly; a
+                // remote one gets two connections (agent streams apart from proxying).
+                tunnel: match (&running_tunnel, &config.tunnel.url) {
+                    (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
+                    (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+                        url,
                         "tunnel.url",
                         None,
-                    )?),
-                    (None, Some(url)) => Some(internal_channel(url, "tunnel.url", None)?),
+                    )?)),
                     (None, None) => None,
                 },
-                tunnel_agents: match (running_tunnel, &config.tunnel.url) {
-                    (Some(addr), _) => Some(internal_channel(
-                        &format!("http://{addr}"),
+                tunnel_agents: match (&running_tunnel, &config.tunnel.url) {
+                    (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
+                    (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+                        url,
                         "tunnel.url",
                         None,
-                    )?),
-                    (None, Some(url)) => Some(internal_channel(url, "tunnel.url", None)?),
+                    )?)),
                     (None, None) => None,
                 },
             },
@@ -831,7 +834,7 @@ pub async fn start(
         identity_addr: running_identity,
         storage_addr: running_storage,
         tasks_addr: running_tasks,
-        tunnel_addr: running_tunnel,
+        tunnel_addr: running_tunnel.map(|(addr, _)| addr),
         ops_addr,
         bootstrap,
         tls_info,

@@ -721,3 +721,67 @@ async fn reconnect_after_restart_and_a_stalled_run_is_rescued_and_fenced() {
         drop(agent);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_reaches_a_remote_tunnel_over_the_network() {
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let mut env = FAST.to_vec();
+        env.push((
+            "LATTICE_MASTER_KEY",
+            "split-processes-share-this-master-key",
+        ));
+        let core = TestServer::start_on(&url, guard, &env).await;
+        let r = core.running();
+        let (identity, tasks, tunnel) = (
+            format!("http://{}", r.identity_addr.unwrap()),
+            format!("http://{}", r.tasks_addr.unwrap()),
+            format!("http://{}", r.tunnel_addr.unwrap()),
+        );
+        // A gateway alone, as in a split deployment: agent streams and proxied
+        // requests reach the tunnel service over internal gRPC.
+        let mut edge_env = env.clone();
+        edge_env.extend([
+            ("LATTICE_SERVICES", "gateway"),
+            ("LATTICE_GATEWAY__IDENTITY_URL", identity.as_str()),
+            ("LATTICE_TASKS__URL", tasks.as_str()),
+            ("LATTICE_TUNNEL__URL", tunnel.as_str()),
+        ]);
+        let edge = TestServer::start_on(&url, None, &edge_env).await;
+        let admin = edge.admin_token(&["*"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = enroll(&join_token(&edge, &admin).await, dir.path()).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = upstream(Arc::new(AtomicUsize::new(0))).await;
+        let _agent = run_agent(dir.path(), &format!("proxy_ports = [{port}]\n"));
+        let nodes = wait_for(
+            &edge,
+            &admin,
+            "/api/v1/nodes",
+            "agent connects through the edge",
+            |b| b["nodes"][0]["status"] == "connected",
+        )
+        .await;
+        let id = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+        let resp = edge
+            .http
+            .post(edge.url(&format!("/api/v1/nodes/{id}/proxy/{port}/echo?via=edge")))
+            .bearer_auth(&admin)
+            .body("over the network")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{backend:?}");
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (echo["uri"].as_str(), echo["body"].as_str()),
+            (Some("/echo?via=edge"), Some("over the network"))
+        );
+        edge.stop().await;
+        core.stop().await;
+    }
+}

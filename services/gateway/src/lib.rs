@@ -54,10 +54,11 @@ pub struct AppState {
     /// Task queue and audit log client (None: not configured on this gateway).
     pub tasks: Option<lattice_proto::tasks::v1::task_service_client::TaskServiceClient<Channel>>,
     /// Nodes and proxy client (None: the tunnel service is not configured here).
-    pub tunnel:
-        Option<lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient<Channel>>,
-    /// Raw channel to the tunnel service for relaying agent streams.
-    pub tunnel_channel: Option<Channel>,
+    pub tunnel: Option<
+        lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient<InternalService>,
+    >,
+    /// The tunnel service as a raw gRPC service, for relaying agent streams.
+    pub tunnel_channel: Option<InternalService>,
     /// SHA-256 (hex) of the CA agents pin, when this gateway serves TLS.
     pub ca_sha256: Option<String>,
     /// gRPC health of the tasks service, for `/ready`.
@@ -98,10 +99,47 @@ pub struct Backends {
     /// The tasks service (queue and audit log), when this deployment has one.
     pub tasks: Option<Channel>,
     /// The tunnel service (nodes, proxy), when this deployment has one.
-    pub tunnel: Option<Channel>,
+    pub tunnel: Option<InternalService>,
     /// A separate connection to the tunnel service for relaying agent streams, so
     /// proxy traffic can never take them down with it.
-    pub tunnel_agents: Option<Channel>,
+    pub tunnel_agents: Option<InternalService>,
+}
+
+/// A way to reach an internal gRPC service: a network channel, or the service
+/// itself when it runs in this process (same contract and principal check, no
+/// socket and no HTTP/2 framing in between).
+pub type InternalService = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    InternalError,
+>;
+
+/// Why a call to an internal service failed before it got an answer (a concrete
+/// type: a boxed error here trips the compiler's higher-ranked lifetime checks in
+/// async handlers).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct InternalError(#[from] tonic::transport::Error);
+
+/// An internal service reached over the network.
+pub fn over_network(channel: Channel) -> InternalService {
+    InternalService::new(tower::ServiceExt::map_err(channel, InternalError))
+}
+
+/// An internal service running in this process (e.g. `tonic::service::Routes`).
+pub fn in_process<S>(service: S) -> InternalService
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    InternalService::new(tower::ServiceExt::map_err(service, |never| match never {}))
 }
 
 /// A built gateway, ready to serve on a listener.

@@ -79,7 +79,12 @@ impl TestServer {
         let config = Config::load(None, &env, &Overrides::default()).expect("test config is valid");
         let tls = config.gateway.tls != lattice_core::config::TlsMode::Off;
         let shutdown = CancellationToken::new();
-        let roles: BTreeSet<_> = lattice_server::parse_roles("all").unwrap();
+        // `LATTICE_SERVICES` among the extras picks the roles (as the binary's flag does).
+        let services = extra
+            .iter()
+            .find(|(k, _)| *k == "LATTICE_SERVICES")
+            .map_or("all", |(_, v)| *v);
+        let roles: BTreeSet<_> = lattice_server::parse_roles(services).unwrap();
         let running = lattice_server::start(config, &roles, shutdown.clone())
             .await
             .expect("server starts");
@@ -113,6 +118,11 @@ impl TestServer {
             running: None,
             _db_guard: None,
         }
+    }
+
+    /// What the in-process server reported at start (its internal addresses).
+    pub fn running(&self) -> &lattice_server::Running {
+        self.running.as_ref().expect("an in-process server")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -15,7 +15,6 @@ use lattice_proto::agent::v1 as agent;
 use lattice_proto::tunnel::v1 as pb;
 use lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -24,7 +23,7 @@ use crate::error::ApiError;
 use crate::json::ApiJson;
 
 /// The tunnel service, or 503 naming the missing setting.
-pub fn client(state: &AppState) -> Result<TunnelServiceClient<Channel>, ApiError> {
+pub fn client(state: &AppState) -> Result<TunnelServiceClient<crate::InternalService>, ApiError> {
     state.tunnel.clone().ok_or_else(|| {
         ApiError::new(
             lattice_core::ErrorCode::Unavailable,
