@@ -4,11 +4,14 @@
 # same run; and, when `rathole` is on PATH (cargo install rathole), the same GET
 # through rathole (a Rust reverse tunnel) on the same machine. Also reports the
 # agent's idle RSS. Bounded: 10 s per scenario.
-#   loadtest/bench-tunnel.sh            (CARGO_TARGET_DIR honoured)
+#   loadtest/bench-tunnel.sh                  gateway TLS on (as deployed)
+#   GATEWAY_TLS=off loadtest/bench-tunnel.sh  plain HTTP/h2c, like direct and rathole
+# (CARGO_TARGET_DIR honoured)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
 DURATION=${DURATION:-10s}
+GATEWAY_TLS=${GATEWAY_TLS:-self-signed}
 CONNS=${CONNS:-32}
 cargo build --release -q -p lattice-server -p lattice-agent
 B=$TARGET/release
@@ -29,33 +32,40 @@ CONF
 nginx -c "$tmp/nginx.conf" & pids+=($!)
 
 LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=warn \
-  "$B/lattice-server" --data-dir "$tmp/data" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
-  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 & pids+=($!)
-for _ in $(seq 50); do [ -f "$tmp/data/tls/ca.pem" ] && curl -sf --cacert "$tmp/data/tls/ca.pem" https://localhost:$GW/health >/dev/null && break; sleep 0.2; done
-CA=(--cacert "$tmp/data/tls/ca.pem")
-curl -sf "${CA[@]}" -c "$tmp/cj" https://localhost:$GW/api/v1/auth/login -H 'content-type: application/json' \
+  "$B/lattice-server" --data-dir "$tmp/data" --tls "$GATEWAY_TLS" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
+  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 & SERVER_PID=$!; pids+=($SERVER_PID)
+if [ "$GATEWAY_TLS" = off ]; then
+  URL=http://127.0.0.1:$GW; CA=()
+else
+  URL=https://localhost:$GW; CA=(--cacert "$tmp/data/tls/ca.pem")
+fi
+for _ in $(seq 50); do curl -sf "${CA[@]}" $URL/health >/dev/null 2>&1 && break; sleep 0.2; done
+curl -sf "${CA[@]}" -c "$tmp/cj" $URL/api/v1/auth/login -H 'content-type: application/json' \
   -d '{"username":"admin","password":"bench-admin-password"}' > "$tmp/login.json"
 CSRF=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["csrf_token"])' "$tmp/login.json")
-TOKEN=$(curl -sf "${CA[@]}" -b "$tmp/cj" -H "x-csrf-token: $CSRF" https://localhost:$GW/api/v1/tokens \
+TOKEN=$(curl -sf "${CA[@]}" -b "$tmp/cj" -H "x-csrf-token: $CSRF" $URL/api/v1/tokens \
   -H 'content-type: application/json' -d '{"name":"bench","scopes":["*"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-JOIN=$(curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes/join-tokens \
+JOIN=$(curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" $URL/api/v1/nodes/join-tokens \
   -H 'content-type: application/json' -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 "$B/lattice-agent" enroll --token "$JOIN" --state-dir "$tmp/agent" >/dev/null
 echo "proxy_ports = [$UP]" > "$tmp/agent.toml"
 LATTICE_AGENT_LOG=warn "$B/lattice-agent" run --config "$tmp/agent.toml" --state-dir "$tmp/agent" & AGENT=$!; pids+=($AGENT)
 for _ in $(seq 50); do
-  NODE=$(curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes \
+  NODE=$(curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" $URL/api/v1/nodes \
     | python3 -c 'import json,sys; n=json.load(sys.stdin)["nodes"]; print(n[0]["id"] if n and n[0]["status"]=="connected" else "")')
   [ -n "$NODE" ] && break; sleep 0.2
 done
 [ -n "$NODE" ] || { echo "agent did not connect"; exit 1; }
 sleep 5
 echo "agent idle RSS: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"
-SERVER_PID=${pids[1]}
 
 run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@" | awk '/Requests\/sec/{rps=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "%s req/s  p50 %s  p99 %s\n", rps, p50, p99}'; }
 echo "direct (nginx):        $(run http://127.0.0.1:$UP/small.txt)"
-echo "through the tunnel:    $(run -H "Authorization: Bearer $TOKEN" https://localhost:$GW/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
+ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
+s0=$(ticks $SERVER_PID); a0=$(ticks $AGENT)
+echo "through the tunnel:    $(run -H "Authorization: Bearer $TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
+s1=$(ticks $SERVER_PID); a1=$(ticks $AGENT); hz=$(getconf CLK_TCK); secs=${DURATION%s}
+echo "  CPU during that run:  server $(( (s1 - s0) * 100 / hz / secs ))% of a core, agent $(( (a1 - a0) * 100 / hz / secs ))% of a core"
 if command -v rathole >/dev/null; then
   cat > "$tmp/rh-server.toml" <<CONF
 [server]
