@@ -21,16 +21,21 @@ B=$TARGET/release
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 tmp=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${KEEP_LOG:-}" ] && cp "$tmp/server.log" "$KEEP_LOG"
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 schema="bench_$(date +%s)"
 psql "$BASE" -qc "CREATE SCHEMA $schema"
 GW=18543
 DATABASE_URL="$BASE?options=-c%20search_path%3D$schema" LATTICE_MIGRATE_ON_START=true \
-LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=error \
+LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=${SERVER_LOG:-error} \
   "$B/lattice-server" --data-dir "$tmp/data" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
-  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 &
+  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 \
+  --ops-listen 127.0.0.1:18564 >"$tmp/server.log" 2>&1 &
 SERVER=$!; pids+=($SERVER)
 for _ in $(seq 100); do [ -f "$tmp/data/tls/ca.pem" ] && curl -sf --cacert "$tmp/data/tls/ca.pem" https://localhost:$GW/health >/dev/null && break; sleep 0.2; done
 CA="$tmp/data/tls/ca.pem"
@@ -65,3 +70,19 @@ kill $SIMPID 2>/dev/null || true; wait $SIMPID 2>/dev/null || true
 
 echo "== tasks end to end, $TASK_AGENTS simulated agents, $TASKS tasks, Postgres"
 "${SIM[@]}" tasks --count "$TASK_AGENTS" --tasks "$TASKS" --concurrency 64
+
+# Where the time went: mean server-side latency of the internal calls.
+curl -sf http://127.0.0.1:18564/metrics | python3 -c '
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r"(\w+)_seconds_(sum|count)\{([^}]*)\} ([0-9.e+-]+)", line)
+    if not m or "grpc" not in m.group(1):
+        continue
+    method = re.search(r"method=\"([^\"]+)\"", m.group(3))
+    key = method.group(1) if method else m.group(3)
+    (sums if m.group(2) == "sum" else counts)[key] = float(m.group(4))
+for k in sorted(counts, key=lambda k: -counts[k])[:12]:
+    if counts[k]:
+        print(f"  {k}: {int(counts[k])} calls, mean {sums.get(k, 0) / counts[k] * 1000:.2f} ms")
+'

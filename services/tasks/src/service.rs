@@ -277,10 +277,9 @@ impl Tasks {
         };
         let result = self.store.complete(&c, &audit).await;
         self.chain_wake.notify_one();
-        let row = result?;
-        // The next task of this kind may run now.
-        self.notify_runnable(&row.node_id).await;
-        Ok(row)
+        // No bus wake here: the tunnel replica that recorded the result holds the
+        // agent and claims the next task itself.
+        result
     }
 
     /// Queue audit events from another service (service principals only).

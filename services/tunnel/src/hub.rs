@@ -41,6 +41,9 @@ pub const CHUNK: usize = 64 * 1024;
 /// Window is granted back in steps of this many consumed bytes (like HTTP/2
 /// implementations), not per chunk: a small answer costs no update at all.
 pub const GRANT_STEP: u32 = WINDOW / 4;
+/// A connected node's `last_seen_ms` is written at most this often (a connected
+/// node is seen now; the value matters once it disconnects, which writes it).
+const SEEN_WRITE_EVERY: Duration = Duration::from_secs(60);
 /// Tasks claimed per dispatch round.
 const CLAIM_BATCH: i64 = 16;
 
@@ -82,6 +85,9 @@ pub struct Session {
     proxy_ports: Vec<u32>,
     close: CancellationToken,
     close_reason: Mutex<Option<String>>,
+    /// When `last_seen_ms` was last written (heartbeats write it at most once a
+    /// minute; connect and disconnect always do).
+    seen_written: Mutex<Instant>,
 }
 
 impl Session {
@@ -301,6 +307,7 @@ impl Hub {
             proxy_ports: ports,
             close: self.shutdown.child_token(),
             close_reason: Mutex::new(None),
+            seen_written: Mutex::new(Instant::now()),
         });
         if let Some(old) = self
             .sessions
@@ -423,7 +430,17 @@ impl Hub {
         match msg {
             Msg::Hello(_) => return Err(TunnelError::Invalid("hello may only come first".into())),
             Msg::Heartbeat(h) => {
-                self.nodes.store().seen(&s.node_id).await?;
+                let due = {
+                    let mut at = s.seen_written.lock().expect("seen lock");
+                    let due = at.elapsed() >= SEEN_WRITE_EVERY;
+                    if due {
+                        *at = Instant::now();
+                    }
+                    due
+                };
+                if due {
+                    self.nodes.store().seen(&s.node_id).await?;
+                }
                 self.claim_registry(&s.node_id).await;
                 if !h.running.is_empty() {
                     self.extend_leases(s, &h.running).await;
