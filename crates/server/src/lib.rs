@@ -461,6 +461,7 @@ async fn start_tunnel(
     internal: &InternalAuth,
     cache: &Cache,
     tasks_channel: Option<tonic::transport::Channel>,
+    tasks_in_process: bool,
     agents_stop: &CancellationToken,
     stop: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
@@ -486,6 +487,13 @@ async fn start_tunnel(
             metrics_retention_ms: ms(tc.metrics_retention_s),
             logs_retention_ms: ms(tc.logs_retention_s),
             join_token_max_ttl_s: i64::try_from(tc.join_token_max_ttl_s).unwrap_or(i64::MAX),
+            // Pushes reach this replica when the tasks service runs here or the bus is
+            // shared (Redis): then polling is only a safety net.
+            task_poll_ms: if tasks_in_process || cache.is_shared() {
+                300_000
+            } else {
+                10_000
+            },
         },
     );
     if tasks_channel.is_none() {
@@ -716,6 +724,7 @@ pub async fn start(
             &internal,
             &cache,
             tasks_channel.clone(),
+            running_tasks.is_some(),
             // Agents are told to reconnect as soon as shutdown starts (their streams
             // would hold the gateway's drain); the service stops with the others.
             &shutdown,

@@ -536,8 +536,10 @@ impl Hub {
             return;
         };
         loop {
-            // Pushed by the bus; the poll is only a fallback (no shared bus, lost message).
-            let poll = Duration::from_millis(10_000 + rand::random_range(0..5_000));
+            // Pushed by the bus; the poll covers pushes that cannot arrive (see
+            // `Settings::task_poll_ms`), spread so sessions do not poll together.
+            let every = self.nodes.settings.task_poll_ms.max(1_000) as u64;
+            let poll = Duration::from_millis(every + rand::random_range(0..=every / 2));
             tokio::select! {
                 _ = s.close.cancelled() => return,
                 _ = s.wake.notified() => {}

@@ -24,6 +24,10 @@ pub struct Settings {
     pub metrics_retention_ms: i64,
     pub logs_retention_ms: i64,
     pub join_token_max_ttl_s: i64,
+    /// How often an agent's session looks for work without being woken: a safety net
+    /// when pushes reach this replica (the tasks service here, or a shared bus),
+    /// the only way when they cannot.
+    pub task_poll_ms: i64,
 }
 
 /// The node registry.
