@@ -17,6 +17,11 @@ pub fn host_cache_key(host: &str) -> String {
     format!("host:{host}")
 }
 
-/// Bus channel: a node has runnable tasks; the message is the node id. The tunnel
-/// replica holding that node's agent claims and pushes them.
+/// Bus channel: a node has runnable tasks; the message is the node id, followed by
+/// a space and the task's kind when one task was queued. The tunnel replica holding
+/// that node's agent claims and pushes them.
 pub const TASKS_RUNNABLE_CHANNEL: &str = "tasks.runnable";
+
+/// Bus channel: a node's settings (its capabilities) changed; the message is the
+/// node id. Tunnel replicas drop what they cached of it.
+pub const NODES_CHANGED_CHANNEL: &str = "nodes.changed";

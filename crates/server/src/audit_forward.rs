@@ -9,7 +9,6 @@ use lattice_core::auth::{InternalAuth, Principal};
 use lattice_proto::tasks::v1 as pb;
 use lattice_proto::tasks::v1::task_service_client::TaskServiceClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 const BATCH: i64 = 500;
 
@@ -17,7 +16,7 @@ const BATCH: i64 = 500;
 pub async fn run(
     service: &'static str,
     table: TableAudit,
-    client: TaskServiceClient<Channel>,
+    client: TaskServiceClient<lattice_core::grpc::InternalService>,
     internal: InternalAuth,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -53,7 +52,7 @@ pub async fn run(
 
 async fn forward_once(
     table: &TableAudit,
-    client: &TaskServiceClient<Channel>,
+    client: &TaskServiceClient<lattice_core::grpc::InternalService>,
     internal: &InternalAuth,
     principal: &Principal,
 ) -> anyhow::Result<usize> {

@@ -384,7 +384,7 @@ async fn start_tasks(
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     grpc_metrics: ops::GrpcMetrics,
-) -> anyhow::Result<(SocketAddr, Db)> {
+) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
     use lattice_proto::tasks::v1::task_service_server::TaskServiceServer;
     use lattice_tasks::grpc::TaskGrpc;
     let db = open_service_db(config, "tasks", &lattice_tasks::migration_sets()).await?;
@@ -437,11 +437,12 @@ async fn start_tasks(
         TaskGrpc::new(service),
         lattice_core::grpc::RequirePrincipal::new(internal.clone()),
     );
+    let routes = tonic::service::Routes::new(grpc);
     serve_internal(
         InternalService {
             name: "lattice.tasks.v1.TaskService",
             listener,
-            routes: tonic::service::Routes::new(grpc),
+            routes: routes.clone(),
             db: db.clone(),
             timeout: Some(Duration::from_secs(30)),
         },
@@ -450,7 +451,7 @@ async fn start_tasks(
         tasks,
     )
     .await?;
-    Ok((addr, db))
+    Ok((addr, db, routes))
 }
 
 /// Build the tunnel service (nodes, agent streams, proxy), bind its internal gRPC
@@ -460,7 +461,7 @@ async fn start_tunnel(
     config: &Config,
     internal: &InternalAuth,
     cache: &Cache,
-    tasks_channel: Option<tonic::transport::Channel>,
+    tasks_service: Option<lattice_core::grpc::InternalService>,
     tasks_in_process: bool,
     agents_stop: &CancellationToken,
     stop: &CancellationToken,
@@ -496,12 +497,12 @@ async fn start_tunnel(
             },
         },
     );
-    if tasks_channel.is_none() {
+    if tasks_service.is_none() {
         tracing::warn!("tasks.url is not set: agents connect but receive no tasks");
     }
     let hub = lattice_tunnel::Hub::new(
         nodes,
-        tasks_channel.map(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new),
+        tasks_service.map(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new),
         internal.clone(),
         cache.clone(),
         advertise,
@@ -608,8 +609,9 @@ pub async fn start(
 
     // The tasks service first: every other service sends it audit events.
     let mut running_tasks = None;
+    let mut tasks_routes = None;
     if roles.contains(&Role::Tasks) {
-        let (addr, db) = start_tasks(
+        let (addr, db, routes) = start_tasks(
             &config,
             &internal,
             &cache,
@@ -620,13 +622,14 @@ pub async fn start(
         .await?;
         pools.push(("tasks database", db));
         running_tasks = Some(addr);
+        tasks_routes = Some(routes);
     }
     let tasks_channel = match tasks_url(&config, running_tasks) {
         Some(url) => Some(internal_channel(&url, "tasks.url", CALL_TIMEOUT)?),
         None => {
             if roles
                 .iter()
-                .any(|r| matches!(r, Role::Identity | Role::Storage))
+                .any(|r| matches!(r, Role::Identity | Role::Storage | Role::Tunnel))
             {
                 tracing::warn!(
                     "tasks.url is not set: audit events stay in each service's own table until it is"
@@ -635,15 +638,22 @@ pub async fn start(
             None
         }
     };
+    // Calls to a tasks service in this process go to it directly (same contract
+    // and principal check, no loopback socket or HTTP/2 framing).
+    let tasks_service = match (tasks_routes, &tasks_channel) {
+        (Some(routes), _) => Some(lattice_gateway::in_process(routes)),
+        (None, Some(ch)) => Some(lattice_gateway::over_network(ch.clone())),
+        (None, None) => None,
+    };
     let forward_audit = |tasks: &mut JoinSet<anyhow::Result<()>>,
                          service: &'static str,
                          db: &Db,
                          table: &'static str| {
-        if let Some(ch) = &tasks_channel {
+        if let Some(ts) = &tasks_service {
             tasks.spawn(audit_forward::run(
                 service,
                 lattice_core::audit::TableAudit::new(db.clone(), table),
-                lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new(ch.clone()),
+                lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new(ts.clone()),
                 internal.clone(),
                 internal_stop.clone(),
             ));
@@ -723,7 +733,7 @@ pub async fn start(
             &config,
             &internal,
             &cache,
-            tasks_channel.clone(),
+            tasks_service.clone(),
             running_tasks.is_some(),
             // Agents are told to reconnect as soon as shutdown starts (their streams
             // would hold the gateway's drain); the service stops with the others.
@@ -768,7 +778,8 @@ pub async fn start(
                 identity: channel,
                 storage: storage_channel,
                 storage_in_process: running_storage.is_some(),
-                tasks: tasks_channel.clone(),
+                tasks: tasks_service.clone(),
+                tasks_health: tasks_channel.clone(),
                 // In this process the gateway calls the tunnel service directly; a
                 // remote one gets two connections (agent streams apart from proxying).
                 tunnel: match (&running_tunnel, &config.tunnel.url) {

@@ -356,6 +356,39 @@ async fn enroll_report_consent_tasks_and_proxy() {
         );
         let t = run_task(&s, &admin, &id, "facts.refresh", json!({})).await;
         assert_eq!(t["state"], "succeeded", "{t}");
+        // Revoking takes effect at once (the tunnel drops the capabilities it had
+        // cached for the connected agent when the node changes).
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/api/v1/nodes/{id}"),
+                &admin,
+                Some(json!({"capabilities": []})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let t = run_task(
+            &s,
+            &admin,
+            &id,
+            "exec",
+            json!({"argv": ["/bin/echo", "hi"]}),
+        )
+        .await;
+        assert_eq!(t["error_code"], "capability_denied", "{t}");
+        assert!(
+            t["error"].as_str().unwrap().starts_with("server refused"),
+            "{t}"
+        );
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/api/v1/nodes/{id}"),
+                &admin,
+                Some(json!({"capabilities": ["exec"]})),
+            )
+            .await;
+        assert_eq!(status, 200);
 
         // The proxy: method, query, headers and body pass; credentials do not.
         let base = format!("/api/v1/nodes/{id}/proxy/{port}");

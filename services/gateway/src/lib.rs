@@ -52,7 +52,8 @@ pub struct AppState {
     /// gRPC health of the identity service, for `/ready`.
     pub health: tonic_health::pb::health_client::HealthClient<Channel>,
     /// Task queue and audit log client (None: not configured on this gateway).
-    pub tasks: Option<lattice_proto::tasks::v1::task_service_client::TaskServiceClient<Channel>>,
+    pub tasks:
+        Option<lattice_proto::tasks::v1::task_service_client::TaskServiceClient<InternalService>>,
     /// Nodes and proxy client (None: the tunnel service is not configured here).
     pub tunnel: Option<
         lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient<InternalService>,
@@ -71,6 +72,11 @@ pub struct AppState {
     pub service_principal: Principal,
     /// Verified credentials by credential hash.
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<caller::Verified>>,
+    /// Nodes seen to belong to an org (`(org id, node id)`), so enqueueing work for
+    /// a node does not re-read it each time. Node ids are never reused and a node
+    /// never changes org; a deleted node is dropped here (and from other gateways'
+    /// caches when they expire).
+    pub node_orgs: moka::sync::Cache<(String, String), ()>,
     /// Bumped by every eviction from `auth_cache`: a verification that started before
     /// an eviction does not put its (possibly revoked) result back.
     pub auth_generation: std::sync::atomic::AtomicU64,
@@ -97,7 +103,9 @@ pub struct Backends {
     /// Storage runs in this process (it shares this process's cache and bus).
     pub storage_in_process: bool,
     /// The tasks service (queue and audit log), when this deployment has one.
-    pub tasks: Option<Channel>,
+    pub tasks: Option<InternalService>,
+    /// A network channel to the tasks service, for its gRPC health in `/ready`.
+    pub tasks_health: Option<Channel>,
     /// The tunnel service (nodes, proxy), when this deployment has one.
     pub tunnel: Option<InternalService>,
     /// A separate connection to the tunnel service for relaying agent streams, so
@@ -105,42 +113,7 @@ pub struct Backends {
     pub tunnel_agents: Option<InternalService>,
 }
 
-/// A way to reach an internal gRPC service: a network channel, or the service
-/// itself when it runs in this process (same contract and principal check, no
-/// socket and no HTTP/2 framing in between).
-pub type InternalService = tower::util::BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    InternalError,
->;
-
-/// Why a call to an internal service failed before it got an answer (a concrete
-/// type: a boxed error here trips the compiler's higher-ranked lifetime checks in
-/// async handlers).
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct InternalError(#[from] tonic::transport::Error);
-
-/// An internal service reached over the network.
-pub fn over_network(channel: Channel) -> InternalService {
-    InternalService::new(tower::ServiceExt::map_err(channel, InternalError))
-}
-
-/// An internal service running in this process (e.g. `tonic::service::Routes`).
-pub fn in_process<S>(service: S) -> InternalService
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    InternalService::new(tower::ServiceExt::map_err(service, |never| match never {}))
-}
+pub use lattice_core::grpc::{InternalError, InternalService, in_process, over_network};
 
 /// A built gateway, ready to serve on a listener.
 pub struct Gateway {
@@ -180,8 +153,7 @@ impl Gateway {
             ),
             health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
             tasks_health: backends
-                .tasks
-                .clone()
+                .tasks_health
                 .map(tonic_health::pb::health_client::HealthClient::new),
             tunnel: backends.tunnel.clone().map(|c| {
                 lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient::new(c)
@@ -198,6 +170,10 @@ impl Gateway {
             internal,
             service_principal: Principal::service("gateway"),
             auth_generation: std::sync::atomic::AtomicU64::new(0),
+            node_orgs: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(cfg.auth_cache_ttl_s))

@@ -35,6 +35,8 @@ pub async fn run_background(tasks: Tasks, shutdown: CancellationToken) -> anyhow
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
             _ = tasks.chain_wake.notified() => {
+                // Let a burst of events gather: one batch chains them all.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 if let Err(err) = tasks.store().chain_pending(10_000).await {
                     tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "audit: chaining failed");
                 }
@@ -44,7 +46,7 @@ pub async fn run_background(tasks: Tasks, shutdown: CancellationToken) -> anyhow
         match tasks.store().rescue_expired(1_000).await {
             Ok(nodes) => {
                 for node in nodes {
-                    tasks.notify_runnable(&node).await;
+                    tasks.notify_runnable(&node, None).await;
                 }
             }
             Err(err) => {
@@ -56,7 +58,7 @@ pub async fn run_background(tasks: Tasks, shutdown: CancellationToken) -> anyhow
             Ok(nodes) => {
                 last_due_scan = now;
                 for node in nodes {
-                    tasks.notify_runnable(&node).await;
+                    tasks.notify_runnable(&node, None).await;
                 }
             }
             Err(err) => {

@@ -90,9 +90,17 @@ impl Tasks {
         self.lease_ms
     }
 
-    /// Tell the replica holding `node`'s agent that it has work.
-    pub async fn notify_runnable(&self, node: &str) {
-        self.cache.publish(TASKS_RUNNABLE_CHANNEL, node).await;
+    /// Tell the replica holding `node`'s agent that it has work (`kind`: the one
+    /// task queued, when that is what happened).
+    pub async fn notify_runnable(&self, node: &str, kind: Option<&str>) {
+        match kind {
+            Some(kind) => {
+                self.cache
+                    .publish(TASKS_RUNNABLE_CHANNEL, &format!("{node} {kind}"))
+                    .await
+            }
+            None => self.cache.publish(TASKS_RUNNABLE_CHANNEL, node).await,
+        }
     }
 
     /// Enqueue a task (`tasks:write`).
@@ -158,7 +166,7 @@ impl Tasks {
         let (row, created) = self.store.enqueue(&new, &audit).await?;
         if created {
             self.chain_wake.notify_one();
-            self.notify_runnable(&row.node_id).await;
+            self.notify_runnable(&row.node_id, Some(&row.kind)).await;
         }
         Ok((row, created))
     }

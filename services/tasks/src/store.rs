@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use lattice_core::audit::AuditEvent;
 use lattice_core::db::{Backend, Db, Migration, MigrationSet};
+use lattice_core::task_kinds;
 use lattice_core::time::now_ms;
 use sha2::{Digest as _, Sha256};
 use sqlx::any::AnyRow;
@@ -18,18 +19,29 @@ use sqlx::{Any, Row as _, Transaction};
 use crate::error::TaskError;
 
 const SCHEMA: &str = include_str!("migrations/0001_tasks.sql");
+const CLAIMS: &str = include_str!("migrations/0002_claims.sql");
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
 
 /// The hash before the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The tasks service's migrations.
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 1] = [Migration {
-        version: 1,
-        name: "tasks, audit log, outbox",
-        sqlite: SCHEMA,
-        postgres: SCHEMA,
-    }];
+    static SET: [Migration; 2] = [
+        Migration {
+            version: 1,
+            name: "tasks, audit log, outbox",
+            sqlite: SCHEMA,
+            postgres: SCHEMA,
+        },
+        Migration {
+            version: 2,
+            name: "one running task per node and exclusive kind; claim index",
+            sqlite: CLAIMS,
+            postgres: CLAIMS,
+        },
+    ];
     MigrationSet {
         component: "tasks",
         migrations: &SET,
@@ -190,19 +202,46 @@ const CLAIM_SQLITE: &str = concat!(
     "UPDATE tasks SET state = 'running', epoch = epoch + 1, attempts = attempts + 1, \
      lease_until_ms = $3, started_at_ms = $2, updated_at_ms = $2 \
      WHERE id = (SELECT q.id FROM tasks q WHERE q.node_id = $1 AND q.state = 'queued' AND q.not_before_ms <= $2 \
-     AND (q.exclusive = 0 OR NOT EXISTS (SELECT 1 FROM tasks r WHERE r.node_id = q.node_id AND r.kind = q.kind AND r.state = 'running')) \
+     AND (q.exclusive = 0 OR q.kind NOT IN (SELECT r.kind FROM tasks r WHERE r.node_id = $1 AND r.state = 'running' AND r.exclusive = 1)) \
      ORDER BY q.id LIMIT 1) RETURNING ",
     task_cols!()
 );
 
-const CLAIM_POSTGRES: &str = concat!(
-    "UPDATE tasks SET state = 'running', epoch = epoch + 1, attempts = attempts + 1, \
-     lease_until_ms = $3, started_at_ms = $2, updated_at_ms = $2 \
-     WHERE id = (SELECT q.id FROM tasks q WHERE q.node_id = $1 AND q.state = 'queued' AND q.not_before_ms <= $2 \
-     AND (q.exclusive = 0 OR NOT EXISTS (SELECT 1 FROM tasks r WHERE r.node_id = q.node_id AND r.kind = q.kind AND r.state = 'running')) \
-     ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
-    task_cols!()
-);
+/// Postgres claims in one statement: for each kind, the oldest due task of the node
+/// (one for an exclusive kind, and none while one of that kind runs), locked with
+/// `SKIP LOCKED`. Each kind is an index seek on `tasks_claim`, however deep the
+/// node's queue is; `tasks_one_running` refuses a racing second claim. (The rows are
+/// locked by the subquery, which rechecks they are still queued; the outer statement
+/// matches on the primary key alone.)
+static CLAIM_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let kinds = task_kinds::KINDS
+        .iter()
+        .map(|k| {
+            // The names are this build's constants, spliced as literals.
+            assert!(
+                k.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'),
+                "task kind {:?} is not a plain name",
+                k.name
+            );
+            format!("('{}', {})", k.name, i32::from(k.exclusive))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE tasks SET state = 'running', epoch = epoch + 1, attempts = attempts + 1, \
+         lease_until_ms = $3, started_at_ms = $2, updated_at_ms = $2 \
+         WHERE id = ANY(ARRAY( \
+         SELECT c.id FROM (VALUES {kinds}) AS k(kind, exclusive) \
+         CROSS JOIN LATERAL (SELECT q.id FROM tasks q WHERE q.node_id = $1 AND q.state = 'queued' AND q.kind = k.kind \
+         AND q.not_before_ms <= $2 ORDER BY q.id LIMIT CASE WHEN k.exclusive = 1 THEN 1 ELSE $4 END FOR UPDATE SKIP LOCKED) c \
+         WHERE k.exclusive = 0 OR NOT EXISTS (SELECT 1 FROM tasks r WHERE r.node_id = $1 AND r.kind = k.kind \
+         AND r.state = 'running' AND r.exclusive = 1) \
+         LIMIT $4)) RETURNING {}",
+        task_cols!()
+    )
+});
 
 const OUTBOX_CLAIM_SQLITE: &str = "UPDATE outbox SET next_attempt_ms = $2 WHERE id IN \
      (SELECT id FROM outbox WHERE delivered_at_ms = 0 AND next_attempt_ms <= $1 ORDER BY created_at_ms, id LIMIT $3) \
@@ -251,29 +290,74 @@ impl Store {
         .await?;
         let fresh = done.rows_affected() == 1;
         if fresh && self.outbox {
-            let payload = serde_json::json!({
-                "id": event_id,
-                "type": e.action,
-                "at_ms": at_ms,
-                "org_id": e.org_id,
-                "actor": e.actor,
-                "target": e.target,
-                "outcome": e.outcome.as_str(),
-                "client_ip": e.client_ip,
-                "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or(serde_json::Value::Null),
-            });
             sqlx::query(
                 "INSERT INTO outbox (id, topic, payload, created_at_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $4) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(event_id)
             .bind(&e.action)
-            .bind(payload.to_string())
+            .bind(outbox_payload(event_id, at_ms, e))
             .bind(now_ms())
             .execute(&mut **tx)
             .await?;
         }
         Ok(fresh)
+    }
+
+    /// Postgres: the audit event (and its outbox event) of the row a statement
+    /// changes, as data-modifying CTEs reading that row from `source` (its `org_id`
+    /// is the event's), so the change and its event commit in one statement and one
+    /// round trip. Binds `audit_binds` from parameter `$first`.
+    fn audit_ctes(&self, source: &str, first: usize) -> String {
+        let p = |i: usize| format!("${}", first + i);
+        let mut sql = format!(
+            "a AS (INSERT INTO audit_pending (event_id, at_ms, org_id, actor, action, target, outcome, client_ip, detail) \
+             SELECT {}, {}, {source}.org_id, {}, {}, {}, {}, {}, {} FROM {source})",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(7)
+        );
+        if self.outbox {
+            sql.push_str(&format!(
+                ", o AS (INSERT INTO outbox (id, topic, payload, created_at_ms, next_attempt_ms) \
+                 SELECT {}, {}, jsonb_set({}::jsonb, '{{org_id}}', to_jsonb({source}.org_id))::text, {}, {} FROM {source})",
+                p(0),
+                p(3),
+                p(8),
+                p(1),
+                p(1)
+            ));
+        }
+        sql
+    }
+
+    /// Postgres: the parameters of `audit_ctes`, in order.
+    fn audit_binds<'q>(
+        &self,
+        q: AnyQuery<'q>,
+        event_id: String,
+        at_ms: i64,
+        e: &AuditEvent,
+    ) -> AnyQuery<'q> {
+        let payload = self.outbox.then(|| outbox_payload(&event_id, at_ms, e));
+        let q = q
+            .bind(event_id)
+            .bind(at_ms)
+            .bind(e.actor.clone())
+            .bind(e.action.clone())
+            .bind(e.target.clone())
+            .bind(e.outcome.as_str())
+            .bind(e.client_ip.clone())
+            .bind(e.detail.clone());
+        match payload {
+            Some(p) => q.bind(p),
+            None => q,
+        }
     }
 
     /// Queue audit events (and their outbox events) from another service; an event
@@ -333,39 +417,74 @@ impl Store {
             return Ok(0);
         }
         let mut chained = 0;
-        for r in &rows {
-            let event_id: String = r.try_get(0)?;
-            let at_ms: i64 = r.try_get(1)?;
-            let e = audit_event(r, 2)?;
-            let next = seq + 1;
-            let hash = entry_hash(&prev, next, &event_id, at_ms, &e);
-            let done = sqlx::query(
-                "INSERT INTO audit_log (seq, event_id, at_ms, org_id, actor, action, target, outcome, client_ip, detail, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(next)
-            .bind(&event_id)
-            .bind(at_ms)
-            .bind(&e.org_id)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(e.outcome.as_str())
-            .bind(&e.client_ip)
-            .bind(&e.detail)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                seq = next;
-                prev = hash;
-                chained += 1;
+        // In batches: one lookup of ids already chained (a forwarded event can be
+        // sent again), one multi-row insert, one delete.
+        for batch in rows.chunks(CHAIN_BATCH) {
+            let mut pending = Vec::with_capacity(batch.len());
+            for r in batch {
+                let event_id: String = r.try_get(0)?;
+                let at_ms: i64 = r.try_get(1)?;
+                pending.push((event_id, at_ms, audit_event(r, 2)?));
             }
-            sqlx::query("DELETE FROM audit_pending WHERE event_id = $1")
-                .bind(&event_id)
-                .execute(&mut *tx)
-                .await?;
+            let list = placeholders(1, pending.len());
+            let mut seen = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "SELECT event_id FROM audit_log WHERE event_id IN ({list})"
+            )));
+            for (id, _, _) in &pending {
+                seen = seen.bind(id.clone());
+            }
+            let seen: std::collections::HashSet<String> =
+                seen.fetch_all(&mut *tx).await?.into_iter().collect();
+            let mut values = Vec::new();
+            let mut entries = Vec::new();
+            for (event_id, at_ms, e) in &pending {
+                if seen.contains(event_id) {
+                    continue;
+                }
+                let next = seq + 1;
+                let hash = entry_hash(&prev, next, event_id, *at_ms, e);
+                values.push(format!("({})", placeholders(12 * entries.len() + 1, 12)));
+                entries.push((
+                    next,
+                    event_id,
+                    *at_ms,
+                    e,
+                    std::mem::replace(&mut prev, hash.clone()),
+                    hash,
+                ));
+                seq = next;
+            }
+            if !entries.is_empty() {
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO audit_log (seq, event_id, at_ms, org_id, actor, action, target, outcome, client_ip, detail, prev_hash, hash) \
+                     VALUES {}",
+                    values.join(", ")
+                )));
+                for (seq, event_id, at_ms, e, prev_hash, hash) in entries.iter() {
+                    insert = insert
+                        .bind(*seq)
+                        .bind((*event_id).clone())
+                        .bind(*at_ms)
+                        .bind(e.org_id.clone())
+                        .bind(e.actor.clone())
+                        .bind(e.action.clone())
+                        .bind(e.target.clone())
+                        .bind(e.outcome.as_str())
+                        .bind(e.client_ip.clone())
+                        .bind(e.detail.clone())
+                        .bind(prev_hash.clone())
+                        .bind(hash.clone());
+                }
+                insert.execute(&mut *tx).await?;
+                chained += entries.len() as u64;
+            }
+            let mut delete = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM audit_pending WHERE event_id IN ({list})"
+            )));
+            for (id, _, _) in &pending {
+                delete = delete.bind(id.clone());
+            }
+            delete.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(seq)
@@ -497,30 +616,62 @@ impl Store {
         }
         let now = now_ms();
         let id = uuid::Uuid::now_v7().to_string();
-        let mut tx = self.db.pool().begin().await?;
-        let inserted = sqlx::query(concat!(
+        let mut audit = audit.clone();
+        audit.target = id.clone();
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let insert = concat!(
             "INSERT INTO tasks (id, org_id, node_id, kind, payload, idempotency_key, state, exclusive, max_attempts, \
              not_before_ms, created_at_ms, updated_at_ms, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9, $9, $10) RETURNING ",
             task_cols!()
-        ))
-        .bind(&id)
-        .bind(&new.org_id)
-        .bind(&new.node_id)
-        .bind(&new.kind)
-        .bind(&new.payload)
-        .bind(&new.idempotency_key)
-        .bind(i64::from(new.exclusive))
-        .bind(new.max_attempts)
-        .bind(now)
-        .bind(&new.created_by)
-        .fetch_one(&mut *tx)
-        .await;
-        let row = match inserted {
-            Ok(r) => task(&r)?,
+        );
+        fn bind<'q>(q: AnyQuery<'q>, id: &str, new: &NewTask, now: i64) -> AnyQuery<'q> {
+            q.bind(id.to_owned())
+                .bind(new.org_id.clone())
+                .bind(new.node_id.clone())
+                .bind(new.kind.clone())
+                .bind(new.payload.clone())
+                .bind(new.idempotency_key.clone())
+                .bind(i64::from(new.exclusive))
+                .bind(new.max_attempts)
+                .bind(now)
+                .bind(new.created_by.clone())
+        }
+        let inserted = match self.db.backend() {
+            // One statement: the task and its audit event.
+            Backend::Postgres => {
+                let sql = format!(
+                    "WITH t AS ({insert}), {} SELECT {} FROM t",
+                    self.audit_ctes("t", 11),
+                    task_cols!()
+                );
+                let q = self.audit_binds(
+                    bind(sqlx::query(sqlx::AssertSqlSafe(sql)), &id, new, now),
+                    event_id,
+                    now,
+                    &audit,
+                );
+                q.fetch_one(self.db.pool()).await.map(|r| task(&r))
+            }
+            Backend::Sqlite => {
+                let mut tx = self.db.pool().begin().await?;
+                match bind(sqlx::query(insert), &id, new, now)
+                    .fetch_one(&mut *tx)
+                    .await
+                {
+                    Ok(r) => {
+                        self.audit_in_tx(&mut tx, &event_id, now, &audit).await?;
+                        tx.commit().await?;
+                        Ok(task(&r))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match inserted {
+            Ok(row) => Ok((row?, true)),
             Err(e) if Db::is_unique_violation(&e) => {
                 // A concurrent enqueue with the same key won.
-                tx.rollback().await?;
                 let key = new.idempotency_key.as_deref().unwrap_or_default();
                 let t = self
                     .by_idempotency_key(&new.org_id, key)
@@ -528,16 +679,10 @@ impl Store {
                     .ok_or_else(|| {
                         TaskError::Conflict("idempotency key raced with a cancelled enqueue".into())
                     })?;
-                return Ok((t, false));
+                Ok((t, false))
             }
-            Err(e) => return Err(e.into()),
-        };
-        let mut audit = audit.clone();
-        audit.target = row.id.clone();
-        self.audit_in_tx(&mut tx, &uuid::Uuid::now_v7().to_string(), now, &audit)
-            .await?;
-        tx.commit().await?;
-        Ok((row, true))
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn by_idempotency_key(&self, org: &str, key: &str) -> Result<Option<TaskRow>, TaskError> {
@@ -644,27 +789,33 @@ impl Store {
         let mut out = Vec::new();
         match self.db.backend() {
             Backend::Postgres => {
-                let mut tx = self.db.pool().begin().await?;
-                // Claims for one node run one at a time (the one-running-per-kind
-                // check must see the claim before it); other nodes are not blocked.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7231))::text")
-                    .bind(node)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                for _ in 0..max {
+                // A unique violation means a concurrent claim for this node started
+                // a task of the same kind first: look again, now that it is visible.
+                for attempt in 0..3 {
                     let now = now_ms();
-                    let row = sqlx::query(CLAIM_POSTGRES)
+                    let rows = sqlx::query(CLAIM_POSTGRES.as_str())
                         .bind(node)
                         .bind(now)
                         .bind(now + lease_ms)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    match row {
-                        Some(r) => out.push(task(&r)?),
-                        None => break,
+                        .bind(max)
+                        .fetch_all(self.db.pool())
+                        .await;
+                    match rows {
+                        Ok(rows) => {
+                            out = rows.iter().map(task).collect::<Result<_, _>>()?;
+                            break;
+                        }
+                        // Still racing after three looks: the other claimers are
+                        // making progress; this round claims nothing.
+                        Err(e) if Db::is_unique_violation(&e) => {
+                            if attempt == 2 {
+                                break;
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
-                tx.commit().await?;
+                out.sort_by(|a: &TaskRow, b| a.id.cmp(&b.id));
             }
             Backend::Sqlite => {
                 let _one_writer = self.claim_lock.lock().await;
@@ -719,36 +870,63 @@ impl Store {
     pub async fn complete(&self, c: &Completion, audit: &AuditEvent) -> Result<TaskRow, TaskError> {
         let now = now_ms();
         let state = if c.ok { "succeeded" } else { "failed" };
-        let mut tx = self.db.pool().begin().await?;
-        let row = sqlx::query(concat!(
+        let update = concat!(
             "UPDATE tasks SET state = $1, result = $2, error_code = $3, error = $4, finished_at_ms = $5, \
              updated_at_ms = $5, lease_until_ms = 0 \
              WHERE id = $6 AND epoch = $7 AND node_id = $8 AND state = 'running' RETURNING ",
             task_cols!()
-        ))
-        .bind(state)
-        .bind(&c.result)
-        .bind(&c.error_code)
-        .bind(&c.error)
-        .bind(now)
-        .bind(&c.task_id)
-        .bind(c.epoch)
-        .bind(&c.node_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            Some(r) => {
-                let row = task(&r)?;
-                let mut audit = audit.clone();
-                audit.org_id = row.org_id.clone();
-                audit.action = format!("task.{state}");
-                self.audit_in_tx(&mut tx, &uuid::Uuid::now_v7().to_string(), now, &audit)
-                    .await?;
-                tx.commit().await?;
-                Ok(row)
+        );
+        fn bind<'q>(
+            q: AnyQuery<'q>,
+            c: &Completion,
+            state: &'static str,
+            now: i64,
+        ) -> AnyQuery<'q> {
+            q.bind(state)
+                .bind(c.result.clone())
+                .bind(c.error_code.clone())
+                .bind(c.error.clone())
+                .bind(now)
+                .bind(c.task_id.clone())
+                .bind(c.epoch)
+                .bind(c.node_id.clone())
+        }
+        let mut audit = audit.clone();
+        audit.action = format!("task.{state}");
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let row = match self.db.backend() {
+            // One statement: the result and its audit event (whose org is the task's).
+            Backend::Postgres => {
+                let sql = format!(
+                    "WITH u AS ({update}), {} SELECT {} FROM u",
+                    self.audit_ctes("u", 9),
+                    task_cols!()
+                );
+                self.audit_binds(
+                    bind(sqlx::query(sqlx::AssertSqlSafe(sql)), c, state, now),
+                    event_id,
+                    now,
+                    &audit,
+                )
+                .fetch_optional(self.db.pool())
+                .await?
             }
+            Backend::Sqlite => {
+                let mut tx = self.db.pool().begin().await?;
+                let row = bind(sqlx::query(update), c, state, now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(r) = &row {
+                    audit.org_id = r.try_get(1)?;
+                    self.audit_in_tx(&mut tx, &event_id, now, &audit).await?;
+                    tx.commit().await?;
+                }
+                row
+            }
+        };
+        match row {
+            Some(r) => Ok(task(&r)?),
             None => {
-                tx.rollback().await?;
                 let current = self.get(None, &c.task_id).await?;
                 if current.node_id != c.node_id {
                     return Err(TaskError::NotFound(format!("task {}", c.task_id)));
@@ -782,7 +960,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_cols!(),
-            " FROM tasks WHERE state = 'running' AND lease_until_ms < $1 ORDER BY lease_until_ms LIMIT 200"
+            " FROM tasks WHERE lease_until_ms > 0 AND lease_until_ms < $1 AND state = 'running' ORDER BY lease_until_ms LIMIT 200"
         ))
         .bind(now)
         .fetch_all(self.db.pool())
@@ -854,7 +1032,8 @@ impl Store {
     /// Nodes with a queued task whose backoff ended in `(from, to]`.
     pub async fn nodes_due_between(&self, from: i64, to: i64) -> Result<Vec<String>, TaskError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT node_id FROM tasks WHERE state = 'queued' AND not_before_ms > $1 AND not_before_ms <= $2",
+            "SELECT DISTINCT node_id FROM tasks WHERE state = 'queued' AND not_before_ms > created_at_ms \
+             AND not_before_ms > $1 AND not_before_ms <= $2",
         )
         .bind(from)
         .bind(to)
@@ -927,6 +1106,34 @@ impl Store {
                 .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Audit events chained per statement (12 parameters each, well under both
+/// backends' limits).
+const CHAIN_BATCH: usize = 500;
+
+/// `$from, $from+1, …` for `n` parameters.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The webhook body of an audit event.
+fn outbox_payload(event_id: &str, at_ms: i64, e: &AuditEvent) -> String {
+    serde_json::json!({
+        "id": event_id,
+        "type": e.action,
+        "at_ms": at_ms,
+        "org_id": e.org_id,
+        "actor": e.actor,
+        "target": e.target,
+        "outcome": e.outcome.as_str(),
+        "client_ip": e.client_ip,
+        "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or(serde_json::Value::Null),
+    })
+    .to_string()
 }
 
 /// Exponential backoff with full jitter: up to `base * 2^(attempt-1)`, capped at 5 min.

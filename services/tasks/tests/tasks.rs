@@ -489,13 +489,13 @@ async fn outbox_pushes_at_least_once_with_retries() {
                 .await
                 .unwrap();
         }
-        let got = got.lock().unwrap().clone();
+        let first = got.lock().unwrap().clone();
         assert_eq!(
-            got.len(),
+            first.len(),
             1,
             "{backend:?}: one event, delivered once after two failures"
         );
-        let (id, key, body) = &got[0];
+        let (id, key, body) = &first[0];
         assert!(!id.is_empty());
         assert_eq!(key, "s3cret");
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -509,6 +509,25 @@ async fn outbox_pushes_at_least_once_with_retries() {
                 .await
                 .unwrap();
         assert_eq!((attempts, err.as_str()), (3, ""));
+        assert_eq!(body["org_id"], "org-1");
+
+        // The result's event carries the task's org too (on Postgres the result and
+        // its events are one statement that reads the org from the task row).
+        let c = e.tasks.claim(&tunnel(), "node-o", 1).await.unwrap();
+        e.tasks
+            .complete(&tunnel(), done(&c[0].id, c[0].epoch, "node-o"))
+            .await
+            .unwrap();
+        lattice_tasks::outbox::push_once(e.tasks.store(), &target, &client)
+            .await
+            .unwrap();
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "{backend:?}: the result's event was pushed");
+        let body: serde_json::Value = serde_json::from_str(&got[1].2).unwrap();
+        assert_eq!(body["type"], "task.succeeded");
+        assert_eq!(body["org_id"], "org-1");
+        assert_eq!(body["target"], t.id.as_str());
+        assert_eq!(body["actor"], "node:node-o");
     }
 }
 

@@ -127,6 +127,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
             )
             .await
             .map_err(st)?;
+        self.hub.node_changed(&n.id).await;
         Ok(Response::new(node_pb(n)))
     }
 

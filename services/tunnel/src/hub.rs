@@ -18,7 +18,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use lattice_core::auth::{InternalAuth, Principal};
 use lattice_core::cache::Cache;
-use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
+use lattice_core::events::{NODES_CHANGED_CHANNEL, TASKS_RUNNABLE_CHANNEL};
+use lattice_core::grpc::InternalService;
 use lattice_core::task_kinds;
 use lattice_proto::agent::v1 as agent;
 use lattice_proto::tasks::v1 as tpb;
@@ -46,6 +47,9 @@ pub const GRANT_STEP: u32 = WINDOW / 4;
 const SEEN_WRITE_EVERY: Duration = Duration::from_secs(60);
 /// Tasks claimed per dispatch round.
 const CLAIM_BATCH: i64 = 16;
+/// How long a session trusts the node's capabilities it read (a change is also
+/// announced on the bus, which drops them at once).
+const CAPS_TTL: Duration = Duration::from_secs(30);
 
 /// A stream of proxy answers (local, or from the owning replica).
 pub type ProxyStream = Pin<Box<dyn Stream<Item = Result<pb::ProxyChunk, Status>> + Send>>;
@@ -80,6 +84,8 @@ pub struct Session {
     pub since: i64,
     out: mpsc::UnboundedSender<agent::ServerMessage>,
     wake: Notify,
+    /// Why the dispatcher was woken since its last claim.
+    wanted: Mutex<Wanted>,
     streams: Mutex<HashMap<u64, Slot>>,
     next_stream: AtomicU64,
     proxy_ports: Vec<u32>,
@@ -88,6 +94,33 @@ pub struct Session {
     /// When `last_seen_ms` was last written (heartbeats write it at most once a
     /// minute; connect and disconnect always do).
     seen_written: Mutex<Instant>,
+    /// Tasks pushed to the agent and not yet answered: id → kind.
+    inflight: Mutex<HashMap<String, String>>,
+    /// The node's server-side capabilities as last read.
+    caps: Mutex<CachedCaps>,
+}
+
+/// What woke a session's dispatcher: anything (a result recorded, a connect, a
+/// rescued task), or tasks of these kinds queued.
+#[derive(Default)]
+struct Wanted {
+    any: bool,
+    kinds: Vec<String>,
+}
+
+/// A node's capabilities as a session read them. `generation` counts changes
+/// announced, so a read that overlapped a change is not kept.
+#[derive(Default)]
+struct CachedCaps {
+    generation: u64,
+    value: Option<(Instant, Arc<Vec<String>>)>,
+}
+
+impl CachedCaps {
+    fn forget(&mut self) {
+        self.generation += 1;
+        self.value = None;
+    }
 }
 
 impl Session {
@@ -115,12 +148,51 @@ impl Session {
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
         self.streams.lock().expect("stream table lock")
     }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.inflight.lock().expect("inflight lock")
+    }
+
+    /// Wake the dispatcher to claim whatever is runnable.
+    fn wake_any(&self) {
+        self.wanted.lock().expect("wanted lock").any = true;
+        self.wake.notify_one();
+    }
+
+    /// Wake the dispatcher for a queued task of `kind`, unless a claim could not
+    /// start it now.
+    fn wake_for(&self, kind: &str) {
+        if !self.could_start(kind) {
+            return;
+        }
+        let mut w = self.wanted.lock().expect("wanted lock");
+        if !w.kinds.iter().any(|k| k == kind) {
+            w.kinds.push(kind.to_owned());
+        }
+        drop(w);
+        self.wake.notify_one();
+    }
+
+    /// Whether the wakes since the last claim call for a claim now. A task queued
+    /// while the previous claim ran wakes it again; if that claim started a task of
+    /// the same exclusive kind, another claim would find nothing.
+    fn take_wanted(&self) -> bool {
+        let w = std::mem::take(&mut *self.wanted.lock().expect("wanted lock"));
+        w.any || w.kinds.iter().any(|k| self.could_start(k))
+    }
+
+    /// Whether a claim could start a task of `kind` now: not while this agent runs
+    /// one of an exclusive kind (its result claims the next one anyway).
+    fn could_start(&self, kind: &str) -> bool {
+        let exclusive = task_kinds::spec(kind).is_none_or(|k| k.exclusive);
+        !exclusive || !self.inflight().values().any(|k| k == kind)
+    }
 }
 
 /// Everything this replica holds.
 pub struct Hub {
     nodes: Nodes,
-    tasks: Option<TaskServiceClient<Channel>>,
+    tasks: Option<TaskServiceClient<InternalService>>,
     internal: InternalAuth,
     cache: Cache,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -146,7 +218,7 @@ impl Hub {
     /// A hub for this replica, reachable by other replicas at `advertise`.
     pub fn new(
         nodes: Nodes,
-        tasks: Option<TaskServiceClient<Channel>>,
+        tasks: Option<TaskServiceClient<InternalService>>,
         internal: InternalAuth,
         cache: Cache,
         advertise: String,
@@ -204,6 +276,7 @@ impl Hub {
     /// Wake the sessions whose nodes have runnable tasks, until shutdown.
     pub async fn run_dispatcher(self: Arc<Self>) {
         let mut rx = self.cache.subscribe(TASKS_RUNNABLE_CHANNEL);
+        let mut changed = self.cache.subscribe(NODES_CHANGED_CHANNEL);
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -215,15 +288,35 @@ impl Hub {
                         tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "tunnel: retention sweep failed");
                     }
                 }
-                msg = rx.recv() => match msg {
+                msg = changed.recv() => match msg {
                     Ok(node) => {
                         if let Some(s) = self.session(&node) {
-                            s.wake.notify_one();
+                            s.caps.lock().expect("caps lock").forget();
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         for s in self.sessions.lock().expect("sessions lock").values() {
-                            s.wake.notify_one();
+                            s.caps.lock().expect("caps lock").forget();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                msg = rx.recv() => match msg {
+                    Ok(msg) => {
+                        let (node, kind) = match msg.split_once(' ') {
+                            Some((node, kind)) => (node, Some(kind)),
+                            None => (msg.as_str(), None),
+                        };
+                        if let Some(s) = self.session(node) {
+                            match kind {
+                                Some(kind) => s.wake_for(kind),
+                                None => s.wake_any(),
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for s in self.sessions.lock().expect("sessions lock").values() {
+                            s.wake_any();
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -302,12 +395,18 @@ impl Hub {
             since,
             out,
             wake: Notify::new(),
+            wanted: Mutex::new(Wanted::default()),
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
             proxy_ports: ports,
             close: self.shutdown.child_token(),
             close_reason: Mutex::new(None),
             seen_written: Mutex::new(Instant::now()),
+            inflight: Mutex::new(HashMap::new()),
+            caps: Mutex::new(CachedCaps {
+                generation: 0,
+                value: Some((Instant::now(), Arc::new(node.capabilities.clone()))),
+            }),
         });
         if let Some(old) = self
             .sessions
@@ -339,7 +438,7 @@ impl Hub {
         let hub = self.clone();
         let s = session.clone();
         tokio::spawn(async move { hub.dispatch_loop(s).await });
-        session.wake.notify_one();
+        session.wake_any();
         let close = session.close.clone();
         Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx)
             .map(Ok)
@@ -484,6 +583,7 @@ impl Hub {
         match tasks.clone().heartbeat(self.treq(req)).await {
             Ok(resp) => {
                 for stale in resp.into_inner().stale {
+                    s.inflight().remove(&stale.task_id);
                     s.send(agent::server_message::Msg::Cancel(agent::CancelTask {
                         task_id: stale.task_id,
                         epoch: stale.epoch,
@@ -522,13 +622,47 @@ impl Hub {
                 return;
             }
         };
+        s.inflight().remove(&r.task_id);
         s.send(agent::server_message::Msg::Ack(agent::ResultAck {
             task_id: r.task_id,
             epoch: r.epoch,
             accepted,
             reason,
         }));
-        s.wake.notify_one();
+        s.wake_any();
+    }
+
+    /// The node's server-side capabilities: cached in the session for [`CAPS_TTL`],
+    /// dropped at once when the node changes. Unreadable counts as none.
+    async fn node_caps(&self, s: &Session) -> Arc<Vec<String>> {
+        let generation = {
+            let c = s.caps.lock().expect("caps lock");
+            if let Some((at, caps)) = &c.value
+                && at.elapsed() < CAPS_TTL
+            {
+                return caps.clone();
+            }
+            c.generation
+        };
+        match self.nodes.store().node(None, &s.node_id).await {
+            Ok(n) => {
+                let caps = Arc::new(n.capabilities);
+                let mut c = s.caps.lock().expect("caps lock");
+                if c.generation == generation {
+                    c.value = Some((Instant::now(), caps.clone()));
+                }
+                caps
+            }
+            Err(_) => Arc::new(Vec::new()),
+        }
+    }
+
+    /// Announce that `node`'s settings changed, so every replica re-reads them.
+    pub async fn node_changed(&self, node: &str) {
+        if let Some(s) = self.session(node) {
+            s.caps.lock().expect("caps lock").forget();
+        }
+        self.cache.publish(NODES_CHANGED_CHANNEL, node).await;
     }
 
     async fn dispatch_loop(self: Arc<Self>, s: Arc<Session>) {
@@ -542,7 +676,11 @@ impl Hub {
             let poll = Duration::from_millis(every + rand::random_range(0..=every / 2));
             tokio::select! {
                 _ = s.close.cancelled() => return,
-                _ = s.wake.notified() => {}
+                _ = s.wake.notified() => {
+                    if !s.take_wanted() {
+                        continue;
+                    }
+                }
                 _ = tokio::time::sleep(poll) => {}
             }
             let claimed = match tasks
@@ -557,43 +695,33 @@ impl Hub {
                 Err(status) => {
                     tracing::warn!(node = %s.node_id, %status, "claim failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    s.wake.notify_one();
+                    s.wake_any();
                     continue;
                 }
             };
             let full = claimed.len() as i64 == CLAIM_BATCH;
-            let mut node_caps: Option<Vec<String>> = None;
             for t in claimed {
                 let needs = task_kinds::spec(&t.kind).and_then(|k| k.capability);
-                if let Some(cap) = needs {
-                    if node_caps.is_none() {
-                        node_caps = Some(match self.nodes.store().node(None, &s.node_id).await {
-                            Ok(n) => n.capabilities,
-                            Err(_) => Vec::new(),
-                        });
-                    }
-                    if !node_caps
-                        .as_ref()
-                        .is_some_and(|c| c.iter().any(|x| x == cap))
-                    {
-                        let error = format!(
-                            "server refused: capability {cap:?} is not enabled for node {} (enable it with PATCH /api/v1/nodes/{} {{\"capabilities\":[\"{cap}\"]}})",
-                            s.node_id, s.node_id
-                        );
-                        let r = agent::TaskResult {
-                            task_id: t.id,
-                            epoch: t.epoch,
-                            ok: false,
-                            result_json:
-                                serde_json::json!({"refused_by": "server", "capability": cap})
-                                    .to_string(),
-                            error_code: "capability_denied".into(),
-                            error,
-                        };
-                        self.complete(&s, r).await;
-                        continue;
-                    }
+                if let Some(cap) = needs
+                    && !self.node_caps(&s).await.iter().any(|x| x == cap)
+                {
+                    let error = format!(
+                        "server refused: capability {cap:?} is not enabled for node {} (enable it with PATCH /api/v1/nodes/{} {{\"capabilities\":[\"{cap}\"]}})",
+                        s.node_id, s.node_id
+                    );
+                    let r = agent::TaskResult {
+                        task_id: t.id,
+                        epoch: t.epoch,
+                        ok: false,
+                        result_json: serde_json::json!({"refused_by": "server", "capability": cap})
+                            .to_string(),
+                        error_code: "capability_denied".into(),
+                        error,
+                    };
+                    self.complete(&s, r).await;
+                    continue;
                 }
+                s.inflight().insert(t.id.clone(), t.kind.clone());
                 s.send(agent::server_message::Msg::Task(agent::TaskAssignment {
                     task_id: t.id,
                     epoch: t.epoch,
@@ -602,7 +730,7 @@ impl Hub {
                 }));
             }
             if full {
-                s.wake.notify_one();
+                s.wake_any();
             }
         }
     }
