@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor_path)
         // `bytes` fields as `bytes::Bytes`: blob chunks pass through without copies.
         .bytes(".")
+        // Small starting buffers for long-lived streams (see `codec`).
+        .codec_path("crate::codec::LeanCodec")
         .skip_protoc_run()
         .compile_fds(fds)?;
     Ok(())

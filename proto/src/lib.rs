@@ -49,3 +49,49 @@ pub mod tunnel {
 
 /// Encoded `FileDescriptorSet` of every Lattice proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lattice_descriptor");
+
+/// The protobuf codec every generated client and server uses: tonic's prost codec
+/// with a 1 KiB starting buffer instead of 8 KiB. A long-lived stream (each agent's
+/// stream, each proxied request) keeps its encode and decode buffers for its whole
+/// life, so with thousands of agents connected the default cost ~16 KiB each; the
+/// buffers still grow to fit larger messages.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+    /// Starting size of a stream's encode and decode buffers.
+    const BUFFER: usize = 1024;
+    /// Encoded bytes a streaming response gathers before it yields (tonic's default).
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    /// Prost messages with small starting buffers.
+    #[derive(Debug)]
+    pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for LeanCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for LeanCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+    }
+}

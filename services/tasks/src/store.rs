@@ -1,10 +1,13 @@
 //! The tasks service's tables: `tasks` (the durable queue), `audit_pending` →
 //! `audit_log` (the hash chain) with its `audit_head`, and `outbox`.
 //!
-//! Every state change of a task and its audit event (and outbox event) commit in one
-//! transaction. Claims are the one place the backends differ: Postgres takes a per-node
-//! advisory lock and `FOR UPDATE SKIP LOCKED`; SQLite (one writer) goes through an
-//! in-process lock.
+//! Every state change of a task and its audit event (and outbox event) commit
+//! together. On Postgres that is one statement (the event rows are data-modifying CTEs
+//! that read the changed task), so enqueue, claim and result cost one round trip each;
+//! SQLite uses a transaction. Claims: Postgres locks each kind's oldest due task with
+//! `FOR UPDATE SKIP LOCKED`; SQLite (one writer) goes through an in-process lock. On
+//! both, the unique index `tasks_one_running` keeps one running task per node and
+//! exclusive kind.
 
 use std::sync::Arc;
 

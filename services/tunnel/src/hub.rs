@@ -468,7 +468,7 @@ impl Hub {
                     Ok(Some(m)) => {
                         last = Instant::now();
                         if let Some(m) = m.msg
-                            && let Err(err) = self.handle(&s, m).await
+                            && let Err(err) = Box::pin(self.handle(&s, m)).await
                         {
                             tracing::warn!(node = %s.node_id, error = %lattice_core::error::DisplayChain(&err), "agent message failed");
                         }
@@ -683,13 +683,13 @@ impl Hub {
                 }
                 _ = tokio::time::sleep(poll) => {}
             }
-            let claimed = match tasks
-                .clone()
-                .claim(self.treq(tpb::ClaimRequest {
-                    node_id: s.node_id.clone(),
-                    max: CLAIM_BATCH,
-                }))
-                .await
+            // The calls are boxed: this loop lives as long as the agent's connection,
+            // and an idle one should not hold the space of a call in flight.
+            let claimed = match Box::pin(tasks.clone().claim(self.treq(tpb::ClaimRequest {
+                node_id: s.node_id.clone(),
+                max: CLAIM_BATCH,
+            })))
+            .await
             {
                 Ok(r) => r.into_inner().tasks,
                 Err(status) => {
@@ -703,7 +703,7 @@ impl Hub {
             for t in claimed {
                 let needs = task_kinds::spec(&t.kind).and_then(|k| k.capability);
                 if let Some(cap) = needs
-                    && !self.node_caps(&s).await.iter().any(|x| x == cap)
+                    && !Box::pin(self.node_caps(&s)).await.iter().any(|x| x == cap)
                 {
                     let error = format!(
                         "server refused: capability {cap:?} is not enabled for node {} (enable it with PATCH /api/v1/nodes/{} {{\"capabilities\":[\"{cap}\"]}})",
@@ -718,7 +718,7 @@ impl Hub {
                         error_code: "capability_denied".into(),
                         error,
                     };
-                    self.complete(&s, r).await;
+                    Box::pin(self.complete(&s, r)).await;
                     continue;
                 }
                 s.inflight().insert(t.id.clone(), t.kind.clone());
