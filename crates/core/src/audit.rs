@@ -154,7 +154,7 @@ impl TableAudit {
 
     /// Delete events the central log has acknowledged.
     pub async fn forwarded(&self, ids: &[String]) -> anyhow::Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         for id in ids {
             sqlx::query(self.delete).bind(id).execute(&mut *tx).await?;
         }

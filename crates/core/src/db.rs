@@ -154,6 +154,17 @@ impl Db {
         &self.pool
     }
 
+    /// Begin a transaction. Every transaction here writes, so on SQLite it takes the
+    /// write lock up front (`BEGIN IMMEDIATE`): one that read first and wrote later
+    /// would fail with "database is locked" if another connection committed in
+    /// between, where waiting (`busy_timeout`) is what it should do.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Which engine this is, for the few statements that differ.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -215,7 +226,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// One schema change, written once per backend.
+/// One schema change, written once per backend (or once for both: `__BLOB__` in a
+/// script stands for the bytes column type, `BLOB` on SQLite and `BYTEA` on Postgres).
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// Increasing from 1 within a component.
@@ -229,10 +241,15 @@ pub struct Migration {
 }
 
 impl Migration {
-    fn script(&self, backend: Backend) -> &'static str {
-        match backend {
-            Backend::Sqlite => self.sqlite,
-            Backend::Postgres => self.postgres,
+    fn script(&self, backend: Backend) -> std::borrow::Cow<'static, str> {
+        let (script, blob) = match backend {
+            Backend::Sqlite => (self.sqlite, "BLOB"),
+            Backend::Postgres => (self.postgres, "BYTEA"),
+        };
+        if script.contains("__BLOB__") {
+            script.replace("__BLOB__", blob).into()
+        } else {
+            script.into()
         }
     }
 }
@@ -339,7 +356,7 @@ async fn migrate_set(
                     version: *version,
                 });
             }
-            Some(m) if checksum(m.script(backend)) != *sum => {
+            Some(m) if checksum(&m.script(backend)) != *sum => {
                 return Err(DbError::Checksum {
                     component: set.component.into(),
                     version: *version,
@@ -384,7 +401,7 @@ async fn migrate_set(
         if already.is_some() {
             continue;
         }
-        sqlx::raw_sql(script)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_string()))
             .execute(&mut *tx)
             .await
             .map_err(wrap)?;
@@ -394,7 +411,7 @@ async fn migrate_set(
         .bind(set.component)
         .bind(m.version)
         .bind(m.name)
-        .bind(checksum(script))
+        .bind(checksum(&script))
         .bind(crate::time::now_ms())
         .execute(&mut *tx)
         .await

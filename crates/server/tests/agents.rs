@@ -118,6 +118,17 @@ async fn wait_for<F: Fn(&Value) -> bool>(
     panic!("{what}: never happened; last answer from {path}: {last}");
 }
 
+/// `PATCH /api/v1/nodes/{id}` with these capabilities: the status and the node.
+async fn set_capabilities(s: &TestServer, admin: &str, id: &str, caps: Value) -> (u16, Value) {
+    s.call(
+        "PATCH",
+        &format!("/api/v1/nodes/{id}"),
+        admin,
+        Some(json!({ "capabilities": caps })),
+    )
+    .await
+}
+
 async fn run_task(s: &TestServer, admin: &str, node: &str, kind: &str, payload: Value) -> Value {
     let (status, t) = s
         .call(
@@ -313,23 +324,9 @@ async fn enroll_report_consent_tasks_and_proxy() {
             t["error"].as_str().unwrap().starts_with("server refused"),
             "{t}"
         );
-        let (status, n) = s
-            .call(
-                "PATCH",
-                &format!("/api/v1/nodes/{id}"),
-                &admin,
-                Some(json!({"capabilities": ["exec"]})),
-            )
-            .await;
+        let (status, n) = set_capabilities(&s, &admin, &id, json!(["exec"])).await;
         assert_eq!((status, &n["capabilities"]), (200, &json!(["exec"])));
-        let (status, _) = s
-            .call(
-                "PATCH",
-                &format!("/api/v1/nodes/{id}"),
-                &admin,
-                Some(json!({"capabilities": ["root"]})),
-            )
-            .await;
+        let (status, _) = set_capabilities(&s, &admin, &id, json!(["root"])).await;
         assert_eq!(status, 400);
         let t = run_task(
             &s,
@@ -358,14 +355,7 @@ async fn enroll_report_consent_tasks_and_proxy() {
         assert_eq!(t["state"], "succeeded", "{t}");
         // Revoking takes effect at once (the tunnel drops the capabilities it had
         // cached for the connected agent when the node changes).
-        let (status, _) = s
-            .call(
-                "PATCH",
-                &format!("/api/v1/nodes/{id}"),
-                &admin,
-                Some(json!({"capabilities": []})),
-            )
-            .await;
+        let (status, _) = set_capabilities(&s, &admin, &id, json!([])).await;
         assert_eq!(status, 200);
         let t = run_task(
             &s,
@@ -380,14 +370,7 @@ async fn enroll_report_consent_tasks_and_proxy() {
             t["error"].as_str().unwrap().starts_with("server refused"),
             "{t}"
         );
-        let (status, _) = s
-            .call(
-                "PATCH",
-                &format!("/api/v1/nodes/{id}"),
-                &admin,
-                Some(json!({"capabilities": ["exec"]})),
-            )
-            .await;
+        let (status, _) = set_capabilities(&s, &admin, &id, json!(["exec"])).await;
         assert_eq!(status, 200);
 
         // The proxy: method, query, headers and body pass; credentials do not.
@@ -664,14 +647,7 @@ async fn reconnect_after_restart_and_a_stalled_run_is_rescued_and_fenced() {
         .await;
         let id = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
         let first = nodes["nodes"][0]["connected_since_ms"].as_i64().unwrap();
-        let (status, _) = s
-            .call(
-                "PATCH",
-                &format!("/api/v1/nodes/{id}"),
-                &admin,
-                Some(json!({"capabilities": ["exec"]})),
-            )
-            .await;
+        let (status, _) = set_capabilities(&s, &admin, &id, json!(["exec"])).await;
         assert_eq!(status, 200);
 
         // The server restarts; the agent comes back by itself.

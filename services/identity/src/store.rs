@@ -9,22 +9,15 @@ const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
 
 /// The identity service's migrations (one script, the column type for bytes differs).
 pub fn migrations() -> MigrationSet {
-    static SQLITE: std::sync::LazyLock<&'static str> =
-        std::sync::LazyLock::new(|| Box::leak(SCHEMA.replace("__BLOB__", "BLOB").into_boxed_str()));
-    static POSTGRES: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
-        Box::leak(SCHEMA.replace("__BLOB__", "BYTEA").into_boxed_str())
-    });
-    static SET: std::sync::LazyLock<[Migration; 1]> = std::sync::LazyLock::new(|| {
-        [Migration {
-            version: 1,
-            name: "orgs, users, sessions, tokens, audit",
-            sqlite: *SQLITE,
-            postgres: *POSTGRES,
-        }]
-    });
+    static SET: [Migration; 1] = [Migration {
+        version: 1,
+        name: "orgs, users, sessions, tokens, audit",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    }];
     MigrationSet {
         component: "identity",
-        migrations: &*SET,
+        migrations: &SET,
     }
 }
 
@@ -443,7 +436,7 @@ impl Store {
         user_id: &str,
         hashes: &[String],
     ) -> sqlx::Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM identity_recovery_codes WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)

@@ -322,7 +322,7 @@ impl Store {
     /// Delete a bucket with everything in it (KV rows, deployments, bindings).
     /// Returns the hosts that were bound to it.
     pub async fn delete_bucket(&self, org_id: &str, id: &str) -> sqlx::Result<Vec<String>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let hosts: Vec<(String,)> = sqlx::query_as(
             "SELECT host FROM storage_bindings WHERE org_id = $1 AND bucket_id = $2",
         )
@@ -545,7 +545,7 @@ impl Store {
         activate: bool,
         expected_active: Option<&str>,
     ) -> sqlx::Result<bool> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO storage_deployments (id, bucket_id, created_at_ms, created_by, file_count, total_bytes) \
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -369,9 +369,9 @@ impl Store {
         &self,
         events: &[(String, i64, AuditEvent)],
     ) -> Result<u64, TaskError> {
-        let mut tx = self.db.pool().begin().await?;
-        // Write first: SQLite then takes its write lock at once (a read-then-write
-        // transaction could not wait for it), and appends queue behind the chainer.
+        let mut tx = self.db.begin().await?;
+        // Lock the head row first, so appends queue behind a chainer (on Postgres;
+        // SQLite's transactions take the write lock up front anyway).
         sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
             .execute(&mut *tx)
             .await?;
@@ -392,7 +392,7 @@ impl Store {
 
     /// Record one audit event on its own (for actions that change nothing else).
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), TaskError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         self.audit_in_tx(&mut tx, &uuid::Uuid::now_v7().to_string(), now_ms(), e)
             .await?;
         tx.commit().await?;
@@ -403,7 +403,7 @@ impl Store {
     /// statement writes the head row, so concurrent chainers (other replicas) queue
     /// behind it on both backends. Returns how many entries were chained.
     pub async fn chain_pending(&self, max: i64) -> Result<u64, TaskError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let (mut seq, mut prev): (i64, String) =
             sqlx::query_as("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
                 .fetch_one(&mut *tx)
@@ -657,7 +657,7 @@ impl Store {
                 q.fetch_one(self.db.pool()).await.map(|r| task(&r))
             }
             Backend::Sqlite => {
-                let mut tx = self.db.pool().begin().await?;
+                let mut tx = self.db.begin().await?;
                 match bind(sqlx::query(insert), &id, new, now)
                     .fetch_one(&mut *tx)
                     .await
@@ -754,7 +754,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<TaskRow, TaskError> {
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let row = sqlx::query(concat!(
             "UPDATE tasks SET state = 'cancelled', finished_at_ms = $3, updated_at_ms = $3, lease_until_ms = 0, \
              error_code = 'cancelled', error = 'cancelled by an operator' \
@@ -915,7 +915,7 @@ impl Store {
                 .await?
             }
             Backend::Sqlite => {
-                let mut tx = self.db.pool().begin().await?;
+                let mut tx = self.db.begin().await?;
                 let row = bind(sqlx::query(update), c, state, now)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -993,7 +993,7 @@ impl Store {
                     ),
                 )
             };
-            let mut tx = self.db.pool().begin().await?;
+            let mut tx = self.db.begin().await?;
             let done = sqlx::query(
                 "UPDATE tasks SET state = $1, not_before_ms = $2, error_code = $3, error = $4, lease_until_ms = 0, \
                  updated_at_ms = $5, finished_at_ms = $6 \

@@ -17,22 +17,15 @@ const SCHEMA: &str = include_str!("migrations/0001_tunnel.sql");
 
 /// The tunnel service's migrations.
 pub fn migrations() -> MigrationSet {
-    static SQLITE: std::sync::LazyLock<&'static str> =
-        std::sync::LazyLock::new(|| Box::leak(SCHEMA.replace("__BLOB__", "BLOB").into_boxed_str()));
-    static POSTGRES: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
-        Box::leak(SCHEMA.replace("__BLOB__", "BYTEA").into_boxed_str())
-    });
-    static SET: std::sync::LazyLock<[Migration; 1]> = std::sync::LazyLock::new(|| {
-        [Migration {
-            version: 1,
-            name: "join tokens, nodes, metrics, logs, audit",
-            sqlite: *SQLITE,
-            postgres: *POSTGRES,
-        }]
-    });
+    static SET: [Migration; 1] = [Migration {
+        version: 1,
+        name: "join tokens, nodes, metrics, logs, audit",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    }];
     MigrationSet {
         component: "tunnel",
-        migrations: &*SET,
+        migrations: &SET,
     }
 }
 
@@ -151,7 +144,7 @@ impl Store {
         facts: &agent::HostFacts,
     ) -> Result<NodeRow, TunnelError> {
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let spent: Option<(String, String, i64)> = sqlx::query_as(
             "UPDATE tunnel_join_tokens SET used_at_ms = $1, node_id = $2 \
              WHERE token_hash = $3 AND used_at_ms = 0 AND expires_at_ms > $1 \
@@ -272,7 +265,7 @@ impl Store {
 
     /// Forget a node (its credential stops working at once).
     pub async fn delete_node(&self, org: &str, id: &str) -> Result<(), TunnelError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let done = sqlx::query("DELETE FROM tunnel_nodes WHERE id = $1 AND org_id = $2")
             .bind(id)
             .bind(org)
@@ -359,7 +352,7 @@ impl Store {
     /// Keep a metrics sample (and make it the node's latest).
     pub async fn add_metrics(&self, id: &str, s: &agent::MetricsSample) -> Result<(), TunnelError> {
         let bytes = s.encode_to_vec();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO tunnel_metrics (node_id, at_ms, sample) VALUES ($1, $2, $3) \
              ON CONFLICT (node_id, at_ms) DO UPDATE SET sample = excluded.sample",
@@ -402,7 +395,7 @@ impl Store {
 
     /// Keep log lines.
     pub async fn add_logs(&self, id: &str, entries: &[agent::LogEntry]) -> Result<(), TunnelError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         for e in entries {
             sqlx::query(
                 "INSERT INTO tunnel_logs (id, node_id, at_ms, source, priority, message) VALUES ($1, $2, $3, $4, $5, $6)",
