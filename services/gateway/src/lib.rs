@@ -90,6 +90,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Fired when shutdown starts (readiness turns false first).
     pub shutting_down: CancellationToken,
+    /// Fired when the grace period is over and open connections are drained: relayed
+    /// agent streams end then, so agents reconnect (to another replica) at once.
+    pub draining: CancellationToken,
 }
 
 /// Channels to the internal services the gateway calls (they may not be up yet: the
@@ -184,6 +187,7 @@ impl Gateway {
             secure_cookies: https,
             metrics: Metrics::default(),
             shutting_down: shutdown,
+            draining: CancellationToken::new(),
         });
         let router = router(state.clone());
         Ok(Self {
@@ -216,6 +220,7 @@ impl Gateway {
             self.router,
             self.tls,
             shutdown,
+            self.state.draining.clone(),
             Duration::from_secs(self.state.cfg.shutdown_grace_s),
             Duration::from_secs(10),
         )

@@ -18,12 +18,14 @@ use tower::ServiceExt as _;
 use crate::caller::PeerAddr;
 
 /// Serve `app` on `listener` until `shutdown` fires, then stop accepting and drain
-/// open connections for at most `drain`.
+/// open connections for at most `drain` (`draining` fires when that starts).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     grace: Duration,
     drain: Duration,
 ) -> anyhow::Result<()> {
@@ -116,6 +118,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    draining.cancel();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -381,13 +381,10 @@ impl Hub {
                 hello.agent_version.clone()
             },
         };
-        self.nodes.store().connected(&node.id, &connected).await?;
-        let since = self
-            .nodes
-            .store()
-            .node(None, &node.id)
-            .await?
-            .connected_since_ms;
+        // The session is reachable (proxy requests, task pushes) from the moment it
+        // is in the map, so the welcome is queued first: it is always the agent's
+        // first message. The node shows `connected` only once the session is there.
+        let since = lattice_core::time::now_ms();
         let (out, out_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
             node_id: node.id.clone(),
@@ -408,6 +405,12 @@ impl Hub {
                 value: Some((Instant::now(), Arc::new(node.capabilities.clone()))),
             }),
         });
+        session.send(agent::server_message::Msg::Welcome(agent::Welcome {
+            node_id: node.id.clone(),
+            heartbeat_interval_ms: self.nodes.settings.heartbeat_interval_ms,
+            metrics_interval_ms: self.nodes.settings.metrics_interval_ms,
+            capabilities: node.capabilities.clone(),
+        }));
         if let Some(old) = self
             .sessions
             .lock()
@@ -416,18 +419,27 @@ impl Hub {
         {
             old.close("replaced by a newer connection from the agent");
         }
-        let hb = self.nodes.settings.heartbeat_interval_ms;
         self.claim_registry(&node.id).await;
+        if let Err(err) = self
+            .nodes
+            .store()
+            .connected(&node.id, &connected, since)
+            .await
+        {
+            session.close("could not record the connection");
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            if sessions
+                .get(&node.id)
+                .is_some_and(|x| Arc::ptr_eq(x, &session))
+            {
+                sessions.remove(&node.id);
+            }
+            return Err(err);
+        }
         self.nodes
             .record(&node.org_id, &format!("node:{}", node.id), "node.connect", &node.id, true, &client_ip,
                 serde_json::json!({"agent_version": connected.agent_version, "capabilities": connected.agent_capabilities}))
             .await;
-        session.send(agent::server_message::Msg::Welcome(agent::Welcome {
-            node_id: node.id.clone(),
-            heartbeat_interval_ms: hb,
-            metrics_interval_ms: self.nodes.settings.metrics_interval_ms,
-            capabilities: node.capabilities.clone(),
-        }));
         // Leases of tasks still running from a previous connection stay current.
         if !hello.running.is_empty() {
             self.extend_leases(&session, &hello.running).await;

@@ -286,8 +286,7 @@ impl Store {
     }
 
     /// The agent connected.
-    pub async fn connected(&self, id: &str, c: &Connected) -> Result<(), TunnelError> {
-        let now = now_ms();
+    pub async fn connected(&self, id: &str, c: &Connected, now: i64) -> Result<(), TunnelError> {
         sqlx::query(
             "UPDATE tunnel_nodes SET status = 'connected', status_reason = '', connected_since_ms = $1, last_seen_ms = $1, \
              facts = $2, hostname = $3, agent_capabilities = $4, proxy_ports = $5, agent_version = $6 WHERE id = $7",

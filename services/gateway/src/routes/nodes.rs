@@ -588,12 +588,36 @@ pub async fn relay_agent(State(state): State<Arc<AppState>>, req: Request) -> Re
     };
     let req = http::Request::from_parts(parts, tonic::body::Body::new(body));
     match channel.oneshot(req).await {
-        Ok(resp) => resp.map(Body::new),
+        Ok(resp) => resp.map(|body| until_draining(body, state.draining.clone())),
         Err(e) => grpc_error(
             tonic::Code::Unavailable,
             &format!("tunnel service unreachable: {e}"),
         ),
     }
+}
+
+/// A relayed response body that ends with `grpc-status: UNAVAILABLE` when the
+/// gateway starts draining, so the agent reconnects at once instead of holding a
+/// stream the drain deadline would cut.
+fn until_draining<B>(body: B, draining: tokio_util::sync::CancellationToken) -> Body
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    let frames = futures::stream::unfold(Some((body, draining)), |state| async move {
+        let (mut body, draining) = state?;
+        tokio::select! {
+            frame = body.frame() => frame.map(|f| (f.map_err(Into::into), Some((body, draining)))),
+            _ = draining.cancelled() => {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("14"));
+                trailers.insert("grpc-message", HeaderValue::from_static("gateway%20shutting%20down"));
+                Some((Ok(hyper::body::Frame::trailers(trailers)), None))
+            }
+        }
+    });
+    Body::new(http_body_util::StreamBody::new(frames))
 }
 
 fn grpc_error(code: tonic::Code, message: &str) -> Response {
