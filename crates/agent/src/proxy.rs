@@ -20,6 +20,9 @@ const WINDOW: usize = 256 * 1024;
 const CHUNK: usize = 64 * 1024;
 /// Window is granted back in steps of this many consumed bytes, as on the server.
 const GRANT_STEP: usize = WINDOW / 4;
+/// Protocol feature: a proxy open or head may carry the whole body (used when the
+/// server names it too).
+pub const INLINE_BODY: &str = "proxy.inline_body";
 
 /// Keep-alive HTTP/1.1 connections to the node's local services.
 type Upstream = hyper_util::client::legacy::Client<
@@ -47,6 +50,8 @@ pub struct Streams {
     upstream: Upstream,
     conn: CancellationToken,
     slots: Arc<Mutex<HashMap<u64, Slot>>>,
+    /// The server takes a response head carrying the whole body.
+    inline: bool,
 }
 
 async fn send(agent: &Agent, stream_id: u64, frame: Frame) {
@@ -67,12 +72,13 @@ fn reset(code: &str, message: String) -> Frame {
 
 impl Streams {
     /// Streams of the connection `conn`.
-    pub fn new(agent: Arc<Agent>, conn: CancellationToken) -> Self {
+    pub fn new(agent: Arc<Agent>, conn: CancellationToken, inline: bool) -> Self {
         Self {
             agent,
             upstream: upstream(),
             conn,
             slots: Arc::new(Mutex::new(HashMap::new())),
+            inline,
         }
     }
 
@@ -89,20 +95,29 @@ impl Streams {
                 slots.insert(
                     id,
                     Slot {
-                        body: Some(body_tx),
+                        // A request that came whole takes no body frames.
+                        body: (!open.end).then_some(body_tx),
                         credit: credit.clone(),
                         cancel: cancel.clone(),
                     },
                 );
-                let (agent, table, upstream) = (
+                let (agent, table, upstream, inline) = (
                     self.agent.clone(),
                     self.slots.clone(),
                     self.upstream.clone(),
+                    self.inline,
                 );
                 tokio::spawn(async move {
+                    let exchange = Exchange {
+                        agent: &agent,
+                        upstream: &upstream,
+                        id,
+                        credit,
+                        inline,
+                    };
                     tokio::select! {
                         _ = cancel.cancelled() => {}
-                        () = exchange(&agent, &upstream, id, open, body_rx, credit) => {}
+                        () = exchange.run(open, body_rx) => {}
                     }
                     table.lock().expect("slots lock").remove(&id);
                 });
@@ -132,118 +147,151 @@ impl Streams {
     }
 }
 
-async fn exchange(
-    agent: &Arc<Agent>,
-    upstream: &Upstream,
+/// One proxied HTTP exchange.
+struct Exchange<'a> {
+    agent: &'a Arc<Agent>,
+    upstream: &'a Upstream,
     id: u64,
-    open: pb::ProxyOpen,
-    body_rx: mpsc::UnboundedReceiver<Bytes>,
+    /// Response-body credit the server granted.
     credit: Arc<Semaphore>,
-) {
-    if !agent.config.proxy_ports.contains(&open.port) {
-        let msg = format!("port {} is not in the agent's proxy_ports", open.port);
-        send(agent, id, reset("port_not_allowed", msg)).await;
-        return;
-    }
-    // The request body: each chunk taken grants the server more window.
-    let grant = agent.clone();
-    let mut ungranted = 0usize;
-    let body =
-        tokio_stream::wrappers::UnboundedReceiverStream::new(body_rx).then(move |d: Bytes| {
-            let grant = grant.clone();
-            ungranted += d.len();
-            let n = if ungranted >= GRANT_STEP {
-                std::mem::take(&mut ungranted)
-            } else {
-                0
-            };
-            async move {
-                if n > 0 {
-                    send(&grant, id, Frame::WindowUpdate(n as u32)).await;
+    /// The server takes a response head carrying the whole body.
+    inline: bool,
+}
+
+/// Largest response body sent inside its head (when its length is known up front).
+const INLINE_MAX: u64 = CHUNK as u64;
+
+impl Exchange<'_> {
+    async fn run(self, mut open: pb::ProxyOpen, body_rx: mpsc::UnboundedReceiver<Bytes>) {
+        let Self {
+            agent,
+            upstream,
+            id,
+            credit,
+            inline,
+        } = self;
+        if !agent.config.proxy_ports.contains(&open.port) {
+            let msg = format!("port {} is not in the agent's proxy_ports", open.port);
+            send(agent, id, reset("port_not_allowed", msg)).await;
+            return;
+        }
+        // The request body: each chunk taken grants the server more window.
+        let grant = agent.clone();
+        let mut ungranted = 0usize;
+        let body =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(body_rx).then(move |d: Bytes| {
+                let grant = grant.clone();
+                ungranted += d.len();
+                let n = if ungranted >= GRANT_STEP {
+                    std::mem::take(&mut ungranted)
+                } else {
+                    0
+                };
+                async move {
+                    if n > 0 {
+                        send(&grant, id, Frame::WindowUpdate(n as u32)).await;
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(d))
                 }
-                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(d))
-            }
-        });
-    let mut req = http::Request::builder()
-        .method(open.method.as_str())
-        .uri(format!(
-            "http://127.0.0.1:{}{}",
-            open.port, open.path_and_query
-        ));
-    for h in &open.headers {
-        req = req.header(h.name.as_str(), h.value.as_ref());
-    }
-    req = req.header(http::header::HOST, format!("127.0.0.1:{}", open.port));
-    let empty = open
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("content-length") && h.value.as_ref() == b"0");
-    let body = if empty {
-        // No body: nothing to wait for (the server's end-of-body frame is ignored).
-        BodyExt::boxed(http_body_util::Empty::new())
-    } else {
-        BodyExt::boxed(http_body_util::StreamBody::new(body))
-    };
-    let req = match req.body(body) {
-        Ok(r) => r,
-        Err(e) => {
-            send(agent, id, reset("bad_request", e.to_string())).await;
-            return;
+            });
+        let mut req = http::Request::builder()
+            .method(open.method.as_str())
+            .uri(format!(
+                "http://127.0.0.1:{}{}",
+                open.port, open.path_and_query
+            ));
+        for h in &open.headers {
+            req = req.header(h.name.as_str(), h.value.as_ref());
         }
-    };
-    let resp = match upstream.request(req).await {
-        Ok(r) => r,
-        Err(e) => {
-            let (code, what) = if e.is_connect() {
-                ("connect_failed", format!("127.0.0.1:{}", open.port))
-            } else {
-                ("upstream_failed", "request".into())
-            };
-            let detail =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            send(agent, id, reset(code, format!("{what}: {detail}"))).await;
-            return;
-        }
-    };
-    let (parts, mut body) = resp.into_parts();
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(n, v)| pb::Header {
-            name: n.as_str().to_owned(),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        })
-        .collect();
-    send(
-        agent,
-        id,
-        Frame::Head(pb::ProxyHead {
-            status: u32::from(parts.status.as_u16()),
-            headers,
-        }),
-    )
-    .await;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Err(e)) => {
-                send(agent, id, reset("upstream_failed", e.to_string())).await;
+        req = req.header(http::header::HOST, format!("127.0.0.1:{}", open.port));
+        let empty = open
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("content-length") && h.value.as_ref() == b"0");
+        let body = if open.end && !open.body.is_empty() {
+            BodyExt::boxed(http_body_util::Full::new(std::mem::take(&mut open.body)))
+        } else if open.end || empty {
+            // No body: nothing to wait for (the server's end-of-body frame is ignored).
+            BodyExt::boxed(http_body_util::Empty::new())
+        } else {
+            BodyExt::boxed(http_body_util::StreamBody::new(body))
+        };
+        let req = match req.body(body) {
+            Ok(r) => r,
+            Err(e) => {
+                send(agent, id, reset("bad_request", e.to_string())).await;
                 return;
             }
-            Some(Ok(frame)) => {
-                let Ok(mut data) = frame.into_data() else {
-                    continue;
+        };
+        let resp = match upstream.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let (code, what) = if e.is_connect() {
+                    ("connect_failed", format!("127.0.0.1:{}", open.port))
+                } else {
+                    ("upstream_failed", "request".into())
                 };
-                while !data.is_empty() {
-                    let piece = data.split_to(data.len().min(CHUNK));
-                    let Ok(permit) = credit.acquire_many(piece.len() as u32).await else {
-                        return;
+                let detail =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                send(agent, id, reset(code, format!("{what}: {detail}"))).await;
+                return;
+            }
+        };
+        let (parts, mut body) = resp.into_parts();
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| pb::Header {
+                name: n.as_str().to_owned(),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            })
+            .collect();
+        let mut head = pb::ProxyHead {
+            status: u32::from(parts.status.as_u16()),
+            headers,
+            body: Bytes::new(),
+            end: false,
+        };
+        // A small answer of known length goes in one frame with its head. Anything
+        // else (a stream, a watch) goes head first, then data as it is produced.
+        if inline
+            && hyper::body::Body::size_hint(&body)
+                .exact()
+                .is_some_and(|n| n <= INLINE_MAX)
+        {
+            match body.collect().await {
+                Ok(all) => {
+                    head.body = all.to_bytes();
+                    head.end = true;
+                    send(agent, id, Frame::Head(head)).await;
+                }
+                Err(e) => send(agent, id, reset("upstream_failed", e.to_string())).await,
+            }
+            return;
+        }
+        send(agent, id, Frame::Head(head)).await;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    send(agent, id, reset("upstream_failed", e.to_string())).await;
+                    return;
+                }
+                Some(Ok(frame)) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
                     };
-                    permit.forget();
-                    send(agent, id, Frame::Data(piece)).await;
+                    while !data.is_empty() {
+                        let piece = data.split_to(data.len().min(CHUNK));
+                        let Ok(permit) = credit.acquire_many(piece.len() as u32).await else {
+                            return;
+                        };
+                        permit.forget();
+                        send(agent, id, Frame::Data(piece)).await;
+                    }
                 }
             }
         }
+        send(agent, id, Frame::End(true)).await;
     }
-    send(agent, id, Frame::End(true)).await;
 }

@@ -164,6 +164,7 @@ async fn session(
         capabilities: agent.config.capabilities.clone(),
         proxy_ports: agent.config.proxy_ports.clone(),
         running,
+        features: vec![proxy::INLINE_BODY.into()],
     };
     tx.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(hello)),
@@ -240,7 +241,8 @@ async fn session(
             }
         });
     }
-    let proxies = proxy::Streams::new(agent.clone(), conn.clone());
+    let inline = welcome.features.iter().any(|f| f == proxy::INLINE_BODY);
+    let proxies = proxy::Streams::new(agent.clone(), conn.clone(), inline);
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok("agent shutting down".into()),

@@ -394,6 +394,22 @@ async fn enroll_report_consent_tasks_and_proxy() {
             echo["authorization"], false,
             "the caller's credential never reaches the node"
         );
+        // A body larger than the stream's window streams across in pieces, whole.
+        let large = "y".repeat(700 * 1024);
+        let resp = s
+            .http
+            .put(s.url(&format!("{base}/echo")))
+            .bearer_auth(&admin)
+            .body(large.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (echo["method"].as_str(), echo["body"].as_str().map(str::len)),
+            (Some("PUT"), Some(large.len()))
+        );
         // Ports the agent does not allow, and callers without nodes:proxy, are refused.
         let (status, err) = s
             .call(

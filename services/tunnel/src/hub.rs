@@ -42,6 +42,8 @@ pub const CHUNK: usize = 64 * 1024;
 /// Window is granted back in steps of this many consumed bytes (like HTTP/2
 /// implementations), not per chunk: a small answer costs no update at all.
 pub const GRANT_STEP: u32 = WINDOW / 4;
+/// Protocol feature: a proxy open or head may carry the whole body.
+pub const INLINE_BODY: &str = "proxy.inline_body";
 /// A connected node's `last_seen_ms` is written at most this often (a connected
 /// node is seen now; the value matters once it disconnects, which writes it).
 const SEEN_WRITE_EVERY: Duration = Duration::from_secs(60);
@@ -72,6 +74,8 @@ struct Slot {
     credit: Arc<Semaphore>,
     /// Response bytes received and not yet taken by the client.
     buffered: Arc<AtomicI64>,
+    /// The client takes a response head carrying the whole body.
+    inline_ok: bool,
 }
 
 /// One connected agent.
@@ -89,6 +93,8 @@ pub struct Session {
     streams: Mutex<HashMap<u64, Slot>>,
     next_stream: AtomicU64,
     proxy_ports: Vec<u32>,
+    /// The agent speaks [`INLINE_BODY`].
+    inline_body: bool,
     close: CancellationToken,
     close_reason: Mutex<Option<String>>,
     /// When `last_seen_ms` was last written (heartbeats write it at most once a
@@ -396,6 +402,7 @@ impl Hub {
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
             proxy_ports: ports,
+            inline_body: hello.features.iter().any(|f| f == INLINE_BODY),
             close: self.shutdown.child_token(),
             close_reason: Mutex::new(None),
             seen_written: Mutex::new(Instant::now()),
@@ -410,6 +417,7 @@ impl Hub {
             heartbeat_interval_ms: self.nodes.settings.heartbeat_interval_ms,
             metrics_interval_ms: self.nodes.settings.metrics_interval_ms,
             capabilities: node.capabilities.clone(),
+            features: vec![INLINE_BODY.into()],
         }));
         if let Some(old) = self
             .sessions
@@ -754,6 +762,23 @@ impl Hub {
         let mut streams = s.streams();
         let Some(slot) = streams.get(&id) else { return };
         match f {
+            Frame::Head(mut h) if h.end => {
+                if !slot.inline_ok {
+                    // A client that does not take the body in the head gets it the
+                    // long way: head, data, end.
+                    let body = std::mem::take(&mut h.body);
+                    h.end = false;
+                    let _ = slot.to_client.send(Event::Head(h));
+                    if !body.is_empty() {
+                        slot.buffered.fetch_add(body.len() as i64, Ordering::SeqCst);
+                        let _ = slot.to_client.send(Event::Data(body));
+                    }
+                    let _ = slot.to_client.send(Event::End);
+                } else {
+                    let _ = slot.to_client.send(Event::Head(h));
+                }
+                streams.remove(&id);
+            }
             Frame::Head(h) => {
                 let _ = slot.to_client.send(Event::Head(h));
             }
@@ -915,8 +940,11 @@ impl Hub {
                 to_client: tx,
                 credit: credit.clone(),
                 buffered: buffered.clone(),
+                inline_ok: head.accept_inline_body,
             },
         );
+        let (inline, ended) = (s.inline_body && head.end, head.end);
+        let mut first = head.body;
         s.frame(
             id,
             Frame::Open(agent::ProxyOpen {
@@ -924,15 +952,39 @@ impl Hub {
                 method: head.method,
                 path_and_query: head.path_and_query,
                 headers: head.headers,
+                body: if inline {
+                    std::mem::take(&mut first)
+                } else {
+                    Bytes::new()
+                },
+                end: inline,
             }),
         );
+        if inline {
+            // The whole request is with the agent: nothing to pump.
+            return LocalStream {
+                rx,
+                session: s,
+                id,
+                buffered,
+                ungranted: 0,
+                done: false,
+            };
+        }
         // The request body, within the agent's window.
         let pump = s.clone();
         tokio::spawn(async move {
+            let mut first = (!first.is_empty() || ended).then_some(first);
             loop {
-                let chunk = tokio::select! {
-                    _ = pump.close.cancelled() => return,
-                    c = body.message() => c,
+                let chunk = match first.take() {
+                    Some(d) => Ok(Some(pb::ProxyChunk {
+                        chunk: Some(pb::proxy_chunk::Chunk::Data(d)),
+                    })),
+                    None if ended => Ok(None),
+                    None => tokio::select! {
+                        _ = pump.close.cancelled() => return,
+                        c = body.message() => c,
+                    },
                 };
                 match chunk {
                     Ok(Some(pb::ProxyChunk {
@@ -953,6 +1005,12 @@ impl Hub {
                     }))
                     | Ok(None) => {
                         pump.frame(id, Frame::End(true));
+                        return;
+                    }
+                    Ok(Some(pb::ProxyChunk {
+                        chunk: Some(pb::proxy_chunk::Chunk::Reset(r)),
+                    })) => {
+                        pump.frame(id, Frame::Reset(r));
                         return;
                     }
                     Ok(Some(_)) => {}
@@ -1003,7 +1061,10 @@ impl Stream for LocalStream {
         }
         let chunk = match self.rx.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Event::Head(h))) => Chunk::Response(h),
+            Poll::Ready(Some(Event::Head(h))) => {
+                self.done = h.end;
+                Chunk::Response(h)
+            }
             Poll::Ready(Some(Event::Data(d))) => {
                 self.buffered.fetch_sub(d.len() as i64, Ordering::SeqCst);
                 self.ungranted += d.len() as u32;

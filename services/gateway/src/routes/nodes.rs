@@ -383,6 +383,9 @@ fn forwardable(name: &HeaderName) -> bool {
     )
 }
 
+/// Largest request body carried inside the request head.
+const INLINE_MAX: u64 = 64 * 1024;
+
 /// The proxy route as the OpenAPI document shows it (the handler's path extractor
 /// takes both the `{port}` and `{port}/{path}` forms, which utoipa cannot read).
 #[utoipa::path(get, path = "/api/v1/nodes/{node}/proxy/{port}/{path}", tag = "nodes",
@@ -445,27 +448,58 @@ pub async fn proxy(
             value: bytes::Bytes::from(len.to_string()),
         });
     }
-    let head = pb::ProxyChunk {
-        chunk: Some(pb::proxy_chunk::Chunk::Head(pb::ProxyRequestHead {
-            node_id,
-            port,
-            method: parts.method.as_str().to_owned(),
-            path_and_query,
-            headers,
-            forwarded: false,
-        })),
+    let mut head = pb::ProxyRequestHead {
+        node_id,
+        port,
+        method: parts.method.as_str().to_owned(),
+        path_and_query,
+        headers,
+        forwarded: false,
+        body: bytes::Bytes::new(),
+        end: false,
+        accept_inline_body: true,
     };
-    let body = body
-        .into_data_stream()
-        .take_while(|r| std::future::ready(r.is_ok()))
-        .filter_map(|r| std::future::ready(r.ok()))
-        .map(|data| pb::ProxyChunk {
-            chunk: Some(pb::proxy_chunk::Chunk::Data(data)),
-        })
-        .chain(futures::stream::once(std::future::ready(pb::ProxyChunk {
-            chunk: Some(pb::proxy_chunk::Chunk::End(true)),
-        })));
-    let outbound = futures::stream::once(std::future::ready(head)).chain(body);
+    // A small body of known length (none, for a GET) travels inside the head: one
+    // message for the whole request. Anything else streams.
+    let outbound = if body_len.is_some_and(|n| n <= INLINE_MAX) {
+        head.body = axum::body::to_bytes(body, INLINE_MAX as usize)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    lattice_core::ErrorCode::BadRequest,
+                    format!("request body: {e}"),
+                )
+            })?;
+        head.end = true;
+        futures::stream::once(std::future::ready(head_chunk(head))).left_stream()
+    } else {
+        // A body that breaks off (the client went away) resets the stream rather
+        // than ending it: the node must not take a truncated body as whole.
+        let body = body
+            .into_data_stream()
+            .scan(false, |broken, r| {
+                if *broken {
+                    return std::future::ready(None);
+                }
+                let chunk = match r {
+                    Ok(data) => pb::proxy_chunk::Chunk::Data(data),
+                    Err(e) => {
+                        *broken = true;
+                        pb::proxy_chunk::Chunk::Reset(agent::ProxyReset {
+                            code: "cancelled".into(),
+                            message: format!("request body: {e}"),
+                        })
+                    }
+                };
+                std::future::ready(Some(pb::ProxyChunk { chunk: Some(chunk) }))
+            })
+            .chain(futures::stream::once(std::future::ready(pb::ProxyChunk {
+                chunk: Some(pb::proxy_chunk::Chunk::End(true)),
+            })));
+        futures::stream::once(std::future::ready(head_chunk(head)))
+            .chain(body)
+            .right_stream()
+    };
     let mut answers = client(&state)?
         .proxy(caller.request(&state, outbound))
         .await?
@@ -480,7 +514,7 @@ pub async fn proxy(
                 "the tunnel ended the stream before answering",
             )
         })?;
-    let head = match first {
+    let mut head = match first {
         pb::proxy_chunk::Chunk::Response(h) => h,
         pb::proxy_chunk::Chunk::Reset(r) => {
             let code = match r.code.as_str() {
@@ -502,7 +536,7 @@ pub async fn proxy(
         // node cannot act with a logged-in operator's session.
         .header(http::header::CONTENT_SECURITY_POLICY, "sandbox")
         .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    for h in head.headers {
+    for h in std::mem::take(&mut head.headers) {
         if let (Ok(n), Ok(v)) = (
             HeaderName::try_from(h.name.as_str()),
             HeaderValue::from_bytes(&h.value),
@@ -514,6 +548,17 @@ pub async fn proxy(
         {
             resp = resp.header(n, v);
         }
+    }
+    if head.end {
+        // The whole answer came in its head. Read the call to its end (trailers)
+        // so it closes cleanly; the tunnel ends it right after the head.
+        while let Ok(Some(_)) = answers.message().await {}
+        return resp.body(Body::from(head.body)).map_err(|e| {
+            ApiError::new(
+                lattice_core::ErrorCode::BadGateway,
+                format!("bad response head from the node: {e}"),
+            )
+        });
     }
     let stream = futures::stream::unfold(answers, |mut answers| async move {
         match answers.message().await {
@@ -554,6 +599,12 @@ pub async fn proxy(
             format!("bad response head from the node: {e}"),
         )
     })
+}
+
+fn head_chunk(head: pb::ProxyRequestHead) -> pb::ProxyChunk {
+    pb::ProxyChunk {
+        chunk: Some(pb::proxy_chunk::Chunk::Head(head)),
+    }
 }
 
 /// `/lattice.agent.v1.AgentService/*`: relay an agent's gRPC call (enrollment, or
