@@ -960,20 +960,10 @@ impl Hub {
                 end: inline,
             }),
         );
-        if inline {
-            // The whole request is with the agent: nothing to pump.
-            return LocalStream {
-                rx,
-                session: s,
-                id,
-                buffered,
-                ungranted: 0,
-                done: false,
-            };
-        }
-        // The request body, within the agent's window.
+        // The request body, within the agent's window (nothing to pump when the
+        // whole request went with the open).
         let pump = s.clone();
-        tokio::spawn(async move {
+        let pump_body = async move {
             let mut first = (!first.is_empty() || ended).then_some(first);
             loop {
                 let chunk = match first.take() {
@@ -1026,7 +1016,10 @@ impl Hub {
                     }
                 }
             }
-        });
+        };
+        if !inline {
+            tokio::spawn(pump_body);
+        }
         LocalStream {
             rx,
             session: s,

@@ -553,12 +553,7 @@ pub async fn proxy(
         // The whole answer came in its head. Read the call to its end (trailers)
         // so it closes cleanly; the tunnel ends it right after the head.
         while let Ok(Some(_)) = answers.message().await {}
-        return resp.body(Body::from(head.body)).map_err(|e| {
-            ApiError::new(
-                lattice_core::ErrorCode::BadGateway,
-                format!("bad response head from the node: {e}"),
-            )
-        });
+        return resp.body(Body::from(head.body)).map_err(bad_head);
     }
     let stream = futures::stream::unfold(answers, |mut answers| async move {
         match answers.message().await {
@@ -593,12 +588,14 @@ pub async fn proxy(
             std::future::ready(Some(item))
         },
     );
-    resp.body(Body::from_stream(stream)).map_err(|e| {
-        ApiError::new(
-            lattice_core::ErrorCode::BadGateway,
-            format!("bad response head from the node: {e}"),
-        )
-    })
+    resp.body(Body::from_stream(stream)).map_err(bad_head)
+}
+
+fn bad_head(e: http::Error) -> ApiError {
+    ApiError::new(
+        lattice_core::ErrorCode::BadGateway,
+        format!("bad response head from the node: {e}"),
+    )
 }
 
 fn head_chunk(head: pb::ProxyRequestHead) -> pb::ProxyChunk {
