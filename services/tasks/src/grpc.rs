@@ -149,17 +149,7 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         let r = req.into_inner();
         let rows = self.tasks.claim(&p, &r.node_id, r.max).await.map_err(st)?;
         Ok(Response::new(pb::ClaimResponse {
-            tasks: rows
-                .into_iter()
-                .map(|t| pb::ClaimedTask {
-                    id: t.id,
-                    kind: t.kind,
-                    payload_json: t.payload,
-                    epoch: t.epoch,
-                    lease_until_ms: t.lease_until_ms,
-                    org_id: t.org_id,
-                })
-                .collect(),
+            tasks: rows.into_iter().map(claimed_pb).collect(),
         }))
     }
 
@@ -189,24 +179,32 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let p = principal_of(&req)?.clone();
-        let r = req.into_inner();
         let t = self
             .tasks
-            .complete(
-                &p,
-                Completion {
-                    task_id: r.task_id,
-                    epoch: r.epoch,
-                    node_id: r.node_id,
-                    ok: r.ok,
-                    result: r.result_json,
-                    error_code: r.error_code,
-                    error: r.error,
-                },
-            )
+            .complete(&p, completion(req.into_inner()))
             .await
             .map_err(st)?;
         Ok(Response::new(task_pb(t)))
+    }
+
+    async fn complete_and_claim(
+        &self,
+        req: Request<pb::CompleteAndClaimRequest>,
+    ) -> Result<Response<pb::CompleteAndClaimResponse>, Status> {
+        let p = principal_of(&req)?.clone();
+        let r = req.into_inner();
+        let Some(result) = r.result else {
+            return Err(Status::invalid_argument("result: missing"));
+        };
+        let (t, claimed) = self
+            .tasks
+            .complete_and_claim(&p, completion(result), r.claim_max)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::CompleteAndClaimResponse {
+            task: Some(task_pb(t)),
+            claimed: claimed.into_iter().map(claimed_pb).collect(),
+        }))
     }
 
     async fn append_audit(
@@ -275,5 +273,28 @@ impl pb::task_service_server::TaskService for TaskGrpc {
             reason,
             head_hash: v.head_hash,
         }))
+    }
+}
+
+fn claimed_pb(t: TaskRow) -> pb::ClaimedTask {
+    pb::ClaimedTask {
+        id: t.id,
+        kind: t.kind,
+        payload_json: t.payload,
+        epoch: t.epoch,
+        lease_until_ms: t.lease_until_ms,
+        org_id: t.org_id,
+    }
+}
+
+fn completion(r: pb::CompleteRequest) -> Completion {
+    Completion {
+        task_id: r.task_id,
+        epoch: r.epoch,
+        node_id: r.node_id,
+        ok: r.ok,
+        result: r.result_json,
+        error_code: r.error_code,
+        error: r.error,
     }
 }

@@ -261,6 +261,17 @@ impl Tasks {
 
     /// Record a result (tunnel service only); fenced by epoch.
     pub async fn complete(&self, p: &Principal, c: Completion) -> Result<TaskRow, TaskError> {
+        Ok(self.complete_and_claim(p, c, 0).await?.0)
+    }
+
+    /// Record a result and claim up to `claim_max` (0: none) runnable tasks of the
+    /// node in the same statement (tunnel service only); fenced by epoch.
+    pub async fn complete_and_claim(
+        &self,
+        p: &Principal,
+        c: Completion,
+        claim_max: i64,
+    ) -> Result<(TaskRow, Vec<TaskRow>), TaskError> {
         require_service(p, TUNNEL_PRINCIPAL)?;
         check_id("task_id", &c.task_id)?;
         check_id("node_id", &c.node_id)?;
@@ -269,6 +280,9 @@ impl Tasks {
         }
         if !c.result.is_empty() && serde_json::from_str::<serde_json::Value>(&c.result).is_err() {
             return Err(TaskError::Invalid("result_json: not JSON".into()));
+        }
+        if !(0..=64).contains(&claim_max) {
+            return Err(TaskError::Invalid("claim_max: 0 to 64".into()));
         }
         let audit = AuditEvent {
             org_id: String::new(),
@@ -283,7 +297,8 @@ impl Tasks {
             client_ip: String::new(),
             detail: serde_json::json!({"epoch": c.epoch, "error_code": c.error_code}).to_string(),
         };
-        let result = self.store.complete(&c, &audit).await;
+        let claim = (claim_max > 0).then_some((claim_max, self.lease_ms));
+        let result = self.store.complete_and_claim(&c, &audit, claim).await;
         self.chain_wake.notify_one();
         // No bus wake here: the tunnel replica that recorded the result holds the
         // agent and claims the next task itself.

@@ -217,6 +217,31 @@ const CLAIM_SQLITE: &str = concat!(
 /// locked by the subquery, which rechecks they are still queued; the outer statement
 /// matches on the primary key alone.)
 static CLAIM_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    claim_postgres(
+        ClaimParams {
+            node: 1,
+            now: 2,
+            lease_until: 3,
+            max: 4,
+        },
+        None,
+    )
+});
+
+/// Parameter numbers of [`claim_postgres`].
+struct ClaimParams {
+    node: usize,
+    now: usize,
+    lease_until: usize,
+    max: usize,
+}
+
+/// The Postgres claim. With `after`, the name of a CTE holding the task whose
+/// result the same statement records: nothing is claimed unless that result was
+/// (its CTE has a row), and that task no longer counts as running. It still does
+/// in this statement's snapshot; it is read first (the one-time filter), so its row
+/// has left `tasks_one_running` before a claim enters the index.
+fn claim_postgres(p: ClaimParams, after: Option<&str>) -> String {
     let kinds = task_kinds::KINDS
         .iter()
         .map(|k| {
@@ -232,19 +257,32 @@ static CLAIM_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         })
         .collect::<Vec<_>>()
         .join(", ");
+    let ClaimParams {
+        node,
+        now,
+        lease_until,
+        max,
+    } = p;
+    let (gate, not_done) = match after {
+        Some(cte) => (
+            format!("EXISTS (SELECT 1 FROM {cte}) AND "),
+            format!(" AND r.id NOT IN (SELECT id FROM {cte})"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "UPDATE tasks SET state = 'running', epoch = epoch + 1, attempts = attempts + 1, \
-         lease_until_ms = $3, started_at_ms = $2, updated_at_ms = $2 \
+         lease_until_ms = ${lease_until}, started_at_ms = ${now}, updated_at_ms = ${now} \
          WHERE id = ANY(ARRAY( \
          SELECT c.id FROM (VALUES {kinds}) AS k(kind, exclusive) \
-         CROSS JOIN LATERAL (SELECT q.id FROM tasks q WHERE q.node_id = $1 AND q.state = 'queued' AND q.kind = k.kind \
-         AND q.not_before_ms <= $2 ORDER BY q.id LIMIT CASE WHEN k.exclusive = 1 THEN 1 ELSE $4 END FOR UPDATE SKIP LOCKED) c \
-         WHERE k.exclusive = 0 OR NOT EXISTS (SELECT 1 FROM tasks r WHERE r.node_id = $1 AND r.kind = k.kind \
-         AND r.state = 'running' AND r.exclusive = 1) \
-         LIMIT $4)) RETURNING {}",
+         CROSS JOIN LATERAL (SELECT q.id FROM tasks q WHERE q.node_id = ${node} AND q.state = 'queued' AND q.kind = k.kind \
+         AND q.not_before_ms <= ${now} ORDER BY q.id LIMIT CASE WHEN k.exclusive = 1 THEN 1 ELSE ${max} END FOR UPDATE SKIP LOCKED) c \
+         WHERE {gate}(k.exclusive = 0 OR NOT EXISTS (SELECT 1 FROM tasks r WHERE r.node_id = ${node} AND r.kind = k.kind \
+         AND r.state = 'running' AND r.exclusive = 1{not_done})) \
+         LIMIT ${max})) RETURNING {}",
         task_cols!()
     )
-});
+}
 
 const OUTBOX_CLAIM_SQLITE: &str = "UPDATE outbox SET next_attempt_ms = $2 WHERE id IN \
      (SELECT id FROM outbox WHERE delivered_at_ms = 0 AND next_attempt_ms <= $1 ORDER BY created_at_ms, id LIMIT $3) \
@@ -871,6 +909,20 @@ impl Store {
     /// Record a result if its epoch is current. A stale result changes nothing and
     /// is audited as rejected.
     pub async fn complete(&self, c: &Completion, audit: &AuditEvent) -> Result<TaskRow, TaskError> {
+        Ok(self.complete_and_claim(c, audit, None).await?.0)
+    }
+
+    /// [`Store::complete`], then with `claim = Some((max, lease_ms))` claim up to
+    /// `max` runnable tasks of the node as [`Store::claim`] does. On Postgres both
+    /// are one statement (one round trip and one commit per task in a busy queue);
+    /// when that statement races another claim for the node, the result is recorded
+    /// alone and nothing is claimed. Nothing is claimed for a stale result.
+    pub async fn complete_and_claim(
+        &self,
+        c: &Completion,
+        audit: &AuditEvent,
+        claim: Option<(i64, i64)>,
+    ) -> Result<(TaskRow, Vec<TaskRow>), TaskError> {
         let now = now_ms();
         let state = if c.ok { "succeeded" } else { "failed" };
         let update = concat!(
@@ -897,22 +949,72 @@ impl Store {
         let mut audit = audit.clone();
         audit.action = format!("task.{state}");
         let event_id = uuid::Uuid::now_v7().to_string();
+        let mut claimed = Vec::new();
         let row = match self.db.backend() {
-            // One statement: the result and its audit event (whose org is the task's).
+            // One statement: the result, its audit event (whose org is the task's)
+            // and the claim of what the node runs next.
             Backend::Postgres => {
-                let sql = format!(
-                    "WITH u AS ({update}), {} SELECT {} FROM u",
-                    self.audit_ctes("u", 9),
-                    task_cols!()
-                );
-                self.audit_binds(
+                let first = 9;
+                let audit_params = if self.outbox { 9 } else { 8 };
+                let mut sql = format!("WITH u AS ({update}), {}", self.audit_ctes("u", first));
+                let claim_params = claim.map(|(max, lease_ms)| {
+                    let lease_until = first + audit_params;
+                    sql.push_str(&format!(
+                        ", claimed AS ({})",
+                        claim_postgres(
+                            ClaimParams {
+                                node: 8,
+                                now: 5,
+                                lease_until,
+                                max: lease_until + 1,
+                            },
+                            Some("u"),
+                        )
+                    ));
+                    (now + lease_ms, max)
+                });
+                sql.push_str(&format!(" SELECT {}, 0 FROM u", task_cols!()));
+                if claim_params.is_some() {
+                    sql.push_str(&format!(
+                        " UNION ALL SELECT {}, 1 FROM claimed",
+                        task_cols!()
+                    ));
+                }
+                let q = self.audit_binds(
                     bind(sqlx::query(sqlx::AssertSqlSafe(sql)), c, state, now),
-                    event_id,
+                    event_id.clone(),
                     now,
                     &audit,
-                )
-                .fetch_optional(self.db.pool())
-                .await?
+                );
+                let q = match claim_params {
+                    Some((lease_until, max)) => q.bind(lease_until).bind(max),
+                    None => q,
+                };
+                match q.fetch_all(self.db.pool()).await {
+                    Ok(rows) => {
+                        let mut done = None;
+                        for r in &rows {
+                            let t = task(r)?;
+                            if r.try_get::<i32, _>(20)? == 0 {
+                                done = Some(t);
+                            } else {
+                                claimed.push(t);
+                            }
+                        }
+                        claimed.sort_by(|a, b| a.id.cmp(&b.id));
+                        done
+                    }
+                    // A concurrent claim for this node started a task of a kind this
+                    // one would have: record the result alone; that claim's owner
+                    // (or the caller's next claim) starts the rest.
+                    Err(e) if claim.is_some() && Db::is_unique_violation(&e) => {
+                        return Ok((
+                            Box::pin(self.complete_and_claim(c, &audit, None)).await?.0,
+                            Vec::new(),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Backend::Sqlite => {
                 let mut tx = self.db.begin().await?;
@@ -924,35 +1026,51 @@ impl Store {
                     self.audit_in_tx(&mut tx, &event_id, now, &audit).await?;
                     tx.commit().await?;
                 }
-                row
+                match row {
+                    Some(r) => {
+                        if let Some((max, lease_ms)) = claim {
+                            claimed = self.claim(&c.node_id, max, lease_ms).await?;
+                        }
+                        Some(task(&r)?)
+                    }
+                    None => None,
+                }
             }
         };
         match row {
-            Some(r) => Ok(task(&r)?),
-            None => {
-                let current = self.get(None, &c.task_id).await?;
-                if current.node_id != c.node_id {
-                    return Err(TaskError::NotFound(format!("task {}", c.task_id)));
-                }
-                let reason = if current.state == "running" {
-                    format!(
-                        "stale result: epoch {} is not the current run (epoch {})",
-                        c.epoch, current.epoch
-                    )
-                } else {
-                    format!(
-                        "stale result: the task is {} (epoch {}); run {} was fenced off",
-                        current.state, current.epoch, c.epoch
-                    )
-                };
-                let mut audit = audit.clone();
-                audit.org_id = current.org_id.clone();
-                audit.action = "task.result_rejected".into();
-                audit.outcome = lattice_core::audit::Outcome::Failure;
-                audit.detail = serde_json::json!({"epoch": c.epoch, "current_epoch": current.epoch, "state": current.state}).to_string();
-                self.audit(&audit).await?;
-                Err(TaskError::Fenced(reason))
-            }
+            Some(t) => Ok((t, claimed)),
+            None => Err(self.stale_result(c, &audit).await),
+        }
+    }
+
+    /// Why a result was not recorded, audited when it is a stale run's.
+    async fn stale_result(&self, c: &Completion, audit: &AuditEvent) -> TaskError {
+        let current = match self.get(None, &c.task_id).await {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        if current.node_id != c.node_id {
+            return TaskError::NotFound(format!("task {}", c.task_id));
+        }
+        let reason = if current.state == "running" {
+            format!(
+                "stale result: epoch {} is not the current run (epoch {})",
+                c.epoch, current.epoch
+            )
+        } else {
+            format!(
+                "stale result: the task is {} (epoch {}); run {} was fenced off",
+                current.state, current.epoch, c.epoch
+            )
+        };
+        let mut audit = audit.clone();
+        audit.org_id = current.org_id.clone();
+        audit.action = "task.result_rejected".into();
+        audit.outcome = lattice_core::audit::Outcome::Failure;
+        audit.detail = serde_json::json!({"epoch": c.epoch, "current_epoch": current.epoch, "state": current.state}).to_string();
+        match self.audit(&audit).await {
+            Ok(()) => TaskError::Fenced(reason),
+            Err(e) => e,
         }
     }
 

@@ -342,6 +342,160 @@ async fn concurrent_claimers_never_share_a_task() {
     }
 }
 
+#[tokio::test]
+async fn a_result_claims_the_next_task_in_the_same_statement() {
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, false).await;
+        let w = op(&["tasks:write", "tasks:read"]);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(
+                e.tasks
+                    .enqueue(&w, "", exec("node-n", ""))
+                    .await
+                    .unwrap()
+                    .0
+                    .id,
+            );
+        }
+        let first = e.tasks.claim(&tunnel(), "node-n", 16).await.unwrap();
+        assert_eq!(first.len(), 1, "{backend:?}: one exec at a time");
+        let mut facts = exec("node-n", "");
+        facts.kind = "facts.refresh".into();
+        facts.payload_json = "{}".into();
+        let (f, _) = e.tasks.enqueue(&w, "", facts).await.unwrap();
+
+        // The result is recorded and the next exec starts with it, alongside the
+        // facts task (its kind has nothing running).
+        let (t, next) = e
+            .tasks
+            .complete_and_claim(&tunnel(), done(&ids[0], 1, "node-n"), 16)
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.id.as_str(), t.state.as_str()),
+            (ids[0].as_str(), "succeeded")
+        );
+        let got: Vec<_> = next
+            .iter()
+            .map(|t| (t.id.as_str(), t.state.as_str(), t.epoch))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ids[1].as_str(), "running", 1),
+                (f.id.as_str(), "running", 1)
+            ],
+            "{backend:?}"
+        );
+        assert!(next.iter().all(|t| t.lease_until_ms > t.started_at_ms));
+
+        // A stale result records nothing and starts nothing.
+        let err = e
+            .tasks
+            .complete_and_claim(&tunnel(), done(&ids[0], 1, "node-n"), 16)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TaskError::Fenced(_)), "{backend:?}: {err}");
+        assert_eq!(e.tasks.get(&w, &ids[2]).await.unwrap().state, "queued");
+        // Nothing to claim for: the result alone.
+        let (_, none) = e
+            .tasks
+            .complete_and_claim(&tunnel(), done(&f.id, 1, "node-n"), 0)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        assert!(matches!(
+            e.tasks
+                .complete_and_claim(&tunnel(), done(&ids[1], 1, "node-n"), 65)
+                .await,
+            Err(TaskError::Invalid(_))
+        ));
+        // Only the tunnel service records results.
+        assert!(matches!(
+            e.tasks
+                .complete_and_claim(&op(&["*"]), done(&ids[1], 1, "node-n"), 1)
+                .await,
+            Err(TaskError::Forbidden(_))
+        ));
+        let (_, last) = e
+            .tasks
+            .complete_and_claim(&tunnel(), done(&ids[1], 1, "node-n"), 16)
+            .await
+            .unwrap();
+        assert_eq!(
+            last.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            vec![ids[2].as_str()]
+        );
+        let log = e.tasks.list_audit(&op(&["*"]), 0, 100).await.unwrap();
+        let succeeded = log
+            .iter()
+            .filter(|x| x.event.action == "task.succeeded")
+            .count();
+        assert_eq!(
+            succeeded, 3,
+            "{backend:?}: one audit event per recorded result"
+        );
+    }
+}
+
+#[tokio::test]
+async fn results_that_claim_race_plain_claims_safely() {
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, false).await;
+        let w = op(&["tasks:write"]);
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            ids.push(
+                e.tasks
+                    .enqueue(&w, "", exec(&format!("node-{}", i % 3), ""))
+                    .await
+                    .unwrap()
+                    .0
+                    .id,
+            );
+        }
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        for worker in 0..6 {
+            let tasks = e.tasks.clone();
+            let seen = seen.clone();
+            handles.push(tokio::spawn(async move {
+                let node = format!("node-{}", worker % 3);
+                let mut idle = 0;
+                let mut held = Vec::new();
+                while idle < 200 {
+                    if held.is_empty() {
+                        held = tasks.claim(&tunnel(), &node, 4).await.unwrap();
+                    }
+                    let Some(t) = held.pop() else {
+                        idle += 1;
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    seen.lock().unwrap().push(t.id.clone());
+                    // Half the workers take their next task with the result.
+                    let max = if worker % 2 == 0 { 4 } else { 0 };
+                    let (_, more) = tasks
+                        .complete_and_claim(&tunnel(), done(&t.id, t.epoch, &node), max)
+                        .await
+                        .unwrap();
+                    held.extend(more);
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(before, seen.len(), "{backend:?}: a task was claimed twice");
+        assert_eq!(seen.len(), ids.len(), "{backend:?}: every task ran");
+    }
+}
+
 fn event(i: usize) -> (String, i64, AuditEvent) {
     (
         uuid::Uuid::now_v7().to_string(),

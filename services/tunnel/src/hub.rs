@@ -86,7 +86,9 @@ pub struct Session {
     pub org_id: String,
     /// When this connection started (the node row's `connected_since_ms`).
     pub since: i64,
-    out: mpsc::UnboundedSender<agent::ServerMessage>,
+    /// Boxed: the channel keeps blocks of 32 slots, and a slot of the message
+    /// itself would cost every idle connection a few KiB.
+    out: mpsc::UnboundedSender<Box<agent::ServerMessage>>,
     wake: Notify,
     /// Why the dispatcher was woken since its last claim.
     wanted: Mutex<Wanted>,
@@ -131,7 +133,9 @@ impl CachedCaps {
 
 impl Session {
     fn send(&self, msg: agent::server_message::Msg) {
-        let _ = self.out.send(agent::ServerMessage { msg: Some(msg) });
+        let _ = self
+            .out
+            .send(Box::new(agent::ServerMessage { msg: Some(msg) }));
     }
 
     fn frame(&self, stream_id: u64, frame: agent::proxy_frame::Frame) {
@@ -461,7 +465,7 @@ impl Hub {
         session.wake_any();
         let close = session.close.clone();
         Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx)
-            .map(Ok)
+            .map(|m| Ok(*m))
             .take_until(close.cancelled_owned()))
     }
 
@@ -582,7 +586,7 @@ impl Hub {
                     .add_logs(&s.node_id, &batch.entries)
                     .await?;
             }
-            Msg::Result(r) => self.complete(s, r).await,
+            Msg::Result(r) => self.complete(s, r, true).await,
             Msg::Proxy(frame) => self.agent_frame(s, frame),
         }
         Ok(())
@@ -614,19 +618,32 @@ impl Hub {
         }
     }
 
-    async fn complete(&self, s: &Session, r: agent::TaskResult) {
+    async fn complete(&self, s: &Session, r: agent::TaskResult, claim_next: bool) {
         let Some(tasks) = &self.tasks else { return };
-        let req = tpb::CompleteRequest {
-            task_id: r.task_id.clone(),
-            epoch: r.epoch,
-            node_id: s.node_id.clone(),
-            ok: r.ok,
-            result_json: r.result_json,
-            error_code: r.error_code,
-            error: r.error,
+        let req = tpb::CompleteAndClaimRequest {
+            result: Some(tpb::CompleteRequest {
+                task_id: r.task_id.clone(),
+                epoch: r.epoch,
+                node_id: s.node_id.clone(),
+                ok: r.ok,
+                result_json: r.result_json,
+                error_code: r.error_code,
+                error: r.error,
+            }),
+            claim_max: if claim_next { CLAIM_BATCH } else { 0 },
         };
-        let (accepted, reason) = match tasks.clone().complete(self.treq(req)).await {
-            Ok(_) => (true, String::new()),
+        let mut answer = Box::pin(tasks.clone().complete_and_claim(self.treq(req.clone())))
+            .await
+            .map(|resp| resp.into_inner().claimed);
+        if matches!(&answer, Err(st) if st.code() == tonic::Code::Unimplemented) {
+            // A tasks service of an earlier release (during a rolling upgrade).
+            let result = req.result.unwrap_or_default();
+            answer = Box::pin(tasks.clone().complete(self.treq(result)))
+                .await
+                .map(|_| Vec::new());
+        }
+        let (accepted, reason, claimed) = match answer {
+            Ok(claimed) => (true, String::new(), claimed),
             // Fenced or gone: tell the agent to drop it.
             Err(st)
                 if matches!(
@@ -634,7 +651,7 @@ impl Hub {
                     tonic::Code::FailedPrecondition | tonic::Code::NotFound
                 ) =>
             {
-                (false, st.message().to_owned())
+                (false, st.message().to_owned(), Vec::new())
             }
             // The queue is unreachable: no ack, the agent sends it again later.
             Err(st) => {
@@ -649,7 +666,12 @@ impl Hub {
             accepted,
             reason,
         }));
-        s.wake_any();
+        // The next tasks came with the result. Nothing claimed (an empty queue, or
+        // a task queued after the statement's snapshot whose wake found this run
+        // still in flight) or a full batch: the dispatcher looks again.
+        if claimed.is_empty() || self.deliver(s, claimed).await {
+            s.wake_any();
+        }
     }
 
     /// The node's server-side capabilities: cached in the session for [`CAPS_TTL`],
@@ -719,40 +741,47 @@ impl Hub {
                     continue;
                 }
             };
-            let full = claimed.len() as i64 == CLAIM_BATCH;
-            for t in claimed {
-                let needs = task_kinds::spec(&t.kind).and_then(|k| k.capability);
-                if let Some(cap) = needs
-                    && !Box::pin(self.node_caps(&s)).await.iter().any(|x| x == cap)
-                {
-                    let error = format!(
-                        "server refused: capability {cap:?} is not enabled for node {} (enable it with PATCH /api/v1/nodes/{} {{\"capabilities\":[\"{cap}\"]}})",
-                        s.node_id, s.node_id
-                    );
-                    let r = agent::TaskResult {
-                        task_id: t.id,
-                        epoch: t.epoch,
-                        ok: false,
-                        result_json: serde_json::json!({"refused_by": "server", "capability": cap})
-                            .to_string(),
-                        error_code: "capability_denied".into(),
-                        error,
-                    };
-                    Box::pin(self.complete(&s, r)).await;
-                    continue;
-                }
-                s.inflight().insert(t.id.clone(), t.kind.clone());
-                s.send(agent::server_message::Msg::Task(agent::TaskAssignment {
-                    task_id: t.id,
-                    epoch: t.epoch,
-                    kind: t.kind,
-                    payload_json: t.payload_json,
-                }));
-            }
-            if full {
+            if Box::pin(self.deliver(&s, claimed)).await {
                 s.wake_any();
             }
         }
+    }
+
+    /// Push claimed tasks to the agent (a task needing a capability the node lacks
+    /// on the server side is failed here instead). Returns whether the claim was a
+    /// full batch, so there may be more.
+    async fn deliver(&self, s: &Session, claimed: Vec<tpb::ClaimedTask>) -> bool {
+        let full = claimed.len() as i64 == CLAIM_BATCH;
+        for t in claimed {
+            let needs = task_kinds::spec(&t.kind).and_then(|k| k.capability);
+            if let Some(cap) = needs
+                && !Box::pin(self.node_caps(s)).await.iter().any(|x| x == cap)
+            {
+                let error = format!(
+                    "server refused: capability {cap:?} is not enabled for node {} (enable it with PATCH /api/v1/nodes/{} {{\"capabilities\":[\"{cap}\"]}})",
+                    s.node_id, s.node_id
+                );
+                let r = agent::TaskResult {
+                    task_id: t.id,
+                    epoch: t.epoch,
+                    ok: false,
+                    result_json: serde_json::json!({"refused_by": "server", "capability": cap})
+                        .to_string(),
+                    error_code: "capability_denied".into(),
+                    error,
+                };
+                Box::pin(self.complete(s, r, false)).await;
+                continue;
+            }
+            s.inflight().insert(t.id.clone(), t.kind.clone());
+            s.send(agent::server_message::Msg::Task(agent::TaskAssignment {
+                task_id: t.id,
+                epoch: t.epoch,
+                kind: t.kind,
+                payload_json: t.payload_json,
+            }));
+        }
+        full
     }
 
     fn agent_frame(&self, s: &Session, frame: agent::ProxyFrame) {
