@@ -203,7 +203,8 @@ impl pb::task_service_server::TaskService for TaskGrpc {
             .map_err(st)?;
         Ok(Response::new(pb::CompleteAndClaimResponse {
             task: Some(task_pb(t)),
-            claimed: claimed.into_iter().map(claimed_pb).collect(),
+            claim_made: claimed.is_some(),
+            claimed: claimed.into_iter().flatten().map(claimed_pb).collect(),
         }))
     }
 

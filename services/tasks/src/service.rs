@@ -265,13 +265,14 @@ impl Tasks {
     }
 
     /// Record a result and claim up to `claim_max` (0: none) runnable tasks of the
-    /// node in the same statement (tunnel service only); fenced by epoch.
+    /// node in the same statement (tunnel service only); fenced by epoch. `None`:
+    /// no claim was made (see [`Store::complete_and_claim`]).
     pub async fn complete_and_claim(
         &self,
         p: &Principal,
         c: Completion,
         claim_max: i64,
-    ) -> Result<(TaskRow, Vec<TaskRow>), TaskError> {
+    ) -> Result<(TaskRow, Option<Vec<TaskRow>>), TaskError> {
         require_service(p, TUNNEL_PRINCIPAL)?;
         check_id("task_id", &c.task_id)?;
         check_id("node_id", &c.node_id)?;

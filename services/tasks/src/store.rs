@@ -916,13 +916,13 @@ impl Store {
     /// `max` runnable tasks of the node as [`Store::claim`] does. On Postgres both
     /// are one statement (one round trip and one commit per task in a busy queue);
     /// when that statement races another claim for the node, the result is recorded
-    /// alone and nothing is claimed. Nothing is claimed for a stale result.
+    /// alone and no claim is made (`None`). Nothing is claimed for a stale result.
     pub async fn complete_and_claim(
         &self,
         c: &Completion,
         audit: &AuditEvent,
         claim: Option<(i64, i64)>,
-    ) -> Result<(TaskRow, Vec<TaskRow>), TaskError> {
+    ) -> Result<(TaskRow, Option<Vec<TaskRow>>), TaskError> {
         let now = now_ms();
         let state = if c.ok { "succeeded" } else { "failed" };
         let update = concat!(
@@ -1010,7 +1010,7 @@ impl Store {
                     Err(e) if claim.is_some() && Db::is_unique_violation(&e) => {
                         return Ok((
                             Box::pin(self.complete_and_claim(c, &audit, None)).await?.0,
-                            Vec::new(),
+                            None,
                         ));
                     }
                     Err(e) => return Err(e.into()),
@@ -1038,7 +1038,7 @@ impl Store {
             }
         };
         match row {
-            Some(t) => Ok((t, claimed)),
+            Some(t) => Ok((t, claim.map(|_| claimed))),
             None => Err(self.stale_result(c, &audit).await),
         }
     }

@@ -376,6 +376,7 @@ async fn a_result_claims_the_next_task_in_the_same_statement() {
             (t.id.as_str(), t.state.as_str()),
             (ids[0].as_str(), "succeeded")
         );
+        let next = next.expect("a claim was made");
         let got: Vec<_> = next
             .iter()
             .map(|t| (t.id.as_str(), t.state.as_str(), t.epoch))
@@ -404,7 +405,7 @@ async fn a_result_claims_the_next_task_in_the_same_statement() {
             .complete_and_claim(&tunnel(), done(&f.id, 1, "node-n"), 0)
             .await
             .unwrap();
-        assert!(none.is_empty());
+        assert!(none.is_none(), "no claim asked for, none made");
         assert!(matches!(
             e.tasks
                 .complete_and_claim(&tunnel(), done(&ids[1], 1, "node-n"), 65)
@@ -424,16 +425,26 @@ async fn a_result_claims_the_next_task_in_the_same_statement() {
             .await
             .unwrap();
         assert_eq!(
-            last.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            last.unwrap()
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>(),
             vec![ids[2].as_str()]
         );
+        // The queue is empty: a claim was made and found nothing.
+        let (_, empty) = e
+            .tasks
+            .complete_and_claim(&tunnel(), done(&ids[2], 1, "node-n"), 16)
+            .await
+            .unwrap();
+        assert_eq!(empty.map(|v| v.len()), Some(0), "{backend:?}");
         let log = e.tasks.list_audit(&op(&["*"]), 0, 100).await.unwrap();
         let succeeded = log
             .iter()
             .filter(|x| x.event.action == "task.succeeded")
             .count();
         assert_eq!(
-            succeeded, 3,
+            succeeded, 4,
             "{backend:?}: one audit event per recorded result"
         );
     }
@@ -480,7 +491,7 @@ async fn results_that_claim_race_plain_claims_safely() {
                         .complete_and_claim(&tunnel(), done(&t.id, t.epoch, &node), max)
                         .await
                         .unwrap();
-                    held.extend(more);
+                    held.extend(more.into_iter().flatten());
                 }
             }));
         }

@@ -114,6 +114,9 @@ pub struct Session {
 struct Wanted {
     any: bool,
     kinds: Vec<String>,
+    /// Kinds queued while a task of that exclusive kind ran here: the running
+    /// task's result claims them. Kept across claims until that result is sent.
+    blocked: Vec<String>,
 }
 
 /// A node's capabilities as a session read them. `generation` counts changes
@@ -172,23 +175,37 @@ impl Session {
     /// Wake the dispatcher for a queued task of `kind`, unless a claim could not
     /// start it now.
     fn wake_for(&self, kind: &str) {
-        if !self.could_start(kind) {
-            return;
-        }
+        let start = self.could_start(kind);
         let mut w = self.wanted.lock().expect("wanted lock");
-        if !w.kinds.iter().any(|k| k == kind) {
-            w.kinds.push(kind.to_owned());
+        let list = if start { &mut w.kinds } else { &mut w.blocked };
+        if !list.iter().any(|k| k == kind) {
+            list.push(kind.to_owned());
         }
         drop(w);
-        self.wake.notify_one();
+        if start {
+            self.wake.notify_one();
+        }
     }
 
     /// Whether the wakes since the last claim call for a claim now. A task queued
     /// while the previous claim ran wakes it again; if that claim started a task of
     /// the same exclusive kind, another claim would find nothing.
     fn take_wanted(&self) -> bool {
-        let w = std::mem::take(&mut *self.wanted.lock().expect("wanted lock"));
-        w.any || w.kinds.iter().any(|k| self.could_start(k))
+        let mut w = self.wanted.lock().expect("wanted lock");
+        let any = std::mem::take(&mut w.any);
+        let kinds = std::mem::take(&mut w.kinds);
+        drop(w);
+        any || kinds.iter().any(|k| self.could_start(k))
+    }
+
+    /// Forget the blocked kinds, returning whether there were any. A result's claim
+    /// sees every task queued before it started (a wake follows its task's commit),
+    /// so the kinds blocked until then need no other claim.
+    fn take_blocked(&self) -> bool {
+        let mut w = self.wanted.lock().expect("wanted lock");
+        let any = !w.blocked.is_empty();
+        w.blocked.clear();
+        any
     }
 
     /// Whether a claim could start a task of `kind` now: not while this agent runs
@@ -632,15 +649,20 @@ impl Hub {
             }),
             claim_max: if claim_next { CLAIM_BATCH } else { 0 },
         };
+        // Wakes from here on may be for tasks the claim below cannot see.
+        s.take_blocked();
         let mut answer = Box::pin(tasks.clone().complete_and_claim(self.treq(req.clone())))
             .await
-            .map(|resp| resp.into_inner().claimed);
+            .map(|resp| {
+                let r = resp.into_inner();
+                r.claim_made.then_some(r.claimed)
+            });
         if matches!(&answer, Err(st) if st.code() == tonic::Code::Unimplemented) {
             // A tasks service of an earlier release (during a rolling upgrade).
             let result = req.result.unwrap_or_default();
             answer = Box::pin(tasks.clone().complete(self.treq(result)))
                 .await
-                .map(|_| Vec::new());
+                .map(|_| None);
         }
         let (accepted, reason, claimed) = match answer {
             Ok(claimed) => (true, String::new(), claimed),
@@ -651,7 +673,7 @@ impl Hub {
                     tonic::Code::FailedPrecondition | tonic::Code::NotFound
                 ) =>
             {
-                (false, st.message().to_owned(), Vec::new())
+                (false, st.message().to_owned(), None)
             }
             // The queue is unreachable: no ack, the agent sends it again later.
             Err(st) => {
@@ -666,10 +688,15 @@ impl Hub {
             accepted,
             reason,
         }));
-        // The next tasks came with the result. Nothing claimed (an empty queue, or
-        // a task queued after the statement's snapshot whose wake found this run
-        // still in flight) or a full batch: the dispatcher looks again.
-        if claimed.is_empty() || self.deliver(s, claimed).await {
+        // The next tasks came with the result. The dispatcher looks again when no
+        // claim was made, after a full batch, or when nothing was claimed but a task
+        // of a kind that was running here was queued after the claim started.
+        let again = match claimed {
+            None => true,
+            Some(c) if c.is_empty() => s.take_blocked(),
+            Some(c) => self.deliver(s, c).await,
+        };
+        if again {
             s.wake_any();
         }
     }
