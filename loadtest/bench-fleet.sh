@@ -6,8 +6,9 @@
 #  2. Tasks end to end (REST enqueue -> push -> claim -> result recorded) with
 #     TASK_AGENTS simulated agents (default 100): tasks/s and enqueue-to-start p50/p99.
 # Bounded: the agents are held 40 s; TASKS tasks (default 20000). Needs Postgres:
-# BENCH_DATABASE_URL (default: the test database scripts/test.sh provides); each run
-# uses a fresh schema.
+# BENCH_DATABASE_URL (default: the test database scripts/test.sh provides; add
+# `?sslmode=disable` to measure without TLS to the database); each run uses a fresh
+# schema.
 #   loadtest/bench-fleet.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,8 @@ trap cleanup EXIT
 schema="bench_$(date +%s)"
 psql "$BASE" -qc "CREATE SCHEMA $schema"
 GW=18543
-DATABASE_URL="$BASE?options=-c%20search_path%3D$schema" LATTICE_MIGRATE_ON_START=true \
+case $BASE in *\?*) sep='&' ;; *) sep='?' ;; esac
+DATABASE_URL="$BASE${sep}options=-c%20search_path%3D$schema" LATTICE_MIGRATE_ON_START=true \
 LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=${SERVER_LOG:-error} \
   "$B/lattice-server" --data-dir "$tmp/data" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
   --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 \
