@@ -17,8 +17,11 @@ BASE=${BENCH_DATABASE_URL:-postgres://lattice:lattice@127.0.0.1:5432/lattice_tes
 AGENTS=${AGENTS:-1000}
 TASK_AGENTS=${TASK_AGENTS:-100}
 TASKS=${TASKS:-20000}
-cargo build --release -q -p lattice-server -p lattice-fleet-sim
-B=$TARGET/release
+# BENCH_BIN_DIR: run binaries built elsewhere (e.g. a previous build, side by side).
+if [ -n "${BENCH_BIN_DIR:-}" ]; then B=$BENCH_BIN_DIR; else
+  cargo build --release -q -p lattice-server -p lattice-fleet-sim
+  B=$TARGET/release
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 tmp=$(mktemp -d)
 pids=()

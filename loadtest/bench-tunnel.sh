@@ -13,8 +13,11 @@ TARGET=${CARGO_TARGET_DIR:-target}
 DURATION=${DURATION:-10s}
 GATEWAY_TLS=${GATEWAY_TLS:-self-signed}
 CONNS=${CONNS:-32}
-cargo build --release -q -p lattice-server -p lattice-agent
-B=$TARGET/release
+# BENCH_BIN_DIR: run binaries built elsewhere (e.g. a previous build, side by side).
+if [ -n "${BENCH_BIN_DIR:-}" ]; then B=$BENCH_BIN_DIR; else
+  cargo build --release -q -p lattice-server -p lattice-agent
+  B=$TARGET/release
+fi
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is required (apt-get install nginx-light)"; exit 1; }
 tmp=$(mktemp -d)
