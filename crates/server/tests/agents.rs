@@ -338,6 +338,32 @@ async fn enroll_report_consent_tasks_and_proxy() {
         .await;
         assert_eq!(t["state"], "succeeded", "{t}");
         assert_eq!(t["result"]["stdout"], "hi\n");
+        // A burst: one exec at a time, each result starting the next. All finish
+        // in seconds (a lost wake-up would leave one for the minutes-long poll).
+        let mut burst = Vec::new();
+        for i in 0..20 {
+            let (status, t) = s
+                .call(
+                    "POST",
+                    "/api/v1/tasks",
+                    &admin,
+                    Some(json!({"node": id, "kind": "exec", "payload": {"argv": ["/bin/echo", i.to_string()]}})),
+                )
+                .await;
+            assert_eq!(status, 201, "{t}");
+            burst.push(t["id"].as_str().unwrap().to_owned());
+        }
+        for (i, task) in burst.iter().enumerate() {
+            let t = wait_for(
+                &s,
+                &admin,
+                &format!("/api/v1/tasks/{task}"),
+                "burst task finishes",
+                |t| t["state"] == "succeeded",
+            )
+            .await;
+            assert_eq!(t["result"]["stdout"], format!("{i}\n"), "{t}");
+        }
         let t = run_task(
             &s,
             &admin,
