@@ -86,6 +86,19 @@ impl Credentials {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
+    /// Replace the saved ones atomically (a new file renamed over the old), readable
+    /// by the agent only: a crash leaves either the old or the new, never half.
+    pub fn replace(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(state_dir);
+        let tmp = state_dir.join("credentials.json.new");
+        let _ = std::fs::remove_file(&tmp);
+        let text = serde_json::to_vec_pretty(self)?;
+        lattice_core::crypto::write_private_file(&tmp, &text)?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()?;
+        Ok(())
+    }
+
     /// Write them readable by the agent only.
     pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(state_dir)?;

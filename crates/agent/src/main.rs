@@ -11,7 +11,7 @@ mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use lattice_proto::agent::v1 as pb;
@@ -109,13 +109,7 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
                 proxy_ports = ?config.proxy_ports,
                 "lattice-agent starting"
             );
-            let agent = Arc::new(run::Agent {
-                creds,
-                config,
-                running: Mutex::new(Default::default()),
-                unacked: Mutex::new(Vec::new()),
-                out: Mutex::new(None),
-            });
+            let agent = Arc::new(run::Agent::new(creds, config, state_dir));
             let shutdown = lattice_core::shutdown::on_signal();
             run::run(agent, shutdown).await
         }

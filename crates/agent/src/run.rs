@@ -4,6 +4,8 @@
 //! proxy streams.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,15 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Agent {
     pub creds: Credentials,
     pub config: AgentConfig,
+    /// Where `creds` are kept (the server URL changes there when the agent moves).
+    pub state_dir: PathBuf,
+    /// The server URL in use: the enrolled one, or the last one moved to.
+    pub server: Mutex<String>,
+    /// A server URL the connected server sent this agent to, with the failed tries
+    /// so far: used until it welcomes the agent (then kept) or fails three times.
+    pub moving: Mutex<Option<(String, u32)>>,
+    /// The last connection ended because the server asked: reconnect at once.
+    pub asked: std::sync::atomic::AtomicBool,
     /// Tasks running now: id → (epoch, cancel).
     pub running: Mutex<HashMap<String, (i64, CancellationToken)>>,
     /// Results the server has not acknowledged (sent again after a reconnect).
@@ -31,6 +42,81 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// A fresh agent for `creds` kept in `state_dir`.
+    pub fn new(creds: Credentials, config: AgentConfig, state_dir: PathBuf) -> Self {
+        Self {
+            server: Mutex::new(creds.server.clone()),
+            creds,
+            config,
+            state_dir,
+            moving: Mutex::new(None),
+            asked: std::sync::atomic::AtomicBool::new(false),
+            running: Mutex::new(HashMap::new()),
+            unacked: Mutex::new(Vec::new()),
+            out: Mutex::new(None),
+        }
+    }
+
+    /// Where to connect now.
+    fn target(&self) -> String {
+        match &*self.moving.lock().expect("moving lock") {
+            Some((url, _)) => url.clone(),
+            None => self.server.lock().expect("server lock").clone(),
+        }
+    }
+
+    /// The server asked this agent to move to `url`. A move from HTTPS to plain
+    /// HTTP is refused: the agent would give up the server pin.
+    fn move_to(&self, url: &str) {
+        let now = self.server.lock().expect("server lock").clone();
+        if url.is_empty() || url == now {
+            return;
+        }
+        if now.starts_with("https://") && !url.starts_with("https://") {
+            tracing::warn!(%url, "the server asked to move to a non-HTTPS URL; staying");
+            return;
+        }
+        if crate::tls::channel(url, self.creds.ca_sha256.as_deref()).is_err() {
+            tracing::warn!(%url, "the server asked to move to an unusable URL; staying");
+            return;
+        }
+        tracing::info!(from = %now, to = %url, "moving to another server URL");
+        *self.moving.lock().expect("moving lock") = Some((url.to_owned(), 0));
+    }
+
+    /// A connection to `url` was welcomed: a move there is done and kept.
+    fn welcomed(&self, url: &str) {
+        let mut moving = self.moving.lock().expect("moving lock");
+        if !matches!(&*moving, Some((u, _)) if u == url) {
+            return;
+        }
+        *moving = None;
+        drop(moving);
+        *self.server.lock().expect("server lock") = url.to_owned();
+        let mut creds = self.creds.clone();
+        creds.server = url.to_owned();
+        match creds.replace(&self.state_dir) {
+            Ok(()) => tracing::info!(server = %url, "moved; the new server URL is saved"),
+            Err(err) => {
+                tracing::warn!(server = %url, error = %format!("{err:#}"), "moved, but could not save the new server URL")
+            }
+        }
+    }
+
+    /// A connection to `url` failed: after three failures a move there is given up.
+    fn failed(&self, url: &str) {
+        let mut moving = self.moving.lock().expect("moving lock");
+        if let Some((u, tries)) = &mut *moving
+            && u == url
+        {
+            *tries += 1;
+            if *tries >= 3 {
+                tracing::warn!(server = %url, "could not reach the server URL this agent was sent to; going back");
+                *moving = None;
+            }
+        }
+    }
+
     /// Send on the current connection (dropped if there is none: results are kept
     /// in `unacked` and resent).
     pub async fn send(&self, msg: pb::agent_message::Msg) {
@@ -131,7 +217,14 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> anyhow::Resu
         }
         failures = failures.saturating_add(1);
         let cap = (500u64 << failures.min(6)).min(30_000);
-        let pause = Duration::from_millis(rand::random_range(cap / 2..=cap));
+        // Asked by the server: again at once, spread over a second so a fleet told
+        // together does not arrive together.
+        let pause = if agent.asked.swap(false, Ordering::SeqCst) {
+            failures = 0;
+            Duration::from_millis(rand::random_range(0..=1_000))
+        } else {
+            Duration::from_millis(rand::random_range(cap / 2..=cap))
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(pause) => {}
@@ -145,7 +238,22 @@ async fn session(
     logs: Arc<tokio::sync::Mutex<mpsc::Receiver<crate::logs::LogLine>>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<String> {
-    let channel = crate::tls::channel(&agent.creds.server, agent.creds.ca_sha256.as_deref())?;
+    let server = agent.target();
+    let result = connected(agent, &server, logs, shutdown).await;
+    if result.is_err() {
+        agent.failed(&server);
+    }
+    result
+}
+
+/// One connection to `server`, until it ends; returns why.
+async fn connected(
+    agent: &Arc<Agent>,
+    server: &str,
+    logs: Arc<tokio::sync::Mutex<mpsc::Receiver<crate::logs::LogLine>>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<String> {
+    let channel = crate::tls::channel(server, agent.creds.ca_sha256.as_deref())?;
     let mut client = AgentServiceClient::new(channel).max_decoding_message_size(8 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(512);
     let running: Vec<pb::RunningTask> = agent
@@ -182,7 +290,8 @@ async fn session(
         }) => w,
         _ => anyhow::bail!("the server did not welcome this agent"),
     };
-    tracing::info!(node = %welcome.node_id, "connected");
+    tracing::info!(node = %welcome.node_id, %server, "connected");
+    agent.welcomed(server);
     *agent.out.lock().expect("out lock") = Some(tx.clone());
     let resend: Vec<_> = agent.unacked.lock().expect("unacked lock").clone();
     for r in resend {
@@ -280,6 +389,8 @@ async fn session(
                 }
             }
             Msg::Reconnect(r) => {
+                agent.move_to(&r.url);
+                agent.asked.store(true, Ordering::SeqCst);
                 return Ok(format!("the server asked to reconnect: {}", r.reason));
             }
             Msg::Proxy(frame) => proxies.handle(frame),
@@ -289,5 +400,51 @@ async fn session(
             }
             Msg::Welcome(_) | Msg::Heartbeat(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(server: &str, state_dir: &std::path::Path) -> Agent {
+        let creds = Credentials {
+            server: server.into(),
+            ca_sha256: Some("ab".repeat(32)),
+            node_id: "n".into(),
+            node_token: "t".into(),
+        };
+        creds.save(state_dir).unwrap();
+        Agent::new(creds, AgentConfig::default(), state_dir.to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_move_is_kept_once_welcomed_and_given_up_after_three_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent("https://one.example:8443", dir.path());
+        // Never from HTTPS to plain HTTP, and not to the same URL.
+        a.move_to("http://two.example:8080");
+        a.move_to("https://one.example:8443");
+        assert_eq!(a.target(), "https://one.example:8443");
+
+        a.move_to("https://two.example:8443");
+        assert_eq!(a.target(), "https://two.example:8443");
+        a.failed("https://two.example:8443");
+        a.failed("https://two.example:8443");
+        assert_eq!(a.target(), "https://two.example:8443");
+        a.failed("https://two.example:8443");
+        assert_eq!(a.target(), "https://one.example:8443", "given up");
+
+        a.move_to("https://three.example:8443");
+        a.welcomed("https://three.example:8443");
+        assert_eq!(a.target(), "https://three.example:8443");
+        let saved = Credentials::load(dir.path()).unwrap();
+        assert_eq!(saved.server, "https://three.example:8443");
+        assert_eq!(saved.node_token, "t");
+        let mode = std::fs::metadata(Credentials::path(dir.path())).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
     }
 }

@@ -379,6 +379,18 @@ pub enum NodesCommand {
         /// Node id.
         id: String,
     },
+    /// Ask a connected node's agent to reconnect, to another server URL with `--url`
+    /// (it keeps the URL once that server welcomes it).
+    Reconnect {
+        /// Node id.
+        id: String,
+        /// Server URL to move to (`https://host[:port]`); default: the same server.
+        #[arg(long, default_value = "")]
+        url: String,
+        /// Why (shown in the agent's log and the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 /// `lattice tasks ...`.

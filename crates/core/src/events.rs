@@ -25,3 +25,7 @@ pub const TASKS_RUNNABLE_CHANNEL: &str = "tasks.runnable";
 /// Bus channel: a node's settings (its capabilities) changed; the message is the
 /// node id. Tunnel replicas drop what they cached of it.
 pub const NODES_CHANGED_CHANNEL: &str = "nodes.changed";
+
+/// Bus channel: an operator asked a connected node's agent to reconnect; JSON
+/// `{"node", "url", "reason"}`, acted on by the tunnel replica holding the stream.
+pub const NODES_RECONNECT_CHANNEL: &str = "nodes.reconnect";

@@ -364,6 +364,81 @@ async fn enroll_report_consent_tasks_and_proxy() {
             .await;
             assert_eq!(t["result"]["stdout"], format!("{i}\n"), "{t}");
         }
+
+        // The server sends the agent to another URL of this deployment: it moves,
+        // and keeps the URL once welcomed there. Bad URLs and callers without
+        // nodes:write are refused.
+        let reconnect = format!("/api/v1/nodes/{id}/reconnect");
+        for bad in [
+            "ftp://example.com",
+            "https://user:pw@example.com",
+            "not a url",
+        ] {
+            let (status, body) = s
+                .call("POST", &reconnect, &admin, Some(json!({ "url": bad })))
+                .await;
+            assert_eq!(status, 400, "{bad}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("url:"),
+                "{body}"
+            );
+        }
+        let viewer = s.admin_token(&["nodes:read"]).await;
+        let (status, _) = s.call("POST", &reconnect, &viewer, Some(json!({}))).await;
+        assert_eq!(status, 403);
+        let (status, _) = s
+            .call(
+                "POST",
+                "/api/v1/nodes/0190c3f0-0000-7000-8000-00000000dead/reconnect",
+                &admin,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 404);
+        let moved = s.base.replace("://localhost:", "://127.0.0.1:");
+        assert_ne!(moved, s.base);
+        let (status, body) = s
+            .call(
+                "POST",
+                &reconnect,
+                &admin,
+                Some(json!({"url": moved, "reason": "moving"})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let saved = || {
+            let text = std::fs::read_to_string(dir.path().join("credentials.json")).unwrap();
+            serde_json::from_str::<Value>(&text).unwrap()["server"].clone()
+        };
+        let mut kept = false;
+        for _ in 0..150 {
+            if saved() == moved.as_str() {
+                kept = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(kept, "the agent did not keep {moved}: {}", saved());
+        wait_for(
+            &s,
+            &admin,
+            &format!("/api/v1/nodes/{id}"),
+            "agent reconnects at the new URL",
+            |n| n["status"] == "connected",
+        )
+        .await;
+        let t = run_task(
+            &s,
+            &admin,
+            &id,
+            "exec",
+            json!({"argv": ["/bin/echo", "moved"]}),
+        )
+        .await;
+        assert_eq!(t["result"]["stdout"], "moved\n", "{t}");
         let t = run_task(
             &s,
             &admin,

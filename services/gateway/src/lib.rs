@@ -292,6 +292,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(routes::nodes::patch)
                 .delete(routes::nodes::delete),
         )
+        .route(
+            "/api/v1/nodes/{id}/reconnect",
+            post(routes::nodes::reconnect),
+        )
         .route("/api/v1/nodes/{id}/metrics", get(routes::nodes::metrics))
         .route("/api/v1/nodes/{id}/logs", get(routes::nodes::logs))
         .route("/api/v1/fleet/metrics", get(routes::nodes::fleet_metrics))

@@ -60,6 +60,7 @@ use crate::routes;
         routes::nodes::get,
         routes::nodes::patch,
         routes::nodes::delete,
+        routes::nodes::reconnect,
         routes::nodes::metrics,
         routes::nodes::logs,
         routes::nodes::fleet_metrics,

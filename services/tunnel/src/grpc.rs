@@ -143,6 +143,28 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         Ok(Response::new(pb::DeleteNodeResponse {}))
     }
 
+    async fn reconnect_node(
+        &self,
+        req: Request<pb::ReconnectNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let p = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() {
+            "asked by an operator".to_owned()
+        } else {
+            r.reason
+        };
+        let n = self
+            .hub
+            .nodes()
+            .reconnect(&p, &ip, &r.id, &r.url, &reason)
+            .await
+            .map_err(st)?;
+        self.hub.reconnect(&n.id, &r.url, &reason).await;
+        Ok(Response::new(node_pb(n)))
+    }
+
     async fn node_metrics(
         &self,
         req: Request<pb::NodeMetricsRequest>,

@@ -18,7 +18,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use lattice_core::auth::{InternalAuth, Principal};
 use lattice_core::cache::Cache;
-use lattice_core::events::{NODES_CHANGED_CHANNEL, TASKS_RUNNABLE_CHANNEL};
+use lattice_core::events::{
+    NODES_CHANGED_CHANNEL, NODES_RECONNECT_CHANNEL, TASKS_RUNNABLE_CHANNEL,
+};
 use lattice_core::grpc::InternalService;
 use lattice_core::task_kinds;
 use lattice_proto::agent::v1 as agent;
@@ -304,6 +306,7 @@ impl Hub {
     pub async fn run_dispatcher(self: Arc<Self>) {
         let mut rx = self.cache.subscribe(TASKS_RUNNABLE_CHANNEL);
         let mut changed = self.cache.subscribe(NODES_CHANGED_CHANNEL);
+        let mut reconnect = self.cache.subscribe(NODES_RECONNECT_CHANNEL);
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -315,6 +318,13 @@ impl Hub {
                         tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "tunnel: retention sweep failed");
                     }
                 }
+                msg = reconnect.recv() => match msg {
+                    Ok(msg) => self.reconnect_local(&msg),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "tunnel: reconnect requests missed (the bus lagged)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
                 msg = changed.recv() => match msg {
                     Ok(node) => {
                         if let Some(s) = self.session(&node) {
@@ -727,6 +737,33 @@ impl Hub {
     }
 
     /// Announce that `node`'s settings changed, so every replica re-reads them.
+    /// Ask `node`'s agent to reconnect (to `url` when not empty), through the
+    /// replica that holds its stream.
+    pub async fn reconnect(&self, node: &str, url: &str, reason: &str) {
+        let msg = serde_json::json!({"node": node, "url": url, "reason": reason}).to_string();
+        self.cache.publish(NODES_RECONNECT_CHANNEL, &msg).await;
+    }
+
+    fn reconnect_local(&self, msg: &str) {
+        #[derive(serde::Deserialize)]
+        struct Ask {
+            node: String,
+            url: String,
+            reason: String,
+        }
+        let Ok(ask) = serde_json::from_str::<Ask>(msg) else {
+            tracing::warn!("tunnel: unreadable reconnect request on the bus");
+            return;
+        };
+        if let Some(s) = self.session(&ask.node) {
+            tracing::info!(node = %ask.node, url = %ask.url, reason = %ask.reason, "asking the agent to reconnect");
+            s.send(agent::server_message::Msg::Reconnect(agent::Reconnect {
+                url: ask.url,
+                reason: ask.reason,
+            }));
+        }
+    }
+
     pub async fn node_changed(&self, node: &str) {
         if let Some(s) = self.session(node) {
             s.caps.lock().expect("caps lock").forget();

@@ -361,6 +361,44 @@ impl Nodes {
         Ok(())
     }
 
+    /// Ask a connected node's agent to reconnect (`nodes:write`), to `url` when it is
+    /// not empty. Returns the node; the replica holding its stream acts on it.
+    pub async fn reconnect(
+        &self,
+        p: &Principal,
+        ip: &str,
+        id: &str,
+        url: &str,
+        reason: &str,
+    ) -> Result<NodeRow, TunnelError> {
+        require(p, "nodes:write")?;
+        check_id("id", id)?;
+        check_server_url(url)?;
+        if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
+            return Err(TunnelError::Invalid(
+                "reason: at most 200 characters, no control characters".into(),
+            ));
+        }
+        let node = self.store.node(Some(&p.org_id), id).await?;
+        if node.status != "connected" {
+            return Err(TunnelError::NotConnected(format!(
+                "node {id} is not connected (status {})",
+                node.status
+            )));
+        }
+        self.record(
+            &p.org_id,
+            &p.sub,
+            "node.reconnect",
+            id,
+            true,
+            ip,
+            serde_json::json!({"url": url, "reason": reason}),
+        )
+        .await;
+        Ok(node)
+    }
+
     /// Samples (`nodes:read`).
     pub async fn metrics(
         &self,
@@ -517,4 +555,34 @@ pub fn prometheus_text(nodes: &[NodeRow]) -> String {
         }
     }
     out
+}
+
+/// A server URL an agent is sent to: `http(s)://host[:port]`, optionally with a
+/// path, no credentials, query or fragment. Empty means "the same server".
+pub fn check_server_url(url: &str) -> Result<(), TunnelError> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: &str| TunnelError::Invalid(format!("url: {why} (got {url:?})"));
+    if url.len() > 2048 {
+        return Err(bad("at most 2048 bytes"));
+    }
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("https" | "http") => {}
+        _ => return Err(bad("must start with https:// or http://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(bad("has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("must not carry credentials"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("has no host"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(())
 }

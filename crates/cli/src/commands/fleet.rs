@@ -156,6 +156,19 @@ pub async fn nodes(ctx: &Ctx, cmd: NodesCommand) -> anyhow::Result<()> {
             eprintln!("node {id} deleted; its credential no longer works");
             Ok(())
         }
+        NodesCommand::Reconnect { id, url, reason } => {
+            api.post(
+                &format!("/api/v1/nodes/{}/reconnect", segment(&id)?),
+                Some(&json!({"url": url, "reason": reason})),
+            )
+            .await?;
+            if url.is_empty() {
+                eprintln!("node {id}: asked its agent to reconnect");
+            } else {
+                eprintln!("node {id}: asked its agent to move to {url}");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -240,6 +240,56 @@ pub async fn patch(
     Ok(Json(node(n)))
 }
 
+/// Where a node's agent should connect next.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectNode {
+    /// Another server URL (`https://host[:port]`) for the agent to move to; it keeps
+    /// its CA pin and credential, and keeps the URL once welcomed there. Omitted:
+    /// reconnect to the same server.
+    #[serde(default)]
+    pub url: String,
+    /// Why (shown in the agent's log and the audit log; at most 200 characters).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Ask a connected node's agent to reconnect, optionally to another server URL
+/// (`nodes:write`). `503` when the node is not connected.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/reconnect", tag = "nodes", request_body = ReconnectNode,
+    responses((status = 202, body = Node), (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn reconnect(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: bytes::Bytes,
+) -> Result<(StatusCode, Json<Node>), ApiError> {
+    // No body: the same server.
+    let body: ReconnectNode = if body.iter().all(u8::is_ascii_whitespace) {
+        ReconnectNode::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                lattice_core::ErrorCode::BadRequest,
+                format!("request body: {e}"),
+            )
+        })?
+    };
+    let n = client(&state)?
+        .reconnect_node(caller.request(
+            &state,
+            pb::ReconnectNodeRequest {
+                id,
+                url: body.url,
+                reason: body.reason,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok((StatusCode::ACCEPTED, Json(node(n))))
+}
+
 /// Forget a node and revoke its credential (`nodes:write`).
 #[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes",
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
