@@ -780,6 +780,15 @@ pub async fn start(
                 storage_in_process: running_storage.is_some(),
                 tasks: tasks_service.clone(),
                 tasks_health: tasks_channel.clone(),
+                tunnel_health: match (&running_tunnel, &config.tunnel.url) {
+                    (Some((addr, _)), _) => Some(internal_channel(
+                        &format!("http://{addr}"),
+                        "tunnel.url",
+                        CALL_TIMEOUT,
+                    )?),
+                    (None, Some(url)) => Some(internal_channel(url, "tunnel.url", CALL_TIMEOUT)?),
+                    (None, None) => None,
+                },
                 // In this process the gateway calls the tunnel service directly; a
                 // remote one gets two connections (agent streams apart from proxying).
                 tunnel: match (&running_tunnel, &config.tunnel.url) {

@@ -17,6 +17,15 @@ async fn health_ready_metrics_and_openapi() {
     assert_eq!(body["checks"][0]["name"], "identity");
     assert_eq!(body["checks"][1]["name"], "storage");
     assert_eq!(body["checks"][1]["status"], "ok");
+    for name in ["tasks", "tunnel"] {
+        let check = body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {body}"));
+        assert_eq!(check["status"], "ok", "{body}");
+    }
 
     let resp = s
         .http

@@ -66,6 +66,8 @@ pub struct AppState {
     pub tasks_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// gRPC health of the storage service, for `/ready` (when storage is configured).
     pub storage_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
+    /// gRPC health of the tunnel service, for `/ready` (when it is configured).
+    pub tunnel_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// Mints internal principals.
     pub internal: InternalAuth,
     /// The gateway acting for nobody (login, authenticate).
@@ -109,6 +111,8 @@ pub struct Backends {
     pub tasks: Option<InternalService>,
     /// A network channel to the tasks service, for its gRPC health in `/ready`.
     pub tasks_health: Option<Channel>,
+    /// A network channel to the tunnel service, for its gRPC health in `/ready`.
+    pub tunnel_health: Option<Channel>,
     /// The tunnel service (nodes, proxy), when this deployment has one.
     pub tunnel: Option<InternalService>,
     /// A separate connection to the tunnel service for relaying agent streams, so
@@ -157,6 +161,9 @@ impl Gateway {
             health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
             tasks_health: backends
                 .tasks_health
+                .map(tonic_health::pb::health_client::HealthClient::new),
+            tunnel_health: backends
+                .tunnel_health
                 .map(tonic_health::pb::health_client::HealthClient::new),
             tunnel: backends.tunnel.clone().map(|c| {
                 lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient::new(c)

@@ -40,7 +40,8 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: every dependency reachable (identity and storage over gRPC health; cache).
+/// Readiness: every dependency reachable (identity, storage, tasks and tunnel over gRPC
+/// health, where configured; cache).
 #[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.shutting_down.is_cancelled() {
@@ -70,6 +71,12 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         checks.push(Check {
             name: "tasks".into(),
             status: grpc_health(tasks.clone(), "lattice.tasks.v1.TaskService").await,
+        });
+    }
+    if let Some(tunnel) = &state.tunnel_health {
+        checks.push(Check {
+            name: "tunnel".into(),
+            status: grpc_health(tunnel.clone(), "lattice.tunnel.v1.TunnelService").await,
         });
     }
     checks.push(Check {
