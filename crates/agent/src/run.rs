@@ -65,15 +65,16 @@ impl Agent {
         }
     }
 
-    /// The server asked this agent to move to `url`. A move from HTTPS to plain
-    /// HTTP is refused: the agent would give up the server pin.
+    /// The server asked this agent to move to `url`. Only an agent that pins the
+    /// server's CA moves, and only to HTTPS: its node token goes only to a server
+    /// that proves it holds a certificate from that CA.
     fn move_to(&self, url: &str) {
         let now = self.server.lock().expect("server lock").clone();
         if url.is_empty() || url == now {
             return;
         }
-        if now.starts_with("https://") && !url.starts_with("https://") {
-            tracing::warn!(%url, "the server asked to move to a non-HTTPS URL; staying");
+        if self.creds.ca_sha256.is_none() || !url.starts_with("https://") {
+            tracing::warn!(%url, "the server asked to move, but this agent moves only to an HTTPS URL and only with a pinned CA; staying");
             return;
         }
         if crate::tls::channel(url, self.creds.ca_sha256.as_deref()).is_err() {
@@ -408,9 +409,13 @@ mod tests {
     use super::*;
 
     fn agent(server: &str, state_dir: &std::path::Path) -> Agent {
+        pinned(server, state_dir, Some("ab".repeat(32)))
+    }
+
+    fn pinned(server: &str, state_dir: &std::path::Path, ca: Option<String>) -> Agent {
         let creds = Credentials {
             server: server.into(),
-            ca_sha256: Some("ab".repeat(32)),
+            ca_sha256: ca,
             node_id: "n".into(),
             node_token: "t".into(),
         };
@@ -446,5 +451,12 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
             0o600
         );
+
+        // Without a pinned CA the node token would go to whoever answers: no move.
+        let plain = tempfile::tempdir().unwrap();
+        let a = pinned("http://one.internal:8080", plain.path(), None);
+        a.move_to("https://two.example:8443");
+        a.move_to("http://two.internal:8080");
+        assert_eq!(a.target(), "http://one.internal:8080");
     }
 }
