@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, Credentials};
 use crate::{proxy, tasks};
 
+/// How long a server has to open the stream and welcome the agent.
+const WELCOME_WITHIN: Duration = Duration::from_secs(30);
+
 /// The agent's version, reported with its facts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -284,8 +287,16 @@ async fn connected(
         "authorization",
         format!("Bearer {}", agent.creds.node_token).parse()?,
     );
-    let mut inbound = client.session(req).await?.into_inner();
-    let welcome = match inbound.message().await? {
+    // A server that accepts the connection but never answers counts as a failure
+    // (and a move to it is given up), not as a connection.
+    let (mut inbound, first) = tokio::time::timeout(WELCOME_WITHIN, async {
+        let mut inbound = client.session(req).await?.into_inner();
+        let first = inbound.message().await?;
+        anyhow::Ok((inbound, first))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no welcome from {server} within {WELCOME_WITHIN:?}"))??;
+    let welcome = match first {
         Some(pb::ServerMessage {
             msg: Some(pb::server_message::Msg::Welcome(w)),
         }) => w,

@@ -100,6 +100,11 @@ pub struct TunnelConfig {
     pub logs_retention_s: u64,
     /// Longest join token lifetime an operator may ask for, seconds.
     pub join_token_max_ttl_s: u64,
+    /// Hosts an operator may send agents to (`POST /api/v1/nodes/{id}/reconnect`
+    /// with a `url`): the deployment's own gateway names. Empty: agents can only be
+    /// asked to reconnect to the server they use.
+    #[serde(default)]
+    pub agent_hosts: Vec<String>,
 }
 
 /// Storage service settings.
@@ -274,6 +279,7 @@ fn defaults() -> Defaults {
             metrics_retention_s: 24 * 3600,
             logs_retention_s: 7 * 24 * 3600,
             join_token_max_ttl_s: 7 * 24 * 3600,
+            agent_hosts: Vec::new(),
         },
     }
 }
@@ -597,6 +603,15 @@ impl Config {
         }
         if tn.join_token_max_ttl_s < 60 {
             errors.push("tunnel.join_token_max_ttl_s: must be at least 60".into());
+        }
+        for h in &tn.agent_hosts {
+            if h.is_empty()
+                || (h.contains(['/', ':', '@', ' ']) && h.parse::<std::net::IpAddr>().is_err())
+            {
+                errors.push(format!(
+                    "tunnel.agent_hosts: {h:?} is not a host name or IP address (no scheme or port)"
+                ));
+            }
         }
         let i = &self.identity;
         if i.ip_failure_limit == 0 {

@@ -488,6 +488,11 @@ async fn start_tunnel(
             metrics_retention_ms: ms(tc.metrics_retention_s),
             logs_retention_ms: ms(tc.logs_retention_s),
             join_token_max_ttl_s: i64::try_from(tc.join_token_max_ttl_s).unwrap_or(i64::MAX),
+            agent_hosts: tc
+                .agent_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             // Pushes reach this replica when the tasks service runs here or the bus is
             // shared (Redis): then polling is only a safety net.
             task_poll_ms: if tasks_in_process || cache.is_shared() {

@@ -78,6 +78,7 @@ const FAST: &[(&str, &str)] = &[
     ("LATTICE_TUNNEL__HEARTBEAT_INTERVAL_S", "1"),
     ("LATTICE_TUNNEL__METRICS_INTERVAL_S", "1"),
     ("LATTICE_TASKS__LEASE_S", "2"),
+    ("LATTICE_TUNNEL__AGENT_HOSTS", "[\"127.0.0.1\"]"),
 ];
 
 async fn join_token(s: &TestServer, admin: &str) -> String {
@@ -371,8 +372,11 @@ async fn enroll_report_consent_tasks_and_proxy() {
         let reconnect = format!("/api/v1/nodes/{id}/reconnect");
         for bad in [
             "ftp://example.com",
-            "https://user:pw@example.com",
+            "https://user:pw@127.0.0.1",
             "not a url",
+            "http://127.0.0.1:1",
+            // Not one of tunnel.agent_hosts: a node token goes to no other server.
+            "https://elsewhere.example.com",
         ] {
             let (status, body) = s
                 .call("POST", &reconnect, &admin, Some(json!({ "url": bad })))

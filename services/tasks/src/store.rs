@@ -1028,10 +1028,19 @@ impl Store {
                 }
                 match row {
                     Some(r) => {
+                        // The result is committed: a failed claim must not fail the
+                        // call (the agent would resend a result already recorded).
+                        let t = task(&r)?;
                         if let Some((max, lease_ms)) = claim {
-                            claimed = self.claim(&c.node_id, max, lease_ms).await?;
+                            match self.claim(&c.node_id, max, lease_ms).await {
+                                Ok(rows) => claimed = rows,
+                                Err(err) => {
+                                    tracing::warn!(node = %c.node_id, error = %lattice_core::error::DisplayChain(&err), "claim after a result failed; the tunnel claims again");
+                                    return Ok((t, None));
+                                }
+                            }
                         }
-                        Some(task(&r)?)
+                        Some(t)
                     }
                     None => None,
                 }

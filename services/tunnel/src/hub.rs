@@ -177,8 +177,11 @@ impl Session {
     /// Wake the dispatcher for a queued task of `kind`, unless a claim could not
     /// start it now.
     fn wake_for(&self, kind: &str) {
-        let start = self.could_start(kind);
+        // Decided under the `wanted` lock: a result removes its task from
+        // `inflight` before it takes `blocked` under this lock, so a kind is either
+        // seen startable here or found blocked there, never lost in between.
         let mut w = self.wanted.lock().expect("wanted lock");
+        let start = self.could_start(kind);
         let list = if start { &mut w.kinds } else { &mut w.blocked };
         if !list.iter().any(|k| k == kind) {
             list.push(kind.to_owned());
@@ -200,14 +203,12 @@ impl Session {
         any || kinds.iter().any(|k| self.could_start(k))
     }
 
-    /// Forget the blocked kinds, returning whether there were any. A result's claim
-    /// sees every task queued before it started (a wake follows its task's commit),
-    /// so the kinds blocked until then need no other claim.
+    /// Forget the blocked kinds, returning whether one of them could start now. A
+    /// result's claim sees every task queued before it started (a wake follows its
+    /// task's commit), so the kinds blocked until then need no other claim.
     fn take_blocked(&self) -> bool {
-        let mut w = self.wanted.lock().expect("wanted lock");
-        let any = !w.blocked.is_empty();
-        w.blocked.clear();
-        any
+        let blocked = std::mem::take(&mut self.wanted.lock().expect("wanted lock").blocked);
+        blocked.iter().any(|k| self.could_start(k))
     }
 
     /// Whether a claim could start a task of `kind` now: not while this agent runs
@@ -699,12 +700,15 @@ impl Hub {
             reason,
         }));
         // The next tasks came with the result. The dispatcher looks again when no
-        // claim was made, after a full batch, or when nothing was claimed but a task
-        // of a kind that was running here was queued after the claim started.
+        // claim was made, after a full batch, or when a task of a kind that was
+        // running here was queued after the claim started and could start now.
         let again = match claimed {
             None => true,
-            Some(c) if c.is_empty() => s.take_blocked(),
-            Some(c) => self.deliver(s, c).await,
+            Some(c) => {
+                let full = !c.is_empty() && self.deliver(s, c).await;
+                // After delivery: a blocked kind the claim did not start again.
+                s.take_blocked() || full
+            }
         };
         if again {
             s.wake_any();

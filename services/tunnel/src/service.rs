@@ -28,6 +28,8 @@ pub struct Settings {
     /// when pushes reach this replica (the tasks service here, or a shared bus),
     /// the only way when they cannot.
     pub task_poll_ms: i64,
+    /// Hosts agents may be sent to (lowercase); empty: none.
+    pub agent_hosts: Vec<String>,
 }
 
 /// The node registry.
@@ -373,7 +375,7 @@ impl Nodes {
     ) -> Result<NodeRow, TunnelError> {
         require(p, "nodes:write")?;
         check_id("id", id)?;
-        check_server_url(url)?;
+        check_server_url(url, &self.settings.agent_hosts)?;
         if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
             return Err(TunnelError::Invalid(
                 "reason: at most 200 characters, no control characters".into(),
@@ -557,9 +559,10 @@ pub fn prometheus_text(nodes: &[NodeRow]) -> String {
     out
 }
 
-/// A server URL an agent is sent to: `http(s)://host[:port]`, optionally with a
-/// path, no credentials, query or fragment. Empty means "the same server".
-pub fn check_server_url(url: &str) -> Result<(), TunnelError> {
+/// A server URL an agent is sent to: `https://host[:port]`, optionally with a path,
+/// no credentials, query or fragment, on one of `allowed` hosts (the deployment's
+/// own: a node token must go to no other server). Empty means "the same server".
+pub fn check_server_url(url: &str, allowed: &[String]) -> Result<(), TunnelError> {
     if url.is_empty() {
         return Ok(());
     }
@@ -568,9 +571,8 @@ pub fn check_server_url(url: &str) -> Result<(), TunnelError> {
         return Err(bad("at most 2048 bytes"));
     }
     let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("https" | "http") => {}
-        _ => return Err(bad("must start with https:// or http://")),
+    if uri.scheme_str() != Some("https") {
+        return Err(bad("must start with https:// (agents move only to HTTPS)"));
     }
     let Some(authority) = uri.authority() else {
         return Err(bad("has no host"));
@@ -578,11 +580,29 @@ pub fn check_server_url(url: &str) -> Result<(), TunnelError> {
     if authority.as_str().contains('@') {
         return Err(bad("must not carry credentials"));
     }
-    if authority.host().is_empty() {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
         return Err(bad("has no host"));
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(bad("must not have a query or fragment"));
+    }
+    if !allowed
+        .iter()
+        .any(|h| h.trim_start_matches('[').trim_end_matches(']') == host)
+    {
+        return Err(bad(&format!(
+            "host {host} is not in tunnel.agent_hosts (the hosts this deployment lets operators send agents to: {})",
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        )));
     }
     Ok(())
 }
