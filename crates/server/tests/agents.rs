@@ -130,7 +130,8 @@ async fn set_capabilities(s: &TestServer, admin: &str, id: &str, caps: Value) ->
     .await
 }
 
-async fn run_task(s: &TestServer, admin: &str, node: &str, kind: &str, payload: Value) -> Value {
+/// Queue a task; returns its id.
+async fn enqueue(s: &TestServer, admin: &str, node: &str, kind: &str, payload: Value) -> String {
     let (status, t) = s
         .call(
             "POST",
@@ -140,7 +141,11 @@ async fn run_task(s: &TestServer, admin: &str, node: &str, kind: &str, payload: 
         )
         .await;
     assert_eq!(status, 201, "{t}");
-    let id = t["id"].as_str().unwrap().to_owned();
+    t["id"].as_str().unwrap().to_owned()
+}
+
+/// The task once it has finished.
+async fn finished(s: &TestServer, admin: &str, id: &str) -> Value {
     wait_for(
         s,
         admin,
@@ -149,6 +154,11 @@ async fn run_task(s: &TestServer, admin: &str, node: &str, kind: &str, payload: 
         |t| matches!(t["state"].as_str(), Some("succeeded" | "failed" | "dead")),
     )
     .await
+}
+
+async fn run_task(s: &TestServer, admin: &str, node: &str, kind: &str, payload: Value) -> Value {
+    let id = enqueue(s, admin, node, kind, payload).await;
+    finished(s, admin, &id).await
 }
 
 /// A local service for the proxy: echoes requests; `/stream` sends a chunk every
@@ -343,26 +353,12 @@ async fn enroll_report_consent_tasks_and_proxy() {
         // in seconds (a lost wake-up would leave one for the minutes-long poll).
         let mut burst = Vec::new();
         for i in 0..20 {
-            let (status, t) = s
-                .call(
-                    "POST",
-                    "/api/v1/tasks",
-                    &admin,
-                    Some(json!({"node": id, "kind": "exec", "payload": {"argv": ["/bin/echo", i.to_string()]}})),
-                )
-                .await;
-            assert_eq!(status, 201, "{t}");
-            burst.push(t["id"].as_str().unwrap().to_owned());
+            let argv = json!({"argv": ["/bin/echo", i.to_string()]});
+            burst.push(enqueue(&s, &admin, &id, "exec", argv).await);
         }
         for (i, task) in burst.iter().enumerate() {
-            let t = wait_for(
-                &s,
-                &admin,
-                &format!("/api/v1/tasks/{task}"),
-                "burst task finishes",
-                |t| t["state"] == "succeeded",
-            )
-            .await;
+            let t = finished(&s, &admin, task).await;
+            assert_eq!(t["state"], "succeeded", "{t}");
             assert_eq!(t["result"]["stdout"], format!("{i}\n"), "{t}");
         }
 

@@ -28,6 +28,24 @@ where
     }
 }
 
+/// An optional body: none without a `Content-Type` (as `Option<Json<T>>`).
+impl<T, S> axum::extract::OptionalFromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        match <axum::Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state)
+            .await
+        {
+            Ok(v) => Ok(v.map(|axum::Json(v)| Self(v))),
+            Err(rejection) => Err(reject(rejection)),
+        }
+    }
+}
+
 fn reject(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => {

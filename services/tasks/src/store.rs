@@ -199,7 +199,18 @@ pub struct Store {
     claim_lock: Arc<tokio::sync::Mutex<()>>,
     /// Write outbox events (only when pushing is enabled).
     outbox: bool,
+    /// Postgres: the result statement without and with the claim of the node's
+    /// next tasks (built once: `complete_postgres`).
+    complete_sql: Arc<[String; 2]>,
 }
+
+/// Record a result if its epoch is current (both backends).
+const COMPLETE: &str = concat!(
+    "UPDATE tasks SET state = $1, result = $2, error_code = $3, error = $4, finished_at_ms = $5, \
+     updated_at_ms = $5, lease_until_ms = 0 \
+     WHERE id = $6 AND epoch = $7 AND node_id = $8 AND state = 'running' RETURNING ",
+    task_cols!()
+);
 
 const CLAIM_SQLITE: &str = concat!(
     "UPDATE tasks SET state = 'running', epoch = epoch + 1, attempts = attempts + 1, \
@@ -295,11 +306,52 @@ const OUTBOX_CLAIM_POSTGRES: &str = "UPDATE outbox SET next_attempt_ms = $2 WHER
 impl Store {
     /// A store over `db`; `outbox` writes events for the webhook pusher.
     pub fn new(db: Db, outbox: bool) -> Self {
-        Self {
+        let mut store = Self {
             db,
             claim_lock: Arc::new(tokio::sync::Mutex::new(())),
             outbox,
+            complete_sql: Arc::new([String::new(), String::new()]),
+        };
+        store.complete_sql = Arc::new([
+            store.complete_postgres(false),
+            store.complete_postgres(true),
+        ]);
+        store
+    }
+
+    /// Postgres: record a result with its audit event and, `with_claim`, claim the
+    /// node's next tasks, in one statement. Parameters: the result ($1..$8, as
+    /// `COMPLETE`), the audit event (`audit_binds` from $9), then the lease end and
+    /// the claim's maximum. Rows: the task (last column 0), then the claimed (1).
+    fn complete_postgres(&self, with_claim: bool) -> String {
+        const FIRST_AUDIT: usize = 9;
+        let mut sql = format!(
+            "WITH u AS ({COMPLETE}), {}",
+            self.audit_ctes("u", FIRST_AUDIT)
+        );
+        if with_claim {
+            let lease_until = FIRST_AUDIT + self.audit_param_count();
+            sql.push_str(&format!(
+                ", claimed AS ({})",
+                claim_postgres(
+                    ClaimParams {
+                        node: 8,
+                        now: 5,
+                        lease_until,
+                        max: lease_until + 1,
+                    },
+                    Some("u"),
+                )
+            ));
         }
+        sql.push_str(&format!(" SELECT {}, 0 FROM u", task_cols!()));
+        if with_claim {
+            sql.push_str(&format!(
+                " UNION ALL SELECT {}, 1 FROM claimed",
+                task_cols!()
+            ));
+        }
+        sql
     }
 
     /// The database.
@@ -375,6 +427,11 @@ impl Store {
             ));
         }
         sql
+    }
+
+    /// Postgres: how many parameters `audit_ctes` takes.
+    fn audit_param_count(&self) -> usize {
+        if self.outbox { 9 } else { 8 }
     }
 
     /// Postgres: the parameters of `audit_ctes`, in order.
@@ -925,12 +982,6 @@ impl Store {
     ) -> Result<(TaskRow, Option<Vec<TaskRow>>), TaskError> {
         let now = now_ms();
         let state = if c.ok { "succeeded" } else { "failed" };
-        let update = concat!(
-            "UPDATE tasks SET state = $1, result = $2, error_code = $3, error = $4, finished_at_ms = $5, \
-             updated_at_ms = $5, lease_until_ms = 0 \
-             WHERE id = $6 AND epoch = $7 AND node_id = $8 AND state = 'running' RETURNING ",
-            task_cols!()
-        );
         fn bind<'q>(
             q: AnyQuery<'q>,
             c: &Completion,
@@ -954,40 +1005,15 @@ impl Store {
             // One statement: the result, its audit event (whose org is the task's)
             // and the claim of what the node runs next.
             Backend::Postgres => {
-                let first = 9;
-                let audit_params = if self.outbox { 9 } else { 8 };
-                let mut sql = format!("WITH u AS ({update}), {}", self.audit_ctes("u", first));
-                let claim_params = claim.map(|(max, lease_ms)| {
-                    let lease_until = first + audit_params;
-                    sql.push_str(&format!(
-                        ", claimed AS ({})",
-                        claim_postgres(
-                            ClaimParams {
-                                node: 8,
-                                now: 5,
-                                lease_until,
-                                max: lease_until + 1,
-                            },
-                            Some("u"),
-                        )
-                    ));
-                    (now + lease_ms, max)
-                });
-                sql.push_str(&format!(" SELECT {}, 0 FROM u", task_cols!()));
-                if claim_params.is_some() {
-                    sql.push_str(&format!(
-                        " UNION ALL SELECT {}, 1 FROM claimed",
-                        task_cols!()
-                    ));
-                }
+                let sql = self.complete_sql[usize::from(claim.is_some())].as_str();
                 let q = self.audit_binds(
                     bind(sqlx::query(sqlx::AssertSqlSafe(sql)), c, state, now),
                     event_id.clone(),
                     now,
                     &audit,
                 );
-                let q = match claim_params {
-                    Some((lease_until, max)) => q.bind(lease_until).bind(max),
+                let q = match claim {
+                    Some((max, lease_ms)) => q.bind(now + lease_ms).bind(max),
                     None => q,
                 };
                 match q.fetch_all(self.db.pool()).await {
@@ -1018,7 +1044,7 @@ impl Store {
             }
             Backend::Sqlite => {
                 let mut tx = self.db.begin().await?;
-                let row = bind(sqlx::query(update), c, state, now)
+                let row = bind(sqlx::query(COMPLETE), c, state, now)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(r) = &row {

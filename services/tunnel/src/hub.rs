@@ -705,7 +705,7 @@ impl Hub {
         let again = match claimed {
             None => true,
             Some(c) => {
-                let full = !c.is_empty() && self.deliver(s, c).await;
+                let full = self.deliver(s, c).await;
                 // After delivery: a blocked kind the claim did not start again.
                 s.take_blocked() || full
             }

@@ -263,19 +263,10 @@ pub async fn reconnect(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
-    body: bytes::Bytes,
+    body: Option<ApiJson<ReconnectNode>>,
 ) -> Result<(StatusCode, Json<Node>), ApiError> {
     // No body: the same server.
-    let body: ReconnectNode = if body.iter().all(u8::is_ascii_whitespace) {
-        ReconnectNode::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                lattice_core::ErrorCode::BadRequest,
-                format!("request body: {e}"),
-            )
-        })?
-    };
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let n = client(&state)?
         .reconnect_node(caller.request(
             &state,
