@@ -8,7 +8,7 @@
 # Bounded: the agents are held 40 s; TASKS tasks (default 20000). Needs Postgres:
 # BENCH_DATABASE_URL (default: the test database scripts/test.sh provides; add
 # `?sslmode=disable` to measure without TLS to the database); each run uses a fresh
-# schema.
+# schema. BENCH_ONLY=agents or BENCH_ONLY=tasks runs one part.
 #   loadtest/bench-fleet.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,8 @@ rss() { awk '/^VmRSS/{print $2}' /proc/"$1"/status; }
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 HZ=$(getconf CLK_TCK)
 
+ONLY=${BENCH_ONLY:-}
+if [ "$ONLY" != tasks ]; then
 echo "== $AGENTS simulated agents"
 sleep 2
 rss0=$(rss $SERVER)
@@ -74,6 +76,8 @@ print(f"server RSS {r0/1024:.1f} MiB before, {r1/1024:.1f} MiB with {int(n)} age
 print(f"idle fleet CPU: {cpu/30*100:.2f}% of one core = {cpu/beats*1e6:.0f} us per heartbeat ({beats/30:.0f} heartbeats/s)")
 PY
 kill $SIMPID 2>/dev/null || true; wait $SIMPID 2>/dev/null || true
+fi
+[ "$ONLY" = agents ] && exit 0
 
 echo "== tasks end to end, $TASK_AGENTS simulated agents, $TASKS tasks, Postgres"
 # Warm-up, then ANALYZE: a fresh schema has no statistics, and plans made while the

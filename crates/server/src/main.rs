@@ -7,6 +7,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod malloc;
+
 use clap::{Parser, Subcommand};
 use lattice_core::config::{Config, Overrides};
 
@@ -77,6 +79,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let malloc_arenas = malloc::limit_arenas();
     let cli = Cli::parse();
     let overrides = Overrides {
         data_dir: cli.data_dir.clone(),
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         cli.command.unwrap_or(Command::Run),
         config,
         roles,
+        malloc_arenas,
     ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +140,7 @@ async fn async_main(
     command: Command,
     config: Config,
     roles: std::collections::BTreeSet<lattice_server::Role>,
+    malloc_arenas: Option<usize>,
 ) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -146,6 +151,12 @@ async fn async_main(
         config.log_format == "json",
         config.otel_exporter_otlp_endpoint.as_deref(),
     )?;
+    if let Some(arenas) = malloc_arenas {
+        tracing::debug!(
+            arenas,
+            "glibc malloc arenas limited (MALLOC_ARENA_MAX overrides)"
+        );
+    }
     let result = match command {
         Command::Migrate => {
             let report = lattice_server::migrate(&config).await?;
