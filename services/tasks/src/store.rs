@@ -87,6 +87,8 @@ macro_rules! task_cols {
     };
 }
 
+mod batch;
+
 fn task(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
     Ok(TaskRow {
         id: r.try_get(0)?,
@@ -202,6 +204,32 @@ pub struct Store {
     /// Postgres: the result statement without and with the claim of the node's
     /// next tasks (built once: `complete_postgres`).
     complete_sql: Arc<[String; 2]>,
+    /// Postgres: the single enqueue statement and the one for a batch (built once).
+    enqueue_sql: Arc<[String; 2]>,
+    /// Postgres: the writer that batches keyless enqueues (started on first use).
+    batcher: batch::Batcher,
+}
+
+/// Insert a queued task (both backends; Postgres wraps it with its audit event).
+const ENQUEUE: &str = concat!(
+    "INSERT INTO tasks (id, org_id, node_id, kind, payload, idempotency_key, state, exclusive, max_attempts, \
+     not_before_ms, created_at_ms, updated_at_ms, created_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9, $9, $10) RETURNING ",
+    task_cols!()
+);
+
+/// The parameters of `ENQUEUE`.
+fn bind_new<'q>(q: AnyQuery<'q>, id: &str, new: &NewTask, now: i64) -> AnyQuery<'q> {
+    q.bind(id.to_owned())
+        .bind(new.org_id.clone())
+        .bind(new.node_id.clone())
+        .bind(new.kind.clone())
+        .bind(new.payload.clone())
+        .bind(new.idempotency_key.clone())
+        .bind(i64::from(new.exclusive))
+        .bind(new.max_attempts)
+        .bind(now)
+        .bind(new.created_by.clone())
 }
 
 /// Record a result if its epoch is current (both backends).
@@ -311,10 +339,20 @@ impl Store {
             claim_lock: Arc::new(tokio::sync::Mutex::new(())),
             outbox,
             complete_sql: Arc::new([String::new(), String::new()]),
+            enqueue_sql: Arc::new([String::new(), String::new()]),
+            batcher: batch::Batcher::default(),
         };
         store.complete_sql = Arc::new([
             store.complete_postgres(false),
             store.complete_postgres(true),
+        ]);
+        store.enqueue_sql = Arc::new([
+            format!(
+                "WITH t AS ({ENQUEUE}), {} SELECT {} FROM t",
+                store.audit_ctes("t", 11),
+                task_cols!()
+            ),
+            store.enqueue_batch_postgres(),
         ]);
         store
     }
@@ -717,43 +755,16 @@ impl Store {
         let mut audit = audit.clone();
         audit.target = id.clone();
         let event_id = uuid::Uuid::now_v7().to_string();
-        let insert = concat!(
-            "INSERT INTO tasks (id, org_id, node_id, kind, payload, idempotency_key, state, exclusive, max_attempts, \
-             not_before_ms, created_at_ms, updated_at_ms, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9, $9, $10) RETURNING ",
-            task_cols!()
-        );
-        fn bind<'q>(q: AnyQuery<'q>, id: &str, new: &NewTask, now: i64) -> AnyQuery<'q> {
-            q.bind(id.to_owned())
-                .bind(new.org_id.clone())
-                .bind(new.node_id.clone())
-                .bind(new.kind.clone())
-                .bind(new.payload.clone())
-                .bind(new.idempotency_key.clone())
-                .bind(i64::from(new.exclusive))
-                .bind(new.max_attempts)
-                .bind(now)
-                .bind(new.created_by.clone())
-        }
         let inserted = match self.db.backend() {
-            // One statement: the task and its audit event.
-            Backend::Postgres => {
-                let sql = format!(
-                    "WITH t AS ({insert}), {} SELECT {} FROM t",
-                    self.audit_ctes("t", 11),
-                    task_cols!()
-                );
-                let q = self.audit_binds(
-                    bind(sqlx::query(sqlx::AssertSqlSafe(sql)), &id, new, now),
-                    event_id,
-                    now,
-                    &audit,
-                );
-                q.fetch_one(self.db.pool()).await.map(|r| task(&r))
+            // Without a key nothing can conflict: it may share a statement.
+            Backend::Postgres if new.idempotency_key.is_none() => {
+                let row = self.enqueue_batched(id, event_id, new, audit).await?;
+                return Ok((row, true));
             }
+            Backend::Postgres => self.insert_postgres(&id, &event_id, now, new, &audit).await,
             Backend::Sqlite => {
                 let mut tx = self.db.begin().await?;
-                match bind(sqlx::query(insert), &id, new, now)
+                match bind_new(sqlx::query(ENQUEUE), &id, new, now)
                     .fetch_one(&mut *tx)
                     .await
                 {
@@ -781,6 +792,22 @@ impl Store {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Postgres: one task and its audit event, in one statement.
+    async fn insert_postgres(
+        &self,
+        id: &str,
+        event_id: &str,
+        now: i64,
+        new: &NewTask,
+        audit: &AuditEvent,
+    ) -> Result<Result<TaskRow, sqlx::Error>, sqlx::Error> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(self.enqueue_sql[0].as_str()));
+        self.audit_binds(bind_new(q, id, new, now), event_id.to_owned(), now, audit)
+            .fetch_one(self.db.pool())
+            .await
+            .map(|r| task(&r))
     }
 
     async fn by_idempotency_key(&self, org: &str, key: &str) -> Result<Option<TaskRow>, TaskError> {

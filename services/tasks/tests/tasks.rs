@@ -706,3 +706,83 @@ fn auth_header_forms() {
     let (n, _) = lattice_tasks::outbox::parse_auth_header("X-Token: abc").unwrap();
     assert_eq!(n.as_str(), "x-token");
 }
+
+#[tokio::test]
+async fn concurrent_enqueues_each_keep_their_audit_and_outbox_events() {
+    for backend in testing::backends() {
+        let e = env(backend, 30_000, true).await;
+        let w = op(&["tasks:write"]);
+        // On Postgres, keyless enqueues that arrive together share statements.
+        let mut handles = Vec::new();
+        for i in 0..120 {
+            let (tasks, w) = (e.tasks.clone(), w.clone());
+            handles.push(tokio::spawn(async move {
+                tasks
+                    .enqueue(&w, "10.0.0.9", exec(&format!("node-{}", i % 5), ""))
+                    .await
+            }));
+        }
+        // A caller whose rows the database refuses (text cannot hold NUL) fails
+        // alone, whatever statement it shared.
+        let mut bad = w.clone();
+        bad.sub = "user\0x".into();
+        let refused = {
+            let tasks = e.tasks.clone();
+            tokio::spawn(async move { tasks.enqueue(&bad, "10.0.0.9", exec("node-0", "")).await })
+        };
+        let mut ids = Vec::new();
+        for h in handles {
+            let (t, created) = h.await.unwrap().unwrap();
+            assert!(created);
+            assert_eq!(t.state, "queued");
+            ids.push(t.id);
+        }
+        let refused = refused.await.unwrap();
+        if backend == Backend::Postgres {
+            assert!(matches!(refused, Err(TaskError::Db(_))), "{refused:?}");
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 120, "{backend:?}");
+        let listed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE created_by = 'user-1'")
+                .fetch_one(e.db.pool())
+                .await
+                .unwrap();
+        assert_eq!(listed, 120, "{backend:?}");
+
+        let admin = op(&["*"]);
+        let log = e.tasks.list_audit(&admin, 0, 1000).await.unwrap();
+        let mut targets: Vec<_> = log
+            .iter()
+            .filter(|x| x.event.action == "task.create" && x.event.actor == "user-1")
+            .map(|x| {
+                assert_eq!(x.event.client_ip, "10.0.0.9");
+                assert_eq!(x.event.org_id, "org-1");
+                x.event.target.clone()
+            })
+            .collect();
+        targets.sort();
+        assert_eq!(targets, ids, "{backend:?}: one audit event per task");
+        let v = e.tasks.verify_audit(&admin).await.unwrap();
+        assert_eq!(v.broken, None, "{backend:?}");
+
+        let outbox: Vec<(String, String)> =
+            sqlx::query_as("SELECT topic, payload FROM outbox WHERE topic = 'task.create'")
+                .fetch_all(e.db.pool())
+                .await
+                .unwrap();
+        let mut pushed: Vec<_> = outbox
+            .iter()
+            .filter_map(|(_, payload)| {
+                let p: serde_json::Value = serde_json::from_str(payload).unwrap();
+                (p["actor"] == "user-1").then(|| {
+                    assert_eq!(p["org_id"], "org-1", "{payload}");
+                    p["target"].as_str().unwrap().to_owned()
+                })
+            })
+            .collect();
+        pushed.sort();
+        assert_eq!(pushed, ids, "{backend:?}: one outbox event per task");
+    }
+}

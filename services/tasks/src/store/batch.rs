@@ -1,0 +1,213 @@
+//! Postgres: enqueues that arrive while others are being written share a statement.
+//!
+//! Every enqueue is a commit, and on Postgres a commit costs a round trip, a WAL
+//! flush and a backend wake-up, several times the work of inserting the task. So
+//! enqueues without an idempotency key (nothing they write can conflict) go through
+//! one writer. While fewer than [`STATEMENTS`] of its statements are in flight, the
+//! next enqueue is written at once, alone, with the usual statement: a lone enqueue
+//! waits for nothing. Enqueues that arrive while they are all in flight wait, and go
+//! together in the next statement, at most [`BATCH`] of them. Each task keeps its own
+//! audit (and outbox) event in the statement that writes it, and an enqueue is
+//! acknowledged only once that statement has committed.
+//!
+//! If a shared statement fails for a reason other than the database being
+//! unreachable, each of its enqueues is retried alone, so one bad row fails only its
+//! own call.
+
+use std::sync::{Arc, OnceLock};
+
+use lattice_core::audit::AuditEvent;
+use lattice_core::time::now_ms;
+use sqlx::Row as _;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{NewTask, Store, TaskRow, outbox_payload, task};
+use crate::error::TaskError;
+
+/// The most enqueues one statement writes.
+const BATCH: usize = 64;
+/// Statements in flight at once; enqueues arriving beyond them are batched.
+const STATEMENTS: usize = 4;
+
+/// The writer's queue, made on first use (it needs a runtime).
+pub(super) type Batcher = Arc<OnceLock<mpsc::Sender<Pending>>>;
+
+pub(super) struct Pending {
+    id: String,
+    event_id: String,
+    new: NewTask,
+    audit: AuditEvent,
+    reply: oneshot::Sender<Result<TaskRow, TaskError>>,
+}
+
+impl Store {
+    /// Postgres: the statement that writes a batch. `$1` is a JSON array of rows
+    /// (the Any driver binds no arrays), `$2` the time.
+    pub(super) fn enqueue_batch_postgres(&self) -> String {
+        let cols = task_cols!();
+        let mut sql = format!(
+            "WITH r AS (SELECT * FROM json_to_recordset($1::json) AS r(id text, org_id text, \
+             node_id text, kind text, payload text, exclusive bigint, max_attempts bigint, \
+             created_by text, event_id text, actor text, action text, outcome text, \
+             client_ip text, detail text, outbox text)), \
+             t AS (INSERT INTO tasks (id, org_id, node_id, kind, payload, idempotency_key, state, \
+             exclusive, max_attempts, not_before_ms, created_at_ms, updated_at_ms, created_by) \
+             SELECT id, org_id, node_id, kind, payload, NULL, 'queued', exclusive, max_attempts, \
+             $2, $2, $2, created_by FROM r RETURNING {cols}), \
+             a AS (INSERT INTO audit_pending (event_id, at_ms, org_id, actor, action, target, \
+             outcome, client_ip, detail) \
+             SELECT event_id, $2, org_id, actor, action, id, outcome, client_ip, detail FROM r)"
+        );
+        if self.outbox {
+            sql.push_str(
+                ", o AS (INSERT INTO outbox (id, topic, payload, created_at_ms, next_attempt_ms) \
+                 SELECT event_id, action, jsonb_set(outbox::jsonb, '{org_id}', to_jsonb(org_id))::text, \
+                 $2, $2 FROM r)",
+            );
+        }
+        sql.push_str(&format!(" SELECT {cols} FROM t"));
+        sql
+    }
+
+    /// Postgres: write a keyless enqueue through the writer; the task as written.
+    pub(super) async fn enqueue_batched(
+        &self,
+        id: String,
+        event_id: String,
+        new: &NewTask,
+        audit: AuditEvent,
+    ) -> Result<TaskRow, TaskError> {
+        let queue = self.batcher.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(BATCH * STATEMENTS);
+            // The writer's own store has no writer of its own, so it holds no sender
+            // of its queue.
+            let writer = Store {
+                batcher: Batcher::default(),
+                ..self.clone()
+            };
+            tokio::spawn(writer.write_batches(rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            id,
+            event_id,
+            new: new.clone(),
+            audit,
+            reply,
+        };
+        let gone = || TaskError::Db(sqlx::Error::PoolClosed);
+        queue.send(pending).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn write_batches(self, mut queue: mpsc::Receiver<Pending>) {
+        let permits = Arc::new(Semaphore::new(STATEMENTS));
+        while let Some(first) = queue.recv().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            // Whatever queued while every statement was in flight goes together.
+            let mut batch = vec![first];
+            while batch.len() < BATCH
+                && let Ok(p) = queue.try_recv()
+            {
+                batch.push(p);
+            }
+            let store = self.clone();
+            tokio::spawn(async move {
+                store.write_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn write_batch(&self, batch: Vec<Pending>) {
+        let now = now_ms();
+        if batch.len() > 1 {
+            let rows = batch
+                .iter()
+                .map(|p| batch_row(p, now, self.outbox))
+                .collect();
+            let rows = serde_json::Value::Array(rows).to_string();
+            let written = sqlx::query(sqlx::AssertSqlSafe(self.enqueue_sql[1].as_str()))
+                .bind(rows)
+                .bind(now)
+                .fetch_all(self.db.pool())
+                .await;
+            match written {
+                Ok(rows) => {
+                    for p in batch {
+                        let row = rows
+                            .iter()
+                            .find(|r| r.try_get::<String, _>("id").is_ok_and(|id| id == p.id))
+                            .map(task)
+                            .unwrap_or_else(|| {
+                                Err(sqlx::Error::Protocol(
+                                    "a batched task was not returned".into(),
+                                ))
+                            });
+                        let _ = p.reply.send(row.map_err(TaskError::Db));
+                    }
+                    return;
+                }
+                Err(e) if unreachable(&e) => {
+                    for p in batch {
+                        let _ = p.reply.send(Err(TaskError::Db(copy(&e))));
+                    }
+                    return;
+                }
+                // Nothing was written: each on its own, so a bad row fails alone.
+                Err(_) => {}
+            }
+        }
+        for p in batch {
+            let written = self
+                .insert_postgres(&p.id, &p.event_id, now, &p.new, &p.audit)
+                .await
+                .and_then(|row| row);
+            let _ = p.reply.send(written.map_err(TaskError::Db));
+        }
+    }
+}
+
+fn batch_row(p: &Pending, now: i64, outbox: bool) -> serde_json::Value {
+    let (new, audit) = (&p.new, &p.audit);
+    let outbox = outbox.then(|| outbox_payload(&p.event_id, now, audit));
+    serde_json::json!({
+        "id": p.id,
+        "org_id": new.org_id,
+        "node_id": new.node_id,
+        "kind": new.kind,
+        "payload": new.payload,
+        "exclusive": i64::from(new.exclusive),
+        "max_attempts": new.max_attempts,
+        "created_by": new.created_by,
+        "event_id": p.event_id,
+        "actor": audit.actor,
+        "action": audit.action,
+        "outcome": audit.outcome.as_str(),
+        "client_ip": audit.client_ip,
+        "detail": audit.detail,
+        "outbox": outbox,
+    })
+}
+
+/// The database could not be reached: retrying each enqueue alone would only wait
+/// out the same failure again.
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
+}
+
+/// The same failure for each caller of a batch (`sqlx::Error` is not `Clone`).
+fn copy(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
