@@ -214,6 +214,21 @@ impl Db {
     }
 }
 
+/// Whether a database error means "the database cannot be reached right now", so
+/// the call may be retried later (`503 unavailable`), rather than that the statement
+/// failed: no connection in time, a broken socket, a closed pool, or Postgres's
+/// connection errors (SQLSTATE class 08) and shutdown (57P01-57P03: the server
+/// terminated the connection, is crashing or is starting).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 fn backend_of(url: &str) -> Result<Backend, DbError> {
     if url.starts_with("sqlite:") {
         Ok(Backend::Sqlite)

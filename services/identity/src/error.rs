@@ -1,6 +1,7 @@
 //! What can go wrong in the identity service, and which code each failure is.
 
 use lattice_core::ErrorCode;
+use lattice_core::db::is_unavailable;
 use lattice_core::error::CodedError;
 
 /// Identity failures.
@@ -104,12 +105,4 @@ impl CodedError for IdentityError {
             _ => None,
         }
     }
-}
-
-/// Whether a database error means "the database is not reachable right now".
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    )
 }

@@ -62,9 +62,7 @@ impl CodedError for StorageError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) | Self::Conflict(_) => ErrorCode::Conflict,
             Self::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
-            Self::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-                ErrorCode::Unavailable
-            }
+            Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) | Self::Objects(_) => ErrorCode::Internal,
         }
     }

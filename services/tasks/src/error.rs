@@ -37,9 +37,7 @@ impl CodedError for TaskError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Fenced(_) => ErrorCode::PreconditionFailed,
-            Self::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-                ErrorCode::Unavailable
-            }
+            Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,
         }
     }

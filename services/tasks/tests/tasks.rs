@@ -786,3 +786,40 @@ async fn concurrent_enqueues_each_keep_their_audit_and_outbox_events() {
         assert_eq!(pushed, ids, "{backend:?}: one outbox event per task");
     }
 }
+
+#[tokio::test]
+async fn a_connection_the_database_ended_is_unavailable_then_replaced() {
+    use lattice_core::error::CodedError as _;
+    use sqlx::{Connection as _, Executor as _};
+    if !testing::backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let e = env(Backend::Postgres, 30_000, false).await;
+    let w = op(&["tasks:write"]);
+    // Two connections: `a` goes back to the pool, `b` ends it from the server side
+    // (as a database restart does) and leaves the pool.
+    let mut a = e.db.pool().acquire().await.unwrap();
+    let mut b = e.db.pool().acquire().await.unwrap();
+    let pid: i64 = sqlx::query_scalar("SELECT CAST(pg_backend_pid() AS BIGINT)")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.execute(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend({pid})"
+    )))
+    .await
+    .unwrap();
+    b.detach().close().await.unwrap();
+    // The dead connection was returned under a second ago, so it is used unpinged:
+    // the call fails as unavailable (503, retry), not as an internal error.
+    let err = e
+        .tasks
+        .enqueue(&w, "", exec("node-1", ""))
+        .await
+        .expect_err("the ended connection fails its statement");
+    assert_eq!(err.code(), lattice_core::ErrorCode::Unavailable, "{err:?}");
+    // The pool dropped it; the next call gets a new connection.
+    e.tasks.enqueue(&w, "", exec("node-1", "")).await.unwrap();
+}

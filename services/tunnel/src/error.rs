@@ -37,9 +37,7 @@ impl CodedError for TunnelError {
             Self::MissingScope(_) | Self::Forbidden(_) => ErrorCode::PermissionDenied,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::NotConnected(_) => ErrorCode::Unavailable,
-            Self::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-                ErrorCode::Unavailable
-            }
+            Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,
         }
     }

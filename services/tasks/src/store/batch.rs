@@ -12,11 +12,16 @@
 //!
 //! If a shared statement fails for a reason other than the database being
 //! unreachable, each of its enqueues is retried alone, so one bad row fails only its
-//! own call.
+//! own call. A caller that gave up before its row was taken (its request timed out
+//! or was cancelled) is dropped from the queue, so nothing is written for it; a
+//! statement that takes longer than [`STATEMENT_WAIT`] fails its callers as
+//! unavailable and frees its place.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lattice_core::audit::AuditEvent;
+use lattice_core::db::is_unavailable;
 use lattice_core::time::now_ms;
 use sqlx::Row as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -28,9 +33,13 @@ use crate::error::TaskError;
 const BATCH: usize = 64;
 /// Statements in flight at once; enqueues arriving beyond them are batched.
 const STATEMENTS: usize = 4;
+/// The longest a statement may take before its callers are told the database is
+/// unavailable (the gateway gives up on a request after 30 s).
+const STATEMENT_WAIT: Duration = Duration::from_secs(20);
 
-/// The writer's queue, made on first use (it needs a runtime).
-pub(super) type Batcher = Arc<OnceLock<mpsc::Sender<Pending>>>;
+/// The writer's queue, made on first use (it needs a runtime) and again if its
+/// writer is gone (the runtime that ran it shut down).
+pub(super) type Batcher = Arc<Mutex<Option<mpsc::Sender<Pending>>>>;
 
 pub(super) struct Pending {
     id: String,
@@ -77,17 +86,24 @@ impl Store {
         new: &NewTask,
         audit: AuditEvent,
     ) -> Result<TaskRow, TaskError> {
-        let queue = self.batcher.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(BATCH * STATEMENTS);
-            // The writer's own store has no writer of its own, so it holds no sender
-            // of its queue.
-            let writer = Store {
-                batcher: Batcher::default(),
-                ..self.clone()
-            };
-            tokio::spawn(writer.write_batches(rx));
-            tx
-        });
+        let queue = {
+            let mut batcher = self.batcher.lock().expect("batcher lock");
+            match &*batcher {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(BATCH * STATEMENTS);
+                    // The writer's own store has no writer of its own, so it holds
+                    // no sender of its queue.
+                    let writer = Store {
+                        batcher: Batcher::default(),
+                        ..self.clone()
+                    };
+                    tokio::spawn(writer.write_batches(rx));
+                    *batcher = Some(tx.clone());
+                    tx
+                }
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             id,
@@ -107,12 +123,17 @@ impl Store {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            // Whatever queued while every statement was in flight goes together.
+            // Whatever queued while every statement was in flight goes together,
+            // but not the enqueues whose callers gave up meanwhile.
             let mut batch = vec![first];
             while batch.len() < BATCH
                 && let Ok(p) = queue.try_recv()
             {
                 batch.push(p);
+            }
+            batch.retain(|p| !p.reply.is_closed());
+            if batch.is_empty() {
+                continue;
             }
             let store = self.clone();
             tokio::spawn(async move {
@@ -130,12 +151,11 @@ impl Store {
                 .map(|p| batch_row(p, now, self.outbox))
                 .collect();
             let rows = serde_json::Value::Array(rows).to_string();
-            let written = sqlx::query(sqlx::AssertSqlSafe(self.enqueue_sql[1].as_str()))
+            let statement = sqlx::query(sqlx::AssertSqlSafe(self.enqueue_sql[1].as_str()))
                 .bind(rows)
                 .bind(now)
-                .fetch_all(self.db.pool())
-                .await;
-            match written {
+                .fetch_all(self.db.pool());
+            match waited(statement).await {
                 Ok(rows) => {
                     for p in batch {
                         let row = rows
@@ -151,7 +171,7 @@ impl Store {
                     }
                     return;
                 }
-                Err(e) if unreachable(&e) => {
+                Err(e) if is_unavailable(&e) => {
                     for p in batch {
                         let _ = p.reply.send(Err(TaskError::Db(copy(&e))));
                     }
@@ -161,14 +181,42 @@ impl Store {
                 Err(_) => {}
             }
         }
+        let mut down: Option<sqlx::Error> = None;
         for p in batch {
-            let written = self
-                .insert_postgres(&p.id, &p.event_id, now, &p.new, &p.audit)
-                .await
-                .and_then(|row| row);
+            if p.reply.is_closed() {
+                continue;
+            }
+            let written = match &down {
+                Some(e) => Err(copy(e)),
+                None => {
+                    let one = self.insert_postgres(&p.id, &p.event_id, now, &p.new, &p.audit);
+                    waited(one).await.and_then(|row| row)
+                }
+            };
+            if let Err(e) = &written
+                && down.is_none()
+                && is_unavailable(e)
+            {
+                down = Some(copy(e));
+            }
             let _ = p.reply.send(written.map_err(TaskError::Db));
         }
     }
+}
+
+/// A statement, or unavailable after [`STATEMENT_WAIT`] (dropping it drops its
+/// connection, which the pool then replaces).
+async fn waited<T>(
+    statement: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(STATEMENT_WAIT, statement)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the database did not answer in time",
+            )))
+        })
 }
 
 fn batch_row(p: &Pending, now: i64, outbox: bool) -> serde_json::Value {
@@ -191,15 +239,6 @@ fn batch_row(p: &Pending, now: i64, outbox: bool) -> serde_json::Value {
         "detail": audit.detail,
         "outbox": outbox,
     })
-}
-
-/// The database could not be reached: retrying each enqueue alone would only wait
-/// out the same failure again.
-fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    )
 }
 
 /// The same failure for each caller of a batch (`sqlx::Error` is not `Clone`).
