@@ -92,4 +92,11 @@ CONF
 else
   echo "through rathole:       skipped (rathole not on PATH: cargo install rathole)"
 fi
+# Added latency without queueing: one connection, one request at a time.
+one() { wrk -t1 -c1 -d"${LATENCY_DURATION:-5s}" --latency "$@" | awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "p50 %s  p99 %s\n", p50, p99}'; }
+echo "one connection, direct:      $(one http://127.0.0.1:$UP/small.txt)"
+echo "one connection, tunnel:      $(one -H "Authorization: Bearer $TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
+if command -v rathole >/dev/null; then
+  echo "one connection, rathole:     $(one http://127.0.0.1:18081/small.txt)"
+fi
 echo "server RSS after load: $(ps -o rss= -p $SERVER_PID | tr -d ' ') KiB; agent RSS after load: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"
