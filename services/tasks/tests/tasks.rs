@@ -823,3 +823,73 @@ async fn a_connection_the_database_ended_is_unavailable_then_replaced() {
     // The pool dropped it; the next call gets a new connection.
     e.tasks.enqueue(&w, "", exec("node-1", "")).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_enqueue_whose_caller_gave_up_while_queued_is_not_written() {
+    use sqlx::Executor as _;
+    if !testing::backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let e = env(Backend::Postgres, 30_000, false).await;
+    let w = op(&["tasks:write"]);
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tasks")
+            .fetch_one(e.db.pool())
+            .await
+            .unwrap()
+    };
+    // Hold the table so the writer's statements stall.
+    let mut lock = e.db.pool().begin().await.unwrap();
+    lock.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let spawn = |node: &'static str| {
+        let (tasks, w) = (e.tasks.clone(), w.clone());
+        tokio::spawn(async move { tasks.enqueue(&w, "", exec(node, "")).await })
+    };
+    // These fill the writer's four statements (one at a time, so each has its own)...
+    let mut stalled = Vec::new();
+    for i in 1..=4_i64 {
+        stalled.push(spawn("node-1"));
+        // Until the database shows this statement waiting for the lock.
+        let mut waiting = 0;
+        for _ in 0..200 {
+            waiting = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM pg_locks WHERE relation = 'tasks'::regclass AND NOT granted",
+            )
+            .fetch_one(e.db.pool())
+            .await
+            .unwrap();
+            if waiting == i {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting, i, "statement {i} waits for the lock");
+    }
+    // ...so these wait in its queue, and their callers give up.
+    for _ in 0..3 {
+        let r = tokio::time::timeout(
+            Duration::from_millis(200),
+            e.tasks.enqueue(&w, "", exec("node-2", "")),
+        )
+        .await;
+        assert!(r.is_err(), "the writer was stalled: {r:?}");
+    }
+    let waiting = spawn("node-3");
+    lock.commit().await.unwrap();
+    for h in stalled {
+        h.await.unwrap().unwrap();
+    }
+    waiting.await.unwrap().unwrap();
+    assert_eq!(
+        count().await,
+        5,
+        "nothing was written for the callers that gave up"
+    );
+    let abandoned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE node_id = 'node-2'")
+        .fetch_one(e.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(abandoned, 0);
+}
