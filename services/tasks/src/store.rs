@@ -440,28 +440,35 @@ impl Store {
     /// is the event's), so the change and its event commit in one statement and one
     /// round trip. Binds `audit_binds` from parameter `$first`.
     fn audit_ctes(&self, source: &str, first: usize) -> String {
-        let p = |i: usize| format!("${}", first + i);
+        let p: Vec<String> = (0..9).map(|i| format!("${}", first + i)).collect();
+        let v: [&str; 9] = std::array::from_fn(|i| p[i].as_str());
+        self.audit_ctes_of(source, v)
+    }
+
+    /// Postgres: the CTEs `a` (and `o` with the outbox) that write one audit event
+    /// (and outbox event) per row of `source`, in that row's org. `v` are the SQL
+    /// expressions for the event id, time, actor, action, target, outcome, client IP,
+    /// detail and outbox payload.
+    fn audit_ctes_of(&self, source: &str, v: [&str; 9]) -> String {
+        let [
+            event_id,
+            at_ms,
+            actor,
+            action,
+            target,
+            outcome,
+            client_ip,
+            detail,
+            payload,
+        ] = v;
         let mut sql = format!(
             "a AS (INSERT INTO audit_pending (event_id, at_ms, org_id, actor, action, target, outcome, client_ip, detail) \
-             SELECT {}, {}, {source}.org_id, {}, {}, {}, {}, {}, {} FROM {source})",
-            p(0),
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-            p(6),
-            p(7)
+             SELECT {event_id}, {at_ms}, {source}.org_id, {actor}, {action}, {target}, {outcome}, {client_ip}, {detail} FROM {source})"
         );
         if self.outbox {
             sql.push_str(&format!(
                 ", o AS (INSERT INTO outbox (id, topic, payload, created_at_ms, next_attempt_ms) \
-                 SELECT {}, {}, jsonb_set({}::jsonb, '{{org_id}}', to_jsonb({source}.org_id))::text, {}, {} FROM {source})",
-                p(0),
-                p(3),
-                p(8),
-                p(1),
-                p(1)
+                 SELECT {event_id}, {action}, jsonb_set({payload}::jsonb, '{{org_id}}', to_jsonb({source}.org_id))::text, {at_ms}, {at_ms} FROM {source})"
             ));
         }
         sql

@@ -54,7 +54,21 @@ impl Store {
     /// (the Any driver binds no arrays), `$2` the time.
     pub(super) fn enqueue_batch_postgres(&self) -> String {
         let cols = task_cols!();
-        let mut sql = format!(
+        let audit = self.audit_ctes_of(
+            "r",
+            [
+                "r.event_id",
+                "$2",
+                "r.actor",
+                "r.action",
+                "r.id",
+                "r.outcome",
+                "r.client_ip",
+                "r.detail",
+                "r.outbox",
+            ],
+        );
+        format!(
             "WITH r AS (SELECT * FROM json_to_recordset($1::json) AS r(id text, org_id text, \
              node_id text, kind text, payload text, exclusive bigint, max_attempts bigint, \
              created_by text, event_id text, actor text, action text, outcome text, \
@@ -62,20 +76,8 @@ impl Store {
              t AS (INSERT INTO tasks (id, org_id, node_id, kind, payload, idempotency_key, state, \
              exclusive, max_attempts, not_before_ms, created_at_ms, updated_at_ms, created_by) \
              SELECT id, org_id, node_id, kind, payload, NULL, 'queued', exclusive, max_attempts, \
-             $2, $2, $2, created_by FROM r RETURNING {cols}), \
-             a AS (INSERT INTO audit_pending (event_id, at_ms, org_id, actor, action, target, \
-             outcome, client_ip, detail) \
-             SELECT event_id, $2, org_id, actor, action, id, outcome, client_ip, detail FROM r)"
-        );
-        if self.outbox {
-            sql.push_str(
-                ", o AS (INSERT INTO outbox (id, topic, payload, created_at_ms, next_attempt_ms) \
-                 SELECT event_id, action, jsonb_set(outbox::jsonb, '{org_id}', to_jsonb(org_id))::text, \
-                 $2, $2 FROM r)",
-            );
-        }
-        sql.push_str(&format!(" SELECT {cols} FROM t"));
-        sql
+             $2, $2, $2, created_by FROM r RETURNING {cols}), {audit} SELECT {cols} FROM t"
+        )
     }
 
     /// Postgres: write a keyless enqueue through the writer; the task as written.
