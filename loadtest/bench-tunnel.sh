@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Proxy tunnel vs direct: the same small GET sent straight to a local nginx and
-# through Lattice (gateway -> tunnel service -> agent stream -> nginx), same wrk,
-# same run; and, when `rathole` is on PATH (cargo install rathole), the same GET
-# through rathole (a Rust reverse tunnel) on the same machine. Also reports the
+# through Lattice, same wrk, same run, two ways: the HTTP proxy route (gateway ->
+# tunnel service -> agent stream -> nginx) and a port forward (`lattice proxy`, a
+# local port carried as TCP over the same path, like rathole and kubectl
+# port-forward); and, when `rathole` is on PATH (cargo install rathole), the same
+# GET through rathole (a Rust reverse tunnel) on the same machine. Also reports the
 # agent's idle RSS. Bounded: 10 s per scenario.
 #   loadtest/bench-tunnel.sh                  gateway TLS on (as deployed)
 #   GATEWAY_TLS=off loadtest/bench-tunnel.sh  plain HTTP/h2c, like direct and rathole
@@ -15,7 +17,7 @@ GATEWAY_TLS=${GATEWAY_TLS:-self-signed}
 CONNS=${CONNS:-32}
 # BENCH_BIN_DIR: run binaries built elsewhere (e.g. a previous build, side by side).
 if [ -n "${BENCH_BIN_DIR:-}" ]; then B=$BENCH_BIN_DIR; else
-  cargo build --release -q -p lattice-server -p lattice-agent
+  cargo build --release -q -p lattice-server -p lattice-agent -p lattice
   B=$TARGET/release
 fi
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
@@ -69,6 +71,16 @@ s0=$(ticks $SERVER_PID); a0=$(ticks $AGENT)
 echo "through the tunnel:    $(run -H "Authorization: Bearer $TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
 s1=$(ticks $SERVER_PID); a1=$(ticks $AGENT); hz=$(getconf CLK_TCK); secs=${DURATION%s}
 echo "  CPU during that run:  server $(( (s1 - s0) * 100 / hz / secs ))% of a core, agent $(( (a1 - a0) * 100 / hz / secs ))% of a core"
+PF=18082
+if [ -x "$B/lattice" ]; then
+  LATTICE_TOKEN=$TOKEN "$B/lattice" --server "$URL" ${CA:+--ca-file "$tmp/data/tls/ca.pem"} \
+    proxy "$NODE" "$UP" --listen 127.0.0.1:$PF 2>"$tmp/cli.log" & CLI=$!; pids+=($CLI)
+  for _ in $(seq 50); do curl -sf http://127.0.0.1:$PF/small.txt >/dev/null && break; sleep 0.2; done
+  s0=$(ticks $SERVER_PID); a0=$(ticks $AGENT); c0=$(ticks $CLI)
+  echo "through lattice proxy: $(run http://127.0.0.1:$PF/small.txt)"
+  s1=$(ticks $SERVER_PID); a1=$(ticks $AGENT); c1=$(ticks $CLI)
+  echo "  CPU during that run:  server $(( (s1 - s0) * 100 / hz / secs ))%, agent $(( (a1 - a0) * 100 / hz / secs ))%, lattice proxy $(( (c1 - c0) * 100 / hz / secs ))% of a core"
+fi
 if command -v rathole >/dev/null; then
   cat > "$tmp/rh-server.toml" <<CONF
 [server]
@@ -96,6 +108,9 @@ fi
 one() { wrk -t1 -c1 -d"${LATENCY_DURATION:-5s}" --latency "$@" | awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "p50 %s  p99 %s\n", p50, p99}'; }
 echo "one connection, direct:      $(one http://127.0.0.1:$UP/small.txt)"
 echo "one connection, tunnel:      $(one -H "Authorization: Bearer $TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
+if [ -x "$B/lattice" ]; then
+  echo "one connection, lattice proxy: $(one http://127.0.0.1:$PF/small.txt)"
+fi
 if command -v rathole >/dev/null; then
   echo "one connection, rathole:     $(one http://127.0.0.1:18081/small.txt)"
 fi

@@ -1,6 +1,8 @@
 //! The agent's side of proxy streams: each opened stream is one HTTP/1.1 request to
 //! `127.0.0.1:{port}` (only ports the local config allows), its body fed from the
-//! server's frames and its response streamed back within the server's window.
+//! server's frames and its response streamed back within the server's window; or,
+//! for a port forward, one TCP connection to that port with its bytes carried the
+//! same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,12 @@ const GRANT_STEP: usize = WINDOW / 4;
 /// Protocol feature: a proxy open or head may carry the whole body (used when the
 /// server names it too).
 pub const INLINE_BODY: &str = "proxy.inline_body";
+/// Protocol feature: a proxy open may ask for a TCP connection (a port forward).
+pub const TCP: &str = "proxy.tcp";
+/// How long a port forward waits for the local service to accept.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest read from a forwarded connection (each becomes one data frame).
+const TCP_READ: usize = 16 * 1024;
 
 /// Keep-alive HTTP/1.1 connections to the node's local services.
 type Upstream = hyper_util::client::legacy::Client<
@@ -108,16 +116,23 @@ impl Streams {
                     self.inline,
                 );
                 tokio::spawn(async move {
-                    let exchange = Exchange {
-                        agent: &agent,
-                        upstream: &upstream,
-                        id,
-                        credit,
-                        inline,
-                    };
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        () = exchange.run(open, body_rx) => {}
+                    if open.tcp {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            () = forward_tcp(&agent, id, open.port, credit, body_rx) => {}
+                        }
+                    } else {
+                        let exchange = Exchange {
+                            agent: &agent,
+                            upstream: &upstream,
+                            id,
+                            credit,
+                            inline,
+                        };
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            () = exchange.run(open, body_rx) => {}
+                        }
                     }
                     table.lock().expect("slots lock").remove(&id);
                 });
@@ -147,6 +162,93 @@ impl Streams {
     }
 }
 
+fn port_allowed(agent: &Agent, port: u32) -> Result<(), Frame> {
+    if agent.config.proxy_ports.contains(&port) {
+        Ok(())
+    } else {
+        let msg = format!("port {port} is not in the agent's proxy_ports");
+        Err(reset("port_not_allowed", msg))
+    }
+}
+
+/// One port forward: a TCP connection to `127.0.0.1:{port}`. The server's data
+/// frames are written to it (granting the server more window as they are written;
+/// the server's end closes the write half), and what the service sends comes back
+/// within the server's window until the service closes, which ends the stream.
+async fn forward_tcp(
+    agent: &Arc<Agent>,
+    id: u64,
+    port: u32,
+    credit: Arc<Semaphore>,
+    mut from_server: mpsc::UnboundedReceiver<Bytes>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if let Err(refused) = port_allowed(agent, port) {
+        send(agent, id, refused).await;
+        return;
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port as u16));
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                send(agent, id, reset("connect_failed", format!("{addr}: {e}"))).await;
+                return;
+            }
+            Err(_) => {
+                let msg = format!("{addr}: no answer within {}s", CONNECT_TIMEOUT.as_secs());
+                send(agent, id, reset("connect_failed", msg)).await;
+                return;
+            }
+        };
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, mut wr) = tcp.into_split();
+    let head = pb::ProxyHead {
+        status: 200,
+        ..Default::default()
+    };
+    send(agent, id, Frame::Head(head)).await;
+    let up = async {
+        let mut ungranted = 0usize;
+        while let Some(d) = from_server.recv().await {
+            wr.write_all(&d).await?;
+            ungranted += d.len();
+            if ungranted >= GRANT_STEP {
+                let n = std::mem::take(&mut ungranted) as u32;
+                send(agent, id, Frame::WindowUpdate(n)).await;
+            }
+        }
+        // The client closed its side: so does the node's.
+        wr.shutdown().await
+    };
+    let down = async {
+        let mut buf = vec![0u8; TCP_READ];
+        loop {
+            let piece = match rd.read(&mut buf).await {
+                Ok(0) => return Frame::End(true),
+                Ok(n) => Bytes::copy_from_slice(&buf[..n]),
+                Err(e) => return reset("upstream_failed", e.to_string()),
+            };
+            let Ok(permit) = credit.acquire_many(piece.len() as u32).await else {
+                return reset("cancelled", String::new());
+            };
+            permit.forget();
+            send(agent, id, Frame::Data(piece)).await;
+        }
+    };
+    tokio::pin!(down);
+    // The node's side closing ends the stream; the client's side closing only
+    // half-closes it (the service may still answer).
+    let last = tokio::select! {
+        last = &mut down => last,
+        r = up => match r {
+            Ok(()) => down.await,
+            Err(e) => reset("upstream_failed", e.to_string()),
+        },
+    };
+    send(agent, id, last).await;
+}
+
 /// One proxied HTTP exchange.
 struct Exchange<'a> {
     agent: &'a Arc<Agent>,
@@ -170,9 +272,8 @@ impl Exchange<'_> {
             credit,
             inline,
         } = self;
-        if !agent.config.proxy_ports.contains(&open.port) {
-            let msg = format!("port {} is not in the agent's proxy_ports", open.port);
-            send(agent, id, reset("port_not_allowed", msg)).await;
+        if let Err(refused) = port_allowed(agent, open.port) {
+            send(agent, id, refused).await;
             return;
         }
         // The request body: each chunk taken grants the server more window.

@@ -276,7 +276,7 @@ async fn connected(
         capabilities: agent.config.capabilities.clone(),
         proxy_ports: agent.config.proxy_ports.clone(),
         running,
-        features: vec![proxy::INLINE_BODY.into()],
+        features: vec![proxy::INLINE_BODY.into(), proxy::TCP.into()],
     };
     tx.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(hello)),

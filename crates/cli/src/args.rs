@@ -95,7 +95,8 @@ pub enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Forward a local port to an HTTP service on a node, through its agent's tunnel.
+    /// Forward a local port to a TCP port on a node, through its agent's tunnel
+    /// (like `kubectl port-forward`: any protocol; the agent must allow the port).
     Proxy {
         /// Node id.
         node: String,

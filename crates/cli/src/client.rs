@@ -124,6 +124,19 @@ pub fn normalize_server(url: &str) -> anyhow::Result<String> {
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
+fn builder(tls: &TlsOptions) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("lattice-cli/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none());
+    if tls.insecure {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    } else if let Some(path) = &tls.ca_file {
+        builder = builder.tls_certs_only(read_ca_file(path)?);
+    }
+    Ok(builder)
+}
+
 /// A decoded success answer.
 #[derive(Debug)]
 pub struct Reply {
@@ -138,32 +151,31 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     auth: Auth,
+    tls: TlsOptions,
 }
 
 impl Api {
     /// Build a client for `server` (already normalised) with the given trust settings.
     pub fn new(server: &str, tls: &TlsOptions, auth: Auth) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("lattice-cli/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
+        let http = builder(tls)?
             .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none());
-        if tls.insecure {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        } else if let Some(path) = &tls.ca_file {
-            builder = builder.tls_certs_only(read_ca_file(path)?);
-        }
-        let http = builder.build().context("cannot set up the HTTP client")?;
+            .build()
+            .context("cannot set up the HTTP client")?;
         Ok(Self {
             http,
             base: server.to_owned(),
             auth,
+            tls: tls.clone(),
         })
     }
 
-    /// The HTTP client (for streaming calls such as `lattice proxy`).
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// A client for connections upgraded to another protocol (`lattice proxy`):
+    /// HTTP/1.1 only, and no overall deadline.
+    pub fn upgrade_client(&self) -> anyhow::Result<reqwest::Client> {
+        builder(&self.tls)?
+            .http1_only()
+            .build()
+            .context("cannot set up the HTTP client")
     }
 
     /// The bearer token, when the client uses one.

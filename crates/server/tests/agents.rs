@@ -1,8 +1,8 @@
 //! Real agents (the `lattice-agent` binary) against a real server over HTTPS with the
 //! generated CA pinned from the join token: enrollment, reports, the two consents,
-//! tasks, the proxy (streaming and cancellation), several tunnel replicas, server
-//! restarts, and a task rescued after its agent stalls, whose late result the fence
-//! refuses. Every database backend.
+//! tasks, the proxy (streaming and cancellation), port forwards (`lattice proxy`),
+//! several tunnel replicas, server restarts, and a task rescued after its agent
+//! stalls, whose late result the fence refuses. Every database backend.
 
 mod common;
 
@@ -651,19 +651,9 @@ async fn a_request_entering_the_wrong_tunnel_replica_is_forwarded() {
         let b = TestServer::start_on(&url, None, &env).await;
         let admin = a.admin_token(&["*"]).await;
         let dir = tempfile::tempdir().unwrap();
-        let out = enroll(&join_token(&a, &admin).await, dir.path()).await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let port = upstream(Arc::new(AtomicUsize::new(0))).await;
-        let _agent = run_agent(dir.path(), &format!("proxy_ports = [{port}]\n"));
-        let nodes = wait_for(&a, &admin, "/api/v1/nodes", "agent connects", |b| {
-            b["nodes"][0]["status"] == "connected"
-        })
-        .await;
-        let id = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+        let config = format!("proxy_ports = [{port}]\n");
+        let (_agent, id) = connected_agent(&a, &admin, dir.path(), &config).await;
         // The agent's stream is held by replica A; ask replica B.
         let resp = b
             .http
@@ -675,8 +665,277 @@ async fn a_request_entering_the_wrong_tunnel_replica_is_forwarded() {
         assert_eq!(resp.status(), 200, "{backend:?}");
         let echo: Value = resp.json().await.unwrap();
         assert_eq!(echo["uri"], "/echo?via=b");
+        // A port forward entering replica B is carried by A too (HTTP/1.1 spoken by
+        // hand over the forwarded connection).
+        let resp = port_forward(&b, &h1_client(&b), &admin, &id, port, true).await;
+        assert_eq!(resp.status(), 101, "{backend:?}");
+        let raw = b"GET /echo?via=forward HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n";
+        let back = exchange(resp.upgrade().await.unwrap(), raw.to_vec()).await;
+        let text = String::from_utf8_lossy(&back);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("/echo?via=forward"), "{text}");
         b.stop().await;
         a.stop().await;
+    }
+}
+
+/// A local TCP service that is not HTTP: answers each byte upper-cased, then `BYE\n`
+/// once its client closes its side, and closes. Connections that ended are counted
+/// in `closed`.
+async fn shouting_service(closed: Arc<AtomicUsize>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = tcp.write_all(b"BYE\n").await;
+                            break;
+                        }
+                        Ok(n) => {
+                            buf[..n].make_ascii_uppercase();
+                            if tcp.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    port
+}
+
+/// Enroll an agent with `config` into `s` and wait until it is connected: the
+/// running agent and its node id.
+async fn connected_agent(
+    s: &TestServer,
+    admin: &str,
+    dir: &Path,
+    config: &str,
+) -> (AgentProc, String) {
+    let out = enroll(&join_token(s, admin).await, dir).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = run_agent(dir, config);
+    let nodes = wait_for(s, admin, "/api/v1/nodes", "agent connects", |b| {
+        b["nodes"][0]["status"] == "connected"
+    })
+    .await;
+    (agent, nodes["nodes"][0]["id"].as_str().unwrap().to_owned())
+}
+
+/// An HTTP/1.1-only client trusting `s`'s CA (upgrades do not exist in HTTP/2).
+fn h1_client(s: &TestServer) -> reqwest::Client {
+    let ca = std::fs::read(s.data_dir.path.join("tls/ca.pem")).unwrap();
+    reqwest::Client::builder()
+        .http1_only()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Ask `s` for a port forward to `port` on `node` (with the upgrade headers when
+/// `upgrade`).
+async fn port_forward(
+    s: &TestServer,
+    h1: &reqwest::Client,
+    token: &str,
+    node: &str,
+    port: u16,
+    upgrade: bool,
+) -> reqwest::Response {
+    let mut req = h1
+        .get(s.url(&format!("/api/v1/nodes/{node}/portforward/{port}")))
+        .bearer_auth(token);
+    if upgrade {
+        req = req
+            .header("connection", "upgrade")
+            .header("upgrade", "connect-tcp");
+    }
+    req.send().await.unwrap()
+}
+
+/// Write `out` and close the write side, reading everything that comes back until
+/// the other side closes.
+async fn exchange<S>(io: S, out: Vec<u8>) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let writer = tokio::spawn(async move {
+        wr.write_all(&out).await.unwrap();
+        wr.shutdown().await.unwrap();
+        wr
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut back))
+        .await
+        .expect("the forward ends")
+        .unwrap();
+    drop(writer.await.unwrap());
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let s = TestServer::start_on(&url, guard, FAST).await;
+        let admin = s.admin_token(&["*"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let port = shouting_service(closed.clone()).await;
+        let config = format!("proxy_ports = [{port}]\n");
+        let (_agent, id) = connected_agent(&s, &admin, dir.path(), &config).await;
+        let ca = s.data_dir.path.join("tls/ca.pem");
+        let h1 = h1_client(&s);
+
+        // Bytes both ways, more than a stream's window each way, and a half-close:
+        // the client's end reaches the service, whose last words still come back.
+        let resp = port_forward(&s, &h1, &admin, &id, port, true).await;
+        assert_eq!(resp.status(), 101, "{backend:?}");
+        assert_eq!(resp.headers()["upgrade"], "connect-tcp");
+        let payload: Vec<u8> = (0..1024 * 1024).map(|i| b"abcdefgh\n"[i % 9]).collect();
+        let back = exchange(resp.upgrade().await.unwrap(), payload.clone()).await;
+        let mut want = payload.to_ascii_uppercase();
+        want.extend_from_slice(b"BYE\n");
+        assert_eq!(back.len(), want.len(), "{backend:?}");
+        assert!(
+            back == want,
+            "{backend:?}: the bytes came back whole and in order"
+        );
+
+        // The client going away closes the connection on the node.
+        let before = closed.load(Ordering::SeqCst);
+        let resp = port_forward(&s, &h1, &admin, &id, port, true).await;
+        assert_eq!(resp.status(), 101);
+        let mut up = resp.upgrade().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut up, b"x")
+            .await
+            .unwrap();
+        let mut one = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut up, &mut one)
+            .await
+            .unwrap();
+        assert_eq!(&one, b"X");
+        drop(up);
+        for _ in 0..100 {
+            if closed.load(Ordering::SeqCst) > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            closed.load(Ordering::SeqCst) > before,
+            "{backend:?}: the node-side connection closed"
+        );
+
+        // Refusals, each before any byte is carried: no upgrade asked, a port the
+        // agent does not allow, a caller without nodes:proxy, a closed port.
+        let resp = port_forward(&s, &h1, &admin, &id, port, false).await;
+        assert_eq!(resp.status(), 400);
+        assert!(resp.text().await.unwrap().contains("connect-tcp"));
+        let resp = port_forward(&s, &h1, &admin, &id, 22, true).await;
+        assert_eq!(resp.status(), 403);
+        let reader = s.admin_token(&["nodes:read"]).await;
+        let resp = port_forward(&s, &h1, &reader, &id, port, true).await;
+        assert_eq!(resp.status(), 403);
+        assert!(resp.text().await.unwrap().contains("nodes:proxy"));
+        let resp = port_forward(&s, &h1, "lat_not-a-token", &id, port, true).await;
+        assert_eq!(resp.status(), 401);
+
+        // Each forward opened (or refused by the agent's ports) is audited.
+        let audit = wait_for(
+            &s,
+            &admin,
+            "/api/v1/audit?limit=1000",
+            "port forwards are audited",
+            |b| {
+                b["entries"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .filter(|e| e["action"] == "node.port_forward")
+                        .count()
+                        >= 3
+                })
+            },
+        )
+        .await;
+        let forwards: Vec<_> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "node.port_forward")
+            .map(|e| (e["outcome"].clone(), e["detail"]["port"].clone()))
+            .collect();
+        assert!(
+            forwards.contains(&(json!("success"), json!(port))),
+            "{forwards:?}"
+        );
+        assert!(
+            forwards.contains(&(json!("failure"), json!(22))),
+            "{forwards:?}"
+        );
+
+        // `lattice proxy NODE PORT`: a local port whose connections are forwarded.
+        let cli = Path::new(common::process::BIN).with_file_name("lattice");
+        let config = dir.path().join("cli.toml");
+        let refused = Command::new(&cli)
+            .args(["--server", &s.base, "--ca-file"])
+            .arg(&ca)
+            .args(["proxy", &id, "22"])
+            .env("LATTICE_CONFIG", &config)
+            .env("LATTICE_TOKEN", &admin)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("does not allow port 22"), "{err}");
+        let mut proxy = Command::new(&cli)
+            .args(["--server", &s.base, "--ca-file"])
+            .arg(&ca)
+            .args(["proxy", &id, &port.to_string(), "--listen", "127.0.0.1:0"])
+            .env("LATTICE_CONFIG", &config)
+            .env("LATTICE_TOKEN", &admin)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = proxy.stderr.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let local = line
+            .strip_prefix("forwarding ")
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("lattice proxy said: {line}"))
+            .to_owned();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(&local).await.unwrap();
+            let back = exchange(tcp, b"through the cli".to_vec()).await;
+            assert_eq!(back, b"THROUGH THE CLIBYE\n", "{backend:?}");
+        }
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        s.stop().await;
     }
 }
 

@@ -422,6 +422,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::any(routes::nodes::proxy),
         )
         .route(
+            "/api/v1/nodes/{node}/portforward/{port}",
+            get(routes::nodes::port_forward),
+        )
+        .route(
             "/lattice.agent.v1.AgentService/{*method}",
             axum::routing::post(routes::nodes::relay_agent),
         )

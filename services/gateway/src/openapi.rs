@@ -65,6 +65,7 @@ use crate::routes;
         routes::nodes::logs,
         routes::nodes::fleet_metrics,
         routes::nodes::proxy_doc,
+        routes::nodes::port_forward_doc,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = []))

@@ -46,6 +46,8 @@ pub const CHUNK: usize = 64 * 1024;
 pub const GRANT_STEP: u32 = WINDOW / 4;
 /// Protocol feature: a proxy open or head may carry the whole body.
 pub const INLINE_BODY: &str = "proxy.inline_body";
+/// Protocol feature: the agent opens TCP connections (port forwards).
+pub const TCP: &str = "proxy.tcp";
 /// A connected node's `last_seen_ms` is written at most this often (a connected
 /// node is seen now; the value matters once it disconnects, which writes it).
 const SEEN_WRITE_EVERY: Duration = Duration::from_secs(60);
@@ -99,6 +101,8 @@ pub struct Session {
     proxy_ports: Vec<u32>,
     /// The agent speaks [`INLINE_BODY`].
     inline_body: bool,
+    /// The agent speaks [`TCP`].
+    tcp: bool,
     close: CancellationToken,
     close_reason: Mutex<Option<String>>,
     /// When `last_seen_ms` was last written (heartbeats write it at most once a
@@ -435,6 +439,7 @@ impl Hub {
             next_stream: AtomicU64::new(1),
             proxy_ports: ports,
             inline_body: hello.features.iter().any(|f| f == INLINE_BODY),
+            tcp: hello.features.iter().any(|f| f == TCP),
             close: self.shutdown.child_token(),
             close_reason: Mutex::new(None),
             seen_written: Mutex::new(Instant::now()),
@@ -916,8 +921,9 @@ impl Hub {
         }
     }
 
-    /// Carry one HTTP exchange to `head.node_id`: through the stream held here, or
-    /// forwarded once to the replica that holds it.
+    /// Carry one HTTP exchange (or, with `head.tcp`, one TCP connection) to
+    /// `head.node_id`: through the stream held here, or forwarded once to the
+    /// replica that holds it.
     pub async fn proxy(
         self: &Arc<Self>,
         p: &Principal,
@@ -932,7 +938,16 @@ impl Hub {
         if head.port == 0 || head.port > 65_535 {
             return Err(TunnelError::Invalid("port: must be 1..65535".into()));
         }
-        if !head.path_and_query.starts_with('/') || head.path_and_query.len() > 8192 {
+        if head.tcp {
+            if !head.method.is_empty()
+                || !head.path_and_query.is_empty()
+                || !head.headers.is_empty()
+            {
+                return Err(TunnelError::Invalid(
+                    "a TCP forward carries no method, path or headers".into(),
+                ));
+            }
+        } else if !head.path_and_query.starts_with('/') || head.path_and_query.len() > 8192 {
             return Err(TunnelError::Invalid(
                 "path: must start with / (at most 8 KiB)".into(),
             ));
@@ -942,11 +957,44 @@ impl Hub {
         if let Some(s) = self.session(&head.node_id)
             && s.org_id == p.org_id
         {
-            if !s.proxy_ports.contains(&head.port) {
-                return Err(TunnelError::Forbidden(format!(
+            let refused = if !s.proxy_ports.contains(&head.port) {
+                Some(TunnelError::Forbidden(format!(
                     "port {} is not allowed by the agent on node {} (its config allows: {:?})",
                     head.port, s.node_id, s.proxy_ports
-                )));
+                )))
+            } else if head.tcp && !s.tcp {
+                Some(TunnelError::Invalid(format!(
+                    "the agent on node {} does not forward TCP (it predates port forwards; upgrade it)",
+                    s.node_id
+                )))
+            } else {
+                None
+            };
+            // A port forward is a session into the node: each one is audited (single
+            // proxied HTTP requests are not).
+            if head.tcp {
+                let ip = metadata
+                    .get(lattice_core::auth::CLIENT_IP_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let detail = match &refused {
+                    Some(e) => serde_json::json!({"port": head.port, "error": e.to_string()}),
+                    None => serde_json::json!({"port": head.port}),
+                };
+                self.nodes
+                    .record(
+                        &p.org_id,
+                        &p.sub,
+                        "node.port_forward",
+                        &s.node_id,
+                        refused.is_none(),
+                        ip,
+                        detail,
+                    )
+                    .await;
+            }
+            if let Some(e) = refused {
+                return Err(e);
             }
             return Ok(Box::pin(self.open_local(s, head, body)));
         }
@@ -1055,6 +1103,7 @@ impl Hub {
                     Bytes::new()
                 },
                 end: inline,
+                tcp: head.tcp,
             }),
         );
         // The request body, within the agent's window (nothing to pump when the

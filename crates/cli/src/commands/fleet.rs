@@ -1,12 +1,9 @@
 //! `lattice get nodes|node`, `lattice nodes ...`, `lattice tasks ...`,
 //! `lattice audit tail|verify` and `lattice proxy NODE PORT`.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::TryStreamExt as _;
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 use super::{Ctx, segment};
@@ -329,100 +326,90 @@ pub async fn audit(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `lattice proxy NODE PORT`: a local listener whose HTTP requests are carried
-/// through the node's tunnel to `127.0.0.1:PORT` on the node (streamed both ways).
+/// `lattice proxy NODE PORT`: a local listener; each connection to it is one TCP
+/// connection to `127.0.0.1:PORT` on the node, carried through the node's tunnel
+/// (like `kubectl port-forward`: any protocol, bytes both ways).
 pub async fn proxy(ctx: &Ctx, node: &str, port: u16, listen: &str) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     let token = api
         .bearer()
         .context("lattice proxy needs a token (LATTICE_TOKEN or lattice login)")?
         .to_owned();
+    // Fail at once, not on the first connection, when the node cannot be reached
+    // on that port.
+    let n = api
+        .get(&format!("/api/v1/nodes/{}", segment(node)?))
+        .await?;
+    let allowed = n["proxy_ports"]
+        .as_array()
+        .is_some_and(|ports| ports.iter().any(|p| p.as_u64() == Some(u64::from(port))));
+    if !allowed {
+        bail!(
+            "node {node}'s agent does not allow port {port} (its proxy_ports: {}); add it to the agent's config",
+            list(&n["proxy_ports"])
+        );
+    }
+    if n["status"] != "connected" {
+        eprintln!(
+            "warning: node {node} is {}; connections fail until its agent reconnects",
+            s(&n["status"])
+        );
+    }
+    let http = api.upgrade_client()?;
+    let url = format!(
+        "{}/api/v1/nodes/{}/portforward/{port}",
+        api.server(),
+        segment(node)?
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen {listen}"))?;
     let local = listener.local_addr()?;
-    eprintln!("forwarding http://{local} -> node {node} port {port} (Ctrl-C to stop)");
-    let base = format!(
-        "{}/api/v1/nodes/{}/proxy/{port}",
-        api.server(),
-        segment(node)?
-    );
-    let http = api.http().clone();
+    eprintln!("forwarding {local} -> node {node} port {port} (Ctrl-C to stop)");
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             a = listener.accept() => a?,
         };
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (http, base, token) = (http.clone(), base.clone(), token.clone());
-                    async move { Ok::<_, Infallible>(forward(&http, &base, &token, req).await) }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .await;
+            if let Err(e) = forward(&http, &url, &token, tcp).await {
+                eprintln!("connection from {peer}: {e:#}");
+            }
         });
     }
 }
 
-type Out = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
-
+/// Carry one local connection: upgrade a request to the port forward route, then
+/// copy bytes both ways until both sides are done.
 async fn forward(
     http: &reqwest::Client,
-    base: &str,
+    url: &str,
     token: &str,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> hyper::Response<Out> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let (parts, body) = req.into_parts();
-    let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    let mut out = http
-        .request(parts.method.clone(), format!("{base}{path}"))
+    mut local: tokio::net::TcpStream,
+) -> anyhow::Result<()> {
+    let _ = local.set_nodelay(true);
+    let resp = http
+        .get(url)
         .bearer_auth(token)
-        .timeout(Duration::from_secs(24 * 3600))
-        .body(body);
-    for (n, v) in &parts.headers {
-        if !matches!(
-            n.as_str(),
-            "host" | "authorization" | "connection" | "content-length" | "transfer-encoding"
-        ) {
-            out = out.header(n, v);
-        }
+        .header(reqwest::header::CONNECTION, "upgrade")
+        .header(reqwest::header::UPGRADE, "connect-tcp")
+        .send()
+        .await
+        .context("cannot reach the server")?;
+    let status = resp.status();
+    if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        let retry = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await.unwrap_or_default();
+        let e = crate::client::decode_error(status.as_u16(), retry.as_deref(), &body);
+        bail!("port forward refused: {e}");
     }
-    match out.send().await {
-        Ok(resp) => {
-            let mut builder = hyper::Response::builder().status(resp.status());
-            for (n, v) in resp.headers() {
-                if !matches!(
-                    n.as_str(),
-                    "connection" | "transfer-encoding" | "content-length"
-                ) {
-                    builder = builder.header(n, v);
-                }
-            }
-            let stream = resp
-                .bytes_stream()
-                .map_ok(hyper::body::Frame::data)
-                .map_err(std::io::Error::other);
-            builder
-                .body(http_body_util::StreamBody::new(stream).boxed())
-                .unwrap_or_else(|_| bad_gateway("bad response head"))
-        }
-        Err(e) => bad_gateway(&format!("tunnel request failed: {e}")),
-    }
-}
-
-fn bad_gateway(msg: &str) -> hyper::Response<Out> {
-    let body = http_body_util::Full::new(bytes::Bytes::from(format!("{msg}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut r = hyper::Response::new(body);
-    *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-    r
+    let mut remote = resp.upgrade().await.context("port forward upgrade")?;
+    // Either side going away ends the connection; that is not an error to report.
+    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/nodes`: join tokens, the node registry, metrics and logs, the fleet's
-//! Prometheus exposition, the proxy into a node, and the relay that carries agent
-//! streams (`lattice.agent.v1`) to the tunnel service.
+//! Prometheus exposition, the proxy and port forwards into a node, and the relay
+//! that carries agent streams (`lattice.agent.v1`) to the tunnel service.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -499,6 +499,7 @@ pub async fn proxy(
         body: bytes::Bytes::new(),
         end: false,
         accept_inline_body: true,
+        tcp: false,
     };
     // A small body of known length (none, for a GET) travels inside the head: one
     // message for the whole request. Anything else streams.
@@ -557,13 +558,7 @@ pub async fn proxy(
         })?;
     let mut head = match first {
         pb::proxy_chunk::Chunk::Response(h) => h,
-        pb::proxy_chunk::Chunk::Reset(r) => {
-            let code = match r.code.as_str() {
-                "port_not_allowed" => lattice_core::ErrorCode::PermissionDenied,
-                _ => lattice_core::ErrorCode::BadGateway,
-            };
-            return Err(ApiError::new(code, format!("{}: {}", r.code, r.message)));
-        }
+        pb::proxy_chunk::Chunk::Reset(r) => return Err(refused(&r)),
         _ => {
             return Err(ApiError::new(
                 lattice_core::ErrorCode::BadGateway,
@@ -630,6 +625,163 @@ pub async fn proxy(
         },
     );
     resp.body(Body::from_stream(stream)).map_err(bad_head)
+}
+
+/// The error for a stream the agent refused or could not open.
+fn refused(r: &agent::ProxyReset) -> ApiError {
+    let code = match r.code.as_str() {
+        "port_not_allowed" => lattice_core::ErrorCode::PermissionDenied,
+        _ => lattice_core::ErrorCode::BadGateway,
+    };
+    ApiError::new(code, format!("{}: {}", r.code, r.message))
+}
+
+/// The HTTP/1.1 upgrade token of a port forward, as in the IETF's template-driven
+/// CONNECT for TCP (`draft-ietf-httpbis-connect-tcp`).
+pub const CONNECT_TCP: &str = "connect-tcp";
+/// Largest read from a port forward's client (each becomes one data chunk).
+const FORWARD_READ: usize = 16 * 1024;
+
+/// The port forward route as the OpenAPI document shows it.
+#[utoipa::path(get, path = "/api/v1/nodes/{node}/portforward/{port}", tag = "nodes",
+    params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
+        ("Upgrade" = String, Header, description = "`connect-tcp` (with `Connection: Upgrade`, over HTTP/1.1)")),
+    responses((status = 101, description = "Connected: from here the connection carries the TCP bytes both ways"),
+        (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+#[allow(dead_code)]
+fn port_forward_doc() {}
+
+/// `GET /api/v1/nodes/{node}/portforward/{port}` (`nodes:proxy`), an HTTP/1.1
+/// upgrade to `connect-tcp`: one TCP connection to `127.0.0.1:{port}` on the node,
+/// carried over its agent's stream like `kubectl port-forward`. Answers `101` once
+/// the node's service accepted (an error otherwise, before any byte is carried);
+/// then the connection carries bytes both ways until the node's side closes.
+/// The client closing its side half-closes the node's.
+pub async fn port_forward(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((node_id, port)): Path<(String, String)>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let bad = |m: &str| ApiError::new(lattice_core::ErrorCode::BadRequest, m);
+    let upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(CONNECT_TCP))
+        });
+    if !upgrade || req.version() != http::Version::HTTP_11 {
+        return Err(bad(
+            "a port forward is an HTTP/1.1 upgrade: send `Connection: Upgrade` and `Upgrade: connect-tcp` (`lattice proxy NODE PORT` does)",
+        ));
+    }
+    let port: u32 = port
+        .parse()
+        .ok()
+        .filter(|p| (1..=65_535).contains(p))
+        .ok_or_else(|| bad("port: must be 1..65535"))?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // The client's bytes, as the tunnel call's request stream (bounded: a client
+    // faster than the node waits for the node's window).
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ProxyChunk>(4);
+    let head = pb::ProxyRequestHead {
+        node_id,
+        port,
+        tcp: true,
+        ..Default::default()
+    };
+    let _ = tx.send(head_chunk(head)).await;
+    let outbound = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut answers = client(&state)?
+        .proxy(caller.request(&state, outbound))
+        .await?
+        .into_inner();
+    match answers.message().await?.and_then(|c| c.chunk) {
+        Some(pb::proxy_chunk::Chunk::Response(_)) => {}
+        Some(pb::proxy_chunk::Chunk::Reset(r)) => return Err(refused(&r)),
+        _ => {
+            return Err(ApiError::new(
+                lattice_core::ErrorCode::BadGateway,
+                "the tunnel ended the port forward before it connected",
+            ));
+        }
+    }
+    tokio::spawn(splice(on_upgrade, tx, answers, state.draining.clone()));
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, CONNECT_TCP)
+        .body(Body::empty())
+        .map_err(bad_head)
+}
+
+/// Carry a port forward's bytes between the upgraded client connection and the
+/// tunnel until the node's side ends, the client goes away or the gateway drains.
+async fn splice(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    tx: tokio::sync::mpsc::Sender<pb::ProxyChunk>,
+    mut answers: tonic::Streaming<pb::ProxyChunk>,
+    draining: tokio_util::sync::CancellationToken,
+) {
+    use pb::proxy_chunk::Chunk;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Dropping `answers` before the node's end resets the stream on the node.
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let up = async move {
+        let mut buf = vec![0u8; FORWARD_READ];
+        loop {
+            let chunk = match rd.read(&mut buf).await {
+                Ok(0) => Chunk::End(true),
+                Ok(n) => Chunk::Data(bytes::Bytes::copy_from_slice(&buf[..n])),
+                Err(e) => Chunk::Reset(agent::ProxyReset {
+                    code: "cancelled".into(),
+                    message: format!("client connection: {e}"),
+                }),
+            };
+            let last = !matches!(chunk, Chunk::Data(_));
+            if tx
+                .send(pb::ProxyChunk { chunk: Some(chunk) })
+                .await
+                .is_err()
+                || last
+            {
+                break;
+            }
+        }
+        // The client's side is done; the node's may still answer.
+        std::future::pending::<()>().await;
+    };
+    let down = async move {
+        while let Ok(Some(pb::ProxyChunk { chunk: Some(chunk) })) = answers.message().await {
+            match chunk {
+                Chunk::Data(d) => {
+                    if wr.write_all(&d).await.is_err() {
+                        return;
+                    }
+                }
+                Chunk::End(_) => {
+                    let _ = wr.shutdown().await;
+                    // Read the call to its end, so it closes rather than resets.
+                    while let Ok(Some(_)) = answers.message().await {}
+                    return;
+                }
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+        () = draining.cancelled() => {}
+    }
 }
 
 fn bad_head(e: http::Error) -> ApiError {
