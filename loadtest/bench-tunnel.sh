@@ -36,7 +36,7 @@ http { access_log off; server { listen 127.0.0.1:$UP; root $tmp/www; } }
 CONF
 nginx -c "$tmp/nginx.conf" & pids+=($!)
 
-LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=warn \
+LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=warn env ${SERVER_ENV:-} \
   "$B/lattice-server" --data-dir "$tmp/data" --tls "$GATEWAY_TLS" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
   --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 & SERVER_PID=$!; pids+=($SERVER_PID)
 if [ "$GATEWAY_TLS" = off ]; then
@@ -96,11 +96,14 @@ remote_addr = "127.0.0.1:18233"
 token = "bench"
 local_addr = "127.0.0.1:$UP"
 CONF
-  rathole "$tmp/rh-server.toml" >/dev/null 2>&1 & pids+=($!)
+  rathole "$tmp/rh-server.toml" >/dev/null 2>&1 & RHS=$!; pids+=($RHS)
   sleep 0.5
-  rathole "$tmp/rh-client.toml" >/dev/null 2>&1 & pids+=($!)
+  rathole "$tmp/rh-client.toml" >/dev/null 2>&1 & RHC=$!; pids+=($RHC)
   for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/small.txt >/dev/null && break; sleep 0.2; done
+  s0=$(ticks $RHS); c0=$(ticks $RHC)
   echo "through rathole:       $(run http://127.0.0.1:18081/small.txt)"
+  s1=$(ticks $RHS); c1=$(ticks $RHC)
+  echo "  CPU during that run:  rathole server $(( (s1 - s0) * 100 / hz / secs ))%, rathole client $(( (c1 - c0) * 100 / hz / secs ))% of a core"
 else
   echo "through rathole:       skipped (rathole not on PATH: cargo install rathole)"
 fi
