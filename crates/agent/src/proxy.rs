@@ -117,10 +117,7 @@ impl Streams {
                 );
                 tokio::spawn(async move {
                     if open.tcp {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            () = forward_tcp(&agent, id, open.port, credit, body_rx) => {}
-                        }
+                        forward_tcp(&agent, id, open.port, credit, body_rx, cancel).await;
                     } else {
                         let exchange = Exchange {
                             agent: &agent,
@@ -174,33 +171,41 @@ fn port_allowed(agent: &Agent, port: u32) -> Result<(), Frame> {
 /// One port forward: a TCP connection to `127.0.0.1:{port}`. The server's data
 /// frames are written to it (granting the server more window as they are written;
 /// the server's end closes the write half), and what the service sends comes back
-/// within the server's window until the service closes, which ends the stream.
+/// within the server's window until the service closes, which ends the stream. A
+/// reset from the server (the client's connection broke) aborts the connection.
 async fn forward_tcp(
     agent: &Arc<Agent>,
     id: u64,
     port: u32,
     credit: Arc<Semaphore>,
     mut from_server: mpsc::UnboundedReceiver<Bytes>,
+    cancel: CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if let Err(refused) = port_allowed(agent, port) {
         send(agent, id, refused).await;
         return;
     }
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port as u16));
-    let tcp =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                send(agent, id, reset("connect_failed", format!("{addr}: {e}"))).await;
-                return;
-            }
-            Err(_) => {
-                let msg = format!("{addr}: no answer within {}s", CONNECT_TIMEOUT.as_secs());
-                send(agent, id, reset("connect_failed", msg)).await;
-                return;
-            }
-        };
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr));
+    let connected = tokio::select! {
+        () = &mut cancelled => return,
+        c = connect => c,
+    };
+    let tcp = match connected {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            send(agent, id, reset("connect_failed", format!("{addr}: {e}"))).await;
+            return;
+        }
+        Err(_) => {
+            let msg = format!("{addr}: no answer within {}s", CONNECT_TIMEOUT.as_secs());
+            send(agent, id, reset("connect_failed", msg)).await;
+            return;
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let (mut rd, mut wr) = tcp.into_split();
     let head = pb::ProxyHead {
@@ -236,17 +241,28 @@ async fn forward_tcp(
             send(agent, id, Frame::Data(piece)).await;
         }
     };
-    tokio::pin!(down);
-    // The node's side closing ends the stream; the client's side closing only
-    // half-closes it (the service may still answer).
-    let last = tokio::select! {
-        last = &mut down => last,
-        r = up => match r {
-            Ok(()) => down.await,
-            Err(e) => reset("upstream_failed", e.to_string()),
-        },
+    // The node's side closing ends the stream. The client's side closing only
+    // half-closes it, and a write the service refuses (it closed its reading side)
+    // stops the writing: either way the service may still answer, and what it
+    // sends is read to its end.
+    let pumped = async {
+        tokio::pin!(down);
+        tokio::select! {
+            last = &mut down => last,
+            _ = up => (&mut down).await,
+        }
     };
-    send(agent, id, last).await;
+    let last = tokio::select! {
+        () = &mut cancelled => None,
+        last = pumped => Some(last),
+    };
+    match last {
+        Some(last) => send(agent, id, last).await,
+        // Not a clean close: the service sees a reset, not a complete stream.
+        None => {
+            let _ = rd.as_ref().set_zero_linger();
+        }
+    }
 }
 
 /// One proxied HTTP exchange.

@@ -666,11 +666,23 @@ async fn a_request_entering_the_wrong_tunnel_replica_is_forwarded() {
         let echo: Value = resp.json().await.unwrap();
         assert_eq!(echo["uri"], "/echo?via=b");
         // A port forward entering replica B is carried by A too (HTTP/1.1 spoken by
-        // hand over the forwarded connection).
+        // hand over the forwarded connection; the write side stays open, as the
+        // node's HTTP server drops a connection whose client half-closes).
         let resp = port_forward(&b, &h1_client(&b), &admin, &id, port, true).await;
         assert_eq!(resp.status(), 101, "{backend:?}");
+        let mut io = resp.upgrade().await.unwrap();
         let raw = b"GET /echo?via=forward HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n";
-        let back = exchange(resp.upgrade().await.unwrap(), raw.to_vec()).await;
+        tokio::io::AsyncWriteExt::write_all(&mut io, raw)
+            .await
+            .unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_end(&mut io, &mut back),
+        )
+        .await
+        .expect("the node's server closes after its answer")
+        .unwrap();
         let text = String::from_utf8_lossy(&back);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains("/echo?via=forward"), "{text}");
@@ -680,8 +692,8 @@ async fn a_request_entering_the_wrong_tunnel_replica_is_forwarded() {
 }
 
 /// A local TCP service that is not HTTP: answers each byte upper-cased, then `BYE\n`
-/// once its client closes its side, and closes. Connections that ended are counted
-/// in `closed`.
+/// once its client closes its side, and closes. A client that starts with `QUIT`
+/// is hung up on at once. Connections that ended are counted in `closed`.
 async fn shouting_service(closed: Arc<AtomicUsize>) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -698,6 +710,7 @@ async fn shouting_service(closed: Arc<AtomicUsize>) -> u16 {
                             let _ = tcp.write_all(b"BYE\n").await;
                             break;
                         }
+                        Ok(_) if buf.starts_with(b"QUIT") => break,
                         Ok(n) => {
                             buf[..n].make_ascii_uppercase();
                             if tcp.write_all(&buf[..n]).await.is_err() {
@@ -933,6 +946,57 @@ async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
             let back = exchange(tcp, b"through the cli".to_vec()).await;
             assert_eq!(back, b"THROUGH THE CLIBYE\n", "{backend:?}");
         }
+        // A local connection that breaks (a reset, not a close) is aborted on the
+        // node too: the service's connection ends without waiting for more.
+        let before = closed.load(Ordering::SeqCst);
+        let mut tcp = tokio::net::TcpStream::connect(&local).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, b"x")
+            .await
+            .unwrap();
+        let mut one = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut one)
+            .await
+            .unwrap();
+        tcp.set_zero_linger().unwrap();
+        drop(tcp);
+        for _ in 0..100 {
+            if closed.load(Ordering::SeqCst) > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            closed.load(Ordering::SeqCst) > before,
+            "{backend:?}: the node-side connection was aborted"
+        );
+        // A service that hangs up mid-upload ends the forward: the client's read
+        // ends (cleanly or with a reset) instead of waiting on.
+        let tcp = tokio::net::TcpStream::connect(&local).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut wr, b"QUIT").await;
+            let junk = vec![b'j'; 64 * 1024];
+            for _ in 0..64 {
+                if tokio::io::AsyncWriteExt::write_all(&mut wr, &junk)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            wr
+        });
+        let mut back = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut back),
+        )
+        .await;
+        assert!(
+            read.is_ok(),
+            "{backend:?}: the forward ended with its service"
+        );
+        writer.abort();
         let _ = proxy.kill();
         let _ = proxy.wait();
         s.stop().await;

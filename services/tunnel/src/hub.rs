@@ -879,7 +879,7 @@ impl Hub {
                 } else {
                     let _ = slot.to_client.send(Event::Head(h));
                 }
-                streams.remove(&id);
+                Self::finished(&mut streams, id);
             }
             Frame::Head(h) => {
                 let _ = slot.to_client.send(Event::Head(h));
@@ -893,7 +893,7 @@ impl Hub {
                         code: "flow_control".into(),
                         message: "the agent sent past its window".into(),
                     }));
-                    streams.remove(&id);
+                    Self::finished(&mut streams, id);
                     drop(streams);
                     s.frame(
                         id,
@@ -908,7 +908,7 @@ impl Hub {
             }
             Frame::End(_) => {
                 let _ = slot.to_client.send(Event::End);
-                streams.remove(&id);
+                Self::finished(&mut streams, id);
             }
             Frame::Reset(r) => {
                 let _ = slot.to_client.send(Event::Reset(r));
@@ -918,6 +918,14 @@ impl Hub {
             }
             Frame::WindowUpdate(n) => slot.credit.add_permits(n as usize),
             Frame::Open(_) => {}
+        }
+    }
+
+    /// The agent's side of stream `id` ended: forget it, and stop its request pump
+    /// (which may be waiting for window the agent will no longer grant).
+    fn finished(streams: &mut HashMap<u64, Slot>, id: u64) {
+        if let Some(slot) = streams.remove(&id) {
+            slot.credit.close();
         }
     }
 
@@ -942,9 +950,11 @@ impl Hub {
             if !head.method.is_empty()
                 || !head.path_and_query.is_empty()
                 || !head.headers.is_empty()
+                || !head.body.is_empty()
+                || head.end
             {
                 return Err(TunnelError::Invalid(
-                    "a TCP forward carries no method, path or headers".into(),
+                    "a TCP forward's head carries no method, path, headers or body (bytes follow as data)".into(),
                 ));
             }
         } else if !head.path_and_query.starts_with('/') || head.path_and_query.len() > 8192 {
@@ -1129,9 +1139,11 @@ impl Hub {
                         let mut rest = d;
                         while !rest.is_empty() {
                             let piece = rest.split_to(rest.len().min(CHUNK));
-                            let Ok(permit) = credit.acquire_many(piece.len() as u32).await else {
-                                return;
+                            let permit = tokio::select! {
+                                _ = pump.close.cancelled() => return,
+                                p = credit.acquire_many(piece.len() as u32) => p,
                             };
+                            let Ok(permit) = permit else { return };
                             permit.forget();
                             pump.frame(id, Frame::Data(piece));
                         }

@@ -410,6 +410,13 @@ async fn forward(
     }
     let mut remote = resp.upgrade().await.context("port forward upgrade")?;
     // Either side going away ends the connection; that is not an error to report.
-    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+    // But a forward that broke (the node's side reset, the server went away) must
+    // not look complete to the local program: it gets a reset, not a clean end.
+    if tokio::io::copy_bidirectional(&mut local, &mut remote)
+        .await
+        .is_err()
+    {
+        let _ = local.set_zero_linger();
+    }
     Ok(())
 }

@@ -741,22 +741,29 @@ async fn splice(
             let chunk = match rd.read(&mut buf).await {
                 Ok(0) => Chunk::End(true),
                 Ok(n) => Chunk::Data(bytes::Bytes::copy_from_slice(&buf[..n])),
-                Err(e) => Chunk::Reset(agent::ProxyReset {
-                    code: "cancelled".into(),
-                    message: format!("client connection: {e}"),
-                }),
+                Err(e) => {
+                    // The client's connection broke: reset the node's side and end
+                    // here (returning drops the stream, which resets it too).
+                    let reset = Chunk::Reset(agent::ProxyReset {
+                        code: "cancelled".into(),
+                        message: format!("client connection: {e}"),
+                    });
+                    let _ = tx.send(pb::ProxyChunk { chunk: Some(reset) }).await;
+                    return;
+                }
             };
-            let last = !matches!(chunk, Chunk::Data(_));
+            let end = matches!(chunk, Chunk::End(_));
             if tx
                 .send(pb::ProxyChunk { chunk: Some(chunk) })
                 .await
                 .is_err()
-                || last
+                || end
             {
                 break;
             }
         }
-        // The client's side is done; the node's may still answer.
+        // The client closed its side (or the node stopped taking bytes): the node's
+        // side may still answer.
         std::future::pending::<()>().await;
     };
     let down = async move {
@@ -773,6 +780,9 @@ async fn splice(
                     while let Ok(Some(_)) = answers.message().await {}
                     return;
                 }
+                // The node's side broke: the connection is dropped without an
+                // orderly shutdown, so over TLS the client sees a truncation (no
+                // close_notify), not a clean end.
                 _ => return,
             }
         }
