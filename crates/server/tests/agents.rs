@@ -780,6 +780,17 @@ async fn port_forward(
     req.send().await.unwrap()
 }
 
+/// Whether `counter` grows past `before` within 5 s.
+async fn grew(counter: &AtomicUsize, before: usize) -> bool {
+    for _ in 0..100 {
+        if counter.load(Ordering::SeqCst) > before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// Write `out` and close the write side, reading everything that comes back until
 /// the other side closes.
 async fn exchange<S>(io: S, out: Vec<u8>) -> Vec<u8>
@@ -845,14 +856,8 @@ async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
             .unwrap();
         assert_eq!(&one, b"X");
         drop(up);
-        for _ in 0..100 {
-            if closed.load(Ordering::SeqCst) > before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         assert!(
-            closed.load(Ordering::SeqCst) > before,
+            grew(&closed, before).await,
             "{backend:?}: the node-side connection closed"
         );
 
@@ -959,14 +964,8 @@ async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
             .unwrap();
         tcp.set_zero_linger().unwrap();
         drop(tcp);
-        for _ in 0..100 {
-            if closed.load(Ordering::SeqCst) > before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         assert!(
-            closed.load(Ordering::SeqCst) > before,
+            grew(&closed, before).await,
             "{backend:?}: the node-side connection was aborted"
         );
         // A service that hangs up mid-upload ends the forward: the client's read
