@@ -100,6 +100,9 @@ pub struct TunnelConfig {
     pub logs_retention_s: u64,
     /// Longest join token lifetime an operator may ask for, seconds.
     pub join_token_max_ttl_s: u64,
+    /// Most proxied requests and port forwards open at once to one node (each holds
+    /// a task and a connection on the node); more are refused with 429.
+    pub max_proxy_streams: u32,
     /// Hosts an operator may send agents to (`POST /api/v1/nodes/{id}/reconnect`
     /// with a `url`): the deployment's own gateway names. Empty: agents can only be
     /// asked to reconnect to the server they use.
@@ -279,6 +282,7 @@ fn defaults() -> Defaults {
             metrics_retention_s: 24 * 3600,
             logs_retention_s: 7 * 24 * 3600,
             join_token_max_ttl_s: 7 * 24 * 3600,
+            max_proxy_streams: 1024,
             agent_hosts: Vec::new(),
         },
     }
@@ -603,6 +607,9 @@ impl Config {
         }
         if tn.join_token_max_ttl_s < 60 {
             errors.push("tunnel.join_token_max_ttl_s: must be at least 60".into());
+        }
+        if tn.max_proxy_streams == 0 {
+            errors.push("tunnel.max_proxy_streams: must be at least 1".into());
         }
         for h in &tn.agent_hosts {
             if h.is_empty()

@@ -488,6 +488,7 @@ async fn start_tunnel(
             metrics_retention_ms: ms(tc.metrics_retention_s),
             logs_retention_ms: ms(tc.logs_retention_s),
             join_token_max_ttl_s: i64::try_from(tc.join_token_max_ttl_s).unwrap_or(i64::MAX),
+            max_proxy_streams: tc.max_proxy_streams as usize,
             agent_hosts: tc
                 .agent_hosts
                 .iter()

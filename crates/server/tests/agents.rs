@@ -1002,6 +1002,57 @@ async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_streams_to_a_node_are_limited() {
+    // The limit is per node and the same on every backend: one backend shows it.
+    let backend = testing::backends()[0];
+    let (url, guard) = testing::fresh_url(backend).await;
+    let mut env = FAST.to_vec();
+    env.push(("LATTICE_TUNNEL__MAX_PROXY_STREAMS", "2"));
+    let s = TestServer::start_on(&url, guard, &env).await;
+    let admin = s.admin_token(&["*"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = shouting_service(Arc::new(AtomicUsize::new(0))).await;
+    let config = format!("proxy_ports = [{port}]\n");
+    let (_agent, id) = connected_agent(&s, &admin, dir.path(), &config).await;
+    let h1 = h1_client(&s);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let resp = port_forward(&s, &h1, &admin, &id, port, true).await;
+        assert_eq!(resp.status(), 101);
+        open.push(resp.upgrade().await.unwrap());
+    }
+    // A third stream to the node, a forward or a proxied request, waits its turn.
+    let resp = port_forward(&s, &h1, &admin, &id, port, true).await;
+    assert_eq!(resp.status(), 429);
+    assert!(
+        resp.text().await.unwrap().contains("max_proxy_streams"),
+        "the answer names the setting"
+    );
+    let (status, _) = s
+        .call(
+            "GET",
+            &format!("/api/v1/nodes/{id}/proxy/{port}/"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 429);
+    // When one ends, there is room again.
+    drop(open.pop());
+    let mut status = 0;
+    for _ in 0..100 {
+        let resp = port_forward(&s, &h1, &admin, &id, port, true).await;
+        status = resp.status().as_u16();
+        if status == 101 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 101);
+    s.stop().await;
+}
+
 /// The server binary on a fixed port and data dir (so it can be restarted in place).
 fn spawn_server(port: u16, data: &Path, db_url: &str) -> common::process::Proc {
     let listen = format!("127.0.0.1:{port}");

@@ -24,6 +24,9 @@ pub enum TunnelError {
     /// The node's agent is not connected to any replica.
     #[error("{0}")]
     NotConnected(String),
+    /// A limit is reached for now (concurrent proxy streams to a node).
+    #[error("{0}")]
+    Busy(String),
     /// The database failed.
     #[error("tunnel database")]
     Db(#[from] sqlx::Error),
@@ -37,6 +40,7 @@ impl CodedError for TunnelError {
             Self::MissingScope(_) | Self::Forbidden(_) => ErrorCode::PermissionDenied,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::NotConnected(_) => ErrorCode::Unavailable,
+            Self::Busy(_) => ErrorCode::RateLimited,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,
         }

@@ -972,6 +972,11 @@ impl Hub {
                     "port {} is not allowed by the agent on node {} (its config allows: {:?})",
                     head.port, s.node_id, s.proxy_ports
                 )))
+            } else if s.streams().len() >= self.nodes.settings.max_proxy_streams {
+                Some(TunnelError::Busy(format!(
+                    "node {} already has {} proxied requests and port forwards open (tunnel.max_proxy_streams); retry when some end",
+                    s.node_id, self.nodes.settings.max_proxy_streams
+                )))
             } else if head.tcp && !s.tcp {
                 Some(TunnelError::Invalid(format!(
                     "the agent on node {} does not forward TCP (it predates port forwards; upgrade it)",

@@ -24,6 +24,8 @@ pub struct Settings {
     pub metrics_retention_ms: i64,
     pub logs_retention_ms: i64,
     pub join_token_max_ttl_s: i64,
+    /// Most proxy streams (requests and port forwards) open at once to one node.
+    pub max_proxy_streams: usize,
     /// How often an agent's session looks for work without being woken: a safety net
     /// when pushes reach this replica (the tasks service here, or a shared bus),
     /// the only way when they cannot.
