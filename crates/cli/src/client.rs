@@ -70,6 +70,12 @@ struct ErrorDetail {
     message: String,
 }
 
+/// The error a non-2xx answer carries (with its `Retry-After`).
+pub fn answer_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
+    let retry = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+    decode_error(status.as_u16(), retry, body)
+}
+
 /// Decode an error answer. Bodies that are not the API's error shape (a proxy's HTML
 /// page, say) become a message from their first line or the status text.
 pub fn decode_error(status: u16, retry_after: Option<&str>, body: &[u8]) -> ApiError {
@@ -266,8 +272,7 @@ impl Api {
             );
         }
         if !status.is_success() {
-            let retry = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
-            return Err(decode_error(status.as_u16(), retry, &bytes).into());
+            return Err(answer_error(status, &headers, &bytes).into());
         }
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null

@@ -542,11 +542,12 @@ async fn start_tunnel(
     Ok((addr, db, routes))
 }
 
-/// The tasks service's address for this process: in-process, or `tasks.url`.
-fn tasks_url(config: &Config, running: Option<SocketAddr>) -> Option<String> {
+/// An internal service's address for this process: where it runs here, or its
+/// configured URL when it runs elsewhere.
+fn service_url(running: Option<SocketAddr>, configured: Option<&String>) -> Option<String> {
     running
         .map(|a| format!("http://{a}"))
-        .or_else(|| config.tasks.url.clone())
+        .or_else(|| configured.cloned())
 }
 
 /// Per-call limit on unary internal calls.
@@ -630,7 +631,7 @@ pub async fn start(
         running_tasks = Some(addr);
         tasks_routes = Some(routes);
     }
-    let tasks_channel = match tasks_url(&config, running_tasks) {
+    let tasks_channel = match service_url(running_tasks, config.tasks.url.as_ref()) {
         Some(url) => Some(internal_channel(&url, "tasks.url", CALL_TIMEOUT)?),
         None => {
             if roles
@@ -766,15 +767,9 @@ pub async fn start(
             ),
         };
         let channel = internal_channel(&identity_url, "gateway.identity_url", CALL_TIMEOUT)?;
-        let storage_channel = match (running_storage, &config.gateway.storage_url) {
-            (Some(addr), _) => Some(internal_channel(
-                &format!("http://{addr}"),
-                "gateway.storage_url",
-                CALL_TIMEOUT,
-            )?),
-            (None, Some(url)) => Some(internal_channel(url, "gateway.storage_url", CALL_TIMEOUT)?),
-            (None, None) => None,
-        };
+        let storage_channel = service_url(running_storage, config.gateway.storage_url.as_ref())
+            .map(|url| internal_channel(&url, "gateway.storage_url", CALL_TIMEOUT))
+            .transpose()?;
         let gateway = Gateway::build(
             &config.gateway,
             config.gateway_is_https(),
@@ -786,15 +781,12 @@ pub async fn start(
                 storage_in_process: running_storage.is_some(),
                 tasks: tasks_service.clone(),
                 tasks_health: tasks_channel.clone(),
-                tunnel_health: match (&running_tunnel, &config.tunnel.url) {
-                    (Some((addr, _)), _) => Some(internal_channel(
-                        &format!("http://{addr}"),
-                        "tunnel.url",
-                        CALL_TIMEOUT,
-                    )?),
-                    (None, Some(url)) => Some(internal_channel(url, "tunnel.url", CALL_TIMEOUT)?),
-                    (None, None) => None,
-                },
+                tunnel_health: service_url(
+                    running_tunnel.as_ref().map(|(addr, _)| *addr),
+                    config.tunnel.url.as_ref(),
+                )
+                .map(|url| internal_channel(&url, "tunnel.url", CALL_TIMEOUT))
+                .transpose()?,
                 // In this process the gateway calls the tunnel service directly; a
                 // remote one gets two connections (agent streams apart from proxying).
                 tunnel: match (&running_tunnel, &config.tunnel.url) {

@@ -16,8 +16,9 @@ use common::TestServer;
 use lattice_core::db::{Db, testing};
 use serde_json::{Value, json};
 
-fn agent_bin() -> PathBuf {
-    let path = Path::new(common::process::BIN).with_file_name("lattice-agent");
+/// A binary of the workspace, beside `lattice-server` in the target directory.
+fn bin(name: &str) -> PathBuf {
+    let path = Path::new(common::process::BIN).with_file_name(name);
     assert!(
         path.exists(),
         "{} is missing: build the workspace",
@@ -44,6 +45,10 @@ async fn enroll(token: &str, state: &Path) -> std::process::Output {
     tokio::task::spawn_blocking(move || enroll_blocking(&token, &state))
         .await
         .unwrap()
+}
+
+fn agent_bin() -> PathBuf {
+    bin("lattice-agent")
 }
 
 fn enroll_blocking(token: &str, state: &Path) -> std::process::Output {
@@ -413,14 +418,7 @@ async fn enroll_report_consent_tasks_and_proxy() {
             let text = std::fs::read_to_string(dir.path().join("credentials.json")).unwrap();
             serde_json::from_str::<Value>(&text).unwrap()["server"].clone()
         };
-        let mut kept = false;
-        for _ in 0..150 {
-            if saved() == moved.as_str() {
-                kept = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let kept = eventually(|| saved() == moved.as_str()).await;
         assert!(kept, "the agent did not keep {moved}: {}", saved());
         wait_for(
             &s,
@@ -780,15 +778,20 @@ async fn port_forward(
     req.send().await.unwrap()
 }
 
-/// Whether `counter` grows past `before` within 5 s.
-async fn grew(counter: &AtomicUsize, before: usize) -> bool {
-    for _ in 0..100 {
-        if counter.load(Ordering::SeqCst) > before {
+/// Whether `done` holds within 15 s (checked every 50 ms).
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..300 {
+        if done() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Whether `counter` grows past `before` within 15 s.
+async fn grew(counter: &AtomicUsize, before: usize) -> bool {
+    eventually(|| counter.load(Ordering::SeqCst) > before).await
 }
 
 /// Write `out` and close the write side, reading everything that comes back until
@@ -908,7 +911,7 @@ async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
         );
 
         // `lattice proxy NODE PORT`: a local port whose connections are forwarded.
-        let cli = Path::new(common::process::BIN).with_file_name("lattice");
+        let cli = bin("lattice");
         let config = dir.path().join("cli.toml");
         let refused = Command::new(&cli)
             .args(["--server", &s.base, "--ca-file"])
@@ -1249,23 +1252,9 @@ async fn a_gateway_reaches_a_remote_tunnel_over_the_network() {
         let edge = TestServer::start_on(&url, None, &edge_env).await;
         let admin = edge.admin_token(&["*"]).await;
         let dir = tempfile::tempdir().unwrap();
-        let out = enroll(&join_token(&edge, &admin).await, dir.path()).await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let port = upstream(Arc::new(AtomicUsize::new(0))).await;
-        let _agent = run_agent(dir.path(), &format!("proxy_ports = [{port}]\n"));
-        let nodes = wait_for(
-            &edge,
-            &admin,
-            "/api/v1/nodes",
-            "agent connects through the edge",
-            |b| b["nodes"][0]["status"] == "connected",
-        )
-        .await;
-        let id = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+        let config = format!("proxy_ports = [{port}]\n");
+        let (_agent, id) = connected_agent(&edge, &admin, dir.path(), &config).await;
         let resp = edge
             .http
             .post(edge.url(&format!("/api/v1/nodes/{id}/proxy/{port}/echo?via=edge")))

@@ -65,7 +65,7 @@ use crate::routes;
         routes::nodes::logs,
         routes::nodes::fleet_metrics,
         routes::nodes::proxy_doc,
-        routes::nodes::port_forward_doc,
+        routes::nodes::port_forward,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = []))

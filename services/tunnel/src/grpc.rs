@@ -211,6 +211,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         req: Request<Streaming<pb::ProxyChunk>>,
     ) -> Result<Response<ProxyStream>, Status> {
         let p = principal_of(&req)?.clone();
+        let ip = client_ip_of(&req).unwrap_or_default();
         let metadata = req.metadata().clone();
         let mut body = req.into_inner();
         let head = match body.message().await? {
@@ -225,7 +226,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         };
         let stream = self
             .hub
-            .proxy(&p, &metadata, head, body)
+            .proxy(&p, &ip, &metadata, head, body)
             .await
             .map_err(st)?;
         Ok(Response::new(stream))

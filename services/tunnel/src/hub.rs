@@ -60,6 +60,14 @@ const CAPS_TTL: Duration = Duration::from_secs(30);
 /// A stream of proxy answers (local, or from the owning replica).
 pub type ProxyStream = Pin<Box<dyn Stream<Item = Result<pb::ProxyChunk, Status>> + Send>>;
 
+/// A reconnect request on the bus ([`NODES_RECONNECT_CHANNEL`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReconnectAsk {
+    node: String,
+    url: String,
+    reason: String,
+}
+
 /// Registry key of the replica holding `node`'s stream.
 fn registry_key(node: &str) -> String {
     format!("tunnel:node:{node}")
@@ -745,22 +753,20 @@ impl Hub {
         }
     }
 
-    /// Announce that `node`'s settings changed, so every replica re-reads them.
     /// Ask `node`'s agent to reconnect (to `url` when not empty), through the
     /// replica that holds its stream.
     pub async fn reconnect(&self, node: &str, url: &str, reason: &str) {
-        let msg = serde_json::json!({"node": node, "url": url, "reason": reason}).to_string();
+        let ask = ReconnectAsk {
+            node: node.to_owned(),
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let msg = serde_json::to_string(&ask).expect("strings serialize");
         self.cache.publish(NODES_RECONNECT_CHANNEL, &msg).await;
     }
 
     fn reconnect_local(&self, msg: &str) {
-        #[derive(serde::Deserialize)]
-        struct Ask {
-            node: String,
-            url: String,
-            reason: String,
-        }
-        let Ok(ask) = serde_json::from_str::<Ask>(msg) else {
+        let Ok(ask) = serde_json::from_str::<ReconnectAsk>(msg) else {
             tracing::warn!("tunnel: unreadable reconnect request on the bus");
             return;
         };
@@ -773,6 +779,7 @@ impl Hub {
         }
     }
 
+    /// Announce that `node`'s settings changed, so every replica re-reads them.
     pub async fn node_changed(&self, node: &str) {
         if let Some(s) = self.session(node) {
             s.caps.lock().expect("caps lock").forget();
@@ -912,17 +919,15 @@ impl Hub {
             }
             Frame::Reset(r) => {
                 let _ = slot.to_client.send(Event::Reset(r));
-                if let Some(slot) = streams.remove(&id) {
-                    slot.credit.close();
-                }
+                Self::finished(&mut streams, id);
             }
             Frame::WindowUpdate(n) => slot.credit.add_permits(n as usize),
             Frame::Open(_) => {}
         }
     }
 
-    /// The agent's side of stream `id` ended: forget it, and stop its request pump
-    /// (which may be waiting for window the agent will no longer grant).
+    /// Stream `id` ended: forget it, and stop its request pump (which may be waiting
+    /// for window the agent will no longer grant).
     fn finished(streams: &mut HashMap<u64, Slot>, id: u64) {
         if let Some(slot) = streams.remove(&id) {
             slot.credit.close();
@@ -935,6 +940,7 @@ impl Hub {
     pub async fn proxy(
         self: &Arc<Self>,
         p: &Principal,
+        ip: &str,
         metadata: &tonic::metadata::MetadataMap,
         head: pb::ProxyRequestHead,
         body: Streaming<pb::ProxyChunk>,
@@ -988,10 +994,6 @@ impl Hub {
             // A port forward is a session into the node: each one is audited (single
             // proxied HTTP requests are not).
             if head.tcp {
-                let ip = metadata
-                    .get(lattice_core::auth::CLIENT_IP_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
                 let detail = match &refused {
                     Some(e) => serde_json::json!({"port": head.port, "error": e.to_string()}),
                     None => serde_json::json!({"port": head.port}),
@@ -1255,9 +1257,7 @@ impl Drop for LocalStream {
     fn drop(&mut self) {
         if !self.done {
             // The client went away: stop the agent's side too.
-            if let Some(slot) = self.session.streams().remove(&self.id) {
-                slot.credit.close();
-            }
+            Hub::finished(&mut self.session.streams(), self.id);
             self.session.frame(
                 self.id,
                 agent::proxy_frame::Frame::Reset(agent::ProxyReset {

@@ -337,9 +337,8 @@ pub async fn proxy(ctx: &Ctx, node: &str, port: u16, listen: &str) -> anyhow::Re
         .to_owned();
     // Fail at once, not on the first connection, when the node cannot be reached
     // on that port.
-    let n = api
-        .get(&format!("/api/v1/nodes/{}", segment(node)?))
-        .await?;
+    let node_path = format!("/api/v1/nodes/{}", segment(node)?);
+    let n = api.get(&node_path).await?;
     let allowed = n["proxy_ports"]
         .as_array()
         .is_some_and(|ports| ports.iter().any(|p| p.as_u64() == Some(u64::from(port))));
@@ -356,11 +355,7 @@ pub async fn proxy(ctx: &Ctx, node: &str, port: u16, listen: &str) -> anyhow::Re
         );
     }
     let http = api.upgrade_client()?;
-    let url = format!(
-        "{}/api/v1/nodes/{}/portforward/{port}",
-        api.server(),
-        segment(node)?
-    );
+    let url = format!("{}{node_path}/portforward/{port}", api.server());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen {listen}"))?;
@@ -399,13 +394,9 @@ async fn forward(
         .context("cannot reach the server")?;
     let status = resp.status();
     if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
-        let retry = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let headers = resp.headers().clone();
         let body = resp.bytes().await.unwrap_or_default();
-        let e = crate::client::decode_error(status.as_u16(), retry.as_deref(), &body);
+        let e = crate::client::answer_error(status, &headers, &body);
         bail!("port forward refused: {e}");
     }
     let mut remote = resp.upgrade().await.context("port forward upgrade")?;

@@ -402,6 +402,19 @@ pub async fn fleet_metrics(
         .into_response())
 }
 
+/// A port on a node, from the path.
+fn node_port(text: &str) -> Result<u32, ApiError> {
+    text.parse()
+        .ok()
+        .filter(|p| (1..=65_535).contains(p))
+        .ok_or_else(|| {
+            ApiError::new(
+                lattice_core::ErrorCode::BadRequest,
+                "port: must be 1..65535",
+            )
+        })
+}
+
 /// Headers that belong to one hop, or carry Lattice credentials: never sent on.
 fn forwardable(name: &HeaderName) -> bool {
     !matches!(
@@ -433,7 +446,8 @@ const INLINE_MAX: u64 = 64 * 1024;
     params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
         ("path" = String, Path, description = "Path on the node; any method, the query string and body pass through")),
     responses((status = 200, description = "The node's answer, streamed (any status the node gives)"),
-        (status = 403, body = crate::error::ErrorBody), (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+        (status = 403, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody),
+        (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 #[allow(dead_code)]
 fn proxy_doc() {}
 
@@ -454,16 +468,7 @@ pub async fn proxy(
             .unwrap_or_default()
     };
     let node_id = get("node");
-    let port: u32 = get("port")
-        .parse()
-        .ok()
-        .filter(|p| (1..=65_535).contains(p))
-        .ok_or_else(|| {
-            ApiError::new(
-                lattice_core::ErrorCode::BadRequest,
-                "port: must be 1..65535",
-            )
-        })?;
+    let port = node_port(&get("port"))?;
     let path = get("path");
     let mut path_and_query = format!("/{path}");
     if let Some(q) = req.uri().query() {
@@ -642,29 +647,25 @@ pub const CONNECT_TCP: &str = "connect-tcp";
 /// Largest read from a port forward's client (each becomes one data chunk).
 const FORWARD_READ: usize = 16 * 1024;
 
-/// The port forward route as the OpenAPI document shows it.
-#[utoipa::path(get, path = "/api/v1/nodes/{node}/portforward/{port}", tag = "nodes",
-    params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
-        ("Upgrade" = String, Header, description = "`connect-tcp` (with `Connection: Upgrade`, over HTTP/1.1)")),
-    responses((status = 101, description = "Connected: from here the connection carries the TCP bytes both ways"),
-        (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
-        (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
-#[allow(dead_code)]
-fn port_forward_doc() {}
-
 /// `GET /api/v1/nodes/{node}/portforward/{port}` (`nodes:proxy`), an HTTP/1.1
 /// upgrade to `connect-tcp`: one TCP connection to `127.0.0.1:{port}` on the node,
 /// carried over its agent's stream like `kubectl port-forward`. Answers `101` once
 /// the node's service accepted (an error otherwise, before any byte is carried);
 /// then the connection carries bytes both ways until the node's side closes.
 /// The client closing its side half-closes the node's.
+#[utoipa::path(get, path = "/api/v1/nodes/{node}/portforward/{port}", tag = "nodes",
+    params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
+        ("Upgrade" = String, Header, description = "`connect-tcp` (with `Connection: Upgrade`, over HTTP/1.1)")),
+    responses((status = 101, description = "Connected: from here the connection carries the TCP bytes both ways"),
+        (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 429, body = crate::error::ErrorBody), (status = 502, body = crate::error::ErrorBody),
+        (status = 503, body = crate::error::ErrorBody)))]
 pub async fn port_forward(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((node_id, port)): Path<(String, String)>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let bad = |m: &str| ApiError::new(lattice_core::ErrorCode::BadRequest, m);
     let upgrade = req
         .headers()
         .get(http::header::UPGRADE)
@@ -674,15 +675,12 @@ pub async fn port_forward(
                 .any(|t| t.trim().eq_ignore_ascii_case(CONNECT_TCP))
         });
     if !upgrade || req.version() != http::Version::HTTP_11 {
-        return Err(bad(
+        return Err(ApiError::new(
+            lattice_core::ErrorCode::BadRequest,
             "a port forward is an HTTP/1.1 upgrade: send `Connection: Upgrade` and `Upgrade: connect-tcp` (`lattice proxy NODE PORT` does)",
         ));
     }
-    let port: u32 = port
-        .parse()
-        .ok()
-        .filter(|p| (1..=65_535).contains(p))
-        .ok_or_else(|| bad("port: must be 1..65535"))?;
+    let port = node_port(&port)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The client's bytes, as the tunnel call's request stream (bounded: a client
     // faster than the node waits for the node's window).
