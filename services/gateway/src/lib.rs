@@ -4,6 +4,7 @@
 //! signed principal.
 
 pub mod caller;
+mod drain;
 pub mod error;
 pub mod json;
 pub mod metrics;

@@ -72,11 +72,15 @@ pub async fn serve(
             req.extensions_mut().insert(PeerAddr(peer));
             let app = app.clone();
             async move {
-                Ok::<_, Infallible>(
-                    app.oneshot(req.map(axum::body::Body::new))
-                        .await
-                        .unwrap_or_else(|e| match e {}),
-                )
+                // An HTTP/2 body refused before it is read is drained (see `drain`).
+                let drain = req.version() == http::Version::HTTP_2
+                    && !hyper::body::Body::is_end_stream(req.body());
+                let req = if drain {
+                    req.map(|b| axum::body::Body::new(crate::drain::DrainOnDrop::new(b)))
+                } else {
+                    req.map(axum::body::Body::new)
+                };
+                Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {}))
             }
         });
         let builder = builder.clone();
