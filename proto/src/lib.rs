@@ -20,6 +20,9 @@ pub mod storage {
     }
 }
 
+mod storage_grant;
+pub use storage_grant::GrantRefusal;
+
 /// Task queue and the hash-chained audit log.
 pub mod tasks {
     /// Version 1.

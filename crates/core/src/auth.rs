@@ -93,6 +93,26 @@ impl Principal {
     }
 }
 
+/// Who is asking and from where: the one value a service function takes about its
+/// caller (the trace context travels in the current span).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The verified caller.
+    pub principal: Principal,
+    /// The end client's IP as the gateway saw it ("" when unknown or internal).
+    pub client_ip: String,
+}
+
+impl RequestContext {
+    /// A context for `principal` with no client IP (internal work, tests).
+    pub fn internal(principal: Principal) -> Self {
+        Self {
+            principal,
+            client_ip: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     #[serde(flatten)]

@@ -88,6 +88,15 @@ pub fn client_ip_of<T>(req: &Request<T>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The caller of a request that passed [`RequirePrincipal`]: its principal and the
+/// client IP the gateway forwarded.
+pub fn context_of<T>(req: &Request<T>) -> Result<crate::auth::RequestContext, Status> {
+    Ok(crate::auth::RequestContext {
+        principal: principal_of(req)?.clone(),
+        client_ip: client_ip_of(req).unwrap_or_default(),
+    })
+}
+
 /// Build an outgoing request carrying `principal`, the client IP and the current
 /// trace context.
 pub fn request<T>(

@@ -17,6 +17,9 @@ pub enum StorageError {
     /// A value or upload is over a stated limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A storage token is unknown, revoked or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The caller lacks a scope.
     #[error("missing scope {0}")]
     MissingScope(String),
@@ -58,6 +61,7 @@ impl CodedError for StorageError {
         match self {
             Self::Invalid { .. } => ErrorCode::BadRequest,
             Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Self::MissingScope(_) | Self::Forbidden(_) => ErrorCode::PermissionDenied,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) | Self::Conflict(_) => ErrorCode::Conflict,

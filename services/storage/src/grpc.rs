@@ -6,12 +6,12 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, principal_of};
+use lattice_core::grpc::{client_ip_of, context_of, principal_of};
 use lattice_proto::storage::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::StorageError;
-use crate::service::{KvCondition, NewFile, Resolution, Storage};
+use crate::service::{HostKvWrite, KvCondition, NewFile, Resolution, Storage};
 use crate::store::{BindingRow, BucketRow, DeploymentRow, FileRow, KvRow, TokenRow};
 
 /// Blob chunks sent per message.
@@ -101,19 +101,25 @@ fn token_pb(t: TokenRow) -> pb::StorageToken {
     }
 }
 
-fn condition(if_match: &str, if_none_match_any: bool) -> Result<KvCondition, Status> {
-    if if_none_match_any {
-        return Ok(KvCondition::Absent);
+fn condition(c: Option<&pb::WriteCondition>) -> KvCondition {
+    use pb::write_condition::Condition;
+    match c.and_then(|c| c.condition) {
+        None | Some(Condition::Absent(false)) => KvCondition::None,
+        Some(Condition::Absent(true)) => KvCondition::Absent,
+        Some(Condition::Version(v)) => KvCondition::Version(v),
     }
-    if if_match.is_empty() {
-        return Ok(KvCondition::None);
+}
+
+/// A delete's condition: only a version makes sense.
+fn delete_condition(c: Option<&pb::WriteCondition>) -> Result<Option<i64>, Status> {
+    match condition(c) {
+        KvCondition::None => Ok(None),
+        KvCondition::Version(v) => Ok(Some(v)),
+        KvCondition::Absent => Err(st(StorageError::invalid(
+            "condition",
+            "a delete cannot require the key to be absent",
+        ))),
     }
-    if_match.parse().map(KvCondition::Version).map_err(|_| {
-        st(StorageError::invalid(
-            "if_match",
-            format!("{if_match:?} is not a version"),
-        ))
-    })
 }
 
 /// Read an upload stream: a header, then `file` / `data` parts.
@@ -237,7 +243,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         let p = principal_of(&req)?.clone();
         let ip = client_ip_of(&req).unwrap_or_default();
         let m = req.get_ref();
-        let cond = condition(&m.if_match, m.if_none_match_any)?;
+        let cond = condition(m.condition.as_ref());
         let row = self
             .storage
             .kv_put(&p, &m.bucket, &m.key, &m.value_json, cond, m.ttl_s, &ip)
@@ -267,10 +273,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         let p = principal_of(&req)?.clone();
         let ip = client_ip_of(&req).unwrap_or_default();
         let m = req.get_ref();
-        let if_version = match condition(&m.if_match, false)? {
-            KvCondition::Version(v) => Some(v),
-            _ => None,
-        };
+        let if_version = m.if_version;
         self.storage
             .kv_delete(&p, &m.bucket, &m.key, if_version, &ip)
             .await
@@ -531,7 +534,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
                 org_id: b.org_id,
                 bucket_id: b.bucket_id,
                 bucket: b.bucket,
-                surface: b.surface,
+                surface: pb::Surface::from_name(&b.surface)
+                    .unwrap_or(pb::Surface::Unspecified)
+                    .into(),
                 deployment_id: b.active_deployment_id.unwrap_or_default(),
             },
             None => pb::ResolveHostResponse::default(),
@@ -603,32 +608,25 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
     async fn authorize_storage_token(
         &self,
         req: Request<pb::AuthorizeStorageTokenRequest>,
-    ) -> Result<Response<pb::StorageTokenInfo>, Status> {
-        let p = principal_of(&req)?.clone();
-        let t = self
+    ) -> Result<Response<pb::StorageGrant>, Status> {
+        let p = principal_of(&req)?;
+        let grant = self
             .storage
-            .authorize_token(&p, &req.get_ref().secret)
+            .authorize_token(p, &req.get_ref().secret)
             .await
             .map_err(st)?;
-        Ok(Response::new(pb::StorageTokenInfo {
-            id: t.id,
-            org_id: t.org_id,
-            surface: t.surface,
-            access: t.access,
-            buckets: t.buckets,
-            expires_at_ms: t.expires_at_ms,
-        }))
+        Ok(Response::new(grant.as_ref().clone()))
     }
 
     async fn host_kv_get(
         &self,
         req: Request<pb::HostKvRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
-        let p = principal_of(&req)?.clone();
+        let p = principal_of(&req)?;
         let m = req.get_ref();
         let row = self
             .storage
-            .host_kv_get(&p, &m.org_id, &m.bucket_id, &m.key)
+            .host_kv_get(p, &m.host, &m.token_secret, &m.key)
             .await
             .map_err(st)?;
         Ok(Response::new(kv_pb(row)))
@@ -638,25 +636,17 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::HostKvRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
-        let cond = condition(&m.if_match, m.if_none_match_any)?;
-        let row = self
-            .storage
-            .host_kv_put(
-                &p,
-                &m.org_id,
-                &m.bucket_id,
-                &m.key,
-                &m.value_json,
-                cond,
-                m.ttl_s,
-                &m.token_id,
-                &ip,
-            )
-            .await
-            .map_err(st)?;
+        let write = HostKvWrite {
+            host: &m.host,
+            secret: &m.token_secret,
+            key: &m.key,
+            value_json: &m.value_json,
+            condition: condition(m.condition.as_ref()),
+            ttl_s: m.ttl_s,
+        };
+        let row = self.storage.host_kv_put(&ctx, write).await.map_err(st)?;
         Ok(Response::new(kv_pb(row)))
     }
 
@@ -664,23 +654,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::HostKvRequest>,
     ) -> Result<Response<pb::KvDeleteResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
-        let if_version = match condition(&m.if_match, false)? {
-            KvCondition::Version(v) => Some(v),
-            _ => None,
-        };
+        let if_version = delete_condition(m.condition.as_ref())?;
         self.storage
-            .host_kv_delete(
-                &p,
-                &m.org_id,
-                &m.bucket_id,
-                &m.key,
-                if_version,
-                &m.token_id,
-                &ip,
-            )
+            .host_kv_delete(&ctx, &m.host, &m.token_secret, &m.key, if_version)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::KvDeleteResponse {}))

@@ -26,20 +26,31 @@ pub fn migration_sets() -> Vec<MigrationSet> {
     vec![CORE_MIGRATIONS, store::migrations()]
 }
 
-/// Delete expired KV entries every minute until `shutdown`; failures are logged and
-/// retried on the next tick (reads already hide expired entries).
+/// Delete expired KV entries every minute, and evict cached storage-token grants
+/// that any replica revoked, until `shutdown`. Sweep failures are logged and retried
+/// on the next tick (reads already hide expired entries).
 pub async fn run_sweeper(storage: Storage, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut revoked = storage
+        .cache()
+        .subscribe(lattice_core::events::STORAGE_TOKENS_CHANNEL);
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-        }
-        match storage.sweep_expired().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "swept expired KV entries"),
-            Err(err) => {
-                tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "KV sweep failed")
-            }
+            m = revoked.recv() => match m {
+                Ok(id) => storage.forget_grant(&id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => storage.forget_all_grants(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = sweep.tick() => match storage.sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "swept expired KV entries"),
+                Err(err) => {
+                    tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "KV sweep failed")
+                }
+            },
         }
     }
 }

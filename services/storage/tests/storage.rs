@@ -640,7 +640,7 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
         assert_eq!(
             (
                 grant.org_id.as_str(),
-                grant.access.as_str(),
+                grant.access().name(),
                 grant.buckets.clone()
             ),
             ("o1", "read", vec!["conf".to_owned()])
@@ -663,6 +663,104 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
                 .unwrap()
                 .is_none()
         );
+    }
+}
+
+/// The storage service decides host KV access itself: a request a correct gateway
+/// would never send (a read token writing, a token naming another org's host, a
+/// forged or revoked token, an operator posing as the gateway) is refused here.
+#[tokio::test]
+async fn forged_host_kv_requests_are_refused_by_the_storage_service() {
+    use lattice_core::auth::RequestContext;
+    use lattice_storage::service::HostKvWrite;
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let (a, b) = (op("o1", &["*"]), op("o2", &["*"]));
+        let g = RequestContext::internal(gateway());
+        for (p, bucket, host) in [(&a, "conf", "kv.o1.test"), (&b, "secrets", "kv.o2.test")] {
+            e.storage.create_bucket(p, bucket, "kv", "").await.unwrap();
+            e.storage.create_binding(p, host, bucket, "").await.unwrap();
+            e.storage
+                .kv_put(p, bucket, "k", "\"v\"", KvCondition::None, 0, "")
+                .await
+                .unwrap();
+        }
+        let (_, read) = e
+            .storage
+            .create_token(&a, "kv", "read", &["conf".into()], "", 0, "")
+            .await
+            .unwrap();
+        let (written, write) = e
+            .storage
+            .create_token(&a, "kv", "write", &["*".into()], "", 0, "")
+            .await
+            .unwrap();
+        // Static for the closure below; a test's few strings.
+        let (read, write): (&'static str, &'static str) = (read.leak(), write.leak());
+        let put = |host: &'static str, secret: &'static str| HostKvWrite {
+            host,
+            secret,
+            key: "k",
+            value_json: "\"forged\"",
+            condition: KvCondition::None,
+            ttl_s: 0,
+        };
+        // What a correct gateway sends works.
+        let row = e
+            .storage
+            .host_kv_get(&g.principal, "kv.o1.test", read, "k")
+            .await
+            .unwrap();
+        assert_eq!(row.value, "\"v\"");
+        // A read-only token cannot write, whatever the gateway concluded.
+        assert!(
+            matches!(
+                e.storage.host_kv_put(&g, put("kv.o1.test", read)).await,
+                Err(StorageError::Forbidden(ref m)) if m.contains("read access")
+            ),
+            "{backend:?}"
+        );
+        // A token of org o1 reaches nothing of org o2, even with `*` buckets.
+        assert!(matches!(
+            e.storage
+                .host_kv_get(&g.principal, "kv.o2.test", write, "k")
+                .await,
+            Err(StorageError::Forbidden(_))
+        ));
+        assert!(matches!(
+            e.storage.host_kv_put(&g, put("kv.o2.test", write)).await,
+            Err(StorageError::Forbidden(_))
+        ));
+        assert!(matches!(
+            e.storage
+                .host_kv_delete(&g, "kv.o2.test", write, "k", None)
+                .await,
+            Err(StorageError::Forbidden(_))
+        ));
+        // A made-up or revoked token is nobody (revocation evicts the cached grant).
+        assert!(matches!(
+            e.storage
+                .host_kv_get(&g.principal, "kv.o1.test", "lst_made-up", "k")
+                .await,
+            Err(StorageError::Unauthenticated(_))
+        ));
+        e.storage
+            .host_kv_put(&g, put("kv.o1.test", write))
+            .await
+            .unwrap();
+        e.storage.revoke_token(&a, &written.id, "").await.unwrap();
+        assert!(matches!(
+            e.storage.host_kv_put(&g, put("kv.o1.test", write)).await,
+            Err(StorageError::Unauthenticated(_))
+        ));
+        // Only the gateway's service principal may call the serving API.
+        assert!(matches!(
+            e.storage.host_kv_get(&a, "kv.o1.test", read, "k").await,
+            Err(StorageError::Forbidden(_))
+        ));
+        // Org o2's value is untouched.
+        let row = e.storage.kv_get(&b, "secrets", "k").await.unwrap();
+        assert_eq!(row.value, "\"v\"", "{backend:?}");
     }
 }
 

@@ -171,7 +171,7 @@ pub struct PutValue {
 }
 
 /// The write condition from `If-Match` / `If-None-Match: *`.
-pub fn write_condition(headers: &HeaderMap) -> Result<(String, bool), ApiError> {
+pub fn write_condition(headers: &HeaderMap) -> Result<Option<pb::WriteCondition>, ApiError> {
     if let Some(v) = headers.get(http::header::IF_NONE_MATCH) {
         let v = v.to_str().unwrap_or_default().trim();
         if v != "*" {
@@ -179,14 +179,15 @@ pub fn write_condition(headers: &HeaderMap) -> Result<(String, bool), ApiError> 
                 "for writes, If-None-Match supports only \"*\" (create only)",
             ));
         }
-        return Ok((String::new(), true));
+        return Ok(Some(pb::WriteCondition {
+            condition: Some(pb::write_condition::Condition::Absent(true)),
+        }));
     }
     match headers.get(http::header::IF_MATCH) {
-        Some(v) => Ok((
-            parse_if_match(v.to_str().unwrap_or_default())?.to_string(),
-            false,
-        )),
-        None => Ok((String::new(), false)),
+        Some(v) => Ok(Some(super::version_condition(parse_if_match(
+            v.to_str().unwrap_or_default(),
+        )?))),
+        None => Ok(None),
     }
 }
 
@@ -201,7 +202,7 @@ pub async fn kv_put(
     headers: HeaderMap,
     ApiJson(body): ApiJson<PutValue>,
 ) -> Result<Response, ApiError> {
-    let (if_match, if_none_match_any) = write_condition(&headers)?;
+    let condition = write_condition(&headers)?;
     let e = client(&state)?
         .kv_put(caller.request(
             &state,
@@ -209,8 +210,7 @@ pub async fn kv_put(
                 bucket,
                 key,
                 value_json: body.value.to_string(),
-                if_match,
-                if_none_match_any,
+                condition,
                 ttl_s: body.ttl_s,
             },
         ))
@@ -243,17 +243,17 @@ pub async fn kv_delete(
     Path((bucket, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let if_match = match headers.get(http::header::IF_MATCH) {
-        Some(v) => parse_if_match(v.to_str().unwrap_or_default())?.to_string(),
-        None => String::new(),
-    };
+    let if_version = headers
+        .get(http::header::IF_MATCH)
+        .map(|v| parse_if_match(v.to_str().unwrap_or_default()))
+        .transpose()?;
     client(&state)?
         .kv_delete(caller.request(
             &state,
             pb::KvDeleteRequest {
                 bucket,
                 key,
-                if_match,
+                if_version,
             },
         ))
         .await?;

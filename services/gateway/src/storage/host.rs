@@ -23,6 +23,7 @@ use lattice_core::events::{
 };
 use lattice_core::time::now_ms;
 use lattice_proto::storage::v1 as pb;
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// What a host is bound to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEntry {
     /// Owning org.
     pub org_id: String,
@@ -40,10 +41,23 @@ pub struct HostEntry {
     pub bucket_id: String,
     /// Bucket name.
     pub bucket: String,
-    /// `kv` or `static`.
-    pub surface: String,
+    /// Which surface the bucket serves.
+    pub surface: pb::Surface,
     /// Static: active deployment ("" when none).
     pub deployment_id: String,
+}
+
+impl HostEntry {
+    /// The binding a resolution names (None: no enabled binding).
+    fn of(r: pb::ResolveHostResponse) -> Option<Self> {
+        r.found.then(|| Self {
+            surface: r.surface(),
+            org_id: r.org_id,
+            bucket_id: r.bucket_id,
+            bucket: r.bucket,
+            deployment_id: r.deployment_id,
+        })
+    }
 }
 
 /// How a path resolved inside one deployment (immutable, cached for good).
@@ -61,23 +75,6 @@ pub struct Resolved {
     pub content_type: String,
 }
 
-/// A verified storage token.
-#[derive(Debug, Clone)]
-pub struct TokenGrant {
-    /// Token id.
-    pub id: String,
-    /// Org.
-    pub org_id: String,
-    /// `kv` / `static`.
-    pub surface: String,
-    /// `read` / `write` / `admin`.
-    pub access: String,
-    /// Bucket names or `*`.
-    pub buckets: Vec<String>,
-    /// 0: none.
-    pub expires_at_ms: i64,
-}
-
 /// The gateway's storage caches.
 pub struct HostCaches {
     /// Host -> binding (None: no enabled binding). Short TTL; bus events evict.
@@ -87,7 +84,7 @@ pub struct HostCaches {
     /// sha256 -> bytes. Immutable; bounded by bytes.
     pub blobs: moka::sync::Cache<String, Bytes>,
     /// sha256(secret) -> grant. Evicted on revocation.
-    pub tokens: moka::sync::Cache<[u8; 32], Arc<TokenGrant>>,
+    pub tokens: moka::sync::Cache<[u8; 32], Arc<pb::StorageGrant>>,
     /// Hosts that always get the API.
     pub api_hosts: std::collections::HashSet<String>,
     /// Hosts a binding may never take, even with no API host configured: the names and
@@ -237,8 +234,9 @@ async fn lookup_host(state: &AppState, host: &str) -> Result<Option<Arc<HostEntr
     } else {
         None
     };
-    let entry = match cached.and_then(|b| serde_json::from_slice::<Option<HostEntry>>(&b).ok()) {
-        Some(e) => e,
+    // Shared between replicas as the storage service's own answer (protobuf).
+    let resolution = match cached.and_then(|b| pb::ResolveHostResponse::decode(b.as_slice()).ok()) {
+        Some(r) => r,
         None => {
             let r = client(state)?
                 .resolve_host(lattice_core::grpc::request(
@@ -251,22 +249,16 @@ async fn lookup_host(state: &AppState, host: &str) -> Result<Option<Arc<HostEntr
                 ))
                 .await?
                 .into_inner();
-            let e = r.found.then_some(HostEntry {
-                org_id: r.org_id,
-                bucket_id: r.bucket_id,
-                bucket: r.bucket,
-                surface: r.surface,
-                deployment_id: r.deployment_id,
-            });
-            if coherent && let Ok(bytes) = serde_json::to_vec(&e) {
+            if coherent {
                 state
                     .cache
-                    .set(&shared_key, &bytes, Duration::from_secs(60))
+                    .set(&shared_key, &r.encode_to_vec(), Duration::from_secs(60))
                     .await;
             }
-            e
+            r
         }
     };
+    let entry = HostEntry::of(resolution);
     let entry = entry.map(Arc::new);
     state
         .host_caches
@@ -301,7 +293,7 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Ne
         Ok(Some(entry)) => {
             let started = std::time::Instant::now();
             let method = req.method().clone();
-            let (route, resp) = if entry.surface == "static" {
+            let (route, resp) = if entry.surface == pb::Surface::Static {
                 ("host:static", serve_static(&state, &entry, req).await)
             } else {
                 ("host:kv", serve_kv(&state, &entry, req).await)
@@ -607,7 +599,10 @@ fn kv_error(status: StatusCode, code: lattice_core::ErrorCode, message: &str) ->
 }
 
 /// Verify a storage token (cached; revocations evict).
-pub(crate) async fn authorize(state: &AppState, secret: &str) -> Result<Arc<TokenGrant>, Response> {
+pub(crate) async fn authorize(
+    state: &AppState,
+    secret: &str,
+) -> Result<Arc<pb::StorageGrant>, Response> {
     let key: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     if let Some(hit) = state.host_caches.tokens.get(&key)
         && (hit.expires_at_ms == 0 || now_ms() < hit.expires_at_ms)
@@ -615,7 +610,7 @@ pub(crate) async fn authorize(state: &AppState, secret: &str) -> Result<Arc<Toke
         return Ok(hit);
     }
     let storage = client(state).map_err(IntoResponse::into_response)?;
-    let info = storage
+    let grant = storage
         .clone()
         .authorize_storage_token(lattice_core::grpc::request(
             &state.internal,
@@ -636,26 +631,9 @@ pub(crate) async fn authorize(state: &AppState, secret: &str) -> Result<Arc<Toke
             _ => ApiError::from(s).into_response(),
         })?
         .into_inner();
-    let grant = Arc::new(TokenGrant {
-        id: info.id,
-        org_id: info.org_id,
-        surface: info.surface,
-        access: info.access,
-        buckets: info.buckets,
-        expires_at_ms: info.expires_at_ms,
-    });
+    let grant = Arc::new(grant);
     state.host_caches.tokens.insert(key, grant.clone());
     Ok(grant)
-}
-
-/// read < write < admin.
-pub(crate) fn access_rank(a: &str) -> u8 {
-    match a {
-        "admin" => 3,
-        "write" => 2,
-        "read" => 1,
-        _ => 0,
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -675,9 +653,9 @@ struct CachedKv {
 
 async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response {
     use lattice_core::ErrorCode as C;
-    let needed = match *req.method() {
-        Method::GET | Method::HEAD => 1,
-        Method::PUT | Method::DELETE => 2,
+    let needs = match *req.method() {
+        Method::GET | Method::HEAD => pb::Access::Read,
+        Method::PUT | Method::DELETE => pb::Access::Write,
         _ => {
             return kv_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -705,25 +683,18 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         Ok(g) => g,
         Err(r) => return r,
     };
-    if grant.org_id != entry.org_id
-        || grant.surface != "kv"
-        || !grant.buckets.iter().any(|b| b == "*" || *b == entry.bucket)
-    {
+    // Refused early from the cached grant; the storage service decides again.
+    if let Err(refusal) = grant.check(
+        &entry.org_id,
+        &entry.bucket,
+        pb::Surface::Kv,
+        needs,
+        now_ms(),
+    ) {
         return kv_error(
             StatusCode::FORBIDDEN,
             C::PermissionDenied,
-            "this storage token does not cover this bucket",
-        );
-    }
-    if access_rank(&grant.access) < needed {
-        return kv_error(
-            StatusCode::FORBIDDEN,
-            C::PermissionDenied,
-            &format!(
-                "this storage token has {} access; {} needs write",
-                grant.access,
-                req.method()
-            ),
+            &refusal.to_string(),
         );
     }
     let principal = &state.service_principal;
@@ -733,18 +704,16 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         state.cfg.trust_forwarded_for,
     );
     let ip = Some(client_ip.as_str());
-    let host_req = |value_json: String, if_match: String, if_none_match_any: bool, ttl_s: i64| {
-        pb::HostKvRequest {
-            bucket_id: entry.bucket_id.clone(),
+    let host = request_host(&req);
+    let host_req =
+        |value_json: String, condition: Option<pb::WriteCondition>, ttl_s: i64| pb::HostKvRequest {
+            host: host.clone(),
+            token_secret: secret.clone(),
             key: key.clone(),
             value_json,
-            org_id: entry.org_id.clone(),
-            if_match,
-            if_none_match_any,
-            token_id: grant.id.clone(),
+            condition,
             ttl_s,
-        }
-    };
+        };
     let Ok(mut storage) = client(state) else {
         return kv_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -772,7 +741,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                         &state.internal,
                         principal,
                         None,
-                        host_req(String::new(), String::new(), false, 0),
+                        host_req(String::new(), None, 0),
                     ))
                     .await
                 {
@@ -819,8 +788,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                 .unwrap_or_default()
         }
         Method::PUT => {
-            let (if_match, if_none_match_any) = match super::control::write_condition(req.headers())
-            {
+            let condition = match super::control::write_condition(req.headers()) {
                 Ok(c) => c,
                 Err(e) => return e.into_response(),
             };
@@ -850,12 +818,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                     &state.internal,
                     principal,
                     ip,
-                    host_req(
-                        put.value.to_string(),
-                        if_match,
-                        if_none_match_any,
-                        put.ttl_s,
-                    ),
+                    host_req(put.value.to_string(), condition, put.ttl_s),
                 ))
                 .await
             {
@@ -872,19 +835,19 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
             }
         }
         _ => {
-            let if_match = match req.headers().get(header::IF_MATCH) {
+            let condition = match req.headers().get(header::IF_MATCH) {
                 Some(v) => match super::parse_if_match(v.to_str().unwrap_or_default()) {
-                    Ok(version) => version.to_string(),
+                    Ok(version) => Some(super::version_condition(version)),
                     Err(e) => return e.into_response(),
                 },
-                None => String::new(),
+                None => None,
             };
             match storage
                 .host_kv_delete(lattice_core::grpc::request(
                     &state.internal,
                     principal,
                     ip,
-                    host_req(String::new(), if_match, false, 0),
+                    host_req(String::new(), condition, 0),
                 ))
                 .await
             {

@@ -27,6 +27,13 @@ pub fn kv_etag(version: i64) -> String {
     format!("\"{version}\"")
 }
 
+/// The write condition "this version is current".
+pub fn version_condition(version: i64) -> lattice_proto::storage::v1::WriteCondition {
+    lattice_proto::storage::v1::WriteCondition {
+        condition: Some(lattice_proto::storage::v1::write_condition::Condition::Version(version)),
+    }
+}
+
 /// The version named by an `If-Match` value.
 pub fn parse_if_match(value: &str) -> Result<i64, ApiError> {
     value

@@ -52,17 +52,22 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for SiteCaller {
             .unwrap_or_default();
         let forbidden =
             |m: &str| ApiError::new(lattice_core::ErrorCode::PermissionDenied, m).into_response();
-        if grant.surface != "static" {
-            return Err(forbidden("this storage token is for the kv surface"));
-        }
-        if !grant.buckets.iter().any(|b| b == "*" || *b == bucket) {
-            return Err(forbidden("this storage token does not cover this bucket"));
-        }
+        // Coverage of the bucket (in the token's own org); the level is checked as
+        // the scope below.
+        grant
+            .check(
+                &grant.org_id,
+                &bucket,
+                pb::Surface::Static,
+                pb::Access::Read,
+                lattice_core::time::now_ms(),
+            )
+            .map_err(|refusal| forbidden(&refusal.to_string()))?;
         let principal = lattice_core::auth::Principal {
             sub: format!("storage_token:{}", grant.id),
             username: String::new(),
             org_id: grant.org_id.clone(),
-            scopes: vec![format!("static:{}", grant.access)],
+            scopes: vec![format!("static:{}", grant.access().name())],
             auth: lattice_core::auth::AuthMethod::Token,
             credential_id: grant.id.clone(),
         };

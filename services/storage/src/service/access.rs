@@ -252,6 +252,7 @@ impl Storage {
             .ok_or_else(|| StorageError::NotFound(format!("storage token {id:?}")))?;
         require_scope(p, Surface::parse("surface", &token.surface)?, Access::Admin)?;
         self.store.revoke_token(&p.org_id, id).await?;
+        self.forget_grant(id);
         self.cache
             .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
             .await;

@@ -14,7 +14,7 @@ use lattice_core::auth::Principal;
 use lattice_core::cache::Cache;
 
 pub use self::kv::KvCondition;
-pub use self::serving::{Resolution, TokenGrant};
+pub use self::serving::{HostKvWrite, Resolution};
 pub use self::sites::NewFile;
 use crate::blobs::Blobs;
 use crate::error::StorageError;
@@ -46,6 +46,8 @@ pub struct Storage {
     cache: Cache,
     audit: Arc<dyn AuditSink>,
     limits: Limits,
+    /// sha256(storage token secret) -> its grant. Short-lived; revocations evict.
+    grants: moka::sync::Cache<String, Arc<lattice_proto::storage::v1::StorageGrant>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -96,7 +98,22 @@ impl Storage {
             cache,
             audit,
             limits,
+            grants: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(10))
+                .support_invalidation_closures()
+                .build(),
         }
+    }
+
+    /// The cache and bus this service publishes on.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Forget every cached storage-token grant.
+    pub fn forget_all_grants(&self) {
+        self.grants.invalidate_all();
     }
 
     /// The store (tests, readiness).
@@ -250,6 +267,7 @@ impl Storage {
             .revoke_tokens_naming(&p.org_id, &bucket.name)
             .await?;
         for id in &revoked {
+            self.forget_grant(id);
             self.cache
                 .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
                 .await;

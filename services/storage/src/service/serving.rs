@@ -3,10 +3,14 @@
 //! access for a token the gateway has authorised. Only the gateway's service
 //! principal may call these.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use lattice_core::auth::Principal;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::hash_secret;
 use lattice_core::time::now_ms;
+
+use lattice_proto::storage::v1::{self as pb, Access, StorageGrant, Surface};
 
 use super::kv::KvCondition;
 use super::{Result, Storage, require_service};
@@ -27,8 +31,47 @@ pub enum Resolution {
     NotFound,
 }
 
-/// A storage token the gateway may honour.
-pub type TokenGrant = TokenRow;
+/// A KV write through a host binding.
+#[derive(Debug, Clone, Copy)]
+pub struct HostKvWrite<'a> {
+    /// The request's host.
+    pub host: &'a str,
+    /// The storage token presented.
+    pub secret: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// The value, as JSON text.
+    pub value_json: &'a str,
+    /// Its condition.
+    pub condition: KvCondition,
+    /// Seconds until it expires (0: never).
+    pub ttl_s: i64,
+}
+
+/// The grant a token row gives.
+pub(super) fn grant_of(t: &TokenRow) -> StorageGrant {
+    StorageGrant {
+        id: t.id.clone(),
+        org_id: t.org_id.clone(),
+        buckets: t.buckets.clone(),
+        expires_at_ms: t.expires_at_ms,
+        surface: pb::Surface::from_name(&t.surface)
+            .unwrap_or(pb::Surface::Unspecified)
+            .into(),
+        access: pb::Access::from_name(&t.access)
+            .unwrap_or(pb::Access::Unspecified)
+            .into(),
+    }
+}
+
+/// Who a host write is recorded as: the storage token, in its org.
+fn token_actor(grant: &StorageGrant) -> Principal {
+    Principal {
+        sub: format!("storage_token:{}", grant.id),
+        org_id: grant.org_id.clone(),
+        ..Principal::service("gateway")
+    }
+}
 
 impl Storage {
     /// The enabled binding of `host`, with its bucket and active deployment.
@@ -90,110 +133,146 @@ impl Storage {
         }
     }
 
-    /// The live token whose secret this is.
-    pub async fn authorize_token(&self, p: &Principal, secret: &str) -> Result<TokenGrant> {
+    /// The live grant of a storage token secret (gateway only).
+    pub async fn authorize_token(&self, p: &Principal, secret: &str) -> Result<Arc<StorageGrant>> {
         require_service(p)?;
-        let invalid = || StorageError::Forbidden("invalid or expired storage token".into());
+        self.grant(secret).await
+    }
+
+    /// The live grant of `secret`, from a short-lived cache that revocations evict
+    /// (on this replica at once, on the others through the bus).
+    async fn grant(&self, secret: &str) -> Result<Arc<StorageGrant>> {
+        let invalid = || StorageError::Unauthenticated("invalid or expired storage token".into());
         if !secret.starts_with(super::access::STORAGE_TOKEN_PREFIX) || secret.len() > 256 {
             return Err(invalid());
         }
-        let token = self
-            .store
-            .token_by_hash(&hash_secret(secret))
-            .await?
-            .ok_or_else(invalid)?;
-        if token.revoked || (token.expires_at_ms != 0 && token.expires_at_ms <= now_ms()) {
+        let hash = hash_secret(secret);
+        let grant = match self.grants.get(&hash) {
+            Some(g) => g,
+            None => {
+                let token = self
+                    .store
+                    .token_by_hash(&hash)
+                    .await?
+                    .filter(|t| !t.revoked)
+                    .ok_or_else(invalid)?;
+                let grant = Arc::new(grant_of(&token));
+                self.grants.insert(hash, grant.clone());
+                grant
+            }
+        };
+        if grant.expires_at_ms != 0 && grant.expires_at_ms <= now_ms() {
             return Err(invalid());
         }
-        Ok(token)
+        Ok(grant)
     }
 
-    async fn host_bucket(&self, p: &Principal, org_id: &str, bucket_id: &str) -> Result<BucketRow> {
-        require_service(p)?;
-        let bucket = self
-            .store
-            .bucket_by_id(org_id, bucket_id)
-            .await?
-            .ok_or_else(|| StorageError::NotFound("bucket".into()))?;
-        if bucket.surface != "kv" {
-            return Err(StorageError::Conflict(format!(
-                "bucket {:?} is not a kv bucket",
-                bucket.name
-            )));
+    /// Forget the cached grant of token `id` (revoked).
+    pub fn forget_grant(&self, id: &str) {
+        let id = id.to_owned();
+        if self
+            .grants
+            .invalidate_entries_if(move |_, g| g.id == id)
+            .is_err()
+        {
+            self.grants.invalidate_all();
         }
-        Ok(bucket)
     }
 
-    /// Read a key for an authorised host request.
+    /// The kv bucket `host` serves, when the storage token `secret` allows `needs`
+    /// on it: decided here on every request, whatever the gateway checked.
+    async fn host_kv_bucket(
+        &self,
+        p: &Principal,
+        host: &str,
+        secret: &str,
+        needs: Access,
+    ) -> Result<(BucketRow, Arc<StorageGrant>)> {
+        require_service(p)?;
+        let grant = self.grant(secret).await?;
+        let no_site = || StorageError::NotFound(format!("no kv bucket is bound to host {host:?}"));
+        let host = HostName::parse(host).map_err(|_| no_site())?;
+        let binding = self
+            .store
+            .resolve_host(host.as_str())
+            .await?
+            .filter(|b| b.enabled && b.surface == Surface::Kv.name())
+            .ok_or_else(no_site)?;
+        grant
+            .check(
+                &binding.org_id,
+                &binding.bucket,
+                Surface::Kv,
+                needs,
+                now_ms(),
+            )
+            .map_err(|refusal| StorageError::Forbidden(refusal.to_string()))?;
+        let bucket = BucketRow {
+            id: binding.bucket_id,
+            org_id: binding.org_id,
+            name: binding.bucket,
+            surface: binding.surface,
+            active_deployment_id: binding.active_deployment_id,
+            created_at_ms: binding.created_at_ms,
+        };
+        Ok((bucket, grant))
+    }
+
+    /// Read a key through a host binding with a storage token.
     pub async fn host_kv_get(
         &self,
         p: &Principal,
-        org_id: &str,
-        bucket_id: &str,
+        host: &str,
+        secret: &str,
         key: &str,
     ) -> Result<KvRow> {
-        let bucket = self.host_bucket(p, org_id, bucket_id).await?;
+        let (bucket, _) = self.host_kv_bucket(p, host, secret, Access::Read).await?;
         self.kv_get_in(&bucket, key).await
     }
 
-    /// Write a key for an authorised host request.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn host_kv_put(
-        &self,
-        p: &Principal,
-        org_id: &str,
-        bucket_id: &str,
-        key: &str,
-        value_json: &str,
-        condition: KvCondition,
-        ttl_s: i64,
-        token_id: &str,
-        ip: &str,
-    ) -> Result<KvRow> {
-        let bucket = self.host_bucket(p, org_id, bucket_id).await?;
-        let row = self
-            .kv_put_in(&bucket, key, value_json, condition, ttl_s)
+    /// Write a key through a host binding with a storage token.
+    pub async fn host_kv_put(&self, ctx: &RequestContext, write: HostKvWrite<'_>) -> Result<KvRow> {
+        let (bucket, grant) = self
+            .host_kv_bucket(&ctx.principal, write.host, write.secret, Access::Write)
             .await?;
-        let actor = Principal {
-            sub: format!("storage_token:{token_id}"),
-            org_id: org_id.to_owned(),
-            ..Principal::service("gateway")
-        };
+        let row = self
+            .kv_put_in(
+                &bucket,
+                write.key,
+                write.value_json,
+                write.condition,
+                write.ttl_s,
+            )
+            .await?;
         self.audit(
-            &actor,
+            &token_actor(&grant),
             "kv.put",
             &format!("{}/{}", bucket.name, row.key),
-            ip,
+            &ctx.client_ip,
             serde_json::json!({"version": row.version, "via": "host"}),
         )
         .await;
         Ok(row)
     }
 
-    /// Delete a key for an authorised host request.
-    #[allow(clippy::too_many_arguments)]
+    /// Delete a key through a host binding with a storage token.
     pub async fn host_kv_delete(
         &self,
-        p: &Principal,
-        org_id: &str,
-        bucket_id: &str,
+        ctx: &RequestContext,
+        host: &str,
+        secret: &str,
         key: &str,
         if_version: Option<i64>,
-        token_id: &str,
-        ip: &str,
     ) -> Result<()> {
-        let bucket = self.host_bucket(p, org_id, bucket_id).await?;
+        let (bucket, grant) = self
+            .host_kv_bucket(&ctx.principal, host, secret, Access::Write)
+            .await?;
         self.kv_delete_in(&bucket, key, if_version).await?;
-        let actor = Principal {
-            sub: format!("storage_token:{token_id}"),
-            org_id: org_id.to_owned(),
-            ..Principal::service("gateway")
-        };
         self.audit(
-            &actor,
+            &token_actor(&grant),
             "kv.delete",
             &format!("{}/{key}", bucket.name),
-            ip,
+            &ctx.client_ip,
             serde_json::json!({"via": "host"}),
         )
         .await;
