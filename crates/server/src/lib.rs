@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +16,7 @@ use lattice_core::db::{self, Db, MigrationReport};
 use lattice_gateway::{Gateway, TlsInfo};
 use lattice_identity::BootstrapAdmin;
 use lattice_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use lattice_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
 use secrecy_expose::expose;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -380,6 +382,7 @@ async fn start_storage(
 async fn start_tasks(
     config: &Config,
     internal: &InternalAuth,
+    nodes: Arc<lattice_tasks::nodes::TunnelDirectory>,
     cache: &Cache,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
@@ -413,6 +416,7 @@ async fn start_tasks(
         lattice_tasks::store::Store::new(db.clone(), push.is_some()),
         cache.clone(),
         i64::try_from(tc.lease_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+        nodes,
     );
     let listener = bind(tc.listen, "tasks.listen").await?;
     let addr = listener.local_addr()?;
@@ -614,13 +618,25 @@ pub async fn start(
     let mut running_identity = None;
     let mut bootstrap = None;
 
-    // The tasks service first: every other service sends it audit events.
+    // The tasks service first: every other service sends it audit events. It asks
+    // the tunnel service which org a node is in; that link is made once the tunnel
+    // service is reachable (below, or now when it runs elsewhere).
     let mut running_tasks = None;
     let mut tasks_routes = None;
+    let node_directory = Arc::new(lattice_tasks::nodes::TunnelDirectory::new(internal.clone()));
+    let tunnel_for_tasks = node_directory.link();
+    if !roles.contains(&Role::Tunnel)
+        && let Some(url) = &config.tunnel.url
+    {
+        let _ = tunnel_for_tasks.set(TunnelServiceClient::new(lattice_gateway::over_network(
+            internal_channel(url, "tunnel.url", CALL_TIMEOUT)?,
+        )));
+    }
     if roles.contains(&Role::Tasks) {
         let (addr, db, routes) = start_tasks(
             &config,
             &internal,
+            node_directory,
             &cache,
             &internal_stop,
             &mut tasks,
@@ -752,6 +768,9 @@ pub async fn start(
         .await?;
         forward_audit(&mut tasks, "tunnel", &db, "tunnel_audit");
         pools.push(("tunnel database", db));
+        let _ = tunnel_for_tasks.set(TunnelServiceClient::new(lattice_gateway::in_process(
+            routes.clone(),
+        )));
         running_tunnel = Some((addr, routes));
     }
 

@@ -213,3 +213,75 @@ async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
         s.stop().await;
     }
 }
+
+/// The tasks service checks a task's node against the caller's org itself: a
+/// request signed for another org, sent straight to its gRPC port (what a correct
+/// gateway would never send), is refused as if the node did not exist.
+#[tokio::test]
+async fn the_tasks_service_refuses_work_for_another_orgs_node() {
+    use lattice_core::auth::{AuthMethod, InternalAuth, Principal};
+    use lattice_proto::tasks::v1::EnqueueRequest;
+    use lattice_proto::tasks::v1::task_service_client::TaskServiceClient;
+    const SECRET: &str = "tasks-ownership-test-internal-secret";
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let s = TestServer::start_on(&url, guard, &[("JWT_SECRET", SECRET)]).await;
+        let admin = s.admin_token(&["*"]).await;
+        let me = s.call("GET", "/api/v1/auth/me", &admin, None).await.1;
+        let org = me["org_id"].as_str().unwrap().to_owned();
+        let db = Db::connect(&url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
+             VALUES ('0190c3f0-0000-7000-8000-0000000000a1', $1, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
+        )
+        .bind(&org)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        db.close().await;
+
+        let internal = InternalAuth::new(SECRET.as_bytes());
+        let addr = s.running().tasks_addr.expect("tasks runs in this process");
+        let mut tasks = TaskServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let as_org = |org_id: &str| Principal {
+            sub: "user-forged".into(),
+            username: "mallory".into(),
+            org_id: org_id.into(),
+            scopes: vec!["tasks:write".into()],
+            auth: AuthMethod::Token,
+            credential_id: "t".into(),
+        };
+        let enqueue = |p: &Principal| {
+            lattice_core::grpc::request(
+                &internal,
+                p,
+                None,
+                EnqueueRequest {
+                    node_id: "0190c3f0-0000-7000-8000-0000000000a1".into(),
+                    kind: "facts.refresh".into(),
+                    ..Default::default()
+                },
+            )
+        };
+        let refused = tasks
+            .enqueue(enqueue(&as_org("another-org")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::NotFound,
+            "{backend:?}: {refused:?}"
+        );
+        assert!(refused.message().contains("node"), "{refused:?}");
+        // The node's own org is served (the same path, the right org).
+        let made = tasks.enqueue(enqueue(&as_org(&org))).await.unwrap();
+        assert!(made.into_inner().created);
+        // Nothing was queued for the other org.
+        let (status, page) = s.call("GET", "/api/v1/tasks?limit=100", &admin, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page}");
+        s.stop().await;
+    }
+}

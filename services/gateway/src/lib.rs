@@ -75,11 +75,6 @@ pub struct AppState {
     pub service_principal: Principal,
     /// Verified credentials by credential hash.
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<caller::Verified>>,
-    /// Nodes seen to belong to an org (`(org id, node id)`), so enqueueing work for
-    /// a node does not re-read it each time. Node ids are never reused and a node
-    /// never changes org; a deleted node is dropped here (and from other gateways'
-    /// caches when they expire).
-    pub node_orgs: moka::sync::Cache<(String, String), ()>,
     /// Bumped by every eviction from `auth_cache`: a verification that started before
     /// an eviction does not put its (possibly revoked) result back.
     pub auth_generation: std::sync::atomic::AtomicU64,
@@ -181,10 +176,6 @@ impl Gateway {
             internal,
             service_principal: Principal::service("gateway"),
             auth_generation: std::sync::atomic::AtomicU64::new(0),
-            node_orgs: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(cfg.auth_cache_ttl_s))

@@ -24,6 +24,9 @@ pub enum TaskError {
     /// A result or heartbeat from a run that is no longer current.
     #[error("{0}")]
     Fenced(String),
+    /// A service this one needs is unreachable or not configured.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("tasks database")]
     Db(#[from] sqlx::Error),
@@ -37,6 +40,7 @@ impl CodedError for TaskError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Fenced(_) => ErrorCode::PreconditionFailed,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,
         }

@@ -78,14 +78,12 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = lattice_core::grpc::context_of(&req)?;
         let r = req.into_inner();
         let (task, created) = self
             .tasks
             .enqueue(
-                &p,
-                &ip,
+                &ctx,
                 EnqueueInput {
                     node_id: r.node_id,
                     kind: r.kind,

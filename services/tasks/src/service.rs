@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use lattice_core::audit::{AuditEvent, Outcome};
-use lattice_core::auth::Principal;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
 use lattice_core::task_kinds;
@@ -26,13 +26,23 @@ pub const STATES: &[&str] = &[
 ];
 
 /// The tasks service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tasks {
     store: Store,
     cache: Cache,
     lease_ms: i64,
+    /// Which org each node is in (the tunnel service).
+    nodes: Arc<dyn crate::nodes::NodeDirectory>,
     /// Wakes the chainer when events are queued.
     pub(crate) chain_wake: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks")
+            .field("lease_ms", &self.lease_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the caller asked to enqueue.
@@ -71,11 +81,17 @@ fn check_id(field: &str, id: &str) -> Result<(), TaskError> {
 
 impl Tasks {
     /// A service over `store`; claims hold a lease of `lease_ms`.
-    pub fn new(store: Store, cache: Cache, lease_ms: i64) -> Self {
+    pub fn new(
+        store: Store,
+        cache: Cache,
+        lease_ms: i64,
+        nodes: Arc<dyn crate::nodes::NodeDirectory>,
+    ) -> Self {
         Self {
             store,
             cache,
             lease_ms,
+            nodes,
             chain_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -106,10 +122,10 @@ impl Tasks {
     /// Enqueue a task (`tasks:write`).
     pub async fn enqueue(
         &self,
-        p: &Principal,
-        client_ip: &str,
+        ctx: &RequestContext,
         input: EnqueueInput,
     ) -> Result<(TaskRow, bool), TaskError> {
+        let (p, client_ip) = (&ctx.principal, ctx.client_ip.as_str());
         require(p, "tasks:write")?;
         check_id("node", &input.node_id)?;
         let spec = task_kinds::spec(&input.kind).ok_or_else(|| {
@@ -144,6 +160,8 @@ impl Tasks {
             n @ 1..=20 => n,
             _ => return Err(TaskError::Invalid("max_attempts: must be 1..20".into())),
         };
+        // The tunnel service owns nodes: asked on every enqueue (briefly cached).
+        self.nodes.check_in_org(ctx, &input.node_id).await?;
         let new = NewTask {
             org_id: p.org_id.clone(),
             node_id: input.node_id.clone(),

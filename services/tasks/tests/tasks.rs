@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lattice_core::audit::{AuditEvent, Outcome};
-use lattice_core::auth::{AuthMethod, Principal};
+use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::db::{self, Backend, Db, testing};
 use lattice_tasks::service::EnqueueInput;
@@ -24,11 +24,39 @@ async fn env(backend: Backend, lease_ms: i64, outbox: bool) -> Env {
     db::migrate(&db, &lattice_tasks::migration_sets(), true)
         .await
         .unwrap();
-    let tasks = Tasks::new(Store::new(db.clone(), outbox), Cache::local(), lease_ms);
+    let tasks = Tasks::new(
+        Store::new(db.clone(), outbox),
+        Cache::local(),
+        lease_ms,
+        Arc::new(OrgOneNodes),
+    );
     Env {
         tasks,
         db,
         _guard: guard,
+    }
+}
+
+/// The tunnel service's answer as this crate's tests need it: nodes named
+/// `node-*` are in org-1, nothing else exists. The real tunnel service answers in
+/// crates/server/tests (a task for another org's node is refused there too).
+struct OrgOneNodes;
+
+#[async_trait::async_trait]
+impl lattice_tasks::nodes::NodeDirectory for OrgOneNodes {
+    async fn check_in_org(&self, ctx: &RequestContext, node_id: &str) -> Result<(), TaskError> {
+        if ctx.principal.org_id == "org-1" && node_id.starts_with("node-") {
+            Ok(())
+        } else {
+            Err(TaskError::NotFound(format!("node {node_id:?}")))
+        }
+    }
+}
+
+fn ctx(p: &Principal, client_ip: &str) -> RequestContext {
+    RequestContext {
+        principal: p.clone(),
+        client_ip: client_ip.to_owned(),
     }
 }
 
@@ -76,36 +104,40 @@ async fn enqueue_validates_and_deduplicates() {
         let w = op(&["tasks:write"]);
         let (t, created) = e
             .tasks
-            .enqueue(&w, "10.0.0.1", exec("node-1", "k1"))
+            .enqueue(&ctx(&w, "10.0.0.1"), exec("node-1", "k1"))
             .await
             .unwrap();
         assert!(created);
         assert_eq!(t.state, "queued");
         assert_eq!(t.max_attempts, 3);
-        let (again, created) = e.tasks.enqueue(&w, "", exec("node-1", "k1")).await.unwrap();
+        let (again, created) = e
+            .tasks
+            .enqueue(&ctx(&w, ""), exec("node-1", "k1"))
+            .await
+            .unwrap();
         assert!(!created, "{backend:?}: same key, same task");
         assert_eq!(again.id, t.id);
 
         let mut bad = exec("node-1", "");
         bad.kind = "reboot".into();
-        let err = e.tasks.enqueue(&w, "", bad).await.unwrap_err();
+        let err = e.tasks.enqueue(&ctx(&w, ""), bad).await.unwrap_err();
         assert!(err.to_string().starts_with("kind:"), "{err}");
         let mut bad = exec("node-1", "");
         bad.payload_json = r#"{"argv":[]}"#.into();
         assert!(
-            matches!(e.tasks.enqueue(&w, "", bad).await, Err(TaskError::Invalid(m)) if m.contains("payload.argv"))
+            matches!(e.tasks.enqueue(&ctx(&w, ""), bad).await, Err(TaskError::Invalid(m)) if m.contains("payload.argv"))
         );
         let mut bad = exec("node 1; drop", "");
         bad.payload_json = "{}".into();
         assert!(matches!(
-            e.tasks.enqueue(&w, "", bad).await,
+            e.tasks.enqueue(&ctx(&w, ""), bad).await,
             Err(TaskError::Invalid(_))
         ));
 
         // Forbidden calls are refused.
         let r = op(&["tasks:read"]);
         assert!(
-            matches!(e.tasks.enqueue(&r, "", exec("node-1", "")).await, Err(TaskError::MissingScope(s)) if s == "tasks:write")
+            matches!(e.tasks.enqueue(&ctx(&r, ""), exec("node-1", "")).await, Err(TaskError::MissingScope(s)) if s == "tasks:write")
         );
         assert!(matches!(
             e.tasks.claim(&w, "node-1", 1).await,
@@ -156,12 +188,20 @@ async fn claims_are_exclusive_per_kind_and_fenced_by_epoch() {
     for backend in testing::backends() {
         let e = env(backend, 300, false).await;
         let w = op(&["tasks:write"]);
-        let (t1, _) = e.tasks.enqueue(&w, "", exec("node-a", "")).await.unwrap();
+        let (t1, _) = e
+            .tasks
+            .enqueue(&ctx(&w, ""), exec("node-a", ""))
+            .await
+            .unwrap();
         let mut facts = exec("node-a", "");
         facts.kind = "facts.refresh".into();
         facts.payload_json = "{}".into();
-        let (t2, _) = e.tasks.enqueue(&w, "", exec("node-a", "")).await.unwrap();
-        let (t3, _) = e.tasks.enqueue(&w, "", facts).await.unwrap();
+        let (t2, _) = e
+            .tasks
+            .enqueue(&ctx(&w, ""), exec("node-a", ""))
+            .await
+            .unwrap();
+        let (t3, _) = e.tasks.enqueue(&ctx(&w, ""), facts).await.unwrap();
 
         // One exec at a time; the facts task runs alongside it.
         let claimed = e.tasks.claim(&tunnel(), "node-a", 10).await.unwrap();
@@ -258,7 +298,7 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
         let w = op(&["tasks:write", "tasks:read"]);
         let mut once = exec("node-d", "");
         once.max_attempts = 1;
-        let (t, _) = e.tasks.enqueue(&w, "", once).await.unwrap();
+        let (t, _) = e.tasks.enqueue(&ctx(&w, ""), once).await.unwrap();
         assert_eq!(
             e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap().len(),
             1
@@ -269,7 +309,11 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
         assert_eq!(dead.state, "dead", "{backend:?}");
         assert!(dead.error.contains("giving up"), "{}", dead.error);
 
-        let (c, _) = e.tasks.enqueue(&w, "", exec("node-d", "")).await.unwrap();
+        let (c, _) = e
+            .tasks
+            .enqueue(&ctx(&w, ""), exec("node-d", ""))
+            .await
+            .unwrap();
         let claimed = e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap();
         let cancelled = e.tasks.cancel(&w, "", &c.id).await.unwrap();
         assert_eq!(cancelled.state, "cancelled");
@@ -305,7 +349,7 @@ async fn concurrent_claimers_never_share_a_task() {
             f.kind = "facts.refresh".into();
             f.payload_json = "{}".into();
             // facts.refresh is exclusive per node: finish each claimed one.
-            ids.push(e.tasks.enqueue(&w, "", f).await.unwrap().0.id);
+            ids.push(e.tasks.enqueue(&ctx(&w, ""), f).await.unwrap().0.id);
         }
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut handles = Vec::new();
@@ -351,7 +395,7 @@ async fn a_result_claims_the_next_task_in_the_same_statement() {
         for _ in 0..3 {
             ids.push(
                 e.tasks
-                    .enqueue(&w, "", exec("node-n", ""))
+                    .enqueue(&ctx(&w, ""), exec("node-n", ""))
                     .await
                     .unwrap()
                     .0
@@ -363,7 +407,7 @@ async fn a_result_claims_the_next_task_in_the_same_statement() {
         let mut facts = exec("node-n", "");
         facts.kind = "facts.refresh".into();
         facts.payload_json = "{}".into();
-        let (f, _) = e.tasks.enqueue(&w, "", facts).await.unwrap();
+        let (f, _) = e.tasks.enqueue(&ctx(&w, ""), facts).await.unwrap();
 
         // The result is recorded and the next exec starts with it, alongside the
         // facts task (its kind has nothing running).
@@ -459,7 +503,7 @@ async fn results_that_claim_race_plain_claims_safely() {
         for i in 0..60 {
             ids.push(
                 e.tasks
-                    .enqueue(&w, "", exec(&format!("node-{}", i % 3), ""))
+                    .enqueue(&ctx(&w, ""), exec(&format!("node-{}", i % 3), ""))
                     .await
                     .unwrap()
                     .0
@@ -637,7 +681,11 @@ async fn outbox_pushes_at_least_once_with_retries() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
         let w = op(&["tasks:write"]);
-        let (t, _) = e.tasks.enqueue(&w, "", exec("node-o", "")).await.unwrap();
+        let (t, _) = e
+            .tasks
+            .enqueue(&ctx(&w, ""), exec("node-o", ""))
+            .await
+            .unwrap();
         let target = lattice_tasks::outbox::PushTarget {
             url: format!("http://{addr}/hook"),
             auth: Some(lattice_tasks::outbox::parse_auth_header("X-Api-Key: s3cret").unwrap()),
@@ -718,7 +766,7 @@ async fn concurrent_enqueues_each_keep_their_audit_and_outbox_events() {
             let (tasks, w) = (e.tasks.clone(), w.clone());
             handles.push(tokio::spawn(async move {
                 tasks
-                    .enqueue(&w, "10.0.0.9", exec(&format!("node-{}", i % 5), ""))
+                    .enqueue(&ctx(&w, "10.0.0.9"), exec(&format!("node-{}", i % 5), ""))
                     .await
             }));
         }
@@ -728,7 +776,11 @@ async fn concurrent_enqueues_each_keep_their_audit_and_outbox_events() {
         bad.sub = "user\0x".into();
         let refused = {
             let tasks = e.tasks.clone();
-            tokio::spawn(async move { tasks.enqueue(&bad, "10.0.0.9", exec("node-0", "")).await })
+            tokio::spawn(async move {
+                tasks
+                    .enqueue(&ctx(&bad, "10.0.0.9"), exec("node-0", ""))
+                    .await
+            })
         };
         let mut ids = Vec::new();
         for h in handles {
@@ -816,12 +868,15 @@ async fn a_connection_the_database_ended_is_unavailable_then_replaced() {
     // the call fails as unavailable (503, retry), not as an internal error.
     let err = e
         .tasks
-        .enqueue(&w, "", exec("node-1", ""))
+        .enqueue(&ctx(&w, ""), exec("node-1", ""))
         .await
         .expect_err("the ended connection fails its statement");
     assert_eq!(err.code(), lattice_core::ErrorCode::Unavailable, "{err:?}");
     // The pool dropped it; the next call gets a new connection.
-    e.tasks.enqueue(&w, "", exec("node-1", "")).await.unwrap();
+    e.tasks
+        .enqueue(&ctx(&w, ""), exec("node-1", ""))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -845,7 +900,7 @@ async fn an_enqueue_whose_caller_gave_up_while_queued_is_not_written() {
         .unwrap();
     let spawn = |node: &'static str| {
         let (tasks, w) = (e.tasks.clone(), w.clone());
-        tokio::spawn(async move { tasks.enqueue(&w, "", exec(node, "")).await })
+        tokio::spawn(async move { tasks.enqueue(&ctx(&w, ""), exec(node, "")).await })
     };
     // These fill the writer's four statements (one at a time, so each has its own)...
     let mut stalled = Vec::new();
@@ -871,7 +926,7 @@ async fn an_enqueue_whose_caller_gave_up_while_queued_is_not_written() {
     for _ in 0..3 {
         let r = tokio::time::timeout(
             Duration::from_millis(200),
-            e.tasks.enqueue(&w, "", exec("node-2", "")),
+            e.tasks.enqueue(&ctx(&w, ""), exec("node-2", "")),
         )
         .await;
         assert!(r.is_err(), "the writer was stalled: {r:?}");

@@ -290,11 +290,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     client(&state)?
-        .delete_node(caller.request(&state, pb::GetNodeRequest { id: id.clone() }))
+        .delete_node(caller.request(&state, pb::GetNodeRequest { id }))
         .await?;
-    state
-        .node_orgs
-        .invalidate(&(caller.principal.org_id.clone(), id));
     Ok(StatusCode::NO_CONTENT)
 }
 
