@@ -13,6 +13,10 @@ pub mod identity {
 
 /// Storage hosting: KV buckets, static sites, host bindings, storage tokens.
 pub mod storage {
+    /// Most files in one static-site deployment: the storage service refuses more,
+    /// and the gateway stops unpacking an archive past it.
+    pub const MAX_DEPLOYMENT_FILES: usize = 20_000;
+
     /// Version 1.
     pub mod v1 {
         #![allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod join_token;
+pub mod metrics;
 pub mod scope;
 pub mod shutdown;
 pub mod task_kinds;

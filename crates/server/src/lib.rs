@@ -612,7 +612,8 @@ pub async fn start(
     // drained, so requests still in flight can reach them.
     let internal_stop = CancellationToken::new();
     let gateway_done = CancellationToken::new();
-    let grpc_metrics = ops::GrpcMetrics::default();
+    let metrics = lattice_core::metrics::MetricsRegistry::default();
+    let grpc_metrics = ops::GrpcMetrics::new(&metrics);
     let mut tasks = JoinSet::new();
     let mut pools = Vec::new();
     let mut running_identity = None;
@@ -795,6 +796,7 @@ pub async fn start(
             &config.data_dir,
             internal.clone(),
             lattice_gateway::Backends {
+                metrics: metrics.clone(),
                 identity: channel,
                 storage: storage_channel,
                 storage_in_process: running_storage.is_some(),

@@ -3,7 +3,6 @@
 //! scraped like any other process. Also the gRPC request metrics of this process's
 //! internal servers.
 
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -13,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
 use lattice_core::db::Db;
+use lattice_core::metrics::MetricsRegistry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -32,50 +31,43 @@ struct MethodLabels {
     method: String,
 }
 
-/// The process's gRPC server metrics.
+/// The process's gRPC server metrics (in the process's one registry).
 #[derive(Debug, Clone)]
 pub struct GrpcMetrics {
-    registry: Arc<Mutex<Registry>>,
+    registry: MetricsRegistry,
     requests: Family<GrpcLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
 }
 
-impl Default for GrpcMetrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("lattice");
+impl GrpcMetrics {
+    /// Register the internal gRPC servers' metrics in `registry`
+    /// (`lattice_grpc_server_*`).
+    pub fn new(registry: &MetricsRegistry) -> Self {
         let requests = Family::<GrpcLabels, Counter>::default();
-        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ])
-        });
+        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(
+            lattice_core::metrics::latency_histogram,
+        );
         registry.register(
+            "",
             "grpc_server_requests",
             "Internal gRPC requests answered (HTTP status of the response head)",
             requests.clone(),
         );
         registry.register(
+            "",
             "grpc_server_response_seconds",
             "Time to the response head of internal gRPC requests",
             latency.clone(),
         );
         Self {
-            registry: Arc::new(Mutex::new(registry)),
+            registry: registry.clone(),
             requests,
             latency,
         }
     }
-}
 
-impl GrpcMetrics {
     fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .expect("metrics registry mutex is never poisoned");
-        prometheus_client::encoding::text::encode(&mut out, &registry)?;
-        Ok(out)
+        self.registry.encode()
     }
 }
 
@@ -171,7 +163,7 @@ async fn metrics_text(State(state): State<OpsState>) -> Response {
         Ok(text) => (
             [(
                 http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                lattice_core::metrics::OPENMETRICS_CONTENT_TYPE,
             )],
             text,
         )

@@ -97,6 +97,8 @@ pub struct AppState {
 /// channels connect lazily).
 #[derive(Debug, Clone)]
 pub struct Backends {
+    /// The process's metrics registry (shared with its internal gRPC servers).
+    pub metrics: lattice_core::metrics::MetricsRegistry,
     /// The identity service.
     pub identity: Channel,
     /// The storage service, when this deployment has one.
@@ -184,7 +186,7 @@ impl Gateway {
             cache,
             cfg: cfg.clone(),
             secure_cookies: https,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(&backends.metrics),
             shutting_down: shutdown,
             draining: CancellationToken::new(),
         });

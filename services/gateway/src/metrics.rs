@@ -1,13 +1,11 @@
 //! Prometheus metrics of the gateway: requests by route, method and status, and
 //! their latency.
 
-use std::sync::Mutex;
-
+use lattice_core::metrics::MetricsRegistry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -21,31 +19,35 @@ struct RouteLabels {
     route: String,
 }
 
-/// The gateway's metrics registry.
+/// The gateway's request metrics (in the process's one registry).
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: MetricsRegistry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("lattice_gateway");
+impl Metrics {
+    /// Register the gateway's metrics in `registry` (`lattice_gateway_*`).
+    pub fn new(registry: &MetricsRegistry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ])
-        });
-        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            lattice_core::metrics::latency_histogram,
+        );
         registry.register(
+            "gateway",
+            "http_requests",
+            "HTTP requests answered",
+            requests.clone(),
+        );
+        registry.register(
+            "gateway",
             "http_request_duration_seconds",
             "HTTP request latency",
             latency.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry: registry.clone(),
             requests,
             latency,
         }
@@ -84,14 +86,8 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Text exposition.
+    /// Text exposition of the whole process's registry.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .expect("metrics registry mutex is never poisoned");
-        prometheus_client::encoding::text::encode(&mut out, &registry)?;
-        Ok(out)
+        self.registry.encode()
     }
 }

@@ -174,8 +174,8 @@ impl KvValue {
 
 /// Largest single static object, bytes.
 pub const MAX_OBJECT_BYTES: u64 = 64 * 1024 * 1024;
-/// Most files in one deployment.
-pub const MAX_FILES: usize = 20_000;
+/// Most files in one deployment (the gateway bounds archive unpacking by it too).
+pub const MAX_FILES: usize = lattice_proto::storage::MAX_DEPLOYMENT_FILES;
 /// Longest site path, bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
 
@@ -221,6 +221,44 @@ impl SitePath {
     /// The path.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A file's media type as given by the uploader: printable ASCII (it is sent back
+/// as a `Content-Type` header byte for byte), `type/subtype` with optional
+/// parameters, at most 255 bytes. An empty one is guessed from the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentType(String);
+
+impl ContentType {
+    /// Validate `given`, or guess from `path` when it is blank.
+    pub fn parse_or_guess(given: &str, path: &SitePath) -> Result<Self, StorageError> {
+        let given = given.trim();
+        if given.is_empty() {
+            return Ok(Self(guess_content_type(path.as_str())));
+        }
+        let printable = given
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let essence = given.split(';').next().unwrap_or_default().trim();
+        let well_formed = essence
+            .split_once('/')
+            .is_some_and(|(t, sub)| !t.is_empty() && !sub.is_empty() && !sub.contains('/'));
+        if given.len() > 255 || !printable || !well_formed {
+            return Err(StorageError::invalid(
+                "content_type",
+                format!(
+                    "{given:?} for {:?} is not a media type (type/subtype, printable ASCII, at most 255 bytes)",
+                    path.as_str()
+                ),
+            ));
+        }
+        Ok(Self(given.to_owned()))
+    }
+
+    /// The media type.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -330,6 +368,30 @@ mod tests {
         for bad in ["", "a..b", "-a.com", "*.example.com", "a b", "host:80"] {
             assert!(HostName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn given_content_types_must_be_header_safe_media_types() {
+        let path = SitePath::parse("a.txt").unwrap();
+        let ok = |s: &str| ContentType::parse_or_guess(s, &path).map(ContentType::into_string);
+        assert_eq!(ok("").unwrap(), "text/plain; charset=utf-8");
+        assert_eq!(ok(" text/css ").unwrap(), "text/css");
+        assert_eq!(
+            ok("application/json; charset=utf-8").unwrap(),
+            "application/json; charset=utf-8"
+        );
+        for bad in [
+            "text/html\r\nx-evil: 1",
+            "text/\u{7f}",
+            "caf\u{e9}/x",
+            "html",
+            "/x",
+            "a/",
+            "a/b/c",
+        ] {
+            assert!(ok(bad).is_err(), "{bad:?}");
+        }
+        assert!(ok(&format!("a/{}", "b".repeat(300))).is_err());
     }
 
     #[test]

@@ -811,3 +811,36 @@ async fn concurrent_single_object_edits_never_lose_each_other() {
         }
     }
 }
+
+/// A media type is sent back as a header byte for byte: one that could not be is
+/// refused at upload, naming the field and the file.
+#[tokio::test]
+async fn uploads_with_a_content_type_that_is_no_header_are_refused() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let p = op("o1", &["*"]);
+        e.storage
+            .create_bucket(&p, "site", "static", "")
+            .await
+            .unwrap();
+        let mut bad = file("index.html", "x");
+        bad.content_type = "text/html\r\nset-cookie: a=b".into();
+        match e
+            .storage
+            .upload_deployment(&p, "site", vec![bad], true, "")
+            .await
+        {
+            Err(StorageError::Invalid {
+                field: "content_type",
+                reason,
+            }) => assert!(reason.contains("index.html"), "{reason}"),
+            other => panic!("{backend:?}: {other:?}"),
+        }
+        let mut good = file("index.html", "x");
+        good.content_type = "text/html; charset=utf-8".into();
+        e.storage
+            .upload_deployment(&p, "site", vec![good], true, "")
+            .await
+            .unwrap();
+    }
+}

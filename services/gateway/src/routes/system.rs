@@ -133,7 +133,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(text) => (
             [(
                 http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                lattice_core::metrics::OPENMETRICS_CONTENT_TYPE,
             )],
             text,
         )

@@ -537,7 +537,10 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
         .header(header::CACHE_CONTROL, "public, no-cache")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_TYPE, &resolved.content_type);
+        .header(
+            header::CONTENT_TYPE,
+            content_type_header(&resolved.content_type),
+        );
     if status == StatusCode::OK
         && let Some(inm) = req
             .headers()
@@ -548,7 +551,7 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
         return builder
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())
-            .unwrap_or_default();
+            .unwrap_or_else(built_badly);
     }
     let data = match blob(state, &resolved.sha256).await {
         Ok(d) => d,
@@ -579,7 +582,7 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
                 .body(Body::empty())
-                .unwrap_or_default();
+                .unwrap_or_else(built_badly);
         }
         None => (status, data),
     };
@@ -589,7 +592,26 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
     } else {
         Body::from(body)
     };
-    builder.status(status).body(body).unwrap_or_default()
+    builder
+        .status(status)
+        .body(body)
+        .unwrap_or_else(built_badly)
+}
+
+/// A stored media type as a header; one that is not a valid header value (stored
+/// before uploads were validated) is served as bytes rather than not at all.
+fn content_type_header(stored: &str) -> HeaderValue {
+    HeaderValue::from_str(stored).unwrap_or_else(|_| {
+        tracing::warn!(content_type = ?stored, "stored content type is not a valid header value; serving application/octet-stream");
+        HeaderValue::from_static("application/octet-stream")
+    })
+}
+
+/// A response that could not be built is a bug: answer 500 and log it, never an
+/// empty 200.
+fn built_badly(err: http::Error) -> Response {
+    tracing::error!(error = %err, "building a host response failed");
+    ApiError::new(lattice_core::ErrorCode::Internal, "internal error").into_response()
 }
 
 fn kv_error(status: StatusCode, code: lattice_core::ErrorCode, message: &str) -> Response {
@@ -774,7 +796,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                     .status(StatusCode::NOT_MODIFIED)
                     .header(header::ETAG, etag)
                     .body(Body::empty())
-                    .unwrap_or_default();
+                    .unwrap_or_else(built_badly);
             }
             Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
@@ -785,7 +807,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
                 } else {
                     Body::from(kv.value)
                 })
-                .unwrap_or_default()
+                .unwrap_or_else(built_badly)
         }
         Method::PUT => {
             let condition = match super::control::write_condition(req.headers()) {

@@ -91,8 +91,6 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for SiteCaller {
 
 /// Upload chunk size on the internal stream.
 const CHUNK: usize = 1024 * 1024;
-/// Most files in one archive.
-const MAX_FILES: usize = 20_000;
 
 /// A deployment.
 #[derive(Debug, Serialize, ToSchema)]
@@ -219,10 +217,16 @@ pub async fn deploy(
     caller.require("static:write")?;
     let mut storage = client(&state)?;
     let max_bytes = state.cfg.upload_limit_bytes as u64 * 4;
-    let files = tokio::task::spawn_blocking(move || unpack(&body, MAX_FILES, max_bytes))
-        .await
-        .map_err(|e| ApiError::new(lattice_core::ErrorCode::Internal, format!("unpack: {e}")))?
-        .map_err(archive_error)?;
+    let files = tokio::task::spawn_blocking(move || {
+        unpack(
+            &body,
+            lattice_proto::storage::MAX_DEPLOYMENT_FILES,
+            max_bytes,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::new(lattice_core::ErrorCode::Internal, format!("unpack: {e}")))?
+    .map_err(archive_error)?;
     let files = files
         .into_iter()
         .map(|f| (f.path, String::new(), f.data))

@@ -10,7 +10,7 @@ use lattice_core::time::now_ms;
 
 use super::{Result, Storage};
 use crate::error::StorageError;
-use crate::model::{Access, MAX_FILES, MAX_OBJECT_BYTES, SitePath, Surface, guess_content_type};
+use crate::model::{Access, ContentType, MAX_FILES, MAX_OBJECT_BYTES, SitePath, Surface};
 use crate::store::{BucketRow, DeploymentRow, FileRow};
 
 /// One file of an upload.
@@ -50,11 +50,7 @@ impl Storage {
                     f.data.len()
                 )));
             }
-            let content_type = if f.content_type.trim().is_empty() {
-                guess_content_type(path.as_str())
-            } else {
-                f.content_type.trim().chars().take(255).collect()
-            };
+            let content_type = ContentType::parse_or_guess(&f.content_type, &path)?.into_string();
             let size = i64::try_from(f.data.len()).unwrap_or(i64::MAX);
             let sha256 = self.blobs.put(f.data).await?;
             self.store.insert_blob(&sha256, size).await?;
