@@ -1,0 +1,135 @@
+//! Operator API tokens: created within the creator's scopes, listed, revoked.
+
+use lattice_core::audit::Outcome;
+use lattice_core::auth::{Principal, REVOCATION_CHANNEL};
+use lattice_core::crypto::{hash_secret, random_secret};
+use lattice_core::scope;
+use lattice_core::time::now_ms;
+
+use super::{Identity, Result, TOKEN_PREFIX, require_scope, require_user, validate_scopes};
+use crate::error::IdentityError;
+use crate::store::TokenRow;
+
+/// A token just created, with its secret (shown once).
+#[derive(Debug)]
+pub struct CreatedToken {
+    /// Stored row.
+    pub token: TokenRow,
+    /// The secret.
+    pub secret: String,
+}
+
+impl Identity {
+    /// Create an operator token whose scopes never exceed the caller's.
+    pub async fn create_token(
+        &self,
+        caller: &Principal,
+        name: &str,
+        scopes: &[String],
+        expires_in_s: i64,
+        ip: &str,
+    ) -> Result<CreatedToken> {
+        require_scope(caller, "tokens:write")?;
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(IdentityError::invalid(
+                "name",
+                "must be 1 to 64 printable characters",
+            ));
+        }
+        if scopes.is_empty() {
+            return Err(IdentityError::invalid(
+                "scopes",
+                "must name at least one scope",
+            ));
+        }
+        let scopes = validate_scopes(scopes)?;
+        if !scope::all_covered(&caller.scopes, &scopes) {
+            let over: Vec<&String> = scopes
+                .iter()
+                .filter(|s| !scope::all_covered(&caller.scopes, std::slice::from_ref(s)))
+                .collect();
+            return Err(IdentityError::Forbidden(format!(
+                "a token's scopes cannot exceed its creator's: not allowed {over:?}"
+            )));
+        }
+        const TEN_YEARS_S: i64 = 10 * 366 * 24 * 3600;
+        if !(0..=TEN_YEARS_S).contains(&expires_in_s) {
+            return Err(IdentityError::invalid(
+                "expires_in_s",
+                "must be between 0 (no expiry) and 10 years",
+            ));
+        }
+        let now = now_ms();
+        let expires_at_ms = if expires_in_s == 0 {
+            0
+        } else {
+            now + expires_in_s * 1000
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let secret = random_secret(TOKEN_PREFIX);
+        self.store
+            .insert_token(
+                &id,
+                &hash_secret(&secret),
+                &caller.org_id,
+                &caller.sub,
+                name,
+                &scopes,
+                now,
+                expires_at_ms,
+            )
+            .await?;
+        self.audit(
+            &caller.org_id,
+            &caller.sub,
+            "token.create",
+            &id,
+            Outcome::Success,
+            ip,
+            serde_json::json!({"name": name, "scopes": scopes}),
+        )
+        .await;
+        Ok(CreatedToken {
+            token: TokenRow {
+                id,
+                user_id: caller.sub.clone(),
+                name: name.into(),
+                scopes,
+                created_at_ms: now,
+                expires_at_ms,
+                last_used_at_ms: 0,
+            },
+            secret,
+        })
+    }
+
+    /// The caller's live tokens (every token of the org for `users:admin`).
+    pub async fn list_tokens(&self, caller: &Principal) -> Result<Vec<TokenRow>> {
+        require_user(caller)?;
+        let only = (!caller.allows("users:admin")).then_some(caller.sub.as_str());
+        Ok(self.store.list_tokens(&caller.org_id, only).await?)
+    }
+
+    /// Revoke one of the caller's own tokens (always allowed: shrinking one's own
+    /// exposure needs no scope), or any token of the org with `users:admin`.
+    pub async fn revoke_token(&self, caller: &Principal, id: &str, ip: &str) -> Result<()> {
+        require_user(caller)?;
+        let only = (!caller.allows("users:admin")).then_some(caller.sub.as_str());
+        if !self.store.revoke_token(&caller.org_id, id, only).await? {
+            return Err(IdentityError::NotFound(format!("token {id:?}")));
+        }
+        self.cache.publish(REVOCATION_CHANNEL, id).await;
+        self.audit(
+            &caller.org_id,
+            &caller.sub,
+            "token.revoke",
+            id,
+            Outcome::Success,
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
+        Ok(())
+    }
+}

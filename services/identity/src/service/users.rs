@@ -1,0 +1,197 @@
+//! Users of an org: created by an admin, listed, their passwords changed (by
+//! themselves or an admin), lockouts lifted.
+
+use lattice_core::audit::Outcome;
+use lattice_core::auth::{Principal, REVOCATION_CHANNEL};
+use lattice_core::scope;
+
+use super::{
+    ClientInfo, Identity, Result, require_outranks, require_scope, require_session, require_user,
+    validate_password, validate_scopes,
+};
+use crate::error::IdentityError;
+use crate::store::UserRow;
+
+fn validate_username(raw: &str) -> Result<String> {
+    let name = raw.trim().to_lowercase();
+    if name.is_empty() || name.len() > 64 {
+        return Err(IdentityError::invalid(
+            "username",
+            "must be 1 to 64 characters",
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+    {
+        return Err(IdentityError::invalid(
+            "username",
+            "may contain only letters, digits and . _ @ -",
+        ));
+    }
+    Ok(name)
+}
+
+impl Identity {
+    /// Create a user in the caller's org (`users:admin`; scopes within the caller's).
+    pub async fn create_user(
+        &self,
+        caller: &Principal,
+        username: &str,
+        password: String,
+        scopes: &[String],
+        ip: &str,
+    ) -> Result<UserRow> {
+        require_scope(caller, "users:admin")?;
+        let username = validate_username(username)?;
+        validate_password(&password)?;
+        let scopes = validate_scopes(scopes)?;
+        if !scope::all_covered(&caller.scopes, &scopes) {
+            return Err(IdentityError::Forbidden(
+                "a new user's scopes cannot exceed the creator's".into(),
+            ));
+        }
+        let hash = self.passwords.hash(password).await?;
+        let user = match self
+            .store
+            .insert_user(&caller.org_id, &username, &hash, &scopes)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) if lattice_core::db::Db::is_unique_violation(&e) => {
+                return Err(IdentityError::AlreadyExists(format!("user {username:?}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.audit(
+            &caller.org_id,
+            &caller.sub,
+            "user.create",
+            &user.id,
+            Outcome::Success,
+            ip,
+            serde_json::json!({"username": username, "scopes": scopes}),
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Users of the caller's org (`users:read`).
+    pub async fn list_users(&self, caller: &Principal) -> Result<Vec<UserRow>> {
+        require_scope(caller, "users:read")?;
+        Ok(self.store.list_users(&caller.org_id).await?)
+    }
+
+    /// Change the caller's own password (password session + current password), or set
+    /// another user's (`users:admin`). The user's other sessions end.
+    pub async fn set_password(
+        &self,
+        caller: &Principal,
+        user_id: &str,
+        current: String,
+        new: String,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        require_user(caller)?;
+        // Changing one's own password proves the current one; the admin route (a user
+        // id, even one's own) needs users:admin instead.
+        let own = user_id.is_empty();
+        let target_id = if own { caller.sub.as_str() } else { user_id };
+        if own {
+            require_session(caller, "your password")?;
+            self.check_ip_throttle(&client.ip).await?;
+        } else {
+            require_scope(caller, "users:admin")?;
+            if user_id == caller.sub {
+                return Err(IdentityError::Conflict(
+                    "change your own password with POST /api/v1/auth/password (it needs the current one)".into(),
+                ));
+            }
+        }
+        validate_password(&new)?;
+        let user = self
+            .store
+            .user(&caller.org_id, target_id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("user {target_id:?}")))?;
+        if !own {
+            require_outranks(caller, &user)?;
+        }
+        if own {
+            if let Some(retry_after_s) = Self::lock_remaining_s(&user) {
+                return Err(IdentityError::Locked { retry_after_s });
+            }
+            let attempt = self.reserve_attempt(&user).await?;
+            if !self
+                .passwords
+                .verify(current, Some(user.password_hash.clone()))
+                .await?
+            {
+                self.fail_login(&user, client, "auth.password.change", attempt)
+                    .await;
+                return Err(IdentityError::invalid("current_password", "does not match"));
+            }
+        }
+        let hash = self.passwords.hash(new).await?;
+        self.store
+            .set_password_hash(&user.org_id, &user.id, &hash)
+            .await?;
+        let keep = if own {
+            caller.credential_id.as_str()
+        } else {
+            ""
+        };
+        self.store
+            .revoke_sessions_of(&user.org_id, &user.id, keep)
+            .await?;
+        if own {
+            self.store.clear_failures(&user.id).await?;
+            self.release_ip_attempt(&client.ip).await;
+        }
+        self.cache
+            .publish(REVOCATION_CHANNEL, &format!("user:{}", user.id))
+            .await;
+        self.audit(
+            &caller.org_id,
+            &caller.sub,
+            "auth.password.change",
+            &user.id,
+            Outcome::Success,
+            &client.ip,
+            serde_json::json!({"by_admin": !own}),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Lift a lockout (`users:admin`).
+    pub async fn unlock_user(
+        &self,
+        caller: &Principal,
+        user_id: &str,
+        ip: &str,
+    ) -> Result<UserRow> {
+        require_scope(caller, "users:admin")?;
+        let user = self
+            .store
+            .user(&caller.org_id, user_id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("user {user_id:?}")))?;
+        self.store.clear_failures(&user.id).await?;
+        self.audit(
+            &caller.org_id,
+            &caller.sub,
+            "user.unlock",
+            &user.id,
+            Outcome::Success,
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
+        Ok(UserRow {
+            failed_logins: 0,
+            locked_until_ms: 0,
+            ..user
+        })
+    }
+}
