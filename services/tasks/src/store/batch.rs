@@ -26,7 +26,8 @@ use lattice_core::time::now_ms;
 use sqlx::Row as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{NewTask, Store, TaskRow, outbox_payload, task};
+use super::outbox::outbox_payload;
+use super::{NewTask, Store, TaskRow, task};
 use crate::error::TaskError;
 
 /// The most enqueues one statement writes.
