@@ -14,6 +14,7 @@ pub mod serve;
 pub mod storage;
 pub mod tls;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -498,13 +499,15 @@ async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: 
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = metrics::method_label(req.method()).to_owned();
+        .map_or(Cow::Borrowed("unmatched"), |p| {
+            Cow::Owned(p.as_str().to_owned())
+        });
+    let method = metrics::method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     state.metrics.observe(
-        &route,
-        &method,
+        route,
+        method,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );

@@ -1,22 +1,26 @@
 //! Prometheus metrics of the gateway: requests by route, method and status, and
 //! their latency.
 
+use std::borrow::Cow;
+
 use lattice_core::metrics::MetricsRegistry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
+// Borrowed label values: counting a request allocates nothing when its series
+// exists (routes and methods are few and mostly static strings).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: Cow<'static, str>,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Cow<'static, str>,
 }
 
 /// The gateway's request metrics (in the process's one registry).
@@ -70,19 +74,24 @@ pub fn method_label(method: &http::Method) -> &'static str {
 }
 
 impl Metrics {
-    /// Count one answered request.
-    pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Count one answered request (`method` from [`method_label`]).
+    pub fn observe(
+        &self,
+        route: impl Into<Cow<'static, str>>,
+        method: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let route = route.into();
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
+                route: route.clone(),
+                method,
                 status,
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(seconds);
     }
 

@@ -75,12 +75,37 @@ pub struct Resolved {
     pub content_type: String,
 }
 
+/// A resolution with the response headers it always gets, made once.
+#[derive(Debug)]
+pub struct PathEntry {
+    /// The resolution.
+    pub resolved: Resolved,
+    /// `"<sha256>"`.
+    pub etag: HeaderValue,
+    /// The media type (one that is no valid header value becomes
+    /// `application/octet-stream`).
+    pub content_type: HeaderValue,
+}
+
+impl PathEntry {
+    fn new(resolved: Resolved) -> Self {
+        let etag = HeaderValue::from_str(&format!("\"{}\"", resolved.sha256))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        let content_type = content_type_header(&resolved.content_type);
+        Self {
+            resolved,
+            etag,
+            content_type,
+        }
+    }
+}
+
 /// The gateway's storage caches.
 pub struct HostCaches {
     /// Host -> binding (None: no enabled binding). Short TTL; bus events evict.
     pub hosts: moka::sync::Cache<String, Option<Arc<HostEntry>>>,
     /// (deployment, path) -> resolution. Immutable.
-    pub paths: moka::sync::Cache<(String, String), Arc<Resolved>>,
+    pub paths: moka::sync::Cache<(String, String), Arc<PathEntry>>,
     /// sha256 -> bytes. Immutable; bounded by bytes.
     pub blobs: moka::sync::Cache<String, Bytes>,
     /// sha256(secret) -> grant. Evicted on revocation.
@@ -120,7 +145,7 @@ impl HostCaches {
                 .build(),
             // Weighed by key size: any visitor can ask for new paths (404s included).
             paths: moka::sync::Cache::builder()
-                .weigher(|k: &(String, String), _v: &Arc<Resolved>| {
+                .weigher(|k: &(String, String), _v: &Arc<PathEntry>| {
                     u32::try_from(k.0.len() + k.1.len() + 128).unwrap_or(u32::MAX)
                 })
                 .max_capacity(64 * 1024 * 1024)
@@ -359,7 +384,7 @@ async fn resolve(
     state: &AppState,
     deployment_id: &str,
     path: &str,
-) -> Result<Arc<Resolved>, ApiError> {
+) -> Result<Arc<PathEntry>, ApiError> {
     let key = (deployment_id.to_owned(), path.to_owned());
     if let Some(hit) = state.host_caches.paths.get(&key) {
         return Ok(hit);
@@ -405,9 +430,9 @@ async fn resolve(
             resolved
         }
     };
-    let resolved = Arc::new(resolved);
-    state.host_caches.paths.insert(key, resolved.clone());
-    Ok(resolved)
+    let entry = Arc::new(PathEntry::new(resolved));
+    state.host_caches.paths.insert(key, entry.clone());
+    Ok(entry)
 }
 
 async fn blob(state: &AppState, sha256: &str) -> Result<Bytes, ApiError> {
@@ -495,10 +520,11 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
     if entry.deployment_id.is_empty() {
         return plain(StatusCode::NOT_FOUND, "404 Not Found\n");
     }
-    let resolved = match resolve(state, &entry.deployment_id, &path).await {
+    let cached = match resolve(state, &entry.deployment_id, &path).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    let resolved = &cached.resolved;
     if resolved.status == 301 {
         const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
             .add(b' ')
@@ -530,23 +556,25 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
     } else {
         StatusCode::NOT_FOUND
     };
-    let etag = format!("\"{}\"", resolved.sha256);
     let mut builder = Response::builder()
-        .header(header::ETAG, &etag)
+        .header(header::ETAG, cached.etag.clone())
         // Revalidate every time: cheap with the ETag, and a deploy is never served stale.
-        .header(header::CACHE_CONTROL, "public, no-cache")
-        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header(header::ACCEPT_RANGES, "bytes")
         .header(
-            header::CONTENT_TYPE,
-            content_type_header(&resolved.content_type),
-        );
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, no-cache"),
+        )
+        .header(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        )
+        .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))
+        .header(header::CONTENT_TYPE, cached.content_type.clone());
     if status == StatusCode::OK
         && let Some(inm) = req
             .headers()
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
-        && etag_matches(inm, &etag)
+        && etag_matches(inm, cached.etag.to_str().unwrap_or_default())
     {
         return builder
             .status(StatusCode::NOT_MODIFIED)
