@@ -12,14 +12,18 @@
 #   lattice-kv   GET /site-title through a KV host binding with a storage token
 # and reports the median requests/s and p99 of each, the ratios lattice/nginx
 # (targets: requests/s >= 0.90x, p99 <= 1.50x) and the ratio KV / static 1 KiB.
-# Any non-2xx response fails the run.
+# With REF_BIN set (another build of lattice-server, e.g. the previous main), that
+# build runs beside this one with the same site, and each round also measures it
+# (ref-1k, ref-64k, ref-kv): the report adds this build / the reference, side by
+# side in one run. Any non-2xx response fails the run.
 #
 # Knobs (env): DURATION (10s), CONNECTIONS (32), THREADS (2), ROUNDS (3),
 # NGINX_WORKERS (2: as many cores as lattice's tokio runtime gets on this box),
 # NGINX_SENDFILE (on), NGINX_TCP_NOPUSH (on; "on" stalls some 64 KiB answers on the
 # delayed ACK, ~40 ms, which shows in nginx's p99: try off for a stricter baseline),
 # PORT_OVERRIDE (18098; lattice also uses +3 and +4), NGINX_PORT (PORT + 10),
-# BIN (target/release/lattice-server), NGINX (/usr/sbin/nginx),
+# BIN (target/release/lattice-server), REF_BIN (unset; its ports are PORT+20..+24),
+# NGINX (/usr/sbin/nginx),
 # KEEP_WORK (0; 1 keeps the temp dir with the wrk outputs and server logs).
 # Needs: wrk, curl, python3, nginx (Debian packages). Everything listens on 127.0.0.1
 # and stops by itself.
@@ -34,12 +38,14 @@ NGINX_WORKERS=${NGINX_WORKERS:-2}
 NGINX_SENDFILE=${NGINX_SENDFILE:-on}
 NGINX_TCP_NOPUSH=${NGINX_TCP_NOPUSH:-on}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/lattice-server}
+REF_BIN=${REF_BIN:-}
 NGINX=${NGINX:-/usr/sbin/nginx}
 KEEP_WORK=${KEEP_WORK:-0}
 PORT=${PORT_OVERRIDE:-18098}
 IPORT=$((PORT + 3))
 SPORT=$((PORT + 4))
 NGINX_PORT=${NGINX_PORT:-$((PORT + 10))}
+REF_PORT=$((PORT + 20))
 
 STATIC_HOST=static.bench.test
 KV_HOST=kv.bench.test
@@ -55,6 +61,7 @@ fi
 
 work=$(mktemp -d)
 server_pid=""
+ref_pid=""
 nginx_pid=""
 cleanup() {
     local rc=$?
@@ -68,6 +75,7 @@ cleanup() {
     fi
     if [[ -n "$nginx_pid" ]] && kill "$nginx_pid" 2>/dev/null; then wait "$nginx_pid" 2>/dev/null || true; fi
     if [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null; then wait "$server_pid" 2>/dev/null || true; fi
+    if [[ -n "$ref_pid" ]] && kill "$ref_pid" 2>/dev/null; then wait "$ref_pid" 2>/dev/null || true; fi
     if [[ "$KEEP_WORK" == 1 ]]; then
         echo "kept $work" >&2
     else
@@ -83,7 +91,12 @@ fail() {
 }
 
 # Refuse to measure whatever already answers on our ports.
-for p in "$PORT" "$IPORT" "$SPORT" "$NGINX_PORT"; do
+ports=("$PORT" "$IPORT" "$SPORT" "$NGINX_PORT")
+if [[ -n "$REF_BIN" ]]; then
+    [[ -x "$REF_BIN" ]] || fail "REF_BIN=$REF_BIN is not an executable"
+    ports+=("$REF_PORT" $((REF_PORT + 3)) $((REF_PORT + 4)))
+fi
+for p in "${ports[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
         fail "something already listens on 127.0.0.1:$p (set PORT_OVERRIDE / NGINX_PORT)"
     fi
@@ -103,47 +116,61 @@ chmod 755 "$site"
 chmod 644 "$site"/*
 
 # --- lattice ---------------------------------------------------------------------
-base="http://127.0.0.1:$PORT"
-LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
-    "$BIN" --data-dir "$work/data" --listen "127.0.0.1:$PORT" --identity-listen "127.0.0.1:$IPORT" \
-    --storage-listen "127.0.0.1:$SPORT" --tls off --log-level warn >"$work/server.out" 2>"$work/server.err" &
-server_pid=$!
-deadline=$((SECONDS + 30))
-until curl -fsS --max-time 1 "$base/health" >/dev/null 2>&1; do
-    kill -0 "$server_pid" 2>/dev/null || fail "lattice-server exited during start"
-    ((SECONDS < deadline)) || fail "lattice-server not healthy after 30 s"
-    sleep 0.05
-done
-
 json_field() { # field: read a JSON object on stdin, print .field
     python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
-api() { # method path [curl args...]: the API as the operator, body on stdout
-    local method=$1 path=$2
-    shift 2
-    curl -fsS --max-time 30 -X "$method" -H "Authorization: Bearer $token" "$@" "$base$path" ||
-        fail "$method $path"
+
+# start_lattice NAME BIN PORT: start a lattice-server on PORT (+3 identity, +4
+# storage) with its own data dir, publish the site and the KV value, and set
+# <NAME>_pid and <NAME>_token (a read storage token for the KV binding).
+start_lattice() {
+    local name=$1 bin=$2 port=$3
+    local base="http://127.0.0.1:$port" pid token csrf jar="$work/cookies-$name"
+    LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
+        "$bin" --data-dir "$work/data-$name" --listen "127.0.0.1:$port" --identity-listen "127.0.0.1:$((port + 3))" \
+        --storage-listen "127.0.0.1:$((port + 4))" --tls off --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
+    pid=$!
+    printf -v "${name}_pid" '%s' "$pid"
+    local deadline=$((SECONDS + 30))
+    until curl -fsS --max-time 1 "$base/health" >/dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || fail "$name ($bin) exited during start"
+        ((SECONDS < deadline)) || fail "$name not healthy after 30 s"
+        sleep 0.05
+    done
+    api() { # method path [curl args...]: the API as the operator, body on stdout
+        local method=$1 path=$2
+        shift 2
+        curl -fsS --max-time 30 -X "$method" -H "Authorization: Bearer $token" "$@" "$base$path" ||
+            fail "$name: $method $path"
+    }
+    curl -fsS --max-time 10 -c "$jar" -H 'content-type: application/json' \
+        -d '{"username":"admin","password":"bench-admin-password"}' "$base/api/v1/auth/login" >/dev/null ||
+        fail "$name: login"
+    csrf=$(awk '$6 == "lattice_csrf" {print $7}' "$jar")
+    [[ -n "$csrf" ]] || fail "$name: no lattice_csrf cookie after login"
+    token=$(curl -fsS --max-time 10 -b "$jar" -H "x-csrf-token: $csrf" -H 'content-type: application/json' \
+        -d '{"name":"bench","scopes":["*"]}' "$base/api/v1/tokens" | json_field token) || fail "$name: create operator token"
+    local J=(-H 'content-type: application/json')
+    api POST /api/v1/buckets "${J[@]}" -d '{"name":"site","surface":"static"}' >/dev/null
+    api POST /api/v1/buckets "${J[@]}" -d '{"name":"conf","surface":"kv"}' >/dev/null
+    api POST /api/v1/static/site/deployments -H 'content-type: application/gzip' --data-binary "@$work/site.tgz" >/dev/null
+    api POST /api/v1/bindings "${J[@]}" -d "{\"host\":\"$STATIC_HOST\",\"bucket\":\"site\"}" >/dev/null
+    api POST /api/v1/bindings "${J[@]}" -d "{\"host\":\"$KV_HOST\",\"bucket\":\"conf\"}" >/dev/null
+    api PUT /api/v1/kv/conf/site-title "${J[@]}" -d '{"value":"Lattice"}' >/dev/null
+    local storage_token
+    storage_token=$(api POST /api/v1/storage-tokens "${J[@]}" \
+        -d '{"surface":"kv","access":"read","buckets":["conf"]}' | json_field token) || fail "$name: create storage token"
+    [[ -n "$storage_token" ]] || fail "$name: empty storage token"
+    printf -v "${name}_token" '%s' "$storage_token"
 }
 
-jar="$work/cookies"
-curl -fsS --max-time 10 -c "$jar" -H 'content-type: application/json' \
-    -d '{"username":"admin","password":"bench-admin-password"}' "$base/api/v1/auth/login" >/dev/null ||
-    fail "login"
-csrf=$(awk '$6 == "lattice_csrf" {print $7}' "$jar")
-[[ -n "$csrf" ]] || fail "no lattice_csrf cookie after login"
-token=$(curl -fsS --max-time 10 -b "$jar" -H "x-csrf-token: $csrf" -H 'content-type: application/json' \
-    -d '{"name":"bench","scopes":["*"]}' "$base/api/v1/tokens" | json_field token) || fail "create operator token"
-
-J=(-H 'content-type: application/json')
-api POST /api/v1/buckets "${J[@]}" -d '{"name":"site","surface":"static"}' >/dev/null
-api POST /api/v1/buckets "${J[@]}" -d '{"name":"conf","surface":"kv"}' >/dev/null
-api POST /api/v1/static/site/deployments -H 'content-type: application/gzip' --data-binary "@$work/site.tgz" >/dev/null
-api POST /api/v1/bindings "${J[@]}" -d "{\"host\":\"$STATIC_HOST\",\"bucket\":\"site\"}" >/dev/null
-api POST /api/v1/bindings "${J[@]}" -d "{\"host\":\"$KV_HOST\",\"bucket\":\"conf\"}" >/dev/null
-api PUT /api/v1/kv/conf/site-title "${J[@]}" -d '{"value":"Lattice"}' >/dev/null
-storage_token=$(api POST /api/v1/storage-tokens "${J[@]}" \
-    -d '{"surface":"kv","access":"read","buckets":["conf"]}' | json_field token) || fail "create storage token"
-[[ -n "$storage_token" ]] || fail "empty storage token"
+base="http://127.0.0.1:$PORT"
+start_lattice server "$BIN" "$PORT"
+storage_token=$server_token
+if [[ -n "$REF_BIN" ]]; then
+    rbase="http://127.0.0.1:$REF_PORT"
+    start_lattice ref "$REF_BIN" "$REF_PORT"
+fi
 
 # --- nginx -----------------------------------------------------------------------
 if [[ -f /etc/nginx/mime.types ]]; then
@@ -217,6 +244,12 @@ check nginx-64k "$nbase/64k.bin" "$site/64k.bin"
 check lattice-1k "$base/1k.bin" "$site/1k.bin" -H "Host: $STATIC_HOST"
 check lattice-64k "$base/64k.bin" "$site/64k.bin" -H "Host: $STATIC_HOST"
 check lattice-kv "$base/site-title" 'literal:"Lattice"' "${kv_args[@]}"
+if [[ -n "$REF_BIN" ]]; then
+    ref_kv_args=(-H "Host: $KV_HOST" -H "Authorization: Bearer $ref_token")
+    check ref-1k "$rbase/1k.bin" "$site/1k.bin" -H "Host: $STATIC_HOST"
+    check ref-64k "$rbase/64k.bin" "$site/64k.bin" -H "Host: $STATIC_HOST"
+    check ref-kv "$rbase/site-title" 'literal:"Lattice"' "${ref_kv_args[@]}"
+fi
 
 # What each server gets to run on: tokio starts one worker per usable core unless
 # TOKIO_WORKER_THREADS says otherwise (its blocking-pool threads carry the same
@@ -242,13 +275,19 @@ run_wrk() { # label url [wrk args...]: one line "label rps p99 non2xx socket_err
 
 results="$work/results"
 : >"$results"
-echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS round(s) of 5 cases" >&2
+echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS round(s) of $([[ -n "$REF_BIN" ]] && echo 8 || echo 5) cases" >&2
 for round in $(seq 1 "$ROUNDS"); do
     run_wrk nginx-1k "$nbase/1k.bin" | tee -a "$results" >&2
     run_wrk lattice-1k "$base/1k.bin" -H "Host: $STATIC_HOST" | tee -a "$results" >&2
     run_wrk nginx-64k "$nbase/64k.bin" | tee -a "$results" >&2
     run_wrk lattice-64k "$base/64k.bin" -H "Host: $STATIC_HOST" | tee -a "$results" >&2
     run_wrk lattice-kv "$base/site-title" "${kv_args[@]}" | tee -a "$results" >&2
+    if [[ -n "$REF_BIN" ]]; then
+        run_wrk ref-1k "$rbase/1k.bin" -H "Host: $STATIC_HOST" | tee -a "$results" >&2
+        run_wrk ref-64k "$rbase/64k.bin" -H "Host: $STATIC_HOST" | tee -a "$results" >&2
+        run_wrk ref-kv "$rbase/site-title" "${ref_kv_args[@]}" | tee -a "$results" >&2
+        kill -0 "$ref_pid" 2>/dev/null || fail "the reference lattice-server died during round $round"
+    fi
     kill -0 "$server_pid" 2>/dev/null || fail "lattice-server died during round $round"
     kill -0 "$nginx_pid" 2>/dev/null || fail "nginx died during round $round"
     echo "round $round done" >&2
@@ -257,15 +296,17 @@ busy_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
 
 # Server-side trouble during the run: anything lattice logged at warn or above.
 server_log_lines=$(grep -c . "$work/server.err" || true)
+ref_rss_kb=0
+if [[ -n "$REF_BIN" ]]; then ref_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$ref_pid/status"); fi
 
 set +e
 python3 - "$results" "$DURATION" "$CONNECTIONS" "$THREADS" "$ROUNDS" "$(nproc)" "$tokio_workers" \
     "$NGINX_WORKERS" "$nginx_worker_count" "$NGINX_SENDFILE" "$NGINX_TCP_NOPUSH" \
-    "$busy_rss_kb" "$server_log_lines" <<'PY'
+    "$busy_rss_kb" "$server_log_lines" "$REF_BIN" "$ref_rss_kb" <<'PY'
 import math, statistics, sys
 
 (path, dur, conns, threads, rounds, cores, tokio_workers, nginx_workers,
- nginx_running, sendfile, nopush, busy_kb, log_lines) = sys.argv[1:]
+ nginx_running, sendfile, nopush, busy_kb, log_lines, ref_bin, ref_kb) = sys.argv[1:]
 CASES = [
     ("nginx-1k", "nginx: GET /1k.bin (disk)"),
     ("lattice-1k", "lattice: GET /1k.bin (static binding)"),
@@ -273,6 +314,12 @@ CASES = [
     ("lattice-64k", "lattice: GET /64k.bin (static binding)"),
     ("lattice-kv", "lattice: KV GET /site-title (storage token)"),
 ]
+if ref_bin:
+    CASES += [
+        ("ref-1k", "reference build: GET /1k.bin (static binding)"),
+        ("ref-64k", "reference build: GET /64k.bin (static binding)"),
+        ("ref-kv", "reference build: KV GET /site-title (storage token)"),
+    ]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 def ms(v):
@@ -351,6 +398,16 @@ for size in ("1k", "64k"):
     ps = "n/a" if p is None else f"{p:.2f}"
     print(f"{size:>3} lattice/nginx: requests/s {rs}x (target >= 0.90: {verdict(r, 0.9, True)}), "
           f"p99 {ps}x (target <= 1.50: {verdict(p, 1.5, False)})")
+if ref_bin:
+    print(f"reference build: {ref_bin}")
+    for case in ("1k", "64k", "kv"):
+        r = ratio(med(rps, f"lattice-{case}"), med(rps, f"ref-{case}"))
+        p = ratio(med(p99, f"lattice-{case}"), med(p99, f"ref-{case}"))
+        print(f"{case:>3} this build/reference: requests/s {'n/a' if r is None else f'{r:.2f}'}x, "
+              f"p99 {'n/a' if p is None else f'{p:.2f}'}x")
+    for size in ("1k", "64k"):
+        r = ratio(med(rps, f"ref-{size}"), med(rps, f"nginx-{size}"))
+        print(f"{size:>3} reference/nginx: requests/s {'n/a' if r is None else f'{r:.2f}'}x")
 r = ratio(med(rps, "lattice-kv"), med(rps, "lattice-1k"))
 p = ratio(med(p99, "lattice-kv"), med(p99, "lattice-1k"))
 print(f"KV GET / static 1k (lattice): requests/s {'n/a' if r is None else f'{r:.2f}'}x, "
@@ -360,6 +417,8 @@ print("non-2xx responses: " + (", ".join(f"{l} {non2xx.get(l, 0)}" for l, _ in C
 total_sock = sum(sock.values())
 print("socket errors: " + (", ".join(f"{l} {sock.get(l, 0)}" for l, _ in CASES)) + f" (total {total_sock})")
 print(f"lattice RSS after load: {int(busy_kb) / 1024:.1f} MiB; lines lattice logged (warn+): {log_lines}")
+if ref_bin:
+    print(f"reference RSS after load: {int(ref_kb) / 1024:.1f} MiB")
 status = 0
 missing = [l for l, _ in CASES if l not in rps or l not in p99]
 if broken or missing:
