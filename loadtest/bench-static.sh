@@ -21,8 +21,8 @@
 # NGINX_WORKERS (2: as many cores as lattice's tokio runtime gets on this box),
 # NGINX_SENDFILE (on), NGINX_TCP_NOPUSH (on; "on" stalls some 64 KiB answers on the
 # delayed ACK, ~40 ms, which shows in nginx's p99: try off for a stricter baseline),
-# PORT_OVERRIDE (18098; lattice also uses +3 and +4), NGINX_PORT (PORT + 10),
-# BIN (target/release/lattice-server), REF_BIN (unset; its ports are PORT+20..+24),
+# PORT_OVERRIDE (18098; lattice also uses +3 to +6), NGINX_PORT (PORT + 10),
+# BIN (target/release/lattice-server), REF_BIN (unset; its ports are PORT+20..+26),
 # NGINX (/usr/sbin/nginx),
 # KEEP_WORK (0; 1 keeps the temp dir with the wrk outputs and server logs).
 # Needs: wrk, curl, python3, nginx (Debian packages). Everything listens on 127.0.0.1
@@ -91,10 +91,10 @@ fail() {
 }
 
 # Refuse to measure whatever already answers on our ports.
-ports=("$PORT" "$IPORT" "$SPORT" "$NGINX_PORT")
+ports=("$PORT" "$IPORT" "$SPORT" $((PORT + 5)) $((PORT + 6)) "$NGINX_PORT")
 if [[ -n "$REF_BIN" ]]; then
     [[ -x "$REF_BIN" ]] || fail "REF_BIN=$REF_BIN is not an executable"
-    ports+=("$REF_PORT" $((REF_PORT + 3)) $((REF_PORT + 4)))
+    ports+=("$REF_PORT" $((REF_PORT + 3)) $((REF_PORT + 4)) $((REF_PORT + 5)) $((REF_PORT + 6)))
 fi
 for p in "${ports[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -121,14 +121,15 @@ json_field() { # field: read a JSON object on stdin, print .field
 }
 
 # start_lattice NAME BIN PORT: start a lattice-server on PORT (+3 identity, +4
-# storage) with its own data dir, publish the site and the KV value, and set
+# storage, +5 tasks, +6 tunnel) with its own data dir, publish the site and the KV value, and set
 # <NAME>_pid and <NAME>_token (a read storage token for the KV binding).
 start_lattice() {
     local name=$1 bin=$2 port=$3
     local base="http://127.0.0.1:$port" pid token csrf jar="$work/cookies-$name"
     LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
         "$bin" --data-dir "$work/data-$name" --listen "127.0.0.1:$port" --identity-listen "127.0.0.1:$((port + 3))" \
-        --storage-listen "127.0.0.1:$((port + 4))" --tls off --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
+        --storage-listen "127.0.0.1:$((port + 4))" --tasks-listen "127.0.0.1:$((port + 5))" \
+        --tunnel-listen "127.0.0.1:$((port + 6))" --tls off --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
     pid=$!
     printf -v "${name}_pid" '%s' "$pid"
     local deadline=$((SECONDS + 30))

@@ -5,6 +5,7 @@
 
 pub mod caller;
 mod drain;
+pub mod edge;
 pub mod error;
 pub mod json;
 pub mod metrics;
@@ -33,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -124,7 +125,7 @@ pub use lattice_core::grpc::{InternalError, InternalService, in_process, over_ne
 /// A built gateway, ready to serve on a listener.
 pub struct Gateway {
     state: Arc<AppState>,
-    router: Router,
+    edge: edge::Edge,
     tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS facts for the start-up message.
     pub tls_info: TlsInfo,
@@ -191,18 +192,19 @@ impl Gateway {
             shutting_down: shutdown,
             draining: CancellationToken::new(),
         });
-        let router = router(state.clone());
+        let edge = edge::Edge::new(state.clone(), router(state.clone()));
         Ok(Self {
             state,
-            router,
+            edge,
             tls,
             tls_info,
         })
     }
 
-    /// The router, for tests that drive it without a socket.
-    pub fn router(&self) -> Router {
-        self.router.clone()
+    /// The edge service (bound hosts, then the API), for tests that drive it
+    /// without a socket.
+    pub fn service(&self) -> edge::Edge {
+        self.edge.clone()
     }
 
     /// Phase two: serve on `listener` until shutdown, then drain for up to 10 s.
@@ -219,7 +221,7 @@ impl Gateway {
         ));
         let result = serve::serve(
             listener,
-            self.router,
+            self.edge,
             self.tls,
             shutdown,
             self.state.draining.clone(),
@@ -429,9 +431,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(streams)
         .fallback_service(api)
-        // Bound hosts are served from storage (with their own headers); every other
-        // request continues to the API above.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), storage::host::dispatch))
         // One span per request, parented to the caller's W3C trace context.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let span = tracing::info_span!(
@@ -445,10 +444,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         // Credentials never reach logs or traces.
         .layer(SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION, http::header::COOKIE]))
-        // Echo the request id so clients can quote it.
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        // Give every request an id (keeps one sent by a trusted proxy).
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Echo the request id (the edge gives every request one) so clients can quote it.
+        .layer(PropagateRequestIdLayer::new(request_id))
         // A panicking handler answers 500 instead of dropping the connection.
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(lattice_core::ErrorCode::Internal, "internal error"))

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -22,7 +21,7 @@ use crate::caller::PeerAddr;
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: crate::edge::Edge,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
     draining: CancellationToken,

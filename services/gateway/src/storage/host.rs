@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
@@ -305,45 +304,55 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
         .into_response()
 }
 
-/// The outermost dispatch: bound hosts are served from storage, the rest is the API.
-pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// Where a request goes: answered for a bound host, or on to the API.
+#[derive(Debug)]
+pub enum Routed {
+    /// Served from storage (or refused: no site is bound to this host).
+    Host(Response),
+    /// An API request.
+    Api(Request),
+}
+
+/// Bound hosts are served from storage; every other request goes to the API. Called
+/// by the gateway's edge before the API router and its layers.
+pub async fn route(state: &AppState, req: Request) -> Routed {
     if state.storage.is_none() {
-        return next.run(req).await;
+        return Routed::Api(req);
     }
     let host = request_host(&req);
     if host.is_empty() || state.host_caches.api_hosts.contains(&host) {
-        return next.run(req).await;
+        return Routed::Api(req);
     }
-    match lookup_host(&state, &host).await {
+    match lookup_host(state, &host).await {
         Ok(Some(entry)) => {
             let started = std::time::Instant::now();
-            let method = req.method().clone();
+            let method = crate::metrics::method_label(req.method());
             let (route, resp) = if entry.surface == pb::Surface::Static {
-                ("host:static", serve_static(&state, &entry, req).await)
+                ("host:static", serve_static(state, &entry, req).await)
             } else {
-                ("host:kv", serve_kv(&state, &entry, req).await)
+                ("host:kv", serve_kv(state, &entry, req).await)
             };
             state.metrics.observe(
                 route,
-                crate::metrics::method_label(&method),
+                method,
                 resp.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );
-            resp
+            Routed::Host(resp)
         }
         Ok(None) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
-            next.run(req).await
+            Routed::Api(req)
         }
         // Storage unreachable: the API and the probes still answer.
         Err(e) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
             tracing::warn!(host, error = %e.message, "host lookup failed; serving the API");
-            next.run(req).await
+            Routed::Api(req)
         }
-        Ok(None) => plain(
+        Ok(None) => Routed::Host(plain(
             StatusCode::NOT_FOUND,
             "404 Not Found: no site is bound to this host\n",
-        ),
-        Err(e) => e.into_response(),
+        )),
+        Err(e) => Routed::Host(e.into_response()),
     }
 }
 
