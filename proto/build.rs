@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lattice/tasks/v1/tasks.proto",
         "lattice/agent/v1/agent.proto",
         "lattice/tunnel/v1/tunnel.proto",
+        "lattice/events/v1/events.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -13,6 +13,18 @@ pub mod identity {
 
 /// Storage hosting: KV buckets, static sites, host bindings, storage tokens.
 pub mod storage {
+    /// Shared-cache key of a KV entry as served through a host binding (the storage
+    /// service deletes it on every write; gateways read it).
+    pub fn kv_cache_key(bucket_id: &str, key: &str) -> String {
+        format!("kv:{bucket_id}:{key}")
+    }
+
+    /// Shared-cache key of a host's binding resolution (the storage service deletes
+    /// it when the binding changes; gateways read it).
+    pub fn host_cache_key(host: &str) -> String {
+        format!("host:{host}")
+    }
+
     /// Most files in one static-site deployment: the storage service refuses more,
     /// and the gateway stops unpacking an archive past it.
     pub const MAX_DEPLOYMENT_FILES: usize = 20_000;
@@ -24,7 +36,9 @@ pub mod storage {
     }
 }
 
+pub mod join_token;
 mod storage_grant;
+pub mod task_kinds;
 pub use storage_grant::GrantRefusal;
 
 /// Task queue and the hash-chained audit log.
@@ -51,6 +65,40 @@ pub mod tunnel {
     pub mod v1 {
         #![allow(missing_docs, clippy::all, clippy::pedantic)]
         tonic::include_proto!("lattice.tunnel.v1");
+    }
+}
+
+/// The event bus's messages, each with its channel.
+pub mod events {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("lattice.events.v1");
+    }
+
+    /// A message type that travels on the bus, on one channel.
+    pub trait Event: prost::Message + Default + 'static {
+        /// The channel's name (a Redis channel `lattice:bus:<name>` when shared).
+        const CHANNEL: &'static str;
+    }
+
+    impl Event for v1::HostChanged {
+        const CHANNEL: &'static str = "storage.hosts";
+    }
+    impl Event for v1::StorageTokenRevoked {
+        const CHANNEL: &'static str = "storage.tokens";
+    }
+    impl Event for v1::CredentialRevoked {
+        const CHANNEL: &'static str = "identity.revoked";
+    }
+    impl Event for v1::TasksRunnable {
+        const CHANNEL: &'static str = "tasks.runnable";
+    }
+    impl Event for v1::NodeChanged {
+        const CHANNEL: &'static str = "nodes.changed";
+    }
+    impl Event for v1::NodeReconnect {
+        const CHANNEL: &'static str = "nodes.reconnect";
     }
 }
 

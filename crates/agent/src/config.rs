@@ -38,10 +38,10 @@ impl AgentConfig {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for c in &cfg.capabilities {
             anyhow::ensure!(
-                lattice_core::task_kinds::CAPABILITIES.contains(&c.as_str()),
+                lattice_proto::task_kinds::CAPABILITIES.contains(&c.as_str()),
                 "{}: capabilities: unknown capability {c:?} (known: {})",
                 path.display(),
-                lattice_core::task_kinds::CAPABILITIES.join(", ")
+                lattice_proto::task_kinds::CAPABILITIES.join(", ")
             );
         }
         for p in &cfg.proxy_ports {

@@ -121,7 +121,7 @@ async fn enroll(
     server: Option<String>,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let join = lattice_core::join_token::JoinToken::parse(token).map_err(anyhow::Error::msg)?;
+    let join = lattice_proto::join_token::JoinToken::parse(token).map_err(anyhow::Error::msg)?;
     let server = server
         .unwrap_or(join.server_url)
         .trim_end_matches('/')

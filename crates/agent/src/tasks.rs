@@ -5,8 +5,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_core::task_kinds;
 use lattice_proto::agent::v1 as pb;
+use lattice_proto::task_kinds;
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 

@@ -18,10 +18,6 @@ use crate::scope;
 pub const PRINCIPAL_METADATA: &str = "x-lattice-principal";
 /// gRPC metadata key holding the end client's IP address, as seen by the gateway.
 pub const CLIENT_IP_METADATA: &str = "x-lattice-client-ip";
-/// Bus channel on which revoked credentials are announced: the message is a session
-/// or token id, or `user:<id>` for every credential of that user. Anything that
-/// caches a verified credential listens here.
-pub const REVOCATION_CHANNEL: &str = "identity.revoked";
 const ISSUER: &str = "lattice";
 const AUDIENCE: &str = "lattice-internal";
 

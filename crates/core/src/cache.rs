@@ -6,15 +6,41 @@
 //! counters fall back to this process, and events still reach local subscribers.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use lattice_proto::events::Event;
 use redis::AsyncCommands as _;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 const BUS_PREFIX: &str = "lattice:bus:";
 const KEY_PREFIX: &str = "lattice:";
+
+/// The receiving end of one event type's channel.
+#[derive(Debug)]
+pub struct Listener<E> {
+    rx: broadcast::Receiver<Bytes>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: Event> Listener<E> {
+    /// The next event. A message that does not decode as `E` (a replica of another
+    /// version) is logged and skipped.
+    pub async fn recv(&mut self) -> Result<E, broadcast::error::RecvError> {
+        loop {
+            let bytes = self.rx.recv().await?;
+            match E::decode(bytes) {
+                Ok(event) => return Ok(event),
+                Err(err) => {
+                    tracing::warn!(%err, channel = E::CHANNEL, "undecodable event on the bus; skipped");
+                }
+            }
+        }
+    }
+}
 
 /// Cache and bus handle; cheap to clone.
 #[derive(Clone)]
@@ -26,7 +52,7 @@ struct Inner {
     redis: Option<redis::aio::ConnectionManager>,
     local: moka::sync::Cache<String, (Arc<Vec<u8>>, Instant)>,
     counters: moka::sync::Cache<String, Arc<Mutex<(u64, Instant)>>>,
-    channels: Mutex<HashMap<String, broadcast::Sender<String>>>,
+    channels: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
     /// Identifies this process's own messages coming back from Redis.
     origin: String,
 }
@@ -249,7 +275,7 @@ impl Cache {
         }
     }
 
-    fn sender(&self, channel: &str) -> broadcast::Sender<String> {
+    fn sender(&self, channel: &str) -> broadcast::Sender<Bytes> {
         let mut channels = self
             .inner
             .channels
@@ -261,24 +287,31 @@ impl Cache {
             .clone()
     }
 
-    /// Subscribe to `channel`. A lagging subscriber sees `RecvError::Lagged` and should
+    /// Listen for `E` events. A lagging listener sees `RecvError::Lagged` and should
     /// treat it as "anything may have changed".
-    pub fn subscribe(&self, channel: &str) -> broadcast::Receiver<String> {
-        self.sender(channel).subscribe()
+    pub fn listen<E: Event>(&self) -> Listener<E> {
+        Listener {
+            rx: self.sender(E::CHANNEL).subscribe(),
+            _event: PhantomData,
+        }
     }
 
-    /// Publish to every subscriber of `channel` in this process and, with Redis, in
-    /// every other replica.
-    pub async fn publish(&self, channel: &str, message: &str) {
-        let _ = self.sender(channel).send(message.to_owned());
+    /// Announce `event` to every listener in this process and, with Redis, in every
+    /// other replica.
+    pub async fn announce<E: Event>(&self, event: &E) {
+        let message = Bytes::from(event.encode_to_vec());
+        let _ = self.sender(E::CHANNEL).send(message.clone());
         if let Some(conn) = &self.inner.redis {
             let mut conn = conn.clone();
-            let payload = format!("{}|{message}", self.inner.origin);
+            let mut payload = Vec::with_capacity(self.inner.origin.len() + 1 + message.len());
+            payload.extend_from_slice(self.inner.origin.as_bytes());
+            payload.push(b'|');
+            payload.extend_from_slice(&message);
             if let Err(err) = conn
-                .publish::<_, _, ()>(format!("{BUS_PREFIX}{channel}"), payload)
+                .publish::<_, _, ()>(format!("{BUS_PREFIX}{}", E::CHANNEL), payload)
                 .await
             {
-                tracing::warn!(%err, channel, "redis publish failed; other replicas rely on cache expiry");
+                tracing::warn!(%err, channel = E::CHANNEL, "redis publish failed; other replicas rely on cache expiry");
             }
         }
     }
@@ -297,14 +330,15 @@ impl Cache {
                         .get_channel_name()
                         .trim_start_matches(BUS_PREFIX)
                         .to_owned();
-                    let Ok(payload) = msg.get_payload::<String>() else {
+                    let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
                         continue;
                     };
-                    let Some((origin, message)) = payload.split_once('|') else {
+                    let Some(split) = payload.iter().position(|b| *b == b'|') else {
                         continue;
                     };
-                    if origin != self.inner.origin {
-                        let _ = self.sender(&channel).send(message.to_owned());
+                    if &payload[..split] != self.inner.origin.as_bytes() {
+                        let message = Bytes::copy_from_slice(&payload[split + 1..]);
+                        let _ = self.sender(&channel).send(message);
                     }
                 }
                 Ok::<(), redis::RedisError>(())
@@ -369,17 +403,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_reach_local_and_remote_subscribers() {
+    async fn events_reach_local_and_remote_listeners() {
+        use lattice_proto::events::v1::TasksRunnable;
         for (a, b, token) in caches().await {
-            let mut local = a.subscribe("test");
-            let mut remote = b.as_ref().map(|b| b.subscribe("test"));
+            let mut local = a.listen::<TasksRunnable>();
+            let mut remote = b.as_ref().map(|b| b.listen::<TasksRunnable>());
             // Give the Redis listeners time to subscribe.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            a.publish("test", "hello").await;
-            assert_eq!(local.recv().await.unwrap(), "hello");
+            let event = TasksRunnable {
+                node_id: "node-1".into(),
+                kind: Some("exec".into()),
+            };
+            a.announce(&event).await;
+            assert_eq!(local.recv().await.unwrap(), event);
             if let Some(rx) = remote.as_mut() {
                 let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-                assert_eq!(got.expect("remote event within 5s").unwrap(), "hello");
+                assert_eq!(got.expect("remote event within 5s").unwrap(), event);
             }
             token.cancel();
         }

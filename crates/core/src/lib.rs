@@ -11,13 +11,10 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
-pub mod events;
 pub mod grpc;
-pub mod join_token;
 pub mod metrics;
 pub mod scope;
 pub mod shutdown;
-pub mod task_kinds;
 pub mod telemetry;
 pub mod time;
 

@@ -80,7 +80,10 @@ async fn static_sites_are_served_by_host() {
             resp.headers().get("content-security-policy").is_none(),
             "API headers stay off sites"
         );
-        assert!(resp.headers().contains_key("x-request-id"), "sites get request ids too");
+        assert!(
+            resp.headers().contains_key("x-request-id"),
+            "sites get request ids too"
+        );
         let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
         assert_eq!(resp.text().await.unwrap(), "<h1>home</h1>");
         // The Host header's case and port do not matter.

@@ -111,9 +111,10 @@ async fn enroll(
                 json!({"labels": {"sim": "1"}}),
             )
             .await?;
-            let join =
-                lattice_core::join_token::JoinToken::parse(t["token"].as_str().unwrap_or_default())
-                    .map_err(anyhow::Error::msg)?;
+            let join = lattice_proto::join_token::JoinToken::parse(
+                t["token"].as_str().unwrap_or_default(),
+            )
+            .map_err(anyhow::Error::msg)?;
             let channel = tls::channel(&server, join.ca_sha256.as_deref())?;
             let resp = pb::agent_service_client::AgentServiceClient::new(channel)
                 .enroll(pb::EnrollRequest {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
-use lattice_core::auth::{AuthMethod, Principal, REVOCATION_CHANNEL};
+use lattice_core::auth::{AuthMethod, Principal};
 use lattice_core::cache::Cache;
 use lattice_core::time::now_ms;
 use lattice_proto::identity::v1 as pb;
@@ -328,18 +328,26 @@ pub async fn run_revocation_listener(
     cache: Cache,
     shutdown: CancellationToken,
 ) {
-    let mut rx = cache.subscribe(REVOCATION_CHANNEL);
+    use lattice_proto::events::v1::{CredentialRevoked, credential_revoked::Subject};
+    let mut rx = cache.listen::<CredentialRevoked>();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             msg = rx.recv() => match msg.inspect_err(|_| bump(&state)).inspect(|_| bump(&state)) {
-                Ok(m) => {
-                    let evict = m.clone();
-                    let result = if let Some(user_id) = evict.strip_prefix("user:") {
-                        let user_id = user_id.to_owned();
-                        state.auth_cache.invalidate_entries_if(move |_, c| c.principal.sub == user_id)
-                    } else {
-                        state.auth_cache.invalidate_entries_if(move |_, c| c.principal.credential_id == evict)
+                Ok(CredentialRevoked { subject }) => {
+                    let result = match subject {
+                        Some(Subject::UserId(user_id)) => state
+                            .auth_cache
+                            .invalidate_entries_if(move |_, c| c.principal.sub == user_id)
+                            .map(drop),
+                        Some(Subject::CredentialId(id)) => state
+                            .auth_cache
+                            .invalidate_entries_if(move |_, c| c.principal.credential_id == id)
+                            .map(drop),
+                        None => {
+                            state.auth_cache.invalidate_all();
+                            Ok(())
+                        }
                     };
                     if let Err(err) = result {
                         tracing::warn!(%err, "cannot evict revoked credential; dropping the auth cache");

@@ -32,7 +32,7 @@ pub fn migration_sets() -> Vec<MigrationSet> {
 pub async fn run_sweeper(storage: Storage, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut revoked = storage
         .cache()
-        .subscribe(lattice_core::events::STORAGE_TOKENS_CHANNEL);
+        .listen::<lattice_proto::events::v1::StorageTokenRevoked>();
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;
@@ -40,7 +40,7 @@ pub async fn run_sweeper(storage: Storage, shutdown: CancellationToken) -> anyho
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             m = revoked.recv() => match m {
-                Ok(id) => storage.forget_grant(&id),
+                Ok(event) => storage.forget_grant(&event.token_id),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => storage.forget_all_grants(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
             },

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use lattice_core::audit::{AuditEvent, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
-use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
-use lattice_core::task_kinds;
+use lattice_proto::task_kinds;
 
 use crate::error::TaskError;
 use crate::store::{AuditEntry, Completion, NewTask, Store, TaskRow, Verification};
@@ -109,14 +108,12 @@ impl Tasks {
     /// Tell the replica holding `node`'s agent that it has work (`kind`: the one
     /// task queued, when that is what happened).
     pub async fn notify_runnable(&self, node: &str, kind: Option<&str>) {
-        match kind {
-            Some(kind) => {
-                self.cache
-                    .publish(TASKS_RUNNABLE_CHANNEL, &format!("{node} {kind}"))
-                    .await
-            }
-            None => self.cache.publish(TASKS_RUNNABLE_CHANNEL, node).await,
-        }
+        self.cache
+            .announce(&lattice_proto::events::v1::TasksRunnable {
+                node_id: node.to_owned(),
+                kind: kind.map(str::to_owned),
+            })
+            .await;
     }
 
     /// Enqueue a task (`tasks:write`).

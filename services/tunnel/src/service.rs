@@ -8,10 +8,10 @@ use std::sync::Arc;
 use lattice_core::audit::{AuditEvent, AuditSink, Outcome, TableAudit};
 use lattice_core::auth::Principal;
 use lattice_core::crypto::{hash_secret, random_secret};
-use lattice_core::join_token::JoinToken;
-use lattice_core::task_kinds::CAPABILITIES;
 use lattice_core::time::now_ms;
 use lattice_proto::agent::v1 as agent;
+use lattice_proto::join_token::JoinToken;
+use lattice_proto::task_kinds::CAPABILITIES;
 
 use crate::error::TunnelError;
 use crate::store::{NodeRow, Store};

@@ -17,11 +17,10 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use lattice_core::events::{
-    STORAGE_HOSTS_CHANNEL, STORAGE_TOKENS_CHANNEL, host_cache_key, kv_cache_key,
-};
 use lattice_core::time::now_ms;
+use lattice_proto::events::v1::{HostChanged, StorageTokenRevoked};
 use lattice_proto::storage::v1 as pb;
+use lattice_proto::storage::{host_cache_key, kv_cache_key};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -228,18 +227,18 @@ pub fn forget_token(state: &AppState, id: &str) {
 
 /// Evict on storage events from any replica until `shutdown`.
 pub async fn run_event_listener(state: Arc<AppState>, shutdown: CancellationToken) {
-    let mut hosts = state.cache.subscribe(STORAGE_HOSTS_CHANNEL);
-    let mut tokens = state.cache.subscribe(STORAGE_TOKENS_CHANNEL);
+    let mut hosts = state.cache.listen::<HostChanged>();
+    let mut tokens = state.cache.listen::<StorageTokenRevoked>();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             m = hosts.recv() => match m {
-                Ok(h) if h != "*" => forget_host(&state, &h),
+                Ok(HostChanged { host }) if !host.is_empty() => forget_host(&state, &host),
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.host_caches.hosts.invalidate_all(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
             m = tokens.recv() => match m {
-                Ok(id) => forget_token(&state, &id),
+                Ok(StorageTokenRevoked { token_id }) => forget_token(&state, &token_id),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.host_caches.tokens.invalidate_all(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },

@@ -2,9 +2,10 @@
 //! yields the recovery codes), turning it off, and checking a code or recovery code.
 
 use lattice_core::audit::Outcome;
-use lattice_core::auth::{Principal, REVOCATION_CHANNEL};
+use lattice_core::auth::Principal;
 use lattice_core::crypto::hash_secret;
 use lattice_core::time::now_ms;
+use lattice_proto::events::v1::credential_revoked::Subject;
 
 use super::{Identity, Result, require_outranks, require_scope, require_session, require_user};
 use crate::error::IdentityError;
@@ -92,8 +93,7 @@ impl Identity {
         let codes = totp::recovery_codes();
         let hashes: Vec<String> = codes.iter().map(|c| hash_secret(c)).collect();
         self.store.replace_recovery_codes(&user.id, &hashes).await?;
-        self.cache
-            .publish(REVOCATION_CHANNEL, &format!("user:{}", user.id))
+        self.announce_revoked(Subject::UserId(user.id.clone()))
             .await;
         self.audit(
             &user.org_id,
@@ -141,8 +141,7 @@ impl Identity {
             .set_totp(&target.org_id, &target.id, None, false)
             .await?;
         self.store.replace_recovery_codes(&target.id, &[]).await?;
-        self.cache
-            .publish(REVOCATION_CHANNEL, &format!("user:{}", target.id))
+        self.announce_revoked(Subject::UserId(target.id.clone()))
             .await;
         self.audit(
             &caller.org_id,

@@ -149,6 +149,18 @@ fn require_service(p: &Principal) -> Result<()> {
 }
 
 impl Identity {
+    /// Tell every gateway (through the bus) to forget the revoked credential(s).
+    async fn announce_revoked(
+        &self,
+        subject: lattice_proto::events::v1::credential_revoked::Subject,
+    ) {
+        self.cache
+            .announce(&lattice_proto::events::v1::CredentialRevoked {
+                subject: Some(subject),
+            })
+            .await;
+    }
+
     /// Build the service over a migrated store.
     pub fn new(
         store: Store,

@@ -2,10 +2,11 @@
 //! bearer token resolved to its principal, logout, and `whoami`.
 
 use lattice_core::audit::Outcome;
-use lattice_core::auth::{AuthMethod, Principal, REVOCATION_CHANNEL};
+use lattice_core::auth::{AuthMethod, Principal};
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::scope;
 use lattice_core::time::now_ms;
+use lattice_proto::events::v1::credential_revoked::Subject;
 
 use super::{
     Authenticated, ClientInfo, Identity, LoginOutcome, Result, SESSION_PREFIX, TOKEN_PREFIX,
@@ -170,8 +171,7 @@ impl Identity {
                 ));
             }
         }
-        self.cache
-            .publish(REVOCATION_CHANNEL, &caller.credential_id)
+        self.announce_revoked(Subject::CredentialId(caller.credential_id.clone()))
             .await;
         self.audit(
             &caller.org_id,

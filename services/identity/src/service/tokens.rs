@@ -1,10 +1,11 @@
 //! Operator API tokens: created within the creator's scopes, listed, revoked.
 
 use lattice_core::audit::Outcome;
-use lattice_core::auth::{Principal, REVOCATION_CHANNEL};
+use lattice_core::auth::Principal;
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::scope;
 use lattice_core::time::now_ms;
+use lattice_proto::events::v1::credential_revoked::Subject;
 
 use super::{Identity, Result, TOKEN_PREFIX, require_scope, require_user, validate_scopes};
 use crate::error::IdentityError;
@@ -119,7 +120,8 @@ impl Identity {
         if !self.store.revoke_token(&caller.org_id, id, only).await? {
             return Err(IdentityError::NotFound(format!("token {id:?}")));
         }
-        self.cache.publish(REVOCATION_CHANNEL, id).await;
+        self.announce_revoked(Subject::CredentialId(id.to_owned()))
+            .await;
         self.audit(
             &caller.org_id,
             &caller.sub,

@@ -2,8 +2,9 @@
 //! themselves or an admin), lockouts lifted.
 
 use lattice_core::audit::Outcome;
-use lattice_core::auth::{Principal, REVOCATION_CHANNEL};
+use lattice_core::auth::Principal;
 use lattice_core::scope;
+use lattice_proto::events::v1::credential_revoked::Subject;
 
 use super::{
     ClientInfo, Identity, Result, require_outranks, require_scope, require_session, require_user,
@@ -148,8 +149,7 @@ impl Identity {
             self.store.clear_failures(&user.id).await?;
             self.release_ip_attempt(&client.ip).await;
         }
-        self.cache
-            .publish(REVOCATION_CHANNEL, &format!("user:{}", user.id))
+        self.announce_revoked(Subject::UserId(user.id.clone()))
             .await;
         self.audit(
             &caller.org_id,

@@ -253,9 +253,7 @@ impl Storage {
         require_scope(p, Surface::parse("surface", &token.surface)?, Access::Admin)?;
         self.store.revoke_token(&p.org_id, id).await?;
         self.forget_grant(id);
-        self.cache
-            .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
-            .await;
+        self.announce_revoked(id).await;
         self.audit(p, "storage_token.revoke", id, ip, serde_json::json!({}))
             .await;
         Ok(())

@@ -1,8 +1,8 @@
 //! KV entries: conditional writes (If-Match / If-None-Match), TTLs, ordered listing.
 
 use lattice_core::auth::Principal;
-use lattice_core::events::kv_cache_key;
 use lattice_core::time::now_ms;
+use lattice_proto::storage::kv_cache_key;
 
 use super::{Result, Storage};
 use crate::error::StorageError;

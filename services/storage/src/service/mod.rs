@@ -111,6 +111,15 @@ impl Storage {
         &self.cache
     }
 
+    /// Tell every replica that storage token `id` was revoked.
+    async fn announce_revoked(&self, id: &str) {
+        self.cache
+            .announce(&lattice_proto::events::v1::StorageTokenRevoked {
+                token_id: id.to_owned(),
+            })
+            .await;
+    }
+
     /// Forget every cached storage-token grant.
     pub fn forget_all_grants(&self) {
         self.grants.invalidate_all();
@@ -147,10 +156,10 @@ impl Storage {
     async fn hosts_changed(&self, hosts: &[String]) {
         for host in hosts {
             self.cache
-                .delete(&lattice_core::events::host_cache_key(host))
+                .delete(&lattice_proto::storage::host_cache_key(host))
                 .await;
             self.cache
-                .publish(lattice_core::events::STORAGE_HOSTS_CHANNEL, host)
+                .announce(&lattice_proto::events::v1::HostChanged { host: host.clone() })
                 .await;
         }
     }
@@ -268,9 +277,7 @@ impl Storage {
             .await?;
         for id in &revoked {
             self.forget_grant(id);
-            self.cache
-                .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
-                .await;
+            self.announce_revoked(id).await;
         }
         self.audit(
             p,

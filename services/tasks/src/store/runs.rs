@@ -5,8 +5,8 @@
 
 use lattice_core::audit::AuditEvent;
 use lattice_core::db::{Backend, Db};
-use lattice_core::task_kinds;
 use lattice_core::time::now_ms;
+use lattice_proto::task_kinds;
 use sqlx::Row as _;
 
 use super::{AnyQuery, Store, TaskRow, backoff_ms, task};

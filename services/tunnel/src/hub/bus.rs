@@ -5,27 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_core::events::{
-    NODES_CHANGED_CHANNEL, NODES_RECONNECT_CHANNEL, TASKS_RUNNABLE_CHANNEL,
-};
 use lattice_proto::agent::v1 as agent;
+use lattice_proto::events::v1::{NodeChanged, NodeReconnect, TasksRunnable};
 
 use super::Hub;
-
-/// A reconnect request on the bus ([`NODES_RECONNECT_CHANNEL`]).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ReconnectAsk {
-    node: String,
-    url: String,
-    reason: String,
-}
 
 impl Hub {
     /// Wake the sessions whose nodes have runnable tasks, until shutdown.
     pub async fn run_dispatcher(self: Arc<Self>) {
-        let mut rx = self.cache.subscribe(TASKS_RUNNABLE_CHANNEL);
-        let mut changed = self.cache.subscribe(NODES_CHANGED_CHANNEL);
-        let mut reconnect = self.cache.subscribe(NODES_RECONNECT_CHANNEL);
+        let mut rx = self.cache.listen::<TasksRunnable>();
+        let mut changed = self.cache.listen::<NodeChanged>();
+        let mut reconnect = self.cache.listen::<NodeReconnect>();
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -38,15 +28,15 @@ impl Hub {
                     }
                 }
                 msg = reconnect.recv() => match msg {
-                    Ok(msg) => self.reconnect_local(&msg),
+                    Ok(ask) => self.reconnect_local(ask),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "tunnel: reconnect requests missed (the bus lagged)");
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
                 msg = changed.recv() => match msg {
-                    Ok(node) => {
-                        if let Some(s) = self.session(&node) {
+                    Ok(NodeChanged { node_id }) => {
+                        if let Some(s) = self.session(&node_id) {
                             s.caps.lock().expect("caps lock").forget();
                         }
                     }
@@ -58,14 +48,10 @@ impl Hub {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
                 msg = rx.recv() => match msg {
-                    Ok(msg) => {
-                        let (node, kind) = match msg.split_once(' ') {
-                            Some((node, kind)) => (node, Some(kind)),
-                            None => (msg.as_str(), None),
-                        };
-                        if let Some(s) = self.session(node) {
+                    Ok(TasksRunnable { node_id, kind }) => {
+                        if let Some(s) = self.session(&node_id) {
                             match kind {
-                                Some(kind) => s.wake_for(kind),
+                                Some(kind) => s.wake_for(&kind),
                                 None => s.wake_any(),
                             }
                         }
@@ -99,22 +85,18 @@ impl Hub {
     /// Ask `node`'s agent to reconnect (to `url` when not empty), through the
     /// replica that holds its stream.
     pub async fn reconnect(&self, node: &str, url: &str, reason: &str) {
-        let ask = ReconnectAsk {
-            node: node.to_owned(),
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let msg = serde_json::to_string(&ask).expect("strings serialize");
-        self.cache.publish(NODES_RECONNECT_CHANNEL, &msg).await;
+        self.cache
+            .announce(&NodeReconnect {
+                node_id: node.to_owned(),
+                url: url.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await;
     }
 
-    fn reconnect_local(&self, msg: &str) {
-        let Ok(ask) = serde_json::from_str::<ReconnectAsk>(msg) else {
-            tracing::warn!("tunnel: unreadable reconnect request on the bus");
-            return;
-        };
-        if let Some(s) = self.session(&ask.node) {
-            tracing::info!(node = %ask.node, url = %ask.url, reason = %ask.reason, "asking the agent to reconnect");
+    fn reconnect_local(&self, ask: NodeReconnect) {
+        if let Some(s) = self.session(&ask.node_id) {
+            tracing::info!(node = %ask.node_id, url = %ask.url, reason = %ask.reason, "asking the agent to reconnect");
             s.send(agent::server_message::Msg::Reconnect(agent::Reconnect {
                 url: ask.url,
                 reason: ask.reason,
@@ -127,6 +109,10 @@ impl Hub {
         if let Some(s) = self.session(node) {
             s.caps.lock().expect("caps lock").forget();
         }
-        self.cache.publish(NODES_CHANGED_CHANNEL, node).await;
+        self.cache
+            .announce(&NodeChanged {
+                node_id: node.to_owned(),
+            })
+            .await;
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lattice_core::task_kinds;
 use lattice_proto::agent::v1 as agent;
+use lattice_proto::task_kinds;
 use lattice_proto::tasks::v1 as tpb;
 
 use super::{Hub, Session};
