@@ -43,6 +43,36 @@ pub use storage_grant::GrantRefusal;
 
 /// Task queue and the hash-chained audit log.
 pub mod tasks {
+    impl v1::TaskState {
+        /// Every state a task can be in, in its life's order.
+        pub const ALL: [Self; 6] = [
+            Self::Queued,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+            Self::Dead,
+        ];
+
+        /// The name used in the REST API and the database (`queued`, ...).
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Unspecified => "unspecified",
+                Self::Queued => "queued",
+                Self::Running => "running",
+                Self::Succeeded => "succeeded",
+                Self::Failed => "failed",
+                Self::Cancelled => "cancelled",
+                Self::Dead => "dead",
+            }
+        }
+
+        /// Parse a state's name.
+        pub fn from_name(name: &str) -> Option<Self> {
+            Self::ALL.into_iter().find(|s| s.name() == name)
+        }
+    }
+
     /// Version 1.
     pub mod v1 {
         #![allow(missing_docs, clippy::all, clippy::pedantic)]

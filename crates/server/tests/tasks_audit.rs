@@ -282,6 +282,22 @@ async fn the_tasks_service_refuses_work_for_another_orgs_node() {
         let (status, page) = s.call("GET", "/api/v1/tasks?limit=100", &admin, None).await;
         assert_eq!(status, 200);
         assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "{page}");
+        // The state filter is a task state or nothing.
+        let (status, page) = s
+            .call("GET", "/api/v1/tasks?state=queued", &admin, None)
+            .await;
+        assert_eq!((status, page["tasks"].as_array().unwrap().len()), (200, 1));
+        let (status, err) = s
+            .call("GET", "/api/v1/tasks?state=stuck", &admin, None)
+            .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("state: \"stuck\""),
+            "{err}"
+        );
         s.stop().await;
     }
 }

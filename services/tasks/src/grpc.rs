@@ -36,7 +36,9 @@ pub fn task_pb(t: TaskRow) -> pb::Task {
         kind: t.kind,
         payload_json: t.payload,
         idempotency_key: t.idempotency_key.unwrap_or_default(),
-        state: t.state,
+        state: pb::TaskState::from_name(&t.state)
+            .unwrap_or(pb::TaskState::Unspecified)
+            .into(),
         attempts: t.attempts,
         max_attempts: t.max_attempts,
         epoch: t.epoch,
@@ -115,9 +117,19 @@ impl pb::task_service_server::TaskService for TaskGrpc {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let p = principal_of(&req)?.clone();
         let r = req.into_inner();
+        let state = match pb::TaskState::try_from(r.state) {
+            Ok(pb::TaskState::Unspecified) => None,
+            Ok(state) => Some(state),
+            Err(_) => {
+                return Err(st(crate::TaskError::Invalid(format!(
+                    "state: {} is not a task state",
+                    r.state
+                ))));
+            }
+        };
         let rows = self
             .tasks
-            .list(&p, &r.node_id, &r.state, &r.before, r.limit)
+            .list(&p, &r.node_id, state, &r.before, r.limit)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::ListTasksResponse {

@@ -8,21 +8,13 @@ use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_proto::task_kinds;
 
+use lattice_proto::tasks::v1::TaskState;
+
 use crate::error::TaskError;
 use crate::store::{AuditEntry, Completion, NewTask, Store, TaskRow, Verification};
 
 /// The service that may claim tasks and record results for agents.
 pub const TUNNEL_PRINCIPAL: &str = "service:tunnel";
-
-/// States a task can be in.
-pub const STATES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "dead",
-];
 
 /// The tasks service.
 #[derive(Clone)]
@@ -201,7 +193,7 @@ impl Tasks {
         &self,
         p: &Principal,
         node: &str,
-        state: &str,
+        state: Option<TaskState>,
         before: &str,
         limit: i64,
     ) -> Result<Vec<TaskRow>, TaskError> {
@@ -212,12 +204,7 @@ impl Tasks {
         if !before.is_empty() {
             check_id("before", before)?;
         }
-        if !state.is_empty() && !STATES.contains(&state) {
-            return Err(TaskError::Invalid(format!(
-                "state: {state:?} is not one of {}",
-                STATES.join(", ")
-            )));
-        }
+        let state = state.map_or("", TaskState::name);
         let limit = if limit <= 0 { 100 } else { limit.min(1000) };
         self.store.list(&p.org_id, node, state, before, limit).await
     }

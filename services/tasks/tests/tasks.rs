@@ -167,14 +167,20 @@ async fn enqueue_validates_and_deduplicates() {
         ));
         assert!(
             e.tasks
-                .list(&other, "", "", "", 10)
+                .list(&other, "", None, "", 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
             e.tasks
-                .list(&r, "node-1", "queued", "", 10)
+                .list(
+                    &r,
+                    "node-1",
+                    Some(lattice_proto::tasks::v1::TaskState::Queued),
+                    "",
+                    10
+                )
                 .await
                 .unwrap()
                 .len(),

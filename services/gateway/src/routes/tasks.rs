@@ -16,6 +16,20 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::json::ApiJson;
 
+/// A `state` filter: empty for every state, else a state's name (400 otherwise).
+fn task_state(name: &str) -> Result<pb::TaskState, ApiError> {
+    if name.is_empty() {
+        return Ok(pb::TaskState::Unspecified);
+    }
+    pb::TaskState::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = pb::TaskState::ALL.iter().map(|s| s.name()).collect();
+        ApiError::bad_request(format!(
+            "state: {name:?} is not one of {}",
+            names.join(", ")
+        ))
+    })
+}
+
 /// The tasks service, or 503 naming the missing setting.
 pub fn client(state: &AppState) -> Result<TaskServiceClient<crate::InternalService>, ApiError> {
     state.tasks.clone().ok_or_else(|| {
@@ -91,6 +105,7 @@ fn nonempty(s: String) -> Option<String> {
 
 /// Message to JSON.
 pub fn task(t: pb::Task) -> Task {
+    let state = t.state().name().to_owned();
     Task {
         payload: serde_json::from_str(&t.payload_json).unwrap_or(serde_json::Value::Null),
         result: (!t.result_json.is_empty())
@@ -99,7 +114,7 @@ pub fn task(t: pb::Task) -> Task {
         node: t.node_id,
         kind: t.kind,
         idempotency_key: nonempty(t.idempotency_key),
-        state: t.state,
+        state,
         attempts: t.attempts,
         max_attempts: t.max_attempts,
         epoch: t.epoch,
@@ -194,7 +209,7 @@ pub async fn list(
             &state,
             pb::ListTasksRequest {
                 node_id: q.node,
-                state: q.state,
+                state: task_state(&q.state)?.into(),
                 before: q.before,
                 limit: q.limit,
             },
