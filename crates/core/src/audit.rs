@@ -45,6 +45,24 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+impl AuditEvent {
+    /// Largest `detail` the central log takes.
+    pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
+
+    /// Why the central log would refuse this event, if it would: no actor, no
+    /// action, or a detail over [`Self::MAX_DETAIL_BYTES`]. Checked when an event is
+    /// recorded too, so one such event cannot hold up a service's forwarding.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.actor.is_empty() || self.action.is_empty() {
+            Some("actor and action are required")
+        } else if self.detail.len() > Self::MAX_DETAIL_BYTES {
+            Some("detail is over 64 KiB")
+        } else {
+            None
+        }
+    }
+}
+
 /// Where audit events go. Recording must not fail the caller's action silently: an
 /// error is returned, and the caller decides (auth events log it and carry on).
 #[async_trait]
@@ -92,6 +110,11 @@ impl TableAudit {
 #[async_trait]
 impl AuditSink for TableAudit {
     async fn record(&self, e: AuditEvent) -> anyhow::Result<()> {
+        // The forwarder sends events in order and stops at a refused one: never keep
+        // one the central log would refuse.
+        if let Some(why) = e.refusal() {
+            anyhow::bail!("audit event {:?} not recorded: {why}", e.action);
+        }
         sqlx::query(self.insert)
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(&e.org_id)
@@ -160,5 +183,40 @@ impl TableAudit {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_the_central_log_refuses() {
+        let ok = AuditEvent {
+            org_id: String::new(),
+            actor: "nobody".into(),
+            action: "auth.login".into(),
+            target: String::new(),
+            outcome: Outcome::Failure,
+            client_ip: String::new(),
+            detail: "{}".into(),
+        };
+        assert_eq!(ok.refusal(), None);
+        for bad in [
+            AuditEvent {
+                actor: String::new(),
+                ..ok.clone()
+            },
+            AuditEvent {
+                action: String::new(),
+                ..ok.clone()
+            },
+            AuditEvent {
+                detail: "x".repeat(AuditEvent::MAX_DETAIL_BYTES + 1),
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.refusal().is_some(), "{bad:?}");
+        }
     }
 }

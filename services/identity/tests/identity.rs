@@ -29,6 +29,7 @@ fn config() -> IdentityConfig {
 struct Env {
     identity: Identity,
     gateway: Principal,
+    db: db::Db,
     _guard: Option<testing::tempfile_guard::Guard>,
 }
 
@@ -38,7 +39,7 @@ async fn env(backend: Backend, cfg: IdentityConfig) -> Env {
         .await
         .unwrap();
     let identity = lattice_identity::build(
-        db,
+        db.clone(),
         &MasterKey::generate(),
         Cache::local(),
         cfg,
@@ -54,6 +55,7 @@ async fn env(backend: Backend, cfg: IdentityConfig) -> Env {
     Env {
         identity,
         gateway: Principal::service("gateway"),
+        db,
         _guard: guard,
     }
 }
@@ -464,6 +466,36 @@ async fn sessions_end_at_logout_and_service_calls_need_service_principals() {
                 actions.iter().any(|a| a == expected),
                 "{expected} missing from {actions:?}"
             );
+        }
+    }
+}
+
+/// A login with no username at all is audited like any unknown user, with an event
+/// the central log takes (an event it refuses would hold up every later one).
+#[tokio::test]
+async fn failed_logins_without_a_username_are_audited_with_an_actor() {
+    for backend in testing::backends() {
+        let e = env(backend, config()).await;
+        for name in ["", "   ", "nobody"] {
+            assert!(matches!(
+                e.identity
+                    .login(&e.gateway, name, "wrong-password".into(), &client())
+                    .await,
+                Err(IdentityError::InvalidCredentials)
+            ));
+        }
+        let pending = lattice_core::audit::TableAudit::new(e.db.clone(), "identity_audit")
+            .pending(1000)
+            .await
+            .unwrap();
+        let actors: Vec<&str> = pending
+            .iter()
+            .filter(|(_, _, ev)| ev.action == "auth.login" && ev.org_id.is_empty())
+            .map(|(_, _, ev)| ev.actor.as_str())
+            .collect();
+        assert_eq!(actors, ["(empty)", "(empty)", "nobody"]);
+        for (_, _, ev) in &pending {
+            assert_eq!(ev.refusal(), None, "{ev:?}");
         }
     }
 }

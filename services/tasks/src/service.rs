@@ -327,15 +327,8 @@ impl Tasks {
             if *at <= 0 {
                 return Err(TaskError::Invalid(format!("event {id}: at_ms must be set")));
             }
-            if e.action.is_empty() || e.actor.is_empty() {
-                return Err(TaskError::Invalid(format!(
-                    "event {id}: actor and action are required"
-                )));
-            }
-            if e.detail.len() > 64 * 1024 {
-                return Err(TaskError::Invalid(format!(
-                    "event {id}: detail is over 64 KiB"
-                )));
+            if let Some(why) = e.refusal() {
+                return Err(TaskError::Invalid(format!("event {id}: {why}")));
             }
         }
         let n = self.store.append_audit(&events).await?;

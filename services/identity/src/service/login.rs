@@ -189,7 +189,13 @@ impl Identity {
                 return Err(match &other {
                     Some(u) => self.fail_login(u, client, "auth.login", attempt).await,
                     None => {
-                        let shown: String = name.chars().take(64).collect();
+                        // The attempted name is the actor (no username is
+                        // "(empty)": it is not a valid one).
+                        let shown: String = if name.is_empty() {
+                            "(empty)".into()
+                        } else {
+                            name.chars().take(64).collect()
+                        };
                         self.audit(
                             "",
                             &shown,
