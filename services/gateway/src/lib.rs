@@ -7,6 +7,7 @@ pub mod caller;
 mod drain;
 pub mod edge;
 pub mod error;
+pub mod extract;
 pub mod json;
 pub mod metrics;
 pub mod openapi;

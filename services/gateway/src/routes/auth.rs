@@ -207,9 +207,13 @@ fn login_response(state: &AppState, resp: pb::LoginResponse) -> Result<Response,
 }
 
 /// Log in with a password.
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginBody,
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginBody, security(()),
     responses((status = 200, body = LoginAnswer, description = "session cookie set, or mfa_required"),
-              (status = 401, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or a username or password that is too long"),
+        (status = 401, body = crate::error::ErrorBody, description = "Wrong username or password"),
+        (status = 429, body = crate::error::ErrorBody, description = "The user is locked, or too many failures from this address (`Retry-After`)"),
+        (status = 500, body = crate::error::ErrorBody, description = "Internal error"),
+        (status = 503, body = crate::error::ErrorBody, description = "The identity service is unreachable")))]
 pub async fn login(
     State(state): State<Arc<AppState>>,
     peer: Option<axum::Extension<PeerAddr>>,
@@ -235,8 +239,12 @@ pub async fn login(
 }
 
 /// Complete a login with a TOTP or recovery code.
-#[utoipa::path(post, path = "/api/v1/auth/login/totp", tag = "auth", request_body = LoginTotpBody,
-    responses((status = 200, body = LoginAnswer), (status = 401, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/auth/login/totp", tag = "auth", request_body = LoginTotpBody, security(()),
+    responses((status = 200, body = LoginAnswer),
+        (status = 401, body = crate::error::ErrorBody, description = "A bad or expired mfa_token, or a wrong or used code"),
+        (status = 429, body = crate::error::ErrorBody, description = "The user is locked (`Retry-After`)"),
+        (status = 500, body = crate::error::ErrorBody, description = "Internal error"),
+        (status = 503, body = crate::error::ErrorBody, description = "The identity service is unreachable")))]
 pub async fn login_totp(
     State(state): State<Arc<AppState>>,
     peer: Option<axum::Extension<PeerAddr>>,
@@ -259,8 +267,7 @@ pub async fn login_totp(
 }
 
 /// End the current credential: the session (cookies cleared), or the bearer token itself.
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 200, body = super::Ok), (status = 401, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", responses((status = 200, body = super::Ok)))]
 pub async fn logout(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -290,9 +297,7 @@ pub async fn logout(
 }
 
 /// Who am I.
-#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
-    responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorBody)),
-    security(("bearer" = []), ("session" = [])))]
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = Me)))]
 pub async fn me(caller: Caller) -> Response {
     // Rendered once when the credential was verified; served from the cache after.
     (
@@ -307,7 +312,9 @@ pub async fn me(caller: Caller) -> Response {
 
 /// Start TOTP enrollment (session login only, not API tokens).
 #[utoipa::path(post, path = "/api/v1/auth/totp/enroll", tag = "auth",
-    responses((status = 200, body = Enrollment), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Enrollment),
+        (status = 403, body = crate::error::ErrorBody, description = "Called with an API token (a session only), or without its `X-CSRF-Token`"),
+        (status = 409, body = crate::error::ErrorBody, description = "TOTP is already enabled")))]
 pub async fn totp_enroll(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -326,7 +333,10 @@ pub async fn totp_enroll(
 
 /// Confirm TOTP enrollment with a current code; returns recovery codes once.
 #[utoipa::path(post, path = "/api/v1/auth/totp/confirm", tag = "auth", request_body = CodeBody,
-    responses((status = 200, body = RecoveryCodes), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RecoveryCodes),
+        (status = 401, body = crate::error::ErrorBody, description = "No valid credential, or a wrong code"),
+        (status = 403, body = crate::error::ErrorBody, description = "Called with an API token (a session only), or without its `X-CSRF-Token`"),
+        (status = 409, body = crate::error::ErrorBody, description = "TOTP is already enabled, or no enrollment is in progress")))]
 pub async fn totp_confirm(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -345,7 +355,10 @@ pub async fn totp_confirm(
 
 /// Turn TOTP off.
 #[utoipa::path(post, path = "/api/v1/auth/totp/disable", tag = "auth", request_body = DisableBody,
-    responses((status = 200, body = super::Ok), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = super::Ok),
+        (status = 401, body = crate::error::ErrorBody, description = "No valid credential, or a wrong code"),
+        (status = 403, body = crate::error::ErrorBody, description = "Your own TOTP with an API token (a session only), another user's without `users:admin` or with scopes beyond yours, or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such user in your org")))]
 pub async fn totp_disable(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -377,7 +390,10 @@ pub struct PasswordBody {
 
 /// Change your own password (password session only); your other sessions end.
 #[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth", request_body = PasswordBody,
-    responses((status = 200, body = super::Ok), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = super::Ok),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, a new password that is not 12 to 1024 characters, or a wrong current password"),
+        (status = 403, body = crate::error::ErrorBody, description = "Called with an API token (a password session only), or without its `X-CSRF-Token`"),
+        (status = 429, body = crate::error::ErrorBody, description = "The user is locked, or too many failures from this address (`Retry-After`)")))]
 pub async fn change_password(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::json::ApiJson;
 
 /// The tunnel service, or 503 naming the missing setting.
@@ -58,7 +59,9 @@ pub struct JoinToken {
 
 /// Create a single-use join token (`nodes:write`).
 #[utoipa::path(post, path = "/api/v1/nodes/join-tokens", tag = "nodes", request_body = CreateJoinToken,
-    responses((status = 201, body = JoinToken), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = JoinToken),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or invalid labels or expires_in_s"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:write`, or no `X-CSRF-Token`")))]
 pub async fn create_join_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -136,7 +139,8 @@ pub struct Node {
     pub connected_since_ms: i64,
     pub enrolled_at_ms: i64,
     pub agent_version: String,
-    #[schema(value_type = Object)]
+    /// Host facts (null before the agent sent any).
+    #[schema(value_type = Option<Object>)]
     pub facts: serde_json::Value,
 }
 
@@ -176,7 +180,8 @@ pub struct NodeList {
 }
 
 /// List nodes (`nodes:read`).
-#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, body = NodeList)))]
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes",
+    responses((status = 200, body = NodeList), (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:read`")))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -192,7 +197,10 @@ pub async fn list(
 
 /// One node (`nodes:read`).
 #[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes",
-    responses((status = 200, body = Node), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Node),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a node id"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:read`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org")))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -217,7 +225,9 @@ pub struct PatchNode {
 
 /// Change a node's capabilities or labels (`nodes:write`).
 #[utoipa::path(patch, path = "/api/v1/nodes/{id}", tag = "nodes", request_body = PatchNode,
-    responses((status = 200, body = Node), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Node),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, not a node id, an unknown capability or invalid labels"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org")))]
 pub async fn patch(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -257,8 +267,10 @@ pub struct ReconnectNode {
 /// Ask a connected node's agent to reconnect, optionally to another server URL
 /// (`nodes:write`). `503` when the node is not connected.
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/reconnect", tag = "nodes", request_body = ReconnectNode,
-    responses((status = 202, body = Node), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = Node),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, not a node id, or an invalid url or reason"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org"),
+        (status = 503, body = crate::error::ErrorBody, description = "The node is not connected, or the tunnel service is unreachable or not configured")))]
 pub async fn reconnect(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -283,7 +295,9 @@ pub async fn reconnect(
 
 /// Forget a node and revoke its credential (`nodes:write`).
 #[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "Forgotten"),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a node id"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org")))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -315,7 +329,10 @@ pub struct SinceQuery {
 
 /// Metric samples of a node (`nodes:read`).
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/metrics", tag = "nodes", params(SinceQuery),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Object),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a node id, or an unknown or invalid query parameter"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:read`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org")))]
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -350,7 +367,10 @@ pub async fn metrics(
 
 /// Log lines of a node (`nodes:read`).
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/logs", tag = "nodes", params(SinceQuery),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Object),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a node id, or an unknown or invalid query parameter (unit and q: at most 256 characters)"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:read`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org")))]
 pub async fn logs(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -380,7 +400,9 @@ pub async fn logs(
 
 /// The fleet's latest metric values in Prometheus text format (`nodes:read`), for
 /// a Prometheus `bearer_token` scrape.
-#[utoipa::path(get, path = "/api/v1/fleet/metrics", tag = "nodes", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/api/v1/fleet/metrics", tag = "nodes",
+    responses((status = 200, content_type = "text/plain", description = "Prometheus text format"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:read`")))]
 pub async fn fleet_metrics(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -443,8 +465,12 @@ const INLINE_MAX: u64 = 64 * 1024;
     params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
         ("path" = String, Path, description = "Path on the node; any method, the query string and body pass through")),
     responses((status = 200, description = "The node's answer, streamed (any status the node gives)"),
-        (status = 403, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody),
-        (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody, description = "Not a node id, or a port outside 1..65535"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:proxy`, or a port the node's agent does not allow"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org"),
+        (status = 429, body = crate::error::ErrorBody, description = "The node has `tunnel.max_proxy_streams` streams open"),
+        (status = 502, body = crate::error::ErrorBody, description = "The node's side failed (nothing listening, a reset, a bad answer)"),
+        (status = 503, body = crate::error::ErrorBody, description = "The node is not connected, or the tunnel service is unreachable or not configured")))]
 #[allow(dead_code)]
 fn proxy_doc() {}
 
@@ -654,9 +680,12 @@ const FORWARD_READ: usize = 16 * 1024;
     params(("node" = String, Path, description = "Node id"), ("port" = u16, Path, description = "Port on the node (the agent must allow it)"),
         ("Upgrade" = String, Header, description = "`connect-tcp` (with `Connection: Upgrade`, over HTTP/1.1)")),
     responses((status = 101, description = "Connected: from here the connection carries the TCP bytes both ways"),
-        (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
-        (status = 429, body = crate::error::ErrorBody), (status = 502, body = crate::error::ErrorBody),
-        (status = 503, body = crate::error::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody, description = "Not an HTTP/1.1 `Upgrade: connect-tcp`, not a node id, a port outside 1..65535, or an agent that does not forward TCP"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `nodes:proxy`, or a port the node's agent does not allow"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org"),
+        (status = 429, body = crate::error::ErrorBody, description = "The node has `tunnel.max_proxy_streams` streams open"),
+        (status = 502, body = crate::error::ErrorBody, description = "The node's side refused or failed"),
+        (status = 503, body = crate::error::ErrorBody, description = "The node is not connected, or the tunnel service is unreachable or not configured")))]
 pub async fn port_forward(
     State(state): State<Arc<AppState>>,
     caller: Caller,

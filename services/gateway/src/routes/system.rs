@@ -32,7 +32,7 @@ pub struct Check {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "system", security(()), responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -42,7 +42,8 @@ pub async fn health() -> Json<Health> {
 
 /// Readiness: every dependency reachable (identity, storage, tasks and tunnel over gRPC
 /// health, where configured; cache).
-#[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
+#[utoipa::path(get, path = "/ready", tag = "system", security(()),
+    responses((status = 200, body = Health), (status = 503, body = Health, description = "A dependency is not ready, or the gateway is shutting down")))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.shutting_down.is_cancelled() {
         return (
@@ -127,7 +128,9 @@ async fn grpc_health(
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain", description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", tag = "system", security(()),
+    responses((status = 200, content_type = "text/plain", description = "Prometheus text format"),
+        (status = 500, body = crate::error::ErrorBody, description = "The registry cannot be encoded")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     match state.metrics.encode() {
         Ok(text) => (
@@ -138,12 +141,16 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            crate::error::ApiError::new(lattice_core::ErrorCode::Internal, "internal error")
+                .into_response()
+        }
     }
 }
 
 /// The OpenAPI 3 document for every REST route.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI 3 document")))]
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", security(()), responses((status = 200, description = "OpenAPI 3 document")))]
 pub async fn openapi() -> Response {
     static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         crate::openapi::ApiDoc::openapi()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use http::StatusCode;
 use lattice_proto::tasks::v1 as pb;
 use lattice_proto::tasks::v1::task_service_client::TaskServiceClient;
@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::json::ApiJson;
 
 /// A `state` filter: empty for every state, else a state's name (400 otherwise).
@@ -133,8 +134,12 @@ pub fn task(t: pb::Task) -> Task {
 /// checks the node with the tunnel service). 201 when created, 200 when the
 /// idempotency key matched an existing task.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
-    responses((status = 201, body = Task), (status = 200, body = Task), (status = 400, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Task, description = "Queued"),
+        (status = 200, body = Task, description = "The task the idempotency key names"),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid node id, kind, payload, idempotency key or max_attempts"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `tasks:write`, or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org"),
+        (status = 503, body = crate::error::ErrorBody, description = "The tasks or tunnel service is unreachable or not configured, or the request took too long")))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -198,7 +203,9 @@ pub struct TaskList {
 
 /// List tasks (`tasks:read`).
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TaskQuery),
-    responses((status = 200, body = TaskList), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = TaskList),
+        (status = 400, body = crate::error::ErrorBody, description = "An unknown query parameter, or an invalid node, state, before or limit"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `tasks:read`")))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -223,7 +230,10 @@ pub async fn list(
 
 /// One task (`tasks:read`).
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
-    responses((status = 200, body = Task), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Task),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a task id"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `tasks:read`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such task in your org")))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -238,7 +248,10 @@ pub async fn get(
 
 /// Cancel a queued or running task (`tasks:write`); a running agent is told to stop.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
-    responses((status = 200, body = Task), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Task),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a task id"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such task in your org"),
+        (status = 409, body = crate::error::ErrorBody, description = "The task has already finished")))]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -292,7 +305,7 @@ pub struct AuditPage {
 
 /// Read the audit log in order (`audit:read`).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = AuditPage), (status = 403, body = crate::error::ErrorBody, description = "Missing `audit:read`")))]
 pub async fn audit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -355,7 +368,7 @@ pub struct AuditVerification {
 
 /// Walk the chain and report the first break (`audit:read`).
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
-    responses((status = 200, body = AuditVerification), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = AuditVerification), (status = 403, body = crate::error::ErrorBody, description = "Missing `audit:read`")))]
 pub async fn verify(
     State(state): State<Arc<AppState>>,
     caller: Caller,

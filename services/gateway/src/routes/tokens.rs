@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use lattice_proto::identity::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::json::ApiJson;
 
 /// New token.
@@ -71,7 +72,9 @@ fn token(t: pb::Token, secret: Option<String>) -> Token {
 
 /// Create a token; the secret is in the answer, once.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
-    responses((status = 201, body = Token), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Token),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid name, scope or expires_in_s"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `tokens:write`, scopes beyond yours, or no `X-CSRF-Token`")))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -119,7 +122,8 @@ pub async fn list(
 
 /// Revoke a token: your own (no scope needed), or any of the org's with `users:admin`.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "token id")),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "Revoked"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such live token (of yours, without `users:admin`)")))]
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use lattice_proto::identity::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::json::ApiJson;
 
 /// New user.
@@ -68,7 +69,10 @@ fn user(u: pb::User) -> User {
 
 /// Create a user (`users:admin`).
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
-    responses((status = 201, body = User), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = User),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid username, password or scope"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `users:admin`, scopes beyond yours, or no `X-CSRF-Token`"),
+        (status = 409, body = crate::error::ErrorBody, description = "The username is taken")))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -92,7 +96,8 @@ pub async fn create(
 }
 
 /// List users (`users:read`).
-#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, body = UserList), (status = 403, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, body = UserList),
+    (status = 403, body = crate::error::ErrorBody, description = "Missing `users:read`")))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -111,7 +116,7 @@ pub async fn list(
 
 /// Lift a login lockout (`users:admin`).
 #[utoipa::path(post, path = "/api/v1/users/{id}/unlock", tag = "users", params(("id" = String, Path, description = "user id")),
-    responses((status = 200, body = User), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = User), (status = 404, body = crate::error::ErrorBody, description = "No such user in your org")))]
 pub async fn unlock(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -137,7 +142,11 @@ pub struct SetPassword {
 
 /// Set a user's password (`users:admin`); their sessions end.
 #[utoipa::path(post, path = "/api/v1/users/{id}/password", tag = "users", params(("id" = String, Path, description = "user id")),
-    request_body = SetPassword, responses((status = 200, body = super::Ok), (status = 404, body = crate::error::ErrorBody)))]
+    request_body = SetPassword, responses((status = 200, body = super::Ok),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or a password that is not 12 to 1024 characters"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `users:admin`, a user with scopes beyond yours, or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such user in your org"),
+        (status = 409, body = crate::error::ErrorBody, description = "Your own id: change your password with /api/v1/auth/password")))]
 pub async fn set_password(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use lattice_proto::storage::v1 as pb;
@@ -15,6 +15,7 @@ use super::{client, kv_etag, parse_if_match};
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::json::ApiJson;
 
 /// New bucket.
@@ -62,7 +63,10 @@ fn bucket(b: pb::Bucket) -> Bucket {
 
 /// Create a bucket (`kv:admin` / `static:admin`).
 #[utoipa::path(post, path = "/api/v1/buckets", tag = "storage", request_body = CreateBucket,
-    responses((status = 201, body = Bucket), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Bucket),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid name or surface"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing the admin scope of the surface, or no `X-CSRF-Token`"),
+        (status = 409, body = crate::error::ErrorBody, description = "The name is taken")))]
 pub async fn create_bucket(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -91,7 +95,10 @@ pub struct BucketQuery {
 }
 
 /// List buckets you may read.
-#[utoipa::path(get, path = "/api/v1/buckets", tag = "storage", params(BucketQuery), responses((status = 200, body = BucketList)))]
+#[utoipa::path(get, path = "/api/v1/buckets", tag = "storage", params(BucketQuery),
+    responses((status = 200, body = BucketList),
+        (status = 400, body = crate::error::ErrorBody, description = "An unknown query parameter, or a surface other than kv or static"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `kv:read` and `static:read` (or the one of the surface asked for)")))]
 pub async fn list_buckets(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -108,7 +115,9 @@ pub async fn list_buckets(
 
 /// Delete a bucket and everything in it (admin of its surface).
 #[utoipa::path(delete, path = "/api/v1/buckets/{name}", tag = "storage", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a bucket name"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org")))]
 pub async fn delete_bucket(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -127,7 +136,6 @@ pub struct KvEntry {
     pub key: String,
     /// The value (any JSON); absent in listings without `values=true`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub value: Option<serde_json::Value>,
     /// Increases on every write; the ETag is `"<version>"`.
     pub version: i64,
@@ -163,7 +171,6 @@ fn with_etag(entry: KvEntry) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct PutValue {
     /// Any JSON.
-    #[schema(value_type = Object)]
     pub value: serde_json::Value,
     /// Seconds until the entry expires (absent or 0: never).
     #[serde(default)]
@@ -194,7 +201,11 @@ pub fn write_condition(headers: &HeaderMap) -> Result<Option<pb::WriteCondition>
 /// Write a value (`kv:write`). `If-Match: "<version>"` or `If-None-Match: *` make it conditional (412 when not met).
 #[utoipa::path(put, path = "/api/v1/kv/{bucket}/{key}", tag = "kv", request_body = PutValue,
     params(("bucket" = String, Path), ("key" = String, Path, description = "may contain '/'")),
-    responses((status = 200, body = KvEntry), (status = 412, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = KvEntry),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, an invalid bucket name, key or ttl_s, or an If-Match / If-None-Match it does not take"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org"), (status = 409, body = crate::error::ErrorBody, description = "The bucket is a static bucket, not a KV one"),
+        (status = 412, body = crate::error::ErrorBody, description = "The `If-Match` version is not current, or `If-None-Match: *` found the key"),
+        (status = 413, body = crate::error::ErrorBody, description = "The body is over `gateway.body_limit_bytes`, or the value over 512 KiB")))]
 pub async fn kv_put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -221,7 +232,11 @@ pub async fn kv_put(
 
 /// Read a value (`kv:read`), with its `ETag`.
 #[utoipa::path(get, path = "/api/v1/kv/{bucket}/{key}", tag = "kv", params(("bucket" = String, Path), ("key" = String, Path)),
-    responses((status = 200, body = KvEntry), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = KvEntry),
+        (status = 400, body = crate::error::ErrorBody, description = "An invalid bucket name or key"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `kv:read`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org, or no such key"),
+        (status = 409, body = crate::error::ErrorBody, description = "The bucket is a static bucket, not a KV one")))]
 pub async fn kv_get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -236,7 +251,11 @@ pub async fn kv_get(
 
 /// Delete a value (`kv:write`); `If-Match` makes it conditional.
 #[utoipa::path(delete, path = "/api/v1/kv/{bucket}/{key}", tag = "kv", params(("bucket" = String, Path), ("key" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 400, body = crate::error::ErrorBody, description = "An invalid bucket name or key, or an If-Match that is not an ETag of this API"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org, or no such key"),
+        (status = 409, body = crate::error::ErrorBody, description = "The bucket is a static bucket, not a KV one"),
+        (status = 412, body = crate::error::ErrorBody, description = "The `If-Match` version is not current")))]
 pub async fn kv_delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -289,7 +308,10 @@ pub struct KvPage {
 
 /// List keys in order (`kv:read`).
 #[utoipa::path(get, path = "/api/v1/kv/{bucket}", tag = "kv", params(("bucket" = String, Path), KvListQuery),
-    responses((status = 200, body = KvPage)))]
+    responses((status = 200, body = KvPage),
+        (status = 400, body = crate::error::ErrorBody, description = "An invalid bucket name, an unknown or invalid query parameter (limit 1 to 1000, prefix and cursor at most 512 bytes)"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `kv:read`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org"), (status = 409, body = crate::error::ErrorBody, description = "The bucket is a static bucket, not a KV one")))]
 pub async fn kv_list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -360,7 +382,10 @@ fn binding(b: pb::Binding) -> Binding {
 
 /// Bind a host to a bucket (admin of the bucket's surface). A host is bound at most once.
 #[utoipa::path(post, path = "/api/v1/bindings", tag = "storage", request_body = CreateBinding,
-    responses((status = 201, body = Binding), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Binding),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid host or bucket name"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org"),
+        (status = 409, body = crate::error::ErrorBody, description = "The host is already bound, or serves the API")))]
 pub async fn create_binding(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -390,7 +415,8 @@ pub async fn create_binding(
 }
 
 /// List bindings.
-#[utoipa::path(get, path = "/api/v1/bindings", tag = "storage", responses((status = 200, body = BindingList)))]
+#[utoipa::path(get, path = "/api/v1/bindings", tag = "storage",
+    responses((status = 200, body = BindingList), (status = 403, body = crate::error::ErrorBody, description = "Missing `kv:read` and `static:read`")))]
 pub async fn list_bindings(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -406,7 +432,9 @@ pub async fn list_bindings(
 
 /// Remove a binding.
 #[utoipa::path(delete, path = "/api/v1/bindings/{host}", tag = "storage", params(("host" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "Removed"),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a host name"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such binding in your org")))]
 pub async fn delete_binding(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -429,7 +457,9 @@ pub struct PatchBinding {
 
 /// Enable or disable a binding.
 #[utoipa::path(patch, path = "/api/v1/bindings/{host}", tag = "storage", params(("host" = String, Path)), request_body = PatchBinding,
-    responses((status = 200, body = Binding), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Binding),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or not a host name"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such binding in your org")))]
 pub async fn patch_binding(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -512,7 +542,10 @@ fn storage_token(t: pb::StorageToken, secret: Option<String>) -> StorageToken {
 
 /// Create a storage token (admin of its surface); the secret is shown once.
 #[utoipa::path(post, path = "/api/v1/storage-tokens", tag = "storage", request_body = CreateStorageToken,
-    responses((status = 201, body = StorageToken), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = StorageToken),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid surface, access, bucket list, name or expires_in_s"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing the admin scope of the surface, or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "A named bucket does not exist in your org")))]
 pub async fn create_storage_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -541,7 +574,8 @@ pub async fn create_storage_token(
 }
 
 /// List storage tokens (admin of their surface).
-#[utoipa::path(get, path = "/api/v1/storage-tokens", tag = "storage", responses((status = 200, body = StorageTokenList)))]
+#[utoipa::path(get, path = "/api/v1/storage-tokens", tag = "storage",
+    responses((status = 200, body = StorageTokenList), (status = 403, body = crate::error::ErrorBody, description = "Missing `kv:admin` and `static:admin`")))]
 pub async fn list_storage_tokens(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -561,7 +595,8 @@ pub async fn list_storage_tokens(
 
 /// Revoke a storage token.
 #[utoipa::path(delete, path = "/api/v1/storage-tokens/{id}", tag = "storage", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "Revoked"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such live storage token in your org")))]
 pub async fn revoke_storage_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use http::{HeaderMap, StatusCode};
 use lattice_proto::storage::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use super::client;
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::extract::{Path, Query, RawBody};
 
 /// The caller of a site route: an operator (session or API token), or a `static`
 /// storage token whose bucket list covers the route's bucket — what CI and deploy
@@ -44,7 +45,9 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for SiteCaller {
         let grant = super::host::authorize(state, &secret).await?;
         let params = axum::extract::RawPathParams::from_request_parts(parts, state)
             .await
-            .map_err(|e| e.into_response())?;
+            .map_err(|e| {
+                crate::extract::refused(e.status(), "path", &e.body_text()).into_response()
+            })?;
         let bucket = params
             .iter()
             .find(|(k, _)| *k == "bucket")
@@ -204,14 +207,17 @@ fn yes() -> bool {
 /// content-addressed and, unless `activate=false`, activated atomically (`static:write`).
 #[utoipa::path(post, path = "/api/v1/static/{bucket}/deployments", tag = "static",
     params(("bucket" = String, Path), DeployQuery),
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar, tar.gz or zip archive"),
-    responses((status = 201, body = Deployment), (status = 400, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
+    request_body(content = inline(RawBody), content_type = "application/octet-stream", description = "A tar, tar.gz or zip archive (recognised by its content; any Content-Type)"),
+    responses((status = 201, body = Deployment),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a tar, tar.gz or zip archive, a bad file path in it, no file, an invalid bucket name or query"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org"), (status = 409, body = crate::error::ErrorBody, description = "The bucket is a KV bucket, not a static one"),
+        (status = 413, body = crate::error::ErrorBody, description = "The body is over `gateway.upload_limit_bytes`, or the files over a storage limit")))]
 pub async fn deploy(
     State(state): State<Arc<AppState>>,
     SiteCaller(caller): SiteCaller,
     Path(bucket): Path<String>,
     Query(q): Query<DeployQuery>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
     // Refuse before spending CPU on unpacking for a caller who may not publish.
     caller.require("static:write")?;
@@ -245,7 +251,10 @@ pub async fn deploy(
 
 /// Deployments of a bucket, newest first (`static:read`).
 #[utoipa::path(get, path = "/api/v1/static/{bucket}/deployments", tag = "static", params(("bucket" = String, Path)),
-    responses((status = 200, body = DeploymentList)))]
+    responses((status = 200, body = DeploymentList),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a bucket name"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `static:read`, or a storage token that does not cover the bucket"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org"), (status = 409, body = crate::error::ErrorBody, description = "The bucket is a KV bucket, not a static one")))]
 pub async fn list_deployments(
     State(state): State<Arc<AppState>>,
     SiteCaller(caller): SiteCaller,
@@ -263,7 +272,10 @@ pub async fn list_deployments(
 /// Activate a deployment: publish it, or roll back to it (`static:write`).
 #[utoipa::path(post, path = "/api/v1/static/{bucket}/deployments/{id}/activate", tag = "static",
     params(("bucket" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Deployment), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Deployment),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a bucket name"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org, or no such deployment of it"),
+        (status = 409, body = crate::error::ErrorBody, description = "The bucket is a KV bucket, not a static one")))]
 pub async fn activate(
     State(state): State<Arc<AppState>>,
     SiteCaller(caller): SiteCaller,
@@ -285,14 +297,18 @@ pub async fn activate(
 /// Put one object (raw body; `Content-Type` kept): a new deployment with it, activated (`static:write`).
 #[utoipa::path(put, path = "/api/v1/static/{bucket}/objects/{path}", tag = "static",
     params(("bucket" = String, Path), ("path" = String, Path)),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = Deployment), (status = 400, body = crate::error::ErrorBody)))]
+    request_body(content = inline(RawBody), content_type = "application/octet-stream", description = "The file; its `Content-Type` is kept"),
+    responses((status = 200, body = Deployment),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a bucket name, an invalid path or Content-Type"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org"),
+        (status = 409, body = crate::error::ErrorBody, description = "The bucket is a KV bucket, or the site changed during the edit (retry)"),
+        (status = 413, body = crate::error::ErrorBody, description = "The body is over `gateway.upload_limit_bytes`, or the file or the site over a storage limit")))]
 pub async fn put_object(
     State(state): State<Arc<AppState>>,
     SiteCaller(caller): SiteCaller,
     Path((bucket, path)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Deployment>, ApiError> {
     caller.require("static:write")?;
     let content_type = headers
@@ -319,7 +335,10 @@ pub async fn put_object(
 /// Delete one object: a new deployment without it, activated (`static:write`).
 #[utoipa::path(delete, path = "/api/v1/static/{bucket}/objects/{path}", tag = "static",
     params(("bucket" = String, Path), ("path" = String, Path)),
-    responses((status = 200, body = Deployment), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Deployment),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a bucket name, or an invalid path"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org, or no such file in its active deployment"),
+        (status = 409, body = crate::error::ErrorBody, description = "The bucket is a KV bucket, or the site changed during the edit (retry)")))]
 pub async fn delete_object(
     State(state): State<Arc<AppState>>,
     SiteCaller(caller): SiteCaller,
@@ -343,7 +362,11 @@ pub struct ObjectsQuery {
 
 /// Files of the active (or a named) deployment (`static:read`).
 #[utoipa::path(get, path = "/api/v1/static/{bucket}/objects", tag = "static", params(("bucket" = String, Path), ObjectsQuery),
-    responses((status = 200, body = ObjectList)))]
+    responses((status = 200, body = ObjectList),
+        (status = 400, body = crate::error::ErrorBody, description = "Not a bucket name, or an unknown query parameter"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `static:read`, or a storage token that does not cover the bucket"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such bucket in your org, or no such deployment of it"),
+        (status = 409, body = crate::error::ErrorBody, description = "The bucket is a KV bucket, not a static one")))]
 pub async fn list_objects(
     State(state): State<Arc<AppState>>,
     SiteCaller(caller): SiteCaller,
