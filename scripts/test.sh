@@ -2,10 +2,12 @@
 # scripts/test.sh — the single command that runs every CI check for Lattice.
 #
 # Usage:
-#   scripts/test.sh                 fmt + clippy + tests (what CI runs, via .ci/run)
+#   scripts/test.sh                 fmt + clippy + API conformance + tests (what CI
+#                                   runs, via .ci/run)
 #   scripts/test.sh --no-lint [ARGS...]
 #                                   skip fmt/clippy; any other ARGS are passed to
 #                                   `cargo test` (e.g. `--no-lint -p lattice-core foo`)
+#                                   and skip the API conformance run
 #
 # Environment:
 #   LATTICE_TEST_DATABASE_URL  Postgres URL for integration tests. If set it is used
@@ -356,6 +358,16 @@ fi
 # nextest builds test targets only, so build every binary first.
 banner "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
+
+# The REST API answers what its OpenAPI document says (schemathesis against the
+# binary just built, about two minutes). Not with extra cargo test arguments: those
+# ask for a narrow run.
+if [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]]; then
+    banner "scripts/api-conformance.sh --no-build"
+    bash scripts/api-conformance.sh --no-build
+else
+    log "cargo test arguments given: skipping scripts/api-conformance.sh"
+fi
 
 if [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]] && cargo nextest --version >/dev/null 2>&1; then
     # Doc tests first (nextest cannot run them) so that nextest's summary is the
