@@ -6,12 +6,12 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, context_of, principal_of};
+use lattice_core::grpc::{context_of, principal_of};
 use lattice_proto::storage::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::StorageError;
-use crate::service::{HostKvWrite, KvCondition, NewFile, Resolution, Storage};
+use crate::service::{HostKvWrite, KvCondition, KvWrite, NewFile, NewToken, Resolution, Storage};
 use crate::store::{BindingRow, BucketRow, DeploymentRow, FileRow, KvRow, TokenRow};
 
 /// Blob chunks sent per message.
@@ -197,12 +197,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::CreateBucketRequest>,
     ) -> Result<Response<pb::Bucket>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let b = self
             .storage
-            .create_bucket(&p, &m.name, &m.surface, &ip)
+            .create_bucket(&ctx, &m.name, &m.surface)
             .await
             .map_err(st)?;
         Ok(Response::new(bucket_pb(b)))
@@ -227,10 +226,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteBucketRequest>,
     ) -> Result<Response<pb::DeleteBucketResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.storage
-            .delete_bucket(&p, &req.get_ref().name, &ip)
+            .delete_bucket(&ctx, &req.get_ref().name)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::DeleteBucketResponse {}))
@@ -240,15 +238,16 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::KvPutRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
-        let cond = condition(m.condition.as_ref());
-        let row = self
-            .storage
-            .kv_put(&p, &m.bucket, &m.key, &m.value_json, cond, m.ttl_s, &ip)
-            .await
-            .map_err(st)?;
+        let write = KvWrite {
+            bucket: &m.bucket,
+            key: &m.key,
+            value_json: &m.value_json,
+            condition: condition(m.condition.as_ref()),
+            ttl_s: m.ttl_s,
+        };
+        let row = self.storage.kv_put(&ctx, write).await.map_err(st)?;
         Ok(Response::new(kv_pb(row)))
     }
 
@@ -270,12 +269,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::KvDeleteRequest>,
     ) -> Result<Response<pb::KvDeleteResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let if_version = m.if_version;
         self.storage
-            .kv_delete(&p, &m.bucket, &m.key, if_version, &ip)
+            .kv_delete(&ctx, &m.bucket, &m.key, if_version)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::KvDeleteResponse {}))
@@ -312,12 +310,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let (header, files) = read_upload(req.into_inner(), self.max_upload_bytes).await?;
         let (d, active) = self
             .storage
-            .upload_deployment(&p, &header.bucket, files, header.activate, &ip)
+            .upload_deployment(&ctx, &header.bucket, files, header.activate)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &header.bucket, active)))
@@ -349,12 +346,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::ActivateDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let d = self
             .storage
-            .activate(&p, &m.bucket, &m.deployment_id, &ip)
+            .activate(&ctx, &m.bucket, &m.deployment_id)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &m.bucket, true)))
@@ -364,8 +360,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let (header, mut files) = read_upload(req.into_inner(), self.max_upload_bytes).await?;
         if files.len() != 1 {
             return Err(st(StorageError::invalid(
@@ -376,7 +371,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         let file = files.remove(0);
         let (d, active) = self
             .storage
-            .put_object(&p, &header.bucket, file, &ip)
+            .put_object(&ctx, &header.bucket, file)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &header.bucket, active)))
@@ -386,12 +381,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let (d, active) = self
             .storage
-            .delete_object(&p, &m.bucket, &m.path, &ip)
+            .delete_object(&ctx, &m.bucket, &m.path)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &m.bucket, active)))
@@ -418,12 +412,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::CreateBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let b = self
             .storage
-            .create_binding(&p, &m.host, &m.bucket, &ip)
+            .create_binding(&ctx, &m.host, &m.bucket)
             .await
             .map_err(st)?;
         Ok(Response::new(binding_pb(b)))
@@ -444,10 +437,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteBindingRequest>,
     ) -> Result<Response<pb::DeleteBindingResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.storage
-            .delete_binding(&p, &req.get_ref().host, &ip)
+            .delete_binding(&ctx, &req.get_ref().host)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::DeleteBindingResponse {}))
@@ -457,12 +449,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::SetBindingEnabledRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let b = self
             .storage
-            .set_binding_enabled(&p, &m.host, m.enabled, &ip)
+            .set_binding_enabled(&ctx, &m.host, m.enabled)
             .await
             .map_err(st)?;
         Ok(Response::new(binding_pb(b)))
@@ -472,19 +463,19 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::CreateStorageTokenRequest>,
     ) -> Result<Response<pb::CreateStorageTokenResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let (t, secret) = self
             .storage
             .create_token(
-                &p,
-                &m.surface,
-                &m.access,
-                &m.buckets,
-                &m.name,
-                m.expires_in_s,
-                &ip,
+                &ctx,
+                NewToken {
+                    surface: &m.surface,
+                    access: &m.access,
+                    buckets: &m.buckets,
+                    name: &m.name,
+                    expires_in_s: m.expires_in_s,
+                },
             )
             .await
             .map_err(st)?;
@@ -509,10 +500,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::RevokeStorageTokenRequest>,
     ) -> Result<Response<pb::RevokeStorageTokenResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.storage
-            .revoke_token(&p, &req.get_ref().id, &ip)
+            .revoke_token(&ctx, &req.get_ref().id)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::RevokeStorageTokenResponse {}))

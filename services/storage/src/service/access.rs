@@ -1,7 +1,8 @@
 //! Host bindings and storage access tokens: managed with the admin scope of the
 //! surface they serve (`kv:admin`, `static:admin`).
 
-use lattice_core::auth::Principal;
+use lattice_core::audit::Actor;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::time::now_ms;
 
@@ -13,16 +14,31 @@ use crate::store::{BindingRow, TokenRow};
 /// Prefix of storage token secrets.
 pub const STORAGE_TOKEN_PREFIX: &str = "lst_";
 
+/// A storage token to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// The surface it serves (`kv`, `static`).
+    pub surface: &'a str,
+    /// What it may do there (`read`, `write`).
+    pub access: &'a str,
+    /// Bucket names it reaches, or `["*"]` for all of the surface.
+    pub buckets: &'a [String],
+    /// A label for operators.
+    pub name: &'a str,
+    /// Seconds until it expires (0: never).
+    pub expires_in_s: i64,
+}
+
 impl Storage {
     /// Bind a host to a bucket (admin of the bucket's surface). A host is bound at
     /// most once across all orgs.
     pub async fn create_binding(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         host: &str,
         bucket: &str,
-        ip: &str,
     ) -> Result<BindingRow> {
+        let p = &ctx.principal;
         let host = HostName::parse(host)?;
         let bucket = self.bucket_for(p, bucket, None, Access::Admin).await?;
         match self
@@ -41,10 +57,9 @@ impl Storage {
         }
         self.hosts_changed(&[host.as_str().to_owned()]).await;
         self.audit(
-            p,
+            Actor::of(ctx),
             "binding.create",
             host.as_str(),
-            ip,
             serde_json::json!({"bucket": bucket.name}),
         )
         .await;
@@ -84,15 +99,15 @@ impl Storage {
     }
 
     /// Remove a binding (admin of its surface).
-    pub async fn delete_binding(&self, p: &Principal, host: &str, ip: &str) -> Result<()> {
+    pub async fn delete_binding(&self, ctx: &RequestContext, host: &str) -> Result<()> {
+        let p = &ctx.principal;
         let (host, _) = self.binding_for(p, host).await?;
         self.store.delete_binding(&p.org_id, host.as_str()).await?;
         self.hosts_changed(&[host.as_str().to_owned()]).await;
         self.audit(
-            p,
+            Actor::of(ctx),
             "binding.delete",
             host.as_str(),
-            ip,
             serde_json::json!({}),
         )
         .await;
@@ -102,21 +117,20 @@ impl Storage {
     /// Turn a binding on or off (admin of its surface).
     pub async fn set_binding_enabled(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         host: &str,
         enabled: bool,
-        ip: &str,
     ) -> Result<BindingRow> {
+        let p = &ctx.principal;
         let (host, mut binding) = self.binding_for(p, host).await?;
         self.store
             .set_binding_enabled(&p.org_id, host.as_str(), enabled)
             .await?;
         self.hosts_changed(&[host.as_str().to_owned()]).await;
         self.audit(
-            p,
+            Actor::of(ctx),
             "binding.update",
             host.as_str(),
-            ip,
             serde_json::json!({"enabled": enabled}),
         )
         .await;
@@ -126,17 +140,19 @@ impl Storage {
 
     /// Create a storage token (admin of its surface). Every named bucket must exist
     /// in the org and be of that surface. Returns the row and the secret (once).
-    #[allow(clippy::too_many_arguments)]
     pub async fn create_token(
         &self,
-        p: &Principal,
-        surface: &str,
-        access: &str,
-        buckets: &[String],
-        name: &str,
-        expires_in_s: i64,
-        ip: &str,
+        ctx: &RequestContext,
+        new: NewToken<'_>,
     ) -> Result<(TokenRow, String)> {
+        let p = &ctx.principal;
+        let NewToken {
+            surface,
+            access,
+            buckets,
+            name,
+            expires_in_s,
+        } = new;
         let surface = Surface::parse("surface", surface)?;
         require_scope(p, surface, Access::Admin)?;
         let access = Access::parse(access)?;
@@ -214,10 +230,9 @@ impl Storage {
         let secret = random_secret(STORAGE_TOKEN_PREFIX);
         self.store.insert_token(&row, &hash_secret(&secret)).await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "storage_token.create",
             &row.id,
-            ip,
             serde_json::json!({"surface": row.surface, "access": row.access, "buckets": row.buckets}),
         )
         .await;
@@ -242,7 +257,8 @@ impl Storage {
     }
 
     /// Revoke a storage token (admin of its surface).
-    pub async fn revoke_token(&self, p: &Principal, id: &str, ip: &str) -> Result<()> {
+    pub async fn revoke_token(&self, ctx: &RequestContext, id: &str) -> Result<()> {
+        let p = &ctx.principal;
         require_user(p)?;
         let token = self
             .store
@@ -256,8 +272,13 @@ impl Storage {
         self.cache
             .publish(lattice_core::events::STORAGE_TOKENS_CHANNEL, id)
             .await;
-        self.audit(p, "storage_token.revoke", id, ip, serde_json::json!({}))
-            .await;
+        self.audit(
+            Actor::of(ctx),
+            "storage_token.revoke",
+            id,
+            serde_json::json!({}),
+        )
+        .await;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! KV entries: conditional writes (If-Match / If-None-Match), TTLs, ordered listing.
 
-use lattice_core::auth::Principal;
+use lattice_core::audit::Actor;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::events::kv_cache_key;
 use lattice_core::time::now_ms;
 
@@ -18,6 +19,21 @@ pub enum KvCondition {
     Version(i64),
     /// Only if there is no live entry (`If-None-Match: *`).
     Absent,
+}
+
+/// A write of one key of a kv bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct KvWrite<'a> {
+    /// The bucket's name.
+    pub bucket: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// The value, as JSON text.
+    pub value_json: &'a str,
+    /// Its condition.
+    pub condition: KvCondition,
+    /// Seconds until it expires (0: never).
+    pub ttl_s: i64,
 }
 
 /// Longest TTL: ten years.
@@ -108,28 +124,28 @@ impl Storage {
     }
 
     /// Write a value (`kv:write`).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn kv_put(
-        &self,
-        p: &Principal,
-        bucket: &str,
-        key: &str,
-        value_json: &str,
-        condition: KvCondition,
-        ttl_s: i64,
-        ip: &str,
-    ) -> Result<KvRow> {
+    pub async fn kv_put(&self, ctx: &RequestContext, write: KvWrite<'_>) -> Result<KvRow> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Kv), Access::Write)
+            .bucket_for(
+                &ctx.principal,
+                write.bucket,
+                Some(Surface::Kv),
+                Access::Write,
+            )
             .await?;
         let row = self
-            .kv_put_in(&bucket, key, value_json, condition, ttl_s)
+            .kv_put_in(
+                &bucket,
+                write.key,
+                write.value_json,
+                write.condition,
+                write.ttl_s,
+            )
             .await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "kv.put",
             &format!("{}/{}", bucket.name, row.key),
-            ip,
             serde_json::json!({"version": row.version}),
         )
         .await;
@@ -147,21 +163,19 @@ impl Storage {
     /// Delete a value (`kv:write`).
     pub async fn kv_delete(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &str,
         key: &str,
         if_version: Option<i64>,
-        ip: &str,
     ) -> Result<()> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Kv), Access::Write)
+            .bucket_for(&ctx.principal, bucket, Some(Surface::Kv), Access::Write)
             .await?;
         self.kv_delete_in(&bucket, key, if_version).await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "kv.delete",
             &format!("{}/{key}", bucket.name),
-            ip,
             serde_json::json!({}),
         )
         .await;

@@ -9,11 +9,12 @@ mod sites;
 
 use std::sync::Arc;
 
-use lattice_core::audit::{AuditEvent, AuditSink, Outcome};
-use lattice_core::auth::Principal;
+use lattice_core::audit::{Actor, AuditSink, Outcome};
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 
-pub use self::kv::KvCondition;
+pub use self::access::NewToken;
+pub use self::kv::{KvCondition, KvWrite};
 pub use self::serving::{HostKvWrite, Resolution};
 pub use self::sites::NewFile;
 use crate::blobs::Blobs;
@@ -121,23 +122,9 @@ impl Storage {
         &self.store
     }
 
-    async fn audit(
-        &self,
-        p: &Principal,
-        action: &str,
-        target: &str,
-        ip: &str,
-        detail: serde_json::Value,
-    ) {
-        let event = AuditEvent {
-            org_id: p.org_id.clone(),
-            actor: p.sub.clone(),
-            action: action.into(),
-            target: target.into(),
-            outcome: Outcome::Success,
-            client_ip: ip.into(),
-            detail: detail.to_string(),
-        };
+    /// Record that `actor` did `action` to `target`.
+    async fn audit(&self, actor: Actor<'_>, action: &str, target: &str, detail: serde_json::Value) {
+        let event = actor.event(action, target, Outcome::Success, &detail);
         if let Err(err) = self.audit.record(event).await {
             tracing::error!(error = %format!("{err:#}"), action, "recording audit event failed");
         }
@@ -189,11 +176,11 @@ impl Storage {
     /// Create a bucket (`kv:admin` / `static:admin`).
     pub async fn create_bucket(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         name: &str,
         surface: &str,
-        ip: &str,
     ) -> Result<BucketRow> {
+        let p = &ctx.principal;
         let surface = Surface::parse("surface", surface)?;
         require_scope(p, surface, Access::Admin)?;
         let name = BucketName::parse(name)?;
@@ -212,10 +199,9 @@ impl Storage {
             Err(e) => return Err(e.into()),
         };
         self.audit(
-            p,
+            Actor::of(ctx),
             "bucket.create",
             &row.id,
-            ip,
             serde_json::json!({"name": row.name, "surface": row.surface}),
         )
         .await;
@@ -256,7 +242,8 @@ impl Storage {
     }
 
     /// Delete a bucket and everything in it (admin of its surface).
-    pub async fn delete_bucket(&self, p: &Principal, name: &str, ip: &str) -> Result<()> {
+    pub async fn delete_bucket(&self, ctx: &RequestContext, name: &str) -> Result<()> {
+        let p = &ctx.principal;
         let bucket = self.bucket_for(p, name, None, Access::Admin).await?;
         let hosts = self.store.delete_bucket(&p.org_id, &bucket.id).await?;
         self.hosts_changed(&hosts).await;
@@ -273,10 +260,9 @@ impl Storage {
                 .await;
         }
         self.audit(
-            p,
+            Actor::of(ctx),
             "bucket.delete",
             &bucket.id,
-            ip,
             serde_json::json!({"name": bucket.name, "unbound_hosts": hosts, "revoked_storage_tokens": revoked}),
         )
         .await;

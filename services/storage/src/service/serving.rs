@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lattice_core::audit::Actor;
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::hash_secret;
 use lattice_core::time::now_ms;
@@ -64,13 +65,9 @@ pub(super) fn grant_of(t: &TokenRow) -> StorageGrant {
     }
 }
 
-/// Who a host write is recorded as: the storage token, in its org.
-fn token_actor(grant: &StorageGrant) -> Principal {
-    Principal {
-        sub: format!("storage_token:{}", grant.id),
-        org_id: grant.org_id.clone(),
-        ..Principal::service("gateway")
-    }
+/// Who a host write is recorded as: the storage token (in its org).
+fn token_actor(grant: &StorageGrant) -> String {
+    format!("storage_token:{}", grant.id)
 }
 
 impl Storage {
@@ -245,10 +242,13 @@ impl Storage {
             )
             .await?;
         self.audit(
-            &token_actor(&grant),
+            Actor {
+                org_id: &grant.org_id,
+                id: &token_actor(&grant),
+                client_ip: &ctx.client_ip,
+            },
             "kv.put",
             &format!("{}/{}", bucket.name, row.key),
-            &ctx.client_ip,
             serde_json::json!({"version": row.version, "via": "host"}),
         )
         .await;
@@ -269,10 +269,13 @@ impl Storage {
             .await?;
         self.kv_delete_in(&bucket, key, if_version).await?;
         self.audit(
-            &token_actor(&grant),
+            Actor {
+                org_id: &grant.org_id,
+                id: &token_actor(&grant),
+                client_ip: &ctx.client_ip,
+            },
             "kv.delete",
             &format!("{}/{key}", bucket.name),
-            &ctx.client_ip,
             serde_json::json!({"via": "host"}),
         )
         .await;
