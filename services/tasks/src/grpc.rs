@@ -2,7 +2,7 @@
 
 use lattice_core::audit::{AuditEvent, Outcome};
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, principal_of};
+use lattice_core::grpc::{context_of, principal_of};
 use lattice_proto::tasks::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -78,7 +78,7 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let ctx = lattice_core::grpc::context_of(&req)?;
+        let ctx = context_of(&req)?;
         let r = req.into_inner();
         let (task, created) = self
             .tasks
@@ -129,11 +129,10 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         &self,
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let t = self
             .tasks
-            .cancel(&p, &ip, &req.get_ref().id)
+            .cancel(&ctx, &req.get_ref().id)
             .await
             .map_err(st)?;
         Ok(Response::new(task_pb(t)))

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lattice_core::audit::{AuditEvent, Outcome};
+use lattice_core::audit::{Actor, AuditEvent, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
@@ -125,7 +125,7 @@ impl Tasks {
         ctx: &RequestContext,
         input: EnqueueInput,
     ) -> Result<(TaskRow, bool), TaskError> {
-        let (p, client_ip) = (&ctx.principal, ctx.client_ip.as_str());
+        let p = &ctx.principal;
         require(p, "tasks:write")?;
         check_id("node", &input.node_id)?;
         let spec = task_kinds::spec(&input.kind).ok_or_else(|| {
@@ -172,15 +172,12 @@ impl Tasks {
             max_attempts,
             created_by: p.sub.clone(),
         };
-        let audit = AuditEvent {
-            org_id: p.org_id.clone(),
-            actor: p.sub.clone(),
-            action: "task.create".into(),
-            target: String::new(),
-            outcome: Outcome::Success,
-            client_ip: client_ip.into(),
-            detail: serde_json::json!({"node_id": input.node_id, "kind": spec.name}).to_string(),
-        };
+        let audit = Actor::of(ctx).event(
+            "task.create",
+            "",
+            Outcome::Success,
+            &serde_json::json!({"node_id": input.node_id, "kind": spec.name}),
+        );
         let (row, created) = self.store.enqueue(&new, &audit).await?;
         if created {
             self.chain_wake.notify_one();
@@ -226,23 +223,12 @@ impl Tasks {
     }
 
     /// Cancel (`tasks:write`).
-    pub async fn cancel(
-        &self,
-        p: &Principal,
-        client_ip: &str,
-        id: &str,
-    ) -> Result<TaskRow, TaskError> {
+    pub async fn cancel(&self, ctx: &RequestContext, id: &str) -> Result<TaskRow, TaskError> {
+        let p = &ctx.principal;
         require(p, "tasks:write")?;
         check_id("id", id)?;
-        let audit = AuditEvent {
-            org_id: p.org_id.clone(),
-            actor: p.sub.clone(),
-            action: "task.cancel".into(),
-            target: id.into(),
-            outcome: Outcome::Success,
-            client_ip: client_ip.into(),
-            detail: "{}".into(),
-        };
+        let audit =
+            Actor::of(ctx).event("task.cancel", id, Outcome::Success, &serde_json::json!({}));
         let row = self.store.cancel(&p.org_id, id, &audit).await?;
         self.chain_wake.notify_one();
         Ok(row)

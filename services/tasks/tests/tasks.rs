@@ -315,7 +315,7 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
             .await
             .unwrap();
         let claimed = e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap();
-        let cancelled = e.tasks.cancel(&w, "", &c.id).await.unwrap();
+        let cancelled = e.tasks.cancel(&ctx(&w, ""), &c.id).await.unwrap();
         assert_eq!(cancelled.state, "cancelled");
         // The running agent learns on its next heartbeat, and its result is refused.
         let stale = e
@@ -330,7 +330,7 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
                 .await,
             Err(TaskError::Fenced(_))
         ));
-        let err = e.tasks.cancel(&w, "", &c.id).await.unwrap_err();
+        let err = e.tasks.cancel(&ctx(&w, ""), &c.id).await.unwrap_err();
         assert!(
             matches!(&err, TaskError::Conflict(m) if m.contains("already cancelled")),
             "{err}"
