@@ -11,7 +11,8 @@ use lattice_proto::storage::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::StorageError;
-use crate::service::{HostKvWrite, KvCondition, KvWrite, NewFile, NewToken, Resolution, Storage};
+use crate::input::{HostKvWrite, KvPut, NewBinding, NewBucket, NewToken, delete_condition};
+use crate::service::{NewFile, Resolution, Storage};
 use crate::store::{BindingRow, BucketRow, DeploymentRow, FileRow, KvRow, TokenRow};
 
 /// Blob chunks sent per message.
@@ -101,27 +102,6 @@ fn token_pb(t: TokenRow) -> pb::StorageToken {
     }
 }
 
-fn condition(c: Option<&pb::WriteCondition>) -> KvCondition {
-    use pb::write_condition::Condition;
-    match c.and_then(|c| c.condition) {
-        None | Some(Condition::Absent(false)) => KvCondition::None,
-        Some(Condition::Absent(true)) => KvCondition::Absent,
-        Some(Condition::Version(v)) => KvCondition::Version(v),
-    }
-}
-
-/// A delete's condition: only a version makes sense.
-fn delete_condition(c: Option<&pb::WriteCondition>) -> Result<Option<i64>, Status> {
-    match condition(c) {
-        KvCondition::None => Ok(None),
-        KvCondition::Version(v) => Ok(Some(v)),
-        KvCondition::Absent => Err(st(StorageError::invalid(
-            "condition",
-            "a delete cannot require the key to be absent",
-        ))),
-    }
-}
-
 /// Read an upload stream: a header, then `file` / `data` parts.
 async fn read_upload(
     mut stream: Streaming<pb::UploadChunk>,
@@ -198,12 +178,8 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<pb::CreateBucketRequest>,
     ) -> Result<Response<pb::Bucket>, Status> {
         let ctx = context_of(&req)?;
-        let m = req.get_ref();
-        let b = self
-            .storage
-            .create_bucket(&ctx, &m.name, &m.surface)
-            .await
-            .map_err(st)?;
+        let new = NewBucket::try_from(req.into_inner()).map_err(st)?;
+        let b = self.storage.create_bucket(&ctx, new).await.map_err(st)?;
         Ok(Response::new(bucket_pb(b)))
     }
 
@@ -239,15 +215,8 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<pb::KvPutRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
         let ctx = context_of(&req)?;
-        let m = req.get_ref();
-        let write = KvWrite {
-            bucket: &m.bucket,
-            key: &m.key,
-            value_json: &m.value_json,
-            condition: condition(m.condition.as_ref()),
-            ttl_s: m.ttl_s,
-        };
-        let row = self.storage.kv_put(&ctx, write).await.map_err(st)?;
+        let put = KvPut::try_from(req.into_inner()).map_err(st)?;
+        let row = self.storage.kv_put(&ctx, put).await.map_err(st)?;
         Ok(Response::new(kv_pb(row)))
     }
 
@@ -413,12 +382,8 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<pb::CreateBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
         let ctx = context_of(&req)?;
-        let m = req.get_ref();
-        let b = self
-            .storage
-            .create_binding(&ctx, &m.host, &m.bucket)
-            .await
-            .map_err(st)?;
+        let new = NewBinding::try_from(req.into_inner()).map_err(st)?;
+        let b = self.storage.create_binding(&ctx, new).await.map_err(st)?;
         Ok(Response::new(binding_pb(b)))
     }
 
@@ -464,21 +429,8 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<pb::CreateStorageTokenRequest>,
     ) -> Result<Response<pb::CreateStorageTokenResponse>, Status> {
         let ctx = context_of(&req)?;
-        let m = req.get_ref();
-        let (t, secret) = self
-            .storage
-            .create_token(
-                &ctx,
-                NewToken {
-                    surface: &m.surface,
-                    access: &m.access,
-                    buckets: &m.buckets,
-                    name: &m.name,
-                    expires_in_s: m.expires_in_s,
-                },
-            )
-            .await
-            .map_err(st)?;
+        let new = NewToken::try_from(req.into_inner()).map_err(st)?;
+        let (t, secret) = self.storage.create_token(&ctx, new).await.map_err(st)?;
         Ok(Response::new(pb::CreateStorageTokenResponse {
             token: Some(token_pb(t)),
             secret,
@@ -627,15 +579,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<pb::HostKvRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
         let ctx = context_of(&req)?;
-        let m = req.get_ref();
-        let write = HostKvWrite {
-            host: &m.host,
-            secret: &m.token_secret,
-            key: &m.key,
-            value_json: &m.value_json,
-            condition: condition(m.condition.as_ref()),
-            ttl_s: m.ttl_s,
-        };
+        let write = HostKvWrite::try_from(req.into_inner()).map_err(st)?;
         let row = self.storage.host_kv_put(&ctx, write).await.map_err(st)?;
         Ok(Response::new(kv_pb(row)))
     }
@@ -646,7 +590,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
     ) -> Result<Response<pb::KvDeleteResponse>, Status> {
         let ctx = context_of(&req)?;
         let m = req.get_ref();
-        let if_version = delete_condition(m.condition.as_ref())?;
+        let if_version = delete_condition(m.condition.as_ref()).map_err(st)?;
         self.storage
             .host_kv_delete(&ctx, &m.host, &m.token_secret, &m.key, if_version)
             .await

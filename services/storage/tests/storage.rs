@@ -5,8 +5,11 @@ use bytes::Bytes;
 use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::db::{self, Backend, testing};
+use lattice_proto::storage::v1 as pb;
 use lattice_storage::blobs::Blobs;
-use lattice_storage::service::{KvCondition, KvWrite, NewFile, NewToken, Resolution};
+use lattice_storage::input::{KvCondition, KvEntry, KvPut, NewBinding, NewBucket, NewToken};
+use lattice_storage::model::BucketName;
+use lattice_storage::service::{NewFile, Resolution};
 use lattice_storage::{Limits, Storage, StorageError};
 
 struct Env {
@@ -54,38 +57,66 @@ fn ctx(p: &Principal) -> RequestContext {
     RequestContext::internal(p.clone())
 }
 
-/// A write of `key` in `bucket`.
-fn write<'a>(
-    bucket: &'a str,
-    key: &'a str,
-    value_json: &'a str,
-    condition: KvCondition,
-    ttl_s: i64,
-) -> KvWrite<'a> {
-    KvWrite {
-        bucket,
-        key,
-        value_json,
-        condition,
-        ttl_s,
+/// A bucket to create, as the gRPC adapter validates it.
+fn try_bucket(name: &str, surface: &str) -> Result<NewBucket, StorageError> {
+    NewBucket::try_from(pb::CreateBucketRequest {
+        name: name.into(),
+        surface: surface.into(),
+    })
+}
+
+/// A valid bucket to create.
+fn bucket(name: &str, surface: &str) -> NewBucket {
+    try_bucket(name, surface).expect("a valid bucket")
+}
+
+/// A valid write of `key` in `bucket`.
+fn write(bucket: &str, key: &str, value_json: &str, condition: KvCondition, ttl_s: i64) -> KvPut {
+    KvPut {
+        bucket: BucketName::parse(bucket).expect("a valid bucket name"),
+        entry: KvEntry::parse(key, value_json, condition, ttl_s).expect("a valid entry"),
     }
 }
 
-/// A storage token to create.
-fn token<'a>(
-    surface: &'a str,
-    access: &'a str,
-    buckets: &'a [String],
-    name: &'a str,
+/// A binding to create, as the gRPC adapter validates it.
+fn try_binding(host: &str, bucket: &str) -> Result<NewBinding, StorageError> {
+    NewBinding::try_from(pb::CreateBindingRequest {
+        host: host.into(),
+        bucket: bucket.into(),
+    })
+}
+
+/// A valid binding to create.
+fn binding(host: &str, bucket: &str) -> NewBinding {
+    try_binding(host, bucket).expect("a valid binding")
+}
+
+/// A storage token to create, as the gRPC adapter validates it.
+fn try_token(
+    surface: &str,
+    access: &str,
+    buckets: &[String],
+    name: &str,
     expires_in_s: i64,
-) -> NewToken<'a> {
-    NewToken {
-        surface,
-        access,
-        buckets,
-        name,
+) -> Result<NewToken, StorageError> {
+    NewToken::try_from(pb::CreateStorageTokenRequest {
+        surface: surface.into(),
+        access: access.into(),
+        buckets: buckets.to_vec(),
+        name: name.into(),
         expires_in_s,
-    }
+    })
+}
+
+/// A valid storage token to create.
+fn token(
+    surface: &str,
+    access: &str,
+    buckets: &[String],
+    name: &str,
+    expires_in_s: i64,
+) -> NewToken {
+    try_token(surface, access, buckets, name, expires_in_s).expect("a valid token")
 }
 
 fn file(path: &str, data: &str) -> NewFile {
@@ -102,21 +133,21 @@ async fn buckets_are_validated_unique_per_org_and_scoped() {
         let e = env(backend).await;
         let admin = op("o1", &["*"]);
         e.storage
-            .create_bucket(&ctx(&admin), "site", "static")
+            .create_bucket(&ctx(&admin), bucket("site", "static"))
             .await
             .unwrap();
         assert!(matches!(
-            e.storage.create_bucket(&ctx(&admin), "site", "kv").await,
+            e.storage
+                .create_bucket(&ctx(&admin), bucket("site", "kv"))
+                .await,
             Err(StorageError::AlreadyExists(_))
         ));
         assert!(matches!(
-            e.storage
-                .create_bucket(&ctx(&admin), "Bad_Name", "kv")
-                .await,
+            try_bucket("Bad_Name", "kv"),
             Err(StorageError::Invalid { field: "name", .. })
         ));
         assert!(matches!(
-            e.storage.create_bucket(&ctx(&admin), "x", "blob").await,
+            try_bucket("x", "blob"),
             Err(StorageError::Invalid {
                 field: "surface",
                 ..
@@ -124,21 +155,21 @@ async fn buckets_are_validated_unique_per_org_and_scoped() {
         ));
         // Another org may use the same name.
         e.storage
-            .create_bucket(&ctx(&op("o2", &["*"])), "site", "static")
+            .create_bucket(&ctx(&op("o2", &["*"])), bucket("site", "static"))
             .await
             .unwrap();
         // kv:admin cannot create static buckets; kv:write cannot create any.
         assert!(
-            matches!(e.storage.create_bucket(&ctx(&op("o1", &["kv:admin"])), "s2", "static").await, Err(StorageError::MissingScope(s)) if s == "static:admin")
+            matches!(e.storage.create_bucket(&ctx(&op("o1", &["kv:admin"])), bucket("s2", "static")).await, Err(StorageError::MissingScope(s)) if s == "static:admin")
         );
         assert!(matches!(
             e.storage
-                .create_bucket(&ctx(&op("o1", &["kv:write"])), "k2", "kv")
+                .create_bucket(&ctx(&op("o1", &["kv:write"])), bucket("k2", "kv"))
                 .await,
             Err(StorageError::MissingScope(_))
         ));
         e.storage
-            .create_bucket(&ctx(&op("o1", &["kv:admin"])), "conf", "kv")
+            .create_bucket(&ctx(&op("o1", &["kv:admin"])), bucket("conf", "kv"))
             .await
             .unwrap();
         // Listing shows only the surfaces the caller may read, of its own org.
@@ -178,7 +209,7 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
         e.storage
-            .create_bucket(&ctx(&p), "conf", "kv")
+            .create_bucket(&ctx(&p), bucket("conf", "kv"))
             .await
             .unwrap();
         let v1 = e
@@ -228,25 +259,16 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         assert_eq!((v2.version, v2.value.as_str()), (2, "{\"a\":[1,2]}"));
         // Bad input names the field; limits give 413.
         assert!(matches!(
-            e.storage
-                .kv_put(&ctx(&p), write("conf", "k", "{nope", KvCondition::None, 0))
-                .await,
+            KvEntry::parse("k", "{nope", KvCondition::None, 0),
             Err(StorageError::Invalid { field: "value", .. })
         ));
         assert!(matches!(
-            e.storage
-                .kv_put(
-                    &ctx(&p),
-                    write("conf", &"k".repeat(600), "1", KvCondition::None, 0)
-                )
-                .await,
+            KvEntry::parse(&"k".repeat(600), "1", KvCondition::None, 0),
             Err(StorageError::Invalid { field: "key", .. })
         ));
         let big = format!("\"{}\"", "x".repeat(600 * 1024));
         assert!(matches!(
-            e.storage
-                .kv_put(&ctx(&p), write("conf", "k", &big, KvCondition::None, 0))
-                .await,
+            KvEntry::parse("k", &big, KvCondition::None, 0),
             Err(StorageError::TooLarge(_))
         ));
         // TTL: gone once expired, and then If-None-Match: * may create it again.
@@ -307,7 +329,7 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         ));
         // A static bucket is not a KV bucket; read scope cannot write.
         e.storage
-            .create_bucket(&ctx(&p), "site", "static")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         assert!(matches!(
@@ -337,7 +359,7 @@ async fn concurrent_writers_with_the_same_if_match_exactly_one_wins() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
         e.storage
-            .create_bucket(&ctx(&p), "conf", "kv")
+            .create_bucket(&ctx(&p), bucket("conf", "kv"))
             .await
             .unwrap();
         e.storage
@@ -409,11 +431,11 @@ async fn deployments_activate_atomically_and_roll_back() {
         let p = op("o1", &["*"]);
         let g = gateway();
         e.storage
-            .create_bucket(&ctx(&p), "site", "static")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         e.storage
-            .create_binding(&ctx(&p), "Assets.Example.com", "site")
+            .create_binding(&ctx(&p), binding("Assets.Example.com", "site"))
             .await
             .unwrap();
         let (d1, active) = e
@@ -490,7 +512,7 @@ async fn deployments_activate_atomically_and_roll_back() {
         assert_eq!(active_id.as_deref(), Some(d1.id.as_str()));
         // Another bucket's deployment cannot be activated here.
         e.storage
-            .create_bucket(&ctx(&p), "other", "static")
+            .create_bucket(&ctx(&p), bucket("other", "static"))
             .await
             .unwrap();
         let (foreign, _) = e
@@ -585,27 +607,25 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
         let b = op("o2", &["*"]);
         let g = gateway();
         e.storage
-            .create_bucket(&ctx(&a), "conf", "kv")
+            .create_bucket(&ctx(&a), bucket("conf", "kv"))
             .await
             .unwrap();
         e.storage
-            .create_bucket(&ctx(&b), "conf", "kv")
+            .create_bucket(&ctx(&b), bucket("conf", "kv"))
             .await
             .unwrap();
         e.storage
-            .create_binding(&ctx(&a), "kv.example.com", "conf")
+            .create_binding(&ctx(&a), binding("kv.example.com", "conf"))
             .await
             .unwrap();
         assert!(matches!(
             e.storage
-                .create_binding(&ctx(&b), "KV.example.com", "conf")
+                .create_binding(&ctx(&b), binding("KV.example.com", "conf"))
                 .await,
             Err(StorageError::AlreadyExists(_))
         ));
         assert!(matches!(
-            e.storage
-                .create_binding(&ctx(&a), "not a host", "conf")
-                .await,
+            try_binding("not a host", "conf"),
             Err(StorageError::Invalid { field: "host", .. })
         ));
         // o2 cannot see or touch o1's binding.
@@ -646,21 +666,14 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
             Err(StorageError::NotFound(_))
         ));
         assert!(matches!(
-            e.storage
-                .create_token(&ctx(&a), token("kv", "root", &["conf".into()], "", 0))
-                .await,
+            try_token("kv", "root", &["conf".into()], "", 0),
             Err(StorageError::Invalid {
                 field: "access",
                 ..
             })
         ));
         assert!(matches!(
-            e.storage
-                .create_token(
-                    &ctx(&a),
-                    token("kv", "read", &["*".into(), "conf".into()], "", 0)
-                )
-                .await,
+            try_token("kv", "read", &["*".into(), "conf".into()], "", 0),
             Err(StorageError::Invalid { .. })
         ));
         assert!(matches!(
@@ -713,22 +726,22 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
 /// forged or revoked token, an operator posing as the gateway) is refused here.
 #[tokio::test]
 async fn forged_host_kv_requests_are_refused_by_the_storage_service() {
-    use lattice_storage::service::HostKvWrite;
+    use lattice_storage::input::HostKvWrite;
     for backend in testing::backends() {
         let e = env(backend).await;
         let (a, b) = (op("o1", &["*"]), op("o2", &["*"]));
         let g = ctx(&gateway());
-        for (p, bucket, host) in [(&a, "conf", "kv.o1.test"), (&b, "secrets", "kv.o2.test")] {
+        for (p, name, host) in [(&a, "conf", "kv.o1.test"), (&b, "secrets", "kv.o2.test")] {
             e.storage
-                .create_bucket(&ctx(p), bucket, "kv")
+                .create_bucket(&ctx(p), bucket(name, "kv"))
                 .await
                 .unwrap();
             e.storage
-                .create_binding(&ctx(p), host, bucket)
+                .create_binding(&ctx(p), binding(host, name))
                 .await
                 .unwrap();
             e.storage
-                .kv_put(&ctx(p), write(bucket, "k", "\"v\"", KvCondition::None, 0))
+                .kv_put(&ctx(p), write(name, "k", "\"v\"", KvCondition::None, 0))
                 .await
                 .unwrap();
         }
@@ -742,15 +755,11 @@ async fn forged_host_kv_requests_are_refused_by_the_storage_service() {
             .create_token(&ctx(&a), token("kv", "write", &["*".into()], "", 0))
             .await
             .unwrap();
-        // Static for the closure below; a test's few strings.
-        let (read, write): (&'static str, &'static str) = (read.leak(), write.leak());
-        let put = |host: &'static str, secret: &'static str| HostKvWrite {
-            host,
-            secret,
-            key: "k",
-            value_json: "\"forged\"",
-            condition: KvCondition::None,
-            ttl_s: 0,
+        let (read, write) = (read.as_str(), write.as_str());
+        let put = |host: &str, secret: &str| HostKvWrite {
+            host: host.into(),
+            secret: secret.into(),
+            entry: KvEntry::parse("k", "\"forged\"", KvCondition::None, 0).expect("a valid entry"),
         };
         // What a correct gateway sends works.
         let row = e
@@ -817,7 +826,7 @@ async fn concurrent_single_object_edits_never_lose_each_other() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
         e.storage
-            .create_bucket(&ctx(&p), "site", "static")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         e.storage
@@ -867,7 +876,7 @@ async fn uploads_with_a_content_type_that_is_no_header_are_refused() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
         e.storage
-            .create_bucket(&ctx(&p), "site", "static")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         let mut bad = file("index.html", "x");

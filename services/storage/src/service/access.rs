@@ -8,26 +8,12 @@ use lattice_core::time::now_ms;
 
 use super::{Result, Storage, require_scope, require_user};
 use crate::error::StorageError;
-use crate::model::{Access, BucketName, HostName, Surface};
+use crate::input::{NewBinding, NewToken, TokenBuckets};
+use crate::model::{Access, HostName, Surface};
 use crate::store::{BindingRow, TokenRow};
 
 /// Prefix of storage token secrets.
 pub const STORAGE_TOKEN_PREFIX: &str = "lst_";
-
-/// A storage token to create.
-#[derive(Debug, Clone, Copy)]
-pub struct NewToken<'a> {
-    /// The surface it serves (`kv`, `static`).
-    pub surface: &'a str,
-    /// What it may do there (`read`, `write`).
-    pub access: &'a str,
-    /// Bucket names it reaches, or `["*"]` for all of the surface.
-    pub buckets: &'a [String],
-    /// A label for operators.
-    pub name: &'a str,
-    /// Seconds until it expires (0: never).
-    pub expires_in_s: i64,
-}
 
 impl Storage {
     /// Bind a host to a bucket (admin of the bucket's surface). A host is bound at
@@ -35,12 +21,11 @@ impl Storage {
     pub async fn create_binding(
         &self,
         ctx: &RequestContext,
-        host: &str,
-        bucket: &str,
+        new: NewBinding,
     ) -> Result<BindingRow> {
         let p = &ctx.principal;
-        let host = HostName::parse(host)?;
-        let bucket = self.bucket_for(p, bucket, None, Access::Admin).await?;
+        let NewBinding { host, bucket } = new;
+        let bucket = self.bucket_named(p, &bucket, None, Access::Admin).await?;
         match self
             .store
             .insert_binding(host.as_str(), &p.org_id, &bucket.id)
@@ -143,7 +128,7 @@ impl Storage {
     pub async fn create_token(
         &self,
         ctx: &RequestContext,
-        new: NewToken<'_>,
+        new: NewToken,
     ) -> Result<(TokenRow, String)> {
         let p = &ctx.principal;
         let NewToken {
@@ -153,69 +138,41 @@ impl Storage {
             name,
             expires_in_s,
         } = new;
-        let surface = Surface::parse("surface", surface)?;
         require_scope(p, surface, Access::Admin)?;
-        let access = Access::parse(access)?;
-        if buckets.is_empty() {
-            return Err(StorageError::invalid(
-                "buckets",
-                "name at least one bucket, or \"*\" for all",
-            ));
-        }
         let mut names = Vec::new();
-        for b in buckets {
-            if b == "*" {
-                if buckets.len() != 1 {
-                    return Err(StorageError::invalid(
-                        "buckets",
-                        "\"*\" cannot be combined with bucket names",
-                    ));
+        match buckets {
+            TokenBuckets::All => names.push("*".to_owned()),
+            TokenBuckets::Named(buckets) => {
+                for name in buckets {
+                    let row = self
+                        .store
+                        .bucket(&p.org_id, name.as_str())
+                        .await?
+                        .ok_or_else(|| {
+                            StorageError::NotFound(format!("bucket {:?}", name.as_str()))
+                        })?;
+                    if row.surface != surface.as_str() {
+                        return Err(StorageError::invalid(
+                            "buckets",
+                            format!(
+                                "bucket {:?} is a {} bucket, not {}",
+                                row.name,
+                                row.surface,
+                                surface.as_str()
+                            ),
+                        ));
+                    }
+                    names.push(row.name);
                 }
-                names.push("*".to_owned());
-                continue;
             }
-            let name = BucketName::parse(b).map_err(|_| {
-                StorageError::invalid("buckets", format!("{b:?} is not a bucket name"))
-            })?;
-            let row = self
-                .store
-                .bucket(&p.org_id, name.as_str())
-                .await?
-                .ok_or_else(|| StorageError::NotFound(format!("bucket {:?}", name.as_str())))?;
-            if row.surface != surface.as_str() {
-                return Err(StorageError::invalid(
-                    "buckets",
-                    format!(
-                        "bucket {:?} is a {} bucket, not {}",
-                        row.name,
-                        row.surface,
-                        surface.as_str()
-                    ),
-                ));
-            }
-            names.push(row.name);
         }
         names.sort();
         names.dedup();
-        let name = name.trim();
-        if name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(StorageError::invalid(
-                "name",
-                "must be at most 64 printable characters",
-            ));
-        }
-        const TEN_YEARS_S: i64 = 10 * 366 * 24 * 3600;
-        if !(0..=TEN_YEARS_S).contains(&expires_in_s) {
-            return Err(StorageError::invalid(
-                "expires_in_s",
-                "must be between 0 (no expiry) and 10 years",
-            ));
-        }
         let now = now_ms();
         let row = TokenRow {
             id: uuid::Uuid::now_v7().to_string(),
             org_id: p.org_id.clone(),
-            name: name.to_owned(),
+            name,
             surface: surface.as_str().into(),
             access: access.as_str().into(),
             buckets: names,

@@ -13,12 +13,11 @@ use lattice_core::audit::{Actor, AuditSink, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 
-pub use self::access::NewToken;
-pub use self::kv::{KvCondition, KvWrite};
-pub use self::serving::{HostKvWrite, Resolution};
+pub use self::serving::Resolution;
 pub use self::sites::NewFile;
 use crate::blobs::Blobs;
 use crate::error::StorageError;
+use crate::input::NewBucket;
 use crate::model::{Access, BucketName, Surface};
 use crate::store::{BucketRow, Store};
 
@@ -153,6 +152,18 @@ impl Storage {
     ) -> Result<BucketRow> {
         require_user(p)?;
         let name = BucketName::parse(name)?;
+        self.bucket_named(p, &name, surface, level).await
+    }
+
+    /// [`Storage::bucket_for`] with a name already validated.
+    async fn bucket_named(
+        &self,
+        p: &Principal,
+        name: &BucketName,
+        surface: Option<Surface>,
+        level: Access,
+    ) -> Result<BucketRow> {
+        require_user(p)?;
         let bucket = self
             .store
             .bucket(&p.org_id, name.as_str())
@@ -174,16 +185,10 @@ impl Storage {
     }
 
     /// Create a bucket (`kv:admin` / `static:admin`).
-    pub async fn create_bucket(
-        &self,
-        ctx: &RequestContext,
-        name: &str,
-        surface: &str,
-    ) -> Result<BucketRow> {
+    pub async fn create_bucket(&self, ctx: &RequestContext, new: NewBucket) -> Result<BucketRow> {
         let p = &ctx.principal;
-        let surface = Surface::parse("surface", surface)?;
+        let NewBucket { name, surface } = new;
         require_scope(p, surface, Access::Admin)?;
-        let name = BucketName::parse(name)?;
         let row = match self
             .store
             .insert_bucket(&p.org_id, name.as_str(), surface.as_str())

@@ -13,9 +13,9 @@ use lattice_core::time::now_ms;
 
 use lattice_proto::storage::v1::{self as pb, Access, StorageGrant, Surface};
 
-use super::kv::KvCondition;
 use super::{Result, Storage, require_service};
 use crate::error::StorageError;
+use crate::input::HostKvWrite;
 use crate::model::HostName;
 use crate::store::{BindingRow, BucketRow, FileRow, KvRow, TokenRow};
 
@@ -30,23 +30,6 @@ pub enum Resolution {
     NotFoundPage(FileRow),
     /// Plain 404.
     NotFound,
-}
-
-/// A KV write through a host binding.
-#[derive(Debug, Clone, Copy)]
-pub struct HostKvWrite<'a> {
-    /// The request's host.
-    pub host: &'a str,
-    /// The storage token presented.
-    pub secret: &'a str,
-    /// The key.
-    pub key: &'a str,
-    /// The value, as JSON text.
-    pub value_json: &'a str,
-    /// Its condition.
-    pub condition: KvCondition,
-    /// Seconds until it expires (0: never).
-    pub ttl_s: i64,
 }
 
 /// The grant a token row gives.
@@ -228,19 +211,11 @@ impl Storage {
     }
 
     /// Write a key through a host binding with a storage token.
-    pub async fn host_kv_put(&self, ctx: &RequestContext, write: HostKvWrite<'_>) -> Result<KvRow> {
+    pub async fn host_kv_put(&self, ctx: &RequestContext, write: HostKvWrite) -> Result<KvRow> {
         let (bucket, grant) = self
-            .host_kv_bucket(&ctx.principal, write.host, write.secret, Access::Write)
+            .host_kv_bucket(&ctx.principal, &write.host, &write.secret, Access::Write)
             .await?;
-        let row = self
-            .kv_put_in(
-                &bucket,
-                write.key,
-                write.value_json,
-                write.condition,
-                write.ttl_s,
-            )
-            .await?;
+        let row = self.kv_put_in(&bucket, &write.entry).await?;
         self.audit(
             Actor {
                 org_id: &grant.org_id,
