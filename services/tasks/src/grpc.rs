@@ -7,7 +7,8 @@ use lattice_proto::tasks::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::TaskError;
-use crate::service::{EnqueueInput, Tasks};
+use crate::input::{EnqueueInput, TaskFilter};
+use crate::service::Tasks;
 use crate::store::{AuditEntry, Completion, TaskRow};
 
 /// The tonic service.
@@ -79,21 +80,8 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let ctx = context_of(&req)?;
-        let r = req.into_inner();
-        let (task, created) = self
-            .tasks
-            .enqueue(
-                &ctx,
-                EnqueueInput {
-                    node_id: r.node_id,
-                    kind: r.kind,
-                    payload_json: r.payload_json,
-                    idempotency_key: r.idempotency_key,
-                    max_attempts: r.max_attempts,
-                },
-            )
-            .await
-            .map_err(st)?;
+        let input = EnqueueInput::try_from(req.into_inner()).map_err(st)?;
+        let (task, created) = self.tasks.enqueue(&ctx, input).await.map_err(st)?;
         Ok(Response::new(pb::EnqueueResponse {
             task: Some(task_pb(task)),
             created,
@@ -114,12 +102,8 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let p = principal_of(&req)?.clone();
-        let r = req.into_inner();
-        let rows = self
-            .tasks
-            .list(&p, &r.node_id, &r.state, &r.before, r.limit)
-            .await
-            .map_err(st)?;
+        let filter = TaskFilter::try_from(req.into_inner()).map_err(st)?;
+        let rows = self.tasks.list(&p, &filter).await.map_err(st)?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: rows.into_iter().map(task_pb).collect(),
         }))

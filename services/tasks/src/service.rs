@@ -7,23 +7,13 @@ use lattice_core::audit::{Actor, AuditEvent, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::events::TASKS_RUNNABLE_CHANNEL;
-use lattice_core::task_kinds;
 
 use crate::error::TaskError;
+use crate::input::{EnqueueInput, TaskFilter, check_id};
 use crate::store::{AuditEntry, Completion, NewTask, Store, TaskRow, Verification};
 
 /// The service that may claim tasks and record results for agents.
 pub const TUNNEL_PRINCIPAL: &str = "service:tunnel";
-
-/// States a task can be in.
-pub const STATES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "dead",
-];
 
 /// The tasks service.
 #[derive(Clone)]
@@ -45,16 +35,6 @@ impl std::fmt::Debug for Tasks {
     }
 }
 
-/// What the caller asked to enqueue.
-#[derive(Debug, Clone)]
-pub struct EnqueueInput {
-    pub node_id: String,
-    pub kind: String,
-    pub payload_json: String,
-    pub idempotency_key: String,
-    pub max_attempts: i64,
-}
-
 fn require(p: &Principal, scope: &str) -> Result<(), TaskError> {
     if p.allows(scope) {
         Ok(())
@@ -69,14 +49,6 @@ fn require_service(p: &Principal, who: &str) -> Result<(), TaskError> {
     } else {
         Err(TaskError::Forbidden(format!("only {who} may call this")))
     }
-}
-
-fn check_id(field: &str, id: &str) -> Result<(), TaskError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(TaskError::Invalid(format!("{field}: {id:?} is not an id")));
-    }
-    Ok(())
 }
 
 impl Tasks {
@@ -127,57 +99,31 @@ impl Tasks {
     ) -> Result<(TaskRow, bool), TaskError> {
         let p = &ctx.principal;
         require(p, "tasks:write")?;
-        check_id("node", &input.node_id)?;
-        let spec = task_kinds::spec(&input.kind).ok_or_else(|| {
-            TaskError::Invalid(format!(
-                "kind: unknown task kind {:?} (known: {})",
-                input.kind,
-                task_kinds::KINDS
-                    .iter()
-                    .map(|k| k.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        let payload: serde_json::Value = if input.payload_json.trim().is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            serde_json::from_str(&input.payload_json)
-                .map_err(|e| TaskError::Invalid(format!("payload: not JSON: {e}")))?
-        };
-        if input.payload_json.len() > 64 * 1024 {
-            return Err(TaskError::Invalid("payload: at most 64 KiB".into()));
-        }
-        task_kinds::validate_payload(spec.name, &payload).map_err(TaskError::Invalid)?;
-        let key = input.idempotency_key.trim();
-        if key.len() > 200 {
-            return Err(TaskError::Invalid(
-                "idempotency_key: at most 200 characters".into(),
-            ));
-        }
-        let max_attempts = match input.max_attempts {
-            0 => spec.default_max_attempts,
-            n @ 1..=20 => n,
-            _ => return Err(TaskError::Invalid("max_attempts: must be 1..20".into())),
-        };
         // The tunnel service owns nodes: asked on every enqueue (briefly cached).
         self.nodes.check_in_org(ctx, &input.node_id).await?;
-        let new = NewTask {
-            org_id: p.org_id.clone(),
-            node_id: input.node_id.clone(),
-            kind: spec.name.into(),
-            payload: payload.to_string(),
-            idempotency_key: (!key.is_empty()).then(|| key.to_owned()),
-            exclusive: spec.exclusive,
+        let EnqueueInput {
+            node_id,
+            kind,
+            payload,
+            idempotency_key,
             max_attempts,
-            created_by: p.sub.clone(),
-        };
+        } = input;
         let audit = Actor::of(ctx).event(
             "task.create",
             "",
             Outcome::Success,
-            &serde_json::json!({"node_id": input.node_id, "kind": spec.name}),
+            &serde_json::json!({"node_id": node_id, "kind": kind.name}),
         );
+        let new = NewTask {
+            org_id: p.org_id.clone(),
+            node_id,
+            kind: kind.name.into(),
+            payload: payload.to_string(),
+            idempotency_key,
+            exclusive: kind.exclusive,
+            max_attempts,
+            created_by: p.sub.clone(),
+        };
         let (row, created) = self.store.enqueue(&new, &audit).await?;
         if created {
             self.chain_wake.notify_one();
@@ -200,26 +146,18 @@ impl Tasks {
     pub async fn list(
         &self,
         p: &Principal,
-        node: &str,
-        state: &str,
-        before: &str,
-        limit: i64,
+        filter: &TaskFilter,
     ) -> Result<Vec<TaskRow>, TaskError> {
         require(p, "tasks:read")?;
-        if !node.is_empty() {
-            check_id("node", node)?;
-        }
-        if !before.is_empty() {
-            check_id("before", before)?;
-        }
-        if !state.is_empty() && !STATES.contains(&state) {
-            return Err(TaskError::Invalid(format!(
-                "state: {state:?} is not one of {}",
-                STATES.join(", ")
-            )));
-        }
-        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
-        self.store.list(&p.org_id, node, state, before, limit).await
+        self.store
+            .list(
+                &p.org_id,
+                &filter.node_id,
+                &filter.state,
+                &filter.before,
+                filter.limit,
+            )
+            .await
     }
 
     /// Cancel (`tasks:write`).
