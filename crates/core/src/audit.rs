@@ -6,6 +6,8 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::RequestContext;
+
 /// Whether the audited action succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +61,49 @@ impl AuditEvent {
             Some("detail is over 64 KiB")
         } else {
             None
+        }
+    }
+}
+
+/// Who acted and from where: the part of an [`AuditEvent`] a service learns from
+/// its caller ([`Actor::of`] a request context) or, for node and login events, from
+/// the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor<'a> {
+    /// Tenant ("" when unknown).
+    pub org_id: &'a str,
+    /// User id, `service:<name>`, `node:<id>`, or the attempted username.
+    pub id: &'a str,
+    /// Client address as seen by the gateway ("" when unknown or internal).
+    pub client_ip: &'a str,
+}
+
+impl<'a> Actor<'a> {
+    /// The caller of a request, in its org.
+    pub fn of(ctx: &'a RequestContext) -> Self {
+        Self {
+            org_id: &ctx.principal.org_id,
+            id: &ctx.principal.sub,
+            client_ip: &ctx.client_ip,
+        }
+    }
+
+    /// The event of this actor doing `action` to `target`.
+    pub fn event(
+        self,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &serde_json::Value,
+    ) -> AuditEvent {
+        AuditEvent {
+            org_id: self.org_id.into(),
+            actor: self.id.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome,
+            client_ip: self.client_ip.into(),
+            detail: detail.to_string(),
         }
     }
 }
@@ -218,5 +263,36 @@ mod tests {
         ] {
             assert!(bad.refusal().is_some(), "{bad:?}");
         }
+    }
+
+    use crate::auth::Principal;
+
+    #[test]
+    fn the_actor_of_a_request_is_its_principal_in_its_org_from_its_client() {
+        let ctx = RequestContext {
+            principal: Principal {
+                org_id: "o1".into(),
+                ..Principal::service("gateway")
+            },
+            client_ip: "192.0.2.7".into(),
+        };
+        let event = Actor::of(&ctx).event(
+            "kv.put",
+            "conf/k",
+            Outcome::Success,
+            &serde_json::json!({"version": 2}),
+        );
+        assert_eq!(
+            event,
+            AuditEvent {
+                org_id: "o1".into(),
+                actor: "service:gateway".into(),
+                action: "kv.put".into(),
+                target: "conf/k".into(),
+                outcome: Outcome::Success,
+                client_ip: "192.0.2.7".into(),
+                detail: r#"{"version":2}"#.into(),
+            }
+        );
     }
 }

@@ -258,14 +258,14 @@ struct InternalService {
     timeout: Option<Duration>,
 }
 
-/// Serve `svc` with health, reflection, request metrics and tracing until `stop`,
-/// reporting NOT_SERVING first.
+/// Serve `svc` with health, reflection, request metrics and tracing until
+/// `shared.stop`, reporting NOT_SERVING first.
 async fn serve_internal(
+    shared: &Shared<'_>,
     svc: InternalService,
-    grpc_metrics: ops::GrpcMetrics,
-    stop: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    let (grpc_metrics, stop) = (shared.grpc_metrics.clone(), shared.stop);
     use tonic_health::ServingStatus;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -319,17 +319,82 @@ async fn serve_internal(
     Ok(())
 }
 
+/// What every internal service started in this process is built with.
+struct Shared<'a> {
+    config: &'a Config,
+    /// Mints and verifies internal principals.
+    internal: &'a InternalAuth,
+    cache: &'a Cache,
+    /// Fires when the process starts shutting down.
+    shutdown: &'a CancellationToken,
+    /// Stops the internal services (once the gateway has drained).
+    stop: &'a CancellationToken,
+    /// The process's one metrics registry.
+    metrics: &'a lattice_core::metrics::MetricsRegistry,
+    grpc_metrics: ops::GrpcMetrics,
+}
+
+/// Build the identity service (and, on first start, the bootstrap admin), bind its
+/// internal gRPC listener and spawn it.
+async fn start_identity(
+    shared: &Shared<'_>,
+    master: Option<&MasterKey>,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<(SocketAddr, Db, Option<BootstrapAdmin>)> {
+    let config = shared.config;
+    let db = open_service_db(config, "identity", &lattice_identity::migration_sets()).await?;
+    let mfa_secret = secret_or_derived(
+        config.mfa_token_secret.as_ref(),
+        master,
+        "mfa_token_secret",
+        "lattice/mfa-token",
+    )?;
+    let master = master.context("identity needs the master key")?;
+    let identity = lattice_identity::build(
+        db.clone(),
+        master,
+        shared.cache.clone(),
+        config.identity.clone(),
+        &mfa_secret,
+    )
+    .await?;
+    let bootstrap = identity
+        .bootstrap(
+            config
+                .bootstrap_admin_password
+                .as_ref()
+                .map(|p| expose(p).to_owned()),
+        )
+        .await?;
+    let listener = bind(config.identity.listen, "identity.listen").await?;
+    let addr = listener.local_addr()?;
+    let service = IdentityServiceServer::with_interceptor(
+        lattice_identity::grpc::IdentityGrpc::new(identity),
+        lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+    );
+    serve_internal(
+        shared,
+        InternalService {
+            name: "lattice.identity.v1.IdentityService",
+            listener,
+            routes: tonic::service::Routes::new(service),
+            db: db.clone(),
+            timeout: Some(Duration::from_secs(30)),
+        },
+        tasks,
+    )
+    .await?;
+    Ok((addr, db, bootstrap))
+}
+
 /// Build the storage service, bind its internal gRPC listener and spawn it.
 async fn start_storage(
-    config: &Config,
+    shared: &Shared<'_>,
     master: &MasterKey,
-    internal: &InternalAuth,
-    cache: &Cache,
-    shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
-    grpc_metrics: ops::GrpcMetrics,
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
+    let config = shared.config;
     let db = open_service_db(config, "storage", &lattice_storage::migration_sets()).await?;
     // The data key is created with the database; storage seals nothing yet, but
     // opening it checks that this master key matches the database.
@@ -344,14 +409,14 @@ async fn start_storage(
     let storage = lattice_storage::Storage::new(
         lattice_storage::store::Store::new(db.clone()),
         blobs,
-        cache.clone(),
+        shared.cache.clone(),
         limits,
     );
     let listener = bind(config.storage.listen, "storage.listen").await?;
     let addr = listener.local_addr()?;
     tasks.spawn(lattice_storage::run_sweeper(
         storage.clone(),
-        shutdown.clone(),
+        shared.stop.clone(),
     ));
     // The internal upload stream carries unpacked files: the deployment limit applies.
     let max_upload = config.storage.max_deployment_bytes;
@@ -359,9 +424,10 @@ async fn start_storage(
         StorageServiceServer::new(lattice_storage::grpc::StorageGrpc::new(storage, max_upload))
             .max_decoding_message_size(8 * 1024 * 1024)
             .max_encoding_message_size(8 * 1024 * 1024),
-        lattice_core::grpc::RequirePrincipal::new(internal.clone()),
+        lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
     serve_internal(
+        shared,
         InternalService {
             name: "lattice.storage.v1.StorageService",
             listener,
@@ -369,8 +435,6 @@ async fn start_storage(
             db: db.clone(),
             timeout: Some(Duration::from_secs(120)),
         },
-        grpc_metrics,
-        shutdown,
         tasks,
     )
     .await?;
@@ -380,18 +444,14 @@ async fn start_storage(
 /// Build the tasks service, bind its internal gRPC listener and spawn it with its
 /// background loops (lease rescue, audit chaining, outbox push).
 async fn start_tasks(
-    config: &Config,
-    internal: &InternalAuth,
+    shared: &Shared<'_>,
     nodes: Arc<lattice_tasks::nodes::TunnelDirectory>,
-    cache: &Cache,
-    shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
-    grpc_metrics: ops::GrpcMetrics,
 ) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
     use lattice_proto::tasks::v1::task_service_server::TaskServiceServer;
     use lattice_tasks::grpc::TaskGrpc;
-    let db = open_service_db(config, "tasks", &lattice_tasks::migration_sets()).await?;
-    let tc = &config.tasks;
+    let db = open_service_db(shared.config, "tasks", &lattice_tasks::migration_sets()).await?;
+    let tc = &shared.config.tasks;
     let push = if tc.async_push_enabled {
         let url = tc
             .async_push_webhook_url
@@ -414,7 +474,7 @@ async fn start_tasks(
     };
     let service = lattice_tasks::Tasks::new(
         lattice_tasks::store::Store::new(db.clone(), push.is_some()),
-        cache.clone(),
+        shared.cache.clone(),
         i64::try_from(tc.lease_s.saturating_mul(1000)).unwrap_or(i64::MAX),
         nodes,
     );
@@ -422,7 +482,7 @@ async fn start_tasks(
     let addr = listener.local_addr()?;
     tasks.spawn(lattice_tasks::run_background(
         service.clone(),
-        shutdown.clone(),
+        shared.stop.clone(),
     ));
     if let Some(target) = push {
         tracing::info!(webhook = %db::redact_url(&target.url), "outbox push enabled");
@@ -434,15 +494,16 @@ async fn start_tasks(
             service.store().clone(),
             target,
             client,
-            shutdown.clone(),
+            shared.stop.clone(),
         ));
     }
     let grpc = TaskServiceServer::with_interceptor(
         TaskGrpc::new(service),
-        lattice_core::grpc::RequirePrincipal::new(internal.clone()),
+        lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
     let routes = tonic::service::Routes::new(grpc);
     serve_internal(
+        shared,
         InternalService {
             name: "lattice.tasks.v1.TaskService",
             listener,
@@ -450,33 +511,37 @@ async fn start_tasks(
             db: db.clone(),
             timeout: Some(Duration::from_secs(30)),
         },
-        grpc_metrics,
-        shutdown,
         tasks,
     )
     .await?;
     Ok((addr, db, routes))
 }
 
+/// How the tunnel service reaches the tasks service.
+struct TunnelLinks {
+    /// The tasks service (None: agents connect but receive no tasks).
+    tasks_service: Option<lattice_core::grpc::InternalService>,
+    /// Whether the tasks service runs in this process (its pushes then reach here).
+    tasks_in_process: bool,
+}
+
 /// Build the tunnel service (nodes, agent streams, proxy), bind its internal gRPC
 /// listener and spawn it.
-#[allow(clippy::too_many_arguments)]
 async fn start_tunnel(
-    config: &Config,
-    internal: &InternalAuth,
-    cache: &Cache,
-    tasks_service: Option<lattice_core::grpc::InternalService>,
-    tasks_in_process: bool,
-    agents_stop: &CancellationToken,
-    stop: &CancellationToken,
+    shared: &Shared<'_>,
+    links: TunnelLinks,
     tasks: &mut JoinSet<anyhow::Result<()>>,
-    grpc_metrics: ops::GrpcMetrics,
 ) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
     use lattice_proto::agent::v1::agent_service_server::AgentServiceServer;
     use lattice_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
     use lattice_tunnel::grpc::{AgentGrpc, TunnelGrpc};
-    let db = open_service_db(config, "tunnel", &lattice_tunnel::migration_sets()).await?;
-    let tc = &config.tunnel;
+    let TunnelLinks {
+        tasks_service,
+        tasks_in_process,
+    } = links;
+    let (internal, cache) = (shared.internal, shared.cache);
+    let db = open_service_db(shared.config, "tunnel", &lattice_tunnel::migration_sets()).await?;
+    let tc = &shared.config.tunnel;
     let listener = bind(tc.listen, "tunnel.listen").await?;
     let addr = listener.local_addr()?;
     let advertise = tc
@@ -516,7 +581,9 @@ async fn start_tunnel(
         internal.clone(),
         cache.clone(),
         advertise,
-        agents_stop.clone(),
+        // Agents are told to reconnect as soon as shutdown starts (their streams
+        // would hold the gateway's drain); the service stops with the others.
+        shared.shutdown.clone(),
     );
     {
         let hub = hub.clone();
@@ -530,6 +597,7 @@ async fn start_tunnel(
     let agents = AgentServiceServer::with_interceptor(AgentGrpc::new(hub), check);
     let routes = tonic::service::Routes::new(tunnel).add_service(agents);
     serve_internal(
+        shared,
         InternalService {
             name: "lattice.tunnel.v1.TunnelService",
             listener,
@@ -538,8 +606,6 @@ async fn start_tunnel(
             // No call timeout: agent streams and proxied watches live for hours.
             timeout: None,
         },
-        grpc_metrics,
-        stop,
         tasks,
     )
     .await?;
@@ -584,6 +650,165 @@ fn internal_channel(
         .connect_lazy())
 }
 
+/// The internal services a gateway in this process calls: those running here, and
+/// the configured URLs of the others.
+struct Peers {
+    identity: Option<SocketAddr>,
+    storage: Option<SocketAddr>,
+    /// The tunnel service's address and routes, when it runs here.
+    tunnel: Option<(SocketAddr, tonic::service::Routes)>,
+    tasks_service: Option<lattice_core::grpc::InternalService>,
+    tasks_channel: Option<tonic::transport::Channel>,
+}
+
+/// A gateway just started: where it listens and its TLS facts.
+struct GatewayStarted {
+    addr: SocketAddr,
+    tls_info: TlsInfo,
+    tls: bool,
+}
+
+/// Build the gateway over `peers`, bind its public listener and spawn it; `done`
+/// fires once it has drained.
+async fn start_gateway(
+    shared: &Shared<'_>,
+    peers: Peers,
+    done: CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<GatewayStarted> {
+    let config = shared.config;
+    let identity_url = match (peers.identity, &config.gateway.identity_url) {
+        (Some(addr), _) => format!("http://{addr}"),
+        (None, Some(url)) => url.clone(),
+        (None, None) => anyhow::bail!(
+            "gateway.identity_url: required when the identity service is not in --services (e.g. http://identity:8091)"
+        ),
+    };
+    let channel = internal_channel(&identity_url, "gateway.identity_url", CALL_TIMEOUT)?;
+    let storage_channel = service_url(peers.storage, config.gateway.storage_url.as_ref())
+        .map(|url| internal_channel(&url, "gateway.storage_url", CALL_TIMEOUT))
+        .transpose()?;
+    let gateway = Gateway::build(
+        &config.gateway,
+        config.gateway_is_https(),
+        &config.data_dir,
+        shared.internal.clone(),
+        lattice_gateway::Backends {
+            metrics: shared.metrics.clone(),
+            identity: channel,
+            storage: storage_channel,
+            storage_in_process: peers.storage.is_some(),
+            tasks: peers.tasks_service,
+            tasks_health: peers.tasks_channel,
+            tunnel_health: service_url(
+                peers.tunnel.as_ref().map(|(addr, _)| *addr),
+                config.tunnel.url.as_ref(),
+            )
+            .map(|url| internal_channel(&url, "tunnel.url", CALL_TIMEOUT))
+            .transpose()?,
+            // In this process the gateway calls the tunnel service directly; a
+            // remote one gets two connections (agent streams apart from proxying).
+            tunnel: match (&peers.tunnel, &config.tunnel.url) {
+                (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
+                (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+                    url,
+                    "tunnel.url",
+                    None,
+                )?)),
+                (None, None) => None,
+            },
+            tunnel_agents: match (&peers.tunnel, &config.tunnel.url) {
+                (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
+                (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+                    url,
+                    "tunnel.url",
+                    None,
+                )?)),
+                (None, None) => None,
+            },
+        },
+        shared.cache.clone(),
+        shared.shutdown.clone(),
+    )?;
+    let listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("gateway.listen: bind {}", config.gateway.listen))?;
+    let started = GatewayStarted {
+        addr: listener.local_addr()?,
+        tls_info: gateway.tls_info.clone(),
+        tls: config.gateway.tls != lattice_core::config::TlsMode::Off,
+    };
+    tasks.spawn(async move {
+        let result = gateway.run(listener).await;
+        done.cancel();
+        result
+    });
+    Ok(started)
+}
+
+/// How this process reaches the tasks service: a channel (health checks) and the
+/// service (called in process when it runs here, else over that channel).
+fn reach_tasks(
+    config: &Config,
+    roles: &BTreeSet<Role>,
+    running: Option<SocketAddr>,
+    routes: Option<tonic::service::Routes>,
+) -> anyhow::Result<(
+    Option<tonic::transport::Channel>,
+    Option<lattice_core::grpc::InternalService>,
+)> {
+    let channel = match service_url(running, config.tasks.url.as_ref()) {
+        Some(url) => Some(internal_channel(&url, "tasks.url", CALL_TIMEOUT)?),
+        None => {
+            if roles
+                .iter()
+                .any(|r| matches!(r, Role::Identity | Role::Storage | Role::Tunnel))
+            {
+                tracing::warn!(
+                    "tasks.url is not set: audit events stay in each service's own table until it is"
+                );
+            }
+            None
+        }
+    };
+    // Calls to a tasks service in this process go to it directly (same contract
+    // and principal check, no loopback socket or HTTP/2 framing).
+    let service = match (routes, &channel) {
+        (Some(routes), _) => Some(lattice_gateway::in_process(routes)),
+        (None, Some(ch)) => Some(lattice_gateway::over_network(ch.clone())),
+        (None, None) => None,
+    };
+    Ok((channel, service))
+}
+
+/// Serve `/health`, `/ready` and `/metrics` on their own listener when this process
+/// has no gateway (which serves them itself) or `ops_listen` is set.
+async fn start_ops(
+    shared: &Shared<'_>,
+    roles: &BTreeSet<Role>,
+    pools: &[(&'static str, Db)],
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let config = shared.config;
+    if config.ops_listen.is_none() && roles.contains(&Role::Gateway) {
+        return Ok(None);
+    }
+    let addr = config
+        .ops_listen
+        .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("literal address"));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("ops_listen: bind {addr}"))?;
+    let ops_addr = listener.local_addr()?;
+    tasks.spawn(ops::serve(
+        listener,
+        shared.grpc_metrics.clone(),
+        pools.to_vec(),
+        shared.shutdown.clone(),
+    ));
+    Ok(Some(ops_addr))
+}
+
 /// Build every service in `roles`, bind their listeners and start serving until
 /// `shutdown` fires. Returns once everything is listening.
 pub async fn start(
@@ -613,11 +838,17 @@ pub async fn start(
     let internal_stop = CancellationToken::new();
     let gateway_done = CancellationToken::new();
     let metrics = lattice_core::metrics::MetricsRegistry::default();
-    let grpc_metrics = ops::GrpcMetrics::new(&metrics);
+    let shared = Shared {
+        config: &config,
+        internal: &internal,
+        cache: &cache,
+        shutdown: &shutdown,
+        stop: &internal_stop,
+        metrics: &metrics,
+        grpc_metrics: ops::GrpcMetrics::new(&metrics),
+    };
     let mut tasks = JoinSet::new();
     let mut pools = Vec::new();
-    let mut running_identity = None;
-    let mut bootstrap = None;
 
     // The tasks service first: every other service sends it audit events. It asks
     // the tunnel service which org a node is in; that link is made once the tunnel
@@ -634,41 +865,12 @@ pub async fn start(
         )));
     }
     if roles.contains(&Role::Tasks) {
-        let (addr, db, routes) = start_tasks(
-            &config,
-            &internal,
-            node_directory,
-            &cache,
-            &internal_stop,
-            &mut tasks,
-            grpc_metrics.clone(),
-        )
-        .await?;
+        let (addr, db, routes) = start_tasks(&shared, node_directory, &mut tasks).await?;
         pools.push(("tasks database", db));
         running_tasks = Some(addr);
         tasks_routes = Some(routes);
     }
-    let tasks_channel = match service_url(running_tasks, config.tasks.url.as_ref()) {
-        Some(url) => Some(internal_channel(&url, "tasks.url", CALL_TIMEOUT)?),
-        None => {
-            if roles
-                .iter()
-                .any(|r| matches!(r, Role::Identity | Role::Storage | Role::Tunnel))
-            {
-                tracing::warn!(
-                    "tasks.url is not set: audit events stay in each service's own table until it is"
-                );
-            }
-            None
-        }
-    };
-    // Calls to a tasks service in this process go to it directly (same contract
-    // and principal check, no loopback socket or HTTP/2 framing).
-    let tasks_service = match (tasks_routes, &tasks_channel) {
-        (Some(routes), _) => Some(lattice_gateway::in_process(routes)),
-        (None, Some(ch)) => Some(lattice_gateway::over_network(ch.clone())),
-        (None, None) => None,
-    };
+    let (tasks_channel, tasks_service) = reach_tasks(&config, roles, running_tasks, tasks_routes)?;
     let forward_audit = |tasks: &mut JoinSet<anyhow::Result<()>>,
                          service: &'static str,
                          db: &Db,
@@ -684,68 +886,20 @@ pub async fn start(
         }
     };
 
+    let mut running_identity = None;
+    let mut bootstrap = None;
     if roles.contains(&Role::Identity) {
-        let db = open_service_db(&config, "identity", &lattice_identity::migration_sets()).await?;
-        let mfa_secret = secret_or_derived(
-            config.mfa_token_secret.as_ref(),
-            master.as_ref(),
-            "mfa_token_secret",
-            "lattice/mfa-token",
-        )?;
-        let master = master.as_ref().context("identity needs the master key")?;
-        let identity = lattice_identity::build(
-            db.clone(),
-            master,
-            cache.clone(),
-            config.identity.clone(),
-            &mfa_secret,
-        )
-        .await?;
-        bootstrap = identity
-            .bootstrap(
-                config
-                    .bootstrap_admin_password
-                    .as_ref()
-                    .map(|p| expose(p).to_owned()),
-            )
-            .await?;
-        let listener = bind(config.identity.listen, "identity.listen").await?;
-        let addr = listener.local_addr()?;
-        let service = IdentityServiceServer::with_interceptor(
-            lattice_identity::grpc::IdentityGrpc::new(identity),
-            lattice_core::grpc::RequirePrincipal::new(internal.clone()),
-        );
-        serve_internal(
-            InternalService {
-                name: "lattice.identity.v1.IdentityService",
-                listener,
-                routes: tonic::service::Routes::new(service),
-                db: db.clone(),
-                timeout: Some(Duration::from_secs(30)),
-            },
-            grpc_metrics.clone(),
-            &internal_stop,
-            &mut tasks,
-        )
-        .await?;
+        let (addr, db, admin) = start_identity(&shared, master.as_ref(), &mut tasks).await?;
         forward_audit(&mut tasks, "identity", &db, "identity_audit");
         pools.push(("identity database", db));
         running_identity = Some(addr);
+        bootstrap = admin;
     }
 
     let mut running_storage = None;
     if roles.contains(&Role::Storage) {
         let master = master.as_ref().context("storage needs the master key")?;
-        let (addr, db) = start_storage(
-            &config,
-            master,
-            &internal,
-            &cache,
-            &internal_stop,
-            &mut tasks,
-            grpc_metrics.clone(),
-        )
-        .await?;
+        let (addr, db) = start_storage(&shared, master, &mut tasks).await?;
         forward_audit(&mut tasks, "storage", &db, "storage_audit");
         pools.push(("storage database", db));
         running_storage = Some(addr);
@@ -753,20 +907,11 @@ pub async fn start(
 
     let mut running_tunnel = None;
     if roles.contains(&Role::Tunnel) {
-        let (addr, db, routes) = start_tunnel(
-            &config,
-            &internal,
-            &cache,
-            tasks_service.clone(),
-            running_tasks.is_some(),
-            // Agents are told to reconnect as soon as shutdown starts (their streams
-            // would hold the gateway's drain); the service stops with the others.
-            &shutdown,
-            &internal_stop,
-            &mut tasks,
-            grpc_metrics.clone(),
-        )
-        .await?;
+        let links = TunnelLinks {
+            tasks_service: tasks_service.clone(),
+            tasks_in_process: running_tasks.is_some(),
+        };
+        let (addr, db, routes) = start_tunnel(&shared, links, &mut tasks).await?;
         forward_audit(&mut tasks, "tunnel", &db, "tunnel_audit");
         pools.push(("tunnel database", db));
         let _ = tunnel_for_tasks.set(TunnelServiceClient::new(lattice_gateway::in_process(
@@ -775,75 +920,16 @@ pub async fn start(
         running_tunnel = Some((addr, routes));
     }
 
-    let mut gateway_addr = None;
-    let mut tls_info = None;
-    let mut tls = false;
+    let mut gateway = None;
     if roles.contains(&Role::Gateway) {
-        let identity_url = match (running_identity, &config.gateway.identity_url) {
-            (Some(addr), _) => format!("http://{addr}"),
-            (None, Some(url)) => url.clone(),
-            (None, None) => anyhow::bail!(
-                "gateway.identity_url: required when the identity service is not in --services (e.g. http://identity:8091)"
-            ),
+        let peers = Peers {
+            identity: running_identity,
+            storage: running_storage,
+            tunnel: running_tunnel.clone(),
+            tasks_service,
+            tasks_channel,
         };
-        let channel = internal_channel(&identity_url, "gateway.identity_url", CALL_TIMEOUT)?;
-        let storage_channel = service_url(running_storage, config.gateway.storage_url.as_ref())
-            .map(|url| internal_channel(&url, "gateway.storage_url", CALL_TIMEOUT))
-            .transpose()?;
-        let gateway = Gateway::build(
-            &config.gateway,
-            config.gateway_is_https(),
-            &config.data_dir,
-            internal.clone(),
-            lattice_gateway::Backends {
-                metrics: metrics.clone(),
-                identity: channel,
-                storage: storage_channel,
-                storage_in_process: running_storage.is_some(),
-                tasks: tasks_service.clone(),
-                tasks_health: tasks_channel.clone(),
-                tunnel_health: service_url(
-                    running_tunnel.as_ref().map(|(addr, _)| *addr),
-                    config.tunnel.url.as_ref(),
-                )
-                .map(|url| internal_channel(&url, "tunnel.url", CALL_TIMEOUT))
-                .transpose()?,
-                // In this process the gateway calls the tunnel service directly; a
-                // remote one gets two connections (agent streams apart from proxying).
-                tunnel: match (&running_tunnel, &config.tunnel.url) {
-                    (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
-                    (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
-                        url,
-                        "tunnel.url",
-                        None,
-                    )?)),
-                    (None, None) => None,
-                },
-                tunnel_agents: match (&running_tunnel, &config.tunnel.url) {
-                    (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
-                    (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
-                        url,
-                        "tunnel.url",
-                        None,
-                    )?)),
-                    (None, None) => None,
-                },
-            },
-            cache.clone(),
-            shutdown.clone(),
-        )?;
-        let listener = TcpListener::bind(config.gateway.listen)
-            .await
-            .with_context(|| format!("gateway.listen: bind {}", config.gateway.listen))?;
-        gateway_addr = Some(listener.local_addr()?);
-        tls = config.gateway.tls != lattice_core::config::TlsMode::Off;
-        tls_info = Some(gateway.tls_info.clone());
-        let done = gateway_done.clone();
-        tasks.spawn(async move {
-            let result = gateway.run(listener).await;
-            done.cancel();
-            result
-        });
+        gateway = Some(start_gateway(&shared, peers, gateway_done.clone(), &mut tasks).await?);
     } else {
         gateway_done.cancel();
     }
@@ -859,34 +945,18 @@ pub async fn start(
 
     // Every process answers probes and scrapes: the gateway serves them itself;
     // a process without it (or with ops_listen set) gets a small listener.
-    let mut ops_addr = None;
-    if config.ops_listen.is_some() || !roles.contains(&Role::Gateway) {
-        let addr = config
-            .ops_listen
-            .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("literal address"));
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("ops_listen: bind {addr}"))?;
-        ops_addr = Some(listener.local_addr()?);
-        let databases: Vec<(&'static str, Db)> = pools.clone();
-        tasks.spawn(ops::serve(
-            listener,
-            grpc_metrics.clone(),
-            databases,
-            shutdown.clone(),
-        ));
-    }
+    let ops_addr = start_ops(&shared, roles, &pools, &mut tasks).await?;
 
     Ok(Running {
-        gateway_addr,
+        gateway_addr: gateway.as_ref().map(|g| g.addr),
         identity_addr: running_identity,
         storage_addr: running_storage,
         tasks_addr: running_tasks,
         tunnel_addr: running_tunnel.map(|(addr, _)| addr),
         ops_addr,
         bootstrap,
-        tls_info,
-        tls,
+        tls: gateway.as_ref().is_some_and(|g| g.tls),
+        tls_info: gateway.map(|g| g.tls_info),
         tasks,
         pools,
     })

@@ -220,16 +220,15 @@ impl Gateway {
             self.state.clone(),
             shutdown.clone(),
         ));
-        let result = serve::serve(
-            listener,
-            self.edge,
-            self.tls,
+        let listen = serve::Listener {
+            socket: listener,
+            tls: self.tls,
             shutdown,
-            self.state.draining.clone(),
-            Duration::from_secs(self.state.cfg.shutdown_grace_s),
-            Duration::from_secs(10),
-        )
-        .await;
+            draining: self.state.draining.clone(),
+            grace: Duration::from_secs(self.state.cfg.shutdown_grace_s),
+            drain: Duration::from_secs(10),
+        };
+        let result = serve::serve(listen, self.edge).await;
         listener_task.abort();
         storage_events.abort();
         result

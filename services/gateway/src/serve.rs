@@ -16,18 +16,35 @@ use tower::ServiceExt as _;
 
 use crate::caller::PeerAddr;
 
-/// Serve `app` on `listener` until `shutdown` fires, then stop accepting and drain
-/// open connections for at most `drain` (`draining` fires when that starts).
-#[allow(clippy::too_many_arguments)]
-pub async fn serve(
-    listener: TcpListener,
-    app: crate::edge::Edge,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: CancellationToken,
-    draining: CancellationToken,
-    grace: Duration,
-    drain: Duration,
-) -> anyhow::Result<()> {
+/// Where and how [`serve`] listens, and when it stops.
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// TLS on accepted connections (None: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Fires when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// Fired by [`serve`] when it stops accepting and starts draining.
+    pub draining: CancellationToken,
+    /// How long to keep accepting, not ready, after `shutdown` fires.
+    pub grace: Duration,
+    /// How long open connections may take to finish after that.
+    pub drain: Duration,
+}
+
+/// Serve `app` on `listen.socket` until `listen.shutdown` fires, then (after the
+/// grace period) stop accepting and drain open connections for at most
+/// `listen.drain` (`listen.draining` fires when that starts).
+pub async fn serve(listen: Listener, app: crate::edge::Edge) -> anyhow::Result<()> {
+    let Listener {
+        socket: listener,
+        tls,
+        shutdown,
+        draining,
+        grace,
+        drain,
+    } = listen;
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -2,7 +2,7 @@
 //! [`IdentityError`]s to statuses. No decisions are made here.
 
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, principal_of};
+use lattice_core::grpc::{client_ip_of, context_of, principal_of};
 use lattice_proto::identity::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -157,9 +157,8 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
-        self.identity.logout(&caller, &ip).await.map_err(st)?;
+        let ctx = context_of(&req)?;
+        self.identity.logout(&ctx).await.map_err(st)?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
@@ -179,11 +178,10 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let codes = self
             .identity
-            .confirm_totp(&caller, &req.get_ref().code, &ip)
+            .confirm_totp(&ctx, &req.get_ref().code)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::ConfirmTotpResponse {
@@ -195,11 +193,10 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::DisableTotpRequest>,
     ) -> Result<Response<pb::DisableTotpResponse>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         self.identity
-            .disable_totp(&caller, &m.code, &m.user_id, &ip)
+            .disable_totp(&ctx, &m.code, &m.user_id)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::DisableTotpResponse {}))
@@ -209,12 +206,11 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let created = self
             .identity
-            .create_token(&caller, &m.name, &m.scopes, m.expires_in_s, &ip)
+            .create_token(&ctx, &m.name, &m.scopes, m.expires_in_s)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::CreateTokenResponse {
@@ -238,10 +234,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.identity
-            .revoke_token(&caller, &req.get_ref().id, &ip)
+            .revoke_token(&ctx, &req.get_ref().id)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
@@ -251,12 +246,11 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.into_inner();
         let user = self
             .identity
-            .create_user(&caller, &m.username, m.password, &m.scopes, &ip)
+            .create_user(&ctx, &m.username, m.password, &m.scopes)
             .await
             .map_err(st)?;
         Ok(Response::new(user_pb(user)))
@@ -277,11 +271,10 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::UnlockUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let user = self
             .identity
-            .unlock_user(&caller, &req.get_ref().user_id, &ip)
+            .unlock_user(&ctx, &req.get_ref().user_id)
             .await
             .map_err(st)?;
         Ok(Response::new(user_pb(user)))
@@ -291,20 +284,10 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         req: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let client = ClientInfo {
-            ip: client_ip_of(&req).unwrap_or_default(),
-            user_agent: String::new(),
-        };
+        let ctx = context_of(&req)?;
         let m = req.into_inner();
         self.identity
-            .set_password(
-                &caller,
-                &m.user_id,
-                m.current_password,
-                m.new_password,
-                &client,
-            )
+            .set_password(&ctx, &m.user_id, m.current_password, m.new_password)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::SetPasswordResponse {}))

@@ -530,31 +530,25 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    /// Create an operator token.
-    #[allow(clippy::too_many_arguments)]
+    /// Create an operator token in `org_id` (its `last_used_at_ms` is not stored).
     pub async fn insert_token(
         &self,
-        id: &str,
-        secret_hash: &str,
         org_id: &str,
-        user_id: &str,
-        name: &str,
-        scopes: &[String],
-        created_at_ms: i64,
-        expires_at_ms: i64,
+        secret_hash: &str,
+        token: &TokenRow,
     ) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO identity_tokens (id, secret_hash, org_id, user_id, name, scopes, created_at_ms, expires_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(id)
+        .bind(&token.id)
         .bind(secret_hash)
         .bind(org_id)
-        .bind(user_id)
-        .bind(name)
-        .bind(scopes_json(scopes))
-        .bind(created_at_ms)
-        .bind(expires_at_ms)
+        .bind(&token.user_id)
+        .bind(&token.name)
+        .bind(scopes_json(&token.scopes))
+        .bind(token.created_at_ms)
+        .bind(token.expires_at_ms)
         .execute(self.db.pool())
         .await?;
         Ok(())

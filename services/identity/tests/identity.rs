@@ -1,7 +1,7 @@
 //! The identity service's behaviour, written once and run on SQLite always and on
 //! Postgres when `LATTICE_TEST_DATABASE_URL` is set.
 
-use lattice_core::auth::{AuthMethod, Principal};
+use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::config::IdentityConfig;
 use lattice_core::crypto::MasterKey;
@@ -64,6 +64,19 @@ fn client() -> ClientInfo {
     ClientInfo {
         ip: "192.0.2.1".into(),
         user_agent: "test".into(),
+    }
+}
+
+/// A request from `p`, with no client IP.
+fn ctx(p: &Principal) -> RequestContext {
+    RequestContext::internal(p.clone())
+}
+
+/// A request from `p`, from `client`'s address.
+fn ctx_from(p: &Principal, client: &ClientInfo) -> RequestContext {
+    RequestContext {
+        principal: p.clone(),
+        client_ip: client.ip.clone(),
     }
 }
 
@@ -199,13 +212,13 @@ async fn totp_enrollment_two_step_login_replay_and_recovery_codes() {
         let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
         assert!(
             matches!(
-                e.identity.confirm_totp(&admin, "000000", "").await,
+                e.identity.confirm_totp(&ctx(&admin), "000000").await,
                 Err(IdentityError::InvalidCode)
             ) || totp::code_at(&seed, now) == "000000"
         );
         let codes = e
             .identity
-            .confirm_totp(&admin, &totp::code_at(&seed, now), "")
+            .confirm_totp(&ctx(&admin), &totp::code_at(&seed, now))
             .await
             .unwrap();
         assert_eq!(codes.len(), 10);
@@ -289,18 +302,17 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
         let bob = e
             .identity
             .create_user(
-                &admin,
+                &ctx(&admin),
                 "bob",
                 "bob-password-123".into(),
                 &["kv:write".into(), "tokens:write".into()],
-                "",
             )
             .await
             .unwrap();
         assert_eq!(bob.username, "bob");
         let dup = e
             .identity
-            .create_user(&admin, "BOB", "bob-password-123".into(), &[], "")
+            .create_user(&ctx(&admin), "BOB", "bob-password-123".into(), &[])
             .await
             .unwrap_err();
         assert!(matches!(dup, IdentityError::AlreadyExists(_)), "{dup:?}");
@@ -308,7 +320,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
         // Within bob's scopes: fine (kv:write covers kv:read).
         let t = e
             .identity
-            .create_token(&bob_p, "ci", &["kv:read".into()], 3600, "")
+            .create_token(&ctx(&bob_p), "ci", &["kv:read".into()], 3600)
             .await
             .unwrap();
         assert!(t.secret.starts_with("lat_"));
@@ -320,7 +332,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
         ] {
             let err = e
                 .identity
-                .create_token(&bob_p, "x", &over, 0, "")
+                .create_token(&ctx(&bob_p), "x", &over, 0)
                 .await
                 .unwrap_err();
             assert!(
@@ -331,13 +343,13 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
         // Unknown scope and bad expiry are named.
         let err = e
             .identity
-            .create_token(&bob_p, "x", &["kv:raed".into()], 0, "")
+            .create_token(&ctx(&bob_p), "x", &["kv:raed".into()], 0)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "scopes: unknown scope \"kv:raed\"");
         let err = e
             .identity
-            .create_token(&bob_p, "x", &["kv:read".into()], -5, "")
+            .create_token(&ctx(&bob_p), "x", &["kv:read".into()], -5)
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("expires_in_s:"));
@@ -358,7 +370,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
         assert_eq!(e.identity.list_tokens(&bob_p).await.unwrap().len(), 1);
         assert_eq!(e.identity.list_tokens(&admin).await.unwrap().len(), 1);
         e.identity
-            .revoke_token(&bob_p, &t.token.id, "")
+            .revoke_token(&ctx(&bob_p), &t.token.id)
             .await
             .unwrap();
         assert!(matches!(
@@ -368,13 +380,13 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
             Err(IdentityError::InvalidCredential)
         ));
         assert!(matches!(
-            e.identity.revoke_token(&bob_p, &t.token.id, "").await,
+            e.identity.revoke_token(&ctx(&bob_p), &t.token.id).await,
             Err(IdentityError::NotFound(_))
         ));
         // Revoking one's own token needs no scope; logging out with a token revokes it.
         let t2 = e
             .identity
-            .create_token(&bob_p, "ci2", &["kv:read".into()], 0, "")
+            .create_token(&ctx(&bob_p), "ci2", &["kv:read".into()], 0)
             .await
             .unwrap();
         let who = e
@@ -389,7 +401,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
             ),
             "tokens cannot enroll TOTP"
         );
-        e.identity.logout(&who.principal, "").await.unwrap();
+        e.identity.logout(&ctx(&who.principal)).await.unwrap();
         assert!(
             e.identity
                 .authenticate(&e.gateway, Credential::Token(&t2.secret))
@@ -418,11 +430,11 @@ async fn orgs_are_isolated() {
         let users = e.identity.list_users(&admin).await.unwrap();
         assert!(users.iter().all(|u| u.username != "carol"));
         assert!(matches!(
-            e.identity.unlock_user(&admin, &carol.id, "").await,
+            e.identity.unlock_user(&ctx(&admin), &carol.id).await,
             Err(IdentityError::NotFound(_))
         ));
         assert!(matches!(
-            e.identity.disable_totp(&admin, "", &carol.id, "").await,
+            e.identity.disable_totp(&ctx(&admin), "", &carol.id).await,
             Err(IdentityError::NotFound(_))
         ));
     }
@@ -444,7 +456,7 @@ async fn sessions_end_at_logout_and_service_calls_need_service_principals() {
             e.identity.list_tokens(&e.gateway).await,
             Err(IdentityError::WrongCaller(_))
         ));
-        e.identity.logout(&admin, "").await.unwrap();
+        e.identity.logout(&ctx(&admin)).await.unwrap();
         assert!(matches!(
             e.identity
                 .authenticate(&e.gateway, Credential::Session(&secret))
@@ -507,17 +519,16 @@ async fn a_users_admin_cannot_take_over_a_more_privileged_account() {
         let (_, admin) = session(&e, "admin", "admin-password-1").await;
         e.identity
             .create_user(
-                &admin,
+                &ctx(&admin),
                 "helpdesk",
                 "helpdesk-password".into(),
                 &["users:admin".into()],
-                "",
             )
             .await
             .unwrap();
         let bob = e
             .identity
-            .create_user(&admin, "bob", "bob-password-123".into(), &[], "")
+            .create_user(&ctx(&admin), "bob", "bob-password-123".into(), &[])
             .await
             .unwrap();
         let (_, helpdesk) = session(&e, "helpdesk", "helpdesk-password").await;
@@ -526,29 +537,27 @@ async fn a_users_admin_cannot_take_over_a_more_privileged_account() {
         let err = e
             .identity
             .set_password(
-                &helpdesk,
+                &ctx_from(&helpdesk, &c),
                 &admin.sub,
                 String::new(),
                 "taken-over-password".into(),
-                &c,
             )
             .await
             .unwrap_err();
         assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
         let err = e
             .identity
-            .disable_totp(&helpdesk, "", &admin.sub, "")
+            .disable_totp(&ctx(&helpdesk), "", &admin.sub)
             .await
             .unwrap_err();
         assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
         // A less privileged user is fine.
         e.identity
             .set_password(
-                &helpdesk,
+                &ctx_from(&helpdesk, &c),
                 &bob.id,
                 String::new(),
                 "bob-new-password".into(),
-                &c,
             )
             .await
             .unwrap();
@@ -556,11 +565,10 @@ async fn a_users_admin_cannot_take_over_a_more_privileged_account() {
         let err = e
             .identity
             .set_password(
-                &helpdesk,
+                &ctx_from(&helpdesk, &c),
                 &helpdesk.sub,
                 String::new(),
                 "new-password-12".into(),
-                &c,
             )
             .await
             .unwrap_err();

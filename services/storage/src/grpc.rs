@@ -6,12 +6,13 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, context_of, principal_of};
+use lattice_core::grpc::{context_of, principal_of};
 use lattice_proto::storage::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::StorageError;
-use crate::service::{HostKvWrite, KvCondition, NewFile, Resolution, Storage};
+use crate::input::{HostKvWrite, KvPut, NewBinding, NewBucket, NewToken, delete_condition};
+use crate::service::{NewFile, Resolution, Storage};
 use crate::store::{BindingRow, BucketRow, DeploymentRow, FileRow, KvRow, TokenRow};
 
 /// Blob chunks sent per message.
@@ -101,27 +102,6 @@ fn token_pb(t: TokenRow) -> pb::StorageToken {
     }
 }
 
-fn condition(c: Option<&pb::WriteCondition>) -> KvCondition {
-    use pb::write_condition::Condition;
-    match c.and_then(|c| c.condition) {
-        None | Some(Condition::Absent(false)) => KvCondition::None,
-        Some(Condition::Absent(true)) => KvCondition::Absent,
-        Some(Condition::Version(v)) => KvCondition::Version(v),
-    }
-}
-
-/// A delete's condition: only a version makes sense.
-fn delete_condition(c: Option<&pb::WriteCondition>) -> Result<Option<i64>, Status> {
-    match condition(c) {
-        KvCondition::None => Ok(None),
-        KvCondition::Version(v) => Ok(Some(v)),
-        KvCondition::Absent => Err(st(StorageError::invalid(
-            "condition",
-            "a delete cannot require the key to be absent",
-        ))),
-    }
-}
-
 /// Read an upload stream: a header, then `file` / `data` parts.
 async fn read_upload(
     mut stream: Streaming<pb::UploadChunk>,
@@ -197,14 +177,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::CreateBucketRequest>,
     ) -> Result<Response<pb::Bucket>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
-        let m = req.get_ref();
-        let b = self
-            .storage
-            .create_bucket(&p, &m.name, &m.surface, &ip)
-            .await
-            .map_err(st)?;
+        let ctx = context_of(&req)?;
+        let new = NewBucket::try_from(req.into_inner()).map_err(st)?;
+        let b = self.storage.create_bucket(&ctx, new).await.map_err(st)?;
         Ok(Response::new(bucket_pb(b)))
     }
 
@@ -227,10 +202,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteBucketRequest>,
     ) -> Result<Response<pb::DeleteBucketResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.storage
-            .delete_bucket(&p, &req.get_ref().name, &ip)
+            .delete_bucket(&ctx, &req.get_ref().name)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::DeleteBucketResponse {}))
@@ -240,15 +214,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::KvPutRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
-        let m = req.get_ref();
-        let cond = condition(m.condition.as_ref());
-        let row = self
-            .storage
-            .kv_put(&p, &m.bucket, &m.key, &m.value_json, cond, m.ttl_s, &ip)
-            .await
-            .map_err(st)?;
+        let ctx = context_of(&req)?;
+        let put = KvPut::try_from(req.into_inner()).map_err(st)?;
+        let row = self.storage.kv_put(&ctx, put).await.map_err(st)?;
         Ok(Response::new(kv_pb(row)))
     }
 
@@ -270,12 +238,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::KvDeleteRequest>,
     ) -> Result<Response<pb::KvDeleteResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let if_version = m.if_version;
         self.storage
-            .kv_delete(&p, &m.bucket, &m.key, if_version, &ip)
+            .kv_delete(&ctx, &m.bucket, &m.key, if_version)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::KvDeleteResponse {}))
@@ -312,12 +279,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let (header, files) = read_upload(req.into_inner(), self.max_upload_bytes).await?;
         let (d, active) = self
             .storage
-            .upload_deployment(&p, &header.bucket, files, header.activate, &ip)
+            .upload_deployment(&ctx, &header.bucket, files, header.activate)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &header.bucket, active)))
@@ -349,12 +315,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::ActivateDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let d = self
             .storage
-            .activate(&p, &m.bucket, &m.deployment_id, &ip)
+            .activate(&ctx, &m.bucket, &m.deployment_id)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &m.bucket, true)))
@@ -364,8 +329,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let (header, mut files) = read_upload(req.into_inner(), self.max_upload_bytes).await?;
         if files.len() != 1 {
             return Err(st(StorageError::invalid(
@@ -376,7 +340,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         let file = files.remove(0);
         let (d, active) = self
             .storage
-            .put_object(&p, &header.bucket, file, &ip)
+            .put_object(&ctx, &header.bucket, file)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &header.bucket, active)))
@@ -386,12 +350,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let (d, active) = self
             .storage
-            .delete_object(&p, &m.bucket, &m.path, &ip)
+            .delete_object(&ctx, &m.bucket, &m.path)
             .await
             .map_err(st)?;
         Ok(Response::new(deployment_pb(d, &m.bucket, active)))
@@ -418,14 +381,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::CreateBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
-        let m = req.get_ref();
-        let b = self
-            .storage
-            .create_binding(&p, &m.host, &m.bucket, &ip)
-            .await
-            .map_err(st)?;
+        let ctx = context_of(&req)?;
+        let new = NewBinding::try_from(req.into_inner()).map_err(st)?;
+        let b = self.storage.create_binding(&ctx, new).await.map_err(st)?;
         Ok(Response::new(binding_pb(b)))
     }
 
@@ -444,10 +402,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteBindingRequest>,
     ) -> Result<Response<pb::DeleteBindingResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.storage
-            .delete_binding(&p, &req.get_ref().host, &ip)
+            .delete_binding(&ctx, &req.get_ref().host)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::DeleteBindingResponse {}))
@@ -457,12 +414,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::SetBindingEnabledRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let b = self
             .storage
-            .set_binding_enabled(&p, &m.host, m.enabled, &ip)
+            .set_binding_enabled(&ctx, &m.host, m.enabled)
             .await
             .map_err(st)?;
         Ok(Response::new(binding_pb(b)))
@@ -472,22 +428,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::CreateStorageTokenRequest>,
     ) -> Result<Response<pb::CreateStorageTokenResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
-        let m = req.get_ref();
-        let (t, secret) = self
-            .storage
-            .create_token(
-                &p,
-                &m.surface,
-                &m.access,
-                &m.buckets,
-                &m.name,
-                m.expires_in_s,
-                &ip,
-            )
-            .await
-            .map_err(st)?;
+        let ctx = context_of(&req)?;
+        let new = NewToken::try_from(req.into_inner()).map_err(st)?;
+        let (t, secret) = self.storage.create_token(&ctx, new).await.map_err(st)?;
         Ok(Response::new(pb::CreateStorageTokenResponse {
             token: Some(token_pb(t)),
             secret,
@@ -509,10 +452,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::RevokeStorageTokenRequest>,
     ) -> Result<Response<pb::RevokeStorageTokenResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         self.storage
-            .revoke_token(&p, &req.get_ref().id, &ip)
+            .revoke_token(&ctx, &req.get_ref().id)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::RevokeStorageTokenResponse {}))
@@ -637,15 +579,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<pb::HostKvRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
         let ctx = context_of(&req)?;
-        let m = req.get_ref();
-        let write = HostKvWrite {
-            host: &m.host,
-            secret: &m.token_secret,
-            key: &m.key,
-            value_json: &m.value_json,
-            condition: condition(m.condition.as_ref()),
-            ttl_s: m.ttl_s,
-        };
+        let write = HostKvWrite::try_from(req.into_inner()).map_err(st)?;
         let row = self.storage.host_kv_put(&ctx, write).await.map_err(st)?;
         Ok(Response::new(kv_pb(row)))
     }
@@ -656,7 +590,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
     ) -> Result<Response<pb::KvDeleteResponse>, Status> {
         let ctx = context_of(&req)?;
         let m = req.get_ref();
-        let if_version = delete_condition(m.condition.as_ref())?;
+        let if_version = delete_condition(m.condition.as_ref()).map_err(st)?;
         self.storage
             .host_kv_delete(&ctx, &m.host, &m.token_secret, &m.key, if_version)
             .await

@@ -9,6 +9,7 @@
 pub mod blobs;
 pub mod error;
 pub mod grpc;
+pub mod input;
 pub mod model;
 pub mod service;
 pub mod store;

@@ -2,11 +2,14 @@
 //! Postgres when `LATTICE_TEST_DATABASE_URL` is set.
 
 use bytes::Bytes;
-use lattice_core::auth::{AuthMethod, Principal};
+use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::db::{self, Backend, testing};
+use lattice_proto::storage::v1 as pb;
 use lattice_storage::blobs::Blobs;
-use lattice_storage::service::{KvCondition, NewFile, Resolution};
+use lattice_storage::input::{KvCondition, KvEntry, KvPut, NewBinding, NewBucket, NewToken};
+use lattice_storage::model::BucketName;
+use lattice_storage::service::{NewFile, Resolution};
 use lattice_storage::{Limits, Storage, StorageError};
 
 struct Env {
@@ -49,6 +52,73 @@ fn gateway() -> Principal {
     Principal::service("gateway")
 }
 
+/// A request from `p`, with no client IP.
+fn ctx(p: &Principal) -> RequestContext {
+    RequestContext::internal(p.clone())
+}
+
+/// A bucket to create, as the gRPC adapter validates it.
+fn try_bucket(name: &str, surface: &str) -> Result<NewBucket, StorageError> {
+    NewBucket::try_from(pb::CreateBucketRequest {
+        name: name.into(),
+        surface: surface.into(),
+    })
+}
+
+/// A valid bucket to create.
+fn bucket(name: &str, surface: &str) -> NewBucket {
+    try_bucket(name, surface).expect("a valid bucket")
+}
+
+/// A valid write of `key` in `bucket`.
+fn write(bucket: &str, key: &str, value_json: &str, condition: KvCondition, ttl_s: i64) -> KvPut {
+    KvPut {
+        bucket: BucketName::parse(bucket).expect("a valid bucket name"),
+        entry: KvEntry::parse(key, value_json, condition, ttl_s).expect("a valid entry"),
+    }
+}
+
+/// A binding to create, as the gRPC adapter validates it.
+fn try_binding(host: &str, bucket: &str) -> Result<NewBinding, StorageError> {
+    NewBinding::try_from(pb::CreateBindingRequest {
+        host: host.into(),
+        bucket: bucket.into(),
+    })
+}
+
+/// A valid binding to create.
+fn binding(host: &str, bucket: &str) -> NewBinding {
+    try_binding(host, bucket).expect("a valid binding")
+}
+
+/// A storage token to create, as the gRPC adapter validates it.
+fn try_token(
+    surface: &str,
+    access: &str,
+    buckets: &[String],
+    name: &str,
+    expires_in_s: i64,
+) -> Result<NewToken, StorageError> {
+    NewToken::try_from(pb::CreateStorageTokenRequest {
+        surface: surface.into(),
+        access: access.into(),
+        buckets: buckets.to_vec(),
+        name: name.into(),
+        expires_in_s,
+    })
+}
+
+/// A valid storage token to create.
+fn token(
+    surface: &str,
+    access: &str,
+    buckets: &[String],
+    name: &str,
+    expires_in_s: i64,
+) -> NewToken {
+    try_token(surface, access, buckets, name, expires_in_s).expect("a valid token")
+}
+
 fn file(path: &str, data: &str) -> NewFile {
     NewFile {
         path: path.into(),
@@ -63,19 +133,21 @@ async fn buckets_are_validated_unique_per_org_and_scoped() {
         let e = env(backend).await;
         let admin = op("o1", &["*"]);
         e.storage
-            .create_bucket(&admin, "site", "static", "")
+            .create_bucket(&ctx(&admin), bucket("site", "static"))
             .await
             .unwrap();
         assert!(matches!(
-            e.storage.create_bucket(&admin, "site", "kv", "").await,
+            e.storage
+                .create_bucket(&ctx(&admin), bucket("site", "kv"))
+                .await,
             Err(StorageError::AlreadyExists(_))
         ));
         assert!(matches!(
-            e.storage.create_bucket(&admin, "Bad_Name", "kv", "").await,
+            try_bucket("Bad_Name", "kv"),
             Err(StorageError::Invalid { field: "name", .. })
         ));
         assert!(matches!(
-            e.storage.create_bucket(&admin, "x", "blob", "").await,
+            try_bucket("x", "blob"),
             Err(StorageError::Invalid {
                 field: "surface",
                 ..
@@ -83,21 +155,21 @@ async fn buckets_are_validated_unique_per_org_and_scoped() {
         ));
         // Another org may use the same name.
         e.storage
-            .create_bucket(&op("o2", &["*"]), "site", "static", "")
+            .create_bucket(&ctx(&op("o2", &["*"])), bucket("site", "static"))
             .await
             .unwrap();
         // kv:admin cannot create static buckets; kv:write cannot create any.
         assert!(
-            matches!(e.storage.create_bucket(&op("o1", &["kv:admin"]), "s2", "static", "").await, Err(StorageError::MissingScope(s)) if s == "static:admin")
+            matches!(e.storage.create_bucket(&ctx(&op("o1", &["kv:admin"])), bucket("s2", "static")).await, Err(StorageError::MissingScope(s)) if s == "static:admin")
         );
         assert!(matches!(
             e.storage
-                .create_bucket(&op("o1", &["kv:write"]), "k2", "kv", "")
+                .create_bucket(&ctx(&op("o1", &["kv:write"])), bucket("k2", "kv"))
                 .await,
             Err(StorageError::MissingScope(_))
         ));
         e.storage
-            .create_bucket(&op("o1", &["kv:admin"]), "conf", "kv", "")
+            .create_bucket(&ctx(&op("o1", &["kv:admin"])), bucket("conf", "kv"))
             .await
             .unwrap();
         // Listing shows only the surfaces the caller may read, of its own org.
@@ -120,12 +192,12 @@ async fn buckets_are_validated_unique_per_org_and_scoped() {
         ));
         // Delete needs admin of the surface.
         assert!(matches!(
-            e.storage.delete_bucket(&kv_reader, "conf", "").await,
+            e.storage.delete_bucket(&ctx(&kv_reader), "conf").await,
             Err(StorageError::MissingScope(_))
         ));
-        e.storage.delete_bucket(&admin, "conf", "").await.unwrap();
+        e.storage.delete_bucket(&ctx(&admin), "conf").await.unwrap();
         assert!(matches!(
-            e.storage.delete_bucket(&admin, "conf", "").await,
+            e.storage.delete_bucket(&ctx(&admin), "conf").await,
             Err(StorageError::NotFound(_))
         ));
     }
@@ -136,17 +208,15 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
     for backend in testing::backends() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
-        e.storage.create_bucket(&p, "conf", "kv", "").await.unwrap();
+        e.storage
+            .create_bucket(&ctx(&p), bucket("conf", "kv"))
+            .await
+            .unwrap();
         let v1 = e
             .storage
             .kv_put(
-                &p,
-                "conf",
-                "site/title",
-                "\"Lattice\"",
-                KvCondition::None,
-                0,
-                "",
+                &ctx(&p),
+                write("conf", "site/title", "\"Lattice\"", KvCondition::None, 0),
             )
             .await
             .unwrap();
@@ -156,20 +226,18 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         // If-None-Match: * refuses an existing key; If-Match needs the current version.
         assert!(matches!(
             e.storage
-                .kv_put(&p, "conf", "site/title", "1", KvCondition::Absent, 0, "")
+                .kv_put(
+                    &ctx(&p),
+                    write("conf", "site/title", "1", KvCondition::Absent, 0)
+                )
                 .await,
             Err(StorageError::PreconditionFailed(_))
         ));
         assert!(matches!(
             e.storage
                 .kv_put(
-                    &p,
-                    "conf",
-                    "site/title",
-                    "1",
-                    KvCondition::Version(7),
-                    0,
-                    ""
+                    &ctx(&p),
+                    write("conf", "site/title", "1", KvCondition::Version(7), 0)
                 )
                 .await,
             Err(StorageError::PreconditionFailed(_))
@@ -177,40 +245,35 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         let v2 = e
             .storage
             .kv_put(
-                &p,
-                "conf",
-                "site/title",
-                "{\"a\": [1, 2]}",
-                KvCondition::Version(1),
-                0,
-                "",
+                &ctx(&p),
+                write(
+                    "conf",
+                    "site/title",
+                    "{\"a\": [1, 2]}",
+                    KvCondition::Version(1),
+                    0,
+                ),
             )
             .await
             .unwrap();
         assert_eq!((v2.version, v2.value.as_str()), (2, "{\"a\":[1,2]}"));
         // Bad input names the field; limits give 413.
         assert!(matches!(
-            e.storage
-                .kv_put(&p, "conf", "k", "{nope", KvCondition::None, 0, "")
-                .await,
+            KvEntry::parse("k", "{nope", KvCondition::None, 0),
             Err(StorageError::Invalid { field: "value", .. })
         ));
         assert!(matches!(
-            e.storage
-                .kv_put(&p, "conf", &"k".repeat(600), "1", KvCondition::None, 0, "")
-                .await,
+            KvEntry::parse(&"k".repeat(600), "1", KvCondition::None, 0),
             Err(StorageError::Invalid { field: "key", .. })
         ));
         let big = format!("\"{}\"", "x".repeat(600 * 1024));
         assert!(matches!(
-            e.storage
-                .kv_put(&p, "conf", "k", &big, KvCondition::None, 0, "")
-                .await,
+            KvEntry::parse("k", &big, KvCondition::None, 0),
             Err(StorageError::TooLarge(_))
         ));
         // TTL: gone once expired, and then If-None-Match: * may create it again.
         e.storage
-            .kv_put(&p, "conf", "tmp", "1", KvCondition::None, 1, "")
+            .kv_put(&ctx(&p), write("conf", "tmp", "1", KvCondition::None, 1))
             .await
             .unwrap();
         assert!(e.storage.kv_get(&p, "conf", "tmp").await.is_ok());
@@ -220,14 +283,14 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
             Err(StorageError::NotFound(_))
         ));
         e.storage
-            .kv_put(&p, "conf", "tmp", "2", KvCondition::Absent, 0, "")
+            .kv_put(&ctx(&p), write("conf", "tmp", "2", KvCondition::Absent, 0))
             .await
             .unwrap();
         assert!(e.storage.sweep_expired().await.is_ok());
         // Listing: key order (bytewise on both backends), prefix, cursor pages.
         for k in ["b", "a/2", "a/1", "a/10", "B", "ab"] {
             e.storage
-                .kv_put(&p, "conf", k, "0", KvCondition::None, 0, "")
+                .kv_put(&ctx(&p), write("conf", k, "0", KvCondition::None, 0))
                 .await
                 .unwrap();
         }
@@ -253,20 +316,20 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         );
         // Delete, conditional delete.
         assert!(matches!(
-            e.storage.kv_delete(&p, "conf", "b", Some(9), "").await,
+            e.storage.kv_delete(&ctx(&p), "conf", "b", Some(9)).await,
             Err(StorageError::PreconditionFailed(_))
         ));
         e.storage
-            .kv_delete(&p, "conf", "b", Some(1), "")
+            .kv_delete(&ctx(&p), "conf", "b", Some(1))
             .await
             .unwrap();
         assert!(matches!(
-            e.storage.kv_delete(&p, "conf", "b", None, "").await,
+            e.storage.kv_delete(&ctx(&p), "conf", "b", None).await,
             Err(StorageError::NotFound(_))
         ));
         // A static bucket is not a KV bucket; read scope cannot write.
         e.storage
-            .create_bucket(&p, "site", "static", "")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         assert!(matches!(
@@ -276,13 +339,8 @@ async fn kv_conditional_writes_ttl_and_ordered_listing() {
         assert!(matches!(
             e.storage
                 .kv_put(
-                    &op("o1", &["kv:read"]),
-                    "conf",
-                    "x",
-                    "1",
-                    KvCondition::None,
-                    0,
-                    ""
+                    &ctx(&op("o1", &["kv:read"])),
+                    write("conf", "x", "1", KvCondition::None, 0)
                 )
                 .await,
             Err(StorageError::MissingScope(_))
@@ -300,9 +358,15 @@ async fn concurrent_writers_with_the_same_if_match_exactly_one_wins() {
     for backend in testing::backends() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
-        e.storage.create_bucket(&p, "conf", "kv", "").await.unwrap();
         e.storage
-            .kv_put(&p, "conf", "counter", "0", KvCondition::None, 0, "")
+            .create_bucket(&ctx(&p), bucket("conf", "kv"))
+            .await
+            .unwrap();
+        e.storage
+            .kv_put(
+                &ctx(&p),
+                write("conf", "counter", "0", KvCondition::None, 0),
+            )
             .await
             .unwrap();
         let writers = (0..8).map(|i| {
@@ -311,13 +375,14 @@ async fn concurrent_writers_with_the_same_if_match_exactly_one_wins() {
             tokio::spawn(async move {
                 storage
                     .kv_put(
-                        &p,
-                        "conf",
-                        "counter",
-                        &i.to_string(),
-                        KvCondition::Version(1),
-                        0,
-                        "",
+                        &ctx(&p),
+                        write(
+                            "conf",
+                            "counter",
+                            &i.to_string(),
+                            KvCondition::Version(1),
+                            0,
+                        ),
                     )
                     .await
             })
@@ -344,13 +409,8 @@ async fn concurrent_writers_with_the_same_if_match_exactly_one_wins() {
             tokio::spawn(async move {
                 storage
                     .kv_put(
-                        &p,
-                        "conf",
-                        "fresh",
-                        &i.to_string(),
-                        KvCondition::Absent,
-                        0,
-                        "",
+                        &ctx(&p),
+                        write("conf", "fresh", &i.to_string(), KvCondition::Absent, 0),
                     )
                     .await
             })
@@ -371,17 +431,17 @@ async fn deployments_activate_atomically_and_roll_back() {
         let p = op("o1", &["*"]);
         let g = gateway();
         e.storage
-            .create_bucket(&p, "site", "static", "")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         e.storage
-            .create_binding(&p, "Assets.Example.com", "site", "")
+            .create_binding(&ctx(&p), binding("Assets.Example.com", "site"))
             .await
             .unwrap();
         let (d1, active) = e
             .storage
             .upload_deployment(
-                &p,
+                &ctx(&p),
                 "site",
                 vec![
                     file("index.html", "v1"),
@@ -389,7 +449,6 @@ async fn deployments_activate_atomically_and_roll_back() {
                     file("404.html", "nf"),
                 ],
                 true,
-                "",
             )
             .await
             .unwrap();
@@ -422,7 +481,7 @@ async fn deployments_activate_atomically_and_roll_back() {
         // A second deployment, not activated: the host still serves the first.
         let (d2, active) = e
             .storage
-            .upload_deployment(&p, "site", vec![file("index.html", "v2")], false, "")
+            .upload_deployment(&ctx(&p), "site", vec![file("index.html", "v2")], false)
             .await
             .unwrap();
         assert!(!active);
@@ -434,7 +493,7 @@ async fn deployments_activate_atomically_and_roll_back() {
             .unwrap();
         assert_eq!(host.active_deployment_id.as_deref(), Some(d1.id.as_str()));
         // Activate it (publish), then roll back.
-        e.storage.activate(&p, "site", &d2.id, "").await.unwrap();
+        e.storage.activate(&ctx(&p), "site", &d2.id).await.unwrap();
         let host = e
             .storage
             .resolve_host(&g, "assets.example.com")
@@ -446,30 +505,30 @@ async fn deployments_activate_atomically_and_roll_back() {
             r("missing.css", d2.id.clone()).await,
             Resolution::NotFound
         ));
-        e.storage.activate(&p, "site", &d1.id, "").await.unwrap();
+        e.storage.activate(&ctx(&p), "site", &d1.id).await.unwrap();
         let (deployments, active_id) = e.storage.list_deployments(&p, "site").await.unwrap();
         assert_eq!(deployments.len(), 2);
         assert_eq!(deployments[0].id, d2.id, "newest first");
         assert_eq!(active_id.as_deref(), Some(d1.id.as_str()));
         // Another bucket's deployment cannot be activated here.
         e.storage
-            .create_bucket(&p, "other", "static", "")
+            .create_bucket(&ctx(&p), bucket("other", "static"))
             .await
             .unwrap();
         let (foreign, _) = e
             .storage
-            .upload_deployment(&p, "other", vec![file("a.txt", "x")], true, "")
+            .upload_deployment(&ctx(&p), "other", vec![file("a.txt", "x")], true)
             .await
             .unwrap();
         assert!(matches!(
-            e.storage.activate(&p, "site", &foreign.id, "").await,
+            e.storage.activate(&ctx(&p), "site", &foreign.id).await,
             Err(StorageError::NotFound(_))
         ));
 
         // Single-object edits derive a new active deployment; blobs are shared.
         let (d3, _) = e
             .storage
-            .put_object(&p, "site", file("css/app.css", "body{}"), "")
+            .put_object(&ctx(&p), "site", file("css/app.css", "body{}"))
             .await
             .unwrap();
         assert_eq!(d3.file_count, 4);
@@ -480,12 +539,12 @@ async fn deployments_activate_atomically_and_roll_back() {
         );
         let (d4, _) = e
             .storage
-            .delete_object(&p, "site", "docs/index.html", "")
+            .delete_object(&ctx(&p), "site", "docs/index.html")
             .await
             .unwrap();
         assert_eq!(d4.file_count, 3);
         assert!(matches!(
-            e.storage.delete_object(&p, "site", "nope.txt", "").await,
+            e.storage.delete_object(&ctx(&p), "site", "nope.txt").await,
             Err(StorageError::NotFound(_))
         ));
         // Blob bytes come back by hash.
@@ -501,7 +560,7 @@ async fn deployments_activate_atomically_and_roll_back() {
         for bad in ["../etc/passwd", "a//b", "dir/", "a\\b"] {
             let err = e
                 .storage
-                .upload_deployment(&p, "site", vec![file(bad, "x")], true, "")
+                .upload_deployment(&ctx(&p), "site", vec![file(bad, "x")], true)
                 .await
                 .unwrap_err();
             assert!(
@@ -511,13 +570,13 @@ async fn deployments_activate_atomically_and_roll_back() {
         }
         assert!(
             e.storage
-                .upload_deployment(&p, "site", vec![], true, "")
+                .upload_deployment(&ctx(&p), "site", vec![], true)
                 .await
                 .is_err()
         );
         assert!(matches!(
             e.storage
-                .upload_deployment(&p, "site", vec![file("a", "1"), file("a", "2")], true, "")
+                .upload_deployment(&ctx(&p), "site", vec![file("a", "1"), file("a", "2")], true)
                 .await,
             Err(StorageError::Invalid { .. })
         ));
@@ -525,11 +584,10 @@ async fn deployments_activate_atomically_and_roll_back() {
         assert!(matches!(
             e.storage
                 .upload_deployment(
-                    &op("o1", &["static:read"]),
+                    &ctx(&op("o1", &["static:read"])),
                     "site",
                     vec![file("a", "1")],
-                    true,
-                    ""
+                    true
                 )
                 .await,
             Err(StorageError::MissingScope(_))
@@ -548,31 +606,37 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
         let a = op("o1", &["*"]);
         let b = op("o2", &["*"]);
         let g = gateway();
-        e.storage.create_bucket(&a, "conf", "kv", "").await.unwrap();
-        e.storage.create_bucket(&b, "conf", "kv", "").await.unwrap();
         e.storage
-            .create_binding(&a, "kv.example.com", "conf", "")
+            .create_bucket(&ctx(&a), bucket("conf", "kv"))
+            .await
+            .unwrap();
+        e.storage
+            .create_bucket(&ctx(&b), bucket("conf", "kv"))
+            .await
+            .unwrap();
+        e.storage
+            .create_binding(&ctx(&a), binding("kv.example.com", "conf"))
             .await
             .unwrap();
         assert!(matches!(
             e.storage
-                .create_binding(&b, "KV.example.com", "conf", "")
+                .create_binding(&ctx(&b), binding("KV.example.com", "conf"))
                 .await,
             Err(StorageError::AlreadyExists(_))
         ));
         assert!(matches!(
-            e.storage.create_binding(&a, "not a host", "conf", "").await,
+            try_binding("not a host", "conf"),
             Err(StorageError::Invalid { field: "host", .. })
         ));
         // o2 cannot see or touch o1's binding.
         assert!(e.storage.list_bindings(&b).await.unwrap().is_empty());
         assert!(matches!(
-            e.storage.delete_binding(&b, "kv.example.com", "").await,
+            e.storage.delete_binding(&ctx(&b), "kv.example.com").await,
             Err(StorageError::NotFound(_))
         ));
         // Disabled bindings do not resolve.
         e.storage
-            .set_binding_enabled(&a, "kv.example.com", false, "")
+            .set_binding_enabled(&ctx(&a), "kv.example.com", false)
             .await
             .unwrap();
         assert!(
@@ -583,7 +647,7 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
                 .is_none()
         );
         e.storage
-            .set_binding_enabled(&a, "kv.example.com", true, "")
+            .set_binding_enabled(&ctx(&a), "kv.example.com", true)
             .await
             .unwrap();
         assert!(
@@ -597,42 +661,33 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
         // Tokens: named buckets must exist and be of the surface; admin of the surface needed.
         assert!(matches!(
             e.storage
-                .create_token(&a, "kv", "read", &["nope".into()], "", 0, "")
+                .create_token(&ctx(&a), token("kv", "read", &["nope".into()], "", 0))
                 .await,
             Err(StorageError::NotFound(_))
         ));
         assert!(matches!(
-            e.storage
-                .create_token(&a, "kv", "root", &["conf".into()], "", 0, "")
-                .await,
+            try_token("kv", "root", &["conf".into()], "", 0),
             Err(StorageError::Invalid {
                 field: "access",
                 ..
             })
         ));
         assert!(matches!(
-            e.storage
-                .create_token(&a, "kv", "read", &["*".into(), "conf".into()], "", 0, "")
-                .await,
+            try_token("kv", "read", &["*".into(), "conf".into()], "", 0),
             Err(StorageError::Invalid { .. })
         ));
         assert!(matches!(
             e.storage
                 .create_token(
-                    &op("o1", &["kv:write"]),
-                    "kv",
-                    "read",
-                    &["conf".into()],
-                    "",
-                    0,
-                    ""
+                    &ctx(&op("o1", &["kv:write"])),
+                    token("kv", "read", &["conf".into()], "", 0)
                 )
                 .await,
             Err(StorageError::MissingScope(_))
         ));
         let (t, secret) = e
             .storage
-            .create_token(&a, "kv", "read", &["conf".into()], "ci", 0, "")
+            .create_token(&ctx(&a), token("kv", "read", &["conf".into()], "ci", 0))
             .await
             .unwrap();
         assert!(secret.starts_with("lst_"));
@@ -649,10 +704,10 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
         assert_eq!(e.storage.list_tokens(&a).await.unwrap().len(), 1);
         assert!(e.storage.list_tokens(&b).await.unwrap().is_empty());
         assert!(matches!(
-            e.storage.revoke_token(&b, &t.id, "").await,
+            e.storage.revoke_token(&ctx(&b), &t.id).await,
             Err(StorageError::NotFound(_))
         ));
-        e.storage.revoke_token(&a, &t.id, "").await.unwrap();
+        e.storage.revoke_token(&ctx(&a), &t.id).await.unwrap();
         assert!(e.storage.authorize_token(&g, &secret).await.is_err());
         // Only the hash of the secret is stored.
         assert!(
@@ -671,39 +726,40 @@ async fn bindings_are_unique_across_orgs_and_tokens_are_checked() {
 /// forged or revoked token, an operator posing as the gateway) is refused here.
 #[tokio::test]
 async fn forged_host_kv_requests_are_refused_by_the_storage_service() {
-    use lattice_core::auth::RequestContext;
-    use lattice_storage::service::HostKvWrite;
+    use lattice_storage::input::HostKvWrite;
     for backend in testing::backends() {
         let e = env(backend).await;
         let (a, b) = (op("o1", &["*"]), op("o2", &["*"]));
-        let g = RequestContext::internal(gateway());
-        for (p, bucket, host) in [(&a, "conf", "kv.o1.test"), (&b, "secrets", "kv.o2.test")] {
-            e.storage.create_bucket(p, bucket, "kv", "").await.unwrap();
-            e.storage.create_binding(p, host, bucket, "").await.unwrap();
+        let g = ctx(&gateway());
+        for (p, name, host) in [(&a, "conf", "kv.o1.test"), (&b, "secrets", "kv.o2.test")] {
             e.storage
-                .kv_put(p, bucket, "k", "\"v\"", KvCondition::None, 0, "")
+                .create_bucket(&ctx(p), bucket(name, "kv"))
+                .await
+                .unwrap();
+            e.storage
+                .create_binding(&ctx(p), binding(host, name))
+                .await
+                .unwrap();
+            e.storage
+                .kv_put(&ctx(p), write(name, "k", "\"v\"", KvCondition::None, 0))
                 .await
                 .unwrap();
         }
         let (_, read) = e
             .storage
-            .create_token(&a, "kv", "read", &["conf".into()], "", 0, "")
+            .create_token(&ctx(&a), token("kv", "read", &["conf".into()], "", 0))
             .await
             .unwrap();
         let (written, write) = e
             .storage
-            .create_token(&a, "kv", "write", &["*".into()], "", 0, "")
+            .create_token(&ctx(&a), token("kv", "write", &["*".into()], "", 0))
             .await
             .unwrap();
-        // Static for the closure below; a test's few strings.
-        let (read, write): (&'static str, &'static str) = (read.leak(), write.leak());
-        let put = |host: &'static str, secret: &'static str| HostKvWrite {
-            host,
-            secret,
-            key: "k",
-            value_json: "\"forged\"",
-            condition: KvCondition::None,
-            ttl_s: 0,
+        let (read, write) = (read.as_str(), write.as_str());
+        let put = |host: &str, secret: &str| HostKvWrite {
+            host: host.into(),
+            secret: secret.into(),
+            entry: KvEntry::parse("k", "\"forged\"", KvCondition::None, 0).expect("a valid entry"),
         };
         // What a correct gateway sends works.
         let row = e
@@ -748,7 +804,7 @@ async fn forged_host_kv_requests_are_refused_by_the_storage_service() {
             .host_kv_put(&g, put("kv.o1.test", write))
             .await
             .unwrap();
-        e.storage.revoke_token(&a, &written.id, "").await.unwrap();
+        e.storage.revoke_token(&ctx(&a), &written.id).await.unwrap();
         assert!(matches!(
             e.storage.host_kv_put(&g, put("kv.o1.test", write)).await,
             Err(StorageError::Unauthenticated(_))
@@ -770,11 +826,11 @@ async fn concurrent_single_object_edits_never_lose_each_other() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
         e.storage
-            .create_bucket(&p, "site", "static", "")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         e.storage
-            .upload_deployment(&p, "site", vec![file("index.html", "x")], true, "")
+            .upload_deployment(&ctx(&p), "site", vec![file("index.html", "x")], true)
             .await
             .unwrap();
         let edits = (0..6).map(|i| {
@@ -782,7 +838,7 @@ async fn concurrent_single_object_edits_never_lose_each_other() {
             let p = p.clone();
             tokio::spawn(async move {
                 storage
-                    .put_object(&p, "site", file(&format!("f{i}.txt"), "y"), "")
+                    .put_object(&ctx(&p), "site", file(&format!("f{i}.txt"), "y"))
                     .await
             })
         });
@@ -820,14 +876,14 @@ async fn uploads_with_a_content_type_that_is_no_header_are_refused() {
         let e = env(backend).await;
         let p = op("o1", &["*"]);
         e.storage
-            .create_bucket(&p, "site", "static", "")
+            .create_bucket(&ctx(&p), bucket("site", "static"))
             .await
             .unwrap();
         let mut bad = file("index.html", "x");
         bad.content_type = "text/html\r\nset-cookie: a=b".into();
         match e
             .storage
-            .upload_deployment(&p, "site", vec![bad], true, "")
+            .upload_deployment(&ctx(&p), "site", vec![bad], true)
             .await
         {
             Err(StorageError::Invalid {
@@ -839,7 +895,7 @@ async fn uploads_with_a_content_type_that_is_no_header_are_refused() {
         let mut good = file("index.html", "x");
         good.content_type = "text/html; charset=utf-8".into();
         e.storage
-            .upload_deployment(&p, "site", vec![good], true, "")
+            .upload_deployment(&ctx(&p), "site", vec![good], true)
             .await
             .unwrap();
     }

@@ -2,12 +2,13 @@
 
 use lattice_core::audit::{AuditEvent, Outcome};
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, principal_of};
+use lattice_core::grpc::{context_of, principal_of};
 use lattice_proto::tasks::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::TaskError;
-use crate::service::{EnqueueInput, Tasks};
+use crate::input::{EnqueueInput, TaskFilter};
+use crate::service::Tasks;
 use crate::store::{AuditEntry, Completion, TaskRow};
 
 /// The tonic service.
@@ -80,22 +81,9 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let ctx = lattice_core::grpc::context_of(&req)?;
-        let r = req.into_inner();
-        let (task, created) = self
-            .tasks
-            .enqueue(
-                &ctx,
-                EnqueueInput {
-                    node_id: r.node_id,
-                    kind: r.kind,
-                    payload_json: r.payload_json,
-                    idempotency_key: r.idempotency_key,
-                    max_attempts: r.max_attempts,
-                },
-            )
-            .await
-            .map_err(st)?;
+        let ctx = context_of(&req)?;
+        let input = EnqueueInput::try_from(req.into_inner()).map_err(st)?;
+        let (task, created) = self.tasks.enqueue(&ctx, input).await.map_err(st)?;
         Ok(Response::new(pb::EnqueueResponse {
             task: Some(task_pb(task)),
             created,
@@ -116,22 +104,8 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let p = principal_of(&req)?.clone();
-        let r = req.into_inner();
-        let state = match pb::TaskState::try_from(r.state) {
-            Ok(pb::TaskState::Unspecified) => None,
-            Ok(state) => Some(state),
-            Err(_) => {
-                return Err(st(crate::TaskError::Invalid(format!(
-                    "state: {} is not a task state",
-                    r.state
-                ))));
-            }
-        };
-        let rows = self
-            .tasks
-            .list(&p, &r.node_id, state, &r.before, r.limit)
-            .await
-            .map_err(st)?;
+        let filter = TaskFilter::try_from(req.into_inner()).map_err(st)?;
+        let rows = self.tasks.list(&p, &filter).await.map_err(st)?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: rows.into_iter().map(task_pb).collect(),
         }))
@@ -141,11 +115,10 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         &self,
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let t = self
             .tasks
-            .cancel(&p, &ip, &req.get_ref().id)
+            .cancel(&ctx, &req.get_ref().id)
             .await
             .map_err(st)?;
         Ok(Response::new(task_pb(t)))

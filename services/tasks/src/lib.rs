@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod grpc;
+pub mod input;
 pub mod nodes;
 pub mod outbox;
 pub mod service;

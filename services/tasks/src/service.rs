@@ -3,18 +3,20 @@
 
 use std::sync::Arc;
 
-use lattice_core::audit::{AuditEvent, Outcome};
+use lattice_core::audit::{Actor, AuditEvent, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
-use lattice_proto::task_kinds;
-
-use lattice_proto::tasks::v1::TaskState;
 
 use crate::error::TaskError;
+use crate::input::{EnqueueInput, TaskFilter, check_id};
 use crate::store::{AuditEntry, Completion, NewTask, Store, TaskRow, Verification};
 
 /// The service that may claim tasks and record results for agents.
 pub const TUNNEL_PRINCIPAL: &str = "service:tunnel";
+
+fn pb_state_name(state: lattice_proto::tasks::v1::TaskState) -> &'static str {
+    state.name()
+}
 
 /// The tasks service.
 #[derive(Clone)]
@@ -36,16 +38,6 @@ impl std::fmt::Debug for Tasks {
     }
 }
 
-/// What the caller asked to enqueue.
-#[derive(Debug, Clone)]
-pub struct EnqueueInput {
-    pub node_id: String,
-    pub kind: String,
-    pub payload_json: String,
-    pub idempotency_key: String,
-    pub max_attempts: i64,
-}
-
 fn require(p: &Principal, scope: &str) -> Result<(), TaskError> {
     if p.allows(scope) {
         Ok(())
@@ -60,14 +52,6 @@ fn require_service(p: &Principal, who: &str) -> Result<(), TaskError> {
     } else {
         Err(TaskError::Forbidden(format!("only {who} may call this")))
     }
-}
-
-fn check_id(field: &str, id: &str) -> Result<(), TaskError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(TaskError::Invalid(format!("{field}: {id:?} is not an id")));
-    }
-    Ok(())
 }
 
 impl Tasks {
@@ -114,61 +98,32 @@ impl Tasks {
         ctx: &RequestContext,
         input: EnqueueInput,
     ) -> Result<(TaskRow, bool), TaskError> {
-        let (p, client_ip) = (&ctx.principal, ctx.client_ip.as_str());
+        let p = &ctx.principal;
         require(p, "tasks:write")?;
-        check_id("node", &input.node_id)?;
-        let spec = task_kinds::spec(&input.kind).ok_or_else(|| {
-            TaskError::Invalid(format!(
-                "kind: unknown task kind {:?} (known: {})",
-                input.kind,
-                task_kinds::KINDS
-                    .iter()
-                    .map(|k| k.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        let payload: serde_json::Value = if input.payload_json.trim().is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            serde_json::from_str(&input.payload_json)
-                .map_err(|e| TaskError::Invalid(format!("payload: not JSON: {e}")))?
-        };
-        if input.payload_json.len() > 64 * 1024 {
-            return Err(TaskError::Invalid("payload: at most 64 KiB".into()));
-        }
-        task_kinds::validate_payload(spec.name, &payload).map_err(TaskError::Invalid)?;
-        let key = input.idempotency_key.trim();
-        if key.len() > 200 {
-            return Err(TaskError::Invalid(
-                "idempotency_key: at most 200 characters".into(),
-            ));
-        }
-        let max_attempts = match input.max_attempts {
-            0 => spec.default_max_attempts,
-            n @ 1..=20 => n,
-            _ => return Err(TaskError::Invalid("max_attempts: must be 1..20".into())),
-        };
         // The tunnel service owns nodes: asked on every enqueue (briefly cached).
         self.nodes.check_in_org(ctx, &input.node_id).await?;
+        let EnqueueInput {
+            node_id,
+            kind,
+            payload,
+            idempotency_key,
+            max_attempts,
+        } = input;
+        let audit = Actor::of(ctx).event(
+            "task.create",
+            "",
+            Outcome::Success,
+            &serde_json::json!({"node_id": node_id, "kind": kind.name}),
+        );
         let new = NewTask {
             org_id: p.org_id.clone(),
-            node_id: input.node_id.clone(),
-            kind: spec.name.into(),
+            node_id,
+            kind: kind.name.into(),
             payload: payload.to_string(),
-            idempotency_key: (!key.is_empty()).then(|| key.to_owned()),
-            exclusive: spec.exclusive,
+            idempotency_key,
+            exclusive: kind.exclusive,
             max_attempts,
             created_by: p.sub.clone(),
-        };
-        let audit = AuditEvent {
-            org_id: p.org_id.clone(),
-            actor: p.sub.clone(),
-            action: "task.create".into(),
-            target: String::new(),
-            outcome: Outcome::Success,
-            client_ip: client_ip.into(),
-            detail: serde_json::json!({"node_id": input.node_id, "kind": spec.name}).to_string(),
         };
         let (row, created) = self.store.enqueue(&new, &audit).await?;
         if created {
@@ -192,41 +147,27 @@ impl Tasks {
     pub async fn list(
         &self,
         p: &Principal,
-        node: &str,
-        state: Option<TaskState>,
-        before: &str,
-        limit: i64,
+        filter: &TaskFilter,
     ) -> Result<Vec<TaskRow>, TaskError> {
         require(p, "tasks:read")?;
-        if !node.is_empty() {
-            check_id("node", node)?;
-        }
-        if !before.is_empty() {
-            check_id("before", before)?;
-        }
-        let state = state.map_or("", TaskState::name);
-        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
-        self.store.list(&p.org_id, node, state, before, limit).await
+        self.store
+            .list(
+                &p.org_id,
+                &filter.node_id,
+                filter.state.map_or("", pb_state_name),
+                &filter.before,
+                filter.limit,
+            )
+            .await
     }
 
     /// Cancel (`tasks:write`).
-    pub async fn cancel(
-        &self,
-        p: &Principal,
-        client_ip: &str,
-        id: &str,
-    ) -> Result<TaskRow, TaskError> {
+    pub async fn cancel(&self, ctx: &RequestContext, id: &str) -> Result<TaskRow, TaskError> {
+        let p = &ctx.principal;
         require(p, "tasks:write")?;
         check_id("id", id)?;
-        let audit = AuditEvent {
-            org_id: p.org_id.clone(),
-            actor: p.sub.clone(),
-            action: "task.cancel".into(),
-            target: id.into(),
-            outcome: Outcome::Success,
-            client_ip: client_ip.into(),
-            detail: "{}".into(),
-        };
+        let audit =
+            Actor::of(ctx).event("task.cancel", id, Outcome::Success, &serde_json::json!({}));
         let row = self.store.cancel(&p.org_id, id, &audit).await?;
         self.chain_wake.notify_one();
         Ok(row)

@@ -9,7 +9,8 @@ use lattice_core::audit::{AuditEvent, Outcome};
 use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::db::{self, Backend, Db, testing};
-use lattice_tasks::service::EnqueueInput;
+use lattice_proto::tasks::v1 as pb;
+use lattice_tasks::input::{EnqueueInput, TaskFilter};
 use lattice_tasks::store::{Completion, Store};
 use lattice_tasks::{TaskError, Tasks};
 
@@ -75,14 +76,47 @@ fn tunnel() -> Principal {
     Principal::service("tunnel")
 }
 
-fn exec(node: &str, key: &str) -> EnqueueInput {
-    EnqueueInput {
+/// An `exec` request for `node` with idempotency key `key`, as the adapter gets it.
+fn exec_req(node: &str, key: &str) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
         node_id: node.into(),
         kind: "exec".into(),
         payload_json: r#"{"argv":["uptime"]}"#.into(),
         idempotency_key: key.into(),
         max_attempts: 0,
     }
+}
+
+/// `req`, validated as the gRPC adapter does.
+fn input(req: pb::EnqueueRequest) -> EnqueueInput {
+    EnqueueInput::try_from(req).expect("a valid enqueue request")
+}
+
+/// An `exec` task for `node` with idempotency key `key`.
+fn exec(node: &str, key: &str) -> EnqueueInput {
+    input(exec_req(node, key))
+}
+
+/// A `facts.refresh` task for `node`.
+fn refresh(node: &str) -> EnqueueInput {
+    input(pb::EnqueueRequest {
+        kind: "facts.refresh".into(),
+        payload_json: "{}".into(),
+        ..exec_req(node, "")
+    })
+}
+
+/// Tasks of the caller's org on `node` in `state` ("" for any), as listed.
+fn filter(node: &str, state: &str) -> TaskFilter {
+    TaskFilter::try_from(pb::ListTasksRequest {
+        node_id: node.into(),
+        state: pb::TaskState::from_name(state)
+            .unwrap_or(pb::TaskState::Unspecified)
+            .into(),
+        before: String::new(),
+        limit: 10,
+    })
+    .expect("a valid filter")
 }
 
 fn done(id: &str, epoch: i64, node: &str) -> Completion {
@@ -118,19 +152,20 @@ async fn enqueue_validates_and_deduplicates() {
         assert!(!created, "{backend:?}: same key, same task");
         assert_eq!(again.id, t.id);
 
-        let mut bad = exec("node-1", "");
+        // Bad requests are refused where the adapter validates them.
+        let mut bad = exec_req("node-1", "");
         bad.kind = "reboot".into();
-        let err = e.tasks.enqueue(&ctx(&w, ""), bad).await.unwrap_err();
+        let err = EnqueueInput::try_from(bad).unwrap_err();
         assert!(err.to_string().starts_with("kind:"), "{err}");
-        let mut bad = exec("node-1", "");
+        let mut bad = exec_req("node-1", "");
         bad.payload_json = r#"{"argv":[]}"#.into();
         assert!(
-            matches!(e.tasks.enqueue(&ctx(&w, ""), bad).await, Err(TaskError::Invalid(m)) if m.contains("payload.argv"))
+            matches!(EnqueueInput::try_from(bad), Err(TaskError::Invalid(m)) if m.contains("payload.argv"))
         );
-        let mut bad = exec("node 1; drop", "");
+        let mut bad = exec_req("node 1; drop", "");
         bad.payload_json = "{}".into();
         assert!(matches!(
-            e.tasks.enqueue(&ctx(&w, ""), bad).await,
+            EnqueueInput::try_from(bad),
             Err(TaskError::Invalid(_))
         ));
 
@@ -167,20 +202,14 @@ async fn enqueue_validates_and_deduplicates() {
         ));
         assert!(
             e.tasks
-                .list(&other, "", None, "", 10)
+                .list(&other, &filter("", ""))
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
             e.tasks
-                .list(
-                    &r,
-                    "node-1",
-                    Some(lattice_proto::tasks::v1::TaskState::Queued),
-                    "",
-                    10
-                )
+                .list(&r, &filter("node-1", "queued"))
                 .await
                 .unwrap()
                 .len(),
@@ -199,9 +228,7 @@ async fn claims_are_exclusive_per_kind_and_fenced_by_epoch() {
             .enqueue(&ctx(&w, ""), exec("node-a", ""))
             .await
             .unwrap();
-        let mut facts = exec("node-a", "");
-        facts.kind = "facts.refresh".into();
-        facts.payload_json = "{}".into();
+        let facts = refresh("node-a");
         let (t2, _) = e
             .tasks
             .enqueue(&ctx(&w, ""), exec("node-a", ""))
@@ -302,9 +329,9 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
     for backend in testing::backends() {
         let e = env(backend, 100, false).await;
         let w = op(&["tasks:write", "tasks:read"]);
-        let mut once = exec("node-d", "");
+        let mut once = exec_req("node-d", "");
         once.max_attempts = 1;
-        let (t, _) = e.tasks.enqueue(&ctx(&w, ""), once).await.unwrap();
+        let (t, _) = e.tasks.enqueue(&ctx(&w, ""), input(once)).await.unwrap();
         assert_eq!(
             e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap().len(),
             1
@@ -321,7 +348,7 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
             .await
             .unwrap();
         let claimed = e.tasks.claim(&tunnel(), "node-d", 1).await.unwrap();
-        let cancelled = e.tasks.cancel(&w, "", &c.id).await.unwrap();
+        let cancelled = e.tasks.cancel(&ctx(&w, ""), &c.id).await.unwrap();
         assert_eq!(cancelled.state, "cancelled");
         // The running agent learns on its next heartbeat, and its result is refused.
         let stale = e
@@ -336,7 +363,7 @@ async fn last_attempt_goes_dead_and_cancel_stops_work() {
                 .await,
             Err(TaskError::Fenced(_))
         ));
-        let err = e.tasks.cancel(&w, "", &c.id).await.unwrap_err();
+        let err = e.tasks.cancel(&ctx(&w, ""), &c.id).await.unwrap_err();
         assert!(
             matches!(&err, TaskError::Conflict(m) if m.contains("already cancelled")),
             "{err}"
@@ -351,9 +378,7 @@ async fn concurrent_claimers_never_share_a_task() {
         let w = op(&["tasks:write"]);
         let mut ids = Vec::new();
         for i in 0..40 {
-            let mut f = exec(&format!("node-{}", i % 4), "");
-            f.kind = "facts.refresh".into();
-            f.payload_json = "{}".into();
+            let f = refresh(&format!("node-{}", i % 4));
             // facts.refresh is exclusive per node: finish each claimed one.
             ids.push(e.tasks.enqueue(&ctx(&w, ""), f).await.unwrap().0.id);
         }
@@ -410,9 +435,7 @@ async fn a_result_claims_the_next_task_in_the_same_statement() {
         }
         let first = e.tasks.claim(&tunnel(), "node-n", 16).await.unwrap();
         assert_eq!(first.len(), 1, "{backend:?}: one exec at a time");
-        let mut facts = exec("node-n", "");
-        facts.kind = "facts.refresh".into();
-        facts.payload_json = "{}".into();
+        let facts = refresh("node-n");
         let (f, _) = e.tasks.enqueue(&ctx(&w, ""), facts).await.unwrap();
 
         // The result is recorded and the next exec starts with it, alongside the

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use lattice_core::error::to_status;
-use lattice_core::grpc::{client_ip_of, principal_of};
+use lattice_core::grpc::{client_ip_of, context_of, principal_of};
 use lattice_proto::agent::v1 as agent;
 use lattice_proto::tunnel::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
@@ -59,15 +59,13 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::JoinToken>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let r = req.into_inner();
         let t = self
             .hub
             .nodes()
             .create_join_token(
-                &p,
-                &ip,
+                &ctx,
                 r.labels.into_iter().collect(),
                 r.expires_in_s,
                 &r.server_url,
@@ -112,15 +110,13 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         &self,
         req: Request<pb::UpdateNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let r = req.into_inner();
         let n = self
             .hub
             .nodes()
             .update(
-                &p,
-                &ip,
+                &ctx,
                 &r.id,
                 r.set_capabilities.then_some(r.capabilities),
                 r.set_labels.then(|| r.labels.into_iter().collect()),
@@ -135,10 +131,9 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         &self,
         req: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let id = req.into_inner().id;
-        self.hub.nodes().delete(&p, &ip, &id).await.map_err(st)?;
+        self.hub.nodes().delete(&ctx, &id).await.map_err(st)?;
         self.hub.disconnect(&id, "the node was deleted");
         Ok(Response::new(pb::DeleteNodeResponse {}))
     }
@@ -147,8 +142,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         &self,
         req: Request<pb::ReconnectNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let r = req.into_inner();
         let reason = if r.reason.is_empty() {
             "asked by an operator".to_owned()
@@ -158,7 +152,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         let n = self
             .hub
             .nodes()
-            .reconnect(&p, &ip, &r.id, &r.url, &reason)
+            .reconnect(&ctx, &r.id, &r.url, &reason)
             .await
             .map_err(st)?;
         self.hub.reconnect(&n.id, &r.url, &reason).await;
@@ -210,8 +204,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         &self,
         req: Request<Streaming<pb::ProxyChunk>>,
     ) -> Result<Response<ProxyStream>, Status> {
-        let p = principal_of(&req)?.clone();
-        let ip = client_ip_of(&req).unwrap_or_default();
+        let ctx = context_of(&req)?;
         let metadata = req.metadata().clone();
         let mut body = req.into_inner();
         let head = match body.message().await? {
@@ -226,7 +219,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         };
         let stream = self
             .hub
-            .proxy(&p, &ip, &metadata, head, body)
+            .proxy(&ctx, &metadata, head, body)
             .await
             .map_err(st)?;
         Ok(Response::new(stream))

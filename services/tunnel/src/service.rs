@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use lattice_core::audit::{AuditEvent, AuditSink, Outcome, TableAudit};
-use lattice_core::auth::Principal;
+use lattice_core::audit::{Actor, AuditSink, Outcome, TableAudit};
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::time::now_ms;
 use lattice_proto::agent::v1 as agent;
@@ -108,30 +108,21 @@ impl Nodes {
         &self.store
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Record that `actor` did `action` to `target` (`ok`: it succeeded).
     pub(crate) async fn record(
         &self,
-        p_org: &str,
-        actor: &str,
+        actor: Actor<'_>,
         action: &str,
         target: &str,
         ok: bool,
-        ip: &str,
         detail: serde_json::Value,
     ) {
-        let event = AuditEvent {
-            org_id: p_org.into(),
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            outcome: if ok {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-            client_ip: ip.into(),
-            detail: detail.to_string(),
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
         };
+        let event = actor.event(action, target, outcome, &detail);
         if let Err(err) = self.audit.record(event).await {
             tracing::error!(error = %format!("{err:#}"), action, "audit record failed");
         }
@@ -140,13 +131,13 @@ impl Nodes {
     /// A single-use join token (`nodes:write`).
     pub async fn create_join_token(
         &self,
-        p: &Principal,
-        ip: &str,
+        ctx: &RequestContext,
         labels: BTreeMap<String, String>,
         expires_in_s: i64,
         server_url: &str,
         ca_sha256: &str,
     ) -> Result<NewJoinToken, TunnelError> {
+        let p = &ctx.principal;
         require(p, "nodes:write")?;
         check_labels(&labels)?;
         let ttl = if expires_in_s == 0 {
@@ -191,12 +182,10 @@ impl Nodes {
         }
         .encode();
         self.record(
-            &p.org_id,
-            &p.sub,
+            Actor::of(ctx),
             "node.join_token.create",
             &id,
             true,
-            ip,
             serde_json::json!({"expires_at_ms": expires_at_ms, "labels": labels}),
         )
         .await;
@@ -239,12 +228,14 @@ impl Nodes {
         {
             Ok(node) => {
                 self.record(
-                    &node.org_id,
-                    &format!("node:{node_id}"),
+                    Actor {
+                        org_id: &node.org_id,
+                        id: &format!("node:{node_id}"),
+                        client_ip: ip,
+                    },
                     "node.enroll",
                     &node_id,
                     true,
-                    ip,
                     serde_json::json!({"hostname": facts.hostname}),
                 )
                 .await;
@@ -253,12 +244,14 @@ impl Nodes {
             Err(e) => {
                 if let TunnelError::Unauthenticated(why) = &e {
                     self.record(
-                        "",
-                        "anonymous",
+                        Actor {
+                            org_id: "",
+                            id: "anonymous",
+                            client_ip: ip,
+                        },
                         "node.enroll",
                         "",
                         false,
-                        ip,
                         serde_json::json!({"reason": why, "hostname": facts.hostname}),
                     )
                     .await;
@@ -303,12 +296,12 @@ impl Nodes {
     /// Change capabilities / labels (`nodes:write`).
     pub async fn update(
         &self,
-        p: &Principal,
-        ip: &str,
+        ctx: &RequestContext,
         id: &str,
         capabilities: Option<Vec<String>>,
         labels: Option<BTreeMap<String, String>>,
     ) -> Result<NodeRow, TunnelError> {
+        let p = &ctx.principal;
         require(p, "nodes:write")?;
         check_id("id", id)?;
         let caps = match capabilities {
@@ -335,12 +328,10 @@ impl Nodes {
             .update_node(&p.org_id, id, caps.as_deref(), labels.as_ref())
             .await?;
         self.record(
-            &p.org_id,
-            &p.sub,
+            Actor::of(ctx),
             "node.update",
             id,
             true,
-            ip,
             serde_json::json!({"capabilities": caps, "labels": labels}),
         )
         .await;
@@ -348,17 +339,16 @@ impl Nodes {
     }
 
     /// Forget a node (`nodes:write`).
-    pub async fn delete(&self, p: &Principal, ip: &str, id: &str) -> Result<(), TunnelError> {
+    pub async fn delete(&self, ctx: &RequestContext, id: &str) -> Result<(), TunnelError> {
+        let p = &ctx.principal;
         require(p, "nodes:write")?;
         check_id("id", id)?;
         self.store.delete_node(&p.org_id, id).await?;
         self.record(
-            &p.org_id,
-            &p.sub,
+            Actor::of(ctx),
             "node.delete",
             id,
             true,
-            ip,
             serde_json::json!({}),
         )
         .await;
@@ -369,12 +359,12 @@ impl Nodes {
     /// not empty. Returns the node; the replica holding its stream acts on it.
     pub async fn reconnect(
         &self,
-        p: &Principal,
-        ip: &str,
+        ctx: &RequestContext,
         id: &str,
         url: &str,
         reason: &str,
     ) -> Result<NodeRow, TunnelError> {
+        let p = &ctx.principal;
         require(p, "nodes:write")?;
         check_id("id", id)?;
         check_server_url(url, &self.settings.agent_hosts)?;
@@ -391,12 +381,10 @@ impl Nodes {
             )));
         }
         self.record(
-            &p.org_id,
-            &p.sub,
+            Actor::of(ctx),
             "node.reconnect",
             id,
             true,
-            ip,
             serde_json::json!({"url": url, "reason": reason}),
         )
         .await;

@@ -1,6 +1,6 @@
 //! First start: the `default` org and its `admin` user, when no user exists.
 
-use lattice_core::audit::Outcome;
+use lattice_core::audit::{Actor, Outcome};
 use lattice_core::crypto::random_secret;
 
 use super::{Identity, Result, validate_password};
@@ -35,12 +35,14 @@ impl Identity {
         {
             Ok(user) => {
                 self.audit(
-                    &org_id,
-                    "service:bootstrap",
+                    Actor {
+                        org_id: &org_id,
+                        id: "service:bootstrap",
+                        client_ip: "",
+                    },
                     "user.create",
                     &user.id,
                     Outcome::Success,
-                    "",
                     serde_json::json!({"username": "admin", "bootstrap": true}),
                 )
                 .await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Header, Validation};
-use lattice_core::audit::Outcome;
+use lattice_core::audit::{Actor, Outcome};
 use lattice_core::auth::Principal;
 use lattice_core::time::now_ms;
 use serde::{Deserialize, Serialize};
@@ -114,12 +114,10 @@ impl Identity {
         match lock {
             Ok(Some(())) => {
                 self.audit(
-                    &user.org_id,
-                    &user.id,
+                    client.actor(user),
                     "auth.lockout",
                     &user.id,
                     Outcome::Success,
-                    &client.ip,
                     serde_json::json!({"duration_s": self.cfg.lockout_duration_s}),
                 )
                 .await;
@@ -128,12 +126,10 @@ impl Identity {
             Err(e) => return e.into(),
         }
         self.audit(
-            &user.org_id,
-            &user.id,
+            client.actor(user),
             action,
             &user.id,
             Outcome::Failure,
-            &client.ip,
             serde_json::json!({}),
         )
         .await;
@@ -164,12 +160,10 @@ impl Identity {
             && let Some(retry_after_s) = Self::lock_remaining_s(u)
         {
             self.audit(
-                &u.org_id,
-                &u.id,
+                client.actor(u),
                 "auth.login",
                 &u.id,
                 Outcome::Failure,
-                &client.ip,
                 serde_json::json!({"reason": "locked"}),
             )
             .await;
@@ -197,12 +191,14 @@ impl Identity {
                             name.chars().take(64).collect()
                         };
                         self.audit(
-                            "",
-                            &shown,
+                            Actor {
+                                org_id: "",
+                                id: &shown,
+                                client_ip: &client.ip,
+                            },
                             "auth.login",
                             "",
                             Outcome::Failure,
-                            &client.ip,
                             serde_json::json!({"reason": "unknown user"}),
                         )
                         .await;
@@ -222,12 +218,10 @@ impl Identity {
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.mfa_encoding)
                     .expect("HS256 signing of a serialisable struct cannot fail");
             self.audit(
-                &user.org_id,
-                &user.id,
+                client.actor(&user),
                 "auth.login.password",
                 &user.id,
                 Outcome::Success,
-                &client.ip,
                 serde_json::json!({"mfa_required": true}),
             )
             .await;

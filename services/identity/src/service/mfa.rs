@@ -1,8 +1,8 @@
 //! TOTP as a second factor: enrollment (a sealed seed, confirmed with a code, which
 //! yields the recovery codes), turning it off, and checking a code or recovery code.
 
-use lattice_core::audit::Outcome;
-use lattice_core::auth::Principal;
+use lattice_core::audit::{Actor, Outcome};
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::hash_secret;
 use lattice_core::time::now_ms;
 use lattice_proto::events::v1::credential_revoked::Subject;
@@ -61,12 +61,8 @@ impl Identity {
     }
 
     /// Finish enrollment with a current code; returns the recovery codes (once).
-    pub async fn confirm_totp(
-        &self,
-        caller: &Principal,
-        code: &str,
-        ip: &str,
-    ) -> Result<Vec<String>> {
+    pub async fn confirm_totp(&self, ctx: &RequestContext, code: &str) -> Result<Vec<String>> {
+        let caller = &ctx.principal;
         require_session(caller, "TOTP settings")?;
         let user = self
             .store
@@ -96,12 +92,14 @@ impl Identity {
         self.announce_revoked(Subject::UserId(user.id.clone()))
             .await;
         self.audit(
-            &user.org_id,
-            &user.id,
+            Actor {
+                org_id: &user.org_id,
+                id: &user.id,
+                client_ip: &ctx.client_ip,
+            },
             "auth.totp.enable",
             &user.id,
             Outcome::Success,
-            ip,
             serde_json::json!({}),
         )
         .await;
@@ -112,11 +110,11 @@ impl Identity {
     /// another user of the org.
     pub async fn disable_totp(
         &self,
-        caller: &Principal,
+        ctx: &RequestContext,
         code: &str,
         user_id: &str,
-        ip: &str,
     ) -> Result<()> {
+        let caller = &ctx.principal;
         require_user(caller)?;
         let target_id = if user_id.is_empty() {
             caller.sub.as_str()
@@ -144,12 +142,10 @@ impl Identity {
         self.announce_revoked(Subject::UserId(target.id.clone()))
             .await;
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "auth.totp.disable",
             &target.id,
             Outcome::Success,
-            ip,
             serde_json::json!({}),
         )
         .await;

@@ -16,7 +16,7 @@ mod users;
 use std::sync::Arc;
 
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use lattice_core::audit::{AuditEvent, AuditSink, Outcome};
+use lattice_core::audit::{Actor, AuditSink, Outcome};
 use lattice_core::auth::{AuthMethod, Principal};
 use lattice_core::cache::Cache;
 use lattice_core::config::IdentityConfig;
@@ -58,6 +58,17 @@ pub struct ClientInfo {
     pub ip: String,
     /// Browser or client.
     pub user_agent: String,
+}
+
+impl ClientInfo {
+    /// `user`, acting from this client, as an audit actor.
+    fn actor<'a>(&'a self, user: &'a UserRow) -> Actor<'a> {
+        Actor {
+            org_id: &user.org_id,
+            id: &user.id,
+            client_ip: &self.ip,
+        }
+    }
 }
 
 /// The identity service.
@@ -198,27 +209,16 @@ impl Identity {
         &self.store
     }
 
-    // One positional call per audited action reads better at the call sites than a builder.
-    #[allow(clippy::too_many_arguments)]
+    /// Record that `actor` did `action` to `target`, with `outcome`.
     async fn audit(
         &self,
-        org_id: &str,
-        actor: &str,
+        actor: Actor<'_>,
         action: &str,
         target: &str,
         outcome: Outcome,
-        ip: &str,
         detail: serde_json::Value,
     ) {
-        let event = AuditEvent {
-            org_id: org_id.into(),
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            outcome,
-            client_ip: ip.into(),
-            detail: detail.to_string(),
-        };
+        let event = actor.event(action, target, outcome, &detail);
         if let Err(err) = self.audit.record(event).await {
             tracing::error!(error = %format!("{err:#}"), action, "recording audit event failed");
         }

@@ -1,8 +1,8 @@
 //! Sessions and credentials: a session started by a login, a session secret or
 //! bearer token resolved to its principal, logout, and `whoami`.
 
-use lattice_core::audit::Outcome;
-use lattice_core::auth::{AuthMethod, Principal};
+use lattice_core::audit::{Actor, Outcome};
+use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::scope;
 use lattice_core::time::now_ms;
@@ -52,12 +52,10 @@ impl Identity {
             })
             .await?;
         self.audit(
-            &user.org_id,
-            &user.id,
+            client.actor(user),
             "auth.login",
             &id,
             Outcome::Success,
-            &client.ip,
             serde_json::json!({"method": how}),
         )
         .await;
@@ -152,7 +150,8 @@ impl Identity {
     }
 
     /// End the caller's credential: the session, or (for a bearer token) the token.
-    pub async fn logout(&self, caller: &Principal, ip: &str) -> Result<()> {
+    pub async fn logout(&self, ctx: &RequestContext) -> Result<()> {
+        let caller = &ctx.principal;
         require_user(caller)?;
         match caller.auth {
             AuthMethod::Session => {
@@ -174,12 +173,10 @@ impl Identity {
         self.announce_revoked(Subject::CredentialId(caller.credential_id.clone()))
             .await;
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "auth.logout",
             &caller.credential_id,
             Outcome::Success,
-            ip,
             serde_json::json!({"method": caller.auth.as_str()}),
         )
         .await;

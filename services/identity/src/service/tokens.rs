@@ -1,7 +1,7 @@
 //! Operator API tokens: created within the creator's scopes, listed, revoked.
 
-use lattice_core::audit::Outcome;
-use lattice_core::auth::Principal;
+use lattice_core::audit::{Actor, Outcome};
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::scope;
 use lattice_core::time::now_ms;
@@ -24,12 +24,12 @@ impl Identity {
     /// Create an operator token whose scopes never exceed the caller's.
     pub async fn create_token(
         &self,
-        caller: &Principal,
+        ctx: &RequestContext,
         name: &str,
         scopes: &[String],
         expires_in_s: i64,
-        ip: &str,
     ) -> Result<CreatedToken> {
+        let caller = &ctx.principal;
         require_scope(caller, "tokens:write")?;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
@@ -67,42 +67,28 @@ impl Identity {
         } else {
             now + expires_in_s * 1000
         };
-        let id = uuid::Uuid::now_v7().to_string();
+        let token = TokenRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: caller.sub.clone(),
+            name: name.into(),
+            scopes,
+            created_at_ms: now,
+            expires_at_ms,
+            last_used_at_ms: 0,
+        };
         let secret = random_secret(TOKEN_PREFIX);
         self.store
-            .insert_token(
-                &id,
-                &hash_secret(&secret),
-                &caller.org_id,
-                &caller.sub,
-                name,
-                &scopes,
-                now,
-                expires_at_ms,
-            )
+            .insert_token(&caller.org_id, &hash_secret(&secret), &token)
             .await?;
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "token.create",
-            &id,
+            &token.id,
             Outcome::Success,
-            ip,
-            serde_json::json!({"name": name, "scopes": scopes}),
+            serde_json::json!({"name": name, "scopes": token.scopes}),
         )
         .await;
-        Ok(CreatedToken {
-            token: TokenRow {
-                id,
-                user_id: caller.sub.clone(),
-                name: name.into(),
-                scopes,
-                created_at_ms: now,
-                expires_at_ms,
-                last_used_at_ms: 0,
-            },
-            secret,
-        })
+        Ok(CreatedToken { token, secret })
     }
 
     /// The caller's live tokens (every token of the org for `users:admin`).
@@ -114,7 +100,8 @@ impl Identity {
 
     /// Revoke one of the caller's own tokens (always allowed: shrinking one's own
     /// exposure needs no scope), or any token of the org with `users:admin`.
-    pub async fn revoke_token(&self, caller: &Principal, id: &str, ip: &str) -> Result<()> {
+    pub async fn revoke_token(&self, ctx: &RequestContext, id: &str) -> Result<()> {
+        let caller = &ctx.principal;
         require_user(caller)?;
         let only = (!caller.allows("users:admin")).then_some(caller.sub.as_str());
         if !self.store.revoke_token(&caller.org_id, id, only).await? {
@@ -123,12 +110,10 @@ impl Identity {
         self.announce_revoked(Subject::CredentialId(id.to_owned()))
             .await;
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "token.revoke",
             id,
             Outcome::Success,
-            ip,
             serde_json::json!({}),
         )
         .await;

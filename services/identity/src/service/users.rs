@@ -1,8 +1,8 @@
 //! Users of an org: created by an admin, listed, their passwords changed (by
 //! themselves or an admin), lockouts lifted.
 
-use lattice_core::audit::Outcome;
-use lattice_core::auth::Principal;
+use lattice_core::audit::{Actor, Outcome};
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::scope;
 use lattice_proto::events::v1::credential_revoked::Subject;
 
@@ -37,12 +37,12 @@ impl Identity {
     /// Create a user in the caller's org (`users:admin`; scopes within the caller's).
     pub async fn create_user(
         &self,
-        caller: &Principal,
+        ctx: &RequestContext,
         username: &str,
         password: String,
         scopes: &[String],
-        ip: &str,
     ) -> Result<UserRow> {
+        let caller = &ctx.principal;
         require_scope(caller, "users:admin")?;
         let username = validate_username(username)?;
         validate_password(&password)?;
@@ -65,12 +65,10 @@ impl Identity {
             Err(e) => return Err(e.into()),
         };
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "user.create",
             &user.id,
             Outcome::Success,
-            ip,
             serde_json::json!({"username": username, "scopes": scopes}),
         )
         .await;
@@ -87,12 +85,16 @@ impl Identity {
     /// another user's (`users:admin`). The user's other sessions end.
     pub async fn set_password(
         &self,
-        caller: &Principal,
+        ctx: &RequestContext,
         user_id: &str,
         current: String,
         new: String,
-        client: &ClientInfo,
     ) -> Result<()> {
+        let caller = &ctx.principal;
+        let client = &ClientInfo {
+            ip: ctx.client_ip.clone(),
+            user_agent: String::new(),
+        };
         require_user(caller)?;
         // Changing one's own password proves the current one; the admin route (a user
         // id, even one's own) needs users:admin instead.
@@ -152,12 +154,10 @@ impl Identity {
         self.announce_revoked(Subject::UserId(user.id.clone()))
             .await;
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "auth.password.change",
             &user.id,
             Outcome::Success,
-            &client.ip,
             serde_json::json!({"by_admin": !own}),
         )
         .await;
@@ -165,12 +165,8 @@ impl Identity {
     }
 
     /// Lift a lockout (`users:admin`).
-    pub async fn unlock_user(
-        &self,
-        caller: &Principal,
-        user_id: &str,
-        ip: &str,
-    ) -> Result<UserRow> {
+    pub async fn unlock_user(&self, ctx: &RequestContext, user_id: &str) -> Result<UserRow> {
+        let caller = &ctx.principal;
         require_scope(caller, "users:admin")?;
         let user = self
             .store
@@ -179,12 +175,10 @@ impl Identity {
             .ok_or_else(|| IdentityError::NotFound(format!("user {user_id:?}")))?;
         self.store.clear_failures(&user.id).await?;
         self.audit(
-            &caller.org_id,
-            &caller.sub,
+            Actor::of(ctx),
             "user.unlock",
             &user.id,
             Outcome::Success,
-            ip,
             serde_json::json!({}),
         )
         .await;

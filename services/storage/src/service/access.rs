@@ -1,13 +1,15 @@
 //! Host bindings and storage access tokens: managed with the admin scope of the
 //! surface they serve (`kv:admin`, `static:admin`).
 
-use lattice_core::auth::Principal;
+use lattice_core::audit::Actor;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::{hash_secret, random_secret};
 use lattice_core::time::now_ms;
 
 use super::{Result, Storage, require_scope, require_user};
 use crate::error::StorageError;
-use crate::model::{Access, BucketName, HostName, Surface};
+use crate::input::{NewBinding, NewToken, TokenBuckets};
+use crate::model::{Access, HostName, Surface};
 use crate::store::{BindingRow, TokenRow};
 
 /// Prefix of storage token secrets.
@@ -18,13 +20,12 @@ impl Storage {
     /// most once across all orgs.
     pub async fn create_binding(
         &self,
-        p: &Principal,
-        host: &str,
-        bucket: &str,
-        ip: &str,
+        ctx: &RequestContext,
+        new: NewBinding,
     ) -> Result<BindingRow> {
-        let host = HostName::parse(host)?;
-        let bucket = self.bucket_for(p, bucket, None, Access::Admin).await?;
+        let p = &ctx.principal;
+        let NewBinding { host, bucket } = new;
+        let bucket = self.bucket_named(p, &bucket, None, Access::Admin).await?;
         match self
             .store
             .insert_binding(host.as_str(), &p.org_id, &bucket.id)
@@ -41,10 +42,9 @@ impl Storage {
         }
         self.hosts_changed(&[host.as_str().to_owned()]).await;
         self.audit(
-            p,
+            Actor::of(ctx),
             "binding.create",
             host.as_str(),
-            ip,
             serde_json::json!({"bucket": bucket.name}),
         )
         .await;
@@ -84,15 +84,15 @@ impl Storage {
     }
 
     /// Remove a binding (admin of its surface).
-    pub async fn delete_binding(&self, p: &Principal, host: &str, ip: &str) -> Result<()> {
+    pub async fn delete_binding(&self, ctx: &RequestContext, host: &str) -> Result<()> {
+        let p = &ctx.principal;
         let (host, _) = self.binding_for(p, host).await?;
         self.store.delete_binding(&p.org_id, host.as_str()).await?;
         self.hosts_changed(&[host.as_str().to_owned()]).await;
         self.audit(
-            p,
+            Actor::of(ctx),
             "binding.delete",
             host.as_str(),
-            ip,
             serde_json::json!({}),
         )
         .await;
@@ -102,21 +102,20 @@ impl Storage {
     /// Turn a binding on or off (admin of its surface).
     pub async fn set_binding_enabled(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         host: &str,
         enabled: bool,
-        ip: &str,
     ) -> Result<BindingRow> {
+        let p = &ctx.principal;
         let (host, mut binding) = self.binding_for(p, host).await?;
         self.store
             .set_binding_enabled(&p.org_id, host.as_str(), enabled)
             .await?;
         self.hosts_changed(&[host.as_str().to_owned()]).await;
         self.audit(
-            p,
+            Actor::of(ctx),
             "binding.update",
             host.as_str(),
-            ip,
             serde_json::json!({"enabled": enabled}),
         )
         .await;
@@ -126,80 +125,54 @@ impl Storage {
 
     /// Create a storage token (admin of its surface). Every named bucket must exist
     /// in the org and be of that surface. Returns the row and the secret (once).
-    #[allow(clippy::too_many_arguments)]
     pub async fn create_token(
         &self,
-        p: &Principal,
-        surface: &str,
-        access: &str,
-        buckets: &[String],
-        name: &str,
-        expires_in_s: i64,
-        ip: &str,
+        ctx: &RequestContext,
+        new: NewToken,
     ) -> Result<(TokenRow, String)> {
-        let surface = Surface::parse("surface", surface)?;
+        let p = &ctx.principal;
+        let NewToken {
+            surface,
+            access,
+            buckets,
+            name,
+            expires_in_s,
+        } = new;
         require_scope(p, surface, Access::Admin)?;
-        let access = Access::parse(access)?;
-        if buckets.is_empty() {
-            return Err(StorageError::invalid(
-                "buckets",
-                "name at least one bucket, or \"*\" for all",
-            ));
-        }
         let mut names = Vec::new();
-        for b in buckets {
-            if b == "*" {
-                if buckets.len() != 1 {
-                    return Err(StorageError::invalid(
-                        "buckets",
-                        "\"*\" cannot be combined with bucket names",
-                    ));
+        match buckets {
+            TokenBuckets::All => names.push("*".to_owned()),
+            TokenBuckets::Named(buckets) => {
+                for name in buckets {
+                    let row = self
+                        .store
+                        .bucket(&p.org_id, name.as_str())
+                        .await?
+                        .ok_or_else(|| {
+                            StorageError::NotFound(format!("bucket {:?}", name.as_str()))
+                        })?;
+                    if row.surface != surface.as_str() {
+                        return Err(StorageError::invalid(
+                            "buckets",
+                            format!(
+                                "bucket {:?} is a {} bucket, not {}",
+                                row.name,
+                                row.surface,
+                                surface.as_str()
+                            ),
+                        ));
+                    }
+                    names.push(row.name);
                 }
-                names.push("*".to_owned());
-                continue;
             }
-            let name = BucketName::parse(b).map_err(|_| {
-                StorageError::invalid("buckets", format!("{b:?} is not a bucket name"))
-            })?;
-            let row = self
-                .store
-                .bucket(&p.org_id, name.as_str())
-                .await?
-                .ok_or_else(|| StorageError::NotFound(format!("bucket {:?}", name.as_str())))?;
-            if row.surface != surface.as_str() {
-                return Err(StorageError::invalid(
-                    "buckets",
-                    format!(
-                        "bucket {:?} is a {} bucket, not {}",
-                        row.name,
-                        row.surface,
-                        surface.as_str()
-                    ),
-                ));
-            }
-            names.push(row.name);
         }
         names.sort();
         names.dedup();
-        let name = name.trim();
-        if name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(StorageError::invalid(
-                "name",
-                "must be at most 64 printable characters",
-            ));
-        }
-        const TEN_YEARS_S: i64 = 10 * 366 * 24 * 3600;
-        if !(0..=TEN_YEARS_S).contains(&expires_in_s) {
-            return Err(StorageError::invalid(
-                "expires_in_s",
-                "must be between 0 (no expiry) and 10 years",
-            ));
-        }
         let now = now_ms();
         let row = TokenRow {
             id: uuid::Uuid::now_v7().to_string(),
             org_id: p.org_id.clone(),
-            name: name.to_owned(),
+            name,
             surface: surface.as_str().into(),
             access: access.as_str().into(),
             buckets: names,
@@ -214,10 +187,9 @@ impl Storage {
         let secret = random_secret(STORAGE_TOKEN_PREFIX);
         self.store.insert_token(&row, &hash_secret(&secret)).await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "storage_token.create",
             &row.id,
-            ip,
             serde_json::json!({"surface": row.surface, "access": row.access, "buckets": row.buckets}),
         )
         .await;
@@ -242,7 +214,8 @@ impl Storage {
     }
 
     /// Revoke a storage token (admin of its surface).
-    pub async fn revoke_token(&self, p: &Principal, id: &str, ip: &str) -> Result<()> {
+    pub async fn revoke_token(&self, ctx: &RequestContext, id: &str) -> Result<()> {
+        let p = &ctx.principal;
         require_user(p)?;
         let token = self
             .store
@@ -254,8 +227,13 @@ impl Storage {
         self.store.revoke_token(&p.org_id, id).await?;
         self.forget_grant(id);
         self.announce_revoked(id).await;
-        self.audit(p, "storage_token.revoke", id, ip, serde_json::json!({}))
-            .await;
+        self.audit(
+            Actor::of(ctx),
+            "storage_token.revoke",
+            id,
+            serde_json::json!({}),
+        )
+        .await;
         Ok(())
     }
 }

@@ -1,53 +1,33 @@
 //! KV entries: conditional writes (If-Match / If-None-Match), TTLs, ordered listing.
 
-use lattice_core::auth::Principal;
+use lattice_core::audit::Actor;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::time::now_ms;
 use lattice_proto::storage::kv_cache_key;
 
 use super::{Result, Storage};
 use crate::error::StorageError;
-use crate::model::{Access, KvKey, KvValue, Surface};
+use crate::input::{KvCondition, KvEntry, KvPut};
+use crate::model::{Access, KvKey, Surface};
 use crate::store::{BucketRow, KvRow, Written};
 
-/// Condition on a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvCondition {
-    /// Always write.
-    None,
-    /// Only if the entry is at this version (`If-Match`).
-    Version(i64),
-    /// Only if there is no live entry (`If-None-Match: *`).
-    Absent,
-}
-
-/// Longest TTL: ten years.
-const MAX_TTL_S: i64 = 10 * 366 * 24 * 3600;
 /// Most entries in one listing page.
 pub const MAX_LIST: i64 = 1000;
 
 impl Storage {
-    pub(super) async fn kv_put_in(
-        &self,
-        bucket: &BucketRow,
-        key: &str,
-        value_json: &str,
-        condition: KvCondition,
-        ttl_s: i64,
-    ) -> Result<KvRow> {
-        let key = KvKey::parse(key)?;
-        let value = KvValue::parse(value_json)?;
-        if !(0..=MAX_TTL_S).contains(&ttl_s) {
-            return Err(StorageError::invalid(
-                "ttl_s",
-                "must be between 0 (no expiry) and 10 years",
-            ));
-        }
-        let expires_at_ms = if ttl_s == 0 {
+    pub(super) async fn kv_put_in(&self, bucket: &BucketRow, entry: &KvEntry) -> Result<KvRow> {
+        let KvEntry {
+            key,
+            value,
+            condition,
+            ttl_s,
+        } = entry;
+        let expires_at_ms = if *ttl_s == 0 {
             0
         } else {
             now_ms() + ttl_s * 1000
         };
-        let (if_version, if_absent) = match condition {
+        let (if_version, if_absent) = match *condition {
             KvCondition::None => (None, false),
             KvCondition::Version(v) => (Some(v), false),
             KvCondition::Absent => (None, true),
@@ -68,7 +48,7 @@ impl Storage {
             .await;
         match written {
             Written::Ok(row) => Ok(row),
-            Written::ConditionFailed => Err(StorageError::PreconditionFailed(match condition {
+            Written::ConditionFailed => Err(StorageError::PreconditionFailed(match *condition {
                 KvCondition::Absent => format!("key {:?} already exists", key.as_str()),
                 _ => format!("key {:?} is not at the expected version", key.as_str()),
             })),
@@ -108,28 +88,20 @@ impl Storage {
     }
 
     /// Write a value (`kv:write`).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn kv_put(
-        &self,
-        p: &Principal,
-        bucket: &str,
-        key: &str,
-        value_json: &str,
-        condition: KvCondition,
-        ttl_s: i64,
-        ip: &str,
-    ) -> Result<KvRow> {
+    pub async fn kv_put(&self, ctx: &RequestContext, put: KvPut) -> Result<KvRow> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Kv), Access::Write)
+            .bucket_named(
+                &ctx.principal,
+                &put.bucket,
+                Some(Surface::Kv),
+                Access::Write,
+            )
             .await?;
-        let row = self
-            .kv_put_in(&bucket, key, value_json, condition, ttl_s)
-            .await?;
+        let row = self.kv_put_in(&bucket, &put.entry).await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "kv.put",
             &format!("{}/{}", bucket.name, row.key),
-            ip,
             serde_json::json!({"version": row.version}),
         )
         .await;
@@ -147,21 +119,19 @@ impl Storage {
     /// Delete a value (`kv:write`).
     pub async fn kv_delete(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &str,
         key: &str,
         if_version: Option<i64>,
-        ip: &str,
     ) -> Result<()> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Kv), Access::Write)
+            .bucket_for(&ctx.principal, bucket, Some(Surface::Kv), Access::Write)
             .await?;
         self.kv_delete_in(&bucket, key, if_version).await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "kv.delete",
             &format!("{}/{key}", bucket.name),
-            ip,
             serde_json::json!({}),
         )
         .await;

@@ -9,15 +9,15 @@ mod sites;
 
 use std::sync::Arc;
 
-use lattice_core::audit::{AuditEvent, AuditSink, Outcome};
-use lattice_core::auth::Principal;
+use lattice_core::audit::{Actor, AuditSink, Outcome};
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 
-pub use self::kv::KvCondition;
-pub use self::serving::{HostKvWrite, Resolution};
+pub use self::serving::Resolution;
 pub use self::sites::NewFile;
 use crate::blobs::Blobs;
 use crate::error::StorageError;
+use crate::input::NewBucket;
 use crate::model::{Access, BucketName, Surface};
 use crate::store::{BucketRow, Store};
 
@@ -130,23 +130,9 @@ impl Storage {
         &self.store
     }
 
-    async fn audit(
-        &self,
-        p: &Principal,
-        action: &str,
-        target: &str,
-        ip: &str,
-        detail: serde_json::Value,
-    ) {
-        let event = AuditEvent {
-            org_id: p.org_id.clone(),
-            actor: p.sub.clone(),
-            action: action.into(),
-            target: target.into(),
-            outcome: Outcome::Success,
-            client_ip: ip.into(),
-            detail: detail.to_string(),
-        };
+    /// Record that `actor` did `action` to `target`.
+    async fn audit(&self, actor: Actor<'_>, action: &str, target: &str, detail: serde_json::Value) {
+        let event = actor.event(action, target, Outcome::Success, &detail);
         if let Err(err) = self.audit.record(event).await {
             tracing::error!(error = %format!("{err:#}"), action, "recording audit event failed");
         }
@@ -175,6 +161,18 @@ impl Storage {
     ) -> Result<BucketRow> {
         require_user(p)?;
         let name = BucketName::parse(name)?;
+        self.bucket_named(p, &name, surface, level).await
+    }
+
+    /// [`Storage::bucket_for`] with a name already validated.
+    async fn bucket_named(
+        &self,
+        p: &Principal,
+        name: &BucketName,
+        surface: Option<Surface>,
+        level: Access,
+    ) -> Result<BucketRow> {
+        require_user(p)?;
         let bucket = self
             .store
             .bucket(&p.org_id, name.as_str())
@@ -196,16 +194,10 @@ impl Storage {
     }
 
     /// Create a bucket (`kv:admin` / `static:admin`).
-    pub async fn create_bucket(
-        &self,
-        p: &Principal,
-        name: &str,
-        surface: &str,
-        ip: &str,
-    ) -> Result<BucketRow> {
-        let surface = Surface::parse("surface", surface)?;
+    pub async fn create_bucket(&self, ctx: &RequestContext, new: NewBucket) -> Result<BucketRow> {
+        let p = &ctx.principal;
+        let NewBucket { name, surface } = new;
         require_scope(p, surface, Access::Admin)?;
-        let name = BucketName::parse(name)?;
         let row = match self
             .store
             .insert_bucket(&p.org_id, name.as_str(), surface.as_str())
@@ -221,10 +213,9 @@ impl Storage {
             Err(e) => return Err(e.into()),
         };
         self.audit(
-            p,
+            Actor::of(ctx),
             "bucket.create",
             &row.id,
-            ip,
             serde_json::json!({"name": row.name, "surface": row.surface}),
         )
         .await;
@@ -265,7 +256,8 @@ impl Storage {
     }
 
     /// Delete a bucket and everything in it (admin of its surface).
-    pub async fn delete_bucket(&self, p: &Principal, name: &str, ip: &str) -> Result<()> {
+    pub async fn delete_bucket(&self, ctx: &RequestContext, name: &str) -> Result<()> {
+        let p = &ctx.principal;
         let bucket = self.bucket_for(p, name, None, Access::Admin).await?;
         let hosts = self.store.delete_bucket(&p.org_id, &bucket.id).await?;
         self.hosts_changed(&hosts).await;
@@ -280,10 +272,9 @@ impl Storage {
             self.announce_revoked(id).await;
         }
         self.audit(
-            p,
+            Actor::of(ctx),
             "bucket.delete",
             &bucket.id,
-            ip,
             serde_json::json!({"name": bucket.name, "unbound_hosts": hosts, "revoked_storage_tokens": revoked}),
         )
         .await;

@@ -6,15 +6,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lattice_core::audit::Actor;
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::crypto::hash_secret;
 use lattice_core::time::now_ms;
 
 use lattice_proto::storage::v1::{self as pb, Access, StorageGrant, Surface};
 
-use super::kv::KvCondition;
 use super::{Result, Storage, require_service};
 use crate::error::StorageError;
+use crate::input::HostKvWrite;
 use crate::model::HostName;
 use crate::store::{BindingRow, BucketRow, FileRow, KvRow, TokenRow};
 
@@ -29,23 +30,6 @@ pub enum Resolution {
     NotFoundPage(FileRow),
     /// Plain 404.
     NotFound,
-}
-
-/// A KV write through a host binding.
-#[derive(Debug, Clone, Copy)]
-pub struct HostKvWrite<'a> {
-    /// The request's host.
-    pub host: &'a str,
-    /// The storage token presented.
-    pub secret: &'a str,
-    /// The key.
-    pub key: &'a str,
-    /// The value, as JSON text.
-    pub value_json: &'a str,
-    /// Its condition.
-    pub condition: KvCondition,
-    /// Seconds until it expires (0: never).
-    pub ttl_s: i64,
 }
 
 /// The grant a token row gives.
@@ -64,13 +48,9 @@ pub(super) fn grant_of(t: &TokenRow) -> StorageGrant {
     }
 }
 
-/// Who a host write is recorded as: the storage token, in its org.
-fn token_actor(grant: &StorageGrant) -> Principal {
-    Principal {
-        sub: format!("storage_token:{}", grant.id),
-        org_id: grant.org_id.clone(),
-        ..Principal::service("gateway")
-    }
+/// Who a host write is recorded as: the storage token (in its org).
+fn token_actor(grant: &StorageGrant) -> String {
+    format!("storage_token:{}", grant.id)
 }
 
 impl Storage {
@@ -231,24 +211,19 @@ impl Storage {
     }
 
     /// Write a key through a host binding with a storage token.
-    pub async fn host_kv_put(&self, ctx: &RequestContext, write: HostKvWrite<'_>) -> Result<KvRow> {
+    pub async fn host_kv_put(&self, ctx: &RequestContext, write: HostKvWrite) -> Result<KvRow> {
         let (bucket, grant) = self
-            .host_kv_bucket(&ctx.principal, write.host, write.secret, Access::Write)
+            .host_kv_bucket(&ctx.principal, &write.host, &write.secret, Access::Write)
             .await?;
-        let row = self
-            .kv_put_in(
-                &bucket,
-                write.key,
-                write.value_json,
-                write.condition,
-                write.ttl_s,
-            )
-            .await?;
+        let row = self.kv_put_in(&bucket, &write.entry).await?;
         self.audit(
-            &token_actor(&grant),
+            Actor {
+                org_id: &grant.org_id,
+                id: &token_actor(&grant),
+                client_ip: &ctx.client_ip,
+            },
             "kv.put",
             &format!("{}/{}", bucket.name, row.key),
-            &ctx.client_ip,
             serde_json::json!({"version": row.version, "via": "host"}),
         )
         .await;
@@ -269,10 +244,13 @@ impl Storage {
             .await?;
         self.kv_delete_in(&bucket, key, if_version).await?;
         self.audit(
-            &token_actor(&grant),
+            Actor {
+                org_id: &grant.org_id,
+                id: &token_actor(&grant),
+                client_ip: &ctx.client_ip,
+            },
             "kv.delete",
             &format!("{}/{key}", bucket.name),
-            &ctx.client_ip,
             serde_json::json!({"via": "host"}),
         )
         .await;

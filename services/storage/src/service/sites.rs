@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use lattice_core::auth::Principal;
+use lattice_core::audit::Actor;
+use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::time::now_ms;
 
 use super::{Result, Storage};
@@ -75,13 +76,13 @@ impl Storage {
 
     async fn record_deployment(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &BucketRow,
         files: Vec<FileRow>,
         activate: bool,
         action: &str,
-        ip: &str,
     ) -> Result<(DeploymentRow, bool)> {
+        let p = &ctx.principal;
         // A derived edit (single object) activates only over the deployment it was
         // derived from; a whole deploy replaces whatever is active.
         let derived = action.starts_with("static.object.");
@@ -112,10 +113,9 @@ impl Storage {
             self.bucket_hosts_changed(p, bucket).await?;
         }
         self.audit(
-            p,
+            Actor::of(ctx),
             action,
             &d.id,
-            ip,
             serde_json::json!({"bucket": bucket.name, "files": d.file_count, "bytes": d.total_bytes, "activated": activate}),
         )
         .await;
@@ -139,14 +139,13 @@ impl Storage {
     /// told not to. Returns the deployment and whether it is active.
     pub async fn upload_deployment(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &str,
         files: Vec<NewFile>,
         activate: bool,
-        ip: &str,
     ) -> Result<(DeploymentRow, bool)> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .bucket_for(&ctx.principal, bucket, Some(Surface::Static), Access::Write)
             .await?;
         if files.is_empty() {
             return Err(StorageError::invalid(
@@ -155,7 +154,7 @@ impl Storage {
             ));
         }
         let files = self.store_files(files).await?.into_values().collect();
-        self.record_deployment(p, &bucket, files, activate, "static.deploy", ip)
+        self.record_deployment(ctx, &bucket, files, activate, "static.deploy")
             .await
     }
 
@@ -163,13 +162,12 @@ impl Storage {
     /// replaced, activated at once (`static:write`).
     pub async fn put_object(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &str,
         file: NewFile,
-        ip: &str,
     ) -> Result<(DeploymentRow, bool)> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .bucket_for(&ctx.principal, bucket, Some(Surface::Static), Access::Write)
             .await?;
         let mut files = self.active_files(&bucket).await?;
         for (path, row) in self.store_files(vec![file]).await? {
@@ -186,12 +184,11 @@ impl Storage {
             )));
         }
         self.record_deployment(
-            p,
+            ctx,
             &bucket,
             files.into_values().collect(),
             true,
             "static.object.put",
-            ip,
         )
         .await
     }
@@ -199,13 +196,12 @@ impl Storage {
     /// Delete one object: a new deployment without it, activated (`static:write`).
     pub async fn delete_object(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &str,
         path: &str,
-        ip: &str,
     ) -> Result<(DeploymentRow, bool)> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
+            .bucket_for(&ctx.principal, bucket, Some(Surface::Static), Access::Write)
             .await?;
         let path = SitePath::parse(path)?;
         let mut files = self.active_files(&bucket).await?;
@@ -216,12 +212,11 @@ impl Storage {
             )));
         }
         self.record_deployment(
-            p,
+            ctx,
             &bucket,
             files.into_values().collect(),
             true,
             "static.object.delete",
-            ip,
         )
         .await
     }
@@ -255,11 +250,11 @@ impl Storage {
     /// Make an existing deployment active: publish or roll back (`static:write`).
     pub async fn activate(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         bucket: &str,
         deployment_id: &str,
-        ip: &str,
     ) -> Result<DeploymentRow> {
+        let p = &ctx.principal;
         let bucket = self
             .bucket_for(p, bucket, Some(Surface::Static), Access::Write)
             .await?;
@@ -271,10 +266,9 @@ impl Storage {
         }
         self.bucket_hosts_changed(p, &bucket).await?;
         self.audit(
-            p,
+            Actor::of(ctx),
             "static.activate",
             deployment_id,
-            ip,
             serde_json::json!({"bucket": bucket.name}),
         )
         .await;

@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use lattice_core::auth::Principal;
+use lattice_core::audit::Actor;
+use lattice_core::auth::RequestContext;
 use lattice_proto::agent::v1 as agent;
 use lattice_proto::tunnel::v1 as pb;
 use tokio::sync::{Semaphore, mpsc};
@@ -131,12 +132,12 @@ impl Hub {
     /// replica that holds it.
     pub async fn proxy(
         self: &Arc<Self>,
-        p: &Principal,
-        ip: &str,
+        ctx: &RequestContext,
         metadata: &tonic::metadata::MetadataMap,
         head: pb::ProxyRequestHead,
         body: Streaming<pb::ProxyChunk>,
     ) -> Result<ProxyStream, TunnelError> {
+        let p = &ctx.principal;
         if !(p.allows("nodes:proxy")) {
             return Err(TunnelError::MissingScope("nodes:proxy".into()));
         }
@@ -192,12 +193,10 @@ impl Hub {
                 };
                 self.nodes
                     .record(
-                        &p.org_id,
-                        &p.sub,
+                        Actor::of(ctx),
                         "node.port_forward",
                         &s.node_id,
                         refused.is_none(),
-                        ip,
                         detail,
                     )
                     .await;

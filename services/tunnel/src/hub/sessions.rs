@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
+use lattice_core::audit::Actor;
 use lattice_proto::agent::v1 as agent;
 use tokio::sync::{Notify, mpsc};
 use tonic::{Status, Streaming};
@@ -121,8 +122,7 @@ impl Hub {
             return Err(err);
         }
         self.nodes
-            .record(&node.org_id, &format!("node:{}", node.id), "node.connect", &node.id, true, &client_ip,
-                serde_json::json!({"agent_version": connected.agent_version, "capabilities": connected.agent_capabilities}))
+            .record(Actor { org_id: &node.org_id, id: &format!("node:{}", node.id), client_ip: &client_ip }, "node.connect", &node.id, true, serde_json::json!({"agent_version": connected.agent_version, "capabilities": connected.agent_capabilities}))
             .await;
         // Leases of tasks still running from a previous connection stay current.
         if !hello.running.is_empty() {
@@ -204,12 +204,14 @@ impl Hub {
         }
         self.nodes
             .record(
-                &s.org_id,
-                &format!("node:{}", s.node_id),
+                Actor {
+                    org_id: &s.org_id,
+                    id: &format!("node:{}", s.node_id),
+                    client_ip: &client_ip,
+                },
                 "node.disconnect",
                 &s.node_id,
                 true,
-                &client_ip,
                 serde_json::json!({"reason": reason}),
             )
             .await;
