@@ -80,6 +80,19 @@ pub fn principal_of<T>(req: &Request<T>) -> Result<&Principal, Status> {
         .ok_or_else(|| Status::unauthenticated("missing internal principal"))
 }
 
+/// gRPC metadata carrying a storage token the gateway relays for its holder (static
+/// site routes): the storage service verifies it and acts as the token, whatever
+/// principal carried it.
+pub const STORAGE_TOKEN_METADATA: &str = "x-lattice-storage-token";
+
+/// The storage token relayed with a request ([`STORAGE_TOKEN_METADATA`]), if any.
+pub fn storage_token_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(STORAGE_TOKEN_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The end client's IP as forwarded by the gateway, if any.
 pub fn client_ip_of<T>(req: &Request<T>) -> Option<String> {
     req.metadata()

@@ -51,6 +51,10 @@ pub struct Caller {
     pub verified: Arc<Verified>,
     /// Client address.
     pub client_ip: String,
+    /// A `static` storage token the caller presented (site routes): internal calls
+    /// relay it with the gateway's own principal, and the storage service decides
+    /// what it allows; `verified` then holds only the gateway's early view of it.
+    pub storage_token: Option<Arc<str>>,
 }
 
 impl std::ops::Deref for Caller {
@@ -199,6 +203,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         if let Some(hit) = state.auth_cache.get(&cache_key) {
             if hit.expires_at_ms == 0 || now_ms() < hit.expires_at_ms {
                 return Ok(Caller {
+                    storage_token: None,
                     verified: hit,
                     client_ip: ip,
                 });
@@ -266,6 +271,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let caller = Caller {
             verified,
             client_ip: ip,
+            storage_token: None,
         };
         Ok(caller)
     }
@@ -286,12 +292,25 @@ impl Caller {
 
     /// An outgoing internal request acting as this caller.
     pub fn request<T>(&self, state: &AppState, message: T) -> tonic::Request<T> {
-        lattice_core::grpc::request(
+        let Some(secret) = &self.storage_token else {
+            return lattice_core::grpc::request(
+                &state.internal,
+                &self.principal,
+                Some(&self.client_ip),
+                message,
+            );
+        };
+        let mut req = lattice_core::grpc::request(
             &state.internal,
-            &self.principal,
+            &state.service_principal,
             Some(&self.client_ip),
             message,
-        )
+        );
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(secret.as_ref()) {
+            req.metadata_mut()
+                .insert(lattice_core::grpc::STORAGE_TOKEN_METADATA, v);
+        }
+        req
     }
 }
 

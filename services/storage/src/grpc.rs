@@ -5,8 +5,9 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
+use lattice_core::auth::RequestContext;
 use lattice_core::error::to_status;
-use lattice_core::grpc::{context_of, principal_of};
+use lattice_core::grpc::{context_of, principal_of, storage_token_of};
 use lattice_proto::storage::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -26,6 +27,26 @@ pub struct StorageGrpc {
 }
 
 impl StorageGrpc {
+    /// The caller of a static-site call: a relayed storage token acts as itself
+    /// (verified here, covering `bucket`), whatever principal carried it; otherwise
+    /// the operator's principal as signed.
+    async fn site_context(
+        &self,
+        ctx: RequestContext,
+        token: Option<String>,
+        bucket: &str,
+    ) -> Result<RequestContext, Status> {
+        let Some(secret) = token else {
+            return Ok(ctx);
+        };
+        let principal = self
+            .storage
+            .site_token_principal(&ctx.principal, &secret, bucket)
+            .await
+            .map_err(st)?;
+        Ok(RequestContext { principal, ..ctx })
+    }
+
     /// Serve `storage`; uploads larger than `max_upload_bytes` are refused.
     pub fn new(storage: Storage, max_upload_bytes: u64) -> Self {
         Self {
@@ -280,7 +301,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let ctx = context_of(&req)?;
+        let token = storage_token_of(&req);
         let (header, files) = read_upload(req.into_inner(), self.max_upload_bytes).await?;
+        let ctx = self.site_context(ctx, token, &header.bucket).await?;
         let (d, active) = self
             .storage
             .upload_deployment(&ctx, &header.bucket, files, header.activate)
@@ -293,11 +316,13 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
-        let p = principal_of(&req)?.clone();
         let bucket = req.get_ref().bucket.clone();
+        let ctx = self
+            .site_context(context_of(&req)?, storage_token_of(&req), &bucket)
+            .await?;
         let (rows, active) = self
             .storage
-            .list_deployments(&p, &bucket)
+            .list_deployments(&ctx.principal, &bucket)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::ListDeploymentsResponse {
@@ -315,8 +340,10 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::ActivateDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let ctx = context_of(&req)?;
         let m = req.get_ref();
+        let ctx = self
+            .site_context(context_of(&req)?, storage_token_of(&req), &m.bucket)
+            .await?;
         let d = self
             .storage
             .activate(&ctx, &m.bucket, &m.deployment_id)
@@ -330,7 +357,9 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let ctx = context_of(&req)?;
+        let token = storage_token_of(&req);
         let (header, mut files) = read_upload(req.into_inner(), self.max_upload_bytes).await?;
+        let ctx = self.site_context(ctx, token, &header.bucket).await?;
         if files.len() != 1 {
             return Err(st(StorageError::invalid(
                 "upload",
@@ -350,8 +379,10 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let ctx = context_of(&req)?;
         let m = req.get_ref();
+        let ctx = self
+            .site_context(context_of(&req)?, storage_token_of(&req), &m.bucket)
+            .await?;
         let (d, active) = self
             .storage
             .delete_object(&ctx, &m.bucket, &m.path)
@@ -364,11 +395,13 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::ListObjectsRequest>,
     ) -> Result<Response<pb::ListObjectsResponse>, Status> {
-        let p = principal_of(&req)?.clone();
         let m = req.get_ref();
+        let ctx = self
+            .site_context(context_of(&req)?, storage_token_of(&req), &m.bucket)
+            .await?;
         let (id, files) = self
             .storage
-            .list_objects(&p, &m.bucket, &m.deployment_id)
+            .list_objects(&ctx.principal, &m.bucket, &m.deployment_id)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::ListObjectsResponse {

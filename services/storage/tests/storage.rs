@@ -900,3 +900,69 @@ async fn uploads_with_a_content_type_that_is_no_header_are_refused() {
             .unwrap();
     }
 }
+
+/// A static storage token relayed by the gateway acts as what the storage service
+/// reads from the token itself: its org, `static:<access>`, and only the buckets it
+/// covers; it is refused when revoked, for the kv surface, or when anyone but a
+/// service relays it.
+#[tokio::test]
+async fn relayed_site_tokens_act_as_the_token_says() {
+    for backend in testing::backends() {
+        let e = env(backend).await;
+        let a = op("o1", &["*"]);
+        for name in ["site", "other"] {
+            e.storage
+                .create_bucket(&ctx(&a), bucket(name, "static"))
+                .await
+                .unwrap();
+        }
+        let (t, secret) = e
+            .storage
+            .create_token(
+                &ctx(&a),
+                token("static", "write", &["site".into()], "ci", 0),
+            )
+            .await
+            .unwrap();
+        let (_, kv_secret) = e
+            .storage
+            .create_token(&ctx(&a), token("kv", "admin", &["*".into()], "kv", 0))
+            .await
+            .unwrap();
+        let g = gateway();
+        let p = e
+            .storage
+            .site_token_principal(&g, &secret, "site")
+            .await
+            .unwrap();
+        assert_eq!(
+            (p.org_id.as_str(), p.scopes.clone(), p.sub.clone()),
+            (
+                "o1",
+                vec!["static:write".to_owned()],
+                format!("storage_token:{}", t.id)
+            ),
+            "{backend:?}"
+        );
+        // Another bucket, the kv surface, a made-up token, an operator as the carrier.
+        for (carrier, secret, bucket) in [
+            (&g, secret.as_str(), "other"),
+            (&g, kv_secret.as_str(), "site"),
+            (&g, "lst_made-up", "site"),
+            (&a, secret.as_str(), "site"),
+        ] {
+            assert!(
+                e.storage
+                    .site_token_principal(carrier, secret, bucket)
+                    .await
+                    .is_err(),
+                "{backend:?}: {bucket}"
+            );
+        }
+        e.storage.revoke_token(&ctx(&a), &t.id).await.unwrap();
+        assert!(matches!(
+            e.storage.site_token_principal(&g, &secret, "site").await,
+            Err(StorageError::Unauthenticated(_))
+        ));
+    }
+}

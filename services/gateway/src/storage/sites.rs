@@ -20,8 +20,10 @@ use crate::extract::{Path, Query, RawBody};
 
 /// The caller of a site route: an operator (session or API token), or a `static`
 /// storage token whose bucket list covers the route's bucket — what CI and deploy
-/// scripts use. A storage token acts as a principal with only the `static:<access>`
-/// scope of its level; the storage service then applies its usual scope checks.
+/// scripts use. For a storage token the gateway refuses early from its cached grant,
+/// then relays the token itself (with the gateway's own principal): the storage
+/// service verifies it and acts with only the `static:<access>` scope of its level,
+/// on the buckets it covers.
 #[derive(Debug, Clone)]
 pub struct SiteCaller(pub Caller);
 
@@ -88,6 +90,7 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for SiteCaller {
                 me_json: bytes::Bytes::new(),
             }),
             client_ip,
+            storage_token: Some(Arc::from(secret.as_str())),
         }))
     }
 }

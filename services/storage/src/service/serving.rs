@@ -147,6 +147,37 @@ impl Storage {
         Ok(grant)
     }
 
+    /// The principal a `static` storage token acts as on `bucket`, decided here from
+    /// the token itself (relayed by the gateway, which is the only caller allowed):
+    /// the token's org, `static:<its access>` and nothing else, and only for a bucket
+    /// its list covers.
+    pub async fn site_token_principal(
+        &self,
+        carrier: &Principal,
+        secret: &str,
+        bucket: &str,
+    ) -> Result<Principal> {
+        require_service(carrier)?;
+        let grant = self.grant(secret).await?;
+        grant
+            .check(
+                &grant.org_id,
+                bucket,
+                Surface::Static,
+                Access::Read,
+                now_ms(),
+            )
+            .map_err(|refusal| StorageError::Forbidden(refusal.to_string()))?;
+        Ok(Principal {
+            sub: format!("storage_token:{}", grant.id),
+            username: String::new(),
+            org_id: grant.org_id.clone(),
+            scopes: vec![format!("static:{}", grant.access().name())],
+            auth: lattice_core::auth::AuthMethod::Token,
+            credential_id: grant.id.clone(),
+        })
+    }
+
     /// Forget the cached grant of token `id` (revoked).
     pub fn forget_grant(&self, id: &str) {
         let id = id.to_owned();
