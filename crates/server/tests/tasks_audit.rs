@@ -36,6 +36,21 @@ async fn audit_actions(s: &TestServer, token: &str, want: &[&str]) -> Vec<Value>
     panic!("audit log never showed all of {want:?}");
 }
 
+/// A node row of `org` as enrollment leaves it (the agent tests enroll for real).
+async fn insert_node(url: &str, id: &str, org: &str) {
+    let db = Db::connect(url, 1).await.unwrap();
+    sqlx::query(
+        "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
+         VALUES ($1, $2, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
+    )
+    .bind(id)
+    .bind(org)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    db.close().await;
+}
+
 #[tokio::test]
 async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
     for backend in testing::backends() {
@@ -51,16 +66,12 @@ async fn tasks_over_rest_and_one_audit_chain_for_every_service() {
         assert_eq!(status, 404, "{err}");
         // A node row as enrollment leaves it (the agent tests enroll for real).
         let me = s.call("GET", "/api/v1/auth/me", &admin, None).await.1;
-        let db = Db::connect(&url, 1).await.unwrap();
-        sqlx::query(
-            "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
-             VALUES ('0190c3f0-0000-7000-8000-000000000001', $1, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
+        insert_node(
+            &url,
+            "0190c3f0-0000-7000-8000-000000000001",
+            me["org_id"].as_str().unwrap(),
         )
-        .bind(me["org_id"].as_str().unwrap())
-        .execute(db.pool())
-        .await
-        .unwrap();
-        db.close().await;
+        .await;
 
         // Enqueue, idempotently.
         let body = json!({"node": "0190c3f0-0000-7000-8000-000000000001", "kind": "exec",
@@ -229,16 +240,7 @@ async fn the_tasks_service_refuses_work_for_another_orgs_node() {
         let admin = s.admin_token(&["*"]).await;
         let me = s.call("GET", "/api/v1/auth/me", &admin, None).await.1;
         let org = me["org_id"].as_str().unwrap().to_owned();
-        let db = Db::connect(&url, 1).await.unwrap();
-        sqlx::query(
-            "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
-             VALUES ('0190c3f0-0000-7000-8000-0000000000a1', $1, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
-        )
-        .bind(&org)
-        .execute(db.pool())
-        .await
-        .unwrap();
-        db.close().await;
+        insert_node(&url, "0190c3f0-0000-7000-8000-0000000000a1", &org).await;
 
         let internal = InternalAuth::new(SECRET.as_bytes());
         let addr = s.running().tasks_addr.expect("tasks runs in this process");

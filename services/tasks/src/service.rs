@@ -14,10 +14,6 @@ use crate::store::{AuditEntry, Completion, NewTask, Store, TaskRow, Verification
 /// The service that may claim tasks and record results for agents.
 pub const TUNNEL_PRINCIPAL: &str = "service:tunnel";
 
-fn pb_state_name(state: lattice_proto::tasks::v1::TaskState) -> &'static str {
-    state.name()
-}
-
 /// The tasks service.
 #[derive(Clone)]
 pub struct Tasks {
@@ -154,7 +150,9 @@ impl Tasks {
             .list(
                 &p.org_id,
                 &filter.node_id,
-                filter.state.map_or("", pb_state_name),
+                filter
+                    .state
+                    .map_or("", lattice_proto::tasks::v1::TaskState::name),
                 &filter.before,
                 filter.limit,
             )
