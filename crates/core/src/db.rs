@@ -462,6 +462,40 @@ async fn migrate_set(
     Ok(())
 }
 
+/// A store test suite written once and instantiated per backend: each listed
+/// `async fn name(backend: Backend)` becomes `sqlite::name` and `postgres::name`, two
+/// tests of their own, so a failure on one backend neither hides nor stops the other.
+///
+/// ```ignore
+/// async fn enqueue_deduplicates(backend: Backend) { /* ... */ }
+/// lattice_core::store_test_suite!(enqueue_deduplicates, claims_are_exclusive);
+/// ```
+#[macro_export]
+macro_rules! store_test_suite {
+    ($($test:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::db::Backend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if !$crate::db::testing::postgres_available() {
+                        eprintln!("LATTICE_TEST_DATABASE_URL is not set: Postgres half skipped");
+                        return;
+                    }
+                    super::$test($crate::db::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+
 /// Helpers for tests that need a database: SQLite always, Postgres when
 /// `LATTICE_TEST_DATABASE_URL` is set. Each Postgres test database is a fresh schema.
 pub mod testing {
@@ -482,6 +516,13 @@ pub mod testing {
             }
         }
         out
+    }
+
+    /// Whether the Postgres half of a [`store_test_suite!`](crate::store_test_suite)
+    /// runs here: yes when `LATTICE_TEST_DATABASE_URL` is set; under `CI=true` a
+    /// missing URL fails the test instead of skipping it.
+    pub fn postgres_available() -> bool {
+        backends().contains(&Backend::Postgres)
     }
 
     /// A fresh, empty database of `backend`: a temporary SQLite file, or a new schema

@@ -92,524 +92,507 @@ async fn session(e: &Env, user: &str, password: &str) -> (String, Principal) {
     }
 }
 
-#[tokio::test]
-async fn bootstrap_runs_once_and_admin_logs_in() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        assert!(
-            e.identity.bootstrap(None).await.unwrap().is_none(),
-            "{backend:?}"
-        );
-        let (secret, p) = session(&e, "Admin", "admin-password-1").await;
-        assert_eq!(p.username, "admin");
-        assert_eq!(p.scopes, vec!["*".to_owned()]);
-        assert_eq!(p.auth, AuthMethod::Session);
-        let who = e
-            .identity
-            .authenticate(&e.gateway, Credential::Session(&secret))
-            .await
-            .unwrap();
-        assert_eq!(who.principal.sub, p.sub);
-        assert_eq!(who.org_name, "default");
-    }
+async fn bootstrap_runs_once_and_admin_logs_in(backend: Backend) {
+    let e = env(backend, config()).await;
+    assert!(
+        e.identity.bootstrap(None).await.unwrap().is_none(),
+        "{backend:?}"
+    );
+    let (secret, p) = session(&e, "Admin", "admin-password-1").await;
+    assert_eq!(p.username, "admin");
+    assert_eq!(p.scopes, vec!["*".to_owned()]);
+    assert_eq!(p.auth, AuthMethod::Session);
+    let who = e
+        .identity
+        .authenticate(&e.gateway, Credential::Session(&secret))
+        .await
+        .unwrap();
+    assert_eq!(who.principal.sub, p.sub);
+    assert_eq!(who.org_name, "default");
 }
 
-#[tokio::test]
-async fn unknown_user_and_wrong_password_look_the_same_and_lock_after_threshold() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        let unknown = e
-            .identity
-            .login(&e.gateway, "nobody", "whatever-password".into(), &client())
-            .await
-            .unwrap_err();
-        let wrong = e
+async fn unknown_user_and_wrong_password_look_the_same_and_lock_after_threshold(backend: Backend) {
+    let e = env(backend, config()).await;
+    let unknown = e
+        .identity
+        .login(&e.gateway, "nobody", "whatever-password".into(), &client())
+        .await
+        .unwrap_err();
+    let wrong = e
+        .identity
+        .login(&e.gateway, "admin", "wrong-password!!".into(), &client())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.to_string(), wrong.to_string());
+    for _ in 0..2 {
+        let _ = e
             .identity
             .login(&e.gateway, "admin", "wrong-password!!".into(), &client())
-            .await
-            .unwrap_err();
-        assert_eq!(unknown.to_string(), wrong.to_string());
-        for _ in 0..2 {
-            let _ = e
-                .identity
-                .login(&e.gateway, "admin", "wrong-password!!".into(), &client())
-                .await;
-        }
-        // Third failure locked the account: even the right password is refused, with a retry hint.
-        let locked = e
-            .identity
-            .login(&e.gateway, "admin", "admin-password-1".into(), &client())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(locked, IdentityError::Locked { retry_after_s } if retry_after_s > 0 && retry_after_s <= 60),
-            "{locked:?}"
-        );
-        // An admin unlock (by a second admin created before) lifts it: create one via store path.
-        let users = e
-            .identity
-            .store()
-            .list_users(
-                &e.identity
-                    .store()
-                    .org_by_name("default")
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let admin_id = users[0].id.clone();
-        e.identity.store().clear_failures(&admin_id).await.unwrap();
-        session(&e, "admin", "admin-password-1").await;
-    }
-}
-
-#[tokio::test]
-async fn per_ip_throttle_answers_429() {
-    for backend in testing::backends() {
-        let mut cfg = config();
-        cfg.ip_failure_limit = 2;
-        cfg.lockout_threshold = 100;
-        let e = env(backend, cfg).await;
-        for _ in 0..2 {
-            let _ = e
-                .identity
-                .login(&e.gateway, "ghost", "whatever-password".into(), &client())
-                .await;
-        }
-        let err = e
-            .identity
-            .login(&e.gateway, "admin", "admin-password-1".into(), &client())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, IdentityError::Throttled { .. }), "{err:?}");
-        // Another address is unaffected.
-        let other = ClientInfo {
-            ip: "192.0.2.2".into(),
-            user_agent: String::new(),
-        };
-        assert!(
-            e.identity
-                .login(&e.gateway, "admin", "admin-password-1".into(), &other)
-                .await
-                .is_ok()
-        );
-    }
-}
-
-#[tokio::test]
-async fn totp_enrollment_two_step_login_replay_and_recovery_codes() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        let (_, admin) = session(&e, "admin", "admin-password-1").await;
-        let (secret_b32, uri) = e.identity.enroll_totp(&admin).await.unwrap();
-        assert!(uri.starts_with("otpauth://totp/"));
-        let seed = totp_rs::Secret::try_from_base32(&secret_b32)
-            .unwrap()
-            .as_bytes()
-            .to_vec();
-        let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
-        assert!(
-            matches!(
-                e.identity.confirm_totp(&ctx(&admin), "000000").await,
-                Err(IdentityError::InvalidCode)
-            ) || totp::code_at(&seed, now) == "000000"
-        );
-        let codes = e
-            .identity
-            .confirm_totp(&ctx(&admin), &totp::code_at(&seed, now))
-            .await
-            .unwrap();
-        assert_eq!(codes.len(), 10);
-
-        // Password alone is no longer enough.
-        let LoginOutcome::MfaRequired { mfa_token, .. } = e
-            .identity
-            .login(&e.gateway, "admin", "admin-password-1".into(), &client())
-            .await
-            .unwrap()
-        else {
-            panic!("expected MFA");
-        };
-        // The code used to confirm was for this step: replay is refused.
-        let replay = e
-            .identity
-            .login_totp(
-                &e.gateway,
-                &mfa_token,
-                &totp::code_at(&seed, now),
-                &client(),
-            )
             .await;
-        assert!(
-            matches!(replay, Err(IdentityError::InvalidCode)),
-            "{replay:?}"
-        );
-        // The next step's code works once.
-        let next = totp::code_at(&seed, now + 30);
-        assert!(matches!(
-            e.identity
-                .login_totp(&e.gateway, &mfa_token, &next, &client())
-                .await
-                .unwrap(),
-            LoginOutcome::Session { .. }
-        ));
-        assert!(
-            e.identity
-                .login_totp(&e.gateway, &mfa_token, &next, &client())
-                .await
-                .is_err()
-        );
-        // A recovery code works exactly once.
-        assert!(
-            e.identity
-                .login_totp(&e.gateway, &mfa_token, &codes[0].to_uppercase(), &client())
-                .await
-                .is_ok()
-        );
-        assert!(
-            e.identity
-                .login_totp(&e.gateway, &mfa_token, &codes[0], &client())
-                .await
-                .is_err()
-        );
-        // A forged MFA token is refused.
-        assert!(matches!(
-            e.identity
-                .login_totp(&e.gateway, "x.y.z", &codes[1], &client())
-                .await,
-            Err(IdentityError::InvalidMfaToken)
-        ));
-        // The seed is sealed at rest: the stored column is not the seed.
-        let user = e
-            .identity
-            .store()
-            .user_by_username("admin")
-            .await
-            .unwrap()
-            .unwrap();
-        let sealed = user.totp_sealed.unwrap();
-        assert!(!sealed.windows(seed.len()).any(|w| w == seed.as_slice()));
     }
+    // Third failure locked the account: even the right password is refused, with a retry hint.
+    let locked = e
+        .identity
+        .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(locked, IdentityError::Locked { retry_after_s } if retry_after_s > 0 && retry_after_s <= 60),
+        "{locked:?}"
+    );
+    // An admin unlock (by a second admin created before) lifts it: create one via store path.
+    let users = e
+        .identity
+        .store()
+        .list_users(
+            &e.identity
+                .store()
+                .org_by_name("default")
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let admin_id = users[0].id.clone();
+    e.identity.store().clear_failures(&admin_id).await.unwrap();
+    session(&e, "admin", "admin-password-1").await;
 }
 
-#[tokio::test]
-async fn tokens_never_exceed_their_creator_and_revocation_is_immediate() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        let (_, admin) = session(&e, "admin", "admin-password-1").await;
-        let bob = e
+async fn per_ip_throttle_answers_429(backend: Backend) {
+    let mut cfg = config();
+    cfg.ip_failure_limit = 2;
+    cfg.lockout_threshold = 100;
+    let e = env(backend, cfg).await;
+    for _ in 0..2 {
+        let _ = e
             .identity
-            .create_user(
-                &ctx(&admin),
-                "bob",
-                "bob-password-123".into(),
-                &["kv:write".into(), "tokens:write".into()],
-            )
-            .await
-            .unwrap();
-        assert_eq!(bob.username, "bob");
-        let dup = e
-            .identity
-            .create_user(&ctx(&admin), "BOB", "bob-password-123".into(), &[])
-            .await
-            .unwrap_err();
-        assert!(matches!(dup, IdentityError::AlreadyExists(_)), "{dup:?}");
-        let (_, bob_p) = session(&e, "bob", "bob-password-123").await;
-        // Within bob's scopes: fine (kv:write covers kv:read).
-        let t = e
-            .identity
-            .create_token(&ctx(&bob_p), "ci", &["kv:read".into()], 3600)
-            .await
-            .unwrap();
-        assert!(t.secret.starts_with("lat_"));
-        // Beyond: refused.
-        for over in [
-            vec!["kv:admin".to_owned()],
-            vec!["*".to_owned()],
-            vec!["users:admin".to_owned()],
-        ] {
-            let err = e
-                .identity
-                .create_token(&ctx(&bob_p), "x", &over, 0)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, IdentityError::Forbidden(_)),
-                "{over:?}: {err:?}"
-            );
-        }
-        // Unknown scope and bad expiry are named.
-        let err = e
-            .identity
-            .create_token(&ctx(&bob_p), "x", &["kv:raed".into()], 0)
-            .await
-            .unwrap_err();
-        assert_eq!(err.to_string(), "scopes: unknown scope \"kv:raed\"");
-        let err = e
-            .identity
-            .create_token(&ctx(&bob_p), "x", &["kv:read".into()], -5)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().starts_with("expires_in_s:"));
-        // Bob cannot manage users.
-        assert!(matches!(
-            e.identity.list_users(&bob_p).await,
-            Err(IdentityError::MissingScope(_))
-        ));
-
-        let who = e
-            .identity
-            .authenticate(&e.gateway, Credential::Token(&t.secret))
-            .await
-            .unwrap();
-        assert_eq!(who.principal.scopes, vec!["kv:read".to_owned()]);
-        assert_eq!(who.principal.auth, AuthMethod::Token);
-        // Admin sees bob's token; bob sees only his.
-        assert_eq!(e.identity.list_tokens(&bob_p).await.unwrap().len(), 1);
-        assert_eq!(e.identity.list_tokens(&admin).await.unwrap().len(), 1);
+            .login(&e.gateway, "ghost", "whatever-password".into(), &client())
+            .await;
+    }
+    let err = e
+        .identity
+        .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::Throttled { .. }), "{err:?}");
+    // Another address is unaffected.
+    let other = ClientInfo {
+        ip: "192.0.2.2".into(),
+        user_agent: String::new(),
+    };
+    assert!(
         e.identity
-            .revoke_token(&ctx(&bob_p), &t.token.id)
+            .login(&e.gateway, "admin", "admin-password-1".into(), &other)
             .await
-            .unwrap();
-        assert!(matches!(
-            e.identity
-                .authenticate(&e.gateway, Credential::Token(&t.secret))
-                .await,
-            Err(IdentityError::InvalidCredential)
-        ));
-        assert!(matches!(
-            e.identity.revoke_token(&ctx(&bob_p), &t.token.id).await,
-            Err(IdentityError::NotFound(_))
-        ));
-        // Revoking one's own token needs no scope; logging out with a token revokes it.
-        let t2 = e
-            .identity
-            .create_token(&ctx(&bob_p), "ci2", &["kv:read".into()], 0)
+            .is_ok()
+    );
+}
+
+async fn totp_enrollment_two_step_login_replay_and_recovery_codes(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    let (secret_b32, uri) = e.identity.enroll_totp(&admin).await.unwrap();
+    assert!(uri.starts_with("otpauth://totp/"));
+    let seed = totp_rs::Secret::try_from_base32(&secret_b32)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
+    assert!(
+        matches!(
+            e.identity.confirm_totp(&ctx(&admin), "000000").await,
+            Err(IdentityError::InvalidCode)
+        ) || totp::code_at(&seed, now) == "000000"
+    );
+    let codes = e
+        .identity
+        .confirm_totp(&ctx(&admin), &totp::code_at(&seed, now))
+        .await
+        .unwrap();
+    assert_eq!(codes.len(), 10);
+
+    // Password alone is no longer enough.
+    let LoginOutcome::MfaRequired { mfa_token, .. } = e
+        .identity
+        .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+        .await
+        .unwrap()
+    else {
+        panic!("expected MFA");
+    };
+    // The code used to confirm was for this step: replay is refused.
+    let replay = e
+        .identity
+        .login_totp(
+            &e.gateway,
+            &mfa_token,
+            &totp::code_at(&seed, now),
+            &client(),
+        )
+        .await;
+    assert!(
+        matches!(replay, Err(IdentityError::InvalidCode)),
+        "{replay:?}"
+    );
+    // The next step's code works once.
+    let next = totp::code_at(&seed, now + 30);
+    assert!(matches!(
+        e.identity
+            .login_totp(&e.gateway, &mfa_token, &next, &client())
             .await
-            .unwrap();
-        let who = e
+            .unwrap(),
+        LoginOutcome::Session { .. }
+    ));
+    assert!(
+        e.identity
+            .login_totp(&e.gateway, &mfa_token, &next, &client())
+            .await
+            .is_err()
+    );
+    // A recovery code works exactly once.
+    assert!(
+        e.identity
+            .login_totp(&e.gateway, &mfa_token, &codes[0].to_uppercase(), &client())
+            .await
+            .is_ok()
+    );
+    assert!(
+        e.identity
+            .login_totp(&e.gateway, &mfa_token, &codes[0], &client())
+            .await
+            .is_err()
+    );
+    // A forged MFA token is refused.
+    assert!(matches!(
+        e.identity
+            .login_totp(&e.gateway, "x.y.z", &codes[1], &client())
+            .await,
+        Err(IdentityError::InvalidMfaToken)
+    ));
+    // The seed is sealed at rest: the stored column is not the seed.
+    let user = e
+        .identity
+        .store()
+        .user_by_username("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = user.totp_sealed.unwrap();
+    assert!(!sealed.windows(seed.len()).any(|w| w == seed.as_slice()));
+}
+
+async fn tokens_never_exceed_their_creator_and_revocation_is_immediate(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    let bob = e
+        .identity
+        .create_user(
+            &ctx(&admin),
+            "bob",
+            "bob-password-123".into(),
+            &["kv:write".into(), "tokens:write".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bob.username, "bob");
+    let dup = e
+        .identity
+        .create_user(&ctx(&admin), "BOB", "bob-password-123".into(), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, IdentityError::AlreadyExists(_)), "{dup:?}");
+    let (_, bob_p) = session(&e, "bob", "bob-password-123").await;
+    // Within bob's scopes: fine (kv:write covers kv:read).
+    let t = e
+        .identity
+        .create_token(&ctx(&bob_p), "ci", &["kv:read".into()], 3600)
+        .await
+        .unwrap();
+    assert!(t.secret.starts_with("lat_"));
+    // Beyond: refused.
+    for over in [
+        vec!["kv:admin".to_owned()],
+        vec!["*".to_owned()],
+        vec!["users:admin".to_owned()],
+    ] {
+        let err = e
             .identity
+            .create_token(&ctx(&bob_p), "x", &over, 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, IdentityError::Forbidden(_)),
+            "{over:?}: {err:?}"
+        );
+    }
+    // Unknown scope and bad expiry are named.
+    let err = e
+        .identity
+        .create_token(&ctx(&bob_p), "x", &["kv:raed".into()], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "scopes: unknown scope \"kv:raed\"");
+    let err = e
+        .identity
+        .create_token(&ctx(&bob_p), "x", &["kv:read".into()], -5)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("expires_in_s:"));
+    // Bob cannot manage users.
+    assert!(matches!(
+        e.identity.list_users(&bob_p).await,
+        Err(IdentityError::MissingScope(_))
+    ));
+
+    let who = e
+        .identity
+        .authenticate(&e.gateway, Credential::Token(&t.secret))
+        .await
+        .unwrap();
+    assert_eq!(who.principal.scopes, vec!["kv:read".to_owned()]);
+    assert_eq!(who.principal.auth, AuthMethod::Token);
+    // Admin sees bob's token; bob sees only his.
+    assert_eq!(e.identity.list_tokens(&bob_p).await.unwrap().len(), 1);
+    assert_eq!(e.identity.list_tokens(&admin).await.unwrap().len(), 1);
+    e.identity
+        .revoke_token(&ctx(&bob_p), &t.token.id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.identity
+            .authenticate(&e.gateway, Credential::Token(&t.secret))
+            .await,
+        Err(IdentityError::InvalidCredential)
+    ));
+    assert!(matches!(
+        e.identity.revoke_token(&ctx(&bob_p), &t.token.id).await,
+        Err(IdentityError::NotFound(_))
+    ));
+    // Revoking one's own token needs no scope; logging out with a token revokes it.
+    let t2 = e
+        .identity
+        .create_token(&ctx(&bob_p), "ci2", &["kv:read".into()], 0)
+        .await
+        .unwrap();
+    let who = e
+        .identity
+        .authenticate(&e.gateway, Credential::Token(&t2.secret))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            e.identity.enroll_totp(&who.principal).await,
+            Err(IdentityError::Forbidden(_))
+        ),
+        "tokens cannot enroll TOTP"
+    );
+    e.identity.logout(&ctx(&who.principal)).await.unwrap();
+    assert!(
+        e.identity
             .authenticate(&e.gateway, Credential::Token(&t2.secret))
             .await
-            .unwrap();
-        assert!(
-            matches!(
-                e.identity.enroll_totp(&who.principal).await,
-                Err(IdentityError::Forbidden(_))
-            ),
-            "tokens cannot enroll TOTP"
-        );
-        e.identity.logout(&ctx(&who.principal)).await.unwrap();
-        assert!(
-            e.identity
-                .authenticate(&e.gateway, Credential::Token(&t2.secret))
-                .await
-                .is_err()
-        );
-        // Only a hash is stored.
-        let stored = e.identity.store().token_by_hash(&t.secret).await.unwrap();
-        assert!(stored.is_none());
-    }
+            .is_err()
+    );
+    // Only a hash is stored.
+    let stored = e.identity.store().token_by_hash(&t.secret).await.unwrap();
+    assert!(stored.is_none());
 }
 
-#[tokio::test]
-async fn orgs_are_isolated() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        let (_, admin) = session(&e, "admin", "admin-password-1").await;
-        let other_org = e.identity.store().ensure_org("other").await.unwrap();
-        let hash = "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ$3+ff2kGyoNnRcr6FSw6BzQ";
-        let carol = e
-            .identity
-            .store()
-            .insert_user(&other_org, "carol", hash, &["*".into()])
-            .await
-            .unwrap();
-        let users = e.identity.list_users(&admin).await.unwrap();
-        assert!(users.iter().all(|u| u.username != "carol"));
-        assert!(matches!(
-            e.identity.unlock_user(&ctx(&admin), &carol.id).await,
-            Err(IdentityError::NotFound(_))
-        ));
-        assert!(matches!(
-            e.identity.disable_totp(&ctx(&admin), "", &carol.id).await,
-            Err(IdentityError::NotFound(_))
-        ));
-    }
+async fn orgs_are_isolated(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    let other_org = e.identity.store().ensure_org("other").await.unwrap();
+    let hash = "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ$3+ff2kGyoNnRcr6FSw6BzQ";
+    let carol = e
+        .identity
+        .store()
+        .insert_user(&other_org, "carol", hash, &["*".into()])
+        .await
+        .unwrap();
+    let users = e.identity.list_users(&admin).await.unwrap();
+    assert!(users.iter().all(|u| u.username != "carol"));
+    assert!(matches!(
+        e.identity.unlock_user(&ctx(&admin), &carol.id).await,
+        Err(IdentityError::NotFound(_))
+    ));
+    assert!(matches!(
+        e.identity.disable_totp(&ctx(&admin), "", &carol.id).await,
+        Err(IdentityError::NotFound(_))
+    ));
 }
 
-#[tokio::test]
-async fn sessions_end_at_logout_and_service_calls_need_service_principals() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        let (secret, admin) = session(&e, "admin", "admin-password-1").await;
-        // An end user cannot call the gateway-only RPCs, and the gateway cannot act as a user.
-        assert!(matches!(
-            e.identity
-                .authenticate(&admin, Credential::Session(&secret))
-                .await,
-            Err(IdentityError::WrongCaller(_))
-        ));
-        assert!(matches!(
-            e.identity.list_tokens(&e.gateway).await,
-            Err(IdentityError::WrongCaller(_))
-        ));
-        e.identity.logout(&ctx(&admin)).await.unwrap();
-        assert!(matches!(
-            e.identity
-                .authenticate(&e.gateway, Credential::Session(&secret))
-                .await,
-            Err(IdentityError::InvalidCredential)
-        ));
-        // Audit trail has the auth events.
-        let actions: Vec<String> = e
-            .identity
-            .store()
-            .audit_actions(&admin.org_id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        for expected in ["user.create", "auth.login", "auth.logout"] {
-            assert!(
-                actions.iter().any(|a| a == expected),
-                "{expected} missing from {actions:?}"
-            );
-        }
+async fn sessions_end_at_logout_and_service_calls_need_service_principals(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (secret, admin) = session(&e, "admin", "admin-password-1").await;
+    // An end user cannot call the gateway-only RPCs, and the gateway cannot act as a user.
+    assert!(matches!(
+        e.identity
+            .authenticate(&admin, Credential::Session(&secret))
+            .await,
+        Err(IdentityError::WrongCaller(_))
+    ));
+    assert!(matches!(
+        e.identity.list_tokens(&e.gateway).await,
+        Err(IdentityError::WrongCaller(_))
+    ));
+    e.identity.logout(&ctx(&admin)).await.unwrap();
+    assert!(matches!(
+        e.identity
+            .authenticate(&e.gateway, Credential::Session(&secret))
+            .await,
+        Err(IdentityError::InvalidCredential)
+    ));
+    // Audit trail has the auth events.
+    let actions: Vec<String> = e
+        .identity
+        .store()
+        .audit_actions(&admin.org_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    for expected in ["user.create", "auth.login", "auth.logout"] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} missing from {actions:?}"
+        );
     }
 }
 
 /// A login with no username at all is audited like any unknown user, with an event
 /// the central log takes (an event it refuses would hold up every later one).
-#[tokio::test]
-async fn failed_logins_without_a_username_are_audited_with_an_actor() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        for name in ["", "   ", "nobody"] {
-            assert!(matches!(
-                e.identity
-                    .login(&e.gateway, name, "wrong-password".into(), &client())
-                    .await,
-                Err(IdentityError::InvalidCredentials)
-            ));
-        }
-        let pending = lattice_core::audit::TableAudit::new(e.db.clone(), "identity_audit")
-            .pending(1000)
-            .await
-            .unwrap();
-        let actors: Vec<&str> = pending
-            .iter()
-            .filter(|(_, _, ev)| ev.action == "auth.login" && ev.org_id.is_empty())
-            .map(|(_, _, ev)| ev.actor.as_str())
-            .collect();
-        assert_eq!(actors, ["(empty)", "(empty)", "nobody"]);
-        for (_, _, ev) in &pending {
-            assert_eq!(ev.refusal(), None, "{ev:?}");
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_users_admin_cannot_take_over_a_more_privileged_account() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await;
-        let (_, admin) = session(&e, "admin", "admin-password-1").await;
-        e.identity
-            .create_user(
-                &ctx(&admin),
-                "helpdesk",
-                "helpdesk-password".into(),
-                &["users:admin".into()],
-            )
-            .await
-            .unwrap();
-        let bob = e
-            .identity
-            .create_user(&ctx(&admin), "bob", "bob-password-123".into(), &[])
-            .await
-            .unwrap();
-        let (_, helpdesk) = session(&e, "helpdesk", "helpdesk-password").await;
-        let c = client();
-        // The `*` admin is out of reach: no password reset, no TOTP removal.
-        let err = e
-            .identity
-            .set_password(
-                &ctx_from(&helpdesk, &c),
-                &admin.sub,
-                String::new(),
-                "taken-over-password".into(),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
-        let err = e
-            .identity
-            .disable_totp(&ctx(&helpdesk), "", &admin.sub)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
-        // A less privileged user is fine.
-        e.identity
-            .set_password(
-                &ctx_from(&helpdesk, &c),
-                &bob.id,
-                String::new(),
-                "bob-new-password".into(),
-            )
-            .await
-            .unwrap();
-        // The admin route with one's own id is refused (it would skip the current password).
-        let err = e
-            .identity
-            .set_password(
-                &ctx_from(&helpdesk, &c),
-                &helpdesk.sub,
-                String::new(),
-                "new-password-12".into(),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, IdentityError::Conflict(_)), "{err:?}");
-        session(&e, "admin", "admin-password-1").await;
-    }
-}
-
-#[tokio::test]
-async fn parallel_guesses_cannot_slip_past_the_lockout() {
-    for backend in testing::backends() {
-        let e = env(backend, config()).await; // lockout_threshold = 3
-        let guesses = (0..12).map(|i| {
-            let identity = e.identity.clone();
-            let gateway = e.gateway.clone();
-            tokio::spawn(async move {
-                identity
-                    .login(&gateway, "admin", format!("wrong-password-{i}"), &client())
-                    .await
-            })
-        });
-        let results = futures::future::join_all(guesses).await;
-        let checked = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Err(IdentityError::InvalidCredentials))))
-            .count();
-        let refused = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Err(IdentityError::Locked { .. }))))
-            .count();
-        assert!(
-            checked <= 3,
-            "{backend:?}: {checked} guesses were checked against the password"
-        );
-        assert_eq!(checked + refused, 12);
-        // Locked now, even for the right password.
+async fn failed_logins_without_a_username_are_audited_with_an_actor(backend: Backend) {
+    let e = env(backend, config()).await;
+    for name in ["", "   ", "nobody"] {
         assert!(matches!(
             e.identity
-                .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+                .login(&e.gateway, name, "wrong-password".into(), &client())
                 .await,
-            Err(IdentityError::Locked { .. })
+            Err(IdentityError::InvalidCredentials)
         ));
     }
+    let pending = lattice_core::audit::TableAudit::new(e.db.clone(), "identity_audit")
+        .pending(1000)
+        .await
+        .unwrap();
+    let actors: Vec<&str> = pending
+        .iter()
+        .filter(|(_, _, ev)| ev.action == "auth.login" && ev.org_id.is_empty())
+        .map(|(_, _, ev)| ev.actor.as_str())
+        .collect();
+    assert_eq!(actors, ["(empty)", "(empty)", "nobody"]);
+    for (_, _, ev) in &pending {
+        assert_eq!(ev.refusal(), None, "{ev:?}");
+    }
 }
+
+async fn a_users_admin_cannot_take_over_a_more_privileged_account(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    e.identity
+        .create_user(
+            &ctx(&admin),
+            "helpdesk",
+            "helpdesk-password".into(),
+            &["users:admin".into()],
+        )
+        .await
+        .unwrap();
+    let bob = e
+        .identity
+        .create_user(&ctx(&admin), "bob", "bob-password-123".into(), &[])
+        .await
+        .unwrap();
+    let (_, helpdesk) = session(&e, "helpdesk", "helpdesk-password").await;
+    let c = client();
+    // The `*` admin is out of reach: no password reset, no TOTP removal.
+    let err = e
+        .identity
+        .set_password(
+            &ctx_from(&helpdesk, &c),
+            &admin.sub,
+            String::new(),
+            "taken-over-password".into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
+    let err = e
+        .identity
+        .disable_totp(&ctx(&helpdesk), "", &admin.sub)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::Forbidden(_)), "{err:?}");
+    // A less privileged user is fine.
+    e.identity
+        .set_password(
+            &ctx_from(&helpdesk, &c),
+            &bob.id,
+            String::new(),
+            "bob-new-password".into(),
+        )
+        .await
+        .unwrap();
+    // The admin route with one's own id is refused (it would skip the current password).
+    let err = e
+        .identity
+        .set_password(
+            &ctx_from(&helpdesk, &c),
+            &helpdesk.sub,
+            String::new(),
+            "new-password-12".into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::Conflict(_)), "{err:?}");
+    session(&e, "admin", "admin-password-1").await;
+}
+
+async fn parallel_guesses_cannot_slip_past_the_lockout(backend: Backend) {
+    let e = env(backend, config()).await; // lockout_threshold = 3
+    let guesses = (0..12).map(|i| {
+        let identity = e.identity.clone();
+        let gateway = e.gateway.clone();
+        tokio::spawn(async move {
+            identity
+                .login(&gateway, "admin", format!("wrong-password-{i}"), &client())
+                .await
+        })
+    });
+    let results = futures::future::join_all(guesses).await;
+    let checked = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(IdentityError::InvalidCredentials))))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(IdentityError::Locked { .. }))))
+        .count();
+    assert!(
+        checked <= 3,
+        "{backend:?}: {checked} guesses were checked against the password"
+    );
+    assert_eq!(checked + refused, 12);
+    // Locked now, even for the right password.
+    assert!(matches!(
+        e.identity
+            .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+            .await,
+        Err(IdentityError::Locked { .. })
+    ));
+}
+
+lattice_core::store_test_suite!(
+    bootstrap_runs_once_and_admin_logs_in,
+    unknown_user_and_wrong_password_look_the_same_and_lock_after_threshold,
+    per_ip_throttle_answers_429,
+    totp_enrollment_two_step_login_replay_and_recovery_codes,
+    tokens_never_exceed_their_creator_and_revocation_is_immediate,
+    orgs_are_isolated,
+    sessions_end_at_logout_and_service_calls_need_service_principals,
+    failed_logins_without_a_username_are_audited_with_an_actor,
+    a_users_admin_cannot_take_over_a_more_privileged_account,
+    parallel_guesses_cannot_slip_past_the_lockout,
+);

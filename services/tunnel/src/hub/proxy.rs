@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use lattice_core::audit::Actor;
 use lattice_core::auth::RequestContext;
 use lattice_proto::agent::v1 as agent;
@@ -56,9 +56,12 @@ pub(super) struct Slot {
     inline_ok: bool,
 }
 
-impl Hub {
-    pub(super) fn agent_frame(&self, s: &Session, frame: agent::ProxyFrame) {
+impl Session {
+    /// A proxy frame from the agent: answers go to the stream's client, window
+    /// updates free request-body credit.
+    pub(super) fn agent_frame(&self, frame: agent::ProxyFrame) {
         use agent::proxy_frame::Frame;
+        let s = self;
         let id = frame.stream_id;
         let Some(f) = frame.frame else { return };
         let mut streams = s.streams();
@@ -79,7 +82,7 @@ impl Hub {
                 } else {
                     let _ = slot.to_client.send(Event::Head(h));
                 }
-                Self::finished(&mut streams, id);
+                finished(&mut streams, id);
             }
             Frame::Head(h) => {
                 let _ = slot.to_client.send(Event::Head(h));
@@ -93,7 +96,7 @@ impl Hub {
                         code: "flow_control".into(),
                         message: "the agent sent past its window".into(),
                     }));
-                    Self::finished(&mut streams, id);
+                    finished(&mut streams, id);
                     drop(streams);
                     s.frame(
                         id,
@@ -108,25 +111,19 @@ impl Hub {
             }
             Frame::End(_) => {
                 let _ = slot.to_client.send(Event::End);
-                Self::finished(&mut streams, id);
+                finished(&mut streams, id);
             }
             Frame::Reset(r) => {
                 let _ = slot.to_client.send(Event::Reset(r));
-                Self::finished(&mut streams, id);
+                finished(&mut streams, id);
             }
             Frame::WindowUpdate(n) => slot.credit.add_permits(n as usize),
             Frame::Open(_) => {}
         }
     }
+}
 
-    /// Stream `id` ended: forget it, and stop its request pump (which may be waiting
-    /// for window the agent will no longer grant).
-    fn finished(streams: &mut HashMap<u64, Slot>, id: u64) {
-        if let Some(slot) = streams.remove(&id) {
-            slot.credit.close();
-        }
-    }
-
+impl Hub {
     /// Carry one HTTP exchange (or, with `head.tcp`, one TCP connection) to
     /// `head.node_id`: through the stream held here, or forwarded once to the
     /// replica that holds it.
@@ -204,7 +201,7 @@ impl Hub {
             if let Some(e) = refused {
                 return Err(e);
             }
-            return Ok(Box::pin(self.open_local(s, head, body)));
+            return Ok(Box::pin(s.open_local(head, body)));
         }
         let node = self
             .nodes
@@ -234,14 +231,17 @@ impl Hub {
             ))),
         }
     }
+}
 
-    fn open_local(
-        self: &Arc<Self>,
-        s: Arc<Session>,
-        head: pb::ProxyRequestHead,
-        mut body: Streaming<pb::ProxyChunk>,
-    ) -> LocalStream {
+impl Session {
+    /// Open stream `head` on this agent: the open frame now, the request body
+    /// pumped within the agent's window, the answers as a stream.
+    fn open_local<B>(self: &Arc<Self>, head: pb::ProxyRequestHead, mut body: B) -> LocalStream
+    where
+        B: Stream<Item = Result<pb::ProxyChunk, Status>> + Send + Unpin + 'static,
+    {
         use agent::proxy_frame::Frame;
+        let s = self.clone();
         let id = s.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(WINDOW as usize));
@@ -286,7 +286,7 @@ impl Hub {
                     None if ended => Ok(None),
                     None => tokio::select! {
                         _ = pump.close.cancelled() => return,
-                        c = body.message() => c,
+                        c = body.next() => c.transpose(),
                     },
                 };
                 match chunk {
@@ -343,6 +343,14 @@ impl Hub {
             ungranted: 0,
             done: false,
         }
+    }
+}
+
+/// Stream `id` ended: forget it, and stop its request pump (which may be waiting
+/// for window the agent will no longer grant).
+fn finished(streams: &mut HashMap<u64, Slot>, id: u64) {
+    if let Some(slot) = streams.remove(&id) {
+        slot.credit.close();
     }
 }
 
@@ -407,7 +415,7 @@ impl Drop for LocalStream {
     fn drop(&mut self) {
         if !self.done {
             // The client went away: stop the agent's side too.
-            Hub::finished(&mut self.session.streams(), self.id);
+            finished(&mut self.session.streams(), self.id);
             self.session.frame(
                 self.id,
                 agent::proxy_frame::Frame::Reset(agent::ProxyReset {
@@ -416,5 +424,430 @@ impl Drop for LocalStream {
                 }),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The flow control of one stream, between a client (the request body it sends,
+    //! the answers it takes) and a scripted agent (the frames it is sent, the frames
+    //! it answers with).
+
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use agent::proxy_frame::Frame;
+    use tokio::sync::{Notify, mpsc};
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::{CachedCaps, Wanted};
+    use super::*;
+
+    type Client = mpsc::UnboundedSender<Result<pb::ProxyChunk, Status>>;
+    type AgentRx = mpsc::UnboundedReceiver<Box<agent::ServerMessage>>;
+
+    /// A session whose agent speaks `inline_body`, with the channel of what it is sent.
+    fn session(inline_body: bool) -> (Arc<Session>, AgentRx) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let s = Session {
+            node_id: "node-1".into(),
+            org_id: "org-1".into(),
+            since: 0,
+            out,
+            wake: Notify::new(),
+            wanted: Mutex::new(Wanted::default()),
+            streams: Mutex::new(HashMap::new()),
+            next_stream: 1.into(),
+            proxy_ports: vec![8080],
+            inline_body,
+            tcp: true,
+            close: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            seen_written: Mutex::new(Instant::now()),
+            inflight: Mutex::new(HashMap::new()),
+            caps: Mutex::new(CachedCaps {
+                generation: 0,
+                value: None,
+            }),
+        };
+        (Arc::new(s), rx)
+    }
+
+    fn head(end: bool, body: &[u8], accept_inline: bool) -> pb::ProxyRequestHead {
+        pb::ProxyRequestHead {
+            node_id: "node-1".into(),
+            port: 8080,
+            method: "POST".into(),
+            path_and_query: "/upload".into(),
+            body: Bytes::copy_from_slice(body),
+            end,
+            accept_inline_body: accept_inline,
+            ..Default::default()
+        }
+    }
+
+    /// Open a stream whose request body the test sends through the returned client.
+    fn open(s: &Arc<Session>, h: pb::ProxyRequestHead) -> (LocalStream, Client) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let body = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        (s.open_local(h, body), tx)
+    }
+
+    fn data(n: usize) -> Result<pb::ProxyChunk, Status> {
+        Ok(pb::ProxyChunk {
+            chunk: Some(pb::proxy_chunk::Chunk::Data(Bytes::from(vec![7u8; n]))),
+        })
+    }
+
+    fn from_agent(s: &Session, id: u64, f: Frame) {
+        s.agent_frame(agent::ProxyFrame {
+            stream_id: id,
+            frame: Some(f),
+        });
+    }
+
+    fn response_head(end: bool, body: &[u8]) -> Frame {
+        Frame::Head(agent::ProxyHead {
+            status: 200,
+            end,
+            body: Bytes::copy_from_slice(body),
+            ..Default::default()
+        })
+    }
+
+    /// The next proxy frame sent to the agent, waiting up to a second.
+    async fn next_frame(rx: &mut AgentRx) -> Option<(u64, Frame)> {
+        let msg = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .ok()??;
+        match msg.msg {
+            Some(agent::server_message::Msg::Proxy(f)) => Some((f.stream_id, f.frame?)),
+            other => panic!("unexpected message to the agent: {other:?}"),
+        }
+    }
+
+    /// Frames sent to the agent until none has come for 100 ms.
+    async fn settled(rx: &mut AgentRx) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            if let Some(agent::server_message::Msg::Proxy(f)) = m.msg {
+                out.extend(f.frame);
+            }
+        }
+        out
+    }
+
+    /// The frames the agent is sent next: waiting up to 5 s for the first.
+    async fn next_frames(rx: &mut AgentRx) -> Vec<Frame> {
+        let mut out = Vec::new();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+            && let Some(agent::server_message::Msg::Proxy(f)) = m.msg
+        {
+            out.extend(f.frame);
+        }
+        out.extend(settled(rx).await);
+        out
+    }
+
+    /// Frames sent to the agent until `bytes` of data (waiting up to 5 s), then any
+    /// that follow within 100 ms.
+    async fn data_frames(rx: &mut AgentRx, bytes: usize) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while data_bytes(&out) < bytes {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => {
+                    if let Some(agent::server_message::Msg::Proxy(f)) = m.msg {
+                        out.extend(f.frame);
+                    }
+                }
+                _ => break,
+            }
+        }
+        out.extend(settled(rx).await);
+        out
+    }
+
+    fn data_bytes(frames: &[Frame]) -> usize {
+        frames
+            .iter()
+            .map(|f| match f {
+                Frame::Data(d) => {
+                    assert!(d.len() <= CHUNK, "a data frame of {} bytes", d.len());
+                    d.len()
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+
+    async fn next_chunk(st: &mut LocalStream) -> pb::proxy_chunk::Chunk {
+        tokio::time::timeout(Duration::from_secs(1), st.next())
+            .await
+            .expect("an answer within a second")
+            .expect("the stream has not ended")
+            .expect("no status error")
+            .chunk
+            .expect("a chunk")
+    }
+
+    #[tokio::test]
+    async fn a_whole_small_request_goes_inline_with_the_open() {
+        let (s, mut rx) = session(true);
+        let (_st, _client) = open(&s, head(true, b"hello", true));
+        let (id, f) = next_frame(&mut rx).await.unwrap();
+        assert_eq!(id, 1);
+        let Frame::Open(o) = f else { panic!("{f:?}") };
+        assert!(o.end);
+        assert_eq!(&o.body[..], b"hello");
+        assert!(settled(&mut rx).await.is_empty(), "nothing after the open");
+    }
+
+    #[tokio::test]
+    async fn an_agent_without_inline_bodies_gets_open_data_end() {
+        let (s, mut rx) = session(false);
+        let (_st, _client) = open(&s, head(true, b"hello", true));
+        let Some((_, Frame::Open(o))) = next_frame(&mut rx).await else {
+            panic!("open first")
+        };
+        assert!(!o.end && o.body.is_empty());
+        let rest = next_frames(&mut rx).await;
+        assert!(
+            matches!(&rest[..], [Frame::Data(d), Frame::End(true)] if &d[..] == b"hello"),
+            "{rest:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_request_body_stops_at_the_window_and_resumes_on_each_grant() {
+        let (s, mut rx) = session(true);
+        let (_st, client) = open(&s, head(false, b"", true));
+        assert!(matches!(
+            next_frame(&mut rx).await,
+            Some((1, Frame::Open(_)))
+        ));
+        // The client offers twice the window, in pieces larger than a frame.
+        let total = 2 * WINDOW as usize;
+        let piece = CHUNK + CHUNK / 2;
+        let mut offered = 0;
+        while offered < total {
+            let n = piece.min(total - offered);
+            client.send(data(n)).unwrap();
+            offered += n;
+        }
+        client
+            .send(Ok(pb::ProxyChunk {
+                chunk: Some(pb::proxy_chunk::Chunk::End(true)),
+            }))
+            .unwrap();
+        // Exactly one window reaches the agent, in frames of at most CHUNK.
+        let first = data_frames(&mut rx, WINDOW as usize).await;
+        assert_eq!(data_bytes(&first), WINDOW as usize);
+        assert!(!first.iter().any(|f| matches!(f, Frame::End(_))));
+        // The next frame is the 32 KiB left of a 96 KiB piece: a smaller grant sends
+        // nothing, the grant that covers it sends exactly it.
+        from_agent(&s, 1, Frame::WindowUpdate(1000));
+        assert_eq!(data_bytes(&settled(&mut rx).await), 0);
+        from_agent(&s, 1, Frame::WindowUpdate(CHUNK as u32 / 2 - 1000));
+        assert_eq!(
+            data_bytes(&data_frames(&mut rx, CHUNK / 2).await),
+            CHUNK / 2
+        );
+        // The rest of the window, then the end.
+        from_agent(&s, 1, Frame::WindowUpdate(WINDOW - CHUNK as u32 / 2));
+        let last = data_frames(&mut rx, WINDOW as usize - CHUNK / 2).await;
+        assert_eq!(data_bytes(&last), WINDOW as usize - CHUNK / 2);
+        assert!(matches!(last.last(), Some(Frame::End(true))), "{last:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_stops_its_pump_waiting_for_window() {
+        let (s, mut rx) = session(true);
+        let (mut st, client) = open(&s, head(false, b"", true));
+        next_frame(&mut rx).await.unwrap();
+        client.send(data(WINDOW as usize + 10)).unwrap();
+        assert_eq!(
+            data_bytes(&data_frames(&mut rx, WINDOW as usize).await),
+            WINDOW as usize
+        );
+        // The agent answers and ends without reading the rest: the pump, waiting
+        // for window, stops instead of sending the last 10 bytes.
+        from_agent(&s, 1, response_head(false, b""));
+        from_agent(&s, 1, Frame::End(true));
+        assert!(matches!(
+            next_chunk(&mut st).await,
+            pb::proxy_chunk::Chunk::Response(_)
+        ));
+        assert!(matches!(
+            next_chunk(&mut st).await,
+            pb::proxy_chunk::Chunk::End(true)
+        ));
+        assert!(s.streams().is_empty(), "the ended stream is forgotten");
+        // A late grant for it changes nothing.
+        from_agent(&s, 1, Frame::WindowUpdate(WINDOW));
+        assert!(settled(&mut rx).await.is_empty());
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn taking_answers_grants_window_back_in_steps() {
+        let (s, mut rx) = session(true);
+        let (mut st, _client) = open(&s, head(true, b"", true));
+        next_frame(&mut rx).await.unwrap();
+        from_agent(&s, 1, response_head(false, b""));
+        assert!(matches!(
+            next_chunk(&mut st).await,
+            pb::proxy_chunk::Chunk::Response(_)
+        ));
+        // A small answer costs no window update.
+        from_agent(&s, 1, Frame::Data(Bytes::from(vec![1u8; 100])));
+        assert!(matches!(
+            next_chunk(&mut st).await,
+            pb::proxy_chunk::Chunk::Data(_)
+        ));
+        assert!(settled(&mut rx).await.is_empty());
+        // A whole window, sent before any is taken, is within the window.
+        let step = GRANT_STEP as usize;
+        for _ in 0..4 {
+            from_agent(&s, 1, Frame::Data(Bytes::from(vec![1u8; step])));
+        }
+        let mut granted = 0u32;
+        for _ in 0..4 {
+            assert!(matches!(
+                next_chunk(&mut st).await,
+                pb::proxy_chunk::Chunk::Data(_)
+            ));
+            for f in settled(&mut rx).await {
+                let Frame::WindowUpdate(n) = f else {
+                    panic!("{f:?}")
+                };
+                granted += n;
+            }
+        }
+        // One update per step crossed, each for everything taken since the last one:
+        // the first carries the small answer's 100 bytes too.
+        assert_eq!(granted as usize, 4 * step + 100);
+        from_agent(&s, 1, Frame::End(true));
+        assert!(matches!(
+            next_chunk(&mut st).await,
+            pb::proxy_chunk::Chunk::End(true)
+        ));
+        assert!(st.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_agent_past_its_window_resets_the_stream_on_both_sides() {
+        let (s, mut rx) = session(true);
+        let (mut st, _client) = open(&s, head(true, b"", true));
+        next_frame(&mut rx).await.unwrap();
+        from_agent(&s, 1, response_head(false, b""));
+        // The client takes nothing; the agent sends a window and one chunk of slack
+        // (allowed: a grant may cross a frame in flight), then one byte more.
+        let mut sent = 0;
+        while sent < WINDOW as usize + CHUNK {
+            from_agent(&s, 1, Frame::Data(Bytes::from(vec![1u8; CHUNK])));
+            sent += CHUNK;
+        }
+        assert_eq!(s.streams().len(), 1, "still within the window");
+        from_agent(&s, 1, Frame::Data(Bytes::from_static(b"!")));
+        assert!(s.streams().is_empty());
+        let to_agent = settled(&mut rx).await;
+        assert!(
+            matches!(&to_agent[..], [Frame::Reset(r)] if r.code == "flow_control"),
+            "{to_agent:?}"
+        );
+        // The client gets what was in the window, then the reset.
+        let mut taken = 0;
+        loop {
+            match next_chunk(&mut st).await {
+                pb::proxy_chunk::Chunk::Response(_) => {}
+                pb::proxy_chunk::Chunk::Data(d) => taken += d.len(),
+                pb::proxy_chunk::Chunk::Reset(r) => {
+                    assert_eq!(r.code, "flow_control");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(taken, WINDOW as usize + CHUNK);
+        assert!(st.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_in_the_head_is_split_for_a_client_that_wants_it_so() {
+        for accept_inline in [true, false] {
+            let (s, mut rx) = session(true);
+            let (mut st, _client) = open(&s, head(true, b"", accept_inline));
+            next_frame(&mut rx).await.unwrap();
+            from_agent(&s, 1, response_head(true, b"body"));
+            assert!(s.streams().is_empty());
+            let pb::proxy_chunk::Chunk::Response(h) = next_chunk(&mut st).await else {
+                panic!("head first")
+            };
+            if accept_inline {
+                assert!(h.end);
+                assert_eq!(&h.body[..], b"body");
+            } else {
+                assert!(!h.end && h.body.is_empty());
+                assert!(
+                    matches!(next_chunk(&mut st).await, pb::proxy_chunk::Chunk::Data(d) if &d[..] == b"body")
+                );
+                assert!(matches!(
+                    next_chunk(&mut st).await,
+                    pb::proxy_chunk::Chunk::End(true)
+                ));
+            }
+            assert!(st.next().await.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_resets_the_agent_side() {
+        let (s, mut rx) = session(true);
+        let (st, client) = open(&s, head(false, b"", true));
+        next_frame(&mut rx).await.unwrap();
+        client.send(data(10)).unwrap();
+        assert_eq!(data_bytes(&data_frames(&mut rx, 10).await), 10);
+        drop(st);
+        assert!(s.streams().is_empty());
+        let f = settled(&mut rx).await;
+        assert!(
+            matches!(&f[..], [Frame::Reset(r)] if r.code == "cancelled"),
+            "{f:?}"
+        );
+        // A request body that fails (the caller's stream broke) resets it too.
+        let (_st, client) = open(&s, head(false, b"", true));
+        next_frame(&mut rx).await.unwrap();
+        client.send(Err(Status::cancelled("gone"))).unwrap();
+        let f = next_frames(&mut rx).await;
+        assert!(
+            matches!(&f[..], [Frame::Reset(r)] if r.code == "cancelled"),
+            "{f:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_without_an_end_answers_a_reset() {
+        let (s, mut rx) = session(true);
+        let (mut st, _client) = open(&s, head(true, b"", true));
+        next_frame(&mut rx).await.unwrap();
+        // The slot goes without a word (the session's end sends its own reset
+        // first; this is what the client sees if it ever does not).
+        s.streams().clear();
+        let pb::proxy_chunk::Chunk::Reset(r) = next_chunk(&mut st).await else {
+            panic!("a reset")
+        };
+        assert_eq!(r.code, "agent_disconnected");
+        assert!(st.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn frames_for_unknown_streams_are_ignored() {
+        let (s, mut rx) = session(true);
+        from_agent(&s, 42, Frame::Data(Bytes::from_static(b"x")));
+        from_agent(&s, 42, Frame::WindowUpdate(10));
+        from_agent(&s, 42, Frame::End(true));
+        assert!(settled(&mut rx).await.is_empty());
+        assert!(s.streams().is_empty());
     }
 }

@@ -261,7 +261,7 @@ impl Hub {
                     .await?;
             }
             Msg::Result(r) => self.complete(s, r, true).await,
-            Msg::Proxy(frame) => self.agent_frame(s, frame),
+            Msg::Proxy(frame) => s.agent_frame(frame),
         }
         Ok(())
     }
