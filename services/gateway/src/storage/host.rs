@@ -9,7 +9,9 @@
 //! deployment the host points at, which is why a reader sees the old site or the new
 //! one, never a mix.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -76,6 +78,13 @@ pub struct Resolved {
 /// A resolution with the response headers it always gets, made once.
 #[derive(Debug)]
 pub struct PathEntry {
+    /// The deployment and site path it resolves (checked on every hit: the cache is
+    /// keyed by their hash).
+    deployment_id: String,
+    path: String,
+    /// The file's bytes, kept here when small (one cache lookup per request instead
+    /// of two). Blobs are named by their hash, so this never goes stale.
+    body: OnceLock<Bytes>,
     /// The resolution.
     pub resolved: Resolved,
     /// `"<sha256>"`.
@@ -86,15 +95,33 @@ pub struct PathEntry {
 }
 
 impl PathEntry {
-    fn new(resolved: Resolved) -> Self {
+    fn new(deployment_id: &str, path: &str, resolved: Resolved) -> Self {
         let etag = HeaderValue::from_str(&format!("\"{}\"", resolved.sha256))
             .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
         let content_type = content_type_header(&resolved.content_type);
         Self {
+            deployment_id: deployment_id.to_owned(),
+            path: path.to_owned(),
+            body: OnceLock::new(),
             resolved,
             etag,
             content_type,
         }
+    }
+
+    /// Whether this entry keeps its file's bytes.
+    fn keeps_body(&self) -> bool {
+        usize::try_from(self.resolved.size).is_ok_and(|n| n <= MAX_INLINE_BODY)
+    }
+
+    /// Bytes this entry holds in the cache, its body included once it is kept.
+    fn weight(&self) -> u32 {
+        let body = if self.keeps_body() {
+            MAX_INLINE_BODY.min(usize::try_from(self.resolved.size).unwrap_or(0))
+        } else {
+            0
+        };
+        u32::try_from(self.deployment_id.len() + self.path.len() + body + 256).unwrap_or(u32::MAX)
     }
 }
 
@@ -102,8 +129,10 @@ impl PathEntry {
 pub struct HostCaches {
     /// Host -> binding (None: no enabled binding). Short TTL; bus events evict.
     pub hosts: moka::sync::Cache<String, Option<Arc<HostEntry>>>,
-    /// (deployment, path) -> resolution. Immutable.
-    pub paths: moka::sync::Cache<(String, String), Arc<PathEntry>>,
+    /// hash(deployment, path) -> resolution (with small bodies). Immutable.
+    pub paths: moka::sync::Cache<u64, Arc<PathEntry>>,
+    /// The (randomly keyed) hash of `paths`' keys.
+    path_hasher: std::collections::hash_map::RandomState,
     /// sha256 -> bytes. Immutable; bounded by bytes.
     pub blobs: moka::sync::Cache<String, Bytes>,
     /// sha256(secret) -> grant. Evicted on revocation.
@@ -121,6 +150,8 @@ pub struct HostCaches {
 
 /// Largest blob kept in the memory cache.
 const MAX_CACHED_BLOB: usize = 8 * 1024 * 1024;
+/// Largest file a path's cache entry keeps beside its resolution.
+const MAX_INLINE_BODY: usize = 16 * 1024;
 
 impl HostCaches {
     /// Caches sized from the configuration.
@@ -141,13 +172,12 @@ impl HostCaches {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(10))
                 .build(),
-            // Weighed by key size: any visitor can ask for new paths (404s included).
+            // Weighed by size: any visitor can ask for new paths (404s included).
             paths: moka::sync::Cache::builder()
-                .weigher(|k: &(String, String), _v: &Arc<PathEntry>| {
-                    u32::try_from(k.0.len() + k.1.len() + 128).unwrap_or(u32::MAX)
-                })
+                .weigher(|_k: &u64, v: &Arc<PathEntry>| v.weight())
                 .max_capacity(64 * 1024 * 1024)
                 .build(),
+            path_hasher: std::collections::hash_map::RandomState::new(),
             blobs: moka::sync::Cache::builder()
                 .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
                 .max_capacity(cfg.static_cache_bytes)
@@ -169,9 +199,14 @@ impl HostCaches {
 
 /// Lowercase, without port or trailing dot; IPv6 without brackets.
 pub fn normalise_host(raw: &str) -> String {
+    normalised_host(raw).into_owned()
+}
+
+/// [`normalise_host`], borrowing when the name already is (the usual case).
+fn normalised_host(raw: &str) -> Cow<'_, str> {
     let raw = raw.trim();
     if let Ok(ip) = raw.parse::<std::net::IpAddr>() {
-        return ip.to_string();
+        return Cow::Owned(ip.to_string());
     }
     let host = if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
@@ -184,15 +219,20 @@ pub fn normalise_host(raw: &str) -> String {
             }
         })
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
-fn request_host(req: &Request) -> String {
+fn request_host(req: &Request) -> Cow<'_, str> {
     req.headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(normalise_host)
-        .or_else(|| req.uri().authority().map(|a| normalise_host(a.as_str())))
+        .map(normalised_host)
+        .or_else(|| req.uri().authority().map(|a| normalised_host(a.as_str())))
         .unwrap_or_default()
 }
 
@@ -319,7 +359,7 @@ pub async fn route(state: &AppState, req: Request) -> Routed {
         return Routed::Api(req);
     }
     let host = request_host(&req);
-    if host.is_empty() || state.host_caches.api_hosts.contains(&host) {
+    if host.is_empty() || state.host_caches.api_hosts.contains(host.as_ref()) {
         return Routed::Api(req);
     }
     match lookup_host(state, &host).await {
@@ -344,7 +384,7 @@ pub async fn route(state: &AppState, req: Request) -> Routed {
         }
         // Storage unreachable: the API and the probes still answer.
         Err(e) if state.host_caches.api_hosts.is_empty() || is_probe(req.uri().path()) => {
-            tracing::warn!(host, error = %e.message, "host lookup failed; serving the API");
+            tracing::warn!(host = %host, error = %e.message, "host lookup failed; serving the API");
             Routed::Api(req)
         }
         Ok(None) => Routed::Host(plain(
@@ -358,11 +398,29 @@ pub async fn route(state: &AppState, req: Request) -> Routed {
 /// Normalise a request path into a site path: percent-decoded, `.` and empty
 /// segments dropped, a trailing `/` kept (directory), and refusals for `..`, encoded
 /// slashes or backslashes, NUL and invalid UTF-8.
-pub fn normalise_path(raw: &str) -> Result<String, &'static str> {
+pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     // Site paths are at most 1 KiB; percent-encoding triples that at most.
     if raw.len() > 3 * 1024 + 16 {
         return Err("the path is too long");
     }
+    if let Some(plain) = plain_path(raw) {
+        return Ok(Cow::Borrowed(plain));
+    }
+    normalise_path_decoded(raw).map(Cow::Owned)
+}
+
+/// A path that is already normal (no escapes, no empty, `.` or `..` segments), without
+/// its leading `/`: the usual request, answered without copying.
+fn plain_path(raw: &str) -> Option<&str> {
+    let rest = raw.strip_prefix('/')?;
+    if raw.bytes().any(|b| matches!(b, b'%' | b'\\' | 0)) {
+        return None;
+    }
+    let dir = rest.strip_suffix('/').unwrap_or(rest);
+    (rest.is_empty() || dir.split('/').all(|seg| !matches!(seg, "" | "." | ".."))).then_some(rest)
+}
+
+fn normalise_path_decoded(raw: &str) -> Result<String, &'static str> {
     let lower = raw.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
         return Err("encoded slashes, backslashes and NUL are not allowed in paths");
@@ -393,8 +451,14 @@ async fn resolve(
     deployment_id: &str,
     path: &str,
 ) -> Result<Arc<PathEntry>, ApiError> {
-    let key = (deployment_id.to_owned(), path.to_owned());
-    if let Some(hit) = state.host_caches.paths.get(&key) {
+    let key = state
+        .host_caches
+        .path_hasher
+        .hash_one((deployment_id, path));
+    if let Some(hit) = state.host_caches.paths.get(&key)
+        && hit.deployment_id == deployment_id
+        && hit.path == path
+    {
         return Ok(hit);
     }
     let shared_key = format!("static:{deployment_id}:{path}");
@@ -438,7 +502,7 @@ async fn resolve(
             resolved
         }
     };
-    let entry = Arc::new(PathEntry::new(resolved));
+    let entry = Arc::new(PathEntry::new(deployment_id, path, resolved));
     state.host_caches.paths.insert(key, entry.clone());
     Ok(entry)
 }
@@ -589,9 +653,17 @@ async fn serve_static(state: &AppState, entry: &HostEntry, req: Request) -> Resp
             .body(Body::empty())
             .unwrap_or_else(built_badly);
     }
-    let data = match blob(state, &resolved.sha256).await {
-        Ok(d) => d,
-        Err(e) => return e.into_response(),
+    let data = match cached.body.get() {
+        Some(d) => d.clone(),
+        None => match blob(state, &resolved.sha256).await {
+            Ok(d) => {
+                if cached.keeps_body() && d.len() as i64 == resolved.size {
+                    let _ = cached.body.set(d.clone());
+                }
+                d
+            }
+            Err(e) => return e.into_response(),
+        },
     };
     let len = data.len() as u64;
     let range = (status == StatusCode::OK)
@@ -762,7 +834,7 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         state.cfg.trust_forwarded_for,
     );
     let ip = Some(client_ip.as_str());
-    let host = request_host(&req);
+    let host = request_host(&req).into_owned();
     let host_req =
         |value_json: String, condition: Option<pb::WriteCondition>, ttl_s: i64| pb::HostKvRequest {
             host: host.clone(),
@@ -939,6 +1011,32 @@ mod tests {
         assert_eq!(normalise_path("/docs/").unwrap(), "docs/");
         assert_eq!(normalise_path("/a/./b//c.html").unwrap(), "a/b/c.html");
         assert_eq!(normalise_path("/caf%C3%A9.html").unwrap(), "café.html");
+        // The copy-free answer for plain paths is the full normalisation's.
+        for p in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.html",
+            "/a//b",
+            "//",
+            "/./a",
+            "/a/.",
+            "/a/..",
+            "/.a",
+            "/a..b",
+            "/a/b/",
+            "/a/./",
+            "/A B",
+            "/%41",
+            "/a\\b",
+            "",
+        ] {
+            assert_eq!(
+                normalise_path(p).map(Cow::into_owned),
+                normalise_path_decoded(p),
+                "{p}"
+            );
+        }
         for bad in [
             "/../etc/passwd",
             "/a/%2e%2e/b",
