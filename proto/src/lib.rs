@@ -121,6 +121,9 @@ pub mod events {
     impl Event for v1::CredentialRevoked {
         const CHANNEL: &'static str = "identity.revoked";
     }
+    impl Event for v1::GroupsChanged {
+        const CHANNEL: &'static str = "identity.groups";
+    }
     impl Event for v1::TasksRunnable {
         const CHANNEL: &'static str = "tasks.runnable";
     }

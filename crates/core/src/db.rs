@@ -258,8 +258,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// One schema change, written once per backend (or once for both: `__BLOB__` in a
-/// script stands for the bytes column type, `BLOB` on SQLite and `BYTEA` on Postgres).
+/// One schema change, written once per backend (or once for both, with placeholders
+/// for what the two dialects spell differently: `__BLOB__` is the bytes column type,
+/// `BLOB` on SQLite and `BYTEA` on Postgres; `__UUID__` an expression giving a new
+/// random UUID as text, evaluated per row; `__NOW_MS__` an expression giving the
+/// current Unix time in milliseconds, for rows a migration inserts).
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// Increasing from 1 within a component.
@@ -272,17 +275,42 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
+/// A random (version 4) UUID as text, on SQLite.
+const SQLITE_UUID: &str = "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' \
+     || substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) \
+     || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))))";
+/// The current Unix time in milliseconds, on SQLite.
+const SQLITE_NOW_MS: &str = "(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER))";
+/// The current Unix time in milliseconds, on Postgres.
+const POSTGRES_NOW_MS: &str = "(CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT))";
+
 impl Migration {
     fn script(&self, backend: Backend) -> std::borrow::Cow<'static, str> {
-        let (script, blob) = match backend {
-            Backend::Sqlite => (self.sqlite, "BLOB"),
-            Backend::Postgres => (self.postgres, "BYTEA"),
+        let (script, placeholders) = match backend {
+            Backend::Sqlite => (
+                self.sqlite,
+                [
+                    ("__BLOB__", "BLOB"),
+                    ("__UUID__", SQLITE_UUID),
+                    ("__NOW_MS__", SQLITE_NOW_MS),
+                ],
+            ),
+            Backend::Postgres => (
+                self.postgres,
+                [
+                    ("__BLOB__", "BYTEA"),
+                    ("__UUID__", "(gen_random_uuid()::text)"),
+                    ("__NOW_MS__", POSTGRES_NOW_MS),
+                ],
+            ),
         };
-        if script.contains("__BLOB__") {
-            script.replace("__BLOB__", blob).into()
-        } else {
-            script.into()
+        let mut out = std::borrow::Cow::Borrowed(script);
+        for (placeholder, text) in placeholders {
+            if out.contains(placeholder) {
+                out = out.replace(placeholder, text).into();
+            }
         }
+        out
     }
 }
 
@@ -610,6 +638,28 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+
+    #[test]
+    fn placeholders_become_each_dialect() {
+        let m = Migration {
+            version: 1,
+            name: "t",
+            sqlite: "CREATE TABLE t (b __BLOB__); INSERT INTO t VALUES (__UUID__, __NOW_MS__)",
+            postgres: "CREATE TABLE t (b __BLOB__); INSERT INTO t VALUES (__UUID__, __NOW_MS__)",
+        };
+        let sqlite = m.script(Backend::Sqlite);
+        let postgres = m.script(Backend::Postgres);
+        for script in [&sqlite, &postgres] {
+            assert!(!script.contains("__"), "{script}");
+        }
+        assert!(sqlite.contains("BLOB") && sqlite.contains("randomblob"));
+        assert!(postgres.contains("BYTEA") && postgres.contains("gen_random_uuid()"));
+        // A script without placeholders is used as it is (checksums stay put).
+        assert!(matches!(
+            TEST_SET.migrations[0].script(Backend::Sqlite),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     const TEST_SET: MigrationSet = MigrationSet {

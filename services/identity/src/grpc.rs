@@ -7,8 +7,9 @@ use lattice_proto::identity::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::IdentityError;
-use crate::service::{Authenticated, ClientInfo, Credential, Identity, LoginOutcome};
-use crate::store::{TokenRow, UserRow};
+use crate::input::{GroupName, Membership, NewGroup, UserGroupsQuery};
+use crate::service::{Authenticated, ClientInfo, Credential, GroupDetail, Identity, LoginOutcome};
+use crate::store::{GroupRow, TokenRow, UserRow};
 
 /// The tonic service.
 #[derive(Debug, Clone)]
@@ -63,6 +64,23 @@ fn user_pb(u: UserRow) -> pb::User {
         created_at_ms: u.created_at_ms,
         locked_until_ms: u.locked_until_ms,
     }
+}
+
+fn group_pb(g: GroupRow, members: Vec<String>) -> pb::Group {
+    pb::Group {
+        id: g.id,
+        org_id: g.org_id,
+        name: g.name,
+        description: g.description,
+        member_count: g.member_count,
+        members,
+        created_at_ms: g.created_at_ms,
+        updated_at_ms: g.updated_at_ms,
+    }
+}
+
+fn group_detail_pb(d: GroupDetail) -> pb::Group {
+    group_pb(d.group, d.members)
 }
 
 fn login_pb(o: LoginOutcome, cfg_idle: i64, cfg_max: i64) -> pb::LoginResponse {
@@ -300,5 +318,90 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let caller = principal_of(&req)?.clone();
         let who = self.identity.whoami(&caller).await.map_err(st)?;
         Ok(Response::new(principal_pb(who)))
+    }
+
+    async fn create_group(
+        &self,
+        req: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let ctx = context_of(&req)?;
+        let new = NewGroup::try_from(req.into_inner()).map_err(st)?;
+        let group = self.identity.create_group(&ctx, new).await.map_err(st)?;
+        Ok(Response::new(group_detail_pb(group)))
+    }
+
+    async fn list_groups(
+        &self,
+        req: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let groups = self.identity.list_groups(&caller).await.map_err(st)?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups
+                .into_iter()
+                .map(|g| group_pb(g, Vec::new()))
+                .collect(),
+        }))
+    }
+
+    async fn get_group(
+        &self,
+        req: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let name = GroupName::try_from(req.into_inner()).map_err(st)?;
+        let group = self.identity.group(&caller, &name).await.map_err(st)?;
+        Ok(Response::new(group_detail_pb(group)))
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let name = GroupName::try_from(req.into_inner()).map_err(st)?;
+        self.identity.delete_group(&ctx, &name).await.map_err(st)?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
+    }
+
+    async fn add_group_member(
+        &self,
+        req: Request<pb::AddGroupMemberRequest>,
+    ) -> Result<Response<pb::AddGroupMemberResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let membership = Membership::try_from(req.into_inner()).map_err(st)?;
+        let added = self
+            .identity
+            .add_group_member(&ctx, &membership)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::AddGroupMemberResponse { added }))
+    }
+
+    async fn remove_group_member(
+        &self,
+        req: Request<pb::RemoveGroupMemberRequest>,
+    ) -> Result<Response<pb::RemoveGroupMemberResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let membership = Membership::try_from(req.into_inner()).map_err(st)?;
+        self.identity
+            .remove_group_member(&ctx, &membership)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::RemoveGroupMemberResponse {}))
+    }
+
+    async fn user_groups(
+        &self,
+        req: Request<pb::UserGroupsRequest>,
+    ) -> Result<Response<pb::UserGroupsResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let query = UserGroupsQuery::try_from(req.into_inner()).map_err(st)?;
+        let groups = self
+            .identity
+            .user_groups(&caller, &query)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::UserGroupsResponse { groups }))
     }
 }

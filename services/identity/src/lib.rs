@@ -1,12 +1,14 @@
 //! The identity service (`lattice.identity.v1`): organisations, users with argon2id
-//! passwords, two-step login with TOTP, server-side sessions, operator API tokens,
-//! throttling and lockout, and the audit trail of every auth event.
+//! passwords, groups of users, two-step login with TOTP, server-side sessions,
+//! operator API tokens, throttling and lockout, and the audit trail of every auth
+//! event.
 //!
 //! The service owns its tables (`identity_*`) and their migrations; it is reached
 //! only over gRPC with an internal principal (see `lattice_core::auth`).
 
 pub mod error;
 pub mod grpc;
+pub mod input;
 pub mod password;
 pub mod service;
 pub mod store;

@@ -2,19 +2,33 @@
 //! lookups that cross orgs (login by username, credential by secret hash) are the
 //! ones that establish which org the caller is in.
 
+mod groups;
+
 use lattice_core::db::{Backend, Db, Migration, MigrationSet};
 use lattice_core::time::now_ms;
 
-const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
+pub use self::groups::GroupRow;
 
-/// The identity service's migrations (one script, the column type for bytes differs).
+const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
+const GROUPS: &str = include_str!("migrations/0002_groups.sql");
+
+/// The identity service's migrations (one script each for both backends; the
+/// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 1] = [Migration {
-        version: 1,
-        name: "orgs, users, sessions, tokens, audit",
-        sqlite: SCHEMA,
-        postgres: SCHEMA,
-    }];
+    static SET: [Migration; 2] = [
+        Migration {
+            version: 1,
+            name: "orgs, users, sessions, tokens, audit",
+            sqlite: SCHEMA,
+            postgres: SCHEMA,
+        },
+        Migration {
+            version: 2,
+            name: "groups and their members, an admins group in every org",
+            sqlite: GROUPS,
+            postgres: GROUPS,
+        },
+    ];
     MigrationSet {
         component: "identity",
         migrations: &SET,
@@ -205,16 +219,24 @@ impl Store {
         Ok(row.map(|r| r.0))
     }
 
-    /// Create an org, or return the existing one of that name.
+    /// Create an org with its `admins` group, or return the existing one of that
+    /// name (giving it the group if it lacks it).
     pub async fn ensure_org(&self, name: &str) -> sqlx::Result<String> {
         let id = uuid::Uuid::now_v7().to_string();
+        let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO identity_orgs (id, name, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
             .bind(&id)
             .bind(name)
             .bind(now_ms())
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(self.org_by_name(name).await?.unwrap_or(id))
+        let (org_id,): (String,) = sqlx::query_as("SELECT id FROM identity_orgs WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        groups::ensure_admins_group(&mut tx, &org_id).await?;
+        tx.commit().await?;
+        Ok(org_id)
     }
 
     /// Org name by id.
@@ -242,8 +264,23 @@ impl Store {
         password_hash: &str,
         scopes: &[String],
     ) -> sqlx::Result<UserRow> {
+        self.insert_user_in_groups(org_id, username, password_hash, scopes, &[])
+            .await
+    }
+
+    /// Insert a user and make them a member of the org's groups named `groups`
+    /// (that exist), in one transaction. A duplicate username is a unique violation.
+    pub async fn insert_user_in_groups(
+        &self,
+        org_id: &str,
+        username: &str,
+        password_hash: &str,
+        scopes: &[String],
+        groups: &[&str],
+    ) -> sqlx::Result<UserRow> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO identity_users (id, org_id, username, password_hash, scopes, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -254,8 +291,12 @@ impl Store {
         .bind(password_hash)
         .bind(scopes_json(scopes))
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
+        for group in groups {
+            groups::join_by_name(&mut tx, org_id, group, &id, now).await?;
+        }
+        tx.commit().await?;
         Ok(UserRow {
             id,
             org_id: org_id.into(),

@@ -6,8 +6,11 @@ use lattice_core::cache::Cache;
 use lattice_core::config::IdentityConfig;
 use lattice_core::crypto::MasterKey;
 use lattice_core::db::{self, Backend, testing};
+use lattice_identity::input::{GroupName, Membership, NewGroup, UserGroupsQuery, Username};
 use lattice_identity::service::{ClientInfo, Credential, LoginOutcome};
 use lattice_identity::{Identity, IdentityError, totp};
+use lattice_proto::events::v1::GroupsChanged;
+use lattice_proto::identity::v1 as pb;
 
 fn config() -> IdentityConfig {
     IdentityConfig {
@@ -30,6 +33,7 @@ struct Env {
     identity: Identity,
     gateway: Principal,
     db: db::Db,
+    cache: Cache,
     _guard: Option<testing::tempfile_guard::Guard>,
 }
 
@@ -38,10 +42,11 @@ async fn env(backend: Backend, cfg: IdentityConfig) -> Env {
     db::migrate(&db, &lattice_identity::migration_sets(), true)
         .await
         .unwrap();
+    let cache = Cache::local();
     let identity = lattice_identity::build(
         db.clone(),
         &MasterKey::generate(),
-        Cache::local(),
+        cache.clone(),
         cfg,
         b"mfa-secret-for-tests-0123456789ab",
     )
@@ -56,6 +61,7 @@ async fn env(backend: Backend, cfg: IdentityConfig) -> Env {
         identity,
         gateway: Principal::service("gateway"),
         db,
+        cache,
         _guard: guard,
     }
 }
@@ -584,6 +590,480 @@ async fn parallel_guesses_cannot_slip_past_the_lockout(backend: Backend) {
     ));
 }
 
+fn group_name(name: &str) -> GroupName {
+    GroupName::parse(name).unwrap()
+}
+
+fn new_group(name: &str, description: &str) -> NewGroup {
+    NewGroup::try_from(pb::CreateGroupRequest {
+        name: name.into(),
+        description: description.into(),
+    })
+    .unwrap()
+}
+
+fn membership(group: &str, username: &str) -> Membership {
+    Membership {
+        group: group_name(group),
+        username: Username::parse(username).unwrap(),
+    }
+}
+
+fn query(username: &str, org_id: Option<&str>) -> UserGroupsQuery {
+    UserGroupsQuery {
+        username: Username::parse(username).unwrap(),
+        org_id: org_id.map(str::to_owned),
+    }
+}
+
+async fn every_org_has_an_admins_group_that_cannot_be_deleted(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    let groups = e.identity.list_groups(&admin).await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        (groups[0].name.as_str(), groups[0].member_count),
+        ("admins", 1)
+    );
+    let admins = e
+        .identity
+        .group(&admin, &group_name("admins"))
+        .await
+        .unwrap();
+    assert_eq!(admins.members, ["admin"]);
+    assert_eq!(admins.group.description, "Administrators of the org");
+    let err = e
+        .identity
+        .delete_group(&ctx(&admin), &group_name("admins"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, IdentityError::Conflict(m) if m.contains("\"admins\" group cannot be deleted")),
+        "{err:?}"
+    );
+    assert_eq!(
+        e.identity
+            .groups_of(&admin.org_id, &Username::parse("admin").unwrap())
+            .await
+            .unwrap(),
+        ["admins"]
+    );
+    // A new org gets its own admins group, empty.
+    let other = e.identity.store().ensure_org("other").await.unwrap();
+    let theirs = e.identity.store().list_groups(&other).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(
+        (theirs[0].name.as_str(), theirs[0].member_count),
+        ("admins", 0)
+    );
+    assert_ne!(theirs[0].id, groups[0].id);
+    // Asking again changes nothing.
+    assert_eq!(e.identity.store().ensure_org("other").await.unwrap(), other);
+    assert_eq!(
+        e.identity.store().list_groups(&other).await.unwrap(),
+        theirs
+    );
+}
+
+async fn groups_are_created_filled_emptied_deleted_announced_and_audited(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    let mut events = e.cache.listen::<GroupsChanged>();
+    for name in ["bob", "carol"] {
+        e.identity
+            .create_user(&ctx(&admin), name, "user-password-123".into(), &[])
+            .await
+            .unwrap();
+    }
+    let ops = e
+        .identity
+        .create_group(&ctx(&admin), new_group("ops", "Runs the fleet"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ops.group.name.as_str(), ops.group.description.as_str()),
+        ("ops", "Runs the fleet")
+    );
+    assert!(ops.members.is_empty());
+    let dup = e
+        .identity
+        .create_group(&ctx(&admin), new_group("ops", ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&dup, IdentityError::AlreadyExists(m) if m == "group \"ops\""),
+        "{dup:?}"
+    );
+    e.identity
+        .create_group(&ctx(&admin), new_group("dev", ""))
+        .await
+        .unwrap();
+
+    // Members by username (any case); adding twice changes nothing.
+    assert!(
+        e.identity
+            .add_group_member(&ctx(&admin), &membership("ops", "Bob"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !e.identity
+            .add_group_member(&ctx(&admin), &membership("ops", "bob"))
+            .await
+            .unwrap()
+    );
+    for (group, user) in [("ops", "carol"), ("dev", "bob")] {
+        assert!(
+            e.identity
+                .add_group_member(&ctx(&admin), &membership(group, user))
+                .await
+                .unwrap()
+        );
+    }
+    for (group, user, missing) in [
+        ("ops", "nobody", "user \"nobody\""),
+        ("nope", "bob", "group \"nope\""),
+    ] {
+        let err = e
+            .identity
+            .add_group_member(&ctx(&admin), &membership(group, user))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::NotFound(m) if m == missing),
+            "{err:?}"
+        );
+    }
+    let listed: Vec<(String, i64)> = e
+        .identity
+        .list_groups(&admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.name, g.member_count))
+        .collect();
+    assert_eq!(
+        listed,
+        [("admins".into(), 1), ("dev".into(), 1), ("ops".into(), 2)]
+    );
+    let got = e.identity.group(&admin, &group_name("ops")).await.unwrap();
+    assert_eq!(got.members, ["bob", "carol"]);
+    assert!(got.group.updated_at_ms >= got.group.created_at_ms);
+    let bob_groups = e
+        .identity
+        .groups_of(&admin.org_id, &Username::parse("bob").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bob_groups, ["dev", "ops"]);
+
+    // Removing: once; a second time the membership is not found.
+    e.identity
+        .remove_group_member(&ctx(&admin), &membership("ops", "bob"))
+        .await
+        .unwrap();
+    let err = e
+        .identity
+        .remove_group_member(&ctx(&admin), &membership("ops", "bob"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::NotFound(_)), "{err:?}");
+    // Deleting a group removes its memberships.
+    e.identity
+        .delete_group(&ctx(&admin), &group_name("dev"))
+        .await
+        .unwrap();
+    let err = e
+        .identity
+        .delete_group(&ctx(&admin), &group_name("dev"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::NotFound(_)), "{err:?}");
+    assert!(
+        e.identity
+            .groups_of(&admin.org_id, &Username::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        e.identity.group(&admin, &group_name("dev")).await,
+        Err(IdentityError::NotFound(_))
+    ));
+
+    // Every change was announced for the org: create x2, add x3, remove, delete
+    // (not the add that changed nothing, nor the refusals).
+    for _ in 0..7 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("a GroupsChanged event")
+            .unwrap();
+        assert_eq!(event.org_id, admin.org_id);
+    }
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), events.recv())
+            .await
+            .is_err(),
+        "one event per change"
+    );
+
+    let actions: Vec<(String, String)> = e
+        .identity
+        .store()
+        .audit_actions(&admin.org_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(a, _)| a.starts_with("group."))
+        .collect();
+    let count = |action: &str| actions.iter().filter(|(a, _)| a == action).count();
+    assert_eq!(
+        (
+            count("group.create"),
+            count("group.member.add"),
+            count("group.member.remove"),
+            count("group.delete")
+        ),
+        (2, 3, 1, 1),
+        "{actions:?}"
+    );
+    assert!(actions.iter().all(|(_, outcome)| outcome == "success"));
+}
+
+async fn groups_need_user_scopes_stay_in_their_org_and_admins_needs_star(backend: Backend) {
+    let e = env(backend, config()).await;
+    let (_, admin) = session(&e, "admin", "admin-password-1").await;
+    for (name, scopes) in [
+        ("reader", vec!["users:read".to_owned()]),
+        ("helpdesk", vec!["users:admin".to_owned()]),
+        ("bob", vec![]),
+    ] {
+        e.identity
+            .create_user(&ctx(&admin), name, "user-password-123".into(), &scopes)
+            .await
+            .unwrap();
+    }
+    let (_, reader) = session(&e, "reader", "user-password-123").await;
+    let (_, helpdesk) = session(&e, "helpdesk", "user-password-123").await;
+    let (_, bob) = session(&e, "bob", "user-password-123").await;
+    e.identity
+        .create_group(&ctx(&admin), new_group("ops", ""))
+        .await
+        .unwrap();
+
+    // Reading needs users:read, writing users:admin.
+    assert_eq!(e.identity.list_groups(&reader).await.unwrap().len(), 2);
+    assert!(matches!(
+        e.identity.list_groups(&bob).await,
+        Err(IdentityError::MissingScope(s)) if s == "users:read"
+    ));
+    assert!(matches!(
+        e.identity.group(&bob, &group_name("ops")).await,
+        Err(IdentityError::MissingScope(_))
+    ));
+    assert!(matches!(
+        e.identity.create_group(&ctx(&reader), new_group("qa", "")).await,
+        Err(IdentityError::MissingScope(s)) if s == "users:admin"
+    ));
+    assert!(matches!(
+        e.identity
+            .add_group_member(&ctx(&reader), &membership("ops", "bob"))
+            .await,
+        Err(IdentityError::MissingScope(_))
+    ));
+    assert!(matches!(
+        e.identity
+            .delete_group(&ctx(&reader), &group_name("ops"))
+            .await,
+        Err(IdentityError::MissingScope(_))
+    ));
+    assert!(matches!(
+        e.identity.list_groups(&e.gateway).await,
+        Err(IdentityError::WrongCaller(_))
+    ));
+
+    // users:admin manages ordinary groups, but not who administers the org.
+    assert!(
+        e.identity
+            .add_group_member(&ctx(&helpdesk), &membership("ops", "bob"))
+            .await
+            .unwrap()
+    );
+    for attempt in [
+        e.identity
+            .add_group_member(&ctx(&helpdesk), &membership("admins", "helpdesk"))
+            .await
+            .map(|_| ()),
+        e.identity
+            .remove_group_member(&ctx(&helpdesk), &membership("admins", "admin"))
+            .await,
+    ] {
+        let err = attempt.unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::Forbidden(m) if m.contains("\"admins\"")),
+            "{err:?}"
+        );
+    }
+    // The `*` admin may: the admins group can be emptied, and filled again.
+    e.identity
+        .remove_group_member(&ctx(&admin), &membership("admins", "admin"))
+        .await
+        .unwrap();
+    assert!(
+        e.identity
+            .add_group_member(&ctx(&admin), &membership("admins", "admin"))
+            .await
+            .unwrap()
+    );
+
+    // A user's groups: themself, users:read, or an internal service.
+    assert_eq!(
+        e.identity
+            .user_groups(&bob, &query("bob", None))
+            .await
+            .unwrap(),
+        ["ops"]
+    );
+    assert!(matches!(
+        e.identity.user_groups(&bob, &query("admin", None)).await,
+        Err(IdentityError::MissingScope(_))
+    ));
+    assert_eq!(
+        e.identity
+            .user_groups(&reader, &query("admin", None))
+            .await
+            .unwrap(),
+        ["admins"]
+    );
+    assert_eq!(
+        e.identity
+            .user_groups(&e.gateway, &query("bob", None))
+            .await
+            .unwrap(),
+        ["ops"]
+    );
+    assert_eq!(
+        e.identity
+            .user_groups(&e.gateway, &query("bob", Some(&admin.org_id)))
+            .await
+            .unwrap(),
+        ["ops"]
+    );
+
+    // Another org: its users and groups are out of sight.
+    let other_org = e.identity.store().ensure_org("other").await.unwrap();
+    let hash = "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ$3+ff2kGyoNnRcr6FSw6BzQ";
+    e.identity
+        .store()
+        .insert_user(&other_org, "carol", hash, &["*".into()])
+        .await
+        .unwrap();
+    for attempt in [
+        e.identity
+            .add_group_member(&ctx(&admin), &membership("ops", "carol"))
+            .await
+            .map(|_| ()),
+        e.identity
+            .user_groups(&admin, &query("carol", None))
+            .await
+            .map(|_| ()),
+        e.identity
+            .user_groups(&e.gateway, &query("bob", Some(&other_org)))
+            .await
+            .map(|_| ()),
+    ] {
+        let err = attempt.unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::NotFound(m) if m.starts_with("user ")),
+            "{err:?}"
+        );
+    }
+    assert!(matches!(
+        e.identity
+            .user_groups(&bob, &query("bob", Some(&other_org)))
+            .await,
+        Err(IdentityError::Forbidden(_))
+    ));
+    assert!(
+        e.identity
+            .user_groups(&e.gateway, &query("carol", None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        e.identity
+            .store()
+            .list_groups(&other_org)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn the_groups_migration_gives_existing_orgs_their_admins(backend: Backend) {
+    let (db, _guard) = testing::fresh(backend).await;
+    let identity_v1 = db::MigrationSet {
+        component: "identity",
+        migrations: &lattice_identity::store::migrations().migrations[..1],
+    };
+    db::migrate(&db, &[db::CORE_MIGRATIONS, identity_v1], true)
+        .await
+        .unwrap();
+    // Two orgs as version 1 left them: `*` holders (whatever else they hold) become
+    // admins of their own org, nobody else does.
+    for (id, name) in [("org-a", "a"), ("org-b", "b")] {
+        sqlx::query("INSERT INTO identity_orgs (id, name, created_at_ms) VALUES ($1, $2, 1)")
+            .bind(id)
+            .bind(name)
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    for (id, org, username, scopes) in [
+        ("u1", "org-a", "root", r#"["*"]"#),
+        ("u2", "org-a", "ops", r#"["kv:read","nodes:write"]"#),
+        ("u3", "org-a", "both", r#"["*","kv:read"]"#),
+        ("u4", "org-b", "boss", r#"["*"]"#),
+        ("u5", "org-b", "none", "[]"),
+    ] {
+        sqlx::query(
+            "INSERT INTO identity_users (id, org_id, username, password_hash, scopes, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, 'x', $4, 1, 1)",
+        )
+        .bind(id)
+        .bind(org)
+        .bind(username)
+        .bind(scopes)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    let report = db::migrate(&db, &lattice_identity::migration_sets(), true)
+        .await
+        .unwrap();
+    assert_eq!(report.applied.len(), 1, "{:?}", report.applied);
+    let store = lattice_identity::store::Store::new(db.clone());
+    let before = lattice_core::time::now_ms() - 60_000;
+    let mut ids = Vec::new();
+    for (org, members) in [("org-a", vec!["both", "root"]), ("org-b", vec!["boss"])] {
+        let groups = store.list_groups(org).await.unwrap();
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        let admins = &groups[0];
+        assert_eq!(admins.name, "admins");
+        assert_eq!(admins.id.len(), 36, "a UUID: {}", admins.id);
+        assert!(admins.created_at_ms > before, "{}", admins.created_at_ms);
+        assert_eq!(store.group_members(org, &admins.id).await.unwrap(), members);
+        ids.push(admins.id.clone());
+    }
+    assert_ne!(ids[0], ids[1]);
+    // Running it again finds nothing to do.
+    let again = db::migrate(&db, &lattice_identity::migration_sets(), true)
+        .await
+        .unwrap();
+    assert!(again.applied.is_empty());
+}
+
 lattice_core::store_test_suite!(
     bootstrap_runs_once_and_admin_logs_in,
     unknown_user_and_wrong_password_look_the_same_and_lock_after_threshold,
@@ -595,4 +1075,8 @@ lattice_core::store_test_suite!(
     failed_logins_without_a_username_are_audited_with_an_actor,
     a_users_admin_cannot_take_over_a_more_privileged_account,
     parallel_guesses_cannot_slip_past_the_lockout,
+    every_org_has_an_admins_group_that_cannot_be_deleted,
+    groups_are_created_filled_emptied_deleted_announced_and_audited,
+    groups_need_user_scopes_stay_in_their_org_and_admins_needs_star,
+    the_groups_migration_gives_existing_orgs_their_admins,
 );

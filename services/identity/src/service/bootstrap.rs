@@ -1,9 +1,11 @@
-//! First start: the `default` org and its `admin` user, when no user exists.
+//! First start: the `default` org and its `admin` user (a member of its `admins`
+//! group), when no user exists.
 
 use lattice_core::audit::{Actor, Outcome};
 use lattice_core::crypto::random_secret;
 
 use super::{Identity, Result, validate_password};
+use crate::input::ADMINS_GROUP;
 
 /// The bootstrap admin, for the one-time start-up message.
 #[derive(Debug)]
@@ -16,7 +18,8 @@ pub struct BootstrapAdmin {
 
 impl Identity {
     /// First start: when no user exists, create org `default` and user `admin` with
-    /// scope `*`. Returns the password when it was generated here (to print once).
+    /// scope `*`, a member of the org's `admins` group. Returns the password when it
+    /// was generated here (to print once).
     pub async fn bootstrap(&self, password: Option<String>) -> Result<Option<BootstrapAdmin>> {
         if self.store.count_users().await? > 0 {
             return Ok(None);
@@ -30,7 +33,7 @@ impl Identity {
         let hash = self.passwords.hash(password.clone()).await?;
         match self
             .store
-            .insert_user(&org_id, "admin", &hash, &["*".to_owned()])
+            .insert_user_in_groups(&org_id, "admin", &hash, &["*".to_owned()], &[ADMINS_GROUP])
             .await
         {
             Ok(user) => {
@@ -43,7 +46,7 @@ impl Identity {
                     "user.create",
                     &user.id,
                     Outcome::Success,
-                    serde_json::json!({"username": "admin", "bootstrap": true}),
+                    serde_json::json!({"username": "admin", "bootstrap": true, "groups": [ADMINS_GROUP]}),
                 )
                 .await;
                 Ok(Some(BootstrapAdmin {

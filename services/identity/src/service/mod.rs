@@ -3,10 +3,11 @@
 //!
 //! Split by area: `bootstrap` (the first admin), `login` (two-step login,
 //! throttling and lockout), `sessions` (starting, resolving and ending
-//! credentials), `mfa` (TOTP enrollment and codes), `tokens`, `users`. This file
+//! credentials), `mfa` (TOTP enrollment and codes), `tokens`, `users`, `groups`. This file
 //! holds the service, the types its areas share and the caller checks.
 
 mod bootstrap;
+mod groups;
 mod login;
 mod mfa;
 mod sessions;
@@ -24,6 +25,7 @@ use lattice_core::crypto::Sealer;
 use lattice_core::scope;
 
 pub use self::bootstrap::BootstrapAdmin;
+pub use self::groups::GroupDetail;
 pub use self::login::LoginOutcome;
 pub use self::sessions::Credential;
 pub use self::tokens::CreatedToken;

@@ -11,26 +11,11 @@ use super::{
     validate_password, validate_scopes,
 };
 use crate::error::IdentityError;
+use crate::input::Username;
 use crate::store::UserRow;
 
 fn validate_username(raw: &str) -> Result<String> {
-    let name = raw.trim().to_lowercase();
-    if name.is_empty() || name.len() > 64 {
-        return Err(IdentityError::invalid(
-            "username",
-            "must be 1 to 64 characters",
-        ));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-    {
-        return Err(IdentityError::invalid(
-            "username",
-            "may contain only letters, digits and . _ @ -",
-        ));
-    }
-    Ok(name)
+    Ok(Username::parse(raw)?.as_str().to_owned())
 }
 
 impl Identity {
