@@ -59,6 +59,9 @@ pub enum Command {
     /// Users of your org.
     #[command(subcommand, visible_alias = "user")]
     Users(UsersCommand),
+    /// Groups of your org's users.
+    #[command(subcommand, visible_alias = "group")]
+    Groups(GroupsCommand),
     /// Two-factor authentication for your own account.
     #[command(subcommand)]
     Totp(TotpCommand),
@@ -159,6 +162,47 @@ pub enum UsersCommand {
     /// Lift a login lockout.
     Unlock {
         /// User id or username.
+        user: String,
+    },
+}
+
+/// `lattice groups ...`.
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// List groups, with their member counts.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show a group and its members.
+    Get {
+        /// Group name.
+        name: String,
+    },
+    /// Create a group (a name of lowercase letters, digits and '-').
+    Create {
+        /// Group name.
+        name: String,
+        /// What the group is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a group (never admins).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Group name.
+        name: String,
+    },
+    /// Make a user a member of a group.
+    AddMember {
+        /// Group name.
+        name: String,
+        /// Username.
+        user: String,
+    },
+    /// Remove a user from a group.
+    RemoveMember {
+        /// Group name.
+        name: String,
+        /// Username.
         user: String,
     },
 }

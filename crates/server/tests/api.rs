@@ -43,6 +43,9 @@ async fn health_ready_metrics_and_openapi() {
         "/api/v1/tokens",
         "/api/v1/tokens/{id}",
         "/api/v1/users",
+        "/api/v1/groups",
+        "/api/v1/groups/{name}",
+        "/api/v1/groups/{name}/members/{username}",
         "/health",
         "/ready",
         "/metrics",
@@ -232,6 +235,203 @@ async fn login_session_csrf_tokens_users_and_revocation() {
     }
 }
 
+/// The message of an error answer, after checking its status and code.
+fn error_message(answer: &(u16, serde_json::Value), status: u16, code: &str) -> String {
+    let (got, body) = answer;
+    assert_eq!(
+        (*got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn groups_admins_members_scopes_and_errors() {
+    for backend in testing::backends() {
+        let s = TestServer::start(backend).await;
+        let admin = s.admin_token(&["*"]).await;
+
+        // Every org has `admins`, with the bootstrap admin in it.
+        let (status, list) = s.call("GET", "/api/v1/groups", &admin, None).await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(list["groups"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(
+            (
+                list["groups"][0]["name"].as_str(),
+                list["groups"][0]["member_count"].as_i64()
+            ),
+            (Some("admins"), Some(1))
+        );
+        assert!(list["groups"][0].get("members").is_none(), "{list}");
+        let (status, admins) = s.call("GET", "/api/v1/groups/admins", &admin, None).await;
+        assert_eq!(
+            (status, &admins["members"]),
+            (200, &json!(["admin"])),
+            "{admins}"
+        );
+        let answer = s
+            .call("DELETE", "/api/v1/groups/admins", &admin, None)
+            .await;
+        assert!(
+            error_message(&answer, 409, "conflict").contains("\"admins\" group cannot be deleted")
+        );
+
+        // Create: a DNS-label name, unique in the org.
+        let (status, ops) = s
+            .call(
+                "POST",
+                "/api/v1/groups",
+                &admin,
+                Some(json!({"name": "ops", "description": "Runs the fleet"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{ops}");
+        assert_eq!(
+            (
+                ops["name"].as_str(),
+                ops["description"].as_str(),
+                &ops["members"]
+            ),
+            (Some("ops"), Some("Runs the fleet"), &json!([]))
+        );
+        let answer = s
+            .call(
+                "POST",
+                "/api/v1/groups",
+                &admin,
+                Some(json!({"name": "ops"})),
+            )
+            .await;
+        assert_eq!(
+            error_message(&answer, 409, "conflict"),
+            "group \"ops\" already exists"
+        );
+        for (body, field) in [
+            (json!({"name": "Ops"}), "name: "),
+            (json!({"name": "-ops"}), "name: "),
+            (json!({"name": ""}), "name: "),
+            (
+                json!({"name": "qa", "description": "x".repeat(257)}),
+                "description: ",
+            ),
+            (
+                json!({"name": "qa", "description": "a\u{7}b"}),
+                "description: ",
+            ),
+        ] {
+            let answer = s.call("POST", "/api/v1/groups", &admin, Some(body)).await;
+            let message = error_message(&answer, 400, "bad_request");
+            assert!(message.starts_with(field), "{message}");
+        }
+        let (status, body) = s
+            .call(
+                "POST",
+                "/api/v1/groups",
+                &admin,
+                Some(json!({"name": "qa", "owner": "me"})),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        let answer = s
+            .call("GET", "/api/v1/groups/Not_A_Group", &admin, None)
+            .await;
+        assert!(error_message(&answer, 400, "bad_request").starts_with("name: "));
+
+        // Members, by username: adding twice is fine; unknown names are 404s.
+        let (status, _) = s
+            .call(
+                "POST",
+                "/api/v1/users",
+                &admin,
+                Some(json!({"username": "bob", "password": "bob-password-123"})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        for _ in 0..2 {
+            let (status, body) = s
+                .call("PUT", "/api/v1/groups/ops/members/Bob", &admin, None)
+                .await;
+            assert_eq!(status, 204, "{body}");
+        }
+        let (_, ops) = s.call("GET", "/api/v1/groups/ops", &admin, None).await;
+        assert_eq!(
+            (&ops["members"], ops["member_count"].as_i64()),
+            (&json!(["bob"]), Some(1))
+        );
+        for (path, missing) in [
+            (
+                "/api/v1/groups/ops/members/nobody",
+                "user \"nobody\" not found",
+            ),
+            (
+                "/api/v1/groups/nope/members/bob",
+                "group \"nope\" not found",
+            ),
+        ] {
+            let answer = s.call("PUT", path, &admin, None).await;
+            assert_eq!(error_message(&answer, 404, "not_found"), missing);
+        }
+        let answer = s
+            .call("PUT", "/api/v1/groups/ops/members/a%2Fb", &admin, None)
+            .await;
+        assert!(error_message(&answer, 400, "bad_request").starts_with("username: "));
+        let answer = s.call("GET", "/api/v1/groups/nope", &admin, None).await;
+        error_message(&answer, 404, "not_found");
+
+        // Scopes: users:read reads, users:admin writes, `*` changes admins.
+        let reader = s.admin_token(&["users:read"]).await;
+        let (status, _) = s.call("GET", "/api/v1/groups/ops", &reader, None).await;
+        assert_eq!(status, 200);
+        for (method, path, body) in [
+            ("POST", "/api/v1/groups", Some(json!({"name": "qa"}))),
+            ("DELETE", "/api/v1/groups/ops", None),
+            ("PUT", "/api/v1/groups/ops/members/bob", None),
+            ("DELETE", "/api/v1/groups/ops/members/bob", None),
+        ] {
+            let answer = s.call(method, path, &reader, body).await;
+            let message = error_message(&answer, 403, "permission_denied");
+            assert!(
+                message.contains("users:admin"),
+                "{method} {path}: {message}"
+            );
+        }
+        let nobody = s.admin_token(&["kv:read"]).await;
+        let answer = s.call("GET", "/api/v1/groups", &nobody, None).await;
+        assert!(error_message(&answer, 403, "permission_denied").contains("users:read"));
+        let helpdesk = s.admin_token(&["users:admin"]).await;
+        let (status, _) = s
+            .call("PUT", "/api/v1/groups/ops/members/admin", &helpdesk, None)
+            .await;
+        assert_eq!(status, 204);
+        let answer = s
+            .call("PUT", "/api/v1/groups/admins/members/bob", &helpdesk, None)
+            .await;
+        assert!(error_message(&answer, 403, "permission_denied").contains("\"admins\""));
+        let (_, admins) = s.call("GET", "/api/v1/groups/admins", &admin, None).await;
+        assert_eq!(admins["members"], json!(["admin"]), "{admins}");
+
+        // Remove once (then 404); delete the group (then 404).
+        let (status, _) = s
+            .call("DELETE", "/api/v1/groups/ops/members/bob", &admin, None)
+            .await;
+        assert_eq!(status, 204);
+        let answer = s
+            .call("DELETE", "/api/v1/groups/ops/members/bob", &admin, None)
+            .await;
+        error_message(&answer, 404, "not_found");
+        let (status, _) = s.call("DELETE", "/api/v1/groups/ops", &admin, None).await;
+        assert_eq!(status, 204);
+        for method in ["GET", "DELETE"] {
+            let answer = s.call(method, "/api/v1/groups/ops", &admin, None).await;
+            error_message(&answer, 404, "not_found");
+        }
+        let (_, list) = s.call("GET", "/api/v1/groups", &admin, None).await;
+        assert_eq!(list["groups"].as_array().unwrap().len(), 1, "{list}");
+        s.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn unauthenticated_and_forged_calls_are_refused() {
     let s = TestServer::start(lattice_core::db::Backend::Sqlite).await;
@@ -243,6 +443,12 @@ async fn unauthenticated_and_forged_calls_are_refused() {
         ("GET", "/api/v1/users"),
         ("POST", "/api/v1/users"),
         ("POST", "/api/v1/users/x/unlock"),
+        ("GET", "/api/v1/groups"),
+        ("POST", "/api/v1/groups"),
+        ("GET", "/api/v1/groups/admins"),
+        ("DELETE", "/api/v1/groups/admins"),
+        ("PUT", "/api/v1/groups/admins/members/admin"),
+        ("DELETE", "/api/v1/groups/admins/members/admin"),
         ("POST", "/api/v1/auth/logout"),
         ("POST", "/api/v1/auth/totp/enroll"),
         ("POST", "/api/v1/auth/totp/confirm"),

@@ -1,5 +1,5 @@
 //! The operator CLI (`lattice`) against a real `lattice-server` over HTTPS with the
-//! server's generated CA: login, whoami, tokens, users, logout.
+//! server's generated CA: login, whoami, tokens, users, groups, logout.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -154,6 +154,47 @@ fn cli_login_tokens_users_logout() {
         err.contains("already exists") && err.contains("409"),
         "{err}"
     );
+
+    // Groups: admins is there with the admin in it; ops is made, filled, emptied, deleted.
+    let groups = ok(&lattice(&config, &["groups", "list"], &[]));
+    assert!(
+        groups.lines().next().unwrap().contains("MEMBERS"),
+        "{groups}"
+    );
+    assert!(groups.contains("admins"), "{groups}");
+    ok(&lattice(
+        &config,
+        &["group", "create", "ops", "--description", "Runs the fleet"],
+        &[],
+    ));
+    ok(&lattice(
+        &config,
+        &["group", "add-member", "ops", "bob"],
+        &[],
+    ));
+    let ops: serde_json::Value = serde_json::from_str(&ok(&lattice(
+        &config,
+        &["group", "get", "ops", "-o", "json"],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(
+        (&ops["members"], ops["description"].as_str()),
+        (&serde_json::json!(["bob"]), Some("Runs the fleet"))
+    );
+    let admins = ok(&lattice(&config, &["group", "get", "admins"], &[]));
+    assert!(admins.contains("members       admin"), "{admins}");
+    let out = lattice(&config, &["group", "delete", "admins"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("409") && err.contains("admins"), "{err}");
+    ok(&lattice(
+        &config,
+        &["group", "remove-member", "ops", "bob"],
+        &[],
+    ));
+    ok(&lattice(&config, &["group", "delete", "ops"], &[]));
+    assert!(!ok(&lattice(&config, &["groups", "list"], &[])).contains("ops"));
 
     // Change the password: the old one stops working, the new one logs in.
     ok(&lattice(

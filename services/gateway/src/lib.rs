@@ -273,6 +273,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/users",
             post(routes::users::create).get(routes::users::list),
         )
+        .route(
+            "/api/v1/groups",
+            post(routes::groups::create).get(routes::groups::list),
+        )
+        .route(
+            "/api/v1/groups/{name}",
+            get(routes::groups::get).delete(routes::groups::delete),
+        )
+        .route(
+            "/api/v1/groups/{name}/members/{username}",
+            put(routes::groups::add_member).delete(routes::groups::remove_member),
+        )
         .route("/api/v1/users/{id}/unlock", post(routes::users::unlock))
         .route(
             "/api/v1/users/{id}/password",

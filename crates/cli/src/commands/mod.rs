@@ -4,6 +4,7 @@
 mod archive;
 mod auth;
 mod fleet;
+mod groups;
 mod kv;
 mod static_site;
 mod storage;
@@ -142,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Password { username } => auth::password(&ctx, username.as_deref()).await,
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Users(cmd) => users::run(&ctx, cmd).await,
+        Command::Groups(cmd) => groups::run(&ctx, cmd).await,
         Command::Buckets(cmd) => storage::buckets(&ctx, cmd).await,
         Command::Bindings(cmd) => storage::bindings(&ctx, cmd).await,
         Command::StorageTokens(cmd) => storage::tokens(&ctx, cmd).await,
