@@ -5,7 +5,7 @@
 # debug lattice-server binary, authenticated as the bootstrap admin with a `*` token
 # (and, for the few operations only a password session may use, with the admin's
 # session), after creating fixtures for the routes to find (buckets, a key, a site, a
-# binding, tokens). It fails on any finding of these checks:
+# binding, tokens, a group). It fails on any finding of these checks:
 #   not_a_server_error           no 5xx answer
 #   status_code_conformance      every status answered is listed for the operation
 #   response_schema_conformance  every answer's body matches the schema listed for it
@@ -204,7 +204,7 @@ api() {
     curl "${args[@]}" "$URL$path" || die "fixture: $method $path failed"
 }
 
-banner "fixtures: an admin token, buckets, a key, a site, a binding, storage and join tokens"
+banner "fixtures: an admin token, buckets, a key, a site, a binding, storage and join tokens, a group"
 JAR="$WORK/cookies"
 LOGIN="$(curl -sS --fail-with-body -c "$JAR" -H 'Content-Type: application/json' \
     --data "{\"username\":\"admin\",\"password\":\"$ADMIN_PASSWORD\"}" "$URL/api/v1/auth/login")" ||
@@ -224,6 +224,8 @@ api POST /api/v1/bindings '{"host":"conf.conformance.test","bucket":"conf"}' >/d
 STORAGE_TOKEN_ID="$(api POST /api/v1/storage-tokens \
     '{"surface":"kv","access":"read","buckets":["conf"],"name":"reader"}' | json_field id)"
 api POST /api/v1/nodes/join-tokens '{"labels":{"env":"test"}}' >/dev/null
+api POST /api/v1/groups '{"name":"ops","description":"fixture"}' >/dev/null
+api PUT /api/v1/groups/ops/members/admin >/dev/null
 SPARE_TOKEN_ID="$(api POST /api/v1/tokens '{"name":"spare","scopes":["users:read"]}' | json_field id)"
 LOGOUT_TOKEN="$(api POST /api/v1/tokens '{"name":"logout","scopes":["users:read"]}' | json_field token)"
 SESSION="$(awk '$6 == "lattice_session" { print $7 }' "$JAR")"
@@ -245,6 +247,8 @@ buckets = { values = ["conf", "site"] }
 keys = { values = ["greeting"] }
 hosts = { values = ["conf.conformance.test"] }
 paths = { values = ["index.html"] }
+groups = { values = ["ops", "admins"] }
+usernames = { values = ["admin"] }
 ids = { values = ["$ADMIN_ID", "$DEPLOYMENT_ID", "$STORAGE_TOKEN_ID"] }
 
 [parameters]
@@ -252,6 +256,8 @@ ids = { values = ["$ADMIN_ID", "$DEPLOYMENT_ID", "$STORAGE_TOKEN_ID"] }
 "path.key" = { dictionary = "keys", probability = 0.5 }
 "path.host" = { dictionary = "hosts", probability = 0.5 }
 "path.path" = { dictionary = "paths", probability = 0.5 }
+"path.name" = { dictionary = "groups", probability = 0.5 }
+"path.username" = { dictionary = "usernames", probability = 0.5 }
 "path.id" = { dictionary = "ids", probability = 0.5 }
 
 [[operations]]
