@@ -51,7 +51,7 @@ base="$scheme://127.0.0.1:$PORT"
 start_ns=$(date +%s%N)
 LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
     "$BIN" --data-dir "$work/data" --listen "127.0.0.1:$PORT" --identity-listen "127.0.0.1:$IPORT" \
-    --storage-listen "127.0.0.1:$((PORT + 4))" --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 \
+    --storage-listen "127.0.0.1:$((PORT + 4))" --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 --policy-listen 127.0.0.1:0 \
     --tls "$TLS" --log-level warn >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
 until curl -fsS "${curl_tls[@]}" "$base/health" >/dev/null 2>&1; do

@@ -41,7 +41,7 @@ case $BASE in *\?*) sep='&' ;; *) sep='?' ;; esac
 DATABASE_URL="$BASE${sep}options=-c%20search_path%3D$schema" LATTICE_MIGRATE_ON_START=true \
 LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=${SERVER_LOG:-error} \
   "$B/lattice-server" --data-dir "$tmp/data" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
-  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 \
+  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 --policy-listen 127.0.0.1:0 \
   --ops-listen 127.0.0.1:18564 >"$tmp/server.log" 2>&1 &
 SERVER=$!; pids+=($SERVER)
 for _ in $(seq 100); do [ -f "$tmp/data/tls/ca.pem" ] && curl -sf --cacert "$tmp/data/tls/ca.pem" https://localhost:$GW/health >/dev/null && break; sleep 0.2; done

@@ -121,15 +121,19 @@ json_field() { # field: read a JSON object on stdin, print .field
 }
 
 # start_lattice NAME BIN PORT: start a lattice-server on PORT (+3 identity, +4
-# storage, +5 tasks, +6 tunnel) with its own data dir, publish the site and the KV value, and set
+# storage, +5 tasks, +6 tunnel, +7 policy when the build has it) with its own data dir, publish the site and the KV value, and set
 # <NAME>_pid and <NAME>_token (a read storage token for the KV binding).
 start_lattice() {
     local name=$1 bin=$2 port=$3
     local base="http://127.0.0.1:$port" pid token csrf jar="$work/cookies-$name"
+    local extra=()
+    if "$bin" --help 2>/dev/null | grep -q -- --policy-listen; then
+        extra=(--policy-listen "127.0.0.1:$((port + 7))")
+    fi
     LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
         "$bin" --data-dir "$work/data-$name" --listen "127.0.0.1:$port" --identity-listen "127.0.0.1:$((port + 3))" \
         --storage-listen "127.0.0.1:$((port + 4))" --tasks-listen "127.0.0.1:$((port + 5))" \
-        --tunnel-listen "127.0.0.1:$((port + 6))" --tls off --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
+        --tunnel-listen "127.0.0.1:$((port + 6))" "${extra[@]}" --tls off --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
     pid=$!
     printf -v "${name}_pid" '%s' "$pid"
     local deadline=$((SECONDS + 30))

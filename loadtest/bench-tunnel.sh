@@ -38,7 +38,7 @@ nginx -c "$tmp/nginx.conf" & pids+=($!)
 
 LATTICE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password LATTICE_LOG_LEVEL=warn env ${SERVER_ENV:-} \
   "$B/lattice-server" --data-dir "$tmp/data" --tls "$GATEWAY_TLS" --listen 127.0.0.1:$GW --identity-listen 127.0.0.1:0 \
-  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 & SERVER_PID=$!; pids+=($SERVER_PID)
+  --storage-listen 127.0.0.1:0 --tasks-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 --policy-listen 127.0.0.1:0 >"$tmp/server.log" 2>&1 & SERVER_PID=$!; pids+=($SERVER_PID)
 if [ "$GATEWAY_TLS" = off ]; then
   URL=http://127.0.0.1:$GW; CA=()
 else

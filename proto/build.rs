@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lattice/agent/v1/agent.proto",
         "lattice/tunnel/v1/tunnel.proto",
         "lattice/events/v1/events.proto",
+        "lattice/policy/v1/policy.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -98,6 +98,15 @@ pub mod tunnel {
     }
 }
 
+/// Policy: Cedar policies and decisions over them.
+pub mod policy {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("lattice.policy.v1");
+    }
+}
+
 /// The event bus's messages, each with its channel.
 pub mod events {
     /// Version 1.
@@ -132,6 +141,9 @@ pub mod events {
     }
     impl Event for v1::NodeReconnect {
         const CHANNEL: &'static str = "nodes.reconnect";
+    }
+    impl Event for v1::PoliciesChanged {
+        const CHANNEL: &'static str = "policy.changed";
     }
 }
 

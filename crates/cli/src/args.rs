@@ -62,6 +62,9 @@ pub enum Command {
     /// Groups of your org's users.
     #[command(subcommand, visible_alias = "group")]
     Groups(GroupsCommand),
+    /// Cedar policies: who may reach which node, run which task, read which secret.
+    #[command(subcommand, visible_alias = "policies")]
+    Policy(PolicyCommand),
     /// Two-factor authentication for your own account.
     #[command(subcommand)]
     Totp(TotpCommand),
@@ -204,6 +207,42 @@ pub enum GroupsCommand {
         name: String,
         /// Username.
         user: String,
+    },
+}
+
+/// `lattice policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// List your org's policies.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show a policy, its Cedar text included.
+    Get {
+        /// Policy name.
+        name: String,
+    },
+    /// Create or replace a policy from a file: the seed's `CedarPolicy` YAML
+    /// (`metadata.name`, `spec.policies`, `spec.enabled`, `spec.priority`,
+    /// `spec.description`, `spec.expires_at`) or plain Cedar (`.cedar`; the name is
+    /// `--name` or the file's stem).
+    Apply {
+        /// The file (`-` for stdin, read as YAML).
+        #[arg(short = 'f', long = "file")]
+        file: String,
+        /// Name of a plain `.cedar` policy (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a policy.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Policy name.
+        name: String,
+    },
+    /// Check a file (YAML or `.cedar`) against the schema without storing it.
+    Validate {
+        /// The file.
+        file: String,
     },
 }
 

@@ -54,6 +54,19 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// Agent streams and proxy tunnel settings.
     pub tunnel: TunnelConfig,
+    /// Policy service settings.
+    pub policy: PolicyConfig,
+}
+
+/// Policy service settings (Cedar policies and decisions).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Internal gRPC listen address (never public).
+    pub listen: SocketAddr,
+    /// The policy service's address when it runs in another process
+    /// (`http://host:port`); the gateway, tunnel, tasks and storage services ask it.
+    pub url: Option<String>,
 }
 
 /// Tasks service settings (queue, audit log, outbox push).
@@ -219,6 +232,7 @@ struct Defaults {
     storage: StorageConfig,
     tasks: TasksConfig,
     tunnel: TunnelConfig,
+    policy: PolicyConfig,
 }
 
 fn defaults() -> Defaults {
@@ -285,6 +299,10 @@ fn defaults() -> Defaults {
             max_proxy_streams: 1024,
             agent_hosts: Vec::new(),
         },
+        policy: PolicyConfig {
+            listen: "127.0.0.1:8095".parse().expect("literal address"),
+            url: None,
+        },
     }
 }
 
@@ -313,6 +331,10 @@ pub struct Overrides {
     pub tunnel_listen: Option<String>,
     /// `--tunnel-url`.
     pub tunnel_url: Option<String>,
+    /// `--policy-listen`.
+    pub policy_listen: Option<String>,
+    /// `--policy-url`.
+    pub policy_url: Option<String>,
     /// `--log-level`.
     pub log_level: Option<String>,
     /// `--ops-listen`.
@@ -336,6 +358,8 @@ impl Overrides {
             ("tasks.url", &self.tasks_url),
             ("tunnel.listen", &self.tunnel_listen),
             ("tunnel.url", &self.tunnel_url),
+            ("policy.listen", &self.policy_listen),
+            ("policy.url", &self.policy_url),
             ("log_level", &self.log_level),
             ("ops_listen", &self.ops_listen),
         ] {
@@ -570,6 +594,7 @@ impl Config {
             ("tasks.url", &self.tasks.url),
             ("tunnel.url", &self.tunnel.url),
             ("tunnel.advertise_url", &self.tunnel.advertise_url),
+            ("policy.url", &self.policy.url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -745,6 +770,7 @@ const STRING_KEYS: &[&str] = &[
     "tasks.url",
     "tunnel.url",
     "tunnel.advertise_url",
+    "policy.url",
     "tasks.async_push_webhook_url",
     "tasks.async_push_auth_header",
 ];

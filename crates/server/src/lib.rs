@@ -46,15 +46,18 @@ pub enum Role {
     Tasks,
     /// Nodes, agent streams and the proxy tunnel.
     Tunnel,
+    /// Cedar policies and decisions.
+    Policy,
 }
 
 impl Role {
-    const ALL: [Role; 5] = [
+    const ALL: [Role; 6] = [
         Role::Gateway,
         Role::Identity,
         Role::Storage,
         Role::Tasks,
         Role::Tunnel,
+        Role::Policy,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Role {
             Role::Storage => "storage",
             Role::Tasks => "tasks",
             Role::Tunnel => "tunnel",
+            Role::Policy => "policy",
         }
     }
 }
@@ -81,7 +85,7 @@ pub fn parse_roles(text: &str) -> anyhow::Result<BTreeSet<Role>> {
             .find(|r| r.name() == part)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "services: unknown service {part:?} (known: all, gateway, identity, storage, tasks, tunnel)"
+                    "services: unknown service {part:?} (known: all, gateway, identity, storage, tasks, tunnel, policy)"
                 )
             })?;
         roles.insert(role);
@@ -102,6 +106,8 @@ pub struct Running {
     pub tasks_addr: Option<SocketAddr>,
     /// Where the tunnel service's internal gRPC listens (when it runs here).
     pub tunnel_addr: Option<SocketAddr>,
+    /// Where the policy service's internal gRPC listens (when it runs here).
+    pub policy_addr: Option<SocketAddr>,
     /// Where `/health`, `/ready` and `/metrics` are served outside the gateway.
     pub ops_addr: Option<SocketAddr>,
     /// The bootstrap admin, when this start created it.
@@ -166,6 +172,7 @@ pub fn all_migration_sets() -> Vec<db::MigrationSet> {
     sets.push(lattice_storage::store::migrations());
     sets.push(lattice_tasks::store::migrations());
     sets.push(lattice_tunnel::store::migrations());
+    sets.push(lattice_policy::store::migrations());
     sets
 }
 
@@ -340,7 +347,12 @@ async fn start_identity(
     shared: &Shared<'_>,
     master: Option<&MasterKey>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<(SocketAddr, Db, Option<BootstrapAdmin>)> {
+) -> anyhow::Result<(
+    SocketAddr,
+    Db,
+    Option<BootstrapAdmin>,
+    tonic::service::Routes,
+)> {
     let config = shared.config;
     let db = open_service_db(config, "identity", &lattice_identity::migration_sets()).await?;
     let mfa_secret = secret_or_derived(
@@ -372,19 +384,20 @@ async fn start_identity(
         lattice_identity::grpc::IdentityGrpc::new(identity),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
+    let routes = tonic::service::Routes::new(service);
     serve_internal(
         shared,
         InternalService {
             name: "lattice.identity.v1.IdentityService",
             listener,
-            routes: tonic::service::Routes::new(service),
+            routes: routes.clone(),
             db: db.clone(),
             timeout: Some(Duration::from_secs(30)),
         },
         tasks,
     )
     .await?;
-    Ok((addr, db, bootstrap))
+    Ok((addr, db, bootstrap, routes))
 }
 
 /// Build the storage service, bind its internal gRPC listener and spawn it.
@@ -517,12 +530,57 @@ async fn start_tasks(
     Ok((addr, db, routes))
 }
 
+/// Build the policy service, bind its internal gRPC listener and spawn it with its
+/// bus listener. `groups` reads membership from the identity service.
+async fn start_policy(
+    shared: &Shared<'_>,
+    groups: Arc<lattice_policy::groups::IdentityGroups>,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
+    use lattice_proto::policy::v1::policy_service_server::PolicyServiceServer;
+    let db = open_service_db(shared.config, "policy", &lattice_policy::migration_sets()).await?;
+    let policies = lattice_policy::Policies::new(
+        lattice_policy::store::Store::new(db.clone()),
+        shared.cache.clone(),
+        groups,
+    );
+    let listener = bind(shared.config.policy.listen, "policy.listen").await?;
+    let addr = listener.local_addr()?;
+    {
+        let (policies, cache, stop) = (policies.clone(), shared.cache.clone(), shared.stop.clone());
+        tasks.spawn(async move {
+            lattice_policy::run_event_listener(policies, cache, stop).await;
+            Ok(())
+        });
+    }
+    let grpc = PolicyServiceServer::with_interceptor(
+        lattice_policy::grpc::PolicyGrpc::new(policies),
+        lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+    );
+    let routes = tonic::service::Routes::new(grpc);
+    serve_internal(
+        shared,
+        InternalService {
+            name: "lattice.policy.v1.PolicyService",
+            listener,
+            routes: routes.clone(),
+            db: db.clone(),
+            timeout: Some(Duration::from_secs(30)),
+        },
+        tasks,
+    )
+    .await?;
+    Ok((addr, db, routes))
+}
+
 /// How the tunnel service reaches the tasks service.
 struct TunnelLinks {
     /// The tasks service (None: agents connect but receive no tasks).
     tasks_service: Option<lattice_core::grpc::InternalService>,
     /// Whether the tasks service runs in this process (its pushes then reach here).
     tasks_in_process: bool,
+    /// The policy check of node access (its policy client is linked by `start`).
+    access: Arc<lattice_tunnel::access::NodeAccess>,
 }
 
 /// Build the tunnel service (nodes, agent streams, proxy), bind its internal gRPC
@@ -538,6 +596,7 @@ async fn start_tunnel(
     let TunnelLinks {
         tasks_service,
         tasks_in_process,
+        access,
     } = links;
     let (internal, cache) = (shared.internal, shared.cache);
     let db = open_service_db(shared.config, "tunnel", &lattice_tunnel::migration_sets()).await?;
@@ -577,6 +636,7 @@ async fn start_tunnel(
     }
     let hub = lattice_tunnel::Hub::new(
         nodes,
+        access,
         tasks_service.map(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new),
         internal.clone(),
         cache.clone(),
@@ -659,6 +719,7 @@ struct Peers {
     tunnel: Option<(SocketAddr, tonic::service::Routes)>,
     tasks_service: Option<lattice_core::grpc::InternalService>,
     tasks_channel: Option<tonic::transport::Channel>,
+    policy_service: Option<lattice_core::grpc::InternalService>,
 }
 
 /// A gateway just started: where it listens and its TLS facts.
@@ -717,6 +778,7 @@ async fn start_gateway(
                 )?)),
                 (None, None) => None,
             },
+            policy: peers.policy_service,
             tunnel_agents: match (&peers.tunnel, &config.tunnel.url) {
                 (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
                 (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
@@ -857,6 +919,7 @@ pub async fn start(
     let mut tasks_routes = None;
     let node_directory = Arc::new(lattice_tasks::nodes::TunnelDirectory::new(internal.clone()));
     let tunnel_for_tasks = node_directory.link();
+    let node_directory_policy = node_directory.link_policy();
     if !roles.contains(&Role::Tunnel)
         && let Some(url) = &config.tunnel.url
     {
@@ -887,12 +950,15 @@ pub async fn start(
     };
 
     let mut running_identity = None;
+    let mut identity_routes = None;
     let mut bootstrap = None;
     if roles.contains(&Role::Identity) {
-        let (addr, db, admin) = start_identity(&shared, master.as_ref(), &mut tasks).await?;
+        let (addr, db, admin, routes) =
+            start_identity(&shared, master.as_ref(), &mut tasks).await?;
         forward_audit(&mut tasks, "identity", &db, "identity_audit");
         pools.push(("identity database", db));
         running_identity = Some(addr);
+        identity_routes = Some(routes);
         bootstrap = admin;
     }
 
@@ -905,11 +971,77 @@ pub async fn start(
         running_storage = Some(addr);
     }
 
+    // The policy service: the tunnel and tasks services (and the gateway) ask it,
+    // here directly or over the network when it runs elsewhere.
+    let mut running_policy = None;
+    let mut policy_routes = None;
+    if roles.contains(&Role::Policy) {
+        let groups = Arc::new(lattice_policy::groups::IdentityGroups::new(
+            internal.clone(),
+        ));
+        let identity = match (&identity_routes, &config.gateway.identity_url) {
+            (Some(routes), _) => Some(lattice_gateway::in_process(routes.clone())),
+            (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+                url,
+                "gateway.identity_url",
+                CALL_TIMEOUT,
+            )?)),
+            (None, None) => {
+                tracing::warn!(
+                    "gateway.identity_url is not set: the policy service cannot read groups, so decisions about users fail"
+                );
+                None
+            }
+        };
+        if let Some(identity) = identity {
+            let _ = groups.link().set(
+                lattice_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+                    identity,
+                ),
+            );
+        }
+        let (addr, db, routes) = start_policy(&shared, groups, &mut tasks).await?;
+        forward_audit(&mut tasks, "policy", &db, "policy_audit");
+        pools.push(("policy database", db));
+        running_policy = Some(addr);
+        policy_routes = Some(routes);
+    }
+    let policy_service = match (&policy_routes, &config.policy.url) {
+        (Some(routes), _) => Some(lattice_gateway::in_process(routes.clone())),
+        (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+            url,
+            "policy.url",
+            CALL_TIMEOUT,
+        )?)),
+        (None, None) => None,
+    };
+    if let Some(ps) = &policy_service {
+        let _ = node_directory_policy.set(
+            lattice_proto::policy::v1::policy_service_client::PolicyServiceClient::new(ps.clone()),
+        );
+    } else if roles
+        .iter()
+        .any(|r| matches!(r, Role::Tunnel | Role::Tasks))
+    {
+        tracing::warn!(
+            "policy.url is not set: proxied requests, port forwards and tasks are refused (503) until it is"
+        );
+    }
+
     let mut running_tunnel = None;
     if roles.contains(&Role::Tunnel) {
+        let access = Arc::new(lattice_tunnel::access::NodeAccess::new(internal.clone()));
+        if let Some(ps) = &policy_service {
+            let _ = access.link().set(
+                lattice_proto::policy::v1::policy_service_client::PolicyServiceClient::new(
+                    ps.clone(),
+                ),
+            );
+        }
         let links = TunnelLinks {
             tasks_service: tasks_service.clone(),
             tasks_in_process: running_tasks.is_some(),
+            access,
         };
         let (addr, db, routes) = start_tunnel(&shared, links, &mut tasks).await?;
         forward_audit(&mut tasks, "tunnel", &db, "tunnel_audit");
@@ -928,6 +1060,7 @@ pub async fn start(
             tunnel: running_tunnel.clone(),
             tasks_service,
             tasks_channel,
+            policy_service,
         };
         gateway = Some(start_gateway(&shared, peers, gateway_done.clone(), &mut tasks).await?);
     } else {
@@ -953,6 +1086,7 @@ pub async fn start(
         storage_addr: running_storage,
         tasks_addr: running_tasks,
         tunnel_addr: running_tunnel.map(|(addr, _)| addr),
+        policy_addr: running_policy,
         ops_addr,
         bootstrap,
         tls: gateway.as_ref().is_some_and(|g| g.tls),

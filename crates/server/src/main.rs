@@ -58,6 +58,12 @@ struct Cli {
     /// Tunnel service address when it runs elsewhere.
     #[arg(long)]
     tunnel_url: Option<String>,
+    /// Policy service's internal gRPC listen address.
+    #[arg(long)]
+    policy_listen: Option<String>,
+    /// Policy service address when it runs elsewhere.
+    #[arg(long)]
+    policy_url: Option<String>,
     /// Where a process without the gateway serves /health, /ready and /metrics.
     #[arg(long)]
     ops_listen: Option<String>,
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
         tasks_url: cli.tasks_url.clone(),
         tunnel_listen: cli.tunnel_listen.clone(),
         tunnel_url: cli.tunnel_url.clone(),
+        policy_listen: cli.policy_listen.clone(),
+        policy_url: cli.policy_url.clone(),
         log_level: cli.log_level.clone(),
         ops_listen: cli.ops_listen.clone(),
     };
@@ -202,6 +210,7 @@ async fn async_main(
                 config.tasks.async_push_enabled
             );
             println!("tunnel.listen = {}", config.tunnel.listen);
+            println!("policy.listen = {}", config.policy.listen);
             Ok(())
         }
         Command::Run => run(config, roles).await,
@@ -242,6 +251,9 @@ fn print_banner(running: &lattice_server::Running) {
     }
     if let Some(addr) = running.tunnel_addr {
         out.push_str(&format!("tunnel service (internal gRPC) on {addr}\n"));
+    }
+    if let Some(addr) = running.policy_addr {
+        out.push_str(&format!("policy service (internal gRPC) on {addr}\n"));
     }
     if let Some(info) = &running.tls_info
         && let (Some(file), Some(fp)) = (&info.ca_file, &info.ca_fingerprint)

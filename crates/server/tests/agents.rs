@@ -1081,6 +1081,8 @@ fn spawn_server(port: u16, data: &Path, db_url: &str) -> common::process::Proc {
             "127.0.0.1:0",
             "--tunnel-listen",
             "127.0.0.1:0",
+            "--policy-listen",
+            "127.0.0.1:0",
             "--ops-listen",
             "127.0.0.1:0",
             "--tls",

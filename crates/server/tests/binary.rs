@@ -353,6 +353,8 @@ async fn operator_certificate_files_reload_on_sighup() {
             "127.0.0.1:0",
             "--tunnel-listen",
             "127.0.0.1:0",
+            "--policy-listen",
+            "127.0.0.1:0",
             "--tls",
             "files",
             "--data-dir",

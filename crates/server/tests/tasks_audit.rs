@@ -247,9 +247,9 @@ async fn the_tasks_service_refuses_work_for_another_orgs_node() {
         let mut tasks = TaskServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
-        let as_org = |org_id: &str| Principal {
+        let as_user = |org_id: &str, username: &str| Principal {
             sub: "user-forged".into(),
-            username: "mallory".into(),
+            username: username.into(),
             org_id: org_id.into(),
             scopes: vec!["tasks:write".into()],
             auth: AuthMethod::Token,
@@ -267,6 +267,7 @@ async fn the_tasks_service_refuses_work_for_another_orgs_node() {
                 },
             )
         };
+        let as_org = |org_id: &str| as_user(org_id, "admin");
         let refused = tasks
             .enqueue(enqueue(&as_org("another-org")))
             .await
@@ -277,7 +278,18 @@ async fn the_tasks_service_refuses_work_for_another_orgs_node() {
             "{backend:?}: {refused:?}"
         );
         assert!(refused.message().contains("node"), "{refused:?}");
-        // The node's own org is served (the same path, the right org).
+        // In the node's own org the policy decides: a user no policy permits is
+        // refused by the policy service (default deny), the admin (in the admins
+        // group, which the seeded policy permits) is served.
+        let refused = tasks
+            .enqueue(enqueue(&as_user(&org, "mallory")))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("policy denies RunTask"),
+            "{refused:?}"
+        );
         let made = tasks.enqueue(enqueue(&as_org(&org))).await.unwrap();
         assert!(made.into_inner().created);
         // Nothing was queued for the other org.

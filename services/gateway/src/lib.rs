@@ -64,6 +64,10 @@ pub struct AppState {
     >,
     /// The tunnel service as a raw gRPC service, for relaying agent streams.
     pub tunnel_channel: Option<InternalService>,
+    /// Policy client (None: the policy service is not configured here).
+    pub policy: Option<
+        lattice_proto::policy::v1::policy_service_client::PolicyServiceClient<InternalService>,
+    >,
     /// SHA-256 (hex) of the CA agents pin, when this gateway serves TLS.
     pub ca_sha256: Option<String>,
     /// gRPC health of the tasks service, for `/ready`.
@@ -119,6 +123,8 @@ pub struct Backends {
     /// A separate connection to the tunnel service for relaying agent streams, so
     /// proxy traffic can never take them down with it.
     pub tunnel_agents: Option<InternalService>,
+    /// The policy service, when this deployment has one.
+    pub policy: Option<InternalService>,
 }
 
 pub use lattice_core::grpc::{InternalError, InternalService, in_process, over_network};
@@ -171,6 +177,9 @@ impl Gateway {
                     .max_decoding_message_size(8 * 1024 * 1024)
             }),
             tunnel_channel: backends.tunnel_agents,
+            policy: backends
+                .policy
+                .map(lattice_proto::policy::v1::policy_service_client::PolicyServiceClient::new),
             ca_sha256: tls_info
                 .ca_fingerprint
                 .as_ref()
@@ -297,6 +306,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}", get(routes::tasks::get))
         .route("/api/v1/tasks/{id}/cancel", post(routes::tasks::cancel))
         .route("/api/v1/audit", get(routes::tasks::audit))
+        .route(
+            "/api/v1/policies",
+            get(routes::policies::list).post(routes::policies::create),
+        )
+        .route(
+            "/api/v1/policies/validate",
+            post(routes::policies::validate),
+        )
+        .route(
+            "/api/v1/policies/{name}",
+            get(routes::policies::get)
+                .put(routes::policies::put)
+                .delete(routes::policies::delete),
+        )
         .route("/api/v1/nodes", get(routes::nodes::list))
         .route(
             "/api/v1/nodes/join-tokens",

@@ -96,8 +96,11 @@ impl Tasks {
     ) -> Result<(TaskRow, bool), TaskError> {
         let p = &ctx.principal;
         require(p, "tasks:write")?;
-        // The tunnel service owns nodes: asked on every enqueue (briefly cached).
-        self.nodes.check_in_org(ctx, &input.node_id).await?;
+        // The tunnel service owns nodes and the policy service decides who may run
+        // what: both asked on every enqueue (nodes briefly cached).
+        self.nodes
+            .check_may_run(ctx, &input.node_id, input.kind.name)
+            .await?;
         let EnqueueInput {
             node_id,
             kind,

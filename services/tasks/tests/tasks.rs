@@ -45,7 +45,12 @@ struct OrgOneNodes;
 
 #[async_trait::async_trait]
 impl lattice_tasks::nodes::NodeDirectory for OrgOneNodes {
-    async fn check_in_org(&self, ctx: &RequestContext, node_id: &str) -> Result<(), TaskError> {
+    async fn check_may_run(
+        &self,
+        ctx: &RequestContext,
+        node_id: &str,
+        _kind: &str,
+    ) -> Result<(), TaskError> {
         if ctx.principal.org_id == "org-1" && node_id.starts_with("node-") {
             Ok(())
         } else {

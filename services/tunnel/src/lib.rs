@@ -4,6 +4,7 @@
 //! proxy that carries HTTP to a node's local ports over its agent's stream, across
 //! replicas through a Redis registry.
 
+pub mod access;
 pub mod error;
 pub mod grpc;
 pub mod hub;

@@ -6,6 +6,7 @@ mod auth;
 mod fleet;
 mod groups;
 mod kv;
+mod policy;
 mod static_site;
 mod storage;
 mod tokens;
@@ -144,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Users(cmd) => users::run(&ctx, cmd).await,
         Command::Groups(cmd) => groups::run(&ctx, cmd).await,
+        Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Buckets(cmd) => storage::buckets(&ctx, cmd).await,
         Command::Bindings(cmd) => storage::bindings(&ctx, cmd).await,
         Command::StorageTokens(cmd) => storage::tokens(&ctx, cmd).await,

@@ -69,6 +69,8 @@ pub fn spawn_all_in_one(data_dir: &Path, tls: &str, env: &[(&str, &str)]) -> (Pr
             "127.0.0.1:0",
             "--tunnel-listen",
             "127.0.0.1:0",
+            "--policy-listen",
+            "127.0.0.1:0",
             "--tls",
             tls,
             "--data-dir",

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod groups;
 pub mod nodes;
+pub mod policies;
 pub mod system;
 pub mod tasks;
 pub mod tokens;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lattice_proto::agent::v1 as agent;
-use lattice_proto::events::v1::{NodeChanged, NodeReconnect, TasksRunnable};
+use lattice_proto::events::v1::{
+    GroupsChanged, NodeChanged, NodeReconnect, PoliciesChanged, TasksRunnable,
+};
 
 use super::Hub;
 
@@ -16,6 +18,8 @@ impl Hub {
         let mut rx = self.cache.listen::<TasksRunnable>();
         let mut changed = self.cache.listen::<NodeChanged>();
         let mut reconnect = self.cache.listen::<NodeReconnect>();
+        let mut policies = self.cache.listen::<PoliciesChanged>();
+        let mut groups = self.cache.listen::<GroupsChanged>();
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -34,8 +38,18 @@ impl Hub {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
+                // Remembered node-access allows end with any policy or group change.
+                msg = policies.recv() => match msg {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.access.forget(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                msg = groups.recv() => match msg {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.access.forget(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
                 msg = changed.recv() => match msg {
                     Ok(NodeChanged { node_id }) => {
+                        self.access.forget_node(&node_id);
                         if let Some(s) = self.session(&node_id) {
                             s.caps.lock().expect("caps lock").forget();
                         }

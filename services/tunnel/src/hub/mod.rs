@@ -133,6 +133,7 @@ impl Session {
 /// Everything this replica holds.
 pub struct Hub {
     nodes: Nodes,
+    access: Arc<crate::access::NodeAccess>,
     tasks: Option<TaskServiceClient<InternalService>>,
     internal: InternalAuth,
     cache: Cache,
@@ -159,6 +160,7 @@ impl Hub {
     /// A hub for this replica, reachable by other replicas at `advertise`.
     pub fn new(
         nodes: Nodes,
+        access: Arc<crate::access::NodeAccess>,
         tasks: Option<TaskServiceClient<InternalService>>,
         internal: InternalAuth,
         cache: Cache,
@@ -167,6 +169,7 @@ impl Hub {
     ) -> Arc<Self> {
         Arc::new(Self {
             nodes,
+            access,
             tasks,
             internal,
             cache,

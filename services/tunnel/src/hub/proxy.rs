@@ -124,6 +124,17 @@ impl Session {
 }
 
 impl Hub {
+    /// The row of the node `s` is connected for (name and labels), read at most
+    /// once per few seconds.
+    async fn node_row(&self, s: &Session) -> Result<Arc<crate::store::NodeRow>, TunnelError> {
+        if let Some(row) = self.access.cached_node(&s.node_id) {
+            return Ok(row);
+        }
+        let row = Arc::new(self.nodes.store().node(Some(&s.org_id), &s.node_id).await?);
+        self.access.remember_node(row.clone());
+        Ok(row)
+    }
+
     /// Carry one HTTP exchange (or, with `head.tcp`, one TCP connection) to
     /// `head.node_id`: through the stream held here, or forwarded once to the
     /// replica that holds it.
@@ -179,7 +190,15 @@ impl Hub {
                     s.node_id
                 )))
             } else {
-                None
+                // The policy decides within the scope (`AccessNode` with the port).
+                match self.node_row(&s).await {
+                    Ok(row) => self
+                        .access
+                        .check(ctx, &row, head.port, head.tcp)
+                        .await
+                        .err(),
+                    Err(e) => Some(e),
+                }
             };
             // A port forward is a session into the node: each one is audited (single
             // proxied HTTP requests are not).

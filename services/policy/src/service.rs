@@ -1,0 +1,401 @@
+//! The policy service's domain: policies per org (validated, audited, announced on
+//! the bus) and decisions over them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lattice_core::audit::{Actor, AuditSink, Outcome};
+use lattice_core::auth::RequestContext;
+use lattice_core::cache::Cache;
+use lattice_core::time::now_ms;
+use lattice_proto::events::v1::PoliciesChanged;
+
+use crate::engine::{Action, Decision, Engine, Principal, Query, Resource};
+use crate::error::PolicyError;
+use crate::model::{self, PolicyDoc, Problem};
+use crate::store::{PolicyRow, Store};
+
+/// Where a user's groups come from (the identity service).
+#[async_trait::async_trait]
+pub trait GroupDirectory: Send + Sync + std::fmt::Debug {
+    /// The names of the groups `username` of `org` is in.
+    async fn groups_of(
+        &self,
+        ctx: &RequestContext,
+        org: &str,
+        username: &str,
+    ) -> Result<Vec<String>, PolicyError>;
+
+    /// Forget what is cached about `org` (its membership changed).
+    fn forget(&self, _org: &str) {}
+
+    /// Forget everything cached.
+    fn forget_all(&self) {}
+}
+
+/// The policy service.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    store: Store,
+    cache: Cache,
+    audit: Arc<dyn AuditSink>,
+    groups: Arc<dyn GroupDirectory>,
+    /// org -> its decisions. Rebuilt after a change (the bus tells every replica).
+    engines: moka::sync::Cache<String, Arc<Engine>>,
+}
+
+/// Who a decision is about, as the caller names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// The request's own principal.
+    Caller,
+    /// A storage token or node a service acts for, in `org`.
+    Service {
+        /// `storage_token` or `node`.
+        kind: &'static str,
+        /// Token name or node id.
+        name: String,
+        /// Its org.
+        org: String,
+    },
+}
+
+fn require(ctx: &RequestContext, scope: &str) -> Result<(), PolicyError> {
+    if ctx.principal.allows(scope) {
+        Ok(())
+    } else {
+        Err(PolicyError::MissingScope(scope.to_owned()))
+    }
+}
+
+impl Policies {
+    /// Over a migrated store.
+    pub fn new(store: Store, cache: Cache, groups: Arc<dyn GroupDirectory>) -> Self {
+        let audit = Arc::new(lattice_core::audit::TableAudit::new(
+            store.db().clone(),
+            "policy_audit",
+        ));
+        Self {
+            store,
+            cache,
+            audit,
+            groups,
+            engines: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                // A backstop: the bus evicts on every change.
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+
+    /// The store (tests, readiness).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Forget `org`'s decisions in this replica.
+    pub fn forget(&self, org: &str) {
+        self.engines.invalidate(org);
+    }
+
+    /// Forget every org's decisions in this replica.
+    pub fn forget_all(&self) {
+        self.engines.invalidate_all();
+    }
+
+    /// Forget cached group membership of `org` in this replica.
+    pub fn forget_groups(&self, org: &str) {
+        self.groups.forget(org);
+    }
+
+    /// Forget all cached group membership in this replica.
+    pub fn forget_all_groups(&self) {
+        self.groups.forget_all();
+    }
+
+    async fn audit(
+        &self,
+        actor: Actor<'_>,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: serde_json::Value,
+    ) {
+        let event = actor.event(action, target, outcome, &detail);
+        if let Err(err) = self.audit.record(event).await {
+            tracing::error!(error = %format!("{err:#}"), action, "recording audit event failed");
+        }
+    }
+
+    async fn changed(&self, org: &str) {
+        self.forget(org);
+        self.cache
+            .announce(&PoliciesChanged {
+                org_id: org.to_owned(),
+            })
+            .await;
+    }
+
+    /// `org`'s engine: built from its stored policies (seeding the org on first sight).
+    pub async fn engine(&self, org: &str) -> Result<Arc<Engine>, PolicyError> {
+        if let Some(e) = self.engines.get(org) {
+            return Ok(e);
+        }
+        if self.store.seed_once(org).await? {
+            tracing::info!(org, "seeded the admins policy");
+            let actor = Actor {
+                org_id: org,
+                id: "system",
+                client_ip: "",
+            };
+            self.audit(
+                actor,
+                "policy.seed",
+                crate::store::SEEDED_NAME,
+                Outcome::Success,
+                serde_json::json!({"new_sha256": crate::store::text_hash(crate::store::SEEDED_TEXT)}),
+            )
+            .await;
+        }
+        let rows = self.store.list(org).await?;
+        let mut docs = Vec::with_capacity(rows.len());
+        for r in rows {
+            match model::compile(&r.doc.name, &r.doc.text) {
+                Ok(statements) => docs.push((r.doc, statements)),
+                Err(problems) => tracing::warn!(
+                    org,
+                    policy = r.doc.name,
+                    problems = model::describe(&problems),
+                    "a stored policy no longer validates; it takes part in no decision"
+                ),
+            }
+        }
+        let engine = Arc::new(Engine::new(docs));
+        self.engines.insert(org.to_owned(), engine.clone());
+        Ok(engine)
+    }
+
+    /// The caller's org's policies.
+    pub async fn list(&self, ctx: &RequestContext) -> Result<Vec<PolicyRow>, PolicyError> {
+        require(ctx, "policy:read")?;
+        let org = &ctx.principal.org_id;
+        // Listing shows the seeded policy even before the first decision.
+        self.engine(org).await?;
+        Ok(self.store.list(org).await?)
+    }
+
+    /// One policy.
+    pub async fn get(&self, ctx: &RequestContext, name: &str) -> Result<PolicyRow, PolicyError> {
+        require(ctx, "policy:read")?;
+        model::check_name(name).map_err(PolicyError::Invalid)?;
+        let org = &ctx.principal.org_id;
+        self.engine(org).await?;
+        self.store
+            .get(org, name)
+            .await?
+            .ok_or_else(|| PolicyError::NotFound(format!("policy {name:?}")))
+    }
+
+    /// Check `text` without storing it: the number of statements, or the problems.
+    pub fn validate(
+        &self,
+        ctx: &RequestContext,
+        text: &str,
+    ) -> Result<Result<usize, Vec<Problem>>, PolicyError> {
+        if !(ctx.principal.allows("policy:read") || ctx.principal.allows("policy:write")) {
+            return Err(PolicyError::MissingScope("policy:read".into()));
+        }
+        Ok(model::compile("candidate", text).map(|s| s.len()))
+    }
+
+    /// Create (`create_only`) or replace a policy. Refused with every problem when
+    /// its text does not validate; nothing is stored then.
+    pub async fn put(
+        &self,
+        ctx: &RequestContext,
+        doc: PolicyDoc,
+        create_only: bool,
+    ) -> Result<(PolicyRow, bool), PolicyError> {
+        require(ctx, "policy:write")?;
+        model::check_name(&doc.name).map_err(PolicyError::Invalid)?;
+        if doc.description.len() > 1024 {
+            return Err(PolicyError::Invalid(
+                "description: at most 1024 bytes".into(),
+            ));
+        }
+        let org = &ctx.principal.org_id;
+        let actor = Actor::of(ctx);
+        if let Err(problems) = model::compile(&doc.name, &doc.text) {
+            let message = model::describe(&problems);
+            self.audit(
+                actor,
+                "policy.put",
+                &doc.name,
+                Outcome::Failure,
+                serde_json::json!({"error": &message, "new_sha256": crate::store::text_hash(&doc.text)}),
+            )
+            .await;
+            return Err(PolicyError::Rejected(message));
+        }
+        // Seed first, so that a policy the admin writes is never shadowed by a
+        // later first-sight seeding.
+        self.engine(org).await?;
+        if create_only && self.store.get(org, &doc.name).await?.is_some() {
+            return Err(PolicyError::Conflict(format!(
+                "policy {:?} already exists",
+                doc.name
+            )));
+        }
+        let by = if ctx.principal.username.is_empty() {
+            ctx.principal.sub.clone()
+        } else {
+            ctx.principal.username.clone()
+        };
+        let (row, old) = self.store.put(org, &doc, &by).await?;
+        self.audit(
+            actor,
+            if old.is_some() {
+                "policy.update"
+            } else {
+                "policy.create"
+            },
+            &doc.name,
+            Outcome::Success,
+            serde_json::json!({
+                "old_sha256": old.as_ref().map(|o| o.text_sha256.clone()),
+                "new_sha256": row.text_sha256,
+                "enabled": doc.enabled,
+                "priority": doc.priority,
+                "expires_at_ms": doc.expires_at_ms,
+            }),
+        )
+        .await;
+        self.changed(org).await;
+        Ok((row, old.is_none()))
+    }
+
+    /// Delete a policy.
+    pub async fn delete(&self, ctx: &RequestContext, name: &str) -> Result<(), PolicyError> {
+        require(ctx, "policy:write")?;
+        model::check_name(name).map_err(PolicyError::Invalid)?;
+        let org = &ctx.principal.org_id;
+        self.engine(org).await?;
+        let Some(old) = self.store.delete(org, name).await? else {
+            return Err(PolicyError::NotFound(format!("policy {name:?}")));
+        };
+        self.audit(
+            Actor::of(ctx),
+            "policy.delete",
+            name,
+            Outcome::Success,
+            serde_json::json!({"old_sha256": old.text_sha256}),
+        )
+        .await;
+        self.changed(org).await;
+        Ok(())
+    }
+
+    /// Decide whether `subject` may do `action` to `resource`. Refusals and secret
+    /// reads are audited with the policies that decided.
+    pub async fn authorize(
+        &self,
+        ctx: &RequestContext,
+        subject: Subject,
+        action: Action,
+        resource: Resource,
+    ) -> Result<Decision, PolicyError> {
+        let p = &ctx.principal;
+        let principal = match subject {
+            Subject::Caller => {
+                if p.is_service() || p.username.is_empty() {
+                    return Err(PolicyError::Invalid(
+                        "a service asking about a storage token or node names it (service)".into(),
+                    ));
+                }
+                Principal::User {
+                    name: p.username.clone(),
+                    org: p.org_id.clone(),
+                    groups: self.groups.groups_of(ctx, &p.org_id, &p.username).await?,
+                }
+            }
+            Subject::Service { kind, name, org } => {
+                if !p.is_service() {
+                    return Err(PolicyError::Forbidden(
+                        "only a service may ask on behalf of a storage token or node".into(),
+                    ));
+                }
+                Principal::Service {
+                    kind: kind.to_owned(),
+                    name,
+                    org,
+                }
+            }
+        };
+        let org = match &principal {
+            Principal::User { org, .. } | Principal::Service { org, .. } => org.clone(),
+        };
+        if org.is_empty() {
+            return Err(PolicyError::Invalid(
+                "org: the principal's org is unknown".into(),
+            ));
+        }
+        let resource = match resource {
+            Resource::Node {
+                id, name, labels, ..
+            } => Resource::Node {
+                id,
+                name,
+                org: org.clone(),
+                labels,
+            },
+            other => other,
+        };
+        let query = Query {
+            principal,
+            action,
+            resource,
+        };
+        let engine = self.engine(&org).await?;
+        let decision = engine.decide(&query, now_ms());
+        if !decision.allow || matches!(query.action, Action::AccessSecret) {
+            let principal_uid = query.principal.uid().to_string();
+            let actor_id = match &query.principal {
+                Principal::User { .. } => p.sub.clone(),
+                Principal::Service { kind, name, .. } => crate::engine::service_id(kind, name),
+            };
+            let actor = Actor {
+                org_id: &org,
+                id: &actor_id,
+                client_ip: &ctx.client_ip,
+            };
+            self.audit(
+                actor,
+                &format!("policy.decide.{}", query.action.name()),
+                &query.resource.uid().to_string(),
+                if decision.allow {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+                serde_json::json!({
+                    "principal": principal_uid,
+                    "decision": if decision.allow { "allow" } else { "deny" },
+                    "policies": decision.determining,
+                    "context": context_json(&query.action),
+                }),
+            )
+            .await;
+        }
+        Ok(decision)
+    }
+}
+
+fn context_json(a: &Action) -> serde_json::Value {
+    match a {
+        Action::AccessNode { port, protocol } => {
+            serde_json::json!({"port": port, "protocol": protocol.as_str()})
+        }
+        Action::RunTask { kind } => serde_json::json!({"kind": kind}),
+        _ => serde_json::json!({}),
+    }
+}
