@@ -720,6 +720,8 @@ struct Peers {
     tasks_service: Option<lattice_core::grpc::InternalService>,
     tasks_channel: Option<tonic::transport::Channel>,
     policy_service: Option<lattice_core::grpc::InternalService>,
+    /// Where the policy service listens, when it runs here.
+    policy: Option<SocketAddr>,
 }
 
 /// A gateway just started: where it listens and its TLS facts.
@@ -779,6 +781,9 @@ async fn start_gateway(
                 (None, None) => None,
             },
             policy: peers.policy_service,
+            policy_health: service_url(peers.policy, config.policy.url.as_ref())
+                .map(|url| internal_channel(&url, "policy.url", CALL_TIMEOUT))
+                .transpose()?,
             tunnel_agents: match (&peers.tunnel, &config.tunnel.url) {
                 (Some((_, routes)), _) => Some(lattice_gateway::in_process(routes.clone())),
                 (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
@@ -1061,6 +1066,7 @@ pub async fn start(
             tasks_service,
             tasks_channel,
             policy_service,
+            policy: running_policy,
         };
         gateway = Some(start_gateway(&shared, peers, gateway_done.clone(), &mut tasks).await?);
     } else {

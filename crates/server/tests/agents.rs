@@ -522,6 +522,106 @@ async fn enroll_report_consent_tasks_and_proxy() {
         let reader = s.admin_token(&["nodes:read"]).await;
         let (status, _) = s.call("GET", &format!("{base}/echo"), &reader, None).await;
         assert_eq!(status, 403);
+
+        // Within nodes:proxy the policy decides (the tunnel service asks the policy
+        // service): bob, in no group, is refused by default, let in on this port by
+        // a policy, refused again by a forbid, and the task queue asks the same.
+        let bob = s
+            .user_token(
+                &format!("bob-{backend:?}").to_lowercase(),
+                &["nodes:proxy", "tasks:write"],
+            )
+            .await;
+        let bob_name = format!("bob-{backend:?}").to_lowercase();
+        let (status, err) = s.call("GET", &format!("{base}/echo"), &bob, None).await;
+        assert_eq!(status, 403, "{err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("policy denies AccessNode"), "{message}");
+        assert!(!message.contains("permit("), "never the policy text");
+        let permit = format!(
+            "permit(principal == Lattice::User::\"{bob_name}\", action == Lattice::Action::\"AccessNode\", resource) when {{ context.port == {port} && context.protocol == \"http\" }};"
+        );
+        let (status, body) = s
+            .call(
+                "PUT",
+                "/api/v1/policies/bob-web",
+                &admin,
+                Some(json!({"policies": permit})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = s.call("GET", &format!("{base}/echo"), &bob, None).await;
+        assert_eq!(status, 200, "{backend:?}: the permit lets bob in: {body}");
+        let (status, _) = s
+            .call("GET", &format!("/api/v1/nodes/{id}/proxy/22/"), &bob, None)
+            .await;
+        assert_eq!(status, 403, "another port stays closed");
+        let (status, body) = s
+            .call(
+                "POST",
+                "/api/v1/tasks",
+                &bob,
+                Some(json!({"node": id, "kind": "facts.refresh"})),
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("policy denies RunTask"),
+            "{body}"
+        );
+        let forbid = format!(
+            "forbid(principal == Lattice::User::\"{bob_name}\", action, resource == Lattice::Node::\"{id}\");"
+        );
+        let (status, body) = s
+            .call(
+                "POST",
+                "/api/v1/policies",
+                &admin,
+                Some(json!({"name": "bob-out", "policies": forbid, "priority": 10})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        // The tunnel forgets the allow it remembered as soon as the change is
+        // announced (at the latest one second later).
+        let mut refused = false;
+        for _ in 0..40 {
+            let (status, _) = s.call("GET", &format!("{base}/echo"), &bob, None).await;
+            if status == 403 {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused, "{backend:?}: the forbid wins");
+        let audit = wait_for(
+            &s,
+            &admin,
+            "/api/v1/audit?limit=1000",
+            "policy refusals are audited",
+            |b| {
+                b["entries"].as_array().is_some_and(|a| {
+                    a.iter().any(|e| {
+                        e["action"] == "policy.decide.AccessNode"
+                            && e["detail"]["policies"] == json!(["bob-out"])
+                    })
+                })
+            },
+        )
+        .await;
+        assert!(
+            audit.to_string().contains("policy.decide.RunTask"),
+            "{audit}"
+        );
+        for name in ["bob-web", "bob-out"] {
+            let (status, _) = s
+                .call("DELETE", &format!("/api/v1/policies/{name}"), &admin, None)
+                .await;
+            assert_eq!(status, 204);
+        }
+
         // A streamed response flows as produced; leaving cancels it on the node.
         let mut resp = s
             .http
@@ -877,6 +977,47 @@ async fn a_port_forward_carries_tcp_both_ways_and_lattice_proxy_uses_it() {
         assert!(resp.text().await.unwrap().contains("nodes:proxy"));
         let resp = port_forward(&s, &h1, "lat_not-a-token", &id, port, true).await;
         assert_eq!(resp.status(), 401);
+        // A policy that lets a user reach the port over HTTP does not open it for a
+        // port forward (protocol "tcp"); one for tcp does.
+        let carol_name = format!("carol-{backend:?}").to_lowercase();
+        let carol = s.user_token(&carol_name, &["nodes:proxy"]).await;
+        let http_only = format!(
+            "permit(principal == Lattice::User::\"{carol_name}\", action == Lattice::Action::\"AccessNode\", resource) when {{ context.port == {port} && context.protocol == \"http\" }};"
+        );
+        let (status, body) = s
+            .call(
+                "PUT",
+                "/api/v1/policies/carol",
+                &admin,
+                Some(json!({"policies": http_only})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let resp = port_forward(&s, &h1, &carol, &id, port, true).await;
+        assert_eq!(resp.status(), 403);
+        assert!(
+            resp.text()
+                .await
+                .unwrap()
+                .contains("policy denies AccessNode")
+        );
+        let tcp = http_only.replace("\"http\"", "\"tcp\"");
+        let (status, body) = s
+            .call(
+                "PUT",
+                "/api/v1/policies/carol",
+                &admin,
+                Some(json!({"policies": tcp})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let resp = port_forward(&s, &h1, &carol, &id, port, true).await;
+        assert_eq!(
+            resp.status(),
+            101,
+            "{backend:?}: the tcp permit opens the forward"
+        );
+        drop(resp);
 
         // Each forward opened (or refused by the agent's ports) is audited.
         let audit = wait_for(

@@ -196,6 +196,70 @@ fn cli_login_tokens_users_logout() {
     ok(&lattice(&config, &["group", "delete", "ops"], &[]));
     assert!(!ok(&lattice(&config, &["groups", "list"], &[])).contains("ops"));
 
+    // Policies: the seeded one is listed; the seed's YAML form and plain Cedar
+    // apply; a file with a mistake is refused with file:line:column; delete.
+    let policies = ok(&lattice(&config, &["policy", "list"], &[]));
+    assert!(policies.contains("admins-allow-all"), "{policies}");
+    let yaml = dir.path().join("deny-intern.yaml");
+    std::fs::write(
+        &yaml,
+        "apiVersion: lattice.dev/v1alpha1\nkind: CedarPolicy\nmetadata:\n  name: deny-intern\n  namespace: lattice-system\nspec:\n  enabled: true\n  priority: 200\n  propagate: true\n  description: No intern on production\n  policies: |\n    forbid(\n      principal == Lattice::User::\"intern\",\n      action,\n      resource == Lattice::Node::\"production\"\n    );\n",
+    )
+    .unwrap();
+    ok(&lattice(
+        &config,
+        &["policy", "apply", "-f", yaml.to_str().unwrap()],
+        &[],
+    ));
+    let got: serde_json::Value = serde_json::from_str(&ok(&lattice(
+        &config,
+        &["policy", "get", "deny-intern", "-o", "json"],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(
+        (got["priority"].as_i64(), got["enabled"].as_bool()),
+        (Some(200), Some(true))
+    );
+    let cedar = dir.path().join("web.cedar");
+    std::fs::write(
+        &cedar,
+        "permit(principal in Lattice::Group::\"web\", action == Lattice::Action::\"AccessNode\", resource)\nwhen { context.port == 8080 };\n",
+    )
+    .unwrap();
+    ok(&lattice(
+        &config,
+        &["policy", "validate", cedar.to_str().unwrap()],
+        &[],
+    ));
+    ok(&lattice(
+        &config,
+        &["policy", "apply", "-f", cedar.to_str().unwrap()],
+        &[],
+    ));
+    assert!(ok(&lattice(&config, &["policy", "list"], &[])).contains("web"));
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit(principal, action,\n  resource) when { resource.colour == \"red\" };\n",
+    )
+    .unwrap();
+    let out = lattice(&config, &["policy", "validate", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.cedar:2:"), "{err}");
+    let out = lattice(
+        &config,
+        &["policy", "apply", "-f", bad.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("422") && err.contains("line 2"), "{err}");
+    ok(&lattice(&config, &["policy", "delete", "web"], &[]));
+    ok(&lattice(&config, &["policy", "delete", "deny-intern"], &[]));
+    assert!(!ok(&lattice(&config, &["policy", "list"], &[])).contains("deny-intern"));
+
     // Change the password: the old one stops working, the new one logs in.
     ok(&lattice(
         &config,

@@ -76,6 +76,8 @@ pub struct AppState {
     pub storage_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// gRPC health of the tunnel service, for `/ready` (when it is configured).
     pub tunnel_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
+    /// gRPC health of the policy service, for `/ready` (when it is configured).
+    pub policy_health: Option<tonic_health::pb::health_client::HealthClient<Channel>>,
     /// Mints internal principals.
     pub internal: InternalAuth,
     /// The gateway acting for nobody (login, authenticate).
@@ -118,6 +120,8 @@ pub struct Backends {
     pub tasks_health: Option<Channel>,
     /// A network channel to the tunnel service, for its gRPC health in `/ready`.
     pub tunnel_health: Option<Channel>,
+    /// A network channel to the policy service, for its gRPC health in `/ready`.
+    pub policy_health: Option<Channel>,
     /// The tunnel service (nodes, proxy), when this deployment has one.
     pub tunnel: Option<InternalService>,
     /// A separate connection to the tunnel service for relaying agent streams, so
@@ -168,6 +172,9 @@ impl Gateway {
             health: tonic_health::pb::health_client::HealthClient::new(backends.identity),
             tasks_health: backends
                 .tasks_health
+                .map(tonic_health::pb::health_client::HealthClient::new),
+            policy_health: backends
+                .policy_health
                 .map(tonic_health::pb::health_client::HealthClient::new),
             tunnel_health: backends
                 .tunnel_health

@@ -208,6 +208,8 @@ mod tests {
             r#"forbid(principal, action == Lattice::Action::"AccessSecret", resource) when { resource.path like "*/prod/*" };"#,
             r#"permit(principal == Lattice::Service::"token:deploy", action == Lattice::Action::"AccessSecret", resource) when { resource.bucket == "app-secrets" };"#,
             r#"permit(principal, action == Lattice::Action::"RunTask", resource) when { context.kind == "exec" };"#,
+            r#"permit(principal in Lattice::Group::"web", action == Lattice::Action::"AccessNode", resource) when { resource.hasTag("env") && resource.getTag("env") == "prod" && [80, 443, 8080].contains(context.port) && context.protocol == "http" };"#,
+            r#"permit(principal == Lattice::User::"alice", action, resource) when { context has port && context.port == 22 };"#,
         ] {
             let compiled = compile("p", text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
             assert_eq!(compiled[0].id().to_string(), "p#0");

@@ -160,6 +160,38 @@ impl TestServer {
         )
     }
 
+    /// A new user `username` (not in any group) and an operator token of theirs
+    /// with `scopes`.
+    pub async fn user_token(&self, username: &str, scopes: &[&str]) -> String {
+        let admin = self.admin_token(&["*"]).await;
+        let password = "user-password-1234";
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/users",
+                &admin,
+                Some(
+                    serde_json::json!({"username": username, "password": password,
+                    "scopes": scopes.iter().copied().chain(["tokens:write"]).collect::<Vec<_>>()}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "create user: {body}");
+        let (cookie, csrf) = self.login(username, password).await;
+        let resp = self
+            .http
+            .post(self.url("/api/v1/tokens"))
+            .header("cookie", cookie)
+            .header("x-csrf-token", csrf)
+            .json(&serde_json::json!({"name": "test", "scopes": scopes}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
     /// An admin operator token with `scopes`.
     pub async fn admin_token(&self, scopes: &[&str]) -> String {
         let (cookie, csrf) = self.login("admin", ADMIN_PASSWORD).await;

@@ -80,6 +80,12 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
             status: grpc_health(tunnel.clone(), "lattice.tunnel.v1.TunnelService").await,
         });
     }
+    if let Some(policy) = &state.policy_health {
+        checks.push(Check {
+            name: "policy".into(),
+            status: grpc_health(policy.clone(), "lattice.policy.v1.PolicyService").await,
+        });
+    }
     checks.push(Check {
         name: "cache".into(),
         status: match state.cache.ping().await {
