@@ -314,3 +314,76 @@ async fn losing_redis_costs_only_speed() {
     assert_eq!(status, 200, "{ready}");
     s.stop().await;
 }
+
+/// A node row for a test (nodes are otherwise created by an agent enrolling).
+async fn insert_node(url: &str, id: &str, org: &str) {
+    let db = lattice_core::db::Db::connect(url, 1).await.unwrap();
+    sqlx::query(
+        "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
+         VALUES ($1, $2, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
+    )
+    .bind(id)
+    .bind(org)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    db.close().await;
+}
+
+/// A policy written on one replica decides on the other within a second: the change
+/// is announced through Redis and the other replica rebuilds its decisions (its
+/// engine for the org was built and cached by a refusal just before).
+#[tokio::test]
+async fn policy_changes_reach_every_replica_within_a_second() {
+    let Some(redis) = redis_url() else { return };
+    for backend in testing::backends() {
+        let (url, guard) = testing::fresh_url(backend).await;
+        let shared = [
+            ("REDIS_URL", redis.as_str()),
+            ("JWT_SECRET", "replicas-share-this-internal-secret-value"),
+            (
+                "LATTICE_MASTER_KEY",
+                "replicas-share-this-master-key-passphrase",
+            ),
+        ];
+        let a = TestServer::start_on(&url, None, &shared).await;
+        let b = TestServer::start_on(&url, guard, &shared).await;
+        let admin = a.admin_token(&["*"]).await;
+        let (_, me) = a.call("GET", "/api/v1/auth/me", &admin, None).await;
+        let node = "0190c3f0-0000-7000-8000-0000000000b7";
+        insert_node(&url, node, me["org_id"].as_str().unwrap()).await;
+        let dana = a.user_token("dana", &["tasks:write"]).await;
+        let task = serde_json::json!({"node": node, "kind": "facts.refresh"});
+        let (status, body) = b
+            .call("POST", "/api/v1/tasks", &dana, Some(task.clone()))
+            .await;
+        assert_eq!(status, 403, "{backend:?}: default deny on B: {body}");
+
+        let (status, body) = a
+            .call(
+                "PUT",
+                "/api/v1/policies/dana-facts",
+                &admin,
+                Some(serde_json::json!({"policies": "permit(principal == Lattice::User::\"dana\", action == Lattice::Action::\"RunTask\", resource) when { context.kind == \"facts.refresh\" };"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let changed = Instant::now();
+        loop {
+            let (status, body) = b
+                .call("POST", "/api/v1/tasks", &dana, Some(task.clone()))
+                .await;
+            if status == 201 {
+                break;
+            }
+            assert_eq!(status, 403, "{body}");
+            assert!(
+                changed.elapsed() < Duration::from_secs(1),
+                "{backend:?}: replica B still refuses a second after the permit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+}
