@@ -244,6 +244,21 @@ pub enum PolicyCommand {
         /// The file.
         file: String,
     },
+    /// Explain the decision on a question: allow or deny, and which policies decided.
+    Explain {
+        /// `user:NAME`, `token:NAME` (a storage token), or a Cedar entity.
+        #[arg(long)]
+        principal: String,
+        /// AccessNode, RunTask, AccessSecret, ApprovePlan or AccessCluster.
+        #[arg(long)]
+        action: String,
+        /// `node:ID`, `secret:BUCKET/KEY`, `plan:ID`, `cluster:NAME`, or a Cedar entity.
+        #[arg(long)]
+        resource: String,
+        /// `KEY=VALUE` (repeat): `port=22`, `protocol=tcp`, `kind=exec`.
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
 }
 
 /// `lattice totp ...` (logs in with your password first: API tokens cannot change TOTP).

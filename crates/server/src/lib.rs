@@ -535,6 +535,7 @@ async fn start_tasks(
 async fn start_policy(
     shared: &Shared<'_>,
     groups: Arc<lattice_policy::groups::IdentityGroups>,
+    nodes: Arc<lattice_policy::nodes::TunnelNodes>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
     use lattice_proto::policy::v1::policy_service_server::PolicyServiceServer;
@@ -543,6 +544,7 @@ async fn start_policy(
         lattice_policy::store::Store::new(db.clone()),
         shared.cache.clone(),
         groups,
+        nodes,
     );
     let listener = bind(shared.config.policy.listen, "policy.listen").await?;
     let addr = listener.local_addr()?;
@@ -980,6 +982,7 @@ pub async fn start(
     // here directly or over the network when it runs elsewhere.
     let mut running_policy = None;
     let mut policy_routes = None;
+    let mut policy_tunnel_link = None;
     if roles.contains(&Role::Policy) {
         let groups = Arc::new(lattice_policy::groups::IdentityGroups::new(
             internal.clone(),
@@ -1005,7 +1008,18 @@ pub async fn start(
                 ),
             );
         }
-        let (addr, db, routes) = start_policy(&shared, groups, &mut tasks).await?;
+        let nodes = Arc::new(lattice_policy::nodes::TunnelNodes::new(internal.clone()));
+        policy_tunnel_link = Some(nodes.link());
+        if !roles.contains(&Role::Tunnel)
+            && let Some(url) = &config.tunnel.url
+        {
+            let _ = nodes
+                .link()
+                .set(TunnelServiceClient::new(lattice_gateway::over_network(
+                    internal_channel(url, "tunnel.url", CALL_TIMEOUT)?,
+                )));
+        }
+        let (addr, db, routes) = start_policy(&shared, groups, nodes, &mut tasks).await?;
         forward_audit(&mut tasks, "policy", &db, "policy_audit");
         pools.push(("policy database", db));
         running_policy = Some(addr);
@@ -1054,6 +1068,11 @@ pub async fn start(
         let _ = tunnel_for_tasks.set(TunnelServiceClient::new(lattice_gateway::in_process(
             routes.clone(),
         )));
+        if let Some(link) = &policy_tunnel_link {
+            let _ = link.set(TunnelServiceClient::new(lattice_gateway::in_process(
+                routes.clone(),
+            )));
+        }
         running_tunnel = Some((addr, routes));
     }
 

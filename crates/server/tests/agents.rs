@@ -556,6 +556,51 @@ async fn enroll_report_consent_tasks_and_proxy() {
             .call("GET", &format!("/api/v1/nodes/{id}/proxy/22/"), &bob, None)
             .await;
         assert_eq!(status, 403, "another port stays closed");
+        // Explain says why, reading the node from the tunnel service.
+        let (status, why) = s
+            .call(
+                "POST",
+                "/api/v1/policies/explain",
+                &admin,
+                Some(json!({
+                    "principal": format!("Lattice::User::\"{bob_name}\""),
+                    "action": "Lattice::Action::\"AccessNode\"",
+                    "resource": format!("Lattice::Node::\"{id}\""),
+                    "context": {"port": port},
+                })),
+            )
+            .await;
+        assert_eq!(status, 200, "{why}");
+        assert_eq!(why["decision"], "allow", "{why}");
+        assert_eq!(why["determining"], json!(["bob-web"]), "{why}");
+        let (_, why) = s
+            .call(
+                "POST",
+                "/api/v1/policies/explain",
+                &admin,
+                Some(json!({
+                    "principal": format!("Lattice::User::\"{bob_name}\""),
+                    "action": "AccessNode",
+                    "resource": format!("Lattice::Node::\"{id}\""),
+                    "context": {"port": 22},
+                })),
+            )
+            .await;
+        assert_eq!(
+            (
+                why["decision"].as_str(),
+                why["determining"].as_array().map(Vec::len)
+            ),
+            (Some("deny"), Some(0)),
+            "{why}"
+        );
+        assert!(
+            why["considered"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("bob-web")),
+            "{why}"
+        );
         let (status, body) = s
             .call(
                 "POST",

@@ -256,6 +256,28 @@ fn cli_login_tokens_users_logout() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("422") && err.contains("line 2"), "{err}");
+    let why = ok(&lattice(
+        &config,
+        &[
+            "policy",
+            "explain",
+            "--principal",
+            "token:ci",
+            "--action",
+            "AccessSecret",
+            "--resource",
+            "secret:app/db",
+            "-o",
+            "json",
+        ],
+        &[],
+    ));
+    let why: serde_json::Value = serde_json::from_str(&why).unwrap();
+    assert_eq!(
+        (why["decision"].as_str(), &why["determining"]),
+        (Some("deny"), &serde_json::json!([])),
+        "{why}"
+    );
     ok(&lattice(&config, &["policy", "delete", "web"], &[]));
     ok(&lattice(&config, &["policy", "delete", "deny-intern"], &[]));
     assert!(!ok(&lattice(&config, &["policy", "list"], &[])).contains("deny-intern"));

@@ -321,6 +321,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/policies/validate",
             post(routes::policies::validate),
         )
+        .route("/api/v1/policies/explain", post(routes::policies::explain))
         .route(
             "/api/v1/policies/{name}",
             get(routes::policies::get)

@@ -99,6 +99,7 @@ use crate::routes;
         routes::policies::put,
         routes::policies::delete,
         routes::policies::validate,
+        routes::policies::explain,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&Security, &ErrorResponses),

@@ -280,4 +280,42 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
             considered: d.considered,
         }))
     }
+
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        let context = if m.context_json.trim().is_empty() {
+            serde_json::Map::new()
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&m.context_json) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => {
+                    return Err(st(PolicyError::Invalid(
+                        "context: a JSON object like {\"port\": 22}".into(),
+                    )));
+                }
+            }
+        };
+        let d = self
+            .policies
+            .explain(
+                &ctx,
+                crate::service::ExplainInput {
+                    principal: m.principal,
+                    action: m.action,
+                    resource: m.resource,
+                    context,
+                },
+            )
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            allow: d.allow,
+            determining: d.determining,
+            considered: d.considered,
+        }))
+    }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod model;
+pub mod nodes;
 pub mod service;
 pub mod store;
 

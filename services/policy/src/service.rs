@@ -1,6 +1,7 @@
 //! The policy service's domain: policies per org (validated, audited, announced on
 //! the bus) and decisions over them.
 
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub struct Policies {
     cache: Cache,
     audit: Arc<dyn AuditSink>,
     groups: Arc<dyn GroupDirectory>,
+    nodes: Arc<dyn crate::nodes::NodeDirectory>,
     /// org -> its decisions. Rebuilt after a change (the bus tells every replica).
     engines: moka::sync::Cache<String, Arc<Engine>>,
 }
@@ -70,7 +72,12 @@ fn require(ctx: &RequestContext, scope: &str) -> Result<(), PolicyError> {
 
 impl Policies {
     /// Over a migrated store.
-    pub fn new(store: Store, cache: Cache, groups: Arc<dyn GroupDirectory>) -> Self {
+    pub fn new(
+        store: Store,
+        cache: Cache,
+        groups: Arc<dyn GroupDirectory>,
+        nodes: Arc<dyn crate::nodes::NodeDirectory>,
+    ) -> Self {
         let audit = Arc::new(lattice_core::audit::TableAudit::new(
             store.db().clone(),
             "policy_audit",
@@ -80,6 +87,7 @@ impl Policies {
             cache,
             audit,
             groups,
+            nodes,
             engines: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 // A backstop: the bus evicts on every change.
@@ -397,5 +405,149 @@ fn context_json(a: &Action) -> serde_json::Value {
         }
         Action::RunTask { kind } => serde_json::json!({"kind": kind}),
         _ => serde_json::json!({}),
+    }
+}
+
+/// What `explain` is asked, as an operator writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplainInput {
+    /// `Lattice::User::"alice"` or `Lattice::Service::"token:deploy"`.
+    pub principal: String,
+    /// `Lattice::Action::"AccessNode"` or `AccessNode`.
+    pub action: String,
+    /// `Lattice::Node::"<id>"`, `Lattice::SecretPath::"bucket/key"`, ...
+    pub resource: String,
+    /// The context.
+    pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `Type` and `id` of a Cedar entity uid written `Lattice::Type::"id"`.
+fn entity(field: &str, text: &str) -> Result<(String, String), PolicyError> {
+    let uid = cedar_policy::EntityUid::from_str(text.trim()).map_err(|e| {
+        PolicyError::Invalid(format!(
+            "{field}: {text:?} is not a Cedar entity like Lattice::User::\"alice\" ({e})"
+        ))
+    })?;
+    let ty = uid.type_name().to_string();
+    let Some(short) = ty.strip_prefix("Lattice::") else {
+        return Err(PolicyError::Invalid(format!(
+            "{field}: {ty} is not a Lattice entity type"
+        )));
+    };
+    Ok((short.to_owned(), uid.id().unescaped().to_owned()))
+}
+
+impl Policies {
+    /// Explain the decision on a question written by hand, in the caller's org: the
+    /// answer, the deciding policies and those considered. Nothing is audited: it
+    /// grants nothing.
+    pub async fn explain(
+        &self,
+        ctx: &RequestContext,
+        input: ExplainInput,
+    ) -> Result<Decision, PolicyError> {
+        require(ctx, "policy:read")?;
+        let org = ctx.principal.org_id.clone();
+        let bad = |m: String| PolicyError::Invalid(m);
+        let principal = match entity("principal", &input.principal)? {
+            (ty, name) if ty == "User" => Principal::User {
+                groups: self.groups.groups_of(ctx, &org, &name).await?,
+                name,
+                org: org.clone(),
+            },
+            (ty, id) if ty == "Service" => {
+                let (kind, name) = match id.split_once(':') {
+                    Some(("token", n)) => ("storage_token", n),
+                    Some(("node", n)) => ("node", n),
+                    _ => {
+                        return Err(bad(format!(
+                            "principal: a service is token:<name> or node:<id>, not {id:?}"
+                        )));
+                    }
+                };
+                Principal::Service {
+                    kind: kind.into(),
+                    name: name.into(),
+                    org: org.clone(),
+                }
+            }
+            (ty, _) => return Err(bad(format!("principal: a User or a Service, not {ty}"))),
+        };
+        let action_name = input.action.trim();
+        let action_name = action_name
+            .strip_prefix("Lattice::Action::")
+            .map_or(action_name, |a| a.trim_matches('"'));
+        let int = |k: &str| input.context.get(k).and_then(serde_json::Value::as_i64);
+        let string = |k: &str| input.context.get(k).and_then(serde_json::Value::as_str);
+        let action = match action_name {
+            "AccessNode" => Action::AccessNode {
+                port: int("port")
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad("context.port: 1-65535 for AccessNode".into()))?,
+                protocol: match string("protocol").unwrap_or("http") {
+                    "http" => crate::engine::Protocol::Http,
+                    "tcp" => crate::engine::Protocol::Tcp,
+                    other => {
+                        return Err(bad(format!("context.protocol: http or tcp, not {other:?}")));
+                    }
+                },
+            },
+            "RunTask" => Action::RunTask {
+                kind: string("kind")
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| bad("context.kind: the task kind for RunTask".into()))?
+                    .to_owned(),
+            },
+            "AccessSecret" => Action::AccessSecret,
+            "ApprovePlan" => Action::ApprovePlan,
+            "AccessCluster" => Action::AccessCluster,
+            other => {
+                return Err(bad(format!(
+                    "action: AccessNode, RunTask, AccessSecret, ApprovePlan or AccessCluster, not {other:?}"
+                )));
+            }
+        };
+        let resource = match entity("resource", &input.resource)? {
+            (ty, id) if ty == "Node" => {
+                let (name, labels) = self.nodes.node(ctx, &id).await?;
+                Resource::Node {
+                    id,
+                    name,
+                    org: org.clone(),
+                    labels,
+                }
+            }
+            (ty, path) if ty == "SecretPath" => {
+                let (bucket, key) = path.split_once('/').ok_or_else(|| {
+                    bad(format!(
+                        "resource: a secret path is bucket/key, not {path:?}"
+                    ))
+                })?;
+                Resource::SecretPath {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                }
+            }
+            (ty, id) if ty == "Plan" => Resource::Plan {
+                id,
+                kind: string("plan_kind").unwrap_or_default().into(),
+                node: string("plan_node").unwrap_or_default().into(),
+                author: string("plan_author").unwrap_or_default().into(),
+            },
+            (ty, name) if ty == "Cluster" => Resource::Cluster { name },
+            (ty, _) => {
+                return Err(bad(format!(
+                    "resource: a Node, SecretPath, Plan or Cluster, not {ty}"
+                )));
+            }
+        };
+        let query = Query {
+            principal,
+            action,
+            resource,
+        };
+        let engine = self.engine(&org).await?;
+        Ok(engine.decide(&query, now_ms()))
     }
 }

@@ -33,7 +33,12 @@ async fn env(backend: Backend) -> Env {
         ("alice".to_owned(), vec!["web".to_owned()]),
     ]));
     Env {
-        policies: Policies::new(Store::new(db.clone()), Cache::local(), Arc::new(groups)),
+        policies: Policies::new(
+            Store::new(db.clone()),
+            Cache::local(),
+            Arc::new(groups),
+            Arc::new(lattice_policy::nodes::NoNodes),
+        ),
         db,
         _guard: guard,
     }
@@ -491,7 +496,141 @@ async fn secrets_are_default_deny_and_every_read_is_audited(backend: Backend) {
     }
 }
 
+async fn explain_answers_with_the_deciding_and_considered_policies(backend: Backend) {
+    use lattice_policy::service::ExplainInput;
+    let e = env(backend).await;
+    let admin = user("root", &["*"]);
+    e.policies
+        .put(&admin, doc("alice-secrets", r#"permit(principal == Lattice::User::"alice", action == Lattice::Action::"AccessSecret", resource) when { resource.bucket == "app" };"#), true)
+        .await
+        .unwrap();
+    e.policies
+        .put(&admin, doc("no-prod", r#"forbid(principal, action == Lattice::Action::"AccessSecret", resource) when { resource.key like "prod-*" };"#), true)
+        .await
+        .unwrap();
+    let ask = |principal: &str, resource: &str| ExplainInput {
+        principal: principal.into(),
+        action: "AccessSecret".into(),
+        resource: resource.into(),
+        context: serde_json::Map::new(),
+    };
+    let reader = user("auditor", &["policy:read"]);
+    let d = e
+        .policies
+        .explain(
+            &reader,
+            ask(
+                r#"Lattice::User::"alice""#,
+                r#"Lattice::SecretPath::"app/db""#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(d.allow, "{backend:?}");
+    assert_eq!(d.determining, ["alice-secrets"]);
+    let d = e
+        .policies
+        .explain(
+            &reader,
+            ask(
+                r#"Lattice::User::"alice""#,
+                r#"Lattice::SecretPath::"app/prod-db""#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!d.allow);
+    assert_eq!(d.determining, ["no-prod"]);
+    assert_eq!(d.considered, ["alice-secrets", "no-prod"]);
+    // root is in admins (the directory says so): the seeded policy decides.
+    let d = e
+        .policies
+        .explain(
+            &reader,
+            ask(
+                r#"Lattice::User::"root""#,
+                r#"Lattice::SecretPath::"app/db""#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.allow, d.determining.as_slice()),
+        (true, [SEEDED_NAME.to_owned()].as_slice())
+    );
+    // A default deny names no policy.
+    let d = e
+        .policies
+        .explain(
+            &reader,
+            ask(
+                r#"Lattice::Service::"token:ci""#,
+                r#"Lattice::SecretPath::"other/x""#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!d.allow && d.determining.is_empty());
+    // Bad questions are 400s that say what is wrong; no scope, 403.
+    for (input, needle) in [
+        (
+            ask("alice", r#"Lattice::SecretPath::"app/db""#),
+            "principal",
+        ),
+        (
+            ask(
+                r#"Lattice::Group::"web""#,
+                r#"Lattice::SecretPath::"app/db""#,
+            ),
+            "principal",
+        ),
+        (
+            ask(
+                r#"Lattice::User::"alice""#,
+                r#"Lattice::SecretPath::"nokey""#,
+            ),
+            "bucket/key",
+        ),
+        (
+            ExplainInput {
+                action: "Fly".into(),
+                ..ask(
+                    r#"Lattice::User::"alice""#,
+                    r#"Lattice::SecretPath::"app/db""#,
+                )
+            },
+            "action",
+        ),
+        (
+            ExplainInput {
+                action: "AccessNode".into(),
+                ..ask(r#"Lattice::User::"alice""#, r#"Lattice::Node::"n1""#)
+            },
+            "context.port",
+        ),
+    ] {
+        let err = e.policies.explain(&reader, input).await.unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::Invalid(m) if m.contains(needle)),
+            "{err:?}"
+        );
+    }
+    let err = e
+        .policies
+        .explain(
+            &user("x", &["nodes:read"]),
+            ask(
+                r#"Lattice::User::"alice""#,
+                r#"Lattice::SecretPath::"app/db""#,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PolicyError::MissingScope(_)), "{err:?}");
+}
+
 lattice_core::store_test_suite!(
+    explain_answers_with_the_deciding_and_considered_policies,
     policies_are_validated_stored_and_audited,
     decisions_follow_the_policies_and_refusals_are_audited,
     secrets_are_default_deny_and_every_read_is_audited,

@@ -173,6 +173,45 @@ fn read(path: &str) -> anyhow::Result<String> {
     }
 }
 
+/// A Cedar entity from the short form (`user:alice`) or as written.
+fn entity(text: &str) -> String {
+    let quoted = |ty: &str, id: &str| format!("Lattice::{ty}::{}", Value::String(id.to_owned()));
+    match text.split_once(':') {
+        _ if text.starts_with("Lattice::") => text.to_owned(),
+        Some(("user", id)) => quoted("User", id),
+        Some(("group", id)) => quoted("Group", id),
+        Some(("token", id)) => quoted("Service", &format!("token:{id}")),
+        Some(("service", id)) => quoted("Service", id),
+        Some(("node", id)) => quoted("Node", id),
+        Some(("secret", id)) => quoted("SecretPath", id),
+        Some(("plan", id)) => quoted("Plan", id),
+        Some(("cluster", id)) => quoted("Cluster", id),
+        _ => text.to_owned(),
+    }
+}
+
+/// `KEY=VALUE` pairs as a JSON object (integers stay numbers).
+fn context(pairs: &[String]) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--context {p:?}: write KEY=VALUE"))?;
+        let value = v
+            .parse::<i64>()
+            .map_or_else(|_| Value::String(v.to_owned()), Value::from);
+        out.insert(k.to_owned(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+#[derive(Debug, Deserialize)]
+struct Explanation {
+    decision: String,
+    determining: Vec<String>,
+    considered: Vec<String>,
+}
+
 /// Run a `policy` subcommand.
 pub async fn run(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<()> {
     let api = ctx.authed()?;
@@ -209,6 +248,34 @@ pub async fn run(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<()> {
             api.delete(&format!("/api/v1/policies/{}", segment(&name)?))
                 .await?;
             eprintln!("deleted policy {name}");
+        }
+        PolicyCommand::Explain {
+            principal,
+            action,
+            resource,
+            context: pairs,
+        } => {
+            let body = json!({
+                "principal": entity(&principal),
+                "action": action,
+                "resource": entity(&resource),
+                "context": context(&pairs)?,
+            });
+            let answer = api.post("/api/v1/policies/explain", Some(&body)).await?;
+            ctx.show(&answer, |e: Explanation| {
+                let mut t = Table::new(&["FIELD", "VALUE"]);
+                let list = |v: Vec<String>| {
+                    if v.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        v.join(",")
+                    }
+                };
+                t.row(vec!["decision".into(), e.decision]);
+                t.row(vec!["determining".into(), list(e.determining)]);
+                t.row(vec!["considered".into(), list(e.considered)]);
+                t
+            })?;
         }
         PolicyCommand::Validate { file } => {
             let body = body_of(&file, &read(&file)?, Some("candidate"))?;
@@ -279,5 +346,21 @@ spec:
             .is_err()
         );
         assert!(body_of("x.yaml", "not: [yaml", None).is_err());
+    }
+
+    #[test]
+    fn short_entities_and_context_pairs() {
+        assert_eq!(entity("user:alice"), r#"Lattice::User::"alice""#);
+        assert_eq!(
+            entity("token:deploy"),
+            r#"Lattice::Service::"token:deploy""#
+        );
+        assert_eq!(entity("secret:app/db"), r#"Lattice::SecretPath::"app/db""#);
+        assert_eq!(entity(r#"Lattice::Node::"n1""#), r#"Lattice::Node::"n1""#);
+        assert_eq!(
+            context(&["port=22".into(), "protocol=tcp".into()]).unwrap(),
+            json!({"port": 22, "protocol": "tcp"})
+        );
+        assert!(context(&["port".into()]).is_err());
     }
 }

@@ -324,3 +324,64 @@ pub async fn validate(
         statements: r.statements,
     }))
 }
+
+/// A question written by hand.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainInput {
+    /// `Lattice::User::"alice"` or `Lattice::Service::"token:deploy"`.
+    pub principal: String,
+    /// `Lattice::Action::"AccessNode"` (or `AccessNode`).
+    pub action: String,
+    /// `Lattice::Node::"<id>"`, `Lattice::SecretPath::"bucket/key"`, ...
+    pub resource: String,
+    /// The context: `{"port": 22, "protocol": "tcp"}` for `AccessNode` (protocol
+    /// defaults to http), `{"kind": "exec"}` for `RunTask`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The decision on a question, with its reasons.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Explanation {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The policies that decided: the satisfied forbids of a deny they caused, the
+    /// satisfied permits of an allow; empty for a default deny.
+    pub determining: Vec<String>,
+    /// The policies whose scope matched the question and were evaluated.
+    pub considered: Vec<String>,
+}
+
+/// Explain the decision on a question (`policy:read`): who, doing what, to what.
+/// Nothing is enforced or audited.
+#[utoipa::path(post, path = "/api/v1/policies/explain", tag = "policies", request_body = ExplainInput,
+    responses((status = 200, body = Explanation),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, an entity that is not a Lattice entity, an unknown action, or a context the action needs missing"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `policy:read` (or `nodes:read` to read the node), or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such node in your org"),
+        (status = 503, body = crate::error::ErrorBody, description = "The policy (or tunnel) service is unreachable or not configured")))]
+pub async fn explain(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ExplainInput>,
+) -> Result<Json<Explanation>, ApiError> {
+    let r = client(&state)?
+        .explain(caller.request(
+            &state,
+            pb::ExplainRequest {
+                principal: body.principal,
+                action: body.action,
+                resource: body.resource,
+                context_json: serde_json::Value::Object(body.context).to_string(),
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(Explanation {
+        decision: if r.allow { "allow" } else { "deny" },
+        determining: r.determining,
+        considered: r.considered,
+    }))
+}
