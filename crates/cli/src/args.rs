@@ -232,6 +232,9 @@ pub enum PolicyCommand {
         /// Name of a plain `.cedar` policy (default: the file's stem).
         #[arg(long)]
         name: Option<String>,
+        /// Store nothing: show which of the newest recorded decisions would flip.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete a policy.
     #[command(visible_alias = "rm")]

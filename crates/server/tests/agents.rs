@@ -660,6 +660,30 @@ async fn enroll_report_consent_tasks_and_proxy() {
             audit.to_string().contains("policy.decide.RunTask"),
             "{audit}"
         );
+        // A dry run of deleting the forbid: bob's recorded refusals would flip to
+        // allows (the permit is still there); nothing is stored.
+        let (status, report) = s
+            .call(
+                "POST",
+                "/api/v1/policies/dry-run",
+                &admin,
+                Some(json!({"delete": ["bob-out"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{report}");
+        assert!(report["deny_to_allow"].as_u64().unwrap() >= 1, "{report}");
+        assert!(
+            report["flips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["after_policies"] == json!(["bob-web"])),
+            "{report}"
+        );
+        let (status, _) = s
+            .call("GET", "/api/v1/policies/bob-out", &admin, None)
+            .await;
+        assert_eq!(status, 200, "the dry run stored nothing");
         for name in ["bob-web", "bob-out"] {
             let (status, _) = s
                 .call("DELETE", &format!("/api/v1/policies/{name}"), &admin, None)

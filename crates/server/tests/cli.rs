@@ -232,6 +232,27 @@ fn cli_login_tokens_users_logout() {
         &["policy", "validate", cedar.to_str().unwrap()],
         &[],
     ));
+    let out = lattice(
+        &config,
+        &[
+            "policy",
+            "apply",
+            "-f",
+            cedar.to_str().unwrap(),
+            "--dry-run",
+        ],
+        &[],
+    );
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dry run:") && err.contains("nothing stored"),
+        "{err}"
+    );
+    assert!(
+        !ok(&lattice(&config, &["policy", "list"], &[])).contains("web"),
+        "a dry run stores nothing"
+    );
     ok(&lattice(
         &config,
         &["policy", "apply", "-f", cedar.to_str().unwrap()],

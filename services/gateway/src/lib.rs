@@ -322,6 +322,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(routes::policies::validate),
         )
         .route("/api/v1/policies/explain", post(routes::policies::explain))
+        .route("/api/v1/policies/dry-run", post(routes::policies::dry_run))
         .route(
             "/api/v1/policies/{name}",
             get(routes::policies::get)

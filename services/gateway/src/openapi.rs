@@ -100,6 +100,7 @@ use crate::routes;
         routes::policies::delete,
         routes::policies::validate,
         routes::policies::explain,
+        routes::policies::dry_run,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&Security, &ErrorResponses),

@@ -318,4 +318,47 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
             considered: d.considered,
         }))
     }
+
+    async fn dry_run(
+        &self,
+        req: Request<pb::DryRunRequest>,
+    ) -> Result<Response<pb::DryRunResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        if m.put.len() + m.delete.len() > 1_000 {
+            return Err(st(PolicyError::Invalid(
+                "at most 1000 policies put or deleted in one dry run".into(),
+            )));
+        }
+        let r = self
+            .policies
+            .dry_run(
+                &ctx,
+                m.put.into_iter().map(PolicyDoc::from).collect(),
+                m.delete,
+                m.last as usize,
+            )
+            .await
+            .map_err(st)?;
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::DryRunResponse {
+            replayed: n(r.replayed),
+            allow_to_deny: n(r.allow_to_deny),
+            deny_to_allow: n(r.deny_to_allow),
+            flips: r
+                .flips
+                .into_iter()
+                .map(|f| pb::Flip {
+                    principal: f.query.principal.uid().to_string(),
+                    action: f.query.action.name().to_owned(),
+                    resource: f.query.resource.uid().to_string(),
+                    context_json: crate::service::context_of(&f.query.action).to_string(),
+                    before_allow: f.before.allow,
+                    after_allow: f.after.allow,
+                    before_policies: f.before.determining,
+                    after_policies: f.after.determining,
+                })
+                .collect(),
+        }))
+    }
 }

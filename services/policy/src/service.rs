@@ -44,6 +44,38 @@ pub struct Policies {
     nodes: Arc<dyn crate::nodes::NodeDirectory>,
     /// org -> its decisions. Rebuilt after a change (the bus tells every replica).
     engines: moka::sync::Cache<String, Arc<Engine>>,
+    /// org -> the newest questions this replica decided, for dry runs.
+    log:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Query>>>>,
+}
+
+/// Questions kept per org for dry runs (per replica).
+pub const DECISION_LOG: usize = 10_000;
+/// Flips listed in a dry run's answer (the counts are complete).
+pub const MAX_FLIPS: usize = 100;
+
+/// One recorded decision a change would flip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flip {
+    /// The question.
+    pub query: Query,
+    /// The decision now.
+    pub before: Decision,
+    /// The decision with the change.
+    pub after: Decision,
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DryRun {
+    /// Decisions replayed.
+    pub replayed: usize,
+    /// Allowed now, denied with the change.
+    pub allow_to_deny: usize,
+    /// Denied now, allowed with the change.
+    pub deny_to_allow: usize,
+    /// The first [`MAX_FLIPS`] flips, newest first.
+    pub flips: Vec<Flip>,
 }
 
 /// Who a decision is about, as the caller names it.
@@ -88,6 +120,7 @@ impl Policies {
             audit,
             groups,
             nodes,
+            log: Arc::default(),
             engines: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 // A backstop: the bus evicts on every change.
@@ -365,6 +398,7 @@ impl Policies {
         };
         let engine = self.engine(&org).await?;
         let decision = engine.decide(&query, now_ms());
+        self.remember(&org, &query);
         if !decision.allow || matches!(query.action, Action::AccessSecret) {
             let principal_uid = query.principal.uid().to_string();
             let actor_id = match &query.principal {
@@ -550,4 +584,94 @@ impl Policies {
         let engine = self.engine(&org).await?;
         Ok(engine.decide(&query, now_ms()))
     }
+}
+
+impl Policies {
+    fn remember(&self, org: &str, q: &Query) {
+        let mut log = self.log.lock().expect("decision log lock");
+        let entries = log.entry(org.to_owned()).or_default();
+        if entries.len() >= DECISION_LOG {
+            entries.pop_front();
+        }
+        entries.push_back(q.clone());
+    }
+
+    /// Replay the newest `last` recorded decisions of the caller's org against the
+    /// policies as they are and as they would be with `put` added or replaced and
+    /// `delete` removed: the decisions that would flip. Nothing is stored.
+    pub async fn dry_run(
+        &self,
+        ctx: &RequestContext,
+        put: Vec<PolicyDoc>,
+        delete: Vec<String>,
+        last: usize,
+    ) -> Result<DryRun, PolicyError> {
+        require(ctx, "policy:write")?;
+        let org = ctx.principal.org_id.clone();
+        let mut changed = std::collections::BTreeMap::new();
+        for d in put {
+            model::check_name(&d.name).map_err(PolicyError::Invalid)?;
+            let statements = model::compile(&d.name, &d.text).map_err(|p| {
+                PolicyError::Rejected(format!("{}: {}", d.name, model::describe(&p)))
+            })?;
+            changed.insert(d.name.clone(), (d, statements));
+        }
+        for name in &delete {
+            model::check_name(name).map_err(PolicyError::Invalid)?;
+        }
+        let current = self.engine(&org).await?;
+        let mut docs = Vec::new();
+        for r in self.store.list(&org).await? {
+            if delete.contains(&r.doc.name) || changed.contains_key(&r.doc.name) {
+                continue;
+            }
+            if let Ok(statements) = model::compile(&r.doc.name, &r.doc.text) {
+                docs.push((r.doc, statements));
+            }
+        }
+        docs.extend(changed.into_values());
+        let candidate = Engine::new(docs);
+        let questions: Vec<Query> = {
+            let log = self.log.lock().expect("decision log lock");
+            let entries = log.get(&org);
+            let n = if last == 0 {
+                DECISION_LOG
+            } else {
+                last.min(DECISION_LOG)
+            };
+            entries
+                .map(|e| e.iter().rev().take(n).cloned().collect())
+                .unwrap_or_default()
+        };
+        let now = now_ms();
+        let mut out = DryRun {
+            replayed: questions.len(),
+            ..DryRun::default()
+        };
+        for q in questions {
+            let before = current.decide(&q, now);
+            let after = candidate.decide(&q, now);
+            if before.allow == after.allow {
+                continue;
+            }
+            if before.allow {
+                out.allow_to_deny += 1;
+            } else {
+                out.deny_to_allow += 1;
+            }
+            if out.flips.len() < MAX_FLIPS {
+                out.flips.push(Flip {
+                    query: q,
+                    before,
+                    after,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A question's context as JSON (for reports).
+pub fn context_of(a: &Action) -> serde_json::Value {
+    context_json(a)
 }

@@ -629,7 +629,93 @@ async fn explain_answers_with_the_deciding_and_considered_policies(backend: Back
     assert!(matches!(err, PolicyError::MissingScope(_)), "{err:?}");
 }
 
+async fn dry_runs_replay_recorded_decisions_and_store_nothing(backend: Backend) {
+    let e = env(backend).await;
+    let admin = user("root", &["*"]);
+    let alice = user("alice", &["nodes:proxy"]);
+    let text = r#"permit(principal == Lattice::User::"alice", action == Lattice::Action::"AccessNode", resource) when { context.port == 8080 };"#;
+    e.policies
+        .put(&admin, doc("alice-web", text), true)
+        .await
+        .unwrap();
+    // Three decisions are recorded: alice allowed on 8080 and denied on 22, root
+    // allowed on 22.
+    for (who, port) in [(&alice, 8080), (&alice, 22), (&admin, 22)] {
+        e.policies
+            .authorize(who, Subject::Caller, http(port), node("n1", "prod"))
+            .await
+            .unwrap();
+    }
+    // Deleting alice's policy flips her 8080 allow; a permit for port 22 flips her deny.
+    let r = e
+        .policies
+        .dry_run(&admin, Vec::new(), vec!["alice-web".into()], 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.replayed, r.allow_to_deny, r.deny_to_allow),
+        (3, 1, 0),
+        "{backend:?}: {r:?}"
+    );
+    assert_eq!(r.flips[0].before.determining, ["alice-web"]);
+    let ssh = doc(
+        "alice-ssh",
+        r#"permit(principal == Lattice::User::"alice", action, resource) when { context has port && context.port == 22 };"#,
+    );
+    let r = e
+        .policies
+        .dry_run(&admin, vec![ssh.clone()], Vec::new(), 0)
+        .await
+        .unwrap();
+    assert_eq!((r.allow_to_deny, r.deny_to_allow), (0, 1), "{r:?}");
+    assert_eq!(r.flips[0].after.determining, ["alice-ssh"]);
+    // `last` limits the replay to the newest decisions.
+    let r = e
+        .policies
+        .dry_run(&admin, vec![ssh], Vec::new(), 1)
+        .await
+        .unwrap();
+    assert_eq!((r.replayed, r.deny_to_allow), (1, 0), "{r:?}");
+    // A forbid on the admins' group flips root's allow.
+    let freeze = doc(
+        "freeze",
+        r#"forbid(principal in Lattice::Group::"admins", action, resource);"#,
+    );
+    let r = e
+        .policies
+        .dry_run(&admin, vec![freeze], Vec::new(), 0)
+        .await
+        .unwrap();
+    assert_eq!(r.allow_to_deny, 1, "{r:?}");
+    // Nothing was stored; invalid text and missing scopes are refused.
+    assert_eq!(e.policies.list(&admin).await.unwrap().len(), 2);
+    let err = e
+        .policies
+        .dry_run(
+            &admin,
+            vec![doc(
+                "bad",
+                "permit(principal, action, resource) when { nope };",
+            )],
+            Vec::new(),
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::Rejected(m) if m.starts_with("bad:")),
+        "{err:?}"
+    );
+    let err = e
+        .policies
+        .dry_run(&user("reader", &["policy:read"]), Vec::new(), Vec::new(), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PolicyError::MissingScope(_)), "{err:?}");
+}
+
 lattice_core::store_test_suite!(
+    dry_runs_replay_recorded_decisions_and_store_nothing,
     explain_answers_with_the_deciding_and_considered_policies,
     policies_are_validated_stored_and_audited,
     decisions_follow_the_policies_and_refusals_are_audited,

@@ -206,6 +206,25 @@ fn context(pairs: &[String]) -> anyhow::Result<Value> {
 }
 
 #[derive(Debug, Deserialize)]
+struct DryRunFlip {
+    principal: String,
+    action: String,
+    resource: String,
+    context: Value,
+    before: String,
+    after: String,
+    after_policies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DryRunReport {
+    replayed: u32,
+    allow_to_deny: u32,
+    deny_to_allow: u32,
+    flips: Vec<DryRunFlip>,
+}
+
+#[derive(Debug, Deserialize)]
 struct Explanation {
     decision: String,
     determining: Vec<String>,
@@ -226,7 +245,49 @@ pub async fn run(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<()> {
                 .await?;
             ctx.show(&body, detail)?;
         }
-        PolicyCommand::Apply { file, name } => {
+        PolicyCommand::Apply {
+            file,
+            name,
+            dry_run: true,
+        } => {
+            let body = body_of(&file, &read(&file)?, name.as_deref())?;
+            let answer = api
+                .post("/api/v1/policies/dry-run", Some(&json!({"put": [body]})))
+                .await?;
+            let r: DryRunReport = parse(&answer)?;
+            eprintln!(
+                "dry run: {} recorded decision(s) replayed; {} allow -> deny, {} deny -> allow (nothing stored)",
+                r.replayed, r.allow_to_deny, r.deny_to_allow
+            );
+            ctx.show(&answer, |r: DryRunReport| {
+                let mut t = Table::new(&[
+                    "PRINCIPAL",
+                    "ACTION",
+                    "RESOURCE",
+                    "CONTEXT",
+                    "NOW",
+                    "THEN",
+                    "DECIDED BY THEN",
+                ]);
+                for f in r.flips {
+                    t.row(vec![
+                        f.principal,
+                        f.action,
+                        f.resource,
+                        f.context.to_string(),
+                        f.before,
+                        f.after,
+                        if f.after_policies.is_empty() {
+                            "-".into()
+                        } else {
+                            f.after_policies.join(",")
+                        },
+                    ]);
+                }
+                t
+            })?;
+        }
+        PolicyCommand::Apply { file, name, .. } => {
             let body = body_of(&file, &read(&file)?, name.as_deref())?;
             let name = body["name"].as_str().unwrap_or_default().to_owned();
             let reply = api

@@ -385,3 +385,104 @@ pub async fn explain(
         considered: r.considered,
     }))
 }
+
+/// A change to try: policies added or replaced, policies deleted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunInput {
+    /// Policies added or replaced (each with its `name`).
+    #[serde(default)]
+    pub put: Vec<PolicyInput>,
+    /// Names of policies deleted.
+    #[serde(default)]
+    pub delete: Vec<String>,
+    /// Replay at most this many of the newest recorded decisions (default and most:
+    /// 10,000).
+    #[serde(default)]
+    pub last: u32,
+}
+
+/// One recorded decision the change would flip.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Flip {
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    #[schema(value_type = Object)]
+    pub context: serde_json::Value,
+    /// `allow` or `deny`, now.
+    pub before: &'static str,
+    /// `allow` or `deny`, with the change.
+    pub after: &'static str,
+    pub before_policies: Vec<String>,
+    pub after_policies: Vec<String>,
+}
+
+/// What would change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DryRunReport {
+    /// Recorded decisions replayed.
+    pub replayed: u32,
+    pub allow_to_deny: u32,
+    pub deny_to_allow: u32,
+    /// At most 100 flips, newest first (the counts are complete).
+    pub flips: Vec<Flip>,
+}
+
+fn word(allow: bool) -> &'static str {
+    if allow { "allow" } else { "deny" }
+}
+
+/// Dry-run a change (`policy:write`): which of the newest recorded decisions (at
+/// most 10,000, kept by the policy service per org) would flip, allow to deny and
+/// deny to allow. Nothing is stored.
+#[utoipa::path(post, path = "/api/v1/policies/dry-run", tag = "policies", request_body = DryRunInput,
+    responses((status = 200, body = DryRunReport),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, an invalid name or expires_at, or more than 1000 policies"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `policy:write`, or no `X-CSRF-Token`"),
+        (status = 422, body = crate::error::ErrorBody, description = "A policy's Cedar text does not parse or validate"),
+        (status = 503, body = crate::error::ErrorBody, description = "The policy service is unreachable or not configured")))]
+pub async fn dry_run(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<DryRunInput>,
+) -> Result<Json<DryRunReport>, ApiError> {
+    let put = body
+        .put
+        .into_iter()
+        .map(|p| {
+            let name = p.name.clone();
+            to_pb(p, name)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let r = client(&state)?
+        .dry_run(caller.request(
+            &state,
+            pb::DryRunRequest {
+                put,
+                delete: body.delete,
+                last: body.last,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(DryRunReport {
+        replayed: r.replayed,
+        allow_to_deny: r.allow_to_deny,
+        deny_to_allow: r.deny_to_allow,
+        flips: r
+            .flips
+            .into_iter()
+            .map(|f| Flip {
+                context: serde_json::from_str(&f.context_json).unwrap_or_default(),
+                principal: f.principal,
+                action: f.action,
+                resource: f.resource,
+                before: word(f.before_allow),
+                after: word(f.after_allow),
+                before_policies: f.before_policies,
+                after_policies: f.after_policies,
+            })
+            .collect(),
+    }))
+}
