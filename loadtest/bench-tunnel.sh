@@ -3,7 +3,9 @@
 # through Lattice, same wrk, same run, two ways: the HTTP proxy route (gateway ->
 # tunnel service -> agent stream -> nginx) and a port forward (`lattice proxy`, a
 # local port carried as TCP over the same path, like rathole and kubectl
-# port-forward); and, when `rathole` is on PATH (cargo install rathole), the same
+# port-forward); a user allowed by a Cedar policy of their own among POLICY_FILLER
+# (1000) others against the admin allowed by the seeded permit-all (the policy in
+# the path); and, when `rathole` is on PATH (cargo install rathole), the same
 # GET through rathole (a Rust reverse tunnel) on the same machine. Also reports the
 # agent's idle RSS. Bounded: 10 s per scenario.
 #   loadtest/bench-tunnel.sh                  gateway TLS on (as deployed)
@@ -71,6 +73,43 @@ s0=$(ticks $SERVER_PID); a0=$(ticks $AGENT)
 echo "through the tunnel:    $(run -H "Authorization: Bearer $TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)"
 s1=$(ticks $SERVER_PID); a1=$(ticks $AGENT); hz=$(getconf CLK_TCK); secs=${DURATION%s}
 echo "  CPU during that run:  server $(( (s1 - s0) * 100 / hz / secs ))% of a core, agent $(( (a1 - a0) * 100 / hz / secs ))% of a core"
+# Policy in the path: the same proxied GET as a user who is not an admin, allowed by
+# a policy of their own among POLICY_FILLER (default 1000) other policies, against
+# the admin above (allowed by the seeded admins policy), in the same run.
+POLICY_FILLER=${POLICY_FILLER:-1000}
+api() { curl -sf "${CA[@]}" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' "$@"; }
+api $URL/api/v1/users -d '{"username":"bench-op","password":"bench-op-password-1","scopes":["nodes:proxy","tokens:write"]}' >/dev/null
+curl -sf "${CA[@]}" -c "$tmp/cj2" $URL/api/v1/auth/login -H 'content-type: application/json' \
+  -d '{"username":"bench-op","password":"bench-op-password-1"}' > "$tmp/login2.json"
+CSRF2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["csrf_token"])' "$tmp/login2.json")
+OP_TOKEN=$(curl -sf "${CA[@]}" -b "$tmp/cj2" -H "x-csrf-token: $CSRF2" $URL/api/v1/tokens \
+  -H 'content-type: application/json' -d '{"name":"bench","scopes":["nodes:proxy"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+for i in $(seq "$POLICY_FILLER"); do
+  api -X PUT $URL/api/v1/policies/filler-$i -d "{\"policies\": \"permit(principal == Lattice::User::\\\"user-$i\\\", action == Lattice::Action::\\\"AccessNode\\\", resource == Lattice::Node::\\\"$NODE\\\") when { context.port == $((i % 60000 + 1)) };\"}" >/dev/null
+done
+api -X PUT $URL/api/v1/policies/bench-op -d "{\"policies\": \"permit(principal == Lattice::User::\\\"bench-op\\\", action == Lattice::Action::\\\"AccessNode\\\", resource == Lattice::Node::\\\"$NODE\\\") when { context.port == $UP };\"}" >/dev/null
+curl -sf "${CA[@]}" -H "authorization: Bearer $OP_TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt >/dev/null \
+  || { echo "bench-op is not let through by its policy"; exit 1; }
+# Two rounds, alternating, so both see the same machine.
+runs=()
+for round in 1 2; do
+  for who in admin op; do
+    if [ $who = admin ]; then t=$TOKEN; else t=$OP_TOKEN; fi
+    r=$(run -H "Authorization: Bearer $t" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)
+    echo "tunnel, round $round, $who: $r"
+    runs+=("$who $r")
+  done
+done
+python3 - "${runs[@]}" <<'PY'
+import sys
+rates = {"admin": [], "op": []}
+for arg in sys.argv[1:]:
+    who, rps = arg.split()[:2]
+    rates[who].append(float(rps))
+a, o = sum(rates["admin"]) / 2, sum(rates["op"]) / 2
+print(f"  policy in the path (admin: the seeded permit-all; op: its own permit among the fillers):"
+      f" op / admin requests/s {o / a:.2f}x (means of 2 alternating rounds)")
+PY
 PF=18082
 if [ -x "$B/lattice" ]; then
   LATTICE_TOKEN=$TOKEN "$B/lattice" --server "$URL" ${CA:+--ca-file "$tmp/data/tls/ca.pem"} \
