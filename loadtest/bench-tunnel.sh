@@ -31,6 +31,9 @@ trap cleanup EXIT
 
 UP=18080 GW=18443
 mkdir -p "$tmp/www" && head -c 1024 /dev/urandom | base64 > "$tmp/www/small.txt"
+# nginx's workers run as an unprivileged user: let them read the file (mktemp -d is
+# 0700), or every answer is a 403 page.
+chmod 755 "$tmp" "$tmp/www" && chmod 644 "$tmp/www/small.txt"
 cat > "$tmp/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log $tmp/nginx.err;
 events { worker_connections 1024; }
@@ -66,7 +69,12 @@ done
 sleep 5
 echo "agent idle RSS: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"
 
-run() { wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@" | awk '/Requests\/sec/{rps=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "%s req/s  p50 %s  p99 %s\n", rps, p50, p99}'; }
+# Any non-2xx answer fails the run (a benchmark of error pages measures nothing).
+run() {
+  local out; out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@")
+  if grep -q 'Non-2xx' <<<"$out"; then echo "$*: $(grep 'Non-2xx' <<<"$out")" >> "$tmp/non2xx"; fi
+  awk '/Requests\/sec/{rps=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{printf "%s req/s  p50 %s  p99 %s\n", rps, p50, p99}' <<<"$out"
+}
 echo "direct (nginx):        $(run http://127.0.0.1:$UP/small.txt)"
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 s0=$(ticks $SERVER_PID); a0=$(ticks $AGENT)
@@ -88,8 +96,8 @@ for i in $(seq "$POLICY_FILLER"); do
   api -X PUT $URL/api/v1/policies/filler-$i -d "{\"policies\": \"permit(principal == Lattice::User::\\\"user-$i\\\", action == Lattice::Action::\\\"AccessNode\\\", resource == Lattice::Node::\\\"$NODE\\\") when { context.port == $((i % 60000 + 1)) };\"}" >/dev/null
 done
 api -X PUT $URL/api/v1/policies/bench-op -d "{\"policies\": \"permit(principal == Lattice::User::\\\"bench-op\\\", action == Lattice::Action::\\\"AccessNode\\\", resource == Lattice::Node::\\\"$NODE\\\") when { context.port == $UP };\"}" >/dev/null
-curl -sf "${CA[@]}" -H "authorization: Bearer $OP_TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt >/dev/null \
-  || { echo "bench-op is not let through by its policy"; exit 1; }
+code=$(curl -s "${CA[@]}" -o "$tmp/op.out" -w '%{http_code}' -H "authorization: Bearer $OP_TOKEN" $URL/api/v1/nodes/$NODE/proxy/$UP/small.txt)
+[ "$code" = 200 ] || { echo "bench-op is not let through by its policy: $code $(head -c 300 "$tmp/op.out")"; exit 1; }
 # Two rounds, alternating, so both see the same machine.
 runs=()
 for round in 1 2; do
@@ -157,3 +165,6 @@ if command -v rathole >/dev/null; then
   echo "one connection, rathole:     $(one http://127.0.0.1:18081/small.txt)"
 fi
 echo "server RSS after load: $(ps -o rss= -p $SERVER_PID | tr -d ' ') KiB; agent RSS after load: $(ps -o rss= -p $AGENT | tr -d ' ') KiB"
+if [ -s "$tmp/non2xx" ]; then
+  echo "FAILED: non-2xx answers (the numbers above measure error pages):"; cat "$tmp/non2xx"; exit 1
+fi
