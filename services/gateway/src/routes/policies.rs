@@ -189,12 +189,23 @@ pub async fn create(
     ApiJson(body): ApiJson<PolicyInput>,
 ) -> Result<(StatusCode, Json<Policy>), ApiError> {
     let name = body.name.clone();
-    let r = client(&state)?
+    store(&state, &caller, body, name, true).await
+}
+
+/// Put a policy through the policy service: 201 when created, 200 when replaced.
+async fn store(
+    state: &AppState,
+    caller: &Caller,
+    body: PolicyInput,
+    name: String,
+    create_only: bool,
+) -> Result<(StatusCode, Json<Policy>), ApiError> {
+    let r = client(state)?
         .put_policy(caller.request(
-            &state,
+            state,
             pb::PutPolicyRequest {
                 policy: Some(to_pb(body, name)?),
-                create_only: true,
+                create_only,
             },
         ))
         .await?
@@ -205,7 +216,12 @@ pub async fn create(
             "policy service answered without a policy",
         )
     })?;
-    Ok((StatusCode::CREATED, Json(policy(p))))
+    let status = if r.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(policy(p))))
 }
 
 /// One policy (`policy:read`).
@@ -247,28 +263,7 @@ pub async fn put(
             body.name
         )));
     }
-    let r = client(&state)?
-        .put_policy(caller.request(
-            &state,
-            pb::PutPolicyRequest {
-                policy: Some(to_pb(body, name)?),
-                create_only: false,
-            },
-        ))
-        .await?
-        .into_inner();
-    let p = r.policy.ok_or_else(|| {
-        ApiError::new(
-            lattice_core::ErrorCode::Internal,
-            "policy service answered without a policy",
-        )
-    })?;
-    let status = if r.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(policy(p))))
+    store(&state, &caller, body, name, false).await
 }
 
 /// Delete a policy (`policy:write`).
