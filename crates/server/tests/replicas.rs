@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, json};
+use common::{TestServer, insert_node, json};
 use lattice_core::db::testing;
 
 fn redis_url() -> Option<String> {
@@ -313,21 +313,6 @@ async fn losing_redis_costs_only_speed() {
     let (status, ready) = json(s.http.get(s.url("/ready")).send().await.unwrap()).await;
     assert_eq!(status, 200, "{ready}");
     s.stop().await;
-}
-
-/// A node row for a test (nodes are otherwise created by an agent enrolling).
-async fn insert_node(url: &str, id: &str, org: &str) {
-    let db = lattice_core::db::Db::connect(url, 1).await.unwrap();
-    sqlx::query(
-        "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
-         VALUES ($1, $2, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
-    )
-    .bind(id)
-    .bind(org)
-    .execute(db.pool())
-    .await
-    .unwrap();
-    db.close().await;
 }
 
 /// A policy written on one replica decides on the other within a second: the change

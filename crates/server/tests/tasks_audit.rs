@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_PASSWORD, TestServer};
+use common::{ADMIN_PASSWORD, TestServer, insert_node};
 use lattice_core::db::{Db, testing};
 use serde_json::{Value, json};
 
@@ -34,21 +34,6 @@ async fn audit_actions(s: &TestServer, token: &str, want: &[&str]) -> Vec<Value>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("audit log never showed all of {want:?}");
-}
-
-/// A node row of `org` as enrollment leaves it (the agent tests enroll for real).
-async fn insert_node(url: &str, id: &str, org: &str) {
-    let db = Db::connect(url, 1).await.unwrap();
-    sqlx::query(
-        "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
-         VALUES ($1, $2, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
-    )
-    .bind(id)
-    .bind(org)
-    .execute(db.pool())
-    .await
-    .unwrap();
-    db.close().await;
 }
 
 #[tokio::test]

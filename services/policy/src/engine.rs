@@ -439,7 +439,6 @@ struct Statement {
 #[derive(Debug)]
 struct Doc {
     name: String,
-    priority: i64,
     expires_at_ms: Option<i64>,
 }
 
@@ -469,7 +468,6 @@ impl Engine {
             let d = engine.docs.len();
             engine.docs.push(Doc {
                 name: doc.name,
-                priority: doc.priority,
                 expires_at_ms: doc.expires_at_ms,
             });
             for policy in statements {
@@ -647,14 +645,6 @@ impl Engine {
         d.sort_unstable();
         d.dedup();
         d.into_iter().map(|i| self.docs[i].name.clone()).collect()
-    }
-
-    /// Highest priority among the documents (for reports).
-    pub fn priority_of(&self, name: &str) -> Option<i64> {
-        self.docs
-            .iter()
-            .find(|d| d.name == name)
-            .map(|d| d.priority)
     }
 }
 

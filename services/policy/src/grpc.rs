@@ -28,6 +28,15 @@ fn st(e: PolicyError) -> Status {
     to_status(&e)
 }
 
+/// A decision as a message.
+fn answer(d: crate::engine::Decision) -> pb::AuthorizeResponse {
+    pb::AuthorizeResponse {
+        allow: d.allow,
+        determining: d.determining,
+        considered: d.considered,
+    }
+}
+
 /// A stored policy as a message.
 pub fn policy_pb(r: PolicyRow) -> pb::Policy {
     pb::Policy {
@@ -274,11 +283,7 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
             .authorize(&ctx, input.subject, input.action, input.resource)
             .await
             .map_err(st)?;
-        Ok(Response::new(pb::AuthorizeResponse {
-            allow: d.allow,
-            determining: d.determining,
-            considered: d.considered,
-        }))
+        Ok(Response::new(answer(d)))
     }
 
     async fn explain(
@@ -312,11 +317,7 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
             )
             .await
             .map_err(st)?;
-        Ok(Response::new(pb::AuthorizeResponse {
-            allow: d.allow,
-            determining: d.determining,
-            considered: d.considered,
-        }))
+        Ok(Response::new(answer(d)))
     }
 
     async fn dry_run(
@@ -352,7 +353,7 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
                     principal: f.query.principal.uid().to_string(),
                     action: f.query.action.name().to_owned(),
                     resource: f.query.resource.uid().to_string(),
-                    context_json: crate::service::context_of(&f.query.action).to_string(),
+                    context_json: crate::service::context_json(&f.query.action).to_string(),
                     before_allow: f.before.allow,
                     after_allow: f.after.allow,
                     before_policies: f.before.determining,

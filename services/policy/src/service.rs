@@ -432,7 +432,8 @@ impl Policies {
     }
 }
 
-fn context_json(a: &Action) -> serde_json::Value {
+/// A question's context as JSON (audit details, reports).
+pub fn context_json(a: &Action) -> serde_json::Value {
     match a {
         Action::AccessNode { port, protocol } => {
             serde_json::json!({"port": port, "protocol": protocol.as_str()})
@@ -669,9 +670,4 @@ impl Policies {
         }
         Ok(out)
     }
-}
-
-/// A question's context as JSON (for reports).
-pub fn context_of(a: &Action) -> serde_json::Value {
-    context_json(a)
 }

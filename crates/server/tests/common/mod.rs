@@ -283,3 +283,18 @@ impl TestServer {
         self.http.get(self.url(path)).header("host", host)
     }
 }
+
+/// A node row for a test (nodes are otherwise created by an agent enrolling).
+pub async fn insert_node(url: &str, id: &str, org: &str) {
+    let db = lattice_core::db::Db::connect(url, 1).await.unwrap();
+    sqlx::query(
+        "INSERT INTO tunnel_nodes (id, org_id, hostname, labels, capabilities, token_hash, status, enrolled_at_ms) \
+         VALUES ($1, $2, 'n1', '{}', '[]', 'x', 'never_connected', 1)",
+    )
+    .bind(id)
+    .bind(org)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    db.close().await;
+}
