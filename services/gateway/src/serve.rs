@@ -89,14 +89,20 @@ pub async fn serve(listen: Listener, app: crate::edge::Edge) -> anyhow::Result<(
             let app = app.clone();
             async move {
                 // An HTTP/2 body refused before it is read is drained (see `drain`).
-                let drain = req.version() == http::Version::HTTP_2
-                    && !hyper::body::Body::is_end_stream(req.body());
-                let req = if drain {
-                    req.map(|b| axum::body::Body::new(crate::drain::DrainOnDrop::new(b)))
-                } else {
-                    req.map(axum::body::Body::new)
-                };
-                Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {}))
+                if req.version() != http::Version::HTTP_2
+                    || hyper::body::Body::is_end_stream(req.body())
+                {
+                    let req = req.map(axum::body::Body::new);
+                    return Ok::<_, Infallible>(
+                        app.oneshot(req).await.unwrap_or_else(|e| match e {}),
+                    );
+                }
+                let (parts, body) = req.into_parts();
+                let (body, unread) = crate::drain::DrainOnDrop::new(body);
+                let req = http::Request::from_parts(parts, axum::body::Body::new(body));
+                let answer = app.oneshot(req).await.unwrap_or_else(|e| match e {});
+                unread.settle(answer.status()).await;
+                Ok(answer)
             }
         });
         let builder = builder.clone();
