@@ -126,6 +126,7 @@ mod tests {
     fn grant(access: Access, buckets: &[&str]) -> StorageGrant {
         StorageGrant {
             id: "t1".into(),
+            name: "deploy".into(),
             org_id: "org-a".into(),
             buckets: buckets.iter().map(|b| (*b).to_owned()).collect(),
             expires_at_ms: 0,

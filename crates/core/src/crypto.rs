@@ -251,7 +251,35 @@ impl Sealer {
     pub fn open_sealed(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         open_with(&self.cipher, sealed, aad)
     }
+
+    /// [`Sealer::seal`] for a text column: `sealed:` and the sealed bytes in base64.
+    pub fn seal_text(&self, plaintext: &str, aad: &str) -> String {
+        format!(
+            "{SEALED_TEXT_PREFIX}{}",
+            STANDARD.encode(self.seal(plaintext.as_bytes(), aad))
+        )
+    }
+
+    /// Open what [`Sealer::seal_text`] sealed with the same `aad`.
+    pub fn open_text(&self, sealed: &str, aad: &str) -> Result<Zeroizing<String>, CryptoError> {
+        let encoded = sealed
+            .strip_prefix(SEALED_TEXT_PREFIX)
+            .ok_or(CryptoError::Malformed)?;
+        let bytes = STANDARD
+            .decode(encoded)
+            .map_err(|_| CryptoError::Malformed)?;
+        let mut opened = self.open_sealed(&bytes, aad)?;
+        let text = String::from_utf8(std::mem::take(&mut *opened)).map_err(|e| {
+            // Keep the bytes zeroised on the way out.
+            drop(Zeroizing::new(e.into_bytes()));
+            CryptoError::Malformed
+        })?;
+        Ok(Zeroizing::new(text))
+    }
 }
+
+/// What [`Sealer::seal_text`] values start with.
+pub const SEALED_TEXT_PREFIX: &str = "sealed:";
 
 /// A new random secret: `prefix` + 43 characters of base64url (256 bits).
 pub fn random_secret(prefix: &str) -> String {
@@ -286,6 +314,28 @@ mod tests {
         assert!(MasterKey::parse("a passphrase that is long enough to use!").is_ok());
         let err = MasterKey::parse("short").unwrap_err().to_string();
         assert!(err.starts_with("master_key:"), "{err}");
+    }
+
+    #[test]
+    fn sealed_text_round_trips_and_is_bound_to_its_aad() {
+        let cipher = MasterKey::generate().cipher();
+        let sealer = Sealer { cipher };
+        let sealed = sealer.seal_text("{\"password\":\"hunter2\"}", "storage.kv:b1/db");
+        assert!(sealed.starts_with(SEALED_TEXT_PREFIX));
+        assert!(!sealed.contains("hunter2"));
+        assert_eq!(
+            sealer
+                .open_text(&sealed, "storage.kv:b1/db")
+                .unwrap()
+                .as_str(),
+            "{\"password\":\"hunter2\"}"
+        );
+        assert!(sealer.open_text(&sealed, "storage.kv:b1/other").is_err());
+        assert!(
+            sealer
+                .open_text("{\"plain\":1}", "storage.kv:b1/db")
+                .is_err()
+        );
     }
 
     #[test]

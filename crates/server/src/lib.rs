@@ -404,14 +404,15 @@ async fn start_identity(
 async fn start_storage(
     shared: &Shared<'_>,
     master: &MasterKey,
+    secret_policy: Arc<lattice_storage::service::PolicyGate>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
     let config = shared.config;
     let db = open_service_db(config, "storage", &lattice_storage::migration_sets()).await?;
-    // The data key is created with the database; storage seals nothing yet, but
-    // opening it checks that this master key matches the database.
-    lattice_core::crypto::Sealer::open(&db, master).await?;
+    // Seals the values of secret buckets; opening it checks that this master key
+    // matches the database.
+    let sealer = lattice_core::crypto::Sealer::open(&db, master).await?;
     let blobs = match &config.storage.objects_url {
         Some(url) => lattice_storage::blobs::Blobs::from_url(url)?,
         None => lattice_storage::blobs::Blobs::local(&config.data_dir.join("objects"))?,
@@ -424,6 +425,7 @@ async fn start_storage(
         blobs,
         shared.cache.clone(),
         limits,
+        lattice_storage::service::Secrets::new(sealer, secret_policy),
     );
     let listener = bind(config.storage.listen, "storage.listen").await?;
     let addr = listener.local_addr()?;
@@ -969,10 +971,13 @@ pub async fn start(
         bootstrap = admin;
     }
 
+    // Storage asks the policy service who may read secret values; that link is made
+    // once the policy service is reachable (below).
     let mut running_storage = None;
+    let secret_policy = Arc::new(lattice_storage::service::PolicyGate::new(internal.clone()));
     if roles.contains(&Role::Storage) {
         let master = master.as_ref().context("storage needs the master key")?;
-        let (addr, db) = start_storage(&shared, master, &mut tasks).await?;
+        let (addr, db) = start_storage(&shared, master, secret_policy.clone(), &mut tasks).await?;
         forward_audit(&mut tasks, "storage", &db, "storage_audit");
         pools.push(("storage database", db));
         running_storage = Some(addr);
@@ -1035,15 +1040,16 @@ pub async fn start(
         (None, None) => None,
     };
     if let Some(ps) = &policy_service {
-        let _ = node_directory_policy.set(
-            lattice_proto::policy::v1::policy_service_client::PolicyServiceClient::new(ps.clone()),
-        );
+        let client =
+            lattice_proto::policy::v1::policy_service_client::PolicyServiceClient::new(ps.clone());
+        let _ = node_directory_policy.set(client.clone());
+        let _ = secret_policy.link().set(client);
     } else if roles
         .iter()
-        .any(|r| matches!(r, Role::Tunnel | Role::Tasks))
+        .any(|r| matches!(r, Role::Tunnel | Role::Tasks | Role::Storage))
     {
         tracing::warn!(
-            "policy.url is not set: proxied requests, port forwards and tasks are refused (503) until it is"
+            "policy.url is not set: proxied requests, port forwards, tasks and reads of secret values are refused (503) until it is"
         );
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, wait_for};
 use lattice_core::db::{Db, testing};
 use serde_json::{Value, json};
 
@@ -103,25 +103,6 @@ async fn join_token(s: &TestServer, admin: &str) -> String {
             .contains("lattice-agent enroll")
     );
     t["token"].as_str().unwrap().to_owned()
-}
-
-async fn wait_for<F: Fn(&Value) -> bool>(
-    s: &TestServer,
-    token: &str,
-    path: &str,
-    what: &str,
-    ok: F,
-) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..150 {
-        let (status, body) = s.call("GET", path, token, None).await;
-        if status == 200 && ok(&body) {
-            return body;
-        }
-        last = body;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: never happened; last answer from {path}: {last}");
 }
 
 /// `PATCH /api/v1/nodes/{id}` with these capabilities: the status and the node.

@@ -373,6 +373,29 @@ fn cli_storage_hosting_end_to_end() {
     ));
     assert!(list.contains("site/title"), "{list}");
 
+    // A secret bucket: the admin reads through the seeded policy; listings
+    // withhold values.
+    let made = ok(&lattice(
+        &config,
+        &["buckets", "create", "vault", "--surface", "kv", "--secret"],
+        &[],
+    ));
+    assert!(made.contains("kv (secret)"), "{made}");
+    ok(&lattice(
+        &config,
+        &["kv", "put", "vault", "db", "\"hunter2\""],
+        &[],
+    ));
+    assert_eq!(
+        ok(&lattice(&config, &["kv", "get", "vault", "db"], &[])).trim(),
+        "\"hunter2\""
+    );
+    let list = ok(&lattice(&config, &["kv", "list", "vault", "--values"], &[]));
+    assert!(
+        list.contains("(secret: read the key)") && !list.contains("hunter2"),
+        "{list}"
+    );
+
     // A static site: deploy a directory, bind a host, fetch it, roll back.
     let site = dir.path().join("site");
     std::fs::create_dir_all(site.join("css")).unwrap();

@@ -217,6 +217,21 @@ mod tests {
     }
 
     #[test]
+    fn every_example_in_the_docs_validates() {
+        let doc = include_str!("../../../docs/policy.md");
+        let mut blocks = 0;
+        let mut rest = doc;
+        while let Some(start) = rest.find("```cedar\n") {
+            let body = &rest[start + "```cedar\n".len()..];
+            let end = body.find("```").expect("a closed code block");
+            compile("doc", &body[..end]).unwrap_or_else(|e| panic!("{}: {e:?}", &body[..end]));
+            blocks += 1;
+            rest = &body[end + 3..];
+        }
+        assert!(blocks >= 8, "found {blocks} cedar blocks in docs/policy.md");
+    }
+
+    #[test]
     fn problems_name_the_place() {
         let err = compile(
             "p",

@@ -44,6 +44,12 @@ pub enum StorageError {
     /// The object store failed.
     #[error("object store: {0}")]
     Objects(#[from] object_store::Error),
+    /// A service this one needs (the policy service) cannot answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data cannot be used (a sealed value that does not open).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl StorageError {
@@ -67,7 +73,8 @@ impl CodedError for StorageError {
             Self::AlreadyExists(_) | Self::Conflict(_) => ErrorCode::Conflict,
             Self::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
-            Self::Db(_) | Self::Objects(_) => ErrorCode::Internal,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Db(_) | Self::Objects(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }

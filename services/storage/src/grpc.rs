@@ -67,6 +67,7 @@ fn bucket_pb(b: BucketRow) -> pb::Bucket {
         surface: b.surface,
         created_at_ms: b.created_at_ms,
         active_deployment_id: b.active_deployment_id.unwrap_or_default(),
+        secret: b.secret,
     }
 }
 
@@ -77,6 +78,7 @@ fn kv_pb(r: KvRow) -> pb::KvEntry {
         version: r.version,
         updated_at_ms: r.updated_at_ms,
         expires_at_ms: r.expires_at_ms,
+        withheld: false,
     }
 }
 
@@ -245,11 +247,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::KvGetRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
-        let p = principal_of(&req)?.clone();
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let row = self
             .storage
-            .kv_get(&p, &m.bucket, &m.key)
+            .kv_get(&ctx, &m.bucket, &m.key)
             .await
             .map_err(st)?;
         Ok(Response::new(kv_pb(row)))
@@ -275,24 +277,26 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
     ) -> Result<Response<pb::KvListResponse>, Status> {
         let p = principal_of(&req)?.clone();
         let m = req.get_ref();
-        let (rows, next) = self
+        let page = self
             .storage
             .kv_list(&p, &m.bucket, &m.prefix, &m.cursor, i64::from(m.limit))
             .await
             .map_err(st)?;
         let values = m.values;
         Ok(Response::new(pb::KvListResponse {
-            entries: rows
+            entries: page
+                .rows
                 .into_iter()
                 .map(|r| {
                     let mut e = kv_pb(r);
+                    e.withheld = page.withheld;
                     if !values {
                         e.value_json.clear();
                     }
                     e
                 })
                 .collect(),
-            next_cursor: next.unwrap_or_default(),
+            next_cursor: page.next.unwrap_or_default(),
         }))
     }
 
@@ -513,6 +517,7 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
                     .unwrap_or(pb::Surface::Unspecified)
                     .into(),
                 deployment_id: b.active_deployment_id.unwrap_or_default(),
+                secret: b.secret,
             },
             None => pb::ResolveHostResponse::default(),
         }))
@@ -597,11 +602,11 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         &self,
         req: Request<pb::HostKvRequest>,
     ) -> Result<Response<pb::KvEntry>, Status> {
-        let p = principal_of(&req)?;
+        let ctx = context_of(&req)?;
         let m = req.get_ref();
         let row = self
             .storage
-            .host_kv_get(p, &m.host, &m.token_secret, &m.key)
+            .host_kv_get(&ctx, &m.host, &m.token_secret, &m.key)
             .await
             .map_err(st)?;
         Ok(Response::new(kv_pb(row)))

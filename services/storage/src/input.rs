@@ -54,6 +54,8 @@ pub struct NewBucket {
     pub name: BucketName,
     /// What it holds.
     pub surface: Surface,
+    /// A kv bucket of secrets.
+    pub secret: bool,
 }
 
 impl TryFrom<pb::CreateBucketRequest> for NewBucket {
@@ -61,9 +63,16 @@ impl TryFrom<pb::CreateBucketRequest> for NewBucket {
 
     fn try_from(m: pb::CreateBucketRequest) -> Result<Self, StorageError> {
         let surface = Surface::parse("surface", &m.surface)?;
+        if m.secret && surface != Surface::Kv {
+            return Err(StorageError::invalid(
+                "secret",
+                "only a kv bucket can hold secrets",
+            ));
+        }
         Ok(Self {
             name: BucketName::parse(&m.name)?,
             surface,
+            secret: m.secret,
         })
     }
 }

@@ -6,6 +6,7 @@ use lattice_core::db::{Db, Migration, MigrationSet};
 use lattice_core::time::now_ms;
 
 const SCHEMA: &str = include_str!("migrations/0001_storage.sql");
+const SECRET_BUCKETS: &str = include_str!("migrations/0002_secret_buckets.sql");
 
 /// The storage service's migrations. Postgres sorts keys and paths bytewise
 /// (`COLLATE "C"`), like SQLite, so listings and cursors agree on both.
@@ -19,13 +20,21 @@ pub fn migrations() -> MigrationSet {
                 .into_boxed_str(),
         )
     });
-    static SET: std::sync::LazyLock<[Migration; 1]> = std::sync::LazyLock::new(|| {
-        [Migration {
-            version: 1,
-            name: "buckets, kv, deployments, bindings, storage tokens, audit",
-            sqlite: *SQLITE,
-            postgres: *POSTGRES,
-        }]
+    static SET: std::sync::LazyLock<[Migration; 2]> = std::sync::LazyLock::new(|| {
+        [
+            Migration {
+                version: 1,
+                name: "buckets, kv, deployments, bindings, storage tokens, audit",
+                sqlite: *SQLITE,
+                postgres: *POSTGRES,
+            },
+            Migration {
+                version: 2,
+                name: "secret kv buckets",
+                sqlite: SECRET_BUCKETS,
+                postgres: SECRET_BUCKETS,
+            },
+        ]
     });
     MigrationSet {
         component: "storage",
@@ -48,13 +57,15 @@ pub struct BucketRow {
     pub active_deployment_id: Option<String>,
     /// Created.
     pub created_at_ms: i64,
+    /// A kv bucket of secrets: values sealed at rest, reads decided by policy.
+    pub secret: bool,
 }
 
-type BucketTuple = (String, String, String, String, Option<String>, i64);
+type BucketTuple = (String, String, String, String, Option<String>, i64, i64);
 /// Column list shared by the queries below (a literal, so queries stay `&'static str`).
 macro_rules! bucket_cols {
     () => {
-        "id, org_id, name, surface, active_deployment_id, created_at_ms"
+        "id, org_id, name, surface, active_deployment_id, created_at_ms, secret"
     };
 }
 
@@ -66,6 +77,7 @@ fn bucket(t: BucketTuple) -> BucketRow {
         surface: t.3,
         active_deployment_id: t.4,
         created_at_ms: t.5,
+        secret: t.6 != 0,
     }
 }
 
@@ -133,6 +145,8 @@ pub struct BindingRow {
     pub created_at_ms: i64,
     /// The bucket's active deployment.
     pub active_deployment_id: Option<String>,
+    /// The bucket holds secrets.
+    pub secret: bool,
 }
 
 type BindingTuple = (
@@ -144,11 +158,12 @@ type BindingTuple = (
     i64,
     i64,
     Option<String>,
+    i64,
 );
 /// Column list shared by the queries below (a literal, so queries stay `&'static str`).
 macro_rules! binding_select {
     () => {
-        "SELECT b.host, b.org_id, b.bucket_id, k.name, k.surface, b.enabled, b.created_at_ms, k.active_deployment_id \
+        "SELECT b.host, b.org_id, b.bucket_id, k.name, k.surface, b.enabled, b.created_at_ms, k.active_deployment_id, k.secret \
      FROM storage_bindings b JOIN storage_buckets k ON k.id = b.bucket_id"
     };
 }
@@ -163,6 +178,7 @@ fn binding(t: BindingTuple) -> BindingRow {
         enabled: t.5 != 0,
         created_at_ms: t.6,
         active_deployment_id: t.7,
+        secret: t.8 != 0,
     }
 }
 
@@ -253,6 +269,7 @@ impl Store {
         org_id: &str,
         name: &str,
         surface: &str,
+        secret: bool,
     ) -> sqlx::Result<BucketRow> {
         let row = BucketRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -261,13 +278,15 @@ impl Store {
             surface: surface.into(),
             active_deployment_id: None,
             created_at_ms: now_ms(),
+            secret,
         };
-        sqlx::query("INSERT INTO storage_buckets (id, org_id, name, surface, created_at_ms) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO storage_buckets (id, org_id, name, surface, created_at_ms, secret) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&row.id)
             .bind(&row.org_id)
             .bind(&row.name)
             .bind(&row.surface)
             .bind(row.created_at_ms)
+            .bind(i64::from(secret))
             .execute(self.db.pool())
             .await?;
         Ok(row)

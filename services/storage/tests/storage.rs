@@ -1,6 +1,9 @@
 //! The storage service's behaviour, written once and run on SQLite always and on
 //! Postgres when `LATTICE_TEST_DATABASE_URL` is set.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
@@ -9,13 +12,50 @@ use lattice_proto::storage::v1 as pb;
 use lattice_storage::blobs::Blobs;
 use lattice_storage::input::{KvCondition, KvEntry, KvPut, NewBinding, NewBucket, NewToken};
 use lattice_storage::model::BucketName;
-use lattice_storage::service::{NewFile, Resolution};
+use lattice_storage::service::{KvPage, NewFile, Resolution, SecretPolicy, SecretReader, Secrets};
 use lattice_storage::{Limits, Storage, StorageError};
 
 struct Env {
     storage: Storage,
+    db: db::Db,
+    /// Who may read which secret: `"<reader>:<bucket>/<key>"`, the reader being
+    /// `user:<username>` or `token:<name>`.
+    readers: Arc<Mutex<HashSet<String>>>,
     _db: Option<testing::tempfile_guard::Guard>,
     _blobs: testing::tempfile_guard::Guard,
+}
+
+/// The storage crate's stand-in for the policy service's `AccessSecret` decision
+/// (the real one decides in `crates/server/tests/secrets.rs`): allows exactly the
+/// listed readers.
+struct ListedReaders(Arc<Mutex<HashSet<String>>>);
+
+#[async_trait::async_trait]
+impl SecretPolicy for ListedReaders {
+    async fn may_read(
+        &self,
+        ctx: &RequestContext,
+        reader: SecretReader<'_>,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        let who = match reader {
+            SecretReader::Caller => format!("user:{}", ctx.principal.username),
+            SecretReader::StorageToken { name, .. } => format!("token:{name}"),
+        };
+        if self
+            .0
+            .lock()
+            .unwrap()
+            .contains(&format!("{who}:{bucket}/{key}"))
+        {
+            Ok(())
+        } else {
+            Err(StorageError::Forbidden(format!(
+                "{who} may not read {bucket}/{key}"
+            )))
+        }
+    }
 }
 
 async fn env(backend: Backend) -> Env {
@@ -23,15 +63,23 @@ async fn env(backend: Backend) -> Env {
     db::migrate(&db, &lattice_storage::migration_sets(), true)
         .await
         .unwrap();
+    let sealer =
+        lattice_core::crypto::Sealer::open(&db, &lattice_core::crypto::MasterKey::generate())
+            .await
+            .unwrap();
+    let readers = Arc::new(Mutex::new(HashSet::new()));
     let blobs_dir = testing::tempfile_guard::Guard::new();
     let storage = Storage::new(
-        lattice_storage::store::Store::new(db),
+        lattice_storage::store::Store::new(db.clone()),
         Blobs::local(&blobs_dir.path).unwrap(),
         Cache::local(),
         Limits::default(),
+        Secrets::new(sealer, Arc::new(ListedReaders(readers.clone()))),
     );
     Env {
         storage,
+        db,
+        readers,
         _db: guard,
         _blobs: blobs_dir,
     }
@@ -62,6 +110,7 @@ fn try_bucket(name: &str, surface: &str) -> Result<NewBucket, StorageError> {
     NewBucket::try_from(pb::CreateBucketRequest {
         name: name.into(),
         surface: surface.into(),
+        ..Default::default()
     })
 }
 
@@ -216,7 +265,11 @@ async fn kv_conditional_writes_ttl_and_ordered_listing(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
-    let got = e.storage.kv_get(&p, "conf", "site/title").await.unwrap();
+    let got = e
+        .storage
+        .kv_get(&ctx(&p), "conf", "site/title")
+        .await
+        .unwrap();
     assert_eq!((got.value.as_str(), got.version), ("\"Lattice\"", 1));
     // If-None-Match: * refuses an existing key; If-Match needs the current version.
     assert!(matches!(
@@ -271,10 +324,10 @@ async fn kv_conditional_writes_ttl_and_ordered_listing(backend: Backend) {
         .kv_put(&ctx(&p), write("conf", "tmp", "1", KvCondition::None, 1))
         .await
         .unwrap();
-    assert!(e.storage.kv_get(&p, "conf", "tmp").await.is_ok());
+    assert!(e.storage.kv_get(&ctx(&p), "conf", "tmp").await.is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert!(matches!(
-        e.storage.kv_get(&p, "conf", "tmp").await,
+        e.storage.kv_get(&ctx(&p), "conf", "tmp").await,
         Err(StorageError::NotFound(_))
     ));
     e.storage
@@ -289,12 +342,18 @@ async fn kv_conditional_writes_ttl_and_ordered_listing(backend: Backend) {
             .await
             .unwrap();
     }
-    let (page, next) = e.storage.kv_list(&p, "conf", "a/", "", 2).await.unwrap();
+    let KvPage {
+        rows: page, next, ..
+    } = e.storage.kv_list(&p, "conf", "a/", "", 2).await.unwrap();
     assert_eq!(
         page.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         vec!["a/1", "a/10"]
     );
-    let (page2, next2) = e
+    let KvPage {
+        rows: page2,
+        next: next2,
+        ..
+    } = e
         .storage
         .kv_list(&p, "conf", "a/", next.as_deref().unwrap(), 2)
         .await
@@ -304,7 +363,12 @@ async fn kv_conditional_writes_ttl_and_ordered_listing(backend: Backend) {
         vec!["a/2"]
     );
     assert!(next2.is_none());
-    let (all, _) = e.storage.kv_list(&p, "conf", "", "", 100).await.unwrap();
+    let all = e
+        .storage
+        .kv_list(&p, "conf", "", "", 100)
+        .await
+        .unwrap()
+        .rows;
     assert_eq!(
         all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         vec!["B", "a/1", "a/10", "a/2", "ab", "b", "site/title", "tmp"]
@@ -328,7 +392,7 @@ async fn kv_conditional_writes_ttl_and_ordered_listing(backend: Backend) {
         .await
         .unwrap();
     assert!(matches!(
-        e.storage.kv_get(&p, "site", "x").await,
+        e.storage.kv_get(&ctx(&p), "site", "x").await,
         Err(StorageError::Conflict(_))
     ));
     assert!(matches!(
@@ -342,7 +406,9 @@ async fn kv_conditional_writes_ttl_and_ordered_listing(backend: Backend) {
     ));
     // Another org does not see the bucket.
     assert!(matches!(
-        e.storage.kv_get(&op("o2", &["*"]), "conf", "a/1").await,
+        e.storage
+            .kv_get(&ctx(&op("o2", &["*"])), "conf", "a/1")
+            .await,
         Err(StorageError::NotFound(_))
     ));
 }
@@ -388,7 +454,7 @@ async fn concurrent_writers_with_the_same_if_match_exactly_one_wins(backend: Bac
     assert_eq!((wins, lost), (1, 7), "{backend:?}");
     assert_eq!(
         e.storage
-            .kv_get(&p, "conf", "counter")
+            .kv_get(&ctx(&p), "conf", "counter")
             .await
             .unwrap()
             .version,
@@ -745,7 +811,7 @@ async fn forged_host_kv_requests_are_refused_by_the_storage_service(backend: Bac
     // What a correct gateway sends works.
     let row = e
         .storage
-        .host_kv_get(&g.principal, "kv.o1.test", read, "k")
+        .host_kv_get(&g, "kv.o1.test", read, "k")
         .await
         .unwrap();
     assert_eq!(row.value, "\"v\"");
@@ -759,9 +825,7 @@ async fn forged_host_kv_requests_are_refused_by_the_storage_service(backend: Bac
     );
     // A token of org o1 reaches nothing of org o2, even with `*` buckets.
     assert!(matches!(
-        e.storage
-            .host_kv_get(&g.principal, "kv.o2.test", write, "k")
-            .await,
+        e.storage.host_kv_get(&g, "kv.o2.test", write, "k").await,
         Err(StorageError::Forbidden(_))
     ));
     assert!(matches!(
@@ -777,7 +841,7 @@ async fn forged_host_kv_requests_are_refused_by_the_storage_service(backend: Bac
     // A made-up or revoked token is nobody (revocation evicts the cached grant).
     assert!(matches!(
         e.storage
-            .host_kv_get(&g.principal, "kv.o1.test", "lst_made-up", "k")
+            .host_kv_get(&g, "kv.o1.test", "lst_made-up", "k")
             .await,
         Err(StorageError::Unauthenticated(_))
     ));
@@ -792,11 +856,13 @@ async fn forged_host_kv_requests_are_refused_by_the_storage_service(backend: Bac
     ));
     // Only the gateway's service principal may call the serving API.
     assert!(matches!(
-        e.storage.host_kv_get(&a, "kv.o1.test", read, "k").await,
+        e.storage
+            .host_kv_get(&ctx(&a), "kv.o1.test", read, "k")
+            .await,
         Err(StorageError::Forbidden(_))
     ));
     // Org o2's value is untouched.
-    let row = e.storage.kv_get(&b, "secrets", "k").await.unwrap();
+    let row = e.storage.kv_get(&ctx(&b), "secrets", "k").await.unwrap();
     assert_eq!(row.value, "\"v\"", "{backend:?}");
 }
 
@@ -938,7 +1004,133 @@ async fn relayed_site_tokens_act_as_the_token_says(backend: Backend) {
     ));
 }
 
+/// A secret bucket: values sealed at rest (bound to their bucket and key), read
+/// only when the policy allows that reader that path (an operator through the
+/// API, a storage token through a host binding), withheld from listings; only kv
+/// buckets hold secrets.
+async fn secret_buckets_seal_values_and_ask_the_policy_on_every_read(backend: Backend) {
+    let e = env(backend).await;
+    let admin = op("o1", &["*"]);
+    let g = ctx(&gateway());
+    assert!(matches!(
+        NewBucket::try_from(pb::CreateBucketRequest {
+            name: "site".into(),
+            surface: "static".into(),
+            secret: true,
+        }),
+        Err(StorageError::Invalid {
+            field: "secret",
+            ..
+        })
+    ));
+    let vault = NewBucket::try_from(pb::CreateBucketRequest {
+        name: "vault".into(),
+        surface: "kv".into(),
+        secret: true,
+    })
+    .unwrap();
+    let row = e.storage.create_bucket(&ctx(&admin), vault).await.unwrap();
+    assert!(row.secret);
+    e.storage
+        .create_binding(&ctx(&admin), binding("vault.o1.test", "vault"))
+        .await
+        .unwrap();
+    let written = e
+        .storage
+        .kv_put(
+            &ctx(&admin),
+            write(
+                "vault",
+                "db",
+                "{\"password\":\"hunter2\"}",
+                KvCondition::None,
+                0,
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.value, "{\"password\":\"hunter2\"}");
+    // At rest: sealed, nothing of the value in the clear.
+    let (stored,): (String,) = sqlx::query_as("SELECT value FROM storage_kv WHERE key = 'db'")
+        .fetch_one(e.db.pool())
+        .await
+        .unwrap();
+    assert!(stored.starts_with("sealed:"), "{stored}");
+    assert!(!stored.contains("hunter2"));
+    // Default deny, for the operator and for a storage token alike.
+    let (_, secret) = e
+        .storage
+        .create_token(
+            &ctx(&admin),
+            token("kv", "read", &["vault".into()], "app", 0),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.storage.kv_get(&ctx(&admin), "vault", "db").await,
+        Err(StorageError::Forbidden(_))
+    ));
+    assert!(matches!(
+        e.storage
+            .host_kv_get(&g, "vault.o1.test", &secret, "db")
+            .await,
+        Err(StorageError::Forbidden(_))
+    ));
+    // A refusal comes before the lookup: it does not tell whether a key exists.
+    assert!(matches!(
+        e.storage.kv_get(&ctx(&admin), "vault", "nope").await,
+        Err(StorageError::Forbidden(_))
+    ));
+    // Allowed per reader and path.
+    e.readers
+        .lock()
+        .unwrap()
+        .insert("token:app:vault/db".into());
+    let row = e
+        .storage
+        .host_kv_get(&g, "vault.o1.test", &secret, "db")
+        .await
+        .unwrap();
+    assert_eq!(row.value, "{\"password\":\"hunter2\"}");
+    assert!(matches!(
+        e.storage.kv_get(&ctx(&admin), "vault", "db").await,
+        Err(StorageError::Forbidden(_))
+    ));
+    e.readers
+        .lock()
+        .unwrap()
+        .insert("user:user-o1:vault/db".into());
+    let row = e.storage.kv_get(&ctx(&admin), "vault", "db").await.unwrap();
+    assert_eq!(row.value, "{\"password\":\"hunter2\"}");
+    // Conditional writes work on sealed values; listings withhold them.
+    e.storage
+        .kv_put(
+            &ctx(&admin),
+            write(
+                "vault",
+                "db",
+                "{\"password\":\"s3cret\"}",
+                KvCondition::Version(row.version),
+                0,
+            ),
+        )
+        .await
+        .unwrap();
+    let page = e
+        .storage
+        .kv_list(&admin, "vault", "", "", 10)
+        .await
+        .unwrap();
+    assert!(page.withheld);
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(page.rows[0].value, "");
+    assert_eq!(page.rows[0].version, row.version + 1);
+    let row = e.storage.kv_get(&ctx(&admin), "vault", "db").await.unwrap();
+    assert_eq!(row.value, "{\"password\":\"s3cret\"}", "{backend:?}");
+}
+
 lattice_core::store_test_suite!(
+    secret_buckets_seal_values_and_ask_the_policy_on_every_read,
     buckets_are_validated_unique_per_org_and_scoped,
     kv_conditional_writes_ttl_and_ordered_listing,
     concurrent_writers_with_the_same_if_match_exactly_one_wins,

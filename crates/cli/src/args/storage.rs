@@ -67,6 +67,10 @@ pub enum BucketsCommand {
         /// What it serves.
         #[arg(long, value_enum)]
         surface: Surface,
+        /// A kv bucket of secrets: values sealed at rest, never cached, and every
+        /// read an `AccessSecret` policy decision (default deny).
+        #[arg(long)]
+        secret: bool,
     },
     /// List buckets.
     #[command(visible_alias = "ls")]

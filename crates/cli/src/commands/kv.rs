@@ -33,6 +33,8 @@ struct Entry {
     updated_at_ms: Option<i64>,
     #[serde(default)]
     expires_at_ms: Option<i64>,
+    #[serde(default)]
+    withheld: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,7 +58,11 @@ fn table(entries: Vec<Entry>, with_values: bool) -> Table {
             format_opt_ms(e.expires_at_ms, "never"),
         ];
         if with_values {
-            row.push(e.value.map_or_else(|| "-".to_owned(), |v| v.to_string()));
+            row.push(match e.value {
+                Some(v) => v.to_string(),
+                None if e.withheld => "(secret: read the key)".to_owned(),
+                None => "-".to_owned(),
+            });
         }
         t.row(row);
     }

@@ -19,6 +19,8 @@ struct Bucket {
     created_at_ms: i64,
     #[serde(default)]
     active_deployment_id: Option<String>,
+    #[serde(default)]
+    secret: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,7 +33,11 @@ fn bucket_table(buckets: Vec<Bucket>) -> Table {
     for b in buckets {
         t.row(vec![
             b.name,
-            b.surface,
+            if b.secret {
+                format!("{} (secret)", b.surface)
+            } else {
+                b.surface
+            },
             b.active_deployment_id.unwrap_or_else(|| "-".to_owned()),
             format_ms(b.created_at_ms),
             b.id,
@@ -44,11 +50,16 @@ fn bucket_table(buckets: Vec<Bucket>) -> Table {
 pub async fn buckets(ctx: &Ctx, cmd: BucketsCommand) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     match cmd {
-        BucketsCommand::Create { name, surface } => {
-            let body = json!({ "name": name, "surface": surface.as_str() });
+        BucketsCommand::Create {
+            name,
+            surface,
+            secret,
+        } => {
+            let body = json!({ "name": name, "surface": surface.as_str(), "secret": secret });
             let answer = api.post("/api/v1/buckets", Some(&body)).await?;
             ctx.show(&answer, |b: Bucket| bucket_table(vec![b]))?;
-            eprintln!("created {} bucket {name}", surface.as_str());
+            let kind = if secret { " secret" } else { "" };
+            eprintln!("created{kind} {} bucket {name}", surface.as_str());
         }
         BucketsCommand::List { surface } => {
             let path = match surface {

@@ -298,3 +298,24 @@ pub async fn insert_node(url: &str, id: &str, org: &str) {
     .unwrap();
     db.close().await;
 }
+
+/// GET `path` with `token` until `ok` holds of its 200 answer (15 s at most);
+/// that answer.
+pub async fn wait_for<F: Fn(&Value) -> bool>(
+    s: &TestServer,
+    token: &str,
+    path: &str,
+    what: &str,
+    ok: F,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (status, body) = s.call("GET", path, token, None).await;
+        if status == 200 && ok(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: never happened; last answer from {path}: {last}");
+}

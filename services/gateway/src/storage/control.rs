@@ -26,6 +26,10 @@ pub struct CreateBucket {
     pub name: String,
     /// `kv` or `static`.
     pub surface: String,
+    /// A kv bucket of secrets: values sealed at rest, never cached, and every read
+    /// of a value an `AccessSecret` decision of the policies (default deny).
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// A bucket.
@@ -41,6 +45,8 @@ pub struct Bucket {
     pub created_at_ms: i64,
     /// Static: the active deployment.
     pub active_deployment_id: Option<String>,
+    /// A kv bucket of secrets.
+    pub secret: bool,
 }
 
 /// Bucket list.
@@ -58,6 +64,7 @@ fn bucket(b: pb::Bucket) -> Bucket {
         created_at_ms: b.created_at_ms,
         active_deployment_id: (!b.active_deployment_id.is_empty())
             .then_some(b.active_deployment_id),
+        secret: b.secret,
     }
 }
 
@@ -78,6 +85,7 @@ pub async fn create_bucket(
             pb::CreateBucketRequest {
                 name: body.name,
                 surface: body.surface,
+                secret: body.secret,
             },
         ))
         .await?
@@ -143,17 +151,21 @@ pub struct KvEntry {
     pub updated_at_ms: i64,
     /// Expiry (null: none).
     pub expires_at_ms: Option<i64>,
+    /// In a listing of a secret bucket: the value is withheld (read the key).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub withheld: bool,
 }
 
 /// Convert a stored entry; the value is JSON the storage service validated.
 pub fn kv_entry(e: pb::KvEntry, with_value: bool) -> KvEntry {
     KvEntry {
         key: e.key,
-        value: with_value
+        value: (with_value && !e.withheld)
             .then(|| serde_json::from_str(&e.value_json).unwrap_or(serde_json::Value::Null)),
         version: e.version,
         updated_at_ms: e.updated_at_ms,
         expires_at_ms: (e.expires_at_ms != 0).then_some(e.expires_at_ms),
+        withheld: e.withheld,
     }
 }
 

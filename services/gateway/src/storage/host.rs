@@ -45,6 +45,8 @@ pub struct HostEntry {
     pub surface: pb::Surface,
     /// Static: active deployment ("" when none).
     pub deployment_id: String,
+    /// KV: the bucket holds secrets (its values are never cached).
+    pub secret: bool,
 }
 
 impl HostEntry {
@@ -56,6 +58,7 @@ impl HostEntry {
             bucket_id: r.bucket_id,
             bucket: r.bucket,
             deployment_id: r.deployment_id,
+            secret: r.secret,
         })
     }
 }
@@ -855,7 +858,9 @@ async fn serve_kv(state: &AppState, entry: &HostEntry, req: Request) -> Response
         Method::GET | Method::HEAD => {
             let head = req.method() == Method::HEAD;
             let cache_key = kv_cache_key(&entry.bucket_id, &key);
-            let coherent = state.host_caches.shared_cache_coherent;
+            // A secret value is never cached: every read is the storage service's
+            // (and the policy's) decision.
+            let coherent = state.host_caches.shared_cache_coherent && !entry.secret;
             let cached = if coherent {
                 state.cache.get(&cache_key).await
             } else {

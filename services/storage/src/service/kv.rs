@@ -5,7 +5,7 @@ use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::time::now_ms;
 use lattice_proto::storage::kv_cache_key;
 
-use super::{Result, Storage};
+use super::{Result, SecretReader, Storage};
 use crate::error::StorageError;
 use crate::input::{KvCondition, KvEntry, KvPut};
 use crate::model::{Access, KvKey, Surface};
@@ -13,6 +13,17 @@ use crate::store::{BucketRow, KvRow, Written};
 
 /// Most entries in one listing page.
 pub const MAX_LIST: i64 = 1000;
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvPage {
+    /// Entries in key order.
+    pub rows: Vec<KvRow>,
+    /// The cursor of the next page (None: complete).
+    pub next: Option<String>,
+    /// The bucket holds secrets: the rows' values are withheld (read each key).
+    pub withheld: bool,
+}
 
 impl Storage {
     pub(super) async fn kv_put_in(&self, bucket: &BucketRow, entry: &KvEntry) -> Result<KvRow> {
@@ -32,12 +43,13 @@ impl Storage {
             KvCondition::Version(v) => (Some(v), false),
             KvCondition::Absent => (None, true),
         };
+        let sealed = self.at_rest(bucket, key.as_str(), value.as_str());
         let written = self
             .store
             .kv_put(
                 &bucket.id,
                 key.as_str(),
-                value.as_str(),
+                sealed.as_deref().unwrap_or(value.as_str()),
                 expires_at_ms,
                 if_version,
                 if_absent,
@@ -47,7 +59,10 @@ impl Storage {
             .delete(&kv_cache_key(&bucket.id, key.as_str()))
             .await;
         match written {
-            Written::Ok(row) => Ok(row),
+            Written::Ok(row) => Ok(KvRow {
+                value: value.as_str().to_owned(),
+                ..row
+            }),
             Written::ConditionFailed => Err(StorageError::PreconditionFailed(match *condition {
                 KvCondition::Absent => format!("key {:?} already exists", key.as_str()),
                 _ => format!("key {:?} is not at the expected version", key.as_str()),
@@ -55,12 +70,25 @@ impl Storage {
         }
     }
 
-    pub(super) async fn kv_get_in(&self, bucket: &BucketRow, key: &str) -> Result<KvRow> {
+    /// Read `key` of `bucket` for `reader` (of `ctx`): a secret bucket's value only
+    /// when the policy allows it, decided before the key is looked up, so a refusal
+    /// does not tell whether the key exists.
+    pub(super) async fn kv_get_in(
+        &self,
+        ctx: &RequestContext,
+        reader: SecretReader<'_>,
+        bucket: &BucketRow,
+        key: &str,
+    ) -> Result<KvRow> {
         let key = KvKey::parse(key)?;
-        self.store
+        self.check_secret_read(ctx, reader, bucket, key.as_str())
+            .await?;
+        let row = self
+            .store
             .kv_get(&bucket.id, key.as_str())
             .await?
-            .ok_or_else(|| StorageError::NotFound(format!("key {:?}", key.as_str())))
+            .ok_or_else(|| StorageError::NotFound(format!("key {:?}", key.as_str())))?;
+        self.opened(bucket, row)
     }
 
     pub(super) async fn kv_delete_in(
@@ -108,12 +136,13 @@ impl Storage {
         Ok(row)
     }
 
-    /// Read a value (`kv:read`).
-    pub async fn kv_get(&self, p: &Principal, bucket: &str, key: &str) -> Result<KvRow> {
+    /// Read a value (`kv:read`; in a secret bucket, also `AccessSecret`).
+    pub async fn kv_get(&self, ctx: &RequestContext, bucket: &str, key: &str) -> Result<KvRow> {
         let bucket = self
-            .bucket_for(p, bucket, Some(Surface::Kv), Access::Read)
+            .bucket_for(&ctx.principal, bucket, Some(Surface::Kv), Access::Read)
             .await?;
-        self.kv_get_in(&bucket, key).await
+        self.kv_get_in(ctx, SecretReader::Caller, &bucket, key)
+            .await
     }
 
     /// Delete a value (`kv:write`).
@@ -138,8 +167,7 @@ impl Storage {
         Ok(())
     }
 
-    /// List entries in key order (`kv:read`). Returns the page and the cursor of the
-    /// next page (None when complete).
+    /// List entries in key order (`kv:read`); a secret bucket's values are withheld.
     pub async fn kv_list(
         &self,
         p: &Principal,
@@ -147,7 +175,7 @@ impl Storage {
         prefix: &str,
         cursor: &str,
         limit: i64,
-    ) -> Result<(Vec<KvRow>, Option<String>)> {
+    ) -> Result<KvPage> {
         let bucket = self
             .bucket_for(p, bucket, Some(Surface::Kv), Access::Read)
             .await?;
@@ -172,6 +200,15 @@ impl Storage {
         let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
         rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let next = more.then(|| rows.last().map(|r| r.key.clone())).flatten();
-        Ok((rows, next))
+        if bucket.secret {
+            for row in &mut rows {
+                row.value.clear();
+            }
+        }
+        Ok(KvPage {
+            rows,
+            next,
+            withheld: bucket.secret,
+        })
     }
 }

@@ -4,6 +4,7 @@
 
 mod access;
 mod kv;
+mod secrets;
 mod serving;
 mod sites;
 
@@ -13,6 +14,8 @@ use lattice_core::audit::{Actor, AuditSink, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
 
+pub use self::kv::KvPage;
+pub use self::secrets::{PolicyGate, SecretPolicy, SecretReader, Secrets};
 pub use self::serving::Resolution;
 pub use self::sites::NewFile;
 use crate::blobs::Blobs;
@@ -46,6 +49,7 @@ pub struct Storage {
     cache: Cache,
     audit: Arc<dyn AuditSink>,
     limits: Limits,
+    secrets: Secrets,
     /// sha256(storage token secret) -> its grant. Short-lived; revocations evict.
     grants: moka::sync::Cache<String, Arc<lattice_proto::storage::v1::StorageGrant>>,
 }
@@ -86,8 +90,9 @@ fn require_scope(p: &Principal, surface: Surface, level: Access) -> Result<()> {
 }
 
 impl Storage {
-    /// Build over a migrated store and a blob store.
-    pub fn new(store: Store, blobs: Blobs, cache: Cache, limits: Limits) -> Self {
+    /// Build over a migrated store and a blob store; `secrets` seals the values of
+    /// secret buckets and decides who reads them.
+    pub fn new(store: Store, blobs: Blobs, cache: Cache, limits: Limits, secrets: Secrets) -> Self {
         let audit = Arc::new(lattice_core::audit::TableAudit::new(
             store.db().clone(),
             "storage_audit",
@@ -98,6 +103,7 @@ impl Storage {
             cache,
             audit,
             limits,
+            secrets,
             grants: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(10))
@@ -196,11 +202,15 @@ impl Storage {
     /// Create a bucket (`kv:admin` / `static:admin`).
     pub async fn create_bucket(&self, ctx: &RequestContext, new: NewBucket) -> Result<BucketRow> {
         let p = &ctx.principal;
-        let NewBucket { name, surface } = new;
+        let NewBucket {
+            name,
+            surface,
+            secret,
+        } = new;
         require_scope(p, surface, Access::Admin)?;
         let row = match self
             .store
-            .insert_bucket(&p.org_id, name.as_str(), surface.as_str())
+            .insert_bucket(&p.org_id, name.as_str(), surface.as_str(), secret)
             .await
         {
             Ok(r) => r,
@@ -216,7 +226,7 @@ impl Storage {
             Actor::of(ctx),
             "bucket.create",
             &row.id,
-            serde_json::json!({"name": row.name, "surface": row.surface}),
+            serde_json::json!({"name": row.name, "surface": row.surface, "secret": row.secret}),
         )
         .await;
         Ok(row)

@@ -13,7 +13,7 @@ use lattice_core::time::now_ms;
 
 use lattice_proto::storage::v1::{self as pb, Access, StorageGrant, Surface};
 
-use super::{Result, Storage, require_service};
+use super::{Result, SecretReader, Storage, require_service};
 use crate::error::StorageError;
 use crate::input::HostKvWrite;
 use crate::model::HostName;
@@ -39,6 +39,7 @@ pub(super) fn grant_of(t: &TokenRow) -> StorageGrant {
         org_id: t.org_id.clone(),
         buckets: t.buckets.clone(),
         expires_at_ms: t.expires_at_ms,
+        name: t.name.clone(),
         surface: pb::Surface::from_name(&t.surface)
             .unwrap_or(pb::Surface::Unspecified)
             .into(),
@@ -225,20 +226,28 @@ impl Storage {
             surface: binding.surface,
             active_deployment_id: binding.active_deployment_id,
             created_at_ms: binding.created_at_ms,
+            secret: binding.secret,
         };
         Ok((bucket, grant))
     }
 
-    /// Read a key through a host binding with a storage token.
+    /// Read a key through a host binding with a storage token; in a secret bucket,
+    /// as `Lattice::Service::"token:<its name>"` asking `AccessSecret`.
     pub async fn host_kv_get(
         &self,
-        p: &Principal,
+        ctx: &RequestContext,
         host: &str,
         secret: &str,
         key: &str,
     ) -> Result<KvRow> {
-        let (bucket, _) = self.host_kv_bucket(p, host, secret, Access::Read).await?;
-        self.kv_get_in(&bucket, key).await
+        let (bucket, grant) = self
+            .host_kv_bucket(&ctx.principal, host, secret, Access::Read)
+            .await?;
+        let reader = SecretReader::StorageToken {
+            name: &grant.name,
+            org: &grant.org_id,
+        };
+        self.kv_get_in(ctx, reader, &bucket, key).await
     }
 
     /// Write a key through a host binding with a storage token.

@@ -1,0 +1,1 @@
+ALTER TABLE storage_buckets ADD COLUMN secret BIGINT NOT NULL DEFAULT 0;
