@@ -8,6 +8,9 @@
 //! other two scopes match, and asks Cedar about each survivor alone. Cedar's answer
 //! is the same as over the whole set (a statement whose scope does not match is never
 //! satisfied), which `tests::indexed_and_unindexed_agree` checks on random requests.
+//! Before Cedar is asked, a survivor's [guards](crate::guard) (`context.port == 22`,
+//! `resource.getTag("env") == "prod"`, ...) are checked against the request: a
+//! statement whose guard fails cannot be satisfied and is not evaluated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr as _;
@@ -19,6 +22,7 @@ use cedar_policy::{
     ResourceConstraint, RestrictedExpression,
 };
 
+use crate::guard::{Fact, Facts, Guard, Seen, guards_of};
 use crate::model::{PolicyDoc, doc_of};
 
 /// Who asks.
@@ -342,22 +346,166 @@ impl Query {
     }
 }
 
+impl Facts for Query {
+    fn fact(&self, fact: &Fact) -> Option<Seen<'_>> {
+        match fact {
+            Fact::Context(name) => match (&self.action, name.as_str()) {
+                (Action::AccessNode { port, .. }, "port") => Some(Seen::Long(i64::from(*port))),
+                (Action::AccessNode { protocol, .. }, "protocol") => {
+                    Some(Seen::Str(protocol.as_str()))
+                }
+                (Action::RunTask { kind }, "kind") => Some(Seen::Str(kind)),
+                _ => None,
+            },
+            // The attributes `Resource::entity` gives each kind of resource.
+            Fact::Resource(name) => match (&self.resource, name.as_str()) {
+                (Resource::Node { name, .. }, "name") => Some(Seen::Str(name)),
+                (Resource::Node { org, .. }, "org") => Some(Seen::Str(org)),
+                (Resource::SecretPath { bucket, key }, "path") => Some(Seen::Path(bucket, key)),
+                (Resource::SecretPath { bucket, .. }, "bucket") => Some(Seen::Str(bucket)),
+                (Resource::SecretPath { key, .. }, "key") => Some(Seen::Str(key)),
+                (Resource::Plan { kind, .. }, "kind") => Some(Seen::Str(kind)),
+                (Resource::Plan { node, .. }, "node") => Some(Seen::Str(node)),
+                (Resource::Plan { author, .. }, "author") => Some(Seen::Str(author)),
+                (Resource::Cluster { name }, "name") => Some(Seen::Str(name)),
+                _ => None,
+            },
+            Fact::Tag(tag) => match &self.resource {
+                Resource::Node { labels, .. } => labels.get(tag).map(|v| Seen::Str(v)),
+                _ => None,
+            },
+        }
+    }
+
+    fn has_tag(&self, name: &str) -> bool {
+        matches!(&self.resource, Resource::Node { labels, .. } if labels.contains_key(name))
+    }
+}
+
+/// The entity types of the schema, as the index files them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    User,
+    Group,
+    Node,
+    Cluster,
+    Service,
+    SecretPath,
+    Plan,
+    Action,
+}
+
+const KINDS: usize = 8;
+
+impl Kind {
+    /// The schema type `t` names (None: a type outside the schema).
+    fn of(t: &EntityTypeName) -> Option<Self> {
+        Some(match t.to_string().strip_prefix("Lattice::")? {
+            "User" => Self::User,
+            "Group" => Self::Group,
+            "Node" => Self::Node,
+            "Cluster" => Self::Cluster,
+            "Service" => Self::Service,
+            "SecretPath" => Self::SecretPath,
+            "Plan" => Self::Plan,
+            "Action" => Self::Action,
+            _ => return None,
+        })
+    }
+}
+
+/// Every entity a statement's scope names, as a small number.
+#[derive(Debug, Default)]
+struct Interned {
+    ids: [HashMap<String, u32>; KINDS],
+    next: u32,
+}
+
+impl Interned {
+    fn intern(&mut self, u: &EntityUid) -> Option<u32> {
+        let kind = Kind::of(u.type_name())?;
+        let next = &mut self.next;
+        Some(
+            *self.ids[kind as usize]
+                .entry(u.id().unescaped().to_owned())
+                .or_insert_with(|| {
+                    *next += 1;
+                    *next
+                }),
+        )
+    }
+
+    fn get(&self, kind: Kind, id: &str) -> Option<u32> {
+        self.ids[kind as usize].get(id).copied()
+    }
+}
+
+/// An entity of a request, as the index sees it.
+#[derive(Debug)]
+struct Who {
+    kind: Kind,
+    /// Its number, None when no statement names it.
+    id: Option<u32>,
+    /// The numbers of its ancestors that statements name (a user's groups).
+    up: Vec<u32>,
+}
+
 /// A scope: what one dimension of a statement's head names.
 #[derive(Debug, Clone)]
 enum Scope {
     Any,
     /// `==` this entity.
-    Eq(EntityUid),
+    Eq(u32),
     /// `in` this entity (or is it).
-    In(EntityUid),
+    In(u32),
     /// `is` this type.
-    Is(EntityTypeName),
+    Is(Kind),
     /// `is` this type `in` this entity.
-    IsIn(EntityTypeName, EntityUid),
+    IsIn(Kind, u32),
+    /// Names a type outside the schema: matches nothing (validation refuses it).
+    Never,
 }
 
 impl Scope {
-    fn of_principal(c: PrincipalConstraint) -> Self {
+    fn new(c: Constraint, names: &mut Interned) -> Self {
+        let kind = |t: &EntityTypeName| Kind::of(t);
+        let built = match c {
+            Constraint::Any => Some(Self::Any),
+            Constraint::Eq(u) => names.intern(&u).map(Self::Eq),
+            Constraint::In(u) => names.intern(&u).map(Self::In),
+            Constraint::Is(t) => kind(&t).map(Self::Is),
+            Constraint::IsIn(t, u) => kind(&t)
+                .zip(names.intern(&u))
+                .map(|(k, u)| Self::IsIn(k, u)),
+        };
+        built.unwrap_or(Self::Never)
+    }
+
+    /// Whether `who` is in this scope.
+    fn matches(&self, who: &Who) -> bool {
+        let is_or_in = |u: u32| who.id == Some(u) || who.up.contains(&u);
+        match *self {
+            Self::Any => true,
+            Self::Eq(u) => who.id == Some(u),
+            Self::In(u) => is_or_in(u),
+            Self::Is(k) => k == who.kind,
+            Self::IsIn(k, u) => k == who.kind && is_or_in(u),
+            Self::Never => false,
+        }
+    }
+}
+
+/// A principal or resource constraint, whichever it was.
+enum Constraint {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    Is(EntityTypeName),
+    IsIn(EntityTypeName, EntityUid),
+}
+
+impl From<PrincipalConstraint> for Constraint {
+    fn from(c: PrincipalConstraint) -> Self {
         match c {
             PrincipalConstraint::Any => Self::Any,
             PrincipalConstraint::Eq(u) => Self::Eq(u),
@@ -366,8 +514,10 @@ impl Scope {
             PrincipalConstraint::IsIn(t, u) => Self::IsIn(t, u),
         }
     }
+}
 
-    fn of_resource(c: ResourceConstraint) -> Self {
+impl From<ResourceConstraint> for Constraint {
+    fn from(c: ResourceConstraint) -> Self {
         match c {
             ResourceConstraint::Any => Self::Any,
             ResourceConstraint::Eq(u) => Self::Eq(u),
@@ -376,48 +526,39 @@ impl Scope {
             ResourceConstraint::IsIn(t, u) => Self::IsIn(t, u),
         }
     }
-
-    /// Whether an entity `me` with ancestors `up` is in this scope.
-    fn matches(&self, me: &EntityUid, up: &[EntityUid]) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Eq(u) => u == me,
-            Self::In(u) => u == me || up.contains(u),
-            Self::Is(t) => t == me.type_name(),
-            Self::IsIn(t, u) => t == me.type_name() && (u == me || up.contains(u)),
-        }
-    }
 }
 
-/// Statements filed by the entities one dimension of their scope names.
+/// Statements filed by the entities one dimension of their scope names. Each
+/// statement is filed once per dimension.
 #[derive(Debug, Default)]
 struct Dimension {
     any: Vec<usize>,
-    by_uid: HashMap<EntityUid, Vec<usize>>,
-    by_type: HashMap<EntityTypeName, Vec<usize>>,
+    by_id: HashMap<u32, Vec<usize>>,
+    by_kind: [Vec<usize>; KINDS],
 }
 
 impl Dimension {
     fn file(&mut self, scope: &Scope, i: usize) {
-        match scope {
+        match *scope {
             Scope::Any => self.any.push(i),
             Scope::Eq(u) | Scope::In(u) | Scope::IsIn(_, u) => {
-                self.by_uid.entry(u.clone()).or_default().push(i)
+                self.by_id.entry(u).or_default().push(i)
             }
-            Scope::Is(t) => self.by_type.entry(t.clone()).or_default().push(i),
+            Scope::Is(k) => self.by_kind[k as usize].push(i),
+            Scope::Never => {}
         }
     }
 
-    /// The buckets that may hold statements matching `me` (with ancestors `up`).
-    fn buckets<'a>(&'a self, me: &EntityUid, up: &[EntityUid]) -> Vec<&'a [usize]> {
-        let mut out = vec![self.any.as_slice()];
-        for u in std::iter::once(me).chain(up) {
-            if let Some(b) = self.by_uid.get(u) {
+    /// The buckets that may hold statements matching `who` (none twice).
+    fn buckets<'a>(&'a self, who: &Who) -> Vec<&'a [usize]> {
+        let mut out = vec![
+            self.any.as_slice(),
+            self.by_kind[who.kind as usize].as_slice(),
+        ];
+        for u in who.id.iter().chain(&who.up) {
+            if let Some(b) = self.by_id.get(u) {
                 out.push(b);
             }
-        }
-        if let Some(b) = self.by_type.get(me.type_name()) {
-            out.push(b);
         }
         out
     }
@@ -432,8 +573,13 @@ struct Statement {
     alone: PolicySet,
     principal: Scope,
     /// The actions it names (None: any).
-    actions: Option<Vec<EntityUid>>,
+    actions: Option<Vec<u32>>,
     resource: Scope,
+    /// What its `when` clauses require of a request.
+    guards: Vec<Guard>,
+    /// Its scope and guards are its whole condition: satisfied exactly when they
+    /// hold, so Cedar need not evaluate it.
+    exact: bool,
 }
 
 #[derive(Debug)]
@@ -447,9 +593,10 @@ struct Doc {
 pub struct Engine {
     docs: Vec<Doc>,
     statements: Vec<Statement>,
+    names: Interned,
     principals: Dimension,
     actions_any: Vec<usize>,
-    actions: HashMap<EntityUid, Vec<usize>>,
+    actions: HashMap<u32, Vec<usize>>,
     resources: Dimension,
     /// Every statement in one set, for the unindexed answer.
     whole: PolicySet,
@@ -472,31 +619,37 @@ impl Engine {
             });
             for policy in statements {
                 let i = engine.statements.len();
-                let principal = Scope::of_principal(policy.principal_constraint());
-                let resource = Scope::of_resource(policy.resource_constraint());
+                let principal = Scope::new(policy.principal_constraint().into(), &mut engine.names);
+                let resource = Scope::new(policy.resource_constraint().into(), &mut engine.names);
                 let actions = match policy.action_constraint() {
                     ActionConstraint::Any => None,
                     ActionConstraint::Eq(a) => Some(vec![a]),
-                    ActionConstraint::In(mut list) => {
-                        list.sort_by_key(ToString::to_string);
-                        list.dedup();
-                        Some(list)
-                    }
-                };
+                    ActionConstraint::In(list) => Some(list),
+                }
+                .map(|list| {
+                    let mut ids: Vec<u32> =
+                        list.iter().filter_map(|a| engine.names.intern(a)).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
+                });
                 engine.principals.file(&principal, i);
                 engine.resources.file(&resource, i);
                 match &actions {
                     None => engine.actions_any.push(i),
-                    Some(list) => {
-                        for a in list {
-                            engine.actions.entry(a.clone()).or_default().push(i);
+                    Some(ids) => {
+                        for a in ids {
+                            engine.actions.entry(*a).or_default().push(i);
                         }
                     }
                 }
                 let _ = engine.whole.add(policy.clone());
+                let (guards, exact) = guards_of(&policy);
                 engine.statements.push(Statement {
                     doc: d,
                     effect: policy.effect(),
+                    guards,
+                    exact,
                     alone: PolicySet::from_policies([policy]).expect("one policy"),
                     principal,
                     actions,
@@ -521,39 +674,84 @@ impl Engine {
         self.docs[doc].expires_at_ms.is_none_or(|at| now_ms < at)
     }
 
-    /// The statements whose scope matches `q`, in evaluation order.
+    /// The request's principal, action and resource as the index knows them.
+    fn asked(&self, q: &Query) -> (Who, Option<u32>, Who) {
+        let names = &self.names;
+        let principal = match &q.principal {
+            Principal::User { name, groups, .. } => {
+                let mut up: Vec<u32> = groups
+                    .iter()
+                    .filter_map(|g| names.get(Kind::Group, g))
+                    .collect();
+                up.sort_unstable();
+                up.dedup();
+                Who {
+                    kind: Kind::User,
+                    id: names.get(Kind::User, name),
+                    up,
+                }
+            }
+            Principal::Service { kind, name, .. } => Who {
+                kind: Kind::Service,
+                id: names.get(Kind::Service, &service_id(kind, name)),
+                up: Vec::new(),
+            },
+        };
+        let (kind, id) = match &q.resource {
+            Resource::Node { id, .. } => (Kind::Node, names.get(Kind::Node, id)),
+            Resource::SecretPath { bucket, key } => (
+                Kind::SecretPath,
+                names.get(Kind::SecretPath, &format!("{bucket}/{key}")),
+            ),
+            Resource::Plan { id, .. } => (Kind::Plan, names.get(Kind::Plan, id)),
+            Resource::Cluster { name } => (Kind::Cluster, names.get(Kind::Cluster, name)),
+        };
+        let resource = Who {
+            kind,
+            id,
+            up: Vec::new(),
+        };
+        (
+            principal,
+            names.get(Kind::Action, q.action.name()),
+            resource,
+        )
+    }
+
+    /// The statements whose scope matches `q` and that are live, in no particular
+    /// order.
     fn candidates(&self, q: &Query, now_ms: i64) -> Vec<usize> {
-        let (p, pu) = (q.principal.uid(), q.principal.ancestors());
-        let r = q.resource.uid();
-        let a = q.action.uid();
-        let by_p = self.principals.buckets(&p, &pu);
-        let by_r = self.resources.buckets(&r, &[]);
+        let (p, a, r) = self.asked(q);
+        let by_p = self.principals.buckets(&p);
+        let by_r = self.resources.buckets(&r);
         let by_a: Vec<&[usize]> = vec![
             self.actions_any.as_slice(),
-            self.actions.get(&a).map_or(&[][..], Vec::as_slice),
+            a.and_then(|a| self.actions.get(&a))
+                .map_or(&[][..], Vec::as_slice),
         ];
         let size = |b: &[&[usize]]| b.iter().map(|x| x.len()).sum::<usize>();
         let smallest = [by_p, by_r, by_a]
             .into_iter()
             .min_by_key(|b| size(b))
             .expect("three dimensions");
-        let mut out: Vec<usize> = smallest
+        smallest
             .iter()
             .flat_map(|b| b.iter().copied())
             .filter(|&i| {
                 let s = &self.statements[i];
-                s.principal.matches(&p, &pu)
-                    && s.resource.matches(&r, &[])
-                    && s.actions.as_ref().is_none_or(|l| l.contains(&a))
+                s.principal.matches(&p)
+                    && s.resource.matches(&r)
+                    && s.actions
+                        .as_ref()
+                        .is_none_or(|ids| a.is_some_and(|a| ids.binary_search(&a).is_ok()))
                     && self.live(s.doc, now_ms)
             })
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+            .collect()
     }
 
-    /// Decide `q` evaluating only the statements that can apply.
+    /// Decide `q` evaluating only the statements that can apply: those whose scope
+    /// matches and whose guards hold; Cedar evaluates the ones whose condition is
+    /// more than their guards.
     pub fn decide(&self, q: &Query, now_ms: i64) -> Decision {
         let candidates = self.candidates(q, now_ms);
         if candidates.is_empty() {
@@ -564,16 +762,22 @@ impl Engine {
                 errors: Vec::new(),
             };
         }
-        let (request, entities) = q.cedar();
+        let mut cedar = None;
         let authorizer = Authorizer::new();
         let (mut forbids, mut permits, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         for &i in &candidates {
             let s = &self.statements[i];
-            let answer = authorizer.is_authorized(&request, &s.alone, &entities);
-            let satisfied = answer.diagnostics().reason().next().is_some();
-            for e in answer.diagnostics().errors() {
-                errors.push(format!("{}: {e}", self.docs[s.doc].name));
+            if !s.guards.iter().all(|g| g.holds(q)) {
+                continue;
             }
+            let satisfied = s.exact || {
+                let (request, entities) = cedar.get_or_insert_with(|| q.cedar());
+                let answer = authorizer.is_authorized(request, &s.alone, entities);
+                for e in answer.diagnostics().errors() {
+                    errors.push(format!("{}: {e}", self.docs[s.doc].name));
+                }
+                answer.diagnostics().reason().next().is_some()
+            };
             if satisfied {
                 match s.effect {
                     Effect::Forbid => forbids.push(s.doc),
@@ -828,7 +1032,7 @@ mod tests {
             } else {
                 "permit"
             };
-            match self.rng.random_range(0..9) {
+            match self.rng.random_range(0..14) {
                 0 => format!(
                     r#"{effect}(principal == Lattice::User::"{u}", action == Lattice::Action::"AccessNode", resource == Lattice::Node::"{n}") when {{ context.port == {port} }};"#
                 ),
@@ -856,8 +1060,27 @@ mod tests {
                 7 => format!(
                     r#"{effect}(principal is Lattice::User in Lattice::Group::"{g}", action, resource == Lattice::Node::"{n}");"#
                 ),
-                _ => format!(
+                8 => format!(
                     r#"{effect}(principal in Lattice::Group::"{g}", action == Lattice::Action::"AccessNode", resource) when {{ context.protocol == "tcp" }};"#
+                ),
+                // Shapes the guards read, and some they must leave to Cedar.
+                9 => format!(
+                    r#"{effect}(principal, action == Lattice::Action::"AccessNode", resource) when {{ [{port}, 443].contains(context.port) && resource.hasTag("env") && "{env}" == resource.getTag("env") }};"#
+                ),
+                10 => format!(
+                    r#"{effect}(principal, action, resource) when {{ context has port && context.port == {port} }} unless {{ context.protocol == "http" }};"#
+                ),
+                11 => format!(
+                    r#"{effect}(principal == Lattice::User::"{u}", action, resource) when {{ (context has port && context.port == {port}) || (resource has name && resource.name == "name-{n}") }};"#
+                ),
+                12 => format!(
+                    r#"{effect}(principal, action == Lattice::Action::"AccessSecret", resource) when {{ resource.path == "b{}/k{}" && resource.key == "k{}" }};"#,
+                    self.rng.random_range(0..4),
+                    self.rng.random_range(0..6),
+                    self.rng.random_range(0..6)
+                ),
+                _ => format!(
+                    r#"{effect}(principal, action, resource is Lattice::Node) when {{ resource.hasTag("env") && resource.org == "org-1" && !(context has kind && context.kind == "{kind}") }};"#
                 ),
             }
         }

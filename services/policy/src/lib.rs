@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod groups;
 pub mod grpc;
+pub mod guard;
 pub mod model;
 pub mod nodes;
 pub mod service;
