@@ -91,6 +91,29 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether the action applies to `resource` (the schema's `appliesTo`).
+    pub fn applies_to(&self, resource: &Resource) -> bool {
+        matches!(
+            (self, resource),
+            (
+                Self::AccessNode { .. } | Self::RunTask { .. },
+                Resource::Node { .. }
+            ) | (Self::AccessSecret, Resource::SecretPath { .. })
+                | (Self::ApprovePlan, Resource::Plan { .. })
+                | (Self::AccessCluster, Resource::Cluster { .. })
+        )
+    }
+
+    /// The kind of resource it applies to, as Cedar names it.
+    pub fn resource_type(&self) -> &'static str {
+        match self {
+            Self::AccessNode { .. } | Self::RunTask { .. } => "Node",
+            Self::AccessSecret => "SecretPath",
+            Self::ApprovePlan => "Plan",
+            Self::AccessCluster => "Cluster",
+        }
+    }
+
     /// The action's Cedar id (`AccessNode`, ...).
     pub fn name(&self) -> &'static str {
         match self {

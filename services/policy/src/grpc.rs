@@ -158,16 +158,7 @@ impl TryFrom<pb::AuthorizeRequest> for AuthorizeInput {
                 ));
             }
         };
-        let fits = matches!(
-            (&action, &resource),
-            (
-                Action::AccessNode { .. } | Action::RunTask { .. },
-                Resource::Node { .. }
-            ) | (Action::AccessSecret, Resource::SecretPath { .. })
-                | (Action::ApprovePlan, Resource::Plan { .. })
-                | (Action::AccessCluster, Resource::Cluster { .. })
-        );
-        if !fits {
+        if !action.applies_to(&resource) {
             return Err(bad("resource: not one this action applies to"));
         }
         if matches!(subject, Subject::Service { .. }) && action != Action::AccessSecret {

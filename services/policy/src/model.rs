@@ -161,7 +161,7 @@ fn problems(text: &str, errors: &cedar_policy::ParseErrors) -> Vec<Problem> {
 
 /// A Cedar diagnostic as a problem, its first label's offset as line and column.
 fn problem(text: &str, e: &(impl Diagnostic + std::fmt::Display)) -> Problem {
-    let mut message = e.to_string();
+    let mut message = numbered(e.to_string());
     if let Some(help) = e.help() {
         message = format!("{message} ({help})");
     }
@@ -180,6 +180,21 @@ fn problem(text: &str, e: &(impl Diagnostic + std::fmt::Display)) -> Problem {
         message,
         line,
         column,
+    }
+}
+
+/// Cedar names statements by its parser's ids (`for policy `policy0`, ...`), which
+/// the author never wrote: say `statement 1: ...` instead.
+fn numbered(message: String) -> String {
+    let Some(rest) = message.strip_prefix("for policy `policy") else {
+        return message;
+    };
+    match rest.split_once("`, ") {
+        Some((n, tail)) => match n.parse::<usize>() {
+            Ok(n) => format!("statement {}: {tail}", n + 1),
+            Err(_) => message,
+        },
+        None => message,
     }
 }
 
@@ -229,6 +244,18 @@ mod tests {
             rest = &body[end + 3..];
         }
         assert!(blocks >= 8, "found {blocks} cedar blocks in docs/policy.md");
+    }
+
+    #[test]
+    fn problems_name_the_statement_not_the_parser_id() {
+        let err = compile(
+            "p",
+            "permit(principal, action, resource);\npermit(principal, action == Lattice::Action::\"RunTask\", resource) when { context.port == 1 };",
+        )
+        .unwrap_err();
+        assert!(err[0].message.starts_with("statement 2: "), "{err:?}");
+        assert!(!err[0].message.contains("policy1"), "{err:?}");
+        assert_eq!(numbered("other text".into()), "other text");
     }
 
     #[test]

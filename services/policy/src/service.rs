@@ -543,7 +543,23 @@ impl Policies {
                 )));
             }
         };
-        let resource = match entity("resource", &input.resource)? {
+        if matches!(principal, Principal::Service { .. }) && action != Action::AccessSecret {
+            return Err(bad(format!(
+                "principal: a Service only reads secrets (AccessSecret), it is never asked {}",
+                action.name()
+            )));
+        }
+        let (ty, id) = entity("resource", &input.resource)?;
+        if ty != action.resource_type()
+            && ["Node", "SecretPath", "Plan", "Cluster"].contains(&ty.as_str())
+        {
+            return Err(bad(format!(
+                "resource: {} applies to a {}, not to a {ty}",
+                action.name(),
+                action.resource_type(),
+            )));
+        }
+        let resource = match (ty, id) {
             (ty, id) if ty == "Node" => {
                 let (name, labels) = self.nodes.node(ctx, &id).await?;
                 Resource::Node {

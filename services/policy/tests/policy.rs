@@ -608,6 +608,27 @@ async fn explain_answers_with_the_deciding_and_considered_policies(backend: Back
             },
             "context.port",
         ),
+        // An action asked about a resource it does not apply to.
+        (
+            ExplainInput {
+                action: "AccessNode".into(),
+                context: serde_json::json!({"port": 22}).as_object().unwrap().clone(),
+                ..ask(
+                    r#"Lattice::User::"alice""#,
+                    r#"Lattice::SecretPath::"app/db""#,
+                )
+            },
+            "AccessNode applies to a Node, not to a SecretPath",
+        ),
+        // A service asked about anything but reading a secret.
+        (
+            ExplainInput {
+                action: "AccessNode".into(),
+                context: serde_json::json!({"port": 22}).as_object().unwrap().clone(),
+                ..ask(r#"Lattice::Service::"token:app""#, r#"Lattice::Node::"n1""#)
+            },
+            "only reads secrets",
+        ),
     ] {
         let err = e.policies.explain(&reader, input).await.unwrap_err();
         assert!(
