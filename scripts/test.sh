@@ -330,6 +330,18 @@ else
     unset LATTICE_TEST_REDIS_URL
 fi
 
+# ---------------------------------------------------------------- tools
+# The reviewed-change tests load real nftables rulesets, only inside a network
+# namespace each test creates (`unshare -rn`), never into the host's own tables.
+if ! command -v nft >/dev/null 2>&1; then
+    if ! apt_install nftables; then
+        if is_ci; then
+            die "nft is missing and cannot be installed (CI=true: the firewall tests need it)"
+        fi
+        warn "nft is missing: the firewall tests against the real nft will be skipped"
+    fi
+fi
+
 if [[ "${LATTICE_TEST_SETUP_ONLY:-}" == "1" ]]; then
     log "LATTICE_TEST_SETUP_ONLY=1: backends ready, skipping cargo"
     for v in "${EXPORTS[@]}"; do

@@ -7,6 +7,7 @@
 //! the policies per org, `service` is the domain (scopes, audit, the bus), `grpc`
 //! the adapter.
 
+pub mod changes;
 pub mod engine;
 pub mod error;
 pub mod groups;
