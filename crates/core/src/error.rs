@@ -29,6 +29,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The thing already exists or the request conflicts with current state (409).
     Conflict,
+    /// A reviewed plan no longer matches its nodes or intent (409): render again.
+    PlanStale,
     /// A condition the client stated (If-Match and friends) does not hold (412).
     PreconditionFailed,
     /// The request body or a value is larger than allowed (413).
@@ -47,13 +49,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Conflict,
+        Self::PlanStale,
         Self::PreconditionFailed,
         Self::PayloadTooLarge,
         Self::Unprocessable,
@@ -72,6 +75,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::PlanStale => "plan_stale",
             Self::PreconditionFailed => "precondition_failed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
@@ -91,7 +95,7 @@ impl ErrorCode {
             Self::PermissionDenied => S::FORBIDDEN,
             Self::NotFound => S::NOT_FOUND,
             Self::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            Self::Conflict => S::CONFLICT,
+            Self::Conflict | Self::PlanStale => S::CONFLICT,
             Self::PreconditionFailed => S::PRECONDITION_FAILED,
             Self::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Self::Unprocessable => S::UNPROCESSABLE_ENTITY,
@@ -112,6 +116,7 @@ impl ErrorCode {
             Self::NotFound => C::NotFound,
             Self::MethodNotAllowed => C::Unimplemented,
             Self::Conflict => C::AlreadyExists,
+            Self::PlanStale => C::FailedPrecondition,
             Self::PreconditionFailed => C::FailedPrecondition,
             Self::PayloadTooLarge => C::OutOfRange,
             Self::RateLimited => C::ResourceExhausted,

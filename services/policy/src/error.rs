@@ -21,9 +21,12 @@ pub enum PolicyError {
     /// Not found in the caller's org.
     #[error("{0} not found")]
     NotFound(String),
-    /// The name is taken.
+    /// The name is taken, or the state does not allow it.
     #[error("{0}")]
     Conflict(String),
+    /// A plan no longer matches its nodes or intent.
+    #[error("{0}")]
+    Stale(String),
     /// A service this one needs is unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -40,6 +43,7 @@ impl CodedError for PolicyError {
             Self::MissingScope(_) | Self::Forbidden(_) => ErrorCode::PermissionDenied,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Stale(_) => ErrorCode::PlanStale,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,

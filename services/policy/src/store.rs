@@ -7,15 +7,24 @@ use sha2::{Digest as _, Sha256};
 use crate::model::PolicyDoc;
 
 const SCHEMA: &str = include_str!("migrations/0001_policies.sql");
+const CHANGES: &str = include_str!("migrations/0002_changes.sql");
 
 /// The policy service's migrations.
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 1] = [Migration {
-        version: 1,
-        name: "policies",
-        sqlite: SCHEMA,
-        postgres: SCHEMA,
-    }];
+    static SET: [Migration; 2] = [
+        Migration {
+            version: 1,
+            name: "policies",
+            sqlite: SCHEMA,
+            postgres: SCHEMA,
+        },
+        Migration {
+            version: 2,
+            name: "reviewed changes: intents, plans, targets, org settings",
+            sqlite: CHANGES,
+            postgres: CHANGES,
+        },
+    ];
     MigrationSet {
         component: "policy",
         migrations: &SET,

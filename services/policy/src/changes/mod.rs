@@ -7,6 +7,8 @@
 //! base always give the same bytes and the same hash.
 
 pub mod firewall;
+pub mod service;
+pub mod store;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
