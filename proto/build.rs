@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lattice/tunnel/v1/tunnel.proto",
         "lattice/events/v1/events.proto",
         "lattice/policy/v1/policy.proto",
+        "lattice/policy/v1/changes.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -17,8 +17,8 @@ pub struct KindSpec {
     pub default_max_attempts: i64,
 }
 
-/// Every kind this version ships. The apply kinds (nftables, DNS, proxy-core,
-/// agent update) join with the policy service.
+/// Every kind this version ships. DNS, proxy-core and agent-update applies join
+/// with their intents.
 pub const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "facts.refresh",
@@ -32,10 +32,20 @@ pub const KINDS: &[KindSpec] = &[
         exclusive: true,
         default_max_attempts: 3,
     },
+    // An approved plan's nftables table (queued by the policy service only).
+    KindSpec {
+        name: "firewall.apply",
+        capability: Some("firewall"),
+        exclusive: true,
+        default_max_attempts: 1,
+    },
 ];
 
+/// The kinds only an approved plan queues (through the policy service).
+pub const APPLY_KINDS: &[&str] = &["firewall.apply"];
+
 /// Every capability a node can be granted.
-pub const CAPABILITIES: &[&str] = &["exec"];
+pub const CAPABILITIES: &[&str] = &["exec", "firewall"];
 
 /// The spec of `name`.
 pub fn spec(name: &str) -> Option<&'static KindSpec> {
@@ -63,6 +73,23 @@ pub fn validate_payload(kind: &str, payload: &Value) -> Result<(), String> {
             _ => Err("payload: facts.refresh takes no payload ({})".into()),
         },
         "exec" => parse_exec(payload).map(|_| ()),
+        "firewall.apply" => {
+            let obj = payload.as_object().ok_or(
+                "payload: firewall.apply takes {\"plan\", \"hash\", \"base_hash\", \"artifact\"}",
+            )?;
+            for field in ["plan", "hash", "base_hash", "artifact"] {
+                if !obj.get(field).is_some_and(Value::is_string) {
+                    return Err(format!("payload.{field}: required, a string"));
+                }
+            }
+            if let Some(k) = obj
+                .keys()
+                .find(|k| !["plan", "hash", "base_hash", "artifact"].contains(&k.as_str()))
+            {
+                return Err(format!("payload.{k}: unknown field"));
+            }
+            Ok(())
+        }
         other => Err(format!(
             "kind: unknown task kind {other:?} (known: {})",
             KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")

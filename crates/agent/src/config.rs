@@ -23,6 +23,9 @@ pub struct AgentConfig {
     /// Log sources to follow and ship.
     #[serde(default)]
     pub logs: Vec<LogSource>,
+    /// How the `firewall` capability runs nft.
+    #[serde(default)]
+    pub firewall: crate::firewall::FirewallConfig,
 }
 
 impl AgentConfig {

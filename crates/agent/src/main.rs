@@ -2,6 +2,7 @@
 //! HTTPS and holds one gRPC stream; nothing on the node listens.
 
 mod config;
+mod firewall;
 mod host;
 mod logs;
 mod proxy;
@@ -128,7 +129,8 @@ async fn enroll(
         .to_owned();
     let channel = tls::channel(&server, join.ca_sha256.as_deref())?;
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-    let facts = tokio::task::spawn_blocking(run::facts).await?;
+    // Enrollment reports host facts only: managed artifacts follow on connect.
+    let facts = tokio::task::spawn_blocking(|| run::facts(&config::AgentConfig::default())).await?;
     let resp = client
         .enroll(pb::EnrollRequest {
             join_secret: join.secret,

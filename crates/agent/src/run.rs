@@ -20,6 +20,9 @@ use crate::{proxy, tasks};
 /// How long a server has to open the stream and welcome the agent.
 const WELCOME_WITHIN: Duration = Duration::from_secs(30);
 
+/// How often managed artifacts are looked at for changes.
+const ARTIFACTS_EVERY: Duration = Duration::from_secs(3);
+
 /// The agent's version, reported with its facts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -141,8 +144,8 @@ impl Agent {
     }
 }
 
-/// Host facts in protocol form.
-pub fn facts() -> pb::HostFacts {
+/// Host facts in protocol form, with the managed artifacts this node reports.
+pub fn facts(config: &AgentConfig) -> pb::HostFacts {
     let f = crate::host::facts();
     pb::HostFacts {
         hostname: f.hostname,
@@ -165,6 +168,7 @@ pub fn facts() -> pb::HostFacts {
         addresses: f.addresses,
         agent_version: VERSION.into(),
         boot_time_s: f.boot_time_s,
+        artifacts: crate::firewall::artifact(config).into_iter().collect(),
     }
 }
 
@@ -270,9 +274,19 @@ async fn connected(
             epoch: *epoch,
         })
         .collect();
+    let hello_facts = {
+        let config = agent.config.clone();
+        tokio::task::spawn_blocking(move || facts(&config)).await?
+    };
+    // What the server knows of the managed artifacts: changes from here are sent.
+    let reported: Option<(String, String)> = hello_facts
+        .artifacts
+        .iter()
+        .find(|a| a.name == "firewall")
+        .map(|a| (a.hash.clone(), a.error.clone()));
     let hello = pb::Hello {
         agent_version: VERSION.into(),
-        facts: Some(tokio::task::spawn_blocking(facts).await?),
+        facts: Some(hello_facts),
         capabilities: agent.config.capabilities.clone(),
         proxy_ports: agent.config.proxy_ports.clone(),
         running,
@@ -362,6 +376,35 @@ async fn connected(
             }
         });
     }
+    // Managed artifacts: looked at every few seconds, reported when one changed, so
+    // a hand edit on the node shows as drift in the next plan.
+    if !agent.config.capabilities.is_empty() {
+        let (agent, conn) = (agent.clone(), conn.clone());
+        tokio::spawn(async move {
+            let mut look = tokio::time::interval(ARTIFACTS_EVERY);
+            look.tick().await;
+            let mut last = reported;
+            loop {
+                tokio::select! {
+                    _ = conn.cancelled() => return,
+                    _ = look.tick() => {
+                        let config = agent.config.clone();
+                        let Ok(now) = tokio::task::spawn_blocking(move || crate::firewall::artifact(&config)).await else {
+                            continue;
+                        };
+                        let seen = now.as_ref().map(|a| (a.hash.clone(), a.error.clone()));
+                        if seen != last {
+                            let config = agent.config.clone();
+                            if let Ok(f) = tokio::task::spawn_blocking(move || facts(&config)).await {
+                                agent.send(pb::agent_message::Msg::Facts(f)).await;
+                            }
+                        }
+                        last = seen;
+                    }
+                }
+            }
+        });
+    }
     let inline = welcome.features.iter().any(|f| f == proxy::INLINE_BODY);
     let proxies = proxy::Streams::new(agent.clone(), conn.clone(), inline);
     loop {
@@ -407,7 +450,8 @@ async fn connected(
             }
             Msg::Proxy(frame) => proxies.handle(frame),
             Msg::RefreshFacts(_) => {
-                let f = tokio::task::spawn_blocking(facts).await?;
+                let config = agent.config.clone();
+                let f = tokio::task::spawn_blocking(move || facts(&config)).await?;
                 agent.send(pb::agent_message::Msg::Facts(f)).await;
             }
             Msg::Welcome(_) | Msg::Heartbeat(_) => {}

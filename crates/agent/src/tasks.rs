@@ -79,7 +79,9 @@ async fn execute(agent: &Agent, t: &pb::TaskAssignment) -> pb::TaskResult {
         serde_json::from_str(&t.payload_json).unwrap_or(serde_json::Value::Null);
     match spec.name {
         "facts.refresh" => {
-            let facts = match tokio::task::spawn_blocking(crate::run::facts).await {
+            let config = agent.config.clone();
+            let facts = match tokio::task::spawn_blocking(move || crate::run::facts(&config)).await
+            {
                 Ok(f) => f,
                 Err(e) => return failed(t, "internal", e.to_string(), serde_json::json!({})),
             };
@@ -95,6 +97,7 @@ async fn execute(agent: &Agent, t: &pb::TaskAssignment) -> pb::TaskResult {
             }
         }
         "exec" => exec(agent, t, &payload).await,
+        "firewall.apply" => crate::firewall::apply(agent, t).await,
         other => failed(
             t,
             "unknown_kind",

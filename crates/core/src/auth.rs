@@ -83,6 +83,13 @@ impl Principal {
         self.auth == AuthMethod::Internal
     }
 
+    /// Whether this is a service acting within one org (the policy service rolling
+    /// out an approved plan there): trusted, as every internal principal is, but
+    /// confined to that org's data by the org filter every query applies.
+    pub fn is_service_in_org(&self) -> bool {
+        self.is_service() && !self.org_id.is_empty()
+    }
+
     /// Whether the principal's scopes allow `required`.
     pub fn allows(&self, required: &str) -> bool {
         !self.is_service() && scope::allows(&self.scopes, required)

@@ -538,16 +538,60 @@ async fn start_policy(
     shared: &Shared<'_>,
     groups: Arc<lattice_policy::groups::IdentityGroups>,
     nodes: Arc<lattice_policy::nodes::TunnelNodes>,
+    tasks_service: Option<lattice_core::grpc::InternalService>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
+    use lattice_proto::policy::v1::change_service_server::ChangeServiceServer;
     use lattice_proto::policy::v1::policy_service_server::PolicyServiceServer;
     let db = open_service_db(shared.config, "policy", &lattice_policy::migration_sets()).await?;
     let policies = lattice_policy::Policies::new(
         lattice_policy::store::Store::new(db.clone()),
         shared.cache.clone(),
-        groups,
-        nodes,
+        groups.clone(),
+        nodes.clone(),
     );
+    // Reviewed changes: plans render against what the tunnel service's nodes
+    // report, approved plans go to the task queue.
+    let queue = lattice_policy::changes::links::TasksQueue::new(shared.internal.clone());
+    match tasks_service {
+        Some(ts) => {
+            let _ = queue
+                .link()
+                .set(lattice_proto::tasks::v1::task_service_client::TaskServiceClient::new(ts));
+        }
+        None => {
+            tracing::warn!("tasks.url is not set: approved plans cannot be applied until it is")
+        }
+    }
+    let changes = lattice_policy::changes::service::Changes::new(
+        lattice_policy::changes::store::ChangeStore::new(db.clone()),
+        policies.clone(),
+        nodes,
+        Arc::new(queue),
+        groups,
+        Arc::new(lattice_core::audit::TableAudit::new(
+            db.clone(),
+            "policy_audit",
+        )),
+    );
+    {
+        // Roll approved plans forward: the next wave after the canary, the end.
+        let (changes, stop) = (changes.clone(), shared.stop.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {
+                        if let Err(err) = changes.drive().await {
+                            tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "rolling out plans failed; retrying");
+                        }
+                    }
+                }
+            }
+        });
+    }
     let listener = bind(shared.config.policy.listen, "policy.listen").await?;
     let addr = listener.local_addr()?;
     {
@@ -561,7 +605,11 @@ async fn start_policy(
         lattice_policy::grpc::PolicyGrpc::new(policies),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
-    let routes = tonic::service::Routes::new(grpc);
+    let routes =
+        tonic::service::Routes::new(grpc).add_service(ChangeServiceServer::with_interceptor(
+            lattice_policy::changes::grpc::ChangeGrpc::new(changes),
+            lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+        ));
     serve_internal(
         shared,
         InternalService {
@@ -1024,7 +1072,8 @@ pub async fn start(
                     internal_channel(url, "tunnel.url", CALL_TIMEOUT)?,
                 )));
         }
-        let (addr, db, routes) = start_policy(&shared, groups, nodes, &mut tasks).await?;
+        let (addr, db, routes) =
+            start_policy(&shared, groups, nodes, tasks_service.clone(), &mut tasks).await?;
         forward_audit(&mut tasks, "policy", &db, "policy_audit");
         pools.push(("policy database", db));
         running_policy = Some(addr);

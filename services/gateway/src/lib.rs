@@ -68,6 +68,10 @@ pub struct AppState {
     pub policy: Option<
         lattice_proto::policy::v1::policy_service_client::PolicyServiceClient<InternalService>,
     >,
+    /// Reviewed changes (served beside the policy service).
+    pub changes: Option<
+        lattice_proto::policy::v1::change_service_client::ChangeServiceClient<InternalService>,
+    >,
     /// SHA-256 (hex) of the CA agents pin, when this gateway serves TLS.
     pub ca_sha256: Option<String>,
     /// gRPC health of the tasks service, for `/ready`.
@@ -184,6 +188,10 @@ impl Gateway {
                     .max_decoding_message_size(8 * 1024 * 1024)
             }),
             tunnel_channel: backends.tunnel_agents,
+            changes: backends
+                .policy
+                .clone()
+                .map(lattice_proto::policy::v1::change_service_client::ChangeServiceClient::new),
             policy: backends
                 .policy
                 .map(lattice_proto::policy::v1::policy_service_client::PolicyServiceClient::new),
@@ -320,6 +328,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/policies/validate",
             post(routes::policies::validate),
+        )
+        .route(
+            "/api/v1/intents",
+            get(routes::changes::list_intents).post(routes::changes::put_intent),
+        )
+        .route(
+            "/api/v1/intents/{name}",
+            get(routes::changes::get_intent)
+                .put(routes::changes::replace_intent)
+                .delete(routes::changes::delete_intent),
+        )
+        .route(
+            "/api/v1/intents/{name}/history",
+            get(routes::changes::intent_history),
+        )
+        .route(
+            "/api/v1/plans",
+            get(routes::changes::list_plans).post(routes::changes::create_plan),
+        )
+        .route("/api/v1/plans/{id}", get(routes::changes::get_plan))
+        .route(
+            "/api/v1/plans/{id}/approve",
+            post(routes::changes::approve_plan),
+        )
+        .route(
+            "/api/v1/plans/{id}/reject",
+            post(routes::changes::reject_plan),
+        )
+        .route(
+            "/api/v1/plans/{id}/cancel",
+            post(routes::changes::cancel_plan),
         )
         .route("/api/v1/policies/explain", post(routes::policies::explain))
         .route("/api/v1/policies/dry-run", post(routes::policies::dry_run))

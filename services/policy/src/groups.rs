@@ -43,6 +43,11 @@ impl IdentityGroups {
     pub fn link(&self) -> Arc<OnceLock<IdentityServiceClient<InternalService>>> {
         self.identity.clone()
     }
+
+    /// The internal auth calls are signed with.
+    pub fn internal(&self) -> &InternalAuth {
+        &self.internal
+    }
 }
 
 #[async_trait::async_trait]

@@ -43,6 +43,11 @@ impl TunnelNodes {
     pub fn link(&self) -> Arc<OnceLock<TunnelServiceClient<InternalService>>> {
         self.tunnel.clone()
     }
+
+    /// The internal auth calls are signed with.
+    pub fn internal(&self) -> &InternalAuth {
+        &self.internal
+    }
 }
 
 #[async_trait::async_trait]

@@ -95,7 +95,25 @@ impl Tasks {
         input: EnqueueInput,
     ) -> Result<(TaskRow, bool), TaskError> {
         let p = &ctx.principal;
-        require(p, "tasks:write")?;
+        if p.is_service_in_org() {
+            // The policy service queues the applies of approved plans; nothing else
+            // is queued by a service.
+            require_service(p, "service:policy")?;
+            if !lattice_proto::task_kinds::APPLY_KINDS.contains(&input.kind.name) {
+                return Err(TaskError::Forbidden(format!(
+                    "a service queues only reviewed applies, not {:?}",
+                    input.kind.name
+                )));
+            }
+        } else {
+            require(p, "tasks:write")?;
+            if lattice_proto::task_kinds::APPLY_KINDS.contains(&input.kind.name) {
+                return Err(TaskError::Forbidden(format!(
+                    "{} is queued only by an approved plan (POST /api/v1/plans/{{id}}/approve), never directly",
+                    input.kind.name
+                )));
+            }
+        }
         // The tunnel service owns nodes and the policy service decides who may run
         // what: both asked on every enqueue (nodes briefly cached).
         self.nodes

@@ -10,6 +10,7 @@ use lattice_core::db::{Backend, testing};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub mod agents;
 pub mod process;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";

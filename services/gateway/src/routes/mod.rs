@@ -1,6 +1,7 @@
 //! REST routes under `/api/v1`, one module per area.
 
 pub mod auth;
+pub mod changes;
 pub mod groups;
 pub mod nodes;
 pub mod policies;

@@ -7,6 +7,8 @@
 //! base always give the same bytes and the same hash.
 
 pub mod firewall;
+pub mod grpc;
+pub mod links;
 pub mod service;
 pub mod store;
 

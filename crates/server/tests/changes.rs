@@ -1,0 +1,304 @@
+//! A reviewed firewall change end to end with the real `lattice-agent` and the real
+//! `nft`: intent, plan (diffed against what the node reports), four eyes, approval
+//! of the hash, the apply on the node, drift after a hand edit, a stale plan
+//! refused, and the whole story in the audit log. The agent's nft runs inside a
+//! network namespace the test creates (`unshare -rn`, entered with `nsenter`), never
+//! on the host's own tables.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::agents::{FAST, connected_agent};
+use common::{TestServer, wait_for};
+use lattice_core::db::Backend;
+use serde_json::{Value, json};
+
+/// A network namespace of its own, held open by a sleeping process (killed on drop).
+struct Netns {
+    holder: Child,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+impl Netns {
+    /// A new namespace, or None where `unshare -rn` cannot run (CI requires it).
+    fn new() -> Option<Self> {
+        let works = Command::new("unshare")
+            .args(["-rn", "nft", "list", "ruleset"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            works || std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but `unshare -rn nft` does not run (scripts/test.sh installs nftables)"
+        );
+        if !works {
+            return None;
+        }
+        let holder = Command::new("unshare")
+            .args(["-rn", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The namespace exists once unshare has exec'd sleep.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Some(Self { holder })
+    }
+
+    /// The argv prefix that runs nft inside the namespace.
+    fn nft(&self) -> Vec<String> {
+        [
+            "nsenter",
+            "-t",
+            &self.holder.id().to_string(),
+            "-U",
+            "-n",
+            "--preserve-credentials",
+            "nft",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// Run nft in the namespace: its stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let prefix = self.nft();
+        let out = Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn intent(ports: &str, node: &str) -> Value {
+    json!({"name": "web-fw", "kind": "firewall", "selector": {"node": node},
+    "spec": {"default": "drop", "rules": [
+        {"action": "accept", "protocol": "tcp", "ports": ports, "from": "10.0.0.0/8", "comment": "ssh"}
+    ]}})
+}
+
+/// Render a plan of web-fw: (status, plan).
+async fn plan(s: &TestServer, token: &str) -> (u16, Value) {
+    s.call(
+        "POST",
+        "/api/v1/plans",
+        token,
+        Some(json!({"intent": "web-fw"})),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firewall_change_is_reviewed_applied_on_the_node_and_audited() {
+    let Some(ns) = Netns::new() else {
+        eprintln!("skipped here: `unshare -rn nft` is not available (CI requires it)");
+        return;
+    };
+    let s = TestServer::start_with(Backend::Sqlite, FAST).await;
+    let admin = s.admin_token(&["*"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "capabilities = [\"firewall\"]\n[firewall]\nnft = {:?}\nconfirm_s = 5\n",
+        ns.nft()
+    );
+    let (_agent, node) = connected_agent(&s, &admin, dir.path(), &config).await;
+    let (status, b) = s
+        .call(
+            "PATCH",
+            &format!("/api/v1/nodes/{node}"),
+            &admin,
+            Some(json!({"capabilities": ["firewall"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+
+    // A bad intent: 422 naming the field; nothing stored.
+    let mut bad = intent("22", &node);
+    bad["spec"]["rules"][0]["ports"] = json!("0");
+    let (status, b) = s.call("POST", "/api/v1/intents", &admin, Some(bad)).await;
+    assert_eq!(status, 422, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.rules[0].ports"),
+        "{b}"
+    );
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/intents",
+            &admin,
+            Some(intent("22,443", &node)),
+        )
+        .await;
+    assert_eq!((status, &b["version"]), (201, &json!(1)), "{b}");
+
+    // The plan diffs against the node's reported state: no table yet.
+    let (status, p) = plan(&s, &admin).await;
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["state"], "pending");
+    let target = &p["targets"][0];
+    assert_eq!(target["base_hash"], "none", "{p}");
+    let artifact = target["artifact"].as_str().unwrap().to_owned();
+    assert!(
+        target["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+\t\tip saddr 10.0.0.0/8 tcp dport { 22, 443 } accept comment \"ssh\"\n"),
+        "{p}"
+    );
+    let (id, hash) = (
+        p["id"].as_str().unwrap().to_owned(),
+        p["hash"].as_str().unwrap().to_owned(),
+    );
+
+    // Four eyes: with a second admin, the author cannot approve; the other can.
+    let bob = s
+        .user_token("bob", &["policy:read", "policy:approve"])
+        .await;
+    let (status, b) = s
+        .call("PUT", "/api/v1/groups/admins/members/bob", &admin, None)
+        .await;
+    assert!(status == 200 || status == 204, "{status} {b}");
+    let approve = |hash: &str| json!({ "hash": hash });
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &admin,
+            Some(approve(&hash)),
+        )
+        .await;
+    assert_eq!(status, 403, "four eyes: {b}");
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &bob,
+            Some(approve("sha256:0000")),
+        )
+        .await;
+    assert_eq!(status, 409, "another hash: {b}");
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &bob,
+            Some(approve(&hash)),
+        )
+        .await;
+    assert_eq!((status, &b["state"]), (200, &json!("applying")), "{b}");
+
+    // The agent applies it: the namespace has exactly the plan's table.
+    let applied = wait_for(
+        &s,
+        &admin,
+        &format!("/api/v1/plans/{id}"),
+        "the plan applies",
+        |b| b["state"] == "applied" || b["state"] == "halted",
+    )
+    .await;
+    assert_eq!(applied["state"], "applied", "{applied}");
+    assert_eq!(applied["targets"][0]["state"], "applied");
+    assert_eq!(applied["targets"][0]["result"]["before"], "none");
+    assert_eq!(ns.run(&["list", "table", "inet", "lattice"]), artifact);
+
+    // A hand edit on the node is drift in the next plan; a plan rendered before
+    // the edit is stale.
+    let (_, before_edit) = plan(&s, &admin).await;
+    assert_eq!(before_edit["targets"][0]["diff"], "", "nothing to change");
+    assert_eq!(before_edit["targets"][0]["drift"], false);
+    ns.run(&[
+        "add", "rule", "inet", "lattice", "input", "tcp", "dport", "9999", "accept",
+    ]);
+    let mut drift = Value::Null;
+    for _ in 0..50 {
+        let (status, p) = plan(&s, &admin).await;
+        assert_eq!(status, 201, "{p}");
+        drift = p;
+        if drift["targets"][0]["drift"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        drift["targets"][0]["diff"]
+            .as_str()
+            .is_some_and(|d| d.contains("-\t\ttcp dport 9999 accept\n")),
+        "the hand edit shows as drift: {drift}"
+    );
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!(
+                "/api/v1/plans/{}/approve",
+                before_edit["id"].as_str().unwrap()
+            ),
+            &bob,
+            Some(approve(before_edit["hash"].as_str().unwrap())),
+        )
+        .await;
+    assert_eq!(status, 409, "{b}");
+    assert_eq!(b["error"]["code"], "plan_stale", "{b}");
+
+    // No one applies a table without review: the apply kind cannot be queued
+    // directly, even with every scope.
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/tasks",
+            &admin,
+            Some(json!({"node": node, "kind": "firewall.apply", "payload": {
+                "plan": "forged", "hash": "sha256:00", "base_hash": "none", "artifact": "table inet lattice {}\n"}})),
+        )
+        .await;
+    assert_eq!(status, 403, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only by an approved plan"),
+        "{b}"
+    );
+
+    // The whole story is in the audit log.
+    let audit = wait_for(
+        &s,
+        &admin,
+        "/api/v1/audit?limit=1000",
+        "the plan's story is audited",
+        |b| {
+            let entries = b["entries"].as_array().cloned().unwrap_or_default();
+            ["intent.put", "plan.create", "plan.approve", "plan.applied"]
+                .iter()
+                .all(|a| {
+                    entries.iter().any(|e| {
+                        e["action"] == *a
+                            && e["target"]
+                                == json!(if *a == "intent.put" {
+                                    "web-fw"
+                                } else {
+                                    id.as_str()
+                                })
+                    })
+                })
+        },
+    )
+    .await;
+    assert!(audit.to_string().contains("firewall.apply"), "{audit}");
+    s.stop().await;
+}
