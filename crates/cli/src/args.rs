@@ -65,6 +65,12 @@ pub enum Command {
     /// Cedar policies: who may reach which node, run which task, read which secret.
     #[command(subcommand, visible_alias = "policies")]
     Policy(PolicyCommand),
+    /// Reviewed changes: the desired state of nodes (a firewall table).
+    #[command(subcommand, visible_alias = "intents")]
+    Intent(IntentCommand),
+    /// Plans of reviewed changes: render, show the diff, approve the hash, follow.
+    #[command(subcommand, visible_alias = "plans")]
+    Plan(PlanCommand),
     /// Two-factor authentication for your own account.
     #[command(subcommand)]
     Totp(TotpCommand),
@@ -207,6 +213,90 @@ pub enum GroupsCommand {
         name: String,
         /// Username.
         user: String,
+    },
+}
+
+/// `lattice intent ...`.
+#[derive(Debug, Subcommand)]
+pub enum IntentCommand {
+    /// List your org's intents (newest versions).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show an intent.
+    Get {
+        /// Intent name.
+        name: String,
+    },
+    /// Create an intent or store a new version of it, from a YAML or JSON file
+    /// (`name`, `kind`, `selector`, `spec`); every bad field is named.
+    Apply {
+        /// The file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
+    /// Render a plan of the intent and print its diff per node (the plan stays
+    /// pending for review: `lattice plan approve`).
+    Diff {
+        /// Intent name.
+        name: String,
+    },
+    /// Every version of an intent, newest first.
+    History {
+        /// Intent name.
+        name: String,
+    },
+    /// Delete an intent (its history stays).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Intent name.
+        name: String,
+    },
+}
+
+/// `lattice plan ...`.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Render a plan of an intent for its nodes.
+    Create {
+        /// Intent name.
+        intent: String,
+        /// Only this node of the intent's (repeat).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
+    /// The newest plans.
+    #[command(visible_alias = "ls")]
+    List,
+    /// A plan with the diff of every node (in colour on a terminal).
+    Show {
+        /// Plan id.
+        id: String,
+    },
+    /// The rollout of a plan, node by node.
+    Status {
+        /// Plan id.
+        id: String,
+    },
+    /// Approve the plan whose hash you reviewed; its rollout starts.
+    Approve {
+        /// Plan id.
+        id: String,
+        /// The hash shown by `lattice plan show`.
+        #[arg(long)]
+        hash: String,
+    },
+    /// Reject a pending plan.
+    Reject {
+        /// Plan id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Cancel a pending plan.
+    Cancel {
+        /// Plan id.
+        id: String,
     },
 }
 

@@ -554,3 +554,105 @@ fn cli_storage_hosting_end_to_end() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+/// Reviewed changes from the CLI: an intent from a YAML file, its diff (a pending
+/// plan), history, the plan shown for review, a wrong hash refused, and reject.
+#[test]
+fn cli_reviewed_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_server, url) = common::process::spawn_all_in_one(&data, "off", &[]);
+    let config = dir.path().join("cli/config.json");
+    ok(&lattice(
+        &config,
+        &["login", "--server", &url, "-u", "admin"],
+        &[("LATTICE_PASSWORD", "admin-password-1")],
+    ));
+    let me: serde_json::Value =
+        serde_json::from_str(&ok(&lattice(&config, &["whoami", "-o", "json"], &[]))).unwrap();
+    let node = "0190c3f0-0000-7000-8000-00000000c11a";
+    let db = format!("sqlite://{}", data.join("lattice.db").display());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::insert_node(
+            &db,
+            node,
+            me["org_id"].as_str().unwrap(),
+        ));
+
+    // A bad intent: every bad field named, exit 1.
+    let file = dir.path().join("web-fw.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: web-fw\nkind: firewall\nselector:\n  node: {node}\nspec:\n  default: drop\n  rules:\n    - action: accept\n      protocol: tcp\n      ports: \"0\"\n"
+        ),
+    )
+    .unwrap();
+    let out = lattice(
+        &config,
+        &["intent", "apply", "-f", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.rules[0].ports"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("ports: \"0\"", "ports: \"22,443\"\n      from: 10.0.0.0/8");
+    std::fs::write(&file, text).unwrap();
+    ok(&lattice(
+        &config,
+        &["intent", "apply", "-f", file.to_str().unwrap()],
+        &[],
+    ));
+    let history = ok(&lattice(&config, &["intent", "history", "web-fw"], &[]));
+    assert!(
+        history.contains("web-fw") && history.contains("firewall"),
+        "{history}"
+    );
+
+    // The diff renders a pending plan, printed for review (plain when piped).
+    let shown = ok(&lattice(&config, &["intent", "diff", "web-fw"], &[]));
+    assert!(
+        shown.contains("+\t\tip saddr 10.0.0.0/8 tcp dport { 22, 443 } accept")
+            && shown.contains("approve: lattice plan approve")
+            && !shown.contains('\u{1b}'),
+        "{shown}"
+    );
+    let id = shown
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("plan "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let json: serde_json::Value = serde_json::from_str(&ok(&lattice(
+        &config,
+        &["plan", "show", &id, "-o", "json"],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(json["state"], "pending");
+    let out = lattice(
+        &config,
+        &["plan", "approve", &id, "--hash", "sha256:00"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hash mismatch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&lattice(
+        &config,
+        &["plan", "reject", &id, "--reason", "not today"],
+        &[],
+    ));
+    let list = ok(&lattice(&config, &["plan", "list"], &[]));
+    assert!(list.contains(&id) && list.contains("rejected"), "{list}");
+}

@@ -3,6 +3,7 @@
 
 mod archive;
 mod auth;
+mod changes;
 mod fleet;
 mod groups;
 mod kv;
@@ -146,6 +147,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => users::run(&ctx, cmd).await,
         Command::Groups(cmd) => groups::run(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
+        Command::Intent(cmd) => changes::intents(&ctx, cmd).await,
+        Command::Plan(cmd) => changes::plans(&ctx, cmd).await,
         Command::Buckets(cmd) => storage::buckets(&ctx, cmd).await,
         Command::Bindings(cmd) => storage::bindings(&ctx, cmd).await,
         Command::StorageTokens(cmd) => storage::tokens(&ctx, cmd).await,

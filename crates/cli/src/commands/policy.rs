@@ -163,7 +163,7 @@ fn body_of(path: &str, text: &str, name: Option<&str>) -> anyhow::Result<Value> 
     }))
 }
 
-fn read(path: &str) -> anyhow::Result<String> {
+pub(super) fn read(path: &str) -> anyhow::Result<String> {
     if path == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read stdin")?;
