@@ -284,6 +284,10 @@ pub enum PlanCommand {
         /// The hash shown by `lattice plan show`.
         #[arg(long)]
         hash: String,
+        /// Your TOTP code (asked on a terminal, or LATTICE_TOTP_CODE, when the
+        /// server needs a fresh one).
+        #[arg(long)]
+        totp_code: Option<String>,
     },
     /// Reject a pending plan.
     Reject {

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     Conflict,
     /// A reviewed plan no longer matches its nodes or intent (409): render again.
     PlanStale,
+    /// The action needs a TOTP code completed within the last 5 minutes (403).
+    MfaRequired,
     /// A condition the client stated (If-Match and friends) does not hold (412).
     PreconditionFailed,
     /// The request body or a value is larger than allowed (413).
@@ -49,7 +51,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -57,6 +59,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::Conflict,
         Self::PlanStale,
+        Self::MfaRequired,
         Self::PreconditionFailed,
         Self::PayloadTooLarge,
         Self::Unprocessable,
@@ -76,6 +79,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::PlanStale => "plan_stale",
+            Self::MfaRequired => "mfa_required",
             Self::PreconditionFailed => "precondition_failed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
@@ -96,6 +100,7 @@ impl ErrorCode {
             Self::NotFound => S::NOT_FOUND,
             Self::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             Self::Conflict | Self::PlanStale => S::CONFLICT,
+            Self::MfaRequired => S::FORBIDDEN,
             Self::PreconditionFailed => S::PRECONDITION_FAILED,
             Self::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Self::Unprocessable => S::UNPROCESSABLE_ENTITY,
@@ -117,6 +122,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => C::Unimplemented,
             Self::Conflict => C::AlreadyExists,
             Self::PlanStale => C::FailedPrecondition,
+            Self::MfaRequired => C::PermissionDenied,
             Self::PreconditionFailed => C::FailedPrecondition,
             Self::PayloadTooLarge => C::OutOfRange,
             Self::RateLimited => C::ResourceExhausted,

@@ -568,6 +568,7 @@ async fn start_policy(
         policies.clone(),
         nodes,
         Arc::new(queue),
+        groups.clone(),
         groups,
         Arc::new(lattice_core::audit::TableAudit::new(
             db.clone(),

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::totp_seed;
 use common::{ADMIN_PASSWORD, TestServer, json};
 use lattice_core::db::testing;
 use serde_json::json;
@@ -845,25 +846,6 @@ async fn totp_login_is_two_steps_over_http() {
         assert_eq!(me["totp_enabled"], true);
         s.stop().await;
     }
-}
-
-fn totp_seed(base32: &str) -> Vec<u8> {
-    // RFC 4648 base32 without padding.
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut bits = 0u32;
-    let mut nbits = 0;
-    let mut out = Vec::new();
-    for c in base32.trim_end_matches('=').bytes() {
-        let v = alphabet.iter().position(|a| *a == c).expect("base32") as u32;
-        bits = (bits << 5) | v;
-        nbits += 5;
-        if nbits >= 8 {
-            nbits -= 8;
-            out.push((bits >> nbits) as u8);
-            bits &= (1 << nbits) - 1;
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -193,12 +193,58 @@ async fn a_firewall_change_is_reviewed_applied_on_the_node_and_audited() {
         )
         .await;
     assert_eq!(status, 409, "another hash: {b}");
+    // Fresh MFA: bob turns TOTP on; his API token has no fresh TOTP, so approving
+    // needs his code (a wrong one is 401).
+    let (cookie, csrf) = s.login("bob", "user-password-1234").await;
+    let session = |path: &str| {
+        s.http
+            .post(s.url(path))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+    };
+    let (status, enroll) =
+        common::json(session("/api/v1/auth/totp/enroll").send().await.unwrap()).await;
+    assert_eq!(status, 200, "{enroll}");
+    let seed = common::totp_seed(enroll["secret"].as_str().unwrap());
+    let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
+    let (status, b) = common::json(
+        session("/api/v1/auth/totp/confirm")
+            .json(&json!({"code": lattice_identity::totp::code_at(&seed, now)}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
     let (status, b) = s
         .call(
             "POST",
             &format!("/api/v1/plans/{id}/approve"),
             &bob,
             Some(approve(&hash)),
+        )
+        .await;
+    assert_eq!(
+        (status, &b["error"]["code"]),
+        (403, &json!("mfa_required")),
+        "{b}"
+    );
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &bob,
+            Some(json!({"hash": hash, "totp_code": "000000"})),
+        )
+        .await;
+    assert_eq!(status, 401, "{b}");
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &bob,
+            Some(json!({"hash": hash,
+                "totp_code": lattice_identity::totp::code_at(&seed, now + 30)})),
         )
         .await;
     assert_eq!((status, &b["state"]), (200, &json!("applying")), "{b}");

@@ -320,6 +320,22 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         Ok(Response::new(principal_pb(who)))
     }
 
+    async fn fresh_mfa(
+        &self,
+        req: Request<pb::FreshMfaRequest>,
+    ) -> Result<Response<pb::FreshMfaResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let (fresh, totp_enabled) = self
+            .identity
+            .fresh_mfa(&ctx, &req.get_ref().totp_code)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::FreshMfaResponse {
+            fresh,
+            totp_enabled,
+        }))
+    }
+
     async fn create_group(
         &self,
         req: Request<pb::CreateGroupRequest>,

@@ -11,11 +11,12 @@ pub use self::groups::GroupRow;
 
 const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
 const GROUPS: &str = include_str!("migrations/0002_groups.sql");
+const SESSION_MFA: &str = include_str!("migrations/0003_session_mfa.sql");
 
 /// The identity service's migrations (one script each for both backends; the
 /// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 2] = [
+    static SET: [Migration; 3] = [
         Migration {
             version: 1,
             name: "orgs, users, sessions, tokens, audit",
@@ -27,6 +28,12 @@ pub fn migrations() -> MigrationSet {
             name: "groups and their members, an admins group in every org",
             sqlite: GROUPS,
             postgres: GROUPS,
+        },
+        Migration {
+            version: 3,
+            name: "when a session last completed TOTP",
+            sqlite: SESSION_MFA,
+            postgres: SESSION_MFA,
         },
     ];
     MigrationSet {
@@ -191,6 +198,8 @@ pub struct NewSession<'a> {
     pub user_agent: &'a str,
     /// Client address.
     pub client_ip: &'a str,
+    /// When the login completed TOTP (0: it did not).
+    pub mfa_at_ms: i64,
 }
 
 /// Identity's database access.
@@ -509,8 +518,8 @@ impl Store {
     pub async fn insert_session(&self, s: &NewSession<'_>) -> sqlx::Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO identity_sessions (id, secret_hash, org_id, user_id, created_at_ms, last_seen_at_ms, expires_at_ms, user_agent, client_ip) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)",
+            "INSERT INTO identity_sessions (id, secret_hash, org_id, user_id, created_at_ms, last_seen_at_ms, expires_at_ms, user_agent, client_ip, mfa_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)",
         )
         .bind(s.id)
         .bind(s.secret_hash)
@@ -520,8 +529,32 @@ impl Store {
         .bind(s.expires_at_ms)
         .bind(s.user_agent)
         .bind(s.client_ip)
+        .bind(s.mfa_at_ms)
         .execute(self.db.pool())
         .await?;
+        Ok(())
+    }
+
+    /// When session `id` of `user_id` last completed TOTP (None: no such live
+    /// session; 0: never).
+    pub async fn session_mfa_at(&self, user_id: &str, id: &str) -> sqlx::Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT mfa_at_ms FROM identity_sessions WHERE id = $1 AND user_id = $2 AND revoked_at_ms IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Record that session `id` completed TOTP now.
+    pub async fn set_session_mfa_at(&self, id: &str, at_ms: i64) -> sqlx::Result<()> {
+        sqlx::query("UPDATE identity_sessions SET mfa_at_ms = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at_ms)
+            .execute(self.db.pool())
+            .await?;
         Ok(())
     }
 

@@ -27,6 +27,12 @@ pub enum PolicyError {
     /// A plan no longer matches its nodes or intent.
     #[error("{0}")]
     Stale(String),
+    /// A fresh TOTP completion is needed.
+    #[error("{0}")]
+    MfaRequired(String),
+    /// A TOTP code was wrong or reused.
+    #[error("{0}")]
+    BadCode(String),
     /// A service this one needs is unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -44,6 +50,8 @@ impl CodedError for PolicyError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Stale(_) => ErrorCode::PlanStale,
+            Self::MfaRequired(_) => ErrorCode::MfaRequired,
+            Self::BadCode(_) => ErrorCode::Unauthenticated,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,

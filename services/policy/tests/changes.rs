@@ -10,7 +10,7 @@ use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::db::{self, Backend, Db, testing};
 use lattice_policy::changes::service::{
-    Admins, Changes, NodeState, NodeStates, TaskOutcome, TaskQueue,
+    Admins, Changes, FreshMfa, NodeState, NodeStates, TaskOutcome, TaskQueue,
 };
 use lattice_policy::changes::store::ChangeStore;
 use lattice_policy::changes::{Base, Selector};
@@ -26,6 +26,8 @@ struct World {
     /// Task id -> (node, payload, outcome).
     tasks: Vec<(String, String, Value, TaskOutcome)>,
     admins: usize,
+    /// Users with TOTP whose last TOTP is older than 5 minutes.
+    stale_mfa: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -98,6 +100,23 @@ impl Admins for Shared {
     }
 }
 
+#[async_trait::async_trait]
+impl FreshMfa for Shared {
+    async fn fresh(&self, ctx: &RequestContext, code: &str) -> Result<bool, PolicyError> {
+        let stale = self
+            .0
+            .lock()
+            .unwrap()
+            .stale_mfa
+            .contains(&ctx.principal.username);
+        match code {
+            "" => Ok(!stale),
+            "123456" => Ok(true),
+            _ => Err(PolicyError::BadCode("totp_code: wrong".into())),
+        }
+    }
+}
+
 struct Env {
     changes: Changes,
     world: Shared,
@@ -128,6 +147,7 @@ async fn env(backend: Backend) -> Env {
     let changes = Changes::new(
         ChangeStore::new(db.clone()),
         policies,
+        Arc::new(world.clone()),
         Arc::new(world.clone()),
         Arc::new(world.clone()),
         Arc::new(world.clone()),
@@ -298,25 +318,37 @@ async fn a_plan_is_approved_by_its_hash_by_someone_else_and_rolls_out_canary_fir
     // A hash the approver did not review, the author (four eyes), a user without
     // a Cedar permit: all refused, nothing dispatched.
     assert!(matches!(
-        e.changes.approve(&bob, &id, "sha256:00").await,
+        e.changes.approve(&bob, &id, "sha256:00", "").await,
         Err(PolicyError::Conflict(m)) if m.contains("hash mismatch")
     ));
     assert!(matches!(
-        e.changes.approve(&ann, &id, &hash).await,
+        e.changes.approve(&ann, &id, &hash, "").await,
         Err(PolicyError::Forbidden(m)) if m.contains("four eyes")
     ));
     assert!(matches!(
-        e.changes.approve(&carol, &id, &hash).await,
+        e.changes.approve(&carol, &id, &hash, "").await,
         Err(PolicyError::Forbidden(m)) if m.contains("ApprovePlan")
     ));
     assert!(matches!(
-        e.changes.approve(&user("dan", &["policy:read"]), &id, &hash).await,
+        e.changes.approve(&user("dan", &["policy:read"]), &id, &hash, "").await,
         Err(PolicyError::MissingScope(s)) if s == "policy:approve"
     ));
     assert!(e.world.0.lock().unwrap().tasks.is_empty());
 
-    // Bob approves the hash: the canary's task is queued with the artifact.
-    let approved = e.changes.approve(&bob, &id, &hash).await.unwrap();
+    // Bob's TOTP is older than 5 minutes: his code is needed, a wrong one refused.
+    e.world.0.lock().unwrap().stale_mfa.push("bob".into());
+    assert!(matches!(
+        e.changes.approve(&bob, &id, &hash, "").await,
+        Err(PolicyError::MfaRequired(_))
+    ));
+    assert!(matches!(
+        e.changes.approve(&bob, &id, &hash, "000000").await,
+        Err(PolicyError::BadCode(_))
+    ));
+    assert!(e.world.0.lock().unwrap().tasks.is_empty());
+
+    // Bob approves the hash with his code: the canary's task is queued.
+    let approved = e.changes.approve(&bob, &id, &hash, "123456").await.unwrap();
     assert_eq!(approved.plan.state, "applying", "{backend:?}");
     assert_eq!(approved.plan.decided_by, "bob");
     {
@@ -328,7 +360,7 @@ async fn a_plan_is_approved_by_its_hash_by_someone_else_and_rolls_out_canary_fir
     }
     // Approving twice: refused (single use).
     assert!(matches!(
-        e.changes.approve(&bob, &id, &hash).await,
+        e.changes.approve(&bob, &id, &hash, "").await,
         Err(PolicyError::Conflict(m)) if m.contains("applying")
     ));
     // The canary succeeds: the rest go out; one fails: the plan halts.
@@ -383,7 +415,7 @@ async fn stale_plans_are_refused_and_drift_is_shown(backend: Backend) {
     set_node(&e, "n1", "prod", Some("table inet lattice {}\n"));
     let err = e
         .changes
-        .approve(&bob, &plan.plan.id, &plan.plan.hash)
+        .approve(&bob, &plan.plan.id, &plan.plan.hash, "")
         .await
         .unwrap_err();
     assert!(
@@ -398,7 +430,7 @@ async fn stale_plans_are_refused_and_drift_is_shown(backend: Backend) {
         .unwrap();
     let err = e
         .changes
-        .approve(&bob, &plan.plan.id, &plan.plan.hash)
+        .approve(&bob, &plan.plan.id, &plan.plan.hash, "")
         .await
         .unwrap_err();
     assert!(
@@ -408,7 +440,7 @@ async fn stale_plans_are_refused_and_drift_is_shown(backend: Backend) {
     // Applied, then edited by hand on the node: the next plan shows drift.
     let plan = e.changes.create_plan(&ann, "web-fw", &[]).await.unwrap();
     e.changes
-        .approve(&bob, &plan.plan.id, &plan.plan.hash)
+        .approve(&bob, &plan.plan.id, &plan.plan.hash, "")
         .await
         .unwrap();
     finish(&e, "n1", TaskOutcome::Succeeded("{}".into()));
@@ -441,7 +473,7 @@ async fn stale_plans_are_refused_and_drift_is_shown(backend: Backend) {
     let c = e.changes.cancel(&ann, &next.plan.id).await.unwrap();
     assert_eq!(c.plan.state, "cancelled");
     assert!(matches!(
-        e.changes.approve(&bob, &next.plan.id, &next.plan.hash).await,
+        e.changes.approve(&bob, &next.plan.id, &next.plan.hash, "").await,
         Err(PolicyError::Conflict(m)) if m.contains("cancelled")
     ));
 }
@@ -458,7 +490,7 @@ async fn four_eyes_follows_the_org_setting(backend: Backend) {
     e.world.0.lock().unwrap().admins = 1;
     let plan = e.changes.create_plan(&ann, "web-fw", &[]).await.unwrap();
     e.changes
-        .approve(&ann, &plan.plan.id, &plan.plan.hash)
+        .approve(&ann, &plan.plan.id, &plan.plan.hash, "")
         .await
         .unwrap();
     // On: never the author.
@@ -468,7 +500,7 @@ async fn four_eyes_follows_the_org_setting(backend: Backend) {
     set_node(&e, "n1", "prod", Some(&plan.targets[0].artifact));
     let plan = e.changes.create_plan(&ann, "web-fw", &[]).await.unwrap();
     assert!(matches!(
-        e.changes.approve(&ann, &plan.plan.id, &plan.plan.hash).await,
+        e.changes.approve(&ann, &plan.plan.id, &plan.plan.hash, "").await,
         Err(PolicyError::Forbidden(m)) if m.contains("four eyes")
     ));
     assert!(matches!(

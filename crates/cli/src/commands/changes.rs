@@ -275,13 +275,28 @@ pub async fn plans(ctx: &Ctx, cmd: PlanCommand) -> anyhow::Result<()> {
             }
             ctx.show(&body, status_table)?;
         }
-        PlanCommand::Approve { id, hash } => {
-            let body = api
-                .post(
-                    &format!("{}/approve", plan_path(&id)?),
-                    Some(&json!({ "hash": hash })),
-                )
-                .await?;
+        PlanCommand::Approve {
+            id,
+            hash,
+            totp_code,
+        } => {
+            let path = format!("{}/approve", plan_path(&id)?);
+            let mut body = json!({ "hash": hash });
+            if let Some(code) = totp_code {
+                body["totp_code"] = json!(code);
+            }
+            let body = match api.post(&path, Some(&body)).await {
+                Err(e)
+                    if e.downcast_ref::<crate::client::ApiError>()
+                        .is_some_and(|e| e.code == "mfa_required") =>
+                {
+                    // Approving needs a TOTP completed within 5 minutes: ask once.
+                    let code = crate::prompt::code("TOTP code: ", "LATTICE_TOTP_CODE")?;
+                    api.post(&path, Some(&json!({"hash": hash, "totp_code": code})))
+                        .await?
+                }
+                other => other?,
+            };
             ctx.show(&body, status_table)?;
             eprintln!("approved plan {id}: follow it with lattice plan status {id}");
         }

@@ -320,3 +320,23 @@ pub async fn wait_for<F: Fn(&Value) -> bool>(
     }
     panic!("{what}: never happened; last answer from {path}: {last}");
 }
+
+/// The bytes of a base32 TOTP secret (as enrollment shows it).
+pub fn totp_seed(base32: &str) -> Vec<u8> {
+    // RFC 4648 base32 without padding.
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = Vec::new();
+    for c in base32.trim_end_matches('=').bytes() {
+        let v = alphabet.iter().position(|a| *a == c).expect("base32") as u32;
+        bits = (bits << 5) | v;
+        nbits += 5;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    out
+}

@@ -469,6 +469,10 @@ pub async fn get_plan(
 pub struct ApproveInput {
     /// The plan's hash, as reviewed.
     pub hash: String,
+    /// Your TOTP code, when you have TOTP and last completed it more than 5
+    /// minutes ago (else `403 mfa_required`).
+    #[serde(default)]
+    pub totp_code: Option<String>,
 }
 
 /// Approve a plan (`policy:approve` and a Cedar `ApprovePlan` permit; with four
@@ -476,7 +480,8 @@ pub struct ApproveInput {
 #[utoipa::path(post, path = "/api/v1/plans/{id}/approve", tag = "changes", request_body = ApproveInput,
     params(("id" = String, Path, description = "Plan id")),
     responses((status = 200, body = Plan, description = "Approved: applying"),
-        (status = 403, body = crate::error::ErrorBody, description = "Missing `policy:approve`, no Cedar permit, four eyes, or no `X-CSRF-Token`"),
+        (status = 401, body = crate::error::ErrorBody, description = "A wrong or reused `totp_code`"),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `policy:approve`, no Cedar permit, four eyes, `mfa_required` (TOTP older than 5 minutes and no `totp_code`), or no `X-CSRF-Token`"),
         (status = 404, body = crate::error::ErrorBody, description = "No such plan in your org"),
         (status = 409, body = crate::error::ErrorBody, description = "Another hash than the plan's (`conflict`), a plan that is not pending, or `plan_stale`: a node or the intent changed since it was rendered"),
         (status = 503, body = crate::error::ErrorBody, description = "The policy, tunnel or tasks service is unreachable")))]
@@ -492,6 +497,7 @@ pub async fn approve_plan(
             pb::ApprovePlanRequest {
                 id,
                 hash: body.hash,
+                totp_code: body.totp_code.unwrap_or_default(),
             },
         ))
         .await?

@@ -12,6 +12,9 @@ use crate::error::IdentityError;
 use crate::store::UserRow;
 use crate::totp;
 
+/// How recent a TOTP completion counts as fresh.
+pub const FRESH_MFA_MS: i64 = 5 * 60 * 1000;
+
 impl Identity {
     /// Whether `code` is a valid, unused TOTP code or recovery code of `user`.
     pub(super) async fn check_code(&self, user: &UserRow, code: &str) -> Result<bool> {
@@ -35,6 +38,59 @@ impl Identity {
                 .await?);
         }
         Ok(false)
+    }
+
+    /// Whether the caller completed TOTP within the last [`FRESH_MFA_MS`] (a
+    /// session that logged in with TOTP, or stepped up since), or does now with
+    /// `code`: what approving a reviewed change asks. A user without TOTP is
+    /// always fresh; an API token never is without a code. A correct code makes a
+    /// session fresh again; a wrong one is audited and refused.
+    pub async fn fresh_mfa(&self, ctx: &RequestContext, code: &str) -> Result<(bool, bool)> {
+        let caller = &ctx.principal;
+        require_user(caller)?;
+        let user = self
+            .store
+            .user(&caller.org_id, &caller.sub)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound("user".into()))?;
+        if !user.totp_enabled {
+            return Ok((true, false));
+        }
+        let now = now_ms();
+        if !code.trim().is_empty() {
+            if !self.check_code(&user, code.trim()).await? {
+                self.audit(
+                    Actor::of(ctx),
+                    "auth.mfa.step_up",
+                    &user.id,
+                    Outcome::Failure,
+                    serde_json::json!({"reason": "wrong or reused code"}),
+                )
+                .await;
+                return Err(IdentityError::InvalidCode);
+            }
+            if caller.auth == lattice_core::auth::AuthMethod::Session {
+                self.store
+                    .set_session_mfa_at(&caller.credential_id, now)
+                    .await?;
+            }
+            self.audit(
+                Actor::of(ctx),
+                "auth.mfa.step_up",
+                &user.id,
+                Outcome::Success,
+                serde_json::json!({}),
+            )
+            .await;
+            return Ok((true, true));
+        }
+        let fresh = caller.auth == lattice_core::auth::AuthMethod::Session
+            && self
+                .store
+                .session_mfa_at(&user.id, &caller.credential_id)
+                .await?
+                .is_some_and(|at| at > 0 && now - at <= FRESH_MFA_MS);
+        Ok((fresh, true))
     }
 
     /// Start TOTP enrollment: a new seed, sealed, not yet required.

@@ -49,6 +49,7 @@ impl Identity {
                 expires_at_ms,
                 user_agent: &ua,
                 client_ip: &client.ip,
+                mfa_at_ms: if how == "totp" { now_ms() } else { 0 },
             })
             .await?;
         self.audit(

@@ -245,7 +245,7 @@ impl ChangeService for ChangeGrpc {
         let m = req.get_ref();
         let plan = self
             .changes
-            .approve(&ctx, &m.id, &m.hash)
+            .approve(&ctx, &m.id, &m.hash, &m.totp_code)
             .await
             .map_err(st)?;
         Ok(Response::new(whole(plan)))

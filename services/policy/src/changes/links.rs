@@ -7,13 +7,13 @@ use std::sync::{Arc, OnceLock};
 
 use lattice_core::auth::{AuthMethod, InternalAuth, Principal, RequestContext};
 use lattice_core::grpc::InternalService;
-use lattice_proto::identity::v1::GetGroupRequest;
+use lattice_proto::identity::v1::{FreshMfaRequest, GetGroupRequest};
 use lattice_proto::tasks::v1 as tasks;
 use lattice_proto::tasks::v1::task_service_client::TaskServiceClient;
 use lattice_proto::tunnel::v1::{GetNodeRequest, ListNodesRequest, Node};
 use serde_json::Value;
 
-use super::service::{Admins, NodeState, NodeStates, TaskOutcome, TaskQueue};
+use super::service::{Admins, FreshMfa, NodeState, NodeStates, TaskOutcome, TaskQueue};
 use super::{Base, Selector};
 use crate::error::PolicyError;
 use crate::groups::IdentityGroups;
@@ -234,6 +234,36 @@ impl Admins for IdentityGroups {
             Ok(g) => Ok(usize::try_from(g.into_inner().member_count).unwrap_or(0)),
             Err(s) if lattice_core::error::code_of(&s) == lattice_core::ErrorCode::NotFound => {
                 Ok(0)
+            }
+            Err(s) => Err(unavailable("identity", &s)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl FreshMfa for IdentityGroups {
+    async fn fresh(&self, ctx: &RequestContext, code: &str) -> Result<bool, PolicyError> {
+        let mut identity = self.link().get().cloned().ok_or_else(|| {
+            PolicyError::Unavailable(
+                "gateway.identity_url is not configured: the approver's TOTP cannot be checked"
+                    .into(),
+            )
+        })?;
+        // Asked as the approver: their session's TOTP, their code.
+        let request = lattice_core::grpc::request(
+            self.internal(),
+            &ctx.principal,
+            Some(&ctx.client_ip),
+            FreshMfaRequest {
+                totp_code: code.to_owned(),
+            },
+        );
+        match identity.fresh_mfa(request).await {
+            Ok(r) => Ok(r.into_inner().fresh),
+            Err(s)
+                if lattice_core::error::code_of(&s) == lattice_core::ErrorCode::Unauthenticated =>
+            {
+                Err(PolicyError::BadCode(format!("totp_code: {}", s.message())))
             }
             Err(s) => Err(unavailable("identity", &s)),
         }

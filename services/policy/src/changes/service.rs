@@ -79,6 +79,15 @@ pub trait Admins: Send + Sync {
     async fn count(&self, ctx: &RequestContext) -> Result<usize, PolicyError>;
 }
 
+/// Whether an approver's second factor is fresh (the identity service).
+#[async_trait::async_trait]
+pub trait FreshMfa: Send + Sync {
+    /// True when the caller has no TOTP, completed it within the last 5 minutes,
+    /// or does now with `code`; false when a code is needed; `BadCode` for a wrong
+    /// or reused one.
+    async fn fresh(&self, ctx: &RequestContext, code: &str) -> Result<bool, PolicyError>;
+}
+
 /// A plan with its targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -96,6 +105,7 @@ pub struct Changes {
     nodes: Arc<dyn NodeStates>,
     tasks: Arc<dyn TaskQueue>,
     admins: Arc<dyn Admins>,
+    mfa: Arc<dyn FreshMfa>,
     audit: Arc<dyn AuditSink>,
 }
 
@@ -143,6 +153,7 @@ impl Changes {
         nodes: Arc<dyn NodeStates>,
         tasks: Arc<dyn TaskQueue>,
         admins: Arc<dyn Admins>,
+        mfa: Arc<dyn FreshMfa>,
         audit: Arc<dyn AuditSink>,
     ) -> Self {
         Self {
@@ -151,6 +162,7 @@ impl Changes {
             nodes,
             tasks,
             admins,
+            mfa,
             audit,
         }
     }
@@ -463,12 +475,14 @@ impl Changes {
     }
 
     /// Approve the plan whose hash the approver reviewed (`policy:approve`, a Cedar
-    /// `ApprovePlan` permit for every node, four eyes), then start its rollout.
+    /// `ApprovePlan` permit for every node, four eyes, a fresh second factor: TOTP
+    /// within 5 minutes or `totp_code` now), then start its rollout.
     pub async fn approve(
         &self,
         ctx: &RequestContext,
         id: &str,
         hash: &str,
+        totp_code: &str,
     ) -> Result<Plan, PolicyError> {
         require(&ctx.principal, "policy:approve")?;
         let plan = self.pending(ctx, id).await?;
@@ -523,6 +537,19 @@ impl Changes {
             )));
         }
         self.check_fresh(ctx, &plan).await?;
+        if !self.mfa.fresh(ctx, totp_code).await? {
+            self.record(
+                ctx,
+                "plan.approve",
+                id,
+                Outcome::Failure,
+                json!({"hash": hash, "why": "mfa required"}),
+            )
+            .await;
+            return Err(PolicyError::MfaRequired(
+                "approving needs TOTP completed within the last 5 minutes: send totp_code".into(),
+            ));
+        }
         if !self
             .store
             .transition(

@@ -1,0 +1,1 @@
+ALTER TABLE identity_sessions ADD COLUMN mfa_at_ms BIGINT NOT NULL DEFAULT 0;
