@@ -348,3 +348,109 @@ async fn a_firewall_change_is_reviewed_applied_on_the_node_and_audited() {
     assert!(audit.to_string().contains("firewall.apply"), "{audit}");
     s.stop().await;
 }
+
+/// A plan over two nodes by label: the canary applies, the next node fails (the
+/// server has not enabled its `firewall` capability), and the rollout halts there;
+/// the failure is in the plan with the server's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_goes_canary_first_and_halts_on_a_failure() {
+    let (Some(ns_a), Some(ns_b)) = (Netns::new(), Netns::new()) else {
+        eprintln!("skipped here: `unshare -rn nft` is not available (CI requires it)");
+        return;
+    };
+    let s = TestServer::start_with(Backend::Sqlite, FAST).await;
+    let admin = s.admin_token(&["*"]).await;
+    let config = |ns: &Netns| {
+        format!(
+            "capabilities = [\"firewall\"]\n[firewall]\nnft = {:?}\nconfirm_s = 5\n",
+            ns.nft()
+        )
+    };
+    // The first node enrolled has the smaller id: it is the canary.
+    let dir_a = tempfile::tempdir().unwrap();
+    let (_agent_a, a) = connected_agent(&s, &admin, dir_a.path(), &config(&ns_a)).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let out =
+        common::agents::enroll(&common::agents::join_token(&s, &admin).await, dir_b.path()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _agent_b = common::agents::run_agent(dir_b.path(), &config(&ns_b));
+    let nodes = wait_for(&s, &admin, "/api/v1/nodes", "both agents connect", |b| {
+        b["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["status"] == "connected"))
+    })
+    .await;
+    let b = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != a)
+        .unwrap();
+    assert!(a < b, "enrolled first, smaller id");
+    // Only the canary's capability is enabled on the server.
+    let (status, body) = s
+        .call(
+            "PATCH",
+            &format!("/api/v1/nodes/{a}"),
+            &admin,
+            Some(json!({"capabilities": ["firewall"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut doc = intent("22", &a);
+    doc["selector"] = json!({"labels": {"role": "web"}});
+    let (status, body) = s.call("POST", "/api/v1/intents", &admin, Some(doc)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, p) = plan(&s, &admin).await;
+    assert_eq!(status, 201, "{p}");
+    let waves: Vec<(String, i64)> = p["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["node"].as_str().unwrap().to_owned(),
+                t["wave"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(waves, vec![(a.clone(), 0), (b.clone(), 1)], "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    // One admin: four eyes is off, the author approves.
+    let (status, body) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &admin,
+            Some(json!({"hash": p["hash"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = wait_for(
+        &s,
+        &admin,
+        &format!("/api/v1/plans/{id}"),
+        "the rollout ends",
+        |b| b["state"] == "halted" || b["state"] == "applied",
+    )
+    .await;
+    assert_eq!(done["state"], "halted", "{done}");
+    assert_eq!(done["targets"][0]["state"], "applied", "{done}");
+    assert_eq!(done["targets"][1]["state"], "failed", "{done}");
+    assert!(
+        done["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("node {b} failed")) && r.contains("capability")),
+        "{done}"
+    );
+    assert_eq!(
+        ns_a.run(&["list", "table", "inet", "lattice"]),
+        p["targets"][0]["artifact"].as_str().unwrap()
+    );
+    s.stop().await;
+}
