@@ -640,4 +640,10 @@ pub enum AuditCommand {
     },
     /// Walk the chain; exits 1 and names the first broken entry if it does not hold.
     Verify,
+    /// One plan's whole story: its creation, approval (and refusals), the apply
+    /// tasks on each node, and how the rollout ended.
+    Plan {
+        /// Plan id.
+        id: String,
+    },
 }

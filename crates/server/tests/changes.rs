@@ -346,6 +346,39 @@ async fn a_firewall_change_is_reviewed_applied_on_the_node_and_audited() {
     )
     .await;
     assert!(audit.to_string().contains("firewall.apply"), "{audit}");
+    // One plan's story by target: the plan's own entries, then its task's.
+    let (status, story) = s
+        .call(
+            "GET",
+            &format!("/api/v1/audit?limit=1000&target={id}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{story}");
+    let actions: Vec<&str> = story["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.starts_with(&["plan.create"]) && actions.contains(&"plan.applied"),
+        "{actions:?}"
+    );
+    let task = applied["targets"][0]["task_id"].as_str().unwrap();
+    let (_, task_story) = s
+        .call(
+            "GET",
+            &format!("/api/v1/audit?limit=1000&target={task}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        task_story["entries"][0]["action"], "task.create",
+        "{task_story}"
+    );
     s.stop().await;
 }
 

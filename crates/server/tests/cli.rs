@@ -655,4 +655,19 @@ fn cli_reviewed_changes() {
     ));
     let list = ok(&lattice(&config, &["plan", "list"], &[]));
     assert!(list.contains(&id) && list.contains("rejected"), "{list}");
+    // The plan's story in the audit log.
+    let mut story = String::new();
+    for _ in 0..50 {
+        story = ok(&lattice(&config, &["audit", "plan", &id], &[]));
+        if story.contains("plan.reject") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        story.contains("plan.create")
+            && story.contains("plan.approve")
+            && story.contains("plan.reject"),
+        "{story}"
+    );
 }

@@ -235,7 +235,7 @@ impl pb::task_service_server::TaskService for TaskGrpc {
         let r = req.into_inner();
         let rows = self
             .tasks
-            .list_audit(&p, r.after, r.limit)
+            .list_audit(&p, r.after, r.limit, &r.target)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::ListAuditResponse {

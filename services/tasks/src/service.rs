@@ -304,6 +304,7 @@ impl Tasks {
         p: &Principal,
         after: i64,
         limit: i64,
+        target: &str,
     ) -> Result<Vec<AuditEntry>, TaskError> {
         require(p, "audit:read")?;
         // Whatever is queued is chained first, so the reader sees every event so far.
@@ -311,7 +312,7 @@ impl Tasks {
         let limit = if limit <= 0 { 100 } else { limit.min(1000) };
         let everything = p.scopes.iter().any(|s| s == "*");
         self.store
-            .list_audit(Some(&p.org_id), everything, after.max(0), limit)
+            .list_audit(Some(&p.org_id), everything, after.max(0), limit, target)
             .await
     }
 

@@ -188,7 +188,7 @@ async fn enqueue_validates_and_deduplicates(backend: Backend) {
         Err(TaskError::Forbidden(_))
     ));
     assert!(matches!(
-        e.tasks.list_audit(&w, 0, 10).await,
+        e.tasks.list_audit(&w, 0, 10, "").await,
         Err(TaskError::MissingScope(_))
     ));
     assert!(matches!(
@@ -308,7 +308,7 @@ async fn claims_are_exclusive_per_kind_and_fenced_by_epoch(backend: Backend) {
 
     // The audit log saw the rejection.
     let admin = op(&["*"]);
-    let log = e.tasks.list_audit(&admin, 0, 100).await.unwrap();
+    let log = e.tasks.list_audit(&admin, 0, 100, "").await.unwrap();
     let actions: Vec<_> = log.iter().map(|x| x.event.action.as_str()).collect();
     for a in [
         "task.create",
@@ -502,7 +502,7 @@ async fn a_result_claims_the_next_task_in_the_same_statement(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(empty.map(|v| v.len()), Some(0), "{backend:?}");
-    let log = e.tasks.list_audit(&op(&["*"]), 0, 100).await.unwrap();
+    let log = e.tasks.list_audit(&op(&["*"]), 0, 100, "").await.unwrap();
     let succeeded = log
         .iter()
         .filter(|x| x.event.action == "task.succeeded")
@@ -602,14 +602,14 @@ async fn audit_chain_verifies_and_detects_edits(backend: Backend) {
     let admin = op(&["audit:read"]);
     let v = e.tasks.verify_audit(&admin).await.unwrap();
     assert_eq!((v.entries, v.broken.clone()), (25, None), "{backend:?}");
-    let page = e.tasks.list_audit(&admin, 10, 5).await.unwrap();
+    let page = e.tasks.list_audit(&admin, 10, 5, "").await.unwrap();
     assert_eq!(
         page.iter().map(|x| x.seq).collect::<Vec<_>>(),
         vec![11, 12, 13, 14, 15]
     );
     assert_eq!(
         page[0].prev_hash,
-        e.tasks.list_audit(&admin, 9, 1).await.unwrap()[0].hash
+        e.tasks.list_audit(&admin, 9, 1, "").await.unwrap()[0].hash
     );
 
     // Someone with database access edits an entry: verify names it.
@@ -624,7 +624,7 @@ async fn audit_chain_verifies_and_detects_edits(backend: Backend) {
     // Recomputing that entry's hash moves the break to the next link.
     let entry = e
         .tasks
-        .list_audit(&op(&["*"]), 6, 1)
+        .list_audit(&op(&["*"]), 6, 1, "")
         .await
         .unwrap()
         .remove(0);
@@ -811,7 +811,7 @@ async fn concurrent_enqueues_each_keep_their_audit_and_outbox_events(backend: Ba
     assert_eq!(listed, 120, "{backend:?}");
 
     let admin = op(&["*"]);
-    let log = e.tasks.list_audit(&admin, 0, 1000).await.unwrap();
+    let log = e.tasks.list_audit(&admin, 0, 1000, "").await.unwrap();
     let mut targets: Vec<_> = log
         .iter()
         .filter(|x| x.event.action == "task.create" && x.event.actor == "user-1")

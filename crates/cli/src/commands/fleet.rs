@@ -305,6 +305,51 @@ pub async fn audit(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         },
+        AuditCommand::Plan { id } => {
+            let plan = api
+                .get(&format!("/api/v1/plans/{}", super::segment(&id)?))
+                .await?;
+            let mut targets = vec![id.clone()];
+            for t in plan["targets"].as_array().into_iter().flatten() {
+                if let Some(task) = t["task_id"].as_str() {
+                    targets.push(task.to_owned());
+                }
+            }
+            let mut entries = Vec::new();
+            for target in &targets {
+                let page = api
+                    .get(&format!(
+                        "/api/v1/audit?limit=1000&target={}",
+                        super::encode_component(target)
+                    ))
+                    .await?;
+                entries.extend(page["entries"].as_array().cloned().unwrap_or_default());
+            }
+            entries.sort_by_key(|e| e["seq"].as_i64().unwrap_or(0));
+            match ctx.format {
+                crate::output::Format::Json => {
+                    crate::output::print_json(&serde_json::json!({ "entries": entries }))?;
+                }
+                crate::output::Format::Table => {
+                    let mut t = crate::output::Table::new(&[
+                        "SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL",
+                    ]);
+                    for e in &entries {
+                        t.row(vec![
+                            s(&e["seq"]),
+                            e["at_ms"].as_i64().map_or("-".into(), format_ms),
+                            s(&e["actor"]),
+                            s(&e["action"]),
+                            s(&e["target"]),
+                            s(&e["outcome"]),
+                            e["detail"].to_string(),
+                        ]);
+                    }
+                    crate::output::print_table(&t)?;
+                }
+            }
+            Ok(())
+        }
         AuditCommand::Verify => {
             let v = api.get("/api/v1/audit/verify").await?;
             if v["ok"] == true {

@@ -274,6 +274,10 @@ pub struct AuditQuery {
     /// At most this many (default 100, max 1000).
     #[serde(default)]
     pub limit: i64,
+    /// Only entries about this target: a plan id (its story), a task id, a
+    /// username, ...
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// One audit entry.
@@ -317,6 +321,7 @@ pub async fn audit(
             pb::ListAuditRequest {
                 after: q.after,
                 limit: q.limit,
+                target: q.target.unwrap_or_default(),
             },
         ))
         .await?

@@ -310,16 +310,18 @@ impl Store {
         include_orgless: bool,
         after: i64,
         limit: i64,
+        target: &str,
     ) -> Result<Vec<AuditEntry>, TaskError> {
         let rows = sqlx::query(
             "SELECT seq, event_id, at_ms, org_id, actor, action, target, outcome, client_ip, detail, prev_hash, hash \
              FROM audit_log WHERE seq > $1 AND ($2 = '*' OR org_id = $2 OR ($3 = 1 AND org_id = '')) \
-             ORDER BY seq LIMIT $4",
+             AND ($5 = '' OR target = $5) ORDER BY seq LIMIT $4",
         )
         .bind(after)
         .bind(org.unwrap_or("*"))
         .bind(i64::from(include_orgless))
         .bind(limit)
+        .bind(target)
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
