@@ -117,6 +117,18 @@ struct Apply {
     artifact: String,
 }
 
+/// Whether `artifact` is one `inet lattice` table and nothing else: the only
+/// top-level lines are its opening and closing brace (no other table, no
+/// `flush ruleset`, no `include`), so an apply can never touch a table Lattice
+/// does not own, whatever the server sent.
+fn only_lattice_table(artifact: &str) -> bool {
+    let top: Vec<&str> = artifact
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
+        .collect();
+    top == ["table inet lattice {", "}"]
+}
+
 /// A transaction that replaces only the `inet lattice` table with `table` (the
 /// first line makes the delete work when the table is absent).
 fn replace_with(table: Option<&str>) -> String {
@@ -198,6 +210,15 @@ pub async fn apply(agent: &Agent, t: &pb::TaskAssignment) -> pb::TaskResult {
             );
         }
     };
+    if !only_lattice_table(&p.artifact) {
+        return result(
+            t,
+            false,
+            "foreign_table",
+            "refused: the artifact is not exactly the inet lattice table (Lattice touches no other table)".into(),
+            json!({"plan": p.plan}),
+        );
+    }
     let after_hash = hash(&p.artifact);
     let (plan, plan_hash) = (p.plan.clone(), p.hash.clone());
     let dir = agent.state_dir.clone();
@@ -297,4 +318,24 @@ pub async fn apply(agent: &Agent, t: &pb::TaskAssignment) -> pb::TaskResult {
         json!({"plan": plan, "plan_hash": plan_hash, "before": before_hash, "after": after_hash,
             "validate_output": validated, "rolled_back": false}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_lattice_table_is_applied() {
+        let ours = "table inet lattice {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n}\n";
+        assert!(only_lattice_table(ours));
+        for foreign in [
+            "table ip filter {\n}\n",
+            "flush ruleset\ntable inet lattice {\n}\n",
+            "table inet lattice {\n}\ntable ip nat {\n}\n",
+            "include \"/etc/nftables.conf\"\ntable inet lattice {\n}\n",
+            "",
+        ] {
+            assert!(!only_lattice_table(foreign), "{foreign}");
+        }
+    }
 }
