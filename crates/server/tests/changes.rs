@@ -487,3 +487,150 @@ async fn a_rollout_goes_canary_first_and_halts_on_a_failure() {
     );
     s.stop().await;
 }
+
+/// A TCP forwarder to the gateway that the test can close to new connections:
+/// the agent's stream (already through it) stays up, but a fresh connection to
+/// the server, the agent's confirm probe after an apply, is refused.
+struct Forwarder {
+    addr: std::net::SocketAddr,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Forwarder {
+    async fn to(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    // Dropping the listener refuses new connections.
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => return },
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+}
+
+/// The confirm window: after an apply the agent must reach the server again; when
+/// it cannot, it restores the previous table by itself and reports `lost_contact`,
+/// and the rollout halts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_loses_the_server_is_rolled_back_by_the_agent() {
+    let Some(ns) = Netns::new() else {
+        eprintln!("skipped here: `unshare -rn nft` is not available (CI requires it)");
+        return;
+    };
+    let s = TestServer::start_with(Backend::Sqlite, FAST).await;
+    let admin = s.admin_token(&["*"]).await;
+    let gateway: std::net::SocketAddr = s
+        .base
+        .rsplit("://")
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .unwrap();
+    let forwarder = Forwarder::to(gateway).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::agents::join_token(&s, &admin).await;
+    let out = tokio::task::spawn_blocking({
+        let (dir, server) = (
+            dir.path().to_owned(),
+            format!("https://127.0.0.1:{}", forwarder.addr.port()),
+        );
+        move || {
+            std::process::Command::new(common::agents::agent_bin())
+                .args([
+                    "enroll",
+                    "--token",
+                    &token,
+                    "--server",
+                    &server,
+                    "--state-dir",
+                ])
+                .arg(&dir)
+                .env("LATTICE_AGENT_LOG", "warn")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!(
+        "capabilities = [\"firewall\"]\n[firewall]\nnft = {:?}\nconfirm_s = 3\n",
+        ns.nft()
+    );
+    let _agent = common::agents::run_agent(dir.path(), &config);
+    let nodes = wait_for(&s, &admin, "/api/v1/nodes", "the agent connects", |b| {
+        b["nodes"][0]["status"] == "connected"
+    })
+    .await;
+    let node = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .call(
+            "PATCH",
+            &format!("/api/v1/nodes/{node}"),
+            &admin,
+            Some(json!({"capabilities": ["firewall"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .call("POST", "/api/v1/intents", &admin, Some(intent("22", &node)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, p) = plan(&s, &admin).await;
+    assert_eq!(status, 201, "{p}");
+    // From now on the server cannot be reached anew (the agent's stream stays).
+    forwarder.cut.cancel();
+    let id = p["id"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &admin,
+            Some(json!({"hash": p["hash"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = wait_for(
+        &s,
+        &admin,
+        &format!("/api/v1/plans/{id}"),
+        "the rollout ends",
+        |b| b["state"] == "halted" || b["state"] == "applied",
+    )
+    .await;
+    assert_eq!(done["state"], "halted", "{done}");
+    let result = &done["targets"][0]["result"];
+    assert_eq!(result["reason"], "lost contact", "{done}");
+    assert_eq!(result["rolled_back"], true, "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("lost contact"),
+        "{done}"
+    );
+    // The previous state (no table) is back.
+    let prefix = ns.nft();
+    let listed = Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .args(["list", "table", "inet", "lattice"])
+        .output()
+        .unwrap();
+    assert!(!listed.status.success(), "the table was removed again");
+    s.stop().await;
+}
