@@ -20,7 +20,7 @@ use crate::groups::IdentityGroups;
 use crate::nodes::TunnelNodes;
 
 /// This service acting in `org` with `scopes`.
-fn acting_in(org: &str, scopes: &[&str]) -> Principal {
+pub(super) fn acting_in(org: &str, scopes: &[&str]) -> Principal {
     Principal {
         sub: "service:policy".into(),
         username: String::new(),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lattice_core::audit::{Actor, AuditSink, Outcome};
-use lattice_core::auth::{AuthMethod, Principal as Caller, RequestContext};
+use lattice_core::auth::{Principal as Caller, RequestContext};
 use lattice_core::time::now_ms;
 use serde_json::{Value, json};
 
@@ -550,22 +550,7 @@ impl Changes {
                 "approving needs TOTP completed within the last 5 minutes: send totp_code".into(),
             ));
         }
-        if !self
-            .store
-            .transition(
-                &plan.plan.org_id,
-                id,
-                "pending",
-                "applying",
-                Some(&ctx.principal.username),
-                "",
-            )
-            .await?
-        {
-            return Err(PolicyError::Conflict(format!(
-                "plan {id} was decided by someone else at the same time"
-            )));
-        }
+        self.decide(ctx, &plan, "applying", "").await?;
         self.record(
             ctx,
             "plan.approve",
@@ -577,6 +562,36 @@ impl Changes {
         let plan = self.load(&plan.plan.org_id, id).await?;
         self.dispatch(&plan, 0).await?;
         self.load(&plan.plan.org_id, id).await
+    }
+
+    /// Move pending `plan` to `to` as decided by the caller; when someone else
+    /// decided it at the same time, theirs stands and this is refused.
+    async fn decide(
+        &self,
+        ctx: &RequestContext,
+        plan: &Plan,
+        to: &str,
+        reason: &str,
+    ) -> Result<(), PolicyError> {
+        let (org, id) = (&plan.plan.org_id, &plan.plan.id);
+        if self
+            .store
+            .transition(
+                org,
+                id,
+                "pending",
+                to,
+                Some(&ctx.principal.username),
+                reason,
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(PolicyError::Conflict(format!(
+                "plan {id} was decided by someone else at the same time"
+            )))
+        }
     }
 
     /// Whether four eyes applies in `ctx`'s org.
@@ -665,22 +680,7 @@ impl Changes {
                 "reason: say why, in at most 1 KiB".into(),
             ));
         }
-        if !self
-            .store
-            .transition(
-                &plan.plan.org_id,
-                id,
-                "pending",
-                "rejected",
-                Some(&ctx.principal.username),
-                reason,
-            )
-            .await?
-        {
-            return Err(PolicyError::Conflict(format!(
-                "plan {id} was decided at the same time"
-            )));
-        }
+        self.decide(ctx, &plan, "rejected", reason).await?;
         self.record(
             ctx,
             "plan.reject",
@@ -699,22 +699,7 @@ impl Changes {
         if plan.plan.author != ctx.principal.username && !ctx.principal.allows("policy:approve") {
             return Err(PolicyError::MissingScope("policy:approve".into()));
         }
-        if !self
-            .store
-            .transition(
-                &plan.plan.org_id,
-                id,
-                "pending",
-                "cancelled",
-                Some(&ctx.principal.username),
-                "",
-            )
-            .await?
-        {
-            return Err(PolicyError::Conflict(format!(
-                "plan {id} was decided at the same time"
-            )));
-        }
+        self.decide(ctx, &plan, "cancelled", "").await?;
         self.record(
             ctx,
             "plan.cancel",
@@ -849,14 +834,7 @@ impl Changes {
         outcome: Outcome,
         detail: Value,
     ) {
-        let ctx = RequestContext::internal(Caller {
-            sub: "service:policy".into(),
-            username: String::new(),
-            org_id: org.to_owned(),
-            scopes: Vec::new(),
-            auth: AuthMethod::Internal,
-            credential_id: String::new(),
-        });
+        let ctx = RequestContext::internal(super::links::acting_in(org, &[]));
         self.record(&ctx, action, target, outcome, detail).await;
     }
 
