@@ -331,16 +331,21 @@ else
 fi
 
 # ---------------------------------------------------------------- tools
-# The reviewed-change tests load real nftables rulesets, only inside a network
-# namespace each test creates (`unshare -rn`), never into the host's own tables.
-if ! command -v nft >/dev/null 2>&1; then
-    if ! apt_install nftables; then
-        if is_ci; then
-            die "nft is missing and cannot be installed (CI=true: the firewall tests need it)"
+# The reviewed-change tests run the real tools: nftables rulesets only inside a
+# network namespace each test creates (`unshare -rn`), never into the host's own
+# tables; zone files through named-checkzone; HAProxy configurations through
+# `haproxy -c` and a real haproxy on loopback, in temporary directories.
+for tool in nft:nftables named-checkzone:bind9-utils haproxy:haproxy; do
+    cmd="${tool%%:*}" pkg="${tool#*:}"
+    if ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x "/usr/sbin/$cmd" ]]; then
+        if ! apt_install "$pkg"; then
+            if is_ci; then
+                die "$cmd is missing and cannot be installed (CI=true: the reviewed-change tests need $pkg)"
+            fi
+            warn "$cmd is missing: the tests against the real $cmd will be skipped"
         fi
-        warn "nft is missing: the firewall tests against the real nft will be skipped"
     fi
-fi
+done
 
 if [[ "${LATTICE_TEST_SETUP_ONLY:-}" == "1" ]]; then
     log "LATTICE_TEST_SETUP_ONLY=1: backends ready, skipping cargo"

@@ -17,8 +17,7 @@ pub struct KindSpec {
     pub default_max_attempts: i64,
 }
 
-/// Every kind this version ships. DNS, proxy-core and agent-update applies join
-/// with their intents.
+/// Every kind this version ships.
 pub const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "facts.refresh",
@@ -39,13 +38,27 @@ pub const KINDS: &[KindSpec] = &[
         exclusive: true,
         default_max_attempts: 1,
     },
+    // An approved plan's zone file (queued by the policy service only).
+    KindSpec {
+        name: "dns.apply",
+        capability: Some("dns"),
+        exclusive: true,
+        default_max_attempts: 1,
+    },
+    // An approved plan's reverse-proxy configuration (policy service only).
+    KindSpec {
+        name: "proxy.apply",
+        capability: Some("proxy"),
+        exclusive: true,
+        default_max_attempts: 1,
+    },
 ];
 
 /// The kinds only an approved plan queues (through the policy service).
-pub const APPLY_KINDS: &[&str] = &["firewall.apply"];
+pub const APPLY_KINDS: &[&str] = &["firewall.apply", "dns.apply", "proxy.apply"];
 
 /// Every capability a node can be granted.
-pub const CAPABILITIES: &[&str] = &["exec", "firewall"];
+pub const CAPABILITIES: &[&str] = &["exec", "firewall", "dns", "proxy"];
 
 /// The spec of `name`.
 pub fn spec(name: &str) -> Option<&'static KindSpec> {
@@ -73,19 +86,20 @@ pub fn validate_payload(kind: &str, payload: &Value) -> Result<(), String> {
             _ => Err("payload: facts.refresh takes no payload ({})".into()),
         },
         "exec" => parse_exec(payload).map(|_| ()),
-        "firewall.apply" => {
-            let obj = payload.as_object().ok_or(
-                "payload: firewall.apply takes {\"plan\", \"hash\", \"base_hash\", \"artifact\"}",
-            )?;
-            for field in ["plan", "hash", "base_hash", "artifact"] {
-                if !obj.get(field).is_some_and(Value::is_string) {
+        "firewall.apply" | "dns.apply" | "proxy.apply" => {
+            let mut fields = vec!["plan", "hash", "base_hash", "artifact"];
+            if kind == "dns.apply" {
+                fields.push("zone");
+            }
+            let obj = payload
+                .as_object()
+                .ok_or_else(|| format!("payload: {kind} takes {{{}}}", fields.join(", ")))?;
+            for field in &fields {
+                if !obj.get(*field).is_some_and(Value::is_string) {
                     return Err(format!("payload.{field}: required, a string"));
                 }
             }
-            if let Some(k) = obj
-                .keys()
-                .find(|k| !["plan", "hash", "base_hash", "artifact"].contains(&k.as_str()))
-            {
+            if let Some(k) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
                 return Err(format!("payload.{k}: unknown field"));
             }
             Ok(())

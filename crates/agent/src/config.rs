@@ -26,6 +26,12 @@ pub struct AgentConfig {
     /// How the `firewall` capability runs nft.
     #[serde(default)]
     pub firewall: crate::firewall::FirewallConfig,
+    /// How the `dns` capability writes zones, checks and reloads them.
+    #[serde(default)]
+    pub dns: crate::files::DnsConfig,
+    /// How the `proxy` capability writes the reverse proxy's configuration.
+    #[serde(default)]
+    pub proxy_core: crate::files::ProxyCoreConfig,
 }
 
 impl AgentConfig {

@@ -2,6 +2,7 @@
 //! HTTPS and holds one gRPC stream; nothing on the node listens.
 
 mod config;
+mod files;
 mod firewall;
 mod host;
 mod logs;

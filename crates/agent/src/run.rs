@@ -144,6 +144,21 @@ impl Agent {
     }
 }
 
+/// Every managed artifact this node reports.
+pub fn managed(config: &AgentConfig) -> Vec<pb::ManagedArtifact> {
+    let mut all: Vec<pb::ManagedArtifact> = crate::firewall::artifact(config).into_iter().collect();
+    all.extend(crate::files::artifacts(config));
+    all
+}
+
+/// What changing artifacts look like: name, hash, error.
+fn seen(artifacts: &[pb::ManagedArtifact]) -> Vec<(String, String, String)> {
+    artifacts
+        .iter()
+        .map(|a| (a.name.clone(), a.hash.clone(), a.error.clone()))
+        .collect()
+}
+
 /// Host facts in protocol form, with the managed artifacts this node reports.
 pub fn facts(config: &AgentConfig) -> pb::HostFacts {
     let f = crate::host::facts();
@@ -168,7 +183,7 @@ pub fn facts(config: &AgentConfig) -> pb::HostFacts {
         addresses: f.addresses,
         agent_version: VERSION.into(),
         boot_time_s: f.boot_time_s,
-        artifacts: crate::firewall::artifact(config).into_iter().collect(),
+        artifacts: managed(config),
     }
 }
 
@@ -279,11 +294,7 @@ async fn connected(
         tokio::task::spawn_blocking(move || facts(&config)).await?
     };
     // What the server knows of the managed artifacts: changes from here are sent.
-    let reported: Option<(String, String)> = hello_facts
-        .artifacts
-        .iter()
-        .find(|a| a.name == "firewall")
-        .map(|a| (a.hash.clone(), a.error.clone()));
+    let reported = seen(&hello_facts.artifacts);
     let hello = pb::Hello {
         agent_version: VERSION.into(),
         facts: Some(hello_facts),
@@ -389,17 +400,17 @@ async fn connected(
                     _ = conn.cancelled() => return,
                     _ = look.tick() => {
                         let config = agent.config.clone();
-                        let Ok(now) = tokio::task::spawn_blocking(move || crate::firewall::artifact(&config)).await else {
+                        let Ok(now) = tokio::task::spawn_blocking(move || managed(&config)).await else {
                             continue;
                         };
-                        let seen = now.as_ref().map(|a| (a.hash.clone(), a.error.clone()));
-                        if seen != last {
+                        let now = seen(&now);
+                        if now != last {
                             let config = agent.config.clone();
                             if let Ok(f) = tokio::task::spawn_blocking(move || facts(&config)).await {
                                 agent.send(pb::agent_message::Msg::Facts(f)).await;
                             }
                         }
-                        last = seen;
+                        last = now;
                     }
                 }
             }

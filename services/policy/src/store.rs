@@ -8,10 +8,11 @@ use crate::model::PolicyDoc;
 
 const SCHEMA: &str = include_str!("migrations/0001_policies.sql");
 const CHANGES: &str = include_str!("migrations/0002_changes.sql");
+const ARTIFACT_NAMES: &str = include_str!("migrations/0003_artifact_names.sql");
 
 /// The policy service's migrations.
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 2] = [
+    static SET: [Migration; 3] = [
         Migration {
             version: 1,
             name: "policies",
@@ -23,6 +24,12 @@ pub fn migrations() -> MigrationSet {
             name: "reviewed changes: intents, plans, targets, org settings",
             sqlite: CHANGES,
             postgres: CHANGES,
+        },
+        Migration {
+            version: 3,
+            name: "plans name the managed artifact they change",
+            sqlite: ARTIFACT_NAMES,
+            postgres: ARTIFACT_NAMES,
         },
     ];
     MigrationSet {

@@ -149,7 +149,7 @@ fn rendered_tables_load_and_list_back_byte_for_byte() {
         specs.push(json!({"default": default, "rules": rules}));
     }
     for spec in specs {
-        let rendered = intent(spec.clone()).render();
+        let rendered = intent(spec.clone()).render(&lattice_policy::changes::Base::absent());
         let listed =
             load_and_list(&rendered).unwrap_or_else(|e| panic!("{spec}\n{rendered}\nnft: {e}"));
         assert_eq!(listed, rendered, "{spec}");

@@ -282,7 +282,7 @@ fn cidrs(v: &Value, field: &str, problems: &mut Problems) -> Vec<Cidr> {
 }
 
 /// Text shown in a comment or matched as an interface name: printable, no quotes.
-fn plain(v: &Value, field: &str, max: usize, problems: &mut Problems) -> Option<String> {
+pub(super) fn plain(v: &Value, field: &str, max: usize, problems: &mut Problems) -> Option<String> {
     let s = v.as_str().unwrap_or_default();
     let ok = v.is_string()
         && !s.is_empty()
@@ -317,7 +317,12 @@ fn interface(v: &Value, field: &str, problems: &mut Problems) -> Option<String> 
     }
 }
 
-fn unknown_fields(m: &Map<String, Value>, at: &str, known: &[&str], problems: &mut Problems) {
+pub(super) fn unknown_fields(
+    m: &Map<String, Value>,
+    at: &str,
+    known: &[&str],
+    problems: &mut Problems,
+) {
     for k in m.keys().filter(|k| !known.contains(&k.as_str())) {
         problems.push(Problem::new(
             &format!("{at}.{k}"),

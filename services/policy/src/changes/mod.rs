@@ -6,9 +6,11 @@
 //! has now, and the plan's hash. Rendering is deterministic: the same intent and
 //! base always give the same bytes and the same hash.
 
+pub mod dns;
 pub mod firewall;
 pub mod grpc;
 pub mod links;
+pub mod proxy;
 pub mod service;
 pub mod store;
 
@@ -141,6 +143,10 @@ impl Selector {
 pub enum Spec {
     /// A firewall table.
     Firewall(firewall::Firewall),
+    /// A DNS zone.
+    Dns(dns::Zone),
+    /// The reverse proxy's configuration.
+    Proxy(proxy::Proxy),
 }
 
 /// A validated intent.
@@ -253,10 +259,27 @@ impl Intent {
                     None
                 }
             },
+            Some(Kind::Dns) => match dns::Zone::parse(&spec_json) {
+                Ok(z) => Some(Spec::Dns(z)),
+                Err(p) => {
+                    problems.0.extend(p.0);
+                    None
+                }
+            },
+            Some(Kind::Proxy) => match proxy::Proxy::parse(&spec_json) {
+                Ok(p) => Some(Spec::Proxy(p)),
+                Err(p) => {
+                    problems.0.extend(p.0);
+                    None
+                }
+            },
             Some(other) => {
                 problems.push(Problem::new(
                     "kind",
-                    format!("{} intents are not built yet (firewall is)", other.name()),
+                    format!(
+                        "{} intents are not built yet (firewall, dns and proxy are)",
+                        other.name()
+                    ),
                 ));
                 None
             }
@@ -274,10 +297,22 @@ impl Intent {
         }
     }
 
-    /// The artifact this intent renders for a node.
-    pub fn render(&self) -> String {
+    /// The artifact this intent renders for a node that has `base` now (a DNS
+    /// zone's serial follows the node's).
+    pub fn render(&self, base: &Base) -> String {
         match &self.spec {
             Spec::Firewall(f) => f.render(&self.name),
+            Spec::Dns(z) => z.render(&self.name, &base.content),
+            Spec::Proxy(p) => proxy::Renderer::render(&proxy::HaProxy, p, &self.name),
+        }
+    }
+
+    /// The managed artifact it changes on a node, by the name the agent reports
+    /// it under: `firewall`, `dns:<zone>`, `proxy`.
+    pub fn artifact_name(&self) -> String {
+        match &self.spec {
+            Spec::Dns(z) => format!("dns:{}", z.zone),
+            _ => self.kind.artifact().to_owned(),
         }
     }
 }
@@ -331,7 +366,7 @@ pub struct Target {
 
 /// Render `intent` for `node` over what it has now.
 pub fn target(intent: &Intent, node: &str, base: &Base) -> Target {
-    let artifact = intent.render();
+    let artifact = intent.render(base);
     Target {
         node: node.to_owned(),
         base_hash: base.hash.clone(),
@@ -394,7 +429,7 @@ mod tests {
         .unwrap_err();
         let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, vec!["selector.labels.env", "spec.rules[0].ports"]);
-        let err = Intent::parse(&json!({"name": "z", "kind": "dns",
+        let err = Intent::parse(&json!({"name": "z", "kind": "agent.update",
             "selector": {"node": "n1"}, "spec": {}}))
         .unwrap_err();
         assert!(err.to_string().contains("not built yet"), "{err}");
@@ -413,7 +448,7 @@ mod tests {
         assert_ne!(h, plan_hash(Kind::Firewall, &[t(&b, "n1", &none)]));
         assert_ne!(h, plan_hash(Kind::Firewall, &[t(&a, "n2", &none)]));
         assert_ne!(h, plan_hash(Kind::Dns, &[t(&a, "n1", &none)]));
-        let applied = Base::of(&a.render());
+        let applied = Base::of(&a.render(&none));
         assert_ne!(h, plan_hash(Kind::Firewall, &[t(&a, "n1", &applied)]));
         // Target order does not matter.
         let (x, y) = (t(&a, "n1", &none), t(&a, "n2", &none));
@@ -490,7 +525,7 @@ mod tests {
             ports.push(ports[0]);
             from.reverse();
             let b = intent(json!({"default": "drop", "rules": [rule(&ports, &from)]}));
-            assert_eq!(a.render(), b.render());
+            assert_eq!(a.render(&Base::absent()), b.render(&Base::absent()));
             let base = Base::absent();
             assert_eq!(
                 plan_hash(Kind::Firewall, &[target(&a, "n", &base)]),

@@ -341,16 +341,17 @@ impl Changes {
         }
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         let org = ctx.principal.org_id.clone();
+        let artifact_name = intent.artifact_name();
         let mut targets = Vec::new();
         let mut rows = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             let base = node
                 .artifacts
-                .get(intent.kind.artifact())
+                .get(&artifact_name)
                 .cloned()
                 .unwrap_or_else(Base::absent);
             let t = target(&intent, &node.id, &base);
-            let drift = self.drifted(&org, &node.id, intent.kind, &base).await?;
+            let drift = self.drifted(&org, &node.id, &artifact_name, &base).await?;
             rows.push(TargetRow {
                 node: node.id.clone(),
                 wave: i64::from(i >= CANARY),
@@ -379,6 +380,7 @@ impl Changes {
             decided_by: String::new(),
             decided_at_ms: 0,
             reason: String::new(),
+            artifact_name,
         };
         self.store.insert_plan(&plan, &rows).await?;
         self.record(
@@ -403,11 +405,11 @@ impl Changes {
         &self,
         org: &str,
         node: &str,
-        kind: Kind,
+        artifact_name: &str,
         base: &Base,
     ) -> Result<bool, PolicyError> {
         Ok(
-            match self.store.last_applied(org, node, kind.name()).await? {
+            match self.store.last_applied(org, node, artifact_name).await? {
                 Some(artifact) => super::content_hash(&artifact) != base.hash,
                 None => false,
             },
@@ -631,7 +633,6 @@ impl Changes {
         }
         let ids: BTreeMap<&str, &TargetRow> =
             plan.targets.iter().map(|t| (t.node.as_str(), t)).collect();
-        let kind = Kind::parse(&plan.plan.kind).unwrap_or(Kind::Firewall);
         for t in ids.values() {
             let now = self
                 .nodes
@@ -639,7 +640,7 @@ impl Changes {
                 .await?
                 .into_iter()
                 .next()
-                .and_then(|n| n.artifacts.get(kind.artifact()).cloned())
+                .and_then(|n| n.artifacts.get(&plan.plan.artifact_name).cloned())
                 .unwrap_or_else(Base::absent);
             if now.hash != t.base_hash {
                 changed.push(format!(
@@ -719,12 +720,15 @@ impl Changes {
             .iter()
             .filter(|t| t.wave == wave && t.task_id.is_empty())
         {
-            let payload = json!({
+            let mut payload = json!({
                 "plan": plan.plan.id,
                 "hash": plan.plan.hash,
                 "base_hash": t.base_hash,
                 "artifact": t.artifact,
             });
+            if let Some(zone) = plan.plan.artifact_name.strip_prefix("dns:") {
+                payload["zone"] = json!(zone);
+            }
             let key = format!("plan:{}:{}", plan.plan.id, t.node);
             let task = self
                 .tasks

@@ -76,6 +76,9 @@ pub struct PlanRow {
     pub decided_at_ms: i64,
     /// A rejection's or a halt's reason.
     pub reason: String,
+    /// The managed artifact it changes on each node (`firewall`, `dns:<zone>`,
+    /// `proxy`, `agent`).
+    pub artifact_name: String,
 }
 
 type PlanTuple = (
@@ -92,10 +95,11 @@ type PlanTuple = (
     String,
     i64,
     String,
+    String,
 );
 macro_rules! plan_cols {
     () => {
-        "id, org_id, intent, intent_version, kind, hash, state, author, created_at_ms, expires_at_ms, decided_by, decided_at_ms, reason"
+        "id, org_id, intent, intent_version, kind, hash, state, author, created_at_ms, expires_at_ms, decided_by, decided_at_ms, reason, artifact_name"
     };
 }
 
@@ -114,6 +118,7 @@ fn plan(t: PlanTuple) -> PlanRow {
         decided_by: t.10,
         decided_at_ms: t.11,
         reason: t.12,
+        artifact_name: t.13,
     }
 }
 
@@ -276,7 +281,7 @@ impl ChangeStore {
         sqlx::query(concat!(
             "INSERT INTO policy_plans (",
             plan_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .bind(&p.id)
         .bind(&p.org_id)
@@ -291,6 +296,7 @@ impl ChangeStore {
         .bind(&p.decided_by)
         .bind(p.decided_at_ms)
         .bind(&p.reason)
+        .bind(&p.artifact_name)
         .execute(&mut *tx)
         .await?;
         for t in targets {
@@ -435,21 +441,21 @@ impl ChangeStore {
         Ok(())
     }
 
-    /// The artifact of `kind` last applied to `node` by a plan of `org`.
+    /// The artifact `artifact_name` last applied to `node` by a plan of `org`.
     pub async fn last_applied(
         &self,
         org: &str,
         node: &str,
-        kind: &str,
+        artifact_name: &str,
     ) -> sqlx::Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
             "SELECT t.artifact FROM policy_plan_targets t JOIN policy_plans p ON p.id = t.plan_id \
-             WHERE p.org_id = $1 AND t.node = $2 AND p.kind = $3 AND t.state = 'applied' \
+             WHERE p.org_id = $1 AND t.node = $2 AND p.artifact_name = $3 AND t.state = 'applied' \
              ORDER BY p.decided_at_ms DESC, p.id DESC LIMIT 1",
         )
         .bind(org)
         .bind(node)
-        .bind(kind)
+        .bind(artifact_name)
         .fetch_optional(self.db.pool())
         .await?;
         Ok(row.map(|r| r.0))
