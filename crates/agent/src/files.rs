@@ -407,7 +407,12 @@ async fn apply_file(p: &Apply, plan: &Plan<'_>) -> Result<Value, (String, String
     };
     if !reloaded || !checked {
         let restored = put(path, before.as_deref()).is_ok();
-        let (reloaded_again, restore_output) = run(&reload, "reload").await;
+        // Nothing was there before: the file is removed, and there is nothing to
+        // reload the service into.
+        let (reloaded_again, restore_output) = match &before {
+            Some(_) => run(&reload, "reload").await,
+            None => (true, String::new()),
+        };
         let (code, why) = if reloaded {
             ("check_failed", "the post-apply check failed")
         } else {
@@ -417,7 +422,9 @@ async fn apply_file(p: &Apply, plan: &Plan<'_>) -> Result<Value, (String, String
             code.into(),
             format!(
                 "rolled_back: {why}; the previous file was put back{}",
-                if restored && reloaded_again {
+                if restored && before.is_none() {
+                    " (there was none: the new one is removed)"
+                } else if restored && reloaded_again {
                     " and reloaded"
                 } else {
                     ", but restoring it failed too: look at the node"

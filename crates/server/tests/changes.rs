@@ -634,3 +634,376 @@ async fn an_apply_that_loses_the_server_is_rolled_back_by_the_agent() {
     assert!(!listed.status.success(), "the table was removed again");
     s.stop().await;
 }
+
+/// The path of a tool (`/usr/sbin` is not on every PATH); None where it is
+/// missing (CI requires it).
+fn tool(name: &str) -> Option<String> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    assert!(
+        found.is_some() || std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {name} is missing (scripts/test.sh installs it)"
+    );
+    found.map(|p| p.display().to_string())
+}
+
+/// Put intent `doc`, render its plan, approve the hash, and wait for the rollout's
+/// end: the finished plan.
+async fn reviewed(s: &TestServer, admin: &str, doc: Value) -> Value {
+    let name = doc["name"].as_str().unwrap().to_owned();
+    let (status, b) = s.call("POST", "/api/v1/intents", admin, Some(doc)).await;
+    assert_eq!(status, 201, "{b}");
+    let (status, p) = s
+        .call(
+            "POST",
+            "/api/v1/plans",
+            admin,
+            Some(json!({"intent": name})),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            admin,
+            Some(json!({"hash": p["hash"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    wait_for(
+        s,
+        admin,
+        &format!("/api/v1/plans/{id}"),
+        "the rollout ends",
+        |b| ["applied", "halted", "failed"].contains(&b["state"].as_str().unwrap_or("")),
+    )
+    .await
+}
+
+/// One target's result, parsed.
+fn result(plan: &Value) -> Value {
+    match &plan["targets"][0]["result"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or_default(),
+        other => other.clone(),
+    }
+}
+
+async fn enable(s: &TestServer, admin: &str, node: &str, capability: &str) {
+    let (status, b) = s
+        .call(
+            "PATCH",
+            &format!("/api/v1/nodes/{node}"),
+            admin,
+            Some(json!({ "capabilities": [capability] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+}
+
+fn zone(node: &str, extra: Value) -> Value {
+    let mut records = vec![
+        json!({"name": "@", "type": "NS", "value": "ns1"}),
+        json!({"name": "ns1", "type": "A", "value": "192.0.2.53"}),
+        json!({"name": "www", "type": "A", "value": "192.0.2.80"}),
+    ];
+    records.push(extra);
+    json!({"name": "example-zone", "kind": "dns", "selector": {"node": node},
+        "spec": {"zone": "example.com", "soa": {"mname": "ns1.example.com.", "rname": "hostmaster@example.com"},
+            "records": records}})
+}
+
+/// A DNS zone end to end: validated by the real `named-checkzone` on the node,
+/// written by rename, reloaded by the configured command; a zone the validator
+/// refuses is a failed result carrying its output; a failed post-apply check puts
+/// the previous zone back; a hand edit shows as drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_zone_is_validated_applied_and_rolled_back_on_the_node() {
+    let Some(checkzone) = tool("named-checkzone") else {
+        eprintln!("skipped here: named-checkzone is missing (CI requires it)");
+        return;
+    };
+    let s = TestServer::start_with(Backend::Sqlite, FAST).await;
+    let admin = s.admin_token(&["*"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    let log = dir.path().join("reloads.log");
+    let fail = dir.path().join("fail-check");
+    let config = format!(
+        "capabilities = [\"dns\"]\n[dns]\ndir = {:?}\ncheck = [{:?}]\nreload = [\"sh\", \"-c\", \"echo reload {{zone}} >> {}\"]\npost_check = [\"sh\", \"-c\", \"test ! -e {}\"]\n",
+        zones.display().to_string(),
+        checkzone,
+        log.display(),
+        fail.display()
+    );
+    let (_agent, node) = connected_agent(&s, &admin, dir.path(), &config).await;
+    enable(&s, &admin, &node, "dns").await;
+    let file = zones.join("example.com.zone");
+
+    // Applied: the node's file is the artifact, serial 1, reloaded once.
+    let done = reviewed(
+        &s,
+        &admin,
+        zone(
+            &node,
+            json!({"name": "@", "type": "TXT", "value": "v=spf1 -all"}),
+        ),
+    )
+    .await;
+    assert_eq!(done["state"], "applied", "{done}");
+    let first = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(first, done["targets"][0]["artifact"].as_str().unwrap());
+    assert!(first.contains("\t1\t; serial"), "{first}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "reload example.com\n"
+    );
+    let r = result(&done);
+    assert_eq!(
+        r["after"],
+        json!(lattice_policy::changes::content_hash(&first)),
+        "{r}"
+    );
+    assert!(r["validate_output"].as_str().unwrap().contains("OK"), "{r}");
+
+    // Refused by the real validator (an in-zone NS without an address): nothing
+    // replaced, the tool's words in the result.
+    let done = reviewed(
+        &s,
+        &admin,
+        zone(&node, json!({"name": "@", "type": "NS", "value": "ns2"})),
+    )
+    .await;
+    assert_ne!(done["state"], "applied", "{done}");
+    assert_eq!(done["targets"][0]["state"], "failed", "{done}");
+    let r = result(&done);
+    assert!(
+        r["validate_output"]
+            .as_str()
+            .unwrap()
+            .contains("ns2.example.com"),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+
+    // The post-apply check fails: the previous zone is back and reloaded.
+    std::fs::write(&fail, "").unwrap();
+    let done = reviewed(
+        &s,
+        &admin,
+        zone(
+            &node,
+            json!({"name": "api", "type": "A", "value": "192.0.2.81"}),
+        ),
+    )
+    .await;
+    assert_eq!(done["targets"][0]["state"], "failed", "{done}");
+    let r = result(&done);
+    assert_eq!(r["rolled_back"], true, "{r}");
+    assert!(
+        done["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the post-apply check failed")),
+        "{done}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().lines().count(),
+        3,
+        "apply, then restore"
+    );
+    std::fs::remove_file(&fail).unwrap();
+
+    // A hand edit on the node shows as drift; the next plan bumps over its serial.
+    std::fs::write(
+        &file,
+        first.replace("\t1\t; serial", "\t7\t; serial") + "hand\t\tIN\tA\t192.0.2.99\n",
+    )
+    .unwrap();
+    let mut p = Value::Null;
+    for _ in 0..50 {
+        let (status, next) = s
+            .call(
+                "POST",
+                "/api/v1/plans",
+                &admin,
+                Some(json!({"intent": "example-zone"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{next}");
+        p = next;
+        if p["targets"][0]["drift"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(p["targets"][0]["drift"], true, "{p}");
+    assert!(
+        p["targets"][0]["artifact"]
+            .as_str()
+            .unwrap()
+            .contains("\t8\t; serial"),
+        "{p}"
+    );
+    assert!(
+        p["targets"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("-hand\t\tIN\tA\t192.0.2.99"),
+        "{p}"
+    );
+    s.stop().await;
+}
+
+/// A tiny HTTP upstream on loopback that answers every request with `body`.
+async fn upstream(body: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET through the proxy with `host`: the body, or None.
+fn through(port: u16, host: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", "-H", &format!("Host: {host}")])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A reverse-proxy configuration end to end with a real HAProxy on loopback:
+/// validated by `haproxy -c` on the node, swapped in, reloaded, checked by a
+/// request through it; a configuration HAProxy refuses is never loaded, and one
+/// whose check fails is rolled back (the old routes answer again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_configuration_is_applied_to_a_real_haproxy() {
+    let Some(haproxy) = tool("haproxy") else {
+        eprintln!("skipped here: haproxy is missing (CI requires it)");
+        return;
+    };
+    let s = TestServer::start_with(Backend::Sqlite, FAST).await;
+    let admin = s.admin_token(&["*"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    let pid = dir.path().join("haproxy.pid");
+    let (http, https) = (free_port(), free_port());
+    let reload = format!(
+        "if [ -s {pid} ]; then exec {haproxy} -D -f {{file}} -p {pid} -sf $(cat {pid}); else exec {haproxy} -D -f {{file}} -p {pid}; fi",
+        pid = pid.display()
+    );
+    let check =
+        format!("curl -fsS --max-time 5 -H 'Host: app.example.com' http://127.0.0.1:{http}/");
+    let config = format!(
+        "capabilities = [\"proxy\"]\n[proxy_core]\npath = {:?}\ncheck = [{haproxy:?}, \"-c\", \"-f\"]\nreload = [\"sh\", \"-c\", {reload:?}]\npost_check = [\"sh\", \"-c\", {check:?}]\n",
+        cfg.display().to_string()
+    );
+    let (_agent, node) = connected_agent(&s, &admin, dir.path(), &config).await;
+    enable(&s, &admin, &node, "proxy").await;
+    let up = upstream("hello from upstream").await;
+    let doc = |upstream_port: u16, certificates: Option<&str>| {
+        let mut d = json!({"name": "edge", "kind": "proxy", "selector": {"node": node},
+            "spec": {"listen": {"address": "127.0.0.1", "http": http, "https": https},
+                "routes": [{"host": "app.example.com", "upstreams": [format!("127.0.0.1:{upstream_port}")],
+                    "health": {"path": "/healthz", "interval_s": 1}}]}});
+        if let Some(c) = certificates {
+            d["spec"]["certificates"] = json!(c);
+            d["spec"]["routes"].as_array_mut().unwrap().push(
+                json!({"host": "secure.example.com", "tls": "terminate", "upstreams": [format!("127.0.0.1:{upstream_port}")]}),
+            );
+        }
+        d
+    };
+    let stop_haproxy = || {
+        if let Ok(p) = std::fs::read_to_string(&pid) {
+            for p in p.split_whitespace() {
+                let _ = Command::new("kill").arg(p).status();
+            }
+        }
+    };
+
+    let done = reviewed(&s, &admin, doc(up, None)).await;
+    assert_eq!(done["state"], "applied", "{done}");
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        done["targets"][0]["artifact"].as_str().unwrap()
+    );
+    assert_eq!(
+        through(http, "app.example.com").as_deref(),
+        Some("hello from upstream")
+    );
+    let r = result(&done);
+    assert!(
+        r["validate_output"]
+            .as_str()
+            .unwrap()
+            .contains("Configuration file is valid"),
+        "{r}"
+    );
+    let applied = std::fs::read_to_string(&cfg).unwrap();
+
+    // HAProxy refuses it (a certificate that does not exist): never loaded.
+    let done = reviewed(&s, &admin, doc(up, Some("/nonexistent/lattice-test.pem"))).await;
+    assert_eq!(done["targets"][0]["state"], "failed", "{done}");
+    let r = result(&done);
+    assert!(
+        r["validate_output"]
+            .as_str()
+            .unwrap()
+            .contains("lattice-test.pem"),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), applied);
+
+    // The check through the proxy fails (the new upstream is down): rolled back,
+    // and the old route answers again.
+    let done = reviewed(&s, &admin, doc(free_port(), None)).await;
+    assert_eq!(done["targets"][0]["state"], "failed", "{done}");
+    let r = result(&done);
+    assert_eq!(r["rolled_back"], true, "{r}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), applied);
+    let mut back = None;
+    for _ in 0..50 {
+        back = through(http, "app.example.com");
+        if back.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(back.as_deref(), Some("hello from upstream"));
+    stop_haproxy();
+    s.stop().await;
+}

@@ -32,7 +32,9 @@ fn main() {
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let doc = |spec: Value| json!({"name": "fleet-fw", "kind": "firewall", "selector": {"labels": {"env": "prod"}}, "spec": spec});
     // The bases nodes report: none, the previous version, the previous one edited.
-    let previous = Intent::parse(&doc(spec(rules, 1))).unwrap().render(&lattice_policy::changes::Base::absent());
+    let previous = Intent::parse(&doc(spec(rules, 1)))
+        .unwrap()
+        .render(&lattice_policy::changes::Base::absent());
     let edited = previous.replace("accept comment \"rule 1\"", "drop comment \"rule 1\"");
     let bases = [Base::absent(), Base::of(&previous), Base::of(&edited)];
     let new_doc = doc(spec(rules, 0));
@@ -53,7 +55,10 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{nodes} nodes, {rules} rules ({} bytes per table, {} bytes of diffs): median {:.1} ms, slowest {:.1} ms over {rounds} rounds",
-        Intent::parse(&new_doc).unwrap().render(&lattice_policy::changes::Base::absent()).len(),
+        Intent::parse(&new_doc)
+            .unwrap()
+            .render(&lattice_policy::changes::Base::absent())
+            .len(),
         diff_bytes,
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1]),

@@ -42,16 +42,31 @@ fn random_zone(rng: &mut StdRng) -> Value {
         json!({"name": "@", "type": "NS", "value": "ns.example.net."}),
     ];
     for i in 0..rng.random_range(1..40) {
-        let name = pick(rng, &["@", "www", "api", "*.dev", "_sip._tcp", "mail", "a.b.c"]);
+        let name = pick(
+            rng,
+            &["@", "www", "api", "*.dev", "_sip._tcp", "mail", "a.b.c"],
+        );
         let host = format!("h{i}");
         let r = match rng.random_range(0..8) {
             0 => json!({"name": host, "type": "A", "value": format!("198.51.100.{}", i % 250 + 1)}),
-            1 => json!({"name": host, "type": "AAAA", "value": format!("2001:db8::{:x}", i + 1), "ttl": 300}),
-            2 => json!({"name": format!("alias{i}"), "type": "CNAME", "value": pick(rng, &["www", "@", "target.example.org."])}),
-            3 => json!({"name": name, "type": "MX", "priority": rng.random_range(0..100), "value": format!("mx{i}.example.net.")}),
-            4 => json!({"name": name, "type": "TXT", "value": format!("{i} {}", "v=spf1 \"q\" \\ -all ".repeat(rng.random_range(1..30)))}),
-            5 => json!({"name": format!("_s{i}._tcp"), "type": "SRV", "priority": 10, "weight": i, "port": 443, "value": "www"}),
-            6 => json!({"name": name, "type": "CAA", "flags": pick(rng, &["0", "128"]).parse::<u8>().unwrap(), "tag": pick(rng, &["issue", "issuewild", "iodef"]), "value": format!("ca{i}.example")}),
+            1 => {
+                json!({"name": host, "type": "AAAA", "value": format!("2001:db8::{:x}", i + 1), "ttl": 300})
+            }
+            2 => {
+                json!({"name": format!("alias{i}"), "type": "CNAME", "value": pick(rng, &["www", "@", "target.example.org."])})
+            }
+            3 => {
+                json!({"name": name, "type": "MX", "priority": rng.random_range(0..100), "value": format!("mx{i}.example.net.")})
+            }
+            4 => {
+                json!({"name": name, "type": "TXT", "value": format!("{i} {}", "v=spf1 \"q\" \\ -all ".repeat(rng.random_range(1..30)))})
+            }
+            5 => {
+                json!({"name": format!("_s{i}._tcp"), "type": "SRV", "priority": 10, "weight": i, "port": 443, "value": "www"})
+            }
+            6 => {
+                json!({"name": name, "type": "CAA", "flags": pick(rng, &["0", "128"]).parse::<u8>().unwrap(), "tag": pick(rng, &["issue", "issuewild", "iodef"]), "value": format!("ca{i}.example")})
+            }
             _ => json!({"name": host, "type": "NS", "value": "ns.example.net."}),
         };
         records.push(r);
@@ -63,7 +78,9 @@ fn random_zone(rng: &mut StdRng) -> Value {
 
 #[test]
 fn rendered_zones_pass_named_checkzone() {
-    let Some(check) = tool("named-checkzone") else { return };
+    let Some(check) = tool("named-checkzone") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(2);
     let mut base = Base::absent();
@@ -72,7 +89,11 @@ fn rendered_zones_pass_named_checkzone() {
         let zone = intent("dns", spec.clone()).render(&base);
         let file = dir.path().join("example.com.zone");
         std::fs::write(&file, &zone).unwrap();
-        let out = Command::new(&check).arg("example.com").arg(&file).output().unwrap();
+        let out = Command::new(&check)
+            .arg("example.com")
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "round {round}: named-checkzone refused\n{}\n{zone}",
@@ -88,20 +109,32 @@ fn rendered_zones_pass_named_checkzone() {
 fn cert(dir: &Path) -> PathBuf {
     let c = rcgen::generate_simple_self_signed(vec!["app.example.com".into()]).unwrap();
     let path = dir.join("app.pem");
-    std::fs::write(&path, format!("{}{}", c.cert.pem(), c.signing_key.serialize_pem())).unwrap();
+    std::fs::write(
+        &path,
+        format!("{}{}", c.cert.pem(), c.signing_key.serialize_pem()),
+    )
+    .unwrap();
     path
 }
 
 fn random_proxy(rng: &mut StdRng, certs: &str) -> Value {
     let mut routes = Vec::new();
-    let hosts = ["app.example.com", "api.example.com", "git.example.com", "status.example.com"];
+    let hosts = [
+        "app.example.com",
+        "api.example.com",
+        "git.example.com",
+        "status.example.com",
+    ];
     for (i, host) in hosts.iter().enumerate() {
         let tls = if *host == "git.example.com" {
             pick(rng, &["passthrough", "none"])
         } else {
             pick(rng, &["none", "terminate"])
         };
-        for path in [None, Some("/api"), Some("/api/v2")].into_iter().take(rng.random_range(1..4)) {
+        for path in [None, Some("/api"), Some("/api/v2")]
+            .into_iter()
+            .take(rng.random_range(1..4))
+        {
             let path = if tls == "passthrough" { None } else { path };
             let mut r = json!({"host": host, "tls": tls,
                 "upstreams": (0..rng.random_range(1..4)).map(|j| match j {
@@ -131,18 +164,35 @@ fn random_proxy(rng: &mut StdRng, certs: &str) -> Value {
 
 #[test]
 fn rendered_proxy_configurations_pass_haproxy_check() {
-    let Some(haproxy) = tool("haproxy") else { return };
+    let Some(haproxy) = tool("haproxy") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let certs = cert(dir.path());
     let mut rng = StdRng::seed_from_u64(3);
     for round in 0..20 {
-        let cfg = intent("proxy", random_proxy(&mut rng, &certs.display().to_string()))
-            .render(&Base::absent());
+        let cfg = intent(
+            "proxy",
+            random_proxy(&mut rng, &certs.display().to_string()),
+        )
+        .render(&Base::absent());
         let file = dir.path().join("haproxy.cfg");
         std::fs::write(&file, &cfg).unwrap();
-        let out = Command::new(&haproxy).arg("-c").arg("-f").arg(&file).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "round {round}: haproxy -c refused\n{text}\n{cfg}");
+        let out = Command::new(&haproxy)
+            .arg("-c")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "round {round}: haproxy -c refused\n{text}\n{cfg}"
+        );
         // The only warning allowed: a made-up upstream name that does not resolve
         // here (it starts down rather than failing the load).
         let warned = text

@@ -699,7 +699,10 @@ mod tests {
         assert_eq!(
             serial(&z.render(
                 "dns",
-                &format!("{}x\n", first.replace("\t1\t; serial", "\t4294967295\t; serial"))
+                &format!(
+                    "{}x\n",
+                    first.replace("\t1\t; serial", "\t4294967295\t; serial")
+                )
             )),
             Some(1)
         );

@@ -453,8 +453,8 @@ impl Renderer for HaProxy {
             out,
             "# Rendered by Lattice from intent {intent}: edits on the node show as drift."
         );
-        out.push_str("global\n\tmaxconn 20000\n\n");
-        out.push_str("defaults\n\tmode http\n\toption dontlognull\n\ttimeout connect 5s\n\ttimeout client 60s\n\ttimeout server 60s\n\ttimeout http-request 10s\n\ttimeout tunnel 1h\n\t# An upstream name that does not resolve yet starts down instead of failing the load.\n\tdefault-server init-addr last,libc,none\n\n");
+        out.push_str("global\n\tlog /dev/log local0\n\n");
+        out.push_str("defaults\n\tlog global\n\tmode http\n\toption dontlognull\n\ttimeout connect 5s\n\ttimeout client 60s\n\ttimeout server 60s\n\ttimeout http-request 10s\n\ttimeout tunnel 1h\n\t# An upstream name that does not resolve yet starts down instead of failing the load.\n\tdefault-server init-addr last,libc,none\n\n");
         let ordered = Self::ordered(&p.routes);
         let plain: Vec<(usize, &Route)> = ordered
             .iter()
@@ -474,7 +474,7 @@ impl Renderer for HaProxy {
         // Plain HTTP: routes without TLS, and redirects for terminated hosts.
         let _ = writeln!(
             out,
-            "frontend http\n\tbind {}\n\tmode http\n\toption forwardfor",
+            "frontend http\n\tbind {}\n\tmode http\n\toption httplog\n\toption forwardfor",
             bind(p.address, p.http)
         );
         let redirect: BTreeSet<&str> = terminated.iter().map(|(_, r)| r.host.as_str()).collect();
@@ -492,7 +492,7 @@ impl Renderer for HaProxy {
             // the terminating frontend over an abstract socket with PROXY v2.
             let _ = writeln!(
                 out,
-                "frontend tls\n\tbind {}\n\tmode tcp\n\ttcp-request inspect-delay 5s\n\ttcp-request content accept if {{ req.ssl_hello_type 1 }}",
+                "frontend tls\n\tbind {}\n\tmode tcp\n\toption tcplog\n\ttcp-request inspect-delay 5s\n\ttcp-request content accept if {{ req.ssl_hello_type 1 }}",
                 bind(p.address, p.https)
             );
             for (i, r) in &passed {
@@ -509,7 +509,7 @@ impl Renderer for HaProxy {
             if !terminated.is_empty() {
                 let _ = writeln!(
                     out,
-                    "frontend https\n\tbind abns@lattice-https accept-proxy ssl crt {certs}\n\tmode http\n\toption forwardfor"
+                    "frontend https\n\tbind abns@lattice-https accept-proxy ssl crt {certs}\n\tmode http\n\toption httplog\n\toption forwardfor"
                 );
                 Self::http_rules(&mut out, &terminated);
                 out.push('\n');
@@ -517,7 +517,7 @@ impl Renderer for HaProxy {
         } else if !terminated.is_empty() {
             let _ = writeln!(
                 out,
-                "frontend https\n\tbind {} ssl crt {certs}\n\tmode http\n\toption forwardfor",
+                "frontend https\n\tbind {} ssl crt {certs}\n\tmode http\n\toption httplog\n\toption forwardfor",
                 bind(p.address, p.https)
             );
             Self::http_rules(&mut out, &terminated);
