@@ -37,6 +37,7 @@ pub mod storage {
 }
 
 pub mod join_token;
+pub mod release;
 mod storage_grant;
 pub mod task_kinds;
 pub use storage_grant::GrantRefusal;

@@ -52,13 +52,20 @@ pub const KINDS: &[KindSpec] = &[
         exclusive: true,
         default_max_attempts: 1,
     },
+    // An approved plan's agent release (policy service only).
+    KindSpec {
+        name: "agent.update",
+        capability: Some("update"),
+        exclusive: true,
+        default_max_attempts: 1,
+    },
 ];
 
 /// The kinds only an approved plan queues (through the policy service).
-pub const APPLY_KINDS: &[&str] = &["firewall.apply", "dns.apply", "proxy.apply"];
+pub const APPLY_KINDS: &[&str] = &["firewall.apply", "dns.apply", "proxy.apply", "agent.update"];
 
 /// Every capability a node can be granted.
-pub const CAPABILITIES: &[&str] = &["exec", "firewall", "dns", "proxy"];
+pub const CAPABILITIES: &[&str] = &["exec", "firewall", "dns", "proxy", "update"];
 
 /// The spec of `name`.
 pub fn spec(name: &str) -> Option<&'static KindSpec> {
@@ -86,7 +93,7 @@ pub fn validate_payload(kind: &str, payload: &Value) -> Result<(), String> {
             _ => Err("payload: facts.refresh takes no payload ({})".into()),
         },
         "exec" => parse_exec(payload).map(|_| ()),
-        "firewall.apply" | "dns.apply" | "proxy.apply" => {
+        "firewall.apply" | "dns.apply" | "proxy.apply" | "agent.update" => {
             let mut fields = vec!["plan", "hash", "base_hash", "artifact"];
             if kind == "dns.apply" {
                 fields.push("zone");

@@ -32,6 +32,12 @@ pub struct AgentConfig {
     /// How the `proxy` capability writes the reverse proxy's configuration.
     #[serde(default)]
     pub proxy_core: crate::files::ProxyCoreConfig,
+    /// How the `update` capability replaces this agent.
+    #[serde(default)]
+    pub update: crate::update::UpdateConfig,
+    /// The state directory (set at start, not read from the file).
+    #[serde(skip)]
+    pub state_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -75,6 +81,10 @@ pub struct Credentials {
     pub node_id: String,
     /// This node's credential.
     pub node_token: String,
+    /// The server's Ed25519 release key (base64), pinned at enrollment: only
+    /// agent releases it signed are installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 impl Credentials {

@@ -10,6 +10,7 @@ mod proxy;
 mod run;
 mod tasks;
 mod tls;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use lattice_proto::agent::v1 as pb;
 use crate::config::{AgentConfig, Credentials};
 
 #[derive(Parser, Debug)]
-#[command(name = "lattice-agent", version, about = "The Lattice node agent")]
+#[command(name = "lattice-agent", version = run::VERSION, about = "The Lattice node agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,6 +63,15 @@ enum Command {
         )]
         state_dir: PathBuf,
     },
+    /// Print `lattice-agent <version>` (what an update checks a new binary with).
+    Version,
+    /// Roll an update back when the new agent does not reconnect in time (started
+    /// by the agent from its previous binary; not for manual use).
+    #[command(hide = true)]
+    UpdateWatchdog {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,13 +106,19 @@ fn main() -> ExitCode {
 
 async fn async_main(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Version => {
+            println!("lattice-agent {}", run::VERSION);
+            Ok(())
+        }
+        Command::UpdateWatchdog { state_dir } => update::watchdog(&state_dir).await,
         Command::Enroll {
             token,
             server,
             state_dir,
         } => enroll(&token, server, &state_dir).await,
         Command::Run { config, state_dir } => {
-            let config = AgentConfig::load(&config)?;
+            let mut config = AgentConfig::load(&config)?;
+            config.state_dir = state_dir.clone();
             let creds = Credentials::load(&state_dir)?;
             tracing::info!(
                 server = %creds.server,
@@ -112,6 +128,7 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
                 "lattice-agent starting"
             );
             let agent = Arc::new(run::Agent::new(creds, config, state_dir));
+            update::resume(&agent);
             let shutdown = lattice_core::shutdown::on_signal();
             run::run(agent, shutdown).await
         }
@@ -145,6 +162,7 @@ async fn enroll(
         ca_sha256: join.ca_sha256,
         node_id: resp.node_id.clone(),
         node_token: resp.node_token,
+        release_key: (!resp.release_key.is_empty()).then_some(resp.release_key),
     };
     creds.save(state_dir)?;
     println!(

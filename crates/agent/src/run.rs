@@ -24,7 +24,10 @@ const WELCOME_WITHIN: Duration = Duration::from_secs(30);
 const ARTIFACTS_EVERY: Duration = Duration::from_secs(3);
 
 /// The agent's version, reported with its facts.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = match option_env!("LATTICE_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// What outlives one connection.
 pub struct Agent {
@@ -148,6 +151,7 @@ impl Agent {
 pub fn managed(config: &AgentConfig) -> Vec<pb::ManagedArtifact> {
     let mut all: Vec<pb::ManagedArtifact> = crate::firewall::artifact(config).into_iter().collect();
     all.extend(crate::files::artifacts(config));
+    all.extend(crate::update::artifact(config));
     all
 }
 
@@ -334,6 +338,9 @@ async fn connected(
     for r in resend {
         agent.send(pb::agent_message::Msg::Result(r)).await;
     }
+    // Connected: an update that brought this binary is confirmed (or one that
+    // was rolled back is reported).
+    crate::update::welcomed(agent).await;
     let conn = shutdown.child_token();
     let _stop = conn.clone().drop_guard();
     // Heartbeats (with the leases of running tasks), metrics and logs.
@@ -484,6 +491,7 @@ mod tests {
             ca_sha256: ca,
             node_id: "n".into(),
             node_token: "t".into(),
+            release_key: None,
         };
         creds.save(state_dir).unwrap();
         Agent::new(creds, AgentConfig::default(), state_dir.to_owned())

@@ -99,6 +99,7 @@ async fn execute(agent: &Agent, t: &pb::TaskAssignment) -> pb::TaskResult {
         "exec" => exec(agent, t, &payload).await,
         "firewall.apply" => crate::firewall::apply(agent, t).await,
         "dns.apply" | "proxy.apply" => crate::files::apply(agent, t).await,
+        "agent.update" => crate::update::apply(agent, t).await,
         other => failed(
             t,
             "unknown_kind",

@@ -71,6 +71,9 @@ pub enum Command {
     /// Plans of reviewed changes: render, show the diff, approve the hash, follow.
     #[command(subcommand, visible_alias = "plans")]
     Plan(PlanCommand),
+    /// Agent releases for `agent.update` intents: upload (signed by the server), list.
+    #[command(subcommand, name = "agent-release", visible_alias = "agent-releases")]
+    AgentRelease(AgentReleaseCommand),
     /// Two-factor authentication for your own account.
     #[command(subcommand)]
     Totp(TotpCommand),
@@ -251,6 +254,25 @@ pub enum IntentCommand {
         /// Intent name.
         name: String,
     },
+}
+
+/// `lattice agent-release ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentReleaseCommand {
+    /// Upload a lattice-agent binary; the server signs it with its release key.
+    Upload {
+        /// The binary.
+        file: std::path::PathBuf,
+        /// What the binary's `lattice-agent version` prints.
+        #[arg(long)]
+        version: String,
+        /// x86_64 or aarch64.
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+    },
+    /// The releases, newest first, and the key agents pin.
+    #[command(visible_alias = "ls")]
+    List,
 }
 
 /// `lattice plan ...`.

@@ -18,6 +18,7 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "nodes:read",
     "nodes:write",
     "nodes:proxy",
+    "releases:admin",
     "tasks:read",
     "tasks:write",
     "policy:read",

@@ -566,7 +566,7 @@ async fn start_policy(
     let changes = lattice_policy::changes::service::Changes::new(
         lattice_policy::changes::store::ChangeStore::new(db.clone()),
         policies.clone(),
-        nodes,
+        nodes.clone(),
         Arc::new(queue),
         groups.clone(),
         groups,
@@ -574,7 +574,8 @@ async fn start_policy(
             db.clone(),
             "policy_audit",
         )),
-    );
+    )
+    .with_releases(nodes);
     {
         // Roll approved plans forward: the next wave after the canary, the end.
         let (changes, stop) = (changes.clone(), shared.stop.clone());
@@ -640,6 +641,7 @@ struct TunnelLinks {
 /// listener and spawn it.
 async fn start_tunnel(
     shared: &Shared<'_>,
+    master: &MasterKey,
     links: TunnelLinks,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db, tonic::service::Routes)> {
@@ -661,6 +663,8 @@ async fn start_tunnel(
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    // Seals the agent release signing key.
+    let sealer = lattice_core::crypto::Sealer::open(&db, master).await?;
     let nodes = lattice_tunnel::Nodes::new(
         lattice_tunnel::store::Store::new(db.clone()),
         lattice_tunnel::Settings {
@@ -683,7 +687,8 @@ async fn start_tunnel(
                 10_000
             },
         },
-    );
+    )
+    .with_sealer(sealer);
     if tasks_service.is_none() {
         tracing::warn!("tasks.url is not set: agents connect but receive no tasks");
     }
@@ -940,6 +945,7 @@ pub async fn start(
     // it; a gateway given JWT_SECRET needs none.
     let needs_master = roles.contains(&Role::Identity)
         || roles.contains(&Role::Storage)
+        || roles.contains(&Role::Tunnel)
         || config.jwt_secret.is_none();
     let master = if needs_master {
         Some(master_key(&config)?)
@@ -1118,7 +1124,10 @@ pub async fn start(
             tasks_in_process: running_tasks.is_some(),
             access,
         };
-        let (addr, db, routes) = start_tunnel(&shared, links, &mut tasks).await?;
+        let master = master
+            .as_ref()
+            .context("the tunnel service needs the master key")?;
+        let (addr, db, routes) = start_tunnel(&shared, master, links, &mut tasks).await?;
         forward_audit(&mut tasks, "tunnel", &db, "tunnel_audit");
         pools.push(("tunnel database", db));
         let _ = tunnel_for_tasks.set(TunnelServiceClient::new(lattice_gateway::in_process(

@@ -272,6 +272,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(storage::sites::put_object),
         )
         .layer(DefaultBodyLimit::max(state.cfg.upload_limit_bytes));
+    // Agent releases stream through to the tunnel service, which caps them.
+    let releases = Router::new()
+        .route(
+            "/api/v1/agent-releases",
+            get(routes::releases::list).post(routes::releases::upload),
+        )
+        .layer(DefaultBodyLimit::disable());
     let api = Router::new()
         .route("/api/v1/openapi.json", get(routes::system::openapi))
         .route("/api/v1/auth/login", post(routes::auth::login))
@@ -348,6 +355,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(routes::changes::list_plans).post(routes::changes::create_plan),
         )
         .route("/api/v1/plans/{id}", get(routes::changes::get_plan))
+        .route(
+            "/api/v1/agent-releases/{version}/{arch}",
+            get(routes::releases::get),
+        )
         .route(
             "/api/v1/plans/{id}/approve",
             post(routes::changes::approve_plan),
@@ -435,6 +446,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             delete(storage::sites::delete_object),
         )
         .merge(uploads)
+        .merge(releases)
         .route("/health", get(routes::system::health))
         .route("/ready", get(routes::system::ready))
         .route("/metrics", get(routes::system::metrics))

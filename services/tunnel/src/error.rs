@@ -27,6 +27,12 @@ pub enum TunnelError {
     /// A limit is reached for now (concurrent proxy streams to a node).
     #[error("{0}")]
     Busy(String),
+    /// It exists already (a release is immutable).
+    #[error("{0}")]
+    Conflict(String),
+    /// Larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
     /// The database failed.
     #[error("tunnel database")]
     Db(#[from] sqlx::Error),
@@ -41,6 +47,8 @@ impl CodedError for TunnelError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::NotConnected(_) => ErrorCode::Unavailable,
             Self::Busy(_) => ErrorCode::RateLimited,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) => ErrorCode::Internal,
         }

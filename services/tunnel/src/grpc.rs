@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use lattice_core::error::to_status;
 use lattice_core::grpc::{client_ip_of, context_of, principal_of};
 use lattice_proto::agent::v1 as agent;
@@ -79,6 +79,70 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
             expires_at_ms: t.expires_at_ms,
             labels: t.labels.into_iter().collect(),
         }))
+    }
+
+    async fn upload_release(
+        &self,
+        req: Request<Streaming<pb::UploadReleaseChunk>>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let ctx = context_of(&req)?;
+        let mut stream = req.into_inner();
+        let head = match stream.message().await? {
+            Some(pb::UploadReleaseChunk {
+                chunk: Some(pb::upload_release_chunk::Chunk::Head(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the head",
+                ));
+            }
+        };
+        let chunks = stream.map(|m| match m {
+            Ok(pb::UploadReleaseChunk {
+                chunk: Some(pb::upload_release_chunk::Chunk::Data(d)),
+            }) => Ok(bytes::Bytes::from(d)),
+            Ok(_) => Err(TunnelError::Invalid(
+                "after the head, only data chunks".into(),
+            )),
+            Err(e) => Err(TunnelError::Invalid(format!(
+                "the upload broke off: {}",
+                e.message()
+            ))),
+        });
+        let release = self
+            .hub
+            .nodes()
+            .upload_release(&ctx, &head.version, &head.arch, Box::pin(chunks))
+            .await
+            .map_err(st)?;
+        Ok(Response::new(release))
+    }
+
+    async fn list_releases(
+        &self,
+        req: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let (releases, release_key) = self.hub.nodes().list_releases(&ctx).await.map_err(st)?;
+        Ok(Response::new(pb::ListReleasesResponse {
+            releases,
+            release_key,
+        }))
+    }
+
+    async fn get_release(
+        &self,
+        req: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let ctx = context_of(&req)?;
+        let r = req.get_ref();
+        let release = self
+            .hub
+            .nodes()
+            .get_release(&ctx, &r.version, &r.arch)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(release))
     }
 
     async fn list_nodes(
@@ -240,6 +304,20 @@ impl AgentGrpc {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<agent::ServerMessage, Status>> + Send>>;
+type ReleaseStream = Pin<Box<dyn Stream<Item = Result<agent::ReleaseChunk, Status>> + Send>>;
+
+/// The node token an agent call carries.
+fn bearer<T>(req: &Request<T>) -> Result<String, Status> {
+    Ok(req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Status::unauthenticated("missing node token (authorization: Bearer lnt_...)")
+        })?
+        .to_owned())
+}
 
 #[tonic::async_trait]
 impl agent::agent_service_server::AgentService for AgentGrpc {
@@ -259,7 +337,28 @@ impl agent::agent_service_server::AgentService for AgentGrpc {
             node_id: node.id,
             node_token: token,
             org_id: node.org_id,
+            release_key: self.hub.nodes().release_public_key().await,
         }))
+    }
+
+    type FetchReleaseStream = ReleaseStream;
+
+    async fn fetch_release(
+        &self,
+        req: Request<agent::FetchReleaseRequest>,
+    ) -> Result<Response<ReleaseStream>, Status> {
+        let token = bearer(&req)?;
+        let node = self.hub.nodes().authenticate(&token).await.map_err(st)?;
+        let r = req.into_inner();
+        let chunks = self
+            .hub
+            .nodes()
+            .fetch_release(&node, &r.version, &r.arch)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(Box::pin(chunks.map(|c| {
+            c.map(|data| agent::ReleaseChunk { data }).map_err(st)
+        }))))
     }
 
     type SessionStream = SessionStream;
@@ -269,15 +368,7 @@ impl agent::agent_service_server::AgentService for AgentGrpc {
         req: Request<Streaming<agent::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         let ip = client_ip_of(&req).unwrap_or_default();
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing node token (authorization: Bearer lnt_...)")
-            })?
-            .to_owned();
+        let token = bearer(&req)?;
         let node = self.hub.nodes().authenticate(&token).await.map_err(st)?;
         let stream = self
             .hub

@@ -8,6 +8,7 @@ pub mod access;
 pub mod error;
 pub mod grpc;
 pub mod hub;
+pub mod releases;
 pub mod service;
 pub mod store;
 

@@ -40,6 +40,7 @@ pub struct Nodes {
     pub(crate) store: Store,
     pub(crate) settings: Settings,
     audit: Arc<dyn AuditSink>,
+    pub(crate) releases: crate::releases::ReleaseKey,
 }
 
 /// A join token as created.
@@ -100,7 +101,16 @@ impl Nodes {
             store,
             settings,
             audit,
+            releases: crate::releases::ReleaseKey::default(),
         }
+    }
+
+    /// Seal the release signing key with `sealer` (without one, releases cannot
+    /// be uploaded and enrollment pins no key).
+    #[must_use]
+    pub fn with_sealer(mut self, sealer: lattice_core::crypto::Sealer) -> Self {
+        self.releases = crate::releases::ReleaseKey::new(sealer);
+        self
     }
 
     /// The store.

@@ -14,15 +14,25 @@ use sqlx::any::AnyRow;
 use crate::error::TunnelError;
 
 const SCHEMA: &str = include_str!("migrations/0001_tunnel.sql");
+const RELEASES_SQLITE: &str = include_str!("migrations/0002_releases.sqlite.sql");
+const RELEASES_POSTGRES: &str = include_str!("migrations/0002_releases.postgres.sql");
 
 /// The tunnel service's migrations.
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 1] = [Migration {
-        version: 1,
-        name: "join tokens, nodes, metrics, logs, audit",
-        sqlite: SCHEMA,
-        postgres: SCHEMA,
-    }];
+    static SET: [Migration; 2] = [
+        Migration {
+            version: 1,
+            name: "join tokens, nodes, metrics, logs, audit",
+            sqlite: SCHEMA,
+            postgres: SCHEMA,
+        },
+        Migration {
+            version: 2,
+            name: "agent releases and the release signing key",
+            sqlite: RELEASES_SQLITE,
+            postgres: RELEASES_POSTGRES,
+        },
+    ];
     MigrationSet {
         component: "tunnel",
         migrations: &SET,

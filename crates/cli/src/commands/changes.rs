@@ -1,4 +1,5 @@
-//! `lattice intent ...` and `lattice plan ...`: reviewed changes.
+//! `lattice intent ...`, `lattice plan ...` and `lattice agent-release ...`:
+//! reviewed changes.
 
 use std::io::IsTerminal as _;
 
@@ -7,7 +8,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Ctx, parse, segment};
-use crate::args::{IntentCommand, PlanCommand};
+use sha2::Digest as _;
+
+use crate::args::{AgentReleaseCommand, IntentCommand, PlanCommand};
 use crate::output::{Format, Table, format_ms};
 
 /// An intent as the server describes it.
@@ -312,6 +315,89 @@ pub async fn plans(ctx: &Ctx, cmd: PlanCommand) -> anyhow::Result<()> {
             api.post(&format!("{}/cancel", plan_path(&id)?), None)
                 .await?;
             eprintln!("cancelled plan {id}");
+        }
+    }
+    Ok(())
+}
+
+/// A release as the server describes it.
+#[derive(Debug, Deserialize)]
+struct Release {
+    version: String,
+    arch: String,
+    sha256: String,
+    size: u64,
+    uploaded_at_ms: i64,
+    uploaded_by: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseList {
+    releases: Vec<Release>,
+    release_key: String,
+}
+
+fn releases_table(releases: Vec<Release>) -> Table {
+    let mut t = Table::new(&["VERSION", "ARCH", "SIZE", "SHA256", "UPLOADED", "BY"]);
+    for r in releases {
+        t.row(vec![
+            r.version,
+            r.arch,
+            super::upload::human_bytes(r.size),
+            r.sha256,
+            format_ms(r.uploaded_at_ms),
+            r.uploaded_by,
+        ]);
+    }
+    t
+}
+
+/// `lattice agent-release ...`.
+pub async fn releases(ctx: &Ctx, cmd: AgentReleaseCommand) -> anyhow::Result<()> {
+    let api = ctx.authed()?;
+    match cmd {
+        AgentReleaseCommand::Upload {
+            file,
+            version,
+            arch,
+        } => {
+            let data = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let local = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+            let path = format!(
+                "/api/v1/agent-releases?version={}&arch={}",
+                segment(&version)?,
+                segment(&arch)?
+            );
+            let reply = super::upload::upload(
+                &api,
+                reqwest::Method::POST,
+                &path,
+                "application/octet-stream",
+                &data,
+            )
+            .await?;
+            let r: Release = parse(&reply.body)?;
+            anyhow::ensure!(
+                r.sha256 == local && r.size == data.len() as u64,
+                "the server stored {} ({} bytes) but {} is {local} ({} bytes): upload again",
+                r.sha256,
+                r.size,
+                file.display(),
+                data.len()
+            );
+            ctx.show(&reply.body, |r: Release| releases_table(vec![r]))?;
+        }
+        AgentReleaseCommand::List => {
+            let body = api.get("/api/v1/agent-releases").await?;
+            let l: ReleaseList = parse(&body)?;
+            if ctx.format == Format::Table {
+                eprintln!(
+                    "release key (agents pin it at enrollment): {}",
+                    l.release_key
+                );
+            }
+            ctx.show(&body, |l: ReleaseList| releases_table(l.releases))?;
         }
     }
     Ok(())

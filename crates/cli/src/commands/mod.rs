@@ -149,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Intent(cmd) => changes::intents(&ctx, cmd).await,
         Command::Plan(cmd) => changes::plans(&ctx, cmd).await,
+        Command::AgentRelease(cmd) => changes::releases(&ctx, cmd).await,
         Command::Buckets(cmd) => storage::buckets(&ctx, cmd).await,
         Command::Bindings(cmd) => storage::bindings(&ctx, cmd).await,
         Command::StorageTokens(cmd) => storage::tokens(&ctx, cmd).await,

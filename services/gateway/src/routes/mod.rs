@@ -5,6 +5,7 @@ pub mod changes;
 pub mod groups;
 pub mod nodes;
 pub mod policies;
+pub mod releases;
 pub mod system;
 pub mod tasks;
 pub mod tokens;

@@ -10,10 +10,10 @@ use lattice_core::grpc::InternalService;
 use lattice_proto::identity::v1::{FreshMfaRequest, GetGroupRequest};
 use lattice_proto::tasks::v1 as tasks;
 use lattice_proto::tasks::v1::task_service_client::TaskServiceClient;
-use lattice_proto::tunnel::v1::{GetNodeRequest, ListNodesRequest, Node};
+use lattice_proto::tunnel::v1::{GetNodeRequest, GetReleaseRequest, ListNodesRequest, Node};
 use serde_json::Value;
 
-use super::service::{Admins, FreshMfa, NodeState, NodeStates, TaskOutcome, TaskQueue};
+use super::service::{Admins, FreshMfa, NodeState, NodeStates, Releases, TaskOutcome, TaskQueue};
 use super::{Base, Selector};
 use crate::error::PolicyError;
 use crate::groups::IdentityGroups;
@@ -40,6 +40,7 @@ fn unavailable(service: &str, s: &tonic::Status) -> PolicyError {
 /// make the diff a guess).
 fn state_of(n: Node) -> Result<NodeState, PolicyError> {
     let mut artifacts = BTreeMap::new();
+    let arch = n.facts.as_ref().map(|f| f.arch.clone()).unwrap_or_default();
     for a in n.facts.map(|f| f.artifacts).unwrap_or_default() {
         if !a.error.is_empty() {
             return Err(PolicyError::Unavailable(format!(
@@ -57,7 +58,50 @@ fn state_of(n: Node) -> Result<NodeState, PolicyError> {
     Ok(NodeState {
         id: n.id,
         artifacts,
+        arch,
     })
+}
+
+#[async_trait::async_trait]
+impl Releases for TunnelNodes {
+    async fn manifest(
+        &self,
+        ctx: &RequestContext,
+        version: &str,
+        arch: &str,
+    ) -> Result<lattice_proto::release::Manifest, PolicyError> {
+        let mut tunnel = self.link().get().cloned().ok_or_else(|| {
+            PolicyError::Unavailable("tunnel.url is not configured: releases cannot be read".into())
+        })?;
+        let me = acting_in(&ctx.principal.org_id, &["nodes:read"]);
+        let request = lattice_core::grpc::request(
+            self.internal(),
+            &me,
+            Some(&ctx.client_ip),
+            GetReleaseRequest {
+                version: version.to_owned(),
+                arch: arch.to_owned(),
+            },
+        );
+        match tunnel.get_release(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(lattice_proto::release::Manifest {
+                    version: r.version,
+                    arch: r.arch,
+                    sha256: r.sha256,
+                    size: u64::try_from(r.size).unwrap_or(0),
+                    signature: r.signature,
+                })
+            }
+            Err(s) => Err(match lattice_core::error::code_of(&s) {
+                lattice_core::ErrorCode::NotFound | lattice_core::ErrorCode::BadRequest => {
+                    PolicyError::Invalid(format!("spec.version: {}", s.message()))
+                }
+                _ => unavailable("tunnel", &s),
+            }),
+        }
+    }
 }
 
 #[async_trait::async_trait]

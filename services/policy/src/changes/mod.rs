@@ -13,6 +13,7 @@ pub mod links;
 pub mod proxy;
 pub mod service;
 pub mod store;
+pub mod update;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -147,6 +148,8 @@ pub enum Spec {
     Dns(dns::Zone),
     /// The reverse proxy's configuration.
     Proxy(proxy::Proxy),
+    /// The agent version to run, and how to get there.
+    AgentUpdate(update::AgentUpdate),
 }
 
 /// A validated intent.
@@ -273,16 +276,13 @@ impl Intent {
                     None
                 }
             },
-            Some(other) => {
-                problems.push(Problem::new(
-                    "kind",
-                    format!(
-                        "{} intents are not built yet (firewall, dns and proxy are)",
-                        other.name()
-                    ),
-                ));
-                None
-            }
+            Some(Kind::AgentUpdate) => match update::AgentUpdate::parse(&spec_json) {
+                Ok(u) => Some(Spec::AgentUpdate(u)),
+                Err(p) => {
+                    problems.0.extend(p.0);
+                    None
+                }
+            },
             None => None,
         };
         match (kind, selector, spec) {
@@ -304,6 +304,17 @@ impl Intent {
             Spec::Firewall(f) => f.render(&self.name),
             Spec::Dns(z) => z.render(&self.name, &base.content),
             Spec::Proxy(p) => proxy::Renderer::render(&proxy::HaProxy, p, &self.name),
+            // Unresolved: a plan carries the release's signed manifest instead
+            // (see `service::Changes::create_plan`).
+            Spec::AgentUpdate(u) => lattice_proto::release::running(&u.version, "?"),
+        }
+    }
+
+    /// Nodes in the first wave of its rollout.
+    pub fn canary(&self) -> usize {
+        match &self.spec {
+            Spec::AgentUpdate(u) => u.canary,
+            _ => 1,
         }
     }
 
@@ -432,7 +443,7 @@ mod tests {
         let err = Intent::parse(&json!({"name": "z", "kind": "agent.update",
             "selector": {"node": "n1"}, "spec": {}}))
         .unwrap_err();
-        assert!(err.to_string().contains("not built yet"), "{err}");
+        assert!(err.to_string().contains("spec.version"), "{err}");
     }
 
     #[test]

@@ -13,15 +13,17 @@ use lattice_core::time::now_ms;
 use serde_json::{Value, json};
 
 use super::store::{ChangeStore, IntentRow, PlanRow, TargetRow};
-use super::{Base, Intent, Kind, Selector, plan_hash, target};
+use super::update::Mode;
+use super::{Base, Intent, Kind, Selector, Spec, Target, diff, plan_hash, target};
 use crate::engine::{Action, Resource};
 use crate::error::PolicyError;
 use crate::service::{Policies, Subject};
 
+/// The author and approver of the plans an auto update policy makes.
+pub const AUTO: &str = "policy:auto";
+
 /// How long a rendered plan may wait for approval.
 pub const PLAN_TTL_MS: i64 = 3600 * 1000;
-/// Nodes in the canary wave of a multi-node plan.
-pub const CANARY: usize = 1;
 
 /// A node as the changes service needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,38 @@ pub struct NodeState {
     pub id: String,
     /// What the agent last reported of each managed artifact (by name).
     pub artifacts: BTreeMap<String, Base>,
+    /// Its architecture (`uname -m`), for agent releases.
+    pub arch: String,
+}
+
+/// Where agent releases come from (the tunnel service, which signed them).
+#[async_trait::async_trait]
+pub trait Releases: Send + Sync {
+    /// The signed manifest of release `version` for `arch`.
+    async fn manifest(
+        &self,
+        ctx: &RequestContext,
+        version: &str,
+        arch: &str,
+    ) -> Result<lattice_proto::release::Manifest, PolicyError>;
+}
+
+/// No release source: `agent.update` plans are refused.
+#[derive(Debug, Clone, Copy)]
+pub struct NoReleases;
+
+#[async_trait::async_trait]
+impl Releases for NoReleases {
+    async fn manifest(
+        &self,
+        _: &RequestContext,
+        _: &str,
+        _: &str,
+    ) -> Result<lattice_proto::release::Manifest, PolicyError> {
+        Err(PolicyError::Unavailable(
+            "agent releases: the tunnel service is not linked to this policy service".into(),
+        ))
+    }
 }
 
 /// Where nodes come from (the tunnel service).
@@ -107,6 +141,7 @@ pub struct Changes {
     admins: Arc<dyn Admins>,
     mfa: Arc<dyn FreshMfa>,
     audit: Arc<dyn AuditSink>,
+    releases: Arc<dyn Releases>,
 }
 
 impl std::fmt::Debug for Changes {
@@ -164,7 +199,15 @@ impl Changes {
             admins,
             mfa,
             audit,
+            releases: Arc::new(NoReleases),
         }
+    }
+
+    /// Agent releases come from `releases`.
+    #[must_use]
+    pub fn with_releases(mut self, releases: Arc<dyn Releases>) -> Self {
+        self.releases = releases;
+        self
     }
 
     async fn record(
@@ -190,6 +233,12 @@ impl Changes {
     ) -> Result<IntentRow, PolicyError> {
         require(&ctx.principal, "policy:write")?;
         let intent = Intent::parse(doc).map_err(|p| PolicyError::Rejected(p.to_string()))?;
+        // An auto update policy approves its own plans: setting one is approving.
+        if let Spec::AgentUpdate(u) = &intent.spec
+            && u.mode == Mode::Auto
+        {
+            require(&ctx.principal, "policy:approve")?;
+        }
         let org = &ctx.principal.org_id;
         if let Some(latest) = self.store.latest_intent(org, &intent.name).await?
             && !latest.deleted
@@ -317,6 +366,32 @@ impl Changes {
     ) -> Result<Plan, PolicyError> {
         require(&ctx.principal, "policy:write")?;
         let row = self.live_intent(ctx, name).await?;
+        let plan = self
+            .render_plan(ctx, &ctx.principal.username, &row, only)
+            .await?;
+        self.store.insert_plan(&plan.plan, &plan.targets).await?;
+        self.record(
+            ctx,
+            "plan.create",
+            &plan.plan.id,
+            Outcome::Success,
+            json!({"hash": plan.plan.hash, "intent": plan.plan.intent, "intent_version": plan.plan.intent_version,
+                "nodes": plan.targets.iter().map(|t| &t.node).collect::<Vec<_>>(),
+                "drift": plan.targets.iter().filter(|t| t.drift).map(|t| &t.node).collect::<Vec<_>>()}),
+        )
+        .await;
+        Ok(plan)
+    }
+
+    /// Render a plan of `row` in `ctx`'s org, by `author` (not stored yet).
+    async fn render_plan(
+        &self,
+        ctx: &RequestContext,
+        author: &str,
+        row: &IntentRow,
+        only: &[String],
+    ) -> Result<Plan, PolicyError> {
+        let name = &row.name;
         let doc = json!({"name": row.name, "kind": row.kind,
             "selector": serde_json::from_str::<Value>(&row.selector).unwrap_or(Value::Null),
             "spec": serde_json::from_str::<Value>(&row.spec).unwrap_or(Value::Null)});
@@ -342,6 +417,9 @@ impl Changes {
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         let org = ctx.principal.org_id.clone();
         let artifact_name = intent.artifact_name();
+        // An agent update delivers the release's signed manifest for each node's
+        // architecture.
+        let mut manifests: BTreeMap<String, String> = BTreeMap::new();
         let mut targets = Vec::new();
         let mut rows = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
@@ -350,11 +428,26 @@ impl Changes {
                 .get(&artifact_name)
                 .cloned()
                 .unwrap_or_else(Base::absent);
-            let t = target(&intent, &node.id, &base);
+            let t = match &intent.spec {
+                Spec::AgentUpdate(u) => {
+                    if !manifests.contains_key(&node.arch) {
+                        let m = self.releases.manifest(ctx, &u.version, &node.arch).await?;
+                        manifests.insert(node.arch.clone(), m.render());
+                    }
+                    let artifact = manifests[&node.arch].clone();
+                    Target {
+                        node: node.id.clone(),
+                        base_hash: base.hash.clone(),
+                        diff: diff(&node.id, &base.content, &artifact),
+                        artifact,
+                    }
+                }
+                _ => target(&intent, &node.id, &base),
+            };
             let drift = self.drifted(&org, &node.id, &artifact_name, &base).await?;
             rows.push(TargetRow {
                 node: node.id.clone(),
-                wave: i64::from(i >= CANARY),
+                wave: i64::from(i >= intent.canary()),
                 base_hash: t.base_hash.clone(),
                 artifact: t.artifact.clone(),
                 diff: t.diff.clone(),
@@ -374,7 +467,7 @@ impl Changes {
             kind: intent.kind.name().into(),
             hash: plan_hash(intent.kind, &targets),
             state: "pending".into(),
-            author: ctx.principal.username.clone(),
+            author: author.to_owned(),
             created_at_ms: now,
             expires_at_ms: now + PLAN_TTL_MS,
             decided_by: String::new(),
@@ -382,17 +475,6 @@ impl Changes {
             reason: String::new(),
             artifact_name,
         };
-        self.store.insert_plan(&plan, &rows).await?;
-        self.record(
-            ctx,
-            "plan.create",
-            &plan.id,
-            Outcome::Success,
-            json!({"hash": plan.hash, "intent": plan.intent, "intent_version": plan.intent_version,
-                "nodes": rows.iter().map(|t| &t.node).collect::<Vec<_>>(),
-                "drift": rows.iter().filter(|t| t.drift).map(|t| &t.node).collect::<Vec<_>>()}),
-        )
-        .await;
         Ok(Plan {
             plan,
             targets: rows,
@@ -842,11 +924,73 @@ impl Changes {
         self.record(&ctx, action, target, outcome, detail).await;
     }
 
-    /// Advance every plan that is rolling out (run every second or so).
+    /// Advance every plan that is rolling out, and start the auto updates whose
+    /// window is open (run every second or so).
     pub async fn drive(&self) -> Result<(), PolicyError> {
         for row in self.store.plans_in(&["applying"]).await? {
             let plan = self.load(&row.org_id, &row.id).await?;
             self.advance(&plan).await?;
+        }
+        self.auto_updates(now_ms()).await
+    }
+
+    /// For every live `agent.update` intent in `auto` mode whose window is open at
+    /// `now`: when some node it selects does not run the version yet, render the
+    /// plan and approve it as the policy (audited with the intent's version and who
+    /// set it). Never while a plan of that version is pending or rolling out, and
+    /// never again after one halted, was rejected or cancelled: a person looks first.
+    pub async fn auto_updates(&self, now: i64) -> Result<(), PolicyError> {
+        for (org, row) in self.store.live_intents_of_kind("agent.update").await? {
+            let spec = serde_json::from_str::<Value>(&row.spec).unwrap_or(Value::Null);
+            let Ok(u) = super::update::AgentUpdate::parse(&spec) else {
+                continue;
+            };
+            if u.mode != Mode::Auto || !u.window.as_ref().is_some_and(|w| w.open_at(now)) {
+                continue;
+            }
+            if let Some(last) = self
+                .store
+                .latest_plan_of(&org, &row.name, row.version)
+                .await?
+                && last.state != "applied"
+                && last.state != "expired"
+            {
+                continue;
+            }
+            let ctx = RequestContext::internal(super::links::acting_in(&org, &[]));
+            let plan = match self.render_plan(&ctx, AUTO, &row, &[]).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(org, intent = %row.name, error = %e, "auto update: no plan");
+                    continue;
+                }
+            };
+            if plan.targets.iter().all(|t| t.diff.is_empty()) {
+                continue;
+            }
+            self.store.insert_plan(&plan.plan, &plan.targets).await?;
+            let detail = json!({"hash": plan.plan.hash, "intent": row.name, "intent_version": row.version,
+                "nodes": plan.targets.iter().map(|t| &t.node).collect::<Vec<_>>(), "auto": true});
+            self.record_system(&org, "plan.create", &plan.plan.id, Outcome::Success, detail)
+                .await;
+            if !self
+                .store
+                .transition(&org, &plan.plan.id, "pending", "applying", Some(AUTO), "")
+                .await?
+            {
+                continue;
+            }
+            self.record_system(
+                &org,
+                "plan.approve",
+                &plan.plan.id,
+                Outcome::Success,
+                json!({"hash": plan.plan.hash, "auto": true, "policy": row.name,
+                    "policy_version": row.version, "policy_set_by": row.created_by}),
+            )
+            .await;
+            let plan = self.load(&org, &plan.plan.id).await?;
+            self.dispatch(&plan, 0).await?;
         }
         Ok(())
     }

@@ -275,6 +275,46 @@ impl ChangeStore {
         Ok(rows.into_iter().map(intent).collect())
     }
 
+    /// The newest version of every live intent of `kind`, of every org: (org, row).
+    pub async fn live_intents_of_kind(&self, kind: &str) -> sqlx::Result<Vec<(String, IntentRow)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT org_id, name FROM policy_intents i WHERE kind = $1 AND version = \
+             (SELECT MAX(version) FROM policy_intents j WHERE j.org_id = i.org_id AND j.name = i.name) \
+             AND deleted = 0 ORDER BY org_id, name LIMIT 10000",
+        )
+        .bind(kind)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (org, name) in rows {
+            if let Some(row) = self.latest_intent(&org, &name).await? {
+                out.push((org, row));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest plan of intent `name` at `version` (None: never planned).
+    pub async fn latest_plan_of(
+        &self,
+        org: &str,
+        name: &str,
+        version: i64,
+    ) -> sqlx::Result<Option<PlanRow>> {
+        let row: Option<PlanTuple> = sqlx::query_as(concat!(
+            "SELECT ",
+            plan_cols!(),
+            " FROM policy_plans WHERE org_id = $1 AND intent = $2 AND intent_version = $3 \
+             ORDER BY created_at_ms DESC, id DESC LIMIT 1"
+        ))
+        .bind(org)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(plan))
+    }
+
     /// Store a new plan with its targets, in one transaction.
     pub async fn insert_plan(&self, p: &PlanRow, targets: &[TargetRow]) -> sqlx::Result<()> {
         let mut tx = self.db.pool().begin().await?;
