@@ -371,6 +371,15 @@ else
     log "--no-lint: skipping cargo fmt and cargo clippy"
 fi
 
+# The agent-update test needs a second, real build of the agent that reports
+# another version: built first and set aside (the build below rebuilds the agent
+# crate with its own version; only that crate recompiles).
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+banner "LATTICE_AGENT_VERSION=0.1.1-next cargo build -p lattice-agent --locked"
+LATTICE_AGENT_VERSION=0.1.1-next cargo build -p lattice-agent --locked
+cp "$TARGET_DIR/debug/lattice-agent" "$TARGET_DIR/lattice-agent-next"
+export LATTICE_TEST_AGENT_NEXT="$TARGET_DIR/lattice-agent-next"
+
 # The black-box tests run the real binaries (lattice-server and the lattice CLI);
 # nextest builds test targets only, so build every binary first.
 banner "cargo build --workspace --bins --locked"

@@ -15,6 +15,9 @@ pub struct KindSpec {
     pub exclusive: bool,
     /// Attempts before the task is `dead` when not set at enqueue.
     pub default_max_attempts: i64,
+    /// The shortest lease a claim of it holds, seconds (0: the queue's): an agent
+    /// update outlives its agent's connection while the agent restarts.
+    pub min_lease_s: u64,
 }
 
 /// Every kind this version ships.
@@ -24,12 +27,14 @@ pub const KINDS: &[KindSpec] = &[
         capability: None,
         exclusive: true,
         default_max_attempts: 3,
+        min_lease_s: 0,
     },
     KindSpec {
         name: "exec",
         capability: Some("exec"),
         exclusive: true,
         default_max_attempts: 3,
+        min_lease_s: 0,
     },
     // An approved plan's nftables table (queued by the policy service only).
     KindSpec {
@@ -37,6 +42,7 @@ pub const KINDS: &[KindSpec] = &[
         capability: Some("firewall"),
         exclusive: true,
         default_max_attempts: 1,
+        min_lease_s: 0,
     },
     // An approved plan's zone file (queued by the policy service only).
     KindSpec {
@@ -44,6 +50,7 @@ pub const KINDS: &[KindSpec] = &[
         capability: Some("dns"),
         exclusive: true,
         default_max_attempts: 1,
+        min_lease_s: 0,
     },
     // An approved plan's reverse-proxy configuration (policy service only).
     KindSpec {
@@ -51,6 +58,7 @@ pub const KINDS: &[KindSpec] = &[
         capability: Some("proxy"),
         exclusive: true,
         default_max_attempts: 1,
+        min_lease_s: 0,
     },
     // An approved plan's agent release (policy service only).
     KindSpec {
@@ -58,6 +66,7 @@ pub const KINDS: &[KindSpec] = &[
         capability: Some("update"),
         exclusive: true,
         default_max_attempts: 1,
+        min_lease_s: 600,
     },
 ];
 

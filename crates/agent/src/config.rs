@@ -59,6 +59,11 @@ impl AgentConfig {
                 lattice_proto::task_kinds::CAPABILITIES.join(", ")
             );
         }
+        anyhow::ensure!(
+            (5..=300).contains(&cfg.update.reconnect_s),
+            "{}: update.reconnect_s: 5-300 seconds (the server holds an update's task for 10 minutes)",
+            path.display()
+        );
         for p in &cfg.proxy_ports {
             anyhow::ensure!(
                 (1..=65_535).contains(p),

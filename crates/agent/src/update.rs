@@ -452,6 +452,10 @@ fn restore(p: &Pending) -> bool {
 /// (its lease kept) until the server welcomes this agent.
 pub fn resume(agent: &Agent) {
     if let Some(p) = read_pending(&agent.state_dir) {
+        if p.state == "pending" && p.to == VERSION {
+            // This binary is the release: it reports the manifest from its hello.
+            let _ = std::fs::write(manifest_file(&agent.state_dir), &p.manifest);
+        }
         agent.running.lock().expect("running lock").insert(
             p.task_id.clone(),
             (p.epoch, tokio_util::sync::CancellationToken::new()),
@@ -472,7 +476,6 @@ pub async fn welcomed(agent: &Agent) {
             tracing::error!(error = %e, "agent update: cannot confirm");
             return;
         }
-        let _ = std::fs::write(manifest_file(&agent.state_dir), &p.manifest);
         tracing::info!(from = %p.from, to = VERSION, "agent update confirmed");
         let mut d = base;
         d["after"] = json!(hash(&p.manifest));

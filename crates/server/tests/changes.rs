@@ -8,6 +8,8 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::agents::{FAST, connected_agent};
 use common::{TestServer, wait_for};
@@ -1005,5 +1007,319 @@ async fn a_proxy_configuration_is_applied_to_a_real_haproxy() {
     }
     assert_eq!(back.as_deref(), Some("hello from upstream"));
     stop_haproxy();
+    s.stop().await;
+}
+
+/// A forwarder to the gateway that lets through the first `allow` connections
+/// and, once closed, drops every later one until opened again.
+struct Gate {
+    addr: std::net::SocketAddr,
+    seen: Arc<AtomicUsize>,
+    allow: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    async fn to(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, allow) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(usize::MAX)),
+        );
+        let (s, a) = (seen.clone(), allow.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let n = s.fetch_add(1, Ordering::SeqCst);
+                if n >= a.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Self { addr, seen, allow }
+    }
+
+    /// Let `more` new connections through, then refuse.
+    fn close_after(&self, more: usize) {
+        self.allow
+            .store(self.seen.load(Ordering::SeqCst) + more, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        self.allow.store(usize::MAX, Ordering::SeqCst);
+    }
+}
+
+/// Kills every process running `0` (a path) when dropped.
+struct Reap(std::path::PathBuf);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.0.display().to_string())
+            .status();
+    }
+}
+
+/// The second build of the agent (`LATTICE_AGENT_VERSION=0.1.1-next`, made by
+/// scripts/test.sh), or None where it was not built (CI requires it).
+fn next_agent() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("LATTICE_TEST_AGENT_NEXT").map(std::path::PathBuf::from);
+    assert!(
+        path.as_ref().is_some_and(|p| p.is_file()) || std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but LATTICE_TEST_AGENT_NEXT names no agent build (scripts/test.sh makes it)"
+    );
+    path.filter(|p| p.is_file())
+}
+
+async fn upload_release(s: &TestServer, token: &str, version: &str, binary: &[u8]) -> (u16, Value) {
+    let resp = s
+        .http
+        .post(s.url(&format!(
+            "/api/v1/agent-releases?version={version}&arch={}",
+            std::env::consts::ARCH
+        )))
+        .bearer_auth(token)
+        .body(binary.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Agent updates end to end with two real builds of the agent: a release is
+/// uploaded and signed, the agent pins the key at enrollment, an approved update
+/// replaces the agent's binary and the new one reports in; a release whose binary
+/// is not the version it claims is refused before anything is replaced; an update
+/// whose new agent cannot reconnect is rolled back by the watchdog to the
+/// previous binary, which reports `rolled_back`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_updates_itself_and_rolls_back_when_the_new_one_cannot_reconnect() {
+    let Some(next) = next_agent() else {
+        eprintln!("skipped here: LATTICE_TEST_AGENT_NEXT is not set (scripts/test.sh builds it)");
+        return;
+    };
+    let s = TestServer::start_with(Backend::Sqlite, FAST).await;
+    let admin = s.admin_token(&["*"]).await;
+    let original = std::fs::read(common::agents::agent_bin()).unwrap();
+    let next_bytes = std::fs::read(&next).unwrap();
+
+    // Releases: uploaded with releases:admin only, signed, immutable.
+    let reader = s.user_token("reader", &["nodes:read"]).await;
+    let (status, b) = upload_release(&s, &reader, "0.1.1-next", &next_bytes).await;
+    assert_eq!(status, 403, "{b}");
+    let (status, rel) = upload_release(&s, &admin, "0.1.1-next", &next_bytes).await;
+    assert_eq!(status, 201, "{rel}");
+    assert_eq!(rel["size"], json!(next_bytes.len()));
+    let (status, b) = upload_release(&s, &admin, "0.1.1-next", &next_bytes).await;
+    assert_eq!(status, 409, "{b}");
+    let (status, b) = upload_release(&s, &admin, "next", &next_bytes).await;
+    assert_eq!(status, 400, "{b}");
+    let (_, list) = s.call("GET", "/api/v1/agent-releases", &reader, None).await;
+    let key = list["release_key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 44, "{list}");
+
+    // The agent runs from its own copy of the binary (it replaces that file), and
+    // reaches the server through a gate the test can close to new connections.
+    let gateway: std::net::SocketAddr = s
+        .base
+        .rsplit("://")
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .unwrap();
+    let gate = Gate::to(gateway).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("bin").join("lattice-agent");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::write(&exe, &original).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let state = dir.path().join("state");
+    // After a rollback the agent runs as another process (the watchdog became
+    // it): stop whatever runs from this binary when the test ends, however.
+    let _reap = Reap(exe.clone());
+    let token = common::agents::join_token(&s, &admin).await;
+    let out = Command::new(&exe)
+        .args([
+            "enroll",
+            "--token",
+            &token,
+            "--server",
+            &format!("https://127.0.0.1:{}", gate.addr.port()),
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(state.join("credentials.json")).unwrap()).unwrap();
+    assert_eq!(
+        creds["release_key"],
+        json!(key),
+        "the key is pinned at enrollment"
+    );
+    let config = state.join("agent.toml");
+    std::fs::write(
+        &config,
+        "capabilities = [\"update\"]\n[update]\nreconnect_s = 6\n",
+    )
+    .unwrap();
+    let _agent = common::agents::AgentProc {
+        child: Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("LATTICE_AGENT_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let nodes = wait_for(&s, &admin, "/api/v1/nodes", "the agent connects", |b| {
+        b["nodes"][0]["status"] == "connected"
+    })
+    .await;
+    let node = nodes["nodes"][0]["id"].as_str().unwrap().to_owned();
+    enable(&s, &admin, &node, "update").await;
+    let update = |version: &str| {
+        json!({"name": "agents", "kind": "agent.update", "selector": {"node": node},
+            "spec": {"version": version}})
+    };
+
+    // The update: the plan shows the manifest; once approved the node runs 0.1.1-next.
+    let done = reviewed(&s, &admin, update("0.1.1-next")).await;
+    assert_eq!(done["state"], "applied", "{done}");
+    let artifact = done["targets"][0]["artifact"].as_str().unwrap();
+    assert!(
+        artifact.starts_with("lattice-agent 0.1.1-next\n"),
+        "{artifact}"
+    );
+    assert!(
+        artifact.contains(&format!("signature {}", rel["signature"].as_str().unwrap())),
+        "{artifact}"
+    );
+    let r = result(&done);
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("0.1.0"), Some("0.1.1-next")),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read(&exe).unwrap(),
+        next_bytes,
+        "the binary was replaced"
+    );
+    wait_for(
+        &s,
+        &admin,
+        &format!("/api/v1/nodes/{node}"),
+        "the new agent reports its version",
+        |b| b["agent_version"] == "0.1.1-next",
+    )
+    .await;
+
+    // A broken release (the binary is another version than it claims): refused
+    // before anything is replaced.
+    let (status, b) = upload_release(&s, &admin, "0.1.2", &original).await;
+    assert_eq!(status, 201, "{b}");
+    let done = reviewed(&s, &admin, update("0.1.2")).await;
+    assert_eq!(done["targets"][0]["state"], "failed", "{done}");
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is not lattice-agent 0.1.2"),
+        "{done}"
+    );
+    assert_eq!(std::fs::read(&exe).unwrap(), next_bytes, "nothing replaced");
+
+    // A real update (back to the first build, 0.1.0) whose new agent cannot reach
+    // the server: the watchdog puts 0.1.1-next back, and it reports the rollback.
+    let (status, b) = upload_release(&s, &admin, "0.1.0", &original).await;
+    assert_eq!(status, 201, "{b}");
+    let (status, b) = s
+        .call("POST", "/api/v1/intents", &admin, Some(update("0.1.0")))
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let (status, p) = s
+        .call(
+            "POST",
+            "/api/v1/plans",
+            &admin,
+            Some(json!({"intent": "agents"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    // One more connection (the download), then none.
+    gate.close_after(1);
+    let id = p["id"].as_str().unwrap().to_owned();
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/plans/{id}/approve"),
+            &admin,
+            Some(json!({"hash": p["hash"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    let mut swapped = false;
+    let mut restored = false;
+    for _ in 0..300 {
+        let now = std::fs::read(&exe).unwrap_or_default();
+        swapped |= now == original;
+        if swapped && now == next_bytes {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        swapped && restored,
+        "swapped to 0.1.0: {swapped}, restored 0.1.1-next: {restored}"
+    );
+    gate.open();
+    let done = wait_for(
+        &s,
+        &admin,
+        &format!("/api/v1/plans/{id}"),
+        "the rollout ends",
+        |b| b["state"] == "halted" || b["state"] == "applied",
+    )
+    .await;
+    assert_eq!(done["state"], "halted", "{done}");
+    let r = result(&done);
+    assert_eq!(r["rolled_back"], true, "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("rolled_back"),
+        "{done}"
+    );
+    wait_for(
+        &s,
+        &admin,
+        &format!("/api/v1/nodes/{node}"),
+        "the previous agent is back",
+        |b| b["status"] == "connected" && b["agent_version"] == "0.1.1-next",
+    )
+    .await;
+    // The agent now runs as another process (the watchdog became it).
+    let _ = Command::new("pkill")
+        .arg("-f")
+        .arg(exe.display().to_string())
+        .status();
     s.stop().await;
 }

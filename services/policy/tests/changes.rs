@@ -47,6 +47,7 @@ impl NodeStates for Shared {
                 "firewall".to_owned(),
                 fw.as_deref().map_or_else(Base::absent, Base::of),
             )]),
+            arch: "x86_64".into(),
         };
         match selector {
             Selector::Node(id) => match w.nodes.get(id) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use lattice_core::audit::{Actor, AuditEvent, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::cache::Cache;
+use lattice_core::time::now_ms;
 
 use crate::error::TaskError;
 use crate::input::{EnqueueInput, TaskFilter, check_id};
@@ -201,9 +202,29 @@ impl Tasks {
     ) -> Result<Vec<TaskRow>, TaskError> {
         require_service(p, TUNNEL_PRINCIPAL)?;
         check_id("node_id", node)?;
-        self.store
+        let claimed = self
+            .store
             .claim(node, max.clamp(1, 64), self.lease_ms)
-            .await
+            .await?;
+        self.stretch(&claimed).await?;
+        Ok(claimed)
+    }
+
+    /// Give claimed tasks of a kind with a longer minimum lease that lease.
+    async fn stretch(&self, claimed: &[TaskRow]) -> Result<(), TaskError> {
+        for t in claimed {
+            if let Some(spec) = lattice_proto::task_kinds::spec(&t.kind)
+                && spec.min_lease_s > 0
+            {
+                let min = i64::try_from(spec.min_lease_s * 1000).unwrap_or(i64::MAX);
+                if min > self.lease_ms {
+                    self.store
+                        .stretch_lease(&t.id, t.epoch, now_ms() + min)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Extend leases (tunnel service only).
@@ -262,6 +283,9 @@ impl Tasks {
         };
         let claim = (claim_max > 0).then_some((claim_max, self.lease_ms));
         let result = self.store.complete_and_claim(&c, &audit, claim).await;
+        if let Ok((_, Some(claimed))) = &result {
+            self.stretch(claimed).await?;
+        }
         self.chain_wake.notify_one();
         // No bus wake here: the tunnel replica that recorded the result holds the
         // agent and claims the next task itself.

@@ -100,7 +100,7 @@ impl pb::tunnel_service_server::TunnelService for TunnelGrpc {
         let chunks = stream.map(|m| match m {
             Ok(pb::UploadReleaseChunk {
                 chunk: Some(pb::upload_release_chunk::Chunk::Data(d)),
-            }) => Ok(bytes::Bytes::from(d)),
+            }) => Ok(d),
             Ok(_) => Err(TunnelError::Invalid(
                 "after the head, only data chunks".into(),
             )),

@@ -210,6 +210,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Lengthen the lease of claimed task `id` at `epoch` to `until_ms`.
+    pub async fn stretch_lease(
+        &self,
+        id: &str,
+        epoch: i64,
+        until_ms: i64,
+    ) -> Result<(), TaskError> {
+        sqlx::query(
+            "UPDATE tasks SET lease_until_ms = $1 WHERE id = $2 AND epoch = $3 AND state = 'running' \
+             AND lease_until_ms < $1",
+        )
+        .bind(until_ms)
+        .bind(id)
+        .bind(epoch)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Extend the leases that are still current; returns the ones that are not.
     pub async fn heartbeat(
         &self,
@@ -220,9 +239,10 @@ impl Store {
         let now = now_ms();
         let mut stale = Vec::new();
         for (id, epoch) in leases {
+            // A heartbeat never shortens a lease (an agent update's is longer).
             let done = sqlx::query(
-                "UPDATE tasks SET lease_until_ms = $1, updated_at_ms = $2 \
-                 WHERE id = $3 AND epoch = $4 AND node_id = $5 AND state = 'running'",
+                "UPDATE tasks SET lease_until_ms = CASE WHEN lease_until_ms > $1 THEN lease_until_ms ELSE $1 END, \
+                 updated_at_ms = $2 WHERE id = $3 AND epoch = $4 AND node_id = $5 AND state = 'running'",
             )
             .bind(now + lease_ms)
             .bind(now)
