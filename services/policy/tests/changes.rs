@@ -10,7 +10,7 @@ use lattice_core::auth::{AuthMethod, Principal, RequestContext};
 use lattice_core::cache::Cache;
 use lattice_core::db::{self, Backend, Db, testing};
 use lattice_policy::changes::service::{
-    Admins, Changes, FreshMfa, NodeState, NodeStates, TaskOutcome, TaskQueue,
+    AUTO, Admins, Changes, FreshMfa, NodeState, NodeStates, Releases, TaskOutcome, TaskQueue,
 };
 use lattice_policy::changes::store::ChangeStore;
 use lattice_policy::changes::{Base, Selector};
@@ -74,7 +74,7 @@ impl TaskQueue for Shared {
         payload: Value,
         key: &str,
     ) -> Result<String, PolicyError> {
-        assert_eq!(kind, "firewall.apply");
+        assert!(kind == "firewall.apply" || kind == "agent.update", "{kind}");
         let mut w = self.0.lock().unwrap();
         let id = format!("task-{key}");
         if !w.tasks.iter().any(|t| t.0 == id) {
@@ -91,6 +91,24 @@ impl TaskQueue for Shared {
             .find(|t| t.0 == id)
             .map(|t| t.3.clone())
             .unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl Releases for Shared {
+    async fn manifest(
+        &self,
+        _ctx: &RequestContext,
+        version: &str,
+        arch: &str,
+    ) -> Result<lattice_proto::release::Manifest, PolicyError> {
+        Ok(lattice_proto::release::Manifest {
+            version: version.into(),
+            arch: arch.into(),
+            sha256: "sha256:ab".into(),
+            size: 1,
+            signature: "c2ln".into(),
+        })
     }
 }
 
@@ -156,7 +174,8 @@ async fn env(backend: Backend) -> Env {
             db.clone(),
             "policy_audit",
         )),
-    );
+    )
+    .with_releases(Arc::new(world.clone()));
     Env {
         changes,
         world,
@@ -513,7 +532,83 @@ async fn four_eyes_follows_the_org_setting(backend: Backend) {
     assert!(e.changes.set_four_eyes(&ann, "sometimes").await.is_err());
 }
 
+/// An auto update policy plans and approves by itself inside its window only,
+/// canary first, and never again after a rollout halted.
+async fn auto_updates_act_inside_their_window_and_stop_after_a_failure(backend: Backend) {
+    let e = env(backend).await;
+    set_node(&e, "n1", "prod", None);
+    set_node(&e, "n2", "prod", None);
+    let policy = json!({"name": "agents", "kind": "agent.update", "selector": {"labels": {"env": "prod"}},
+        "spec": {"version": "1.4.0", "mode": "auto", "canary": 1,
+            "window": {"days": ["sat"], "start": "02:00", "end": "05:00"}}});
+    // Setting an auto policy is approving: policy:write alone is not enough.
+    assert!(matches!(
+        e.changes.put_intent(&user("carol", &["policy:write"]), &policy).await,
+        Err(PolicyError::MissingScope(s)) if s == "policy:approve"
+    ));
+    let ann = user("ann", &["policy:write", "policy:approve", "policy:read"]);
+    e.changes.put_intent(&ann, &policy).await.unwrap();
+    // 2026-12-05 was a Saturday.
+    let saturday = 1_796_428_800_000_i64;
+    let hour = 3_600_000;
+    e.changes.auto_updates(saturday + hour).await.unwrap();
+    e.changes.auto_updates(saturday + 5 * hour).await.unwrap();
+    assert!(
+        e.changes.list_plans(&ann, 10).await.unwrap().is_empty(),
+        "outside the window"
+    );
+    e.changes.auto_updates(saturday + 3 * hour).await.unwrap();
+    let plans = e.changes.list_plans(&ann, 10).await.unwrap();
+    assert_eq!(plans.len(), 1);
+    let plan = e.changes.get_plan(&ann, &plans[0].id).await.unwrap();
+    assert_eq!(
+        (
+            plan.plan.state.as_str(),
+            plan.plan.author.as_str(),
+            plan.plan.decided_by.as_str()
+        ),
+        ("applying", AUTO, AUTO)
+    );
+    assert!(
+        plan.targets[0]
+            .artifact
+            .starts_with("lattice-agent 1.4.0\narch x86_64\nsha256 sha256:ab\n"),
+        "{:?}",
+        plan.targets[0]
+    );
+    let states: Vec<(&str, &str)> = plan
+        .targets
+        .iter()
+        .map(|t| (t.node.as_str(), t.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![("n1", "queued"), ("n2", "waiting")],
+        "canary first"
+    );
+    // Rolling out: no second plan.
+    e.changes.auto_updates(saturday + 3 * hour).await.unwrap();
+    assert_eq!(e.changes.list_plans(&ann, 10).await.unwrap().len(), 1);
+    // The canary fails: halted, and the policy does not try again by itself.
+    finish(
+        &e,
+        "n1",
+        TaskOutcome::Failed("rolled_back".into(), "{}".into()),
+    );
+    e.changes.drive().await.unwrap();
+    let plan = e.changes.get_plan(&ann, &plans[0].id).await.unwrap();
+    assert_eq!(plan.plan.state, "halted");
+    e.changes.auto_updates(saturday + 3 * hour).await.unwrap();
+    assert_eq!(e.changes.list_plans(&ann, 10).await.unwrap().len(), 1);
+    let actions = audit_actions(&e.db).await;
+    assert!(
+        actions.iter().any(|(a, _)| a == "plan.approve"),
+        "{actions:?}"
+    );
+}
+
 lattice_core::store_test_suite!(
+    auto_updates_act_inside_their_window_and_stop_after_a_failure,
     intents_are_validated_versioned_and_audited,
     a_plan_is_approved_by_its_hash_by_someone_else_and_rolls_out_canary_first,
     stale_plans_are_refused_and_drift_is_shown,
