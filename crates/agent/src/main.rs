@@ -127,6 +127,8 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
                 proxy_ports = ?config.proxy_ports,
                 "lattice-agent starting"
             );
+            // Which process is the agent (the update watchdog stops it by this).
+            let _ = std::fs::write(state_dir.join("agent.pid"), std::process::id().to_string());
             let agent = Arc::new(run::Agent::new(creds, config, state_dir));
             update::resume(&agent);
             let shutdown = lattice_core::shutdown::on_signal();

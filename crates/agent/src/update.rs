@@ -455,6 +455,17 @@ pub fn resume(agent: &Agent) {
         if p.state == "pending" && p.to == VERSION {
             // This binary is the release: it reports the manifest from its hello.
             let _ = std::fs::write(manifest_file(&agent.state_dir), &p.manifest);
+            // Started again before it was welcomed (a crash, a restart by the
+            // service manager, which also stops the first watchdog): arm another
+            // from the previous binary.
+            if std::process::id() != p.pid {
+                let _ = std::process::Command::new(sibling(&p.exe, "prev"))
+                    .args(["update-watchdog", "--state-dir"])
+                    .arg(&agent.state_dir)
+                    .stdin(std::process::Stdio::null())
+                    .process_group(0)
+                    .spawn();
+            }
         }
         agent.running.lock().expect("running lock").insert(
             p.task_id.clone(),
@@ -534,6 +545,14 @@ pub async fn watchdog(state_dir: &Path) -> anyhow::Result<()> {
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &p.pid.to_string()])
                 .status();
+            // A later start of the new agent (another pid) is stopped too.
+            if let Ok(pid) = std::fs::read_to_string(state_dir.join("agent.pid"))
+                && pid.trim() != p.pid.to_string()
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", pid.trim()])
+                    .status();
+            }
             if std::env::var_os("INVOCATION_ID").is_some() {
                 // systemd restarts the unit into the previous binary.
                 return Ok(());
