@@ -580,14 +580,26 @@ async fn start_policy(
         // Roll approved plans forward: the next wave after the canary, the end.
         let (changes, stop) = (changes.clone(), shared.stop.clone());
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // Every 200 ms while a plan rolls out (a wave starts soon after the one
+            // before it finished), every second otherwise.
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut busy, mut idle_ticks) = (false, 0u32);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tick.tick() => {
-                        if let Err(err) = changes.drive().await {
-                            tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "rolling out plans failed; retrying");
+                        idle_ticks += 1;
+                        if !busy && idle_ticks < 5 {
+                            continue;
+                        }
+                        idle_ticks = 0;
+                        match changes.drive().await {
+                            Ok(applying) => busy = applying > 0,
+                            Err(err) => {
+                                busy = false;
+                                tracing::warn!(error = %lattice_core::error::DisplayChain(&err), "rolling out plans failed; retrying");
+                            }
                         }
                     }
                 }

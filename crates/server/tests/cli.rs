@@ -670,4 +670,30 @@ fn cli_reviewed_changes() {
             && story.contains("plan.reject"),
         "{story}"
     );
+
+    // Agent releases: uploaded, signed, listed; the same version again refused.
+    let binary = dir.path().join("lattice-agent-9.9.9");
+    std::fs::write(&binary, b"not really an agent, but bytes to sign").unwrap();
+    let upload = [
+        "agent-release",
+        "upload",
+        binary.to_str().unwrap(),
+        "--version",
+        "9.9.9",
+        "-o",
+        "json",
+    ];
+    let rel: serde_json::Value =
+        serde_json::from_str(&ok(&lattice(&config, &upload, &[]))).unwrap();
+    assert_eq!(rel["size"], 38, "{rel}");
+    assert_eq!(rel["signature"].as_str().map(str::len), Some(88), "{rel}");
+    let out = lattice(&config, &upload, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("immutable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = ok(&lattice(&config, &["agent-release", "list"], &[]));
+    assert!(list.contains("9.9.9") && list.contains(rel["sha256"].as_str().unwrap()), "{list}");
 }

@@ -7,6 +7,10 @@
 //! - `fleet-sim tasks --count 100 --tasks 20000 --concurrency 64`: enqueue `exec`
 //!   tasks over REST while the simulated agents run them; reports tasks/s (enqueue
 //!   of the first to the last result recorded) and enqueue-to-start percentiles.
+//! - `fleet-sim rollout --count 100 --rounds 5`: reviewed firewall changes over the
+//!   simulated agents (which report their `firewall` artifact and apply plans at
+//!   once): per round, a new intent version, the plan, the approval, and the times
+//!   from approval to each node's result and to the plan's `applied`.
 
 #[path = "../../../crates/agent/src/tls.rs"]
 #[allow(dead_code)]
@@ -45,6 +49,13 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         hold_s: u64,
     },
+    /// Reviewed firewall changes rolled out over simulated agents.
+    Rollout {
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: u64,
+    },
     /// Run tasks through agents.
     Tasks {
         #[arg(long, default_value_t = 100)]
@@ -63,6 +74,8 @@ struct Shared {
     starts: Mutex<Vec<u64>>,
     acked: AtomicU64,
     connected: AtomicU64,
+    /// When each `firewall.apply` result was sent.
+    applied: Mutex<Vec<Instant>>,
 }
 
 fn rest(ca_file: &std::path::Path) -> anyhow::Result<reqwest::Client> {
@@ -149,15 +162,14 @@ async fn agent(
     tx.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
             agent_version: "sim".into(),
-            facts: Some(pb::HostFacts {
-                hostname: "sim".into(),
-                ..Default::default()
-            }),
-            capabilities: vec!["exec".into()],
+            facts: Some(facts(None)),
+            capabilities: vec!["exec".into(), "firewall".into()],
             ..Default::default()
         })),
     })
     .await?;
+    // The firewall table this simulated node has (None: no table).
+    let mut table: Option<String> = None;
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     req.metadata_mut()
         .insert("authorization", format!("Bearer {node_token}").parse()?);
@@ -193,6 +205,40 @@ async fn agent(
     });
     while let Some(msg) = inbound.message().await? {
         match msg.msg {
+            Some(pb::server_message::Msg::Task(t)) if t.kind == "firewall.apply" => {
+                let p: Value = serde_json::from_str(&t.payload_json).unwrap_or(Value::Null);
+                let have = table.as_deref().map_or_else(|| "none".to_owned(), hash);
+                let ok = p["base_hash"].as_str() == Some(have.as_str());
+                if ok {
+                    table = p["artifact"].as_str().map(str::to_owned);
+                    // The server sees the new state before the result.
+                    tx.send(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Facts(facts(table.as_deref()))),
+                    })
+                    .await?;
+                }
+                let result = pb::TaskResult {
+                    task_id: t.task_id,
+                    epoch: t.epoch,
+                    ok,
+                    result_json: json!({"before": have}).to_string(),
+                    error_code: if ok {
+                        String::new()
+                    } else {
+                        "plan_stale".into()
+                    },
+                    error: if ok {
+                        String::new()
+                    } else {
+                        "base mismatch".into()
+                    },
+                };
+                shared.applied.lock().expect("applied").push(Instant::now());
+                tx.send(pb::AgentMessage {
+                    msg: Some(pb::agent_message::Msg::Result(result)),
+                })
+                .await?;
+            }
             Some(pb::server_message::Msg::Task(t)) => {
                 let seq = serde_json::from_str::<Value>(&t.payload_json)
                     .ok()
@@ -224,6 +270,171 @@ async fn agent(
             _ => {}
         }
     }
+    Ok(())
+}
+
+fn hash(content: &str) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(content.as_bytes()))
+    )
+}
+
+/// Host facts reporting `table` as the firewall artifact.
+fn facts(table: Option<&str>) -> pb::HostFacts {
+    pb::HostFacts {
+        hostname: "sim".into(),
+        arch: "x86_64".into(),
+        artifacts: vec![pb::ManagedArtifact {
+            name: "firewall".into(),
+            hash: table.map_or_else(|| "none".to_owned(), hash),
+            content: table.unwrap_or_default().to_owned(),
+            error: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut req = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "HTTP {status}: {v}");
+    Ok(v)
+}
+
+/// Reviewed firewall changes over `count` simulated agents, `rounds` times.
+async fn rollout(
+    cli: &Cli,
+    http: &reqwest::Client,
+    count: usize,
+    rounds: u64,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<()> {
+    let ids = connect_all(cli, http, count, shared).await?;
+    let (server, token) = (&cli.server, &cli.token);
+    for id in &ids {
+        send(
+            http,
+            reqwest::Method::PATCH,
+            format!("{server}/api/v1/nodes/{id}"),
+            token,
+            Some(json!({"capabilities": ["firewall"]})),
+        )
+        .await?;
+    }
+    // Four eyes is off with one admin; the token's user approves its own plans.
+    let (mut render, mut to_results, mut to_applied) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let intent = json!({"name": "sim-fw", "kind": "firewall", "selector": {"labels": {"sim": "1"}},
+            "spec": {"default": "drop", "rules": [
+                {"action": "accept", "protocol": "tcp", "ports": format!("22,{}", 8000 + round), "from": "10.0.0.0/8", "comment": "ssh"},
+                {"action": "accept", "protocol": "udp", "ports": "51820"}]}});
+        send(
+            http,
+            reqwest::Method::PUT,
+            format!("{server}/api/v1/intents/sim-fw"),
+            token,
+            Some(intent),
+        )
+        .await?;
+        // The nodes report the previous round's table: wait until the plan's
+        // base is it everywhere (no drift, nothing stale).
+        let t0 = Instant::now();
+        let plan = send(
+            http,
+            reqwest::Method::POST,
+            format!("{server}/api/v1/plans"),
+            token,
+            Some(json!({"intent": "sim-fw"})),
+        )
+        .await?;
+        render.push(t0.elapsed().as_micros() as u64);
+        let id = plan["id"].as_str().unwrap_or_default().to_owned();
+        shared.applied.lock().expect("applied").clear();
+        let approved = Instant::now();
+        send(
+            http,
+            reqwest::Method::POST,
+            format!("{server}/api/v1/plans/{id}/approve"),
+            token,
+            Some(json!({"hash": plan["hash"]})),
+        )
+        .await?;
+        // Watch the plan without advancing it faster than the server does by
+        // itself (GET advances the rollout, so poll the list, which does not).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let state = loop {
+            let list = send(
+                http,
+                reqwest::Method::GET,
+                format!("{server}/api/v1/plans?limit=1"),
+                token,
+                None,
+            )
+            .await?;
+            let s = list["plans"][0]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if s != "applying" {
+                break s;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "round {round}: not applied within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let applied_after = approved.elapsed();
+        anyhow::ensure!(state == "applied", "round {round}: the plan ended {state}");
+        let results: Vec<u64> = shared
+            .applied
+            .lock()
+            .expect("applied")
+            .iter()
+            .map(|t| t.duration_since(approved).as_micros() as u64)
+            .collect();
+        anyhow::ensure!(
+            results.len() == count,
+            "round {round}: {} results of {count}",
+            results.len()
+        );
+        let last = results.iter().copied().max().unwrap_or(0);
+        println!(
+            "round {round}: plan rendered in {:.1} ms; approval to the last node's result {:.1} ms, to the plan applied {:.1} ms",
+            render[render.len() - 1] as f64 / 1000.0,
+            last as f64 / 1000.0,
+            applied_after.as_secs_f64() * 1000.0
+        );
+        to_results.extend(results);
+        to_applied.push(applied_after.as_micros() as u64);
+        // Let the nodes' reports settle before the next round's plan.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    to_results.sort_unstable();
+    to_applied.sort_unstable();
+    render.sort_unstable();
+    println!(
+        "rollout over {count} agents, {rounds} rounds: approval to a node's result p50 {:.1} ms p99 {:.1} ms max {:.1} ms; approval to applied median {:.1} ms max {:.1} ms; plan render median {:.1} ms",
+        percentile(&to_results, 0.5),
+        percentile(&to_results, 0.99),
+        percentile(&to_results, 1.0),
+        percentile(&to_applied, 0.5),
+        percentile(&to_applied, 1.0),
+        percentile(&render, 0.5),
+    );
     Ok(())
 }
 
@@ -279,12 +490,14 @@ async fn main() -> anyhow::Result<()> {
         starts: Mutex::new(Vec::new()),
         acked: AtomicU64::new(0),
         connected: AtomicU64::new(0),
+        applied: Mutex::new(Vec::new()),
     });
     match cli.cmd {
         Cmd::Connect { count, hold_s } => {
             connect_all(&cli, &http, count, &shared).await?;
             tokio::time::sleep(Duration::from_secs(hold_s)).await;
         }
+        Cmd::Rollout { count, rounds } => rollout(&cli, &http, count, rounds, &shared).await?,
         Cmd::Tasks {
             count,
             tasks,

@@ -925,13 +925,15 @@ impl Changes {
     }
 
     /// Advance every plan that is rolling out, and start the auto updates whose
-    /// window is open (run every second or so).
-    pub async fn drive(&self) -> Result<(), PolicyError> {
+    /// window is open (run every second or so, more often while plans roll out):
+    /// how many plans are rolling out now.
+    pub async fn drive(&self) -> Result<usize, PolicyError> {
         for row in self.store.plans_in(&["applying"]).await? {
             let plan = self.load(&row.org_id, &row.id).await?;
             self.advance(&plan).await?;
         }
-        self.auto_updates(now_ms()).await
+        self.auto_updates(now_ms()).await?;
+        Ok(self.store.plans_in(&["applying"]).await?.len())
     }
 
     /// For every live `agent.update` intent in `auto` mode whose window is open at
