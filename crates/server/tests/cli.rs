@@ -695,5 +695,8 @@ fn cli_reviewed_changes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let list = ok(&lattice(&config, &["agent-release", "list"], &[]));
-    assert!(list.contains("9.9.9") && list.contains(rel["sha256"].as_str().unwrap()), "{list}");
+    assert!(
+        list.contains("9.9.9") && list.contains(rel["sha256"].as_str().unwrap()),
+        "{list}"
+    );
 }

@@ -796,31 +796,41 @@ impl Changes {
 
     /// Queue the apply tasks of `wave`.
     async fn dispatch(&self, plan: &Plan, wave: i64) -> Result<(), PolicyError> {
+        use futures::StreamExt as _;
         let kind = Kind::parse(&plan.plan.kind).unwrap_or(Kind::Firewall);
+        let mut queue: Vec<futures::future::BoxFuture<'_, Result<(), PolicyError>>> = Vec::new();
         for t in plan
             .targets
             .iter()
             .filter(|t| t.wave == wave && t.task_id.is_empty())
         {
-            let mut payload = json!({
-                "plan": plan.plan.id,
-                "hash": plan.plan.hash,
-                "base_hash": t.base_hash,
-                "artifact": t.artifact,
-            });
-            if let Some(zone) = plan.plan.artifact_name.strip_prefix("dns:") {
-                payload["zone"] = json!(zone);
-            }
-            let key = format!("plan:{}:{}", plan.plan.id, t.node);
-            let task = self
-                .tasks
-                .enqueue(&plan.plan.org_id, &t.node, kind.task_kind(), payload, &key)
-                .await?;
-            self.store
-                .set_target(&plan.plan.id, &t.node, &task, "queued", "")
-                .await?;
+            queue.push(Box::pin(async move {
+                let mut payload = json!({
+                    "plan": plan.plan.id,
+                    "hash": plan.plan.hash,
+                    "base_hash": t.base_hash,
+                    "artifact": t.artifact,
+                });
+                if let Some(zone) = plan.plan.artifact_name.strip_prefix("dns:") {
+                    payload["zone"] = json!(zone);
+                }
+                let key = format!("plan:{}:{}", plan.plan.id, t.node);
+                let task = self
+                    .tasks
+                    .enqueue(&plan.plan.org_id, &t.node, kind.task_kind(), payload, &key)
+                    .await?;
+                self.store
+                    .set_target(&plan.plan.id, &t.node, &task, "queued", "")
+                    .await?;
+                Ok::<_, PolicyError>(())
+            }));
         }
-        Ok(())
+        // A wave of many nodes is queued a few at a time in parallel.
+        let done: Vec<Result<(), PolicyError>> = futures::stream::iter(queue)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        done.into_iter().collect()
     }
 
     /// Fold the apply tasks' outcomes into the plan: record finished nodes, halt on
@@ -828,12 +838,30 @@ impl Changes {
     pub async fn advance(&self, plan: &Plan) -> Result<(), PolicyError> {
         let org = &plan.plan.org_id;
         let id = &plan.plan.id;
+        use futures::StreamExt as _;
+        // The outcomes of the queued tasks, asked a few at a time in parallel.
+        let mut asks: Vec<
+            futures::future::BoxFuture<'_, (String, Result<TaskOutcome, PolicyError>)>,
+        > = Vec::new();
+        for t in plan.targets.iter().filter(|t| t.state == "queued") {
+            asks.push(Box::pin(async move {
+                (t.node.clone(), self.tasks.outcome(org, &t.task_id).await)
+            }));
+        }
+        let mut outcomes: BTreeMap<String, Result<TaskOutcome, PolicyError>> =
+            futures::stream::iter(asks)
+                .buffer_unordered(16)
+                .collect()
+                .await;
         let mut failed = None;
         let mut states: Vec<(i64, String)> = Vec::new();
         for t in &plan.targets {
             let mut state = t.state.clone();
             if t.state == "queued" {
-                match self.tasks.outcome(org, &t.task_id).await? {
+                let outcome = outcomes
+                    .remove(&t.node)
+                    .unwrap_or(Ok(TaskOutcome::Pending))?;
+                match outcome {
                     TaskOutcome::Pending => {}
                     TaskOutcome::Succeeded(result) => {
                         self.store
