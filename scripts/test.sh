@@ -347,6 +347,23 @@ for tool in nft:nftables named-checkzone:bind9-utils haproxy:haproxy; do
     fi
 done
 
+# The single sign-on tests run a real OpenID provider (oidc-provider, pinned by
+# crates/server/tests/oidc-provider/package-lock.json) with Node, on loopback.
+OIDC_FIXTURE="$REPO_ROOT/crates/server/tests/oidc-provider"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm || true
+fi
+if [[ ! -d "$OIDC_FIXTURE/node_modules/oidc-provider" ]]; then
+    if command -v npm >/dev/null 2>&1 \
+        && (cd "$OIDC_FIXTURE" && npm ci --no-audit --no-fund --loglevel=error >&2); then
+        log "installed the OpenID provider for the single sign-on tests"
+    elif is_ci; then
+        die "cannot install the OpenID provider for the single sign-on tests (npm ci in $OIDC_FIXTURE)"
+    else
+        warn "no OpenID provider: the single sign-on tests will be skipped"
+    fi
+fi
+
 if [[ "${LATTICE_TEST_SETUP_ONLY:-}" == "1" ]]; then
     log "LATTICE_TEST_SETUP_ONLY=1: backends ready, skipping cargo"
     for v in "${EXPORTS[@]}"; do

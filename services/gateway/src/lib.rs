@@ -356,6 +356,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/plans/{id}", get(routes::changes::get_plan))
         .route(
+            "/api/v1/sso/providers",
+            get(routes::sso::list).post(routes::sso::create),
+        )
+        .route(
+            "/api/v1/sso/providers/{name}",
+            get(routes::sso::get).delete(routes::sso::delete),
+        )
+        .route(
             "/api/v1/agent-releases/{version}/{arch}",
             get(routes::releases::get),
         )

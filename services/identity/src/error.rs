@@ -57,6 +57,9 @@ pub enum IdentityError {
         /// Why.
         reason: String,
     },
+    /// Well-formed but not acceptable (a provider whose discovery fails).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The database failed.
     #[error("identity database")]
     Db(#[from] sqlx::Error),
@@ -91,6 +94,7 @@ impl CodedError for IdentityError {
             }
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) | Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Unprocessable(_) => ErrorCode::Unprocessable,
             Self::Invalid { .. } => ErrorCode::BadRequest,
             Self::Db(e) if is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) | Self::Crypto(_) | Self::Hash(_) => ErrorCode::Internal,

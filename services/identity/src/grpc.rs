@@ -336,6 +336,71 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         }))
     }
 
+    async fn create_sso_provider(
+        &self,
+        req: Request<pb::CreateSsoProviderRequest>,
+    ) -> Result<Response<pb::SsoProvider>, Status> {
+        let ctx = context_of(&req)?;
+        let r = req.into_inner();
+        let new = crate::service::sso::NewSsoProvider {
+            name: r.name,
+            display_name: r.display_name,
+            issuer: r.issuer,
+            client_id: r.client_id,
+            client_secret: r.client_secret,
+            scopes: r.scopes,
+            username_claim: if r.username_claim.is_empty() {
+                "email".into()
+            } else {
+                r.username_claim
+            },
+            require_verified_email: r.require_verified_email,
+            create_users: r.create_users,
+        };
+        let p = self
+            .identity
+            .create_sso_provider(&ctx, new)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(sso_pb(p)))
+    }
+
+    async fn list_sso_providers(
+        &self,
+        req: Request<pb::ListSsoProvidersRequest>,
+    ) -> Result<Response<pb::ListSsoProvidersResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let providers = self.identity.list_sso_providers(&ctx).await.map_err(st)?;
+        Ok(Response::new(pb::ListSsoProvidersResponse {
+            providers: providers.into_iter().map(sso_pb).collect(),
+        }))
+    }
+
+    async fn get_sso_provider(
+        &self,
+        req: Request<pb::SsoProviderRequest>,
+    ) -> Result<Response<pb::SsoProvider>, Status> {
+        let ctx = context_of(&req)?;
+        let p = self
+            .identity
+            .get_sso_provider(&ctx, &req.get_ref().name)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(sso_pb(p)))
+    }
+
+    async fn delete_sso_provider(
+        &self,
+        req: Request<pb::SsoProviderRequest>,
+    ) -> Result<Response<pb::DeleteSsoProviderResponse>, Status> {
+        let ctx = context_of(&req)?;
+        self.identity
+            .delete_sso_provider(&ctx, &req.get_ref().name)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::DeleteSsoProviderResponse {}))
+    }
+
     async fn create_group(
         &self,
         req: Request<pb::CreateGroupRequest>,
@@ -419,5 +484,21 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             .await
             .map_err(st)?;
         Ok(Response::new(pb::UserGroupsResponse { groups }))
+    }
+}
+
+fn sso_pb(p: crate::service::sso::SsoProvider) -> pb::SsoProvider {
+    pb::SsoProvider {
+        id: p.id,
+        name: p.name,
+        display_name: p.display_name,
+        issuer: p.issuer,
+        client_id: p.client_id,
+        scopes: p.scopes,
+        username_claim: p.username_claim,
+        require_verified_email: p.require_verified_email,
+        create_users: p.create_users,
+        created_at_ms: p.created_at_ms,
+        created_by: p.created_by,
     }
 }

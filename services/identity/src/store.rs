@@ -12,11 +12,12 @@ pub use self::groups::GroupRow;
 const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
 const GROUPS: &str = include_str!("migrations/0002_groups.sql");
 const SESSION_MFA: &str = include_str!("migrations/0003_session_mfa.sql");
+const SSO: &str = include_str!("migrations/0004_sso.sql");
 
 /// The identity service's migrations (one script each for both backends; the
 /// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 3] = [
+    static SET: [Migration; 4] = [
         Migration {
             version: 1,
             name: "orgs, users, sessions, tokens, audit",
@@ -34,6 +35,12 @@ pub fn migrations() -> MigrationSet {
             name: "when a session last completed TOTP",
             sqlite: SESSION_MFA,
             postgres: SESSION_MFA,
+        },
+        Migration {
+            version: 4,
+            name: "single sign-on providers per org",
+            sqlite: SSO,
+            postgres: SSO,
         },
     ];
     MigrationSet {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub mod agents;
+pub mod oidc;
 pub mod process;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -20,6 +21,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     pub data_dir: testing::tempfile_guard::Guard,
+    /// The database every service of this server uses ("" for an external one).
+    pub database_url: String,
     running: Option<lattice_server::Running>,
     _db_guard: Option<testing::tempfile_guard::Guard>,
 }
@@ -105,6 +108,7 @@ impl TestServer {
             http: builder.build().unwrap(),
             shutdown,
             data_dir,
+            database_url: url.clone(),
             running: Some(running),
             _db_guard: db_guard,
         }
@@ -117,6 +121,7 @@ impl TestServer {
             http,
             shutdown: CancellationToken::new(),
             data_dir: testing::tempfile_guard::Guard::new(),
+            database_url: String::new(),
             running: None,
             _db_guard: None,
         }

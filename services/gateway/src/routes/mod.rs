@@ -6,6 +6,7 @@ pub mod groups;
 pub mod nodes;
 pub mod policies;
 pub mod releases;
+pub mod sso;
 pub mod system;
 pub mod tasks;
 pub mod tokens;

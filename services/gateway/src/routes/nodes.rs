@@ -33,6 +33,33 @@ pub fn client(state: &AppState) -> Result<TunnelServiceClient<crate::InternalSer
     })
 }
 
+/// The URL clients reach this gateway at: `gateway.public_url`, else the scheme
+/// and host of this request.
+pub fn public_base(state: &AppState, uri: &http::Uri, headers: &http::HeaderMap) -> String {
+    match &state.cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+            let host = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let scheme = if state.ca_sha256.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
+        }
+    }
+}
+
 /// New join token.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -69,28 +96,7 @@ pub async fn create_join_token(
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<CreateJoinToken>,
 ) -> Result<(StatusCode, Json<JoinToken>), ApiError> {
-    let server_url = match &state.cfg.public_url {
-        Some(u) => u.trim_end_matches('/').to_owned(),
-        None => {
-            // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
-            let host = uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| {
-                    headers
-                        .get(http::header::HOST)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let scheme = if state.ca_sha256.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{host}")
-        }
-    };
+    let server_url = public_base(&state, &uri, &headers);
     let t = client(&state)?
         .create_join_token(caller.request(
             &state,

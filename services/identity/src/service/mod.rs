@@ -11,6 +11,7 @@ mod groups;
 mod login;
 mod mfa;
 mod sessions;
+pub mod sso;
 mod tokens;
 mod users;
 
@@ -84,6 +85,8 @@ pub struct Identity {
     mfa_encoding: EncodingKey,
     mfa_decoding: DecodingKey,
     audit: Arc<dyn AuditSink>,
+    /// Talks to single sign-on providers (no redirects followed).
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Identity {
@@ -198,6 +201,11 @@ impl Identity {
             mfa_encoding: EncodingKey::from_secret(mfa_secret),
             mfa_decoding: DecodingKey::from_secret(mfa_secret),
             audit,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|e| IdentityError::Unprocessable(format!("http client: {e}")))?,
         })
     }
 
