@@ -113,7 +113,9 @@ async fn providers_are_checked_against_their_discovery_document() {
     assert!(!list.to_string().contains("a-client-secret"), "{list}");
 
     // Sealed at rest.
-    let db = lattice_core::db::Db::connect(&s.database_url, 1).await.unwrap();
+    let db = lattice_core::db::Db::connect(&s.database_url, 1)
+        .await
+        .unwrap();
     let (sealed,): (String,) =
         sqlx::query_as("SELECT client_secret_sealed FROM identity_sso_providers")
             .fetch_one(db.pool())

@@ -85,8 +85,9 @@ pub struct Identity {
     mfa_encoding: EncodingKey,
     mfa_decoding: DecodingKey,
     audit: Arc<dyn AuditSink>,
-    /// Talks to single sign-on providers (no redirects followed).
-    http: reqwest::Client,
+    /// Talks to single sign-on providers (no redirects followed); made on first
+    /// use (the process installs the TLS crypto provider at start).
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -201,11 +202,7 @@ impl Identity {
             mfa_encoding: EncodingKey::from_secret(mfa_secret),
             mfa_decoding: DecodingKey::from_secret(mfa_secret),
             audit,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .map_err(|e| IdentityError::Unprocessable(format!("http client: {e}")))?,
+            http: std::sync::OnceLock::new(),
         })
     }
 

@@ -188,6 +188,19 @@ pub async fn discover(
 }
 
 impl Identity {
+    /// The client for providers.
+    pub(crate) fn http(&self) -> Result<&reqwest::Client> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
+        let c = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| IdentityError::Unprocessable(format!("http client: {e}")))?;
+        Ok(self.http.get_or_init(|| c))
+    }
+
     /// Save a provider (`users:admin`): its discovery document must be fetched and
     /// valid (a 422 says what was fetched and what failed).
     pub async fn create_sso_provider(
@@ -202,7 +215,7 @@ impl Identity {
             "{}/.well-known/openid-configuration",
             p.issuer.trim_end_matches('/')
         );
-        if let Err(why) = discover(&self.http, &p.issuer).await {
+        if let Err(why) = discover(self.http()?, &p.issuer).await {
             return Err(IdentityError::Unprocessable(format!(
                 "issuer: fetched {well_known}: {why}"
             )));
