@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestServer;
-use common::oidc::{OpenIdProvider, available};
+use common::oidc::{Browser, OpenIdProvider, available};
 use lattice_core::db::Backend;
 use serde_json::json;
 
@@ -137,4 +137,171 @@ async fn providers_are_checked_against_their_discovery_document() {
         .await;
     assert_eq!(status, 404);
     s.stop().await;
+}
+
+/// Logging in through the provider: the first login binds the provider's subject
+/// to the user whose username is the verified email, later ones match on the
+/// subject; an unverified email, an unknown user, a wrong state and a replayed
+/// callback are refused (and audited); a user with TOTP gets the TOTP step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_log_in_through_the_provider() {
+    if !available() {
+        eprintln!(
+            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
+        );
+        return;
+    }
+    let s = TestServer::start(Backend::Sqlite).await;
+    let admin = s.admin_token(&["*"]).await;
+    let callback = s.url("/api/v1/auth/sso/corp/callback");
+    let op = OpenIdProvider::start(
+        &json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
+            "redirect_uris": [callback]}]),
+        &json!({
+            "alice": {"email": "alice@example.com", "email_verified": true},
+            "bob": {"email": "bob@example.com", "email_verified": false},
+            "carol": {"email": "carol@example.com", "email_verified": true},
+            "dave": {"email": "dave@example.com", "email_verified": true}
+        }),
+    );
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/sso/providers",
+            &admin,
+            Some(json!({"name": "corp", "issuer": op.issuer,
+            "client_id": "lattice", "client_secret": "a-client-secret-of-some-length"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    for user in ["alice@example.com", "bob@example.com", "dave@example.com"] {
+        let (status, b) = s
+            .call(
+                "POST",
+                "/api/v1/users",
+                &admin,
+                Some(json!({"username": user,
+                "password": "user-password-1234", "scopes": ["nodes:read"]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{b}");
+    }
+    let ca = s.data_dir.path.join("tls/ca.pem");
+    let start = s.url("/api/v1/auth/sso/corp/start?return_to=/ui/nodes");
+
+    // First login: bound, logged in, sent to return_to.
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "alice").await;
+    assert!(
+        back.contains("code=") && back.contains(&format!("iss={}", urlencode(&op.issuer))),
+        "{back}"
+    );
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.location.as_deref(), Some(s.url("/ui/nodes").as_str()));
+    let me = browser
+        .send(reqwest::Method::GET, &s.url("/api/v1/auth/me"), None)
+        .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert!(me.body.contains("\"alice@example.com\""), "{}", me.body);
+    // The same callback again: refused (the login is single use).
+    let again = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(again.status, 403, "{}", again.body);
+
+    // Second login: matched by subject (no second binding).
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "alice").await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+
+    // A callback carried to another browser (no state cookie): refused.
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "alice").await;
+    let mut other = Browser::new(&ca);
+    other.set_cookie(&back, "lattice_sso_state", "not-the-state");
+    let page = other.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("state"), "{}", page.body);
+
+    // Unverified email, unknown user: refused, saying why.
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "bob").await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("verified"), "{}", page.body);
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "carol").await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("no user"), "{}", page.body);
+
+    // SSO, then local TOTP.
+    let (cookie, csrf) = s.login("dave@example.com", "user-password-1234").await;
+    let session = |path: &str| {
+        s.http
+            .post(s.url(path))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+    };
+    let (status, enroll) =
+        common::json(session("/api/v1/auth/totp/enroll").send().await.unwrap()).await;
+    assert_eq!(status, 200, "{enroll}");
+    let seed = common::totp_seed(enroll["secret"].as_str().unwrap());
+    let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
+    let (status, b) = common::json(
+        session("/api/v1/auth/totp/confirm")
+            .json(&json!({"code": lattice_identity::totp::code_at(&seed, now)}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "dave").await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let step: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert_eq!(step["mfa_required"], true, "{step}");
+    assert!(
+        !page
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with("lattice_session=")),
+        "no session before TOTP"
+    );
+    let resp = s
+        .http
+        .post(s.url("/api/v1/auth/login/totp"))
+        .json(&json!({"mfa_token": step["mfa_token"], "code": lattice_identity::totp::code_at(&seed, now + 30)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The story in the audit log (forwarded there shortly): one binding each,
+    // every login and refusal.
+    let mut audit = serde_json::Value::Null;
+    for _ in 0..50 {
+        audit = s
+            .call("GET", "/api/v1/audit?limit=1000", &admin, None)
+            .await
+            .1;
+        let binds = audit["entries"].as_array().map_or(0, |e| {
+            e.iter().filter(|e| e["action"] == "auth.sso.bind").count()
+        });
+        if binds >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let entries = audit["entries"].as_array().unwrap();
+    let count = |action: &str| entries.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(count("auth.sso.bind"), 2, "alice and dave: {audit}");
+    assert!(count("auth.sso.login") >= 6, "{audit}");
+    s.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace('/', "%2F")
 }

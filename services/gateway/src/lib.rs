@@ -355,6 +355,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(routes::changes::list_plans).post(routes::changes::create_plan),
         )
         .route("/api/v1/plans/{id}", get(routes::changes::get_plan))
+        .route("/api/v1/auth/sso/{provider}/start", get(routes::sso::start))
+        .route(
+            "/api/v1/auth/sso/{provider}/callback",
+            get(routes::sso::callback),
+        )
         .route(
             "/api/v1/sso/providers",
             get(routes::sso::list).post(routes::sso::create),

@@ -120,6 +120,8 @@ use crate::routes;
         routes::sso::list,
         routes::sso::get,
         routes::sso::delete,
+        routes::sso::start,
+        routes::sso::callback,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&Security, &ErrorResponses),

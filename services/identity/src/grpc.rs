@@ -336,6 +336,54 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         }))
     }
 
+    async fn sso_start(
+        &self,
+        req: Request<pb::SsoStartRequest>,
+    ) -> Result<Response<pb::SsoStartResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let r = req.into_inner();
+        let s = self
+            .identity
+            .sso_start(&caller, &r.org, &r.provider, &r.redirect_url, &r.return_to)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::SsoStartResponse {
+            authorize_url: s.authorize_url,
+            state: s.state,
+        }))
+    }
+
+    async fn sso_callback(
+        &self,
+        req: Request<pb::SsoCallbackRequest>,
+    ) -> Result<Response<pb::SsoCallbackResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let client = ClientInfo {
+            ip: client_ip_of(&req).unwrap_or_default(),
+            user_agent: req.get_ref().user_agent.clone(),
+        };
+        let r = req.into_inner();
+        let (out, return_to) = self
+            .identity
+            .sso_callback(
+                &caller,
+                &r.provider,
+                &r.cookie_state,
+                &r.state,
+                &r.code,
+                &r.iss,
+                &r.redirect_url,
+                &client,
+            )
+            .await
+            .map_err(st)?;
+        let (idle, max) = self.identity.session_limits_s();
+        Ok(Response::new(pb::SsoCallbackResponse {
+            login: Some(login_pb(out, idle, max)),
+            return_to,
+        }))
+    }
+
     async fn create_sso_provider(
         &self,
         req: Request<pb::CreateSsoProviderRequest>,

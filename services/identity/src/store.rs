@@ -13,11 +13,12 @@ const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
 const GROUPS: &str = include_str!("migrations/0002_groups.sql");
 const SESSION_MFA: &str = include_str!("migrations/0003_session_mfa.sql");
 const SSO: &str = include_str!("migrations/0004_sso.sql");
+const SSO_LOGINS: &str = include_str!("migrations/0005_sso_logins.sql");
 
 /// The identity service's migrations (one script each for both backends; the
 /// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 4] = [
+    static SET: [Migration; 5] = [
         Migration {
             version: 1,
             name: "orgs, users, sessions, tokens, audit",
@@ -41,6 +42,12 @@ pub fn migrations() -> MigrationSet {
             name: "single sign-on providers per org",
             sqlite: SSO,
             postgres: SSO,
+        },
+        Migration {
+            version: 5,
+            name: "single sign-on logins in flight and bound provider identities",
+            sqlite: SSO_LOGINS,
+            postgres: SSO_LOGINS,
         },
     ];
     MigrationSet {

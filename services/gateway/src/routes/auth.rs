@@ -141,11 +141,15 @@ impl Me {
     }
 }
 
-fn anonymous_ip(state: &AppState, headers: &HeaderMap, peer: Option<&PeerAddr>) -> String {
+pub(crate) fn anonymous_ip(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<&PeerAddr>,
+) -> String {
     crate::caller::client_ip_from(headers, peer, state.cfg.trust_forwarded_for)
 }
 
-fn user_agent(headers: &HeaderMap) -> String {
+pub(crate) fn user_agent(headers: &HeaderMap) -> String {
     headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -155,7 +159,10 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
-fn login_response(state: &AppState, resp: pb::LoginResponse) -> Result<Response, ApiError> {
+pub(crate) fn login_response(
+    state: &AppState,
+    resp: pb::LoginResponse,
+) -> Result<Response, ApiError> {
     match resp.outcome {
         Some(pb::login_response::Outcome::Mfa(m)) => Ok(Json(LoginAnswer {
             mfa_required: true,

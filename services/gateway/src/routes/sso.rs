@@ -201,3 +201,170 @@ pub async fn delete(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The cookie that ties a login started in this browser to its callback.
+const STATE_COOKIE: &str = "lattice_sso_state";
+
+/// Where a login goes after it.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StartQuery {
+    /// A path on this site to land on (default `/`).
+    #[serde(default)]
+    pub return_to: String,
+    /// The org whose provider this is (default: the default org).
+    #[serde(default)]
+    pub org: String,
+}
+
+fn redirect_url(
+    state: &AppState,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    provider: &str,
+) -> String {
+    format!(
+        "{}/api/v1/auth/sso/{provider}/callback",
+        public_base(state, uri, headers)
+    )
+}
+
+fn cookie(state: &AppState, value: &str, max_age: i64) -> Result<http::HeaderValue, ApiError> {
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
+    http::HeaderValue::from_str(&format!(
+        "{STATE_COOKIE}={value}; Path=/api/v1/auth/sso; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .map_err(|_| ApiError::new(lattice_core::ErrorCode::Internal, "cannot build the state cookie"))
+}
+
+/// Start a login through provider `provider`: 302 to the provider, with a state
+/// cookie the callback checks. The dashboard's SSO buttons link here.
+#[utoipa::path(get, path = "/api/v1/auth/sso/{provider}/start", tag = "auth", params(StartQuery), security(()),
+    responses((status = 302, description = "To the provider's login"),
+        (status = 400, body = crate::error::ErrorBody, description = "A return_to that is not a path on this site"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such provider (or org)"),
+        (status = 422, body = crate::error::ErrorBody, description = "The provider's discovery failed")))]
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::caller::PeerAddr>>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    Path(provider): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<StartQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let ip = crate::routes::auth::anonymous_ip(&state, &headers, peer.as_ref().map(|p| &p.0));
+    let req = lattice_core::grpc::request(
+        &state.internal,
+        &state.service_principal,
+        Some(&ip),
+        pb::SsoStartRequest {
+            org: q.org,
+            redirect_url: redirect_url(&state, &uri, &headers, &provider),
+            provider,
+            return_to: q.return_to,
+        },
+    );
+    let s = state.identity.clone().sso_start(req).await?.into_inner();
+    let mut resp = StatusCode::FOUND.into_response();
+    let location = http::HeaderValue::from_str(&s.authorize_url)
+        .map_err(|_| ApiError::new(lattice_core::ErrorCode::Internal, "bad authorization URL"))?;
+    resp.headers_mut().insert(http::header::LOCATION, location);
+    resp.headers_mut()
+        .append(http::header::SET_COOKIE, cookie(&state, &s.state, 600)?);
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+/// What the provider sends back.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub state: String,
+    /// RFC 9207: the issuer that answered.
+    #[serde(default)]
+    pub iss: String,
+    /// The provider refused or failed (`access_denied`, ...).
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub error_description: String,
+}
+
+/// The provider's answer: sets the session cookies and redirects to `return_to`
+/// (or `/`); with TOTP on, answers the TOTP step (`mfa_required`, `mfa_token` for
+/// `POST /api/v1/auth/login/totp`). Every refusal is 403 saying why, and audited.
+#[utoipa::path(get, path = "/api/v1/auth/sso/{provider}/callback", tag = "auth", params(CallbackQuery), security(()),
+    responses((status = 303, description = "Logged in: to return_to, with the session cookies"),
+        (status = 200, body = crate::routes::auth::LoginAnswer, description = "TOTP is on: the second step"),
+        (status = 403, body = crate::error::ErrorBody, description = "Refused: wrong or used state, a refused code, an ID token that does not verify, an unverified email, no such user"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such provider")))]
+pub async fn callback(
+    State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::caller::PeerAddr>>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    Path(provider): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<CallbackQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    if !q.error.is_empty() {
+        return Err(ApiError::new(
+            lattice_core::ErrorCode::PermissionDenied,
+            format!(
+                "single sign-on refused by the provider: {} {}",
+                q.error.chars().take(100).collect::<String>(),
+                q.error_description.chars().take(300).collect::<String>()
+            ),
+        ));
+    }
+    let cookie_state = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{STATE_COOKIE}="))
+                .map(str::to_owned)
+        })
+        .next()
+        .unwrap_or_default();
+    let ip = crate::routes::auth::anonymous_ip(&state, &headers, peer.as_ref().map(|p| &p.0));
+    let req = lattice_core::grpc::request(
+        &state.internal,
+        &state.service_principal,
+        Some(&ip),
+        pb::SsoCallbackRequest {
+            redirect_url: redirect_url(&state, &uri, &headers, &provider),
+            provider,
+            cookie_state,
+            state: q.state,
+            code: q.code,
+            iss: q.iss,
+            user_agent: crate::routes::auth::user_agent(&headers),
+        },
+    );
+    let r = state.identity.clone().sso_callback(req).await?.into_inner();
+    let login = r.login.unwrap_or_default();
+    let session = matches!(login.outcome, Some(pb::login_response::Outcome::Session(_)));
+    let mut resp = crate::routes::auth::login_response(&state, login)?;
+    resp.headers_mut()
+        .append(http::header::SET_COOKIE, cookie(&state, "", 0)?);
+    if session {
+        *resp.status_mut() = StatusCode::SEE_OTHER;
+        let to = if r.return_to.is_empty() {
+            "/".to_owned()
+        } else {
+            r.return_to
+        };
+        let location = http::HeaderValue::from_str(&to)
+            .map_err(|_| ApiError::new(lattice_core::ErrorCode::Internal, "bad return_to"))?;
+        resp.headers_mut().insert(http::header::LOCATION, location);
+    }
+    Ok(resp)
+}

@@ -141,6 +141,23 @@ impl Identity {
     }
 
     /// Step one of a login. Same error for unknown user and wrong password.
+    /// The TOTP step of a login whose first factor `user` passed.
+    pub(super) fn mfa_step(&self, user: &UserRow) -> LoginOutcome {
+        let exp = jsonwebtoken::get_current_timestamp() + MFA_TOKEN_TTL_S;
+        let claims = MfaClaims {
+            sub: user.id.clone(),
+            purpose: "mfa".into(),
+            exp,
+        };
+        let mfa_token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.mfa_encoding)
+                .expect("HS256 signing of a serialisable struct cannot fail");
+        LoginOutcome::MfaRequired {
+            mfa_token,
+            expires_at_ms: i64::try_from(exp * 1000).unwrap_or(i64::MAX),
+        }
+    }
+
     pub async fn login(
         &self,
         caller: &Principal,
@@ -208,15 +225,7 @@ impl Identity {
             }
         };
         if user.totp_enabled {
-            let exp = jsonwebtoken::get_current_timestamp() + MFA_TOKEN_TTL_S;
-            let claims = MfaClaims {
-                sub: user.id.clone(),
-                purpose: "mfa".into(),
-                exp,
-            };
-            let mfa_token =
-                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.mfa_encoding)
-                    .expect("HS256 signing of a serialisable struct cannot fail");
+            let step = self.mfa_step(&user);
             self.audit(
                 client.actor(&user),
                 "auth.login.password",
@@ -228,10 +237,7 @@ impl Identity {
             // The password was right: give the address its attempt back. The account's
             // counter stays up until the second factor succeeds.
             self.release_ip_attempt(&client.ip).await;
-            return Ok(LoginOutcome::MfaRequired {
-                mfa_token,
-                expires_at_ms: i64::try_from(exp * 1000).unwrap_or(i64::MAX),
-            });
+            return Ok(step);
         }
         self.start_session(&user, client, "password").await
     }

@@ -12,6 +12,7 @@ mod login;
 mod mfa;
 mod sessions;
 pub mod sso;
+pub mod sso_login;
 mod tokens;
 mod users;
 
@@ -88,6 +89,18 @@ pub struct Identity {
     /// Talks to single sign-on providers (no redirects followed); made on first
     /// use (the process installs the TLS crypto provider at start).
     http: std::sync::OnceLock<reqwest::Client>,
+    /// Providers' discovery documents and keys, by provider id, with when fetched.
+    sso_metadata: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                String,
+                (
+                    std::time::Instant,
+                    openidconnect::core::CoreProviderMetadata,
+                ),
+            >,
+        >,
+    >,
 }
 
 impl std::fmt::Debug for Identity {
@@ -203,6 +216,7 @@ impl Identity {
             mfa_decoding: DecodingKey::from_secret(mfa_secret),
             audit,
             http: std::sync::OnceLock::new(),
+            sso_metadata: Arc::default(),
         })
     }
 
