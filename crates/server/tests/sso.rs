@@ -305,3 +305,87 @@ async fn users_log_in_through_the_provider() {
 fn urlencode(s: &str) -> String {
     s.replace(':', "%3A").replace('/', "%2F")
 }
+
+/// The provider rotates its signing key: the next login verifies after one fresh
+/// look at its keys, no restart. A token signed by a key the provider does not
+/// publish is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_needs_no_restart_and_unknown_keys_are_refused() {
+    if !available() {
+        eprintln!(
+            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
+        );
+        return;
+    }
+    let s = TestServer::start(Backend::Sqlite).await;
+    let admin = s.admin_token(&["*"]).await;
+    let callback = s.url("/api/v1/auth/sso/corp/callback");
+    let clients = json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
+        "redirect_uris": [callback]}]);
+    let accounts = json!({"alice": {"email": "alice@example.com", "email_verified": true}});
+    let keys = tempfile::tempdir().unwrap();
+    let key = |n: &str| keys.path().join(format!("{n}.json")).display().to_string();
+    let op = OpenIdProvider::start(&clients, &accounts);
+    let port = op.port();
+    drop(op);
+    let op = OpenIdProvider::start_on(port, &clients, &accounts, &[("OIDC_KEYS_FILE", &key("a"))]);
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/sso/providers",
+            &admin,
+            Some(json!({"name": "corp", "issuer": op.issuer,
+            "client_id": "lattice", "client_secret": "a-client-secret-of-some-length"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/users",
+            &admin,
+            Some(json!({"username": "alice@example.com",
+            "password": "user-password-1234", "scopes": []})),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let ca = s.data_dir.path.join("tls/ca.pem");
+    let start = s.url("/api/v1/auth/sso/corp/start");
+    let login = || async {
+        let mut browser = Browser::new(&ca);
+        let back = browser.log_in_at_provider(&start, "alice").await;
+        browser.send(reqwest::Method::GET, &back, None).await
+    };
+    assert_eq!(login().await.status, 303, "key a");
+    // Rotated: the provider now signs with key b only.
+    drop(op);
+    let op = OpenIdProvider::start_on(port, &clients, &accounts, &[("OIDC_KEYS_FILE", &key("b"))]);
+    let page = login().await;
+    assert_eq!(page.status, 303, "key b after rotation: {}", page.body);
+    // Signed with key c while the provider publishes only key a: refused.
+    drop(op);
+    let _c = OpenIdProvider::start_on(port, &clients, &accounts, &[("OIDC_KEYS_FILE", &key("c"))]);
+    drop(_c);
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(key("a")).unwrap()).unwrap();
+    let public: Vec<serde_json::Value> = published["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| json!({"kty": k["kty"], "n": k["n"], "e": k["e"], "kid": k["kid"], "use": "sig", "alg": "RS256"}))
+        .collect();
+    std::fs::write(key("published"), json!({"keys": public}).to_string()).unwrap();
+    let _op = OpenIdProvider::start_on(
+        port,
+        &clients,
+        &accounts,
+        &[
+            ("OIDC_KEYS_FILE", &key("c")),
+            ("OIDC_PUBLISH_FILE", &key("published")),
+        ],
+    );
+    let page = login().await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("does not verify"), "{}", page.body);
+    s.stop().await;
+}

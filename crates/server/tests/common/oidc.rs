@@ -14,6 +14,13 @@ pub struct OpenIdProvider {
     pub issuer: String,
 }
 
+impl OpenIdProvider {
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.issuer.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
 impl Drop for OpenIdProvider {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -48,12 +55,19 @@ impl OpenIdProvider {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port, clients, accounts, &[])
+    }
+
+    /// Start one on `port` with extra environment (`OIDC_KEYS_FILE`,
+    /// `OIDC_PUBLISH_FILE`).
+    pub fn start_on(port: u16, clients: &Value, accounts: &Value, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(fixture())
             .env("PORT", port.to_string())
             .env("OIDC_CLIENTS", clients.to_string())
             .env("OIDC_ACCOUNTS", accounts.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
