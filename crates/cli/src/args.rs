@@ -62,6 +62,9 @@ pub enum Command {
     /// Groups of your org's users.
     #[command(subcommand, visible_alias = "group")]
     Groups(GroupsCommand),
+    /// Single sign-on (OpenID Connect) providers of your org.
+    #[command(subcommand)]
+    Sso(SsoCommand),
     /// Cedar policies: who may reach which node, run which task, read which secret.
     #[command(subcommand, visible_alias = "policies")]
     Policy(PolicyCommand),
@@ -254,6 +257,42 @@ pub enum IntentCommand {
         /// Intent name.
         name: String,
     },
+}
+
+/// `lattice sso ...`.
+#[derive(Debug, Subcommand)]
+pub enum SsoCommand {
+    /// Add a provider; its discovery document is checked first. The client secret
+    /// is asked for (or LATTICE_SSO_CLIENT_SECRET), sealed, and never shown again.
+    Add {
+        /// 1-40 of a-z, 0-9 and '-': in the login URLs.
+        name: String,
+        /// The issuer URL, exactly as the provider names itself.
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        client_id: String,
+        /// What the login button says (default: the name).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Asked for besides openid (repeat; default: email).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The claim that is the Lattice username.
+        #[arg(long, default_value = "email")]
+        username_claim: String,
+        /// Accept logins whose email the provider does not say is verified.
+        #[arg(long)]
+        allow_unverified_email: bool,
+    },
+    /// The providers, with their redirect URLs.
+    #[command(visible_alias = "ls")]
+    List,
+    /// One provider.
+    Show { name: String },
+    /// Remove a provider (users it bound keep their accounts).
+    #[command(visible_alias = "rm")]
+    Remove { name: String },
 }
 
 /// `lattice agent-release ...`.

@@ -700,3 +700,74 @@ fn cli_reviewed_changes() {
         "{list}"
     );
 }
+
+#[test]
+fn cli_sso_providers() {
+    if !common::oidc::available() {
+        eprintln!(
+            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = common::process::spawn_all_in_one(&dir.path().join("data"), "off", &[]);
+    let config = dir.path().join("cli/config.json");
+    ok(&lattice(
+        &config,
+        &["login", "--server", &url, "-u", "admin"],
+        &[("LATTICE_PASSWORD", "admin-password-1")],
+    ));
+    let op = common::oidc::OpenIdProvider::start(
+        &serde_json::json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
+            "redirect_uris": [format!("{url}/api/v1/auth/sso/corp/callback")]}]),
+        &serde_json::json!({}),
+    );
+    let secret = [(
+        "LATTICE_SSO_CLIENT_SECRET",
+        "a-client-secret-of-some-length",
+    )];
+    let out = lattice(
+        &config,
+        &[
+            "sso",
+            "add",
+            "corp",
+            "--issuer",
+            &format!("{}/nope", op.issuer),
+            "--client-id",
+            "lattice",
+        ],
+        &secret,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nope/.well-known/openid-configuration"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lattice(
+        &config,
+        &[
+            "sso",
+            "add",
+            "corp",
+            "--issuer",
+            &op.issuer,
+            "--client-id",
+            "lattice",
+            "--display-name",
+            "Corp",
+        ],
+        &secret,
+    );
+    let shown = ok(&out);
+    let redirect = format!("{url}/api/v1/auth/sso/corp/callback");
+    assert!(shown.contains(&redirect), "{shown}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("register this redirect URL"));
+    let list = ok(&lattice(&config, &["sso", "list"], &[]));
+    assert!(list.contains("corp") && list.contains(&op.issuer), "{list}");
+    assert!(!list.contains("a-client-secret"), "{list}");
+    ok(&lattice(&config, &["sso", "remove", "corp"], &[]));
+    let out = lattice(&config, &["sso", "show", "corp"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+}

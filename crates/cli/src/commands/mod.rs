@@ -8,6 +8,7 @@ mod fleet;
 mod groups;
 mod kv;
 mod policy;
+mod sso;
 mod static_site;
 mod storage;
 mod tokens;
@@ -146,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Users(cmd) => users::run(&ctx, cmd).await,
         Command::Groups(cmd) => groups::run(&ctx, cmd).await,
+        Command::Sso(cmd) => sso::run(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Intent(cmd) => changes::intents(&ctx, cmd).await,
         Command::Plan(cmd) => changes::plans(&ctx, cmd).await,
