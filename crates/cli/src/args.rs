@@ -130,8 +130,15 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// Login name (asked on a terminal when absent; default admin).
-    #[arg(short, long, env = "LATTICE_USERNAME")]
+    #[arg(short, long, env = "LATTICE_USERNAME", conflicts_with = "sso")]
     pub username: Option<String>,
+    /// Log in through this single sign-on provider in a browser instead (the
+    /// authorization code flow with PKCE, back to a listener on 127.0.0.1).
+    #[arg(long, value_name = "PROVIDER")]
+    pub sso: Option<String>,
+    /// With --sso: print the URL instead of opening a browser.
+    #[arg(long, requires = "sso")]
+    pub no_browser: bool,
 }
 
 /// `lattice token ...`.

@@ -720,7 +720,7 @@ fn cli_sso_providers() {
     let op = common::oidc::OpenIdProvider::start(
         &serde_json::json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
             "redirect_uris": [format!("{url}/api/v1/auth/sso/corp/callback")]}]),
-        &serde_json::json!({}),
+        &serde_json::json!({"alice": {"email": "alice@example.com", "email_verified": true}}),
     );
     let secret = [(
         "LATTICE_SSO_CLIENT_SECRET",
@@ -767,6 +767,59 @@ fn cli_sso_providers() {
     let list = ok(&lattice(&config, &["sso", "list"], &[]));
     assert!(list.contains("corp") && list.contains(&op.issuer), "{list}");
     assert!(!list.contains("a-client-secret"), "{list}");
+    ok(&lattice(
+        &config,
+        &[
+            "users",
+            "create",
+            "alice@example.com",
+            "--scope",
+            "nodes:read,tokens:write",
+        ],
+        &[("LATTICE_NEW_PASSWORD", "alice-password-1234")],
+    ));
+
+    // `lattice login --sso`: the browser logs in at the provider and lands on the
+    // CLI's loopback listener; the CLI stores a token of alice's.
+    let alice_config = dir.path().join("alice/config.json");
+    let mut login = Command::new(cli_bin())
+        .args(["login", "--server", &url, "--sso", "corp", "--no-browser"])
+        .env("LATTICE_CONFIG", &alice_config)
+        .env_remove("LATTICE_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(login.stderr.take().unwrap());
+    let mut line = String::new();
+    let start = loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "no URL printed"
+        );
+        if let Some(u) = line.trim().split("in your browser: ").nth(1) {
+            break u.to_owned();
+        }
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut browser = common::oidc::Browser::new(&dir.path().join("none.pem"));
+        let back = browser.log_in_at_provider(&start, "alice").await;
+        let to_cli = browser.send(reqwest::Method::GET, &back, None).await;
+        assert_eq!(to_cli.status, 303, "{}", to_cli.body);
+        let cli = to_cli.location.unwrap();
+        assert!(cli.starts_with("http://127.0.0.1:"), "{cli}");
+        let page = browser.send(reqwest::Method::GET, &cli, None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+    });
+    let status = login.wait().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("as alice@example.com"), "{rest}");
+    let me = ok(&lattice(&alice_config, &["whoami"], &[]));
+    assert!(me.contains("alice@example.com"), "{me}");
+
     ok(&lattice(&config, &["sso", "remove", "corp"], &[]));
     let out = lattice(&config, &["sso", "show", "corp"], &[]);
     assert_eq!(out.status.code(), Some(1));

@@ -355,6 +355,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(routes::changes::list_plans).post(routes::changes::create_plan),
         )
         .route("/api/v1/plans/{id}", get(routes::changes::get_plan))
+        .route(
+            "/api/v1/auth/sso/cli/exchange",
+            post(routes::sso::cli_exchange),
+        )
         .route("/api/v1/auth/sso/{provider}/start", get(routes::sso::start))
         .route(
             "/api/v1/auth/sso/{provider}/callback",

@@ -342,9 +342,19 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::SsoStartResponse>, Status> {
         let caller = principal_of(&req)?.clone();
         let r = req.into_inner();
+        let port = u16::try_from(r.cli_port)
+            .map_err(|_| Status::invalid_argument("cli_port: not a port"))?;
+        let cli = (port != 0).then_some((port, r.cli_challenge.as_str()));
         let s = self
             .identity
-            .sso_start(&caller, &r.org, &r.provider, &r.redirect_url, &r.return_to)
+            .sso_start(
+                &caller,
+                &r.org,
+                &r.provider,
+                &r.redirect_url,
+                &r.return_to,
+                cli,
+            )
             .await
             .map_err(st)?;
         Ok(Response::new(pb::SsoStartResponse {
@@ -363,7 +373,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             user_agent: req.get_ref().user_agent.clone(),
         };
         let r = req.into_inner();
-        let (out, return_to) = self
+        let done = self
             .identity
             .sso_callback(
                 &caller,
@@ -378,10 +388,39 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             .await
             .map_err(st)?;
         let (idle, max) = self.identity.session_limits_s();
-        Ok(Response::new(pb::SsoCallbackResponse {
-            login: Some(login_pb(out, idle, max)),
-            return_to,
+        Ok(Response::new(match done {
+            crate::service::sso_login::SsoDone::Browser(out, return_to) => {
+                pb::SsoCallbackResponse {
+                    login: Some(login_pb(out, idle, max)),
+                    return_to,
+                    cli_redirect: String::new(),
+                }
+            }
+            crate::service::sso_login::SsoDone::Cli(to) => pb::SsoCallbackResponse {
+                login: None,
+                return_to: String::new(),
+                cli_redirect: to,
+            },
         }))
+    }
+
+    async fn sso_cli_exchange(
+        &self,
+        req: Request<pb::SsoCliExchangeRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let client = ClientInfo {
+            ip: client_ip_of(&req).unwrap_or_default(),
+            user_agent: req.get_ref().user_agent.clone(),
+        };
+        let r = req.into_inner();
+        let out = self
+            .identity
+            .sso_cli_exchange(&caller, &r.code, &r.verifier, &client)
+            .await
+            .map_err(st)?;
+        let (idle, max) = self.identity.session_limits_s();
+        Ok(Response::new(login_pb(out, idle, max)))
     }
 
     async fn create_sso_provider(

@@ -14,11 +14,12 @@ const GROUPS: &str = include_str!("migrations/0002_groups.sql");
 const SESSION_MFA: &str = include_str!("migrations/0003_session_mfa.sql");
 const SSO: &str = include_str!("migrations/0004_sso.sql");
 const SSO_LOGINS: &str = include_str!("migrations/0005_sso_logins.sql");
+const SSO_CLI: &str = include_str!("migrations/0006_sso_cli.sql");
 
 /// The identity service's migrations (one script each for both backends; the
 /// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 5] = [
+    static SET: [Migration; 6] = [
         Migration {
             version: 1,
             name: "orgs, users, sessions, tokens, audit",
@@ -48,6 +49,12 @@ pub fn migrations() -> MigrationSet {
             name: "single sign-on logins in flight and bound provider identities",
             sqlite: SSO_LOGINS,
             postgres: SSO_LOGINS,
+        },
+        Migration {
+            version: 6,
+            name: "single sign-on for the CLI: its loopback port, PKCE challenge and one-time codes",
+            sqlite: SSO_CLI,
+            postgres: SSO_CLI,
         },
     ];
     MigrationSet {

@@ -51,7 +51,13 @@ pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
     let tls = ctx.tls(same_server);
     warn_about_transport(&server, &tls);
 
-    let (api, user, _) = open_session(&server, &tls, args.username.as_deref()).await?;
+    let (api, user) = match &args.sso {
+        Some(provider) => open_sso_session(&server, &tls, provider, args.no_browser).await?,
+        None => {
+            let (api, user, _) = open_session(&server, &tls, args.username.as_deref()).await?;
+            (api, user)
+        }
+    };
     let username = user.username.clone();
 
     // Whatever happens to the token, end the session: it is only a stepping stone.
@@ -87,9 +93,20 @@ async fn open_session(
     let password = prompt::secret("Password: ", "password", "LATTICE_PASSWORD")?;
     let mut api = Api::new(server, tls, Auth::None)?;
     let body = json!({ "username": username, "password": password });
-    let mut reply = api
+    let reply = api
         .send(Method::POST, "/api/v1/auth/login", Some(&body))
         .await?;
+    let user = finish_session(&mut api, reply, &username).await?;
+    Ok((api, user, password))
+}
+
+/// The second factor when the answer asks for it, then the session's cookie and
+/// CSRF token set on `api`: the user it belongs to.
+async fn finish_session(
+    api: &mut Api,
+    mut reply: crate::client::Reply,
+    username: &str,
+) -> anyhow::Result<Me> {
     let mut answer: LoginAnswer = parse(&reply.body)?;
     if answer.mfa_required {
         let mfa_token = answer
@@ -113,10 +130,103 @@ async fn open_session(
         .context("the server sent no CSRF token")?;
     let mut user = answer.user.context("the login answer names no user")?;
     if user.username.is_empty() {
-        user.username = username;
+        user.username = username.to_owned();
     }
     api.set_auth(Auth::Session { secret, csrf });
-    Ok((api, user, password))
+    Ok(user)
+}
+
+/// Log in through a single sign-on provider in a browser: this process listens on
+/// 127.0.0.1, the login starts with its PKCE challenge, the server sends the
+/// browser back here with a one-time code, and the code and the verifier buy a
+/// session (then the TOTP step, when the account has it).
+async fn open_sso_session(
+    server: &str,
+    tls: &TlsOptions,
+    provider: &str,
+    no_browser: bool,
+) -> anyhow::Result<(Api, Me)> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::Digest as _;
+    let raw: [u8; 32] = rand::random();
+    let verifier = URL_SAFE_NO_PAD.encode(raw);
+    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1 for the login's redirect")?;
+    let port = listener.local_addr()?.port();
+    let url = format!(
+        "{}/api/v1/auth/sso/{}/start?cli_port={port}&cli_challenge={challenge}",
+        server.trim_end_matches('/'),
+        segment(provider)?
+    );
+    eprintln!("Log in with {provider} in your browser: {url}");
+    if !no_browser {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let code = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        wait_for_code(&listener),
+    )
+    .await
+    .context("no login within 5 minutes")??;
+    let mut api = Api::new(server, tls, Auth::None)?;
+    let body = json!({ "code": code, "verifier": verifier });
+    let reply = api
+        .send(Method::POST, "/api/v1/auth/sso/cli/exchange", Some(&body))
+        .await?;
+    let user = finish_session(&mut api, reply, "").await?;
+    Ok((api, user))
+}
+
+/// The browser's request to `/callback?code=...` on the loopback listener.
+async fn wait_for_code(listener: &tokio::net::TcpListener) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 8192];
+        let mut len = 0;
+        while len < buf.len() {
+            let n = sock.read(&mut buf[len..]).await?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let head = String::from_utf8_lossy(&buf[..len]);
+        let target = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let code = target
+            .strip_prefix("/callback?")
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("code=")))
+            .map(str::to_owned);
+        let (status, text) = match &code {
+            Some(_) => (
+                "200 OK",
+                "Logged in to Lattice: you can close this window.\n",
+            ),
+            None => ("404 Not Found", "Not the login's callback.\n"),
+        };
+        let answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        let _ = sock.write_all(answer.as_bytes()).await;
+        if let Some(code) = code {
+            return Ok(code);
+        }
+    }
 }
 
 async fn create_login_token(api: &Api, user: &Me) -> anyhow::Result<String> {

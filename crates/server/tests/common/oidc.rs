@@ -115,6 +115,7 @@ pub struct Page {
 impl Browser {
     /// `gateway_ca`: the gateway's CA, trusted when the file exists (TLS on).
     pub fn new(gateway_ca: &std::path::Path) -> Self {
+        super::install_crypto();
         let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         if let Ok(ca) = std::fs::read(gateway_ca) {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());

@@ -215,6 +215,12 @@ pub struct StartQuery {
     /// The org whose provider this is (default: the default org).
     #[serde(default)]
     pub org: String,
+    /// A CLI login (`lattice login --sso`): its loopback port on 127.0.0.1...
+    #[serde(default)]
+    pub cli_port: u16,
+    /// ...and its PKCE S256 challenge.
+    #[serde(default)]
+    pub cli_challenge: String,
 }
 
 fn redirect_url(
@@ -263,6 +269,8 @@ pub async fn start(
             redirect_url: redirect_url(&state, &uri, &headers, &provider),
             provider,
             return_to: q.return_to,
+            cli_port: u32::from(q.cli_port),
+            cli_challenge: q.cli_challenge,
         },
     );
     let s = state.identity.clone().sso_start(req).await?.into_inner();
@@ -302,6 +310,7 @@ pub struct CallbackQuery {
 #[utoipa::path(get, path = "/api/v1/auth/sso/{provider}/callback", tag = "auth", params(CallbackQuery), security(()),
     responses((status = 303, description = "Logged in: to return_to, with the session cookies"),
         (status = 200, body = crate::routes::auth::LoginAnswer, description = "TOTP is on: the second step"),
+        (status = 400, body = crate::error::ErrorBody, description = "A malformed query"),
         (status = 403, body = crate::error::ErrorBody, description = "Refused: wrong or used state, a refused code, an ID token that does not verify, an unverified email, no such user"),
         (status = 404, body = crate::error::ErrorBody, description = "No such provider")))]
 pub async fn callback(
@@ -312,6 +321,7 @@ pub async fn callback(
     Path(provider): Path<String>,
     axum::extract::Query(q): axum::extract::Query<CallbackQuery>,
 ) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     if !q.error.is_empty() {
         return Err(ApiError::new(
             lattice_core::ErrorCode::PermissionDenied,
@@ -350,6 +360,16 @@ pub async fn callback(
         },
     );
     let r = state.identity.clone().sso_callback(req).await?.into_inner();
+    if !r.cli_redirect.is_empty() {
+        // A CLI login: on to its loopback listener with the one-time code.
+        let mut resp = StatusCode::SEE_OTHER.into_response();
+        let location = http::HeaderValue::from_str(&r.cli_redirect)
+            .map_err(|_| ApiError::new(lattice_core::ErrorCode::Internal, "bad CLI redirect"))?;
+        resp.headers_mut().insert(http::header::LOCATION, location);
+        resp.headers_mut()
+            .append(http::header::SET_COOKIE, cookie(&state, "", 0)?);
+        return Ok(resp);
+    }
     let login = r.login.unwrap_or_default();
     let session = matches!(login.outcome, Some(pb::login_response::Outcome::Session(_)));
     let mut resp = crate::routes::auth::login_response(&state, login)?;
@@ -367,4 +387,51 @@ pub async fn callback(
         resp.headers_mut().insert(http::header::LOCATION, location);
     }
     Ok(resp)
+}
+
+/// The CLI's one-time code and PKCE verifier.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CliExchange {
+    /// From the redirect to the CLI's loopback listener.
+    pub code: String,
+    /// The PKCE verifier whose S256 challenge started the login.
+    pub verifier: String,
+}
+
+/// The CLI's end of a single sign-on login (`lattice login --sso`): its one-time
+/// code and PKCE verifier for a session, or the TOTP step, as after a password.
+#[utoipa::path(post, path = "/api/v1/auth/sso/cli/exchange", tag = "auth", request_body = CliExchange, security(()),
+    responses((status = 200, body = crate::routes::auth::LoginAnswer, description = "A session (cookies), or `mfa_required`"),
+        (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or a code or verifier over 256 characters"),
+        (status = 413, body = crate::error::ErrorBody, description = "The body is larger than `gateway.body_limit_bytes`"),
+        (status = 422, body = crate::error::ErrorBody, description = "A field of the wrong type"),
+        (status = 403, body = crate::error::ErrorBody, description = "An unknown, used or expired code, or a verifier that does not match")))]
+pub async fn cli_exchange(
+    State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::caller::PeerAddr>>,
+    headers: http::HeaderMap,
+    ApiJson(body): ApiJson<CliExchange>,
+) -> Result<axum::response::Response, ApiError> {
+    if body.code.len() > 256 || body.verifier.len() > 256 {
+        return Err(ApiError::bad_request("code or verifier is too long"));
+    }
+    let ip = crate::routes::auth::anonymous_ip(&state, &headers, peer.as_ref().map(|p| &p.0));
+    let req = lattice_core::grpc::request(
+        &state.internal,
+        &state.service_principal,
+        Some(&ip),
+        pb::SsoCliExchangeRequest {
+            code: body.code,
+            verifier: body.verifier,
+            user_agent: crate::routes::auth::user_agent(&headers),
+        },
+    );
+    let login = state
+        .identity
+        .clone()
+        .sso_cli_exchange(req)
+        .await?
+        .into_inner();
+    crate::routes::auth::login_response(&state, login)
 }

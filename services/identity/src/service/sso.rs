@@ -89,6 +89,12 @@ fn check(p: &NewSsoProvider) -> Result<()> {
     if !slug(&p.name) {
         return Err(IdentityError::invalid("name", "1-40 of a-z, 0-9 and -"));
     }
+    if p.name == "cli" {
+        return Err(IdentityError::invalid(
+            "name",
+            "\"cli\" is reserved (the CLI's login route)",
+        ));
+    }
     if p.display_name.is_empty()
         || p.display_name.len() > 100
         || p.display_name.chars().any(char::is_control)

@@ -44,6 +44,24 @@ pub struct SsoStart {
     pub state: String,
 }
 
+/// How a login through a provider ends.
+#[derive(Debug)]
+pub enum SsoDone {
+    /// In the browser: the session (or the TOTP step), and where to go next.
+    Browser(LoginOutcome, String),
+    /// For the CLI: send the browser to its loopback listener with this URL (a
+    /// one-time code the CLI exchanges with its PKCE verifier).
+    Cli(String),
+}
+
+/// base64url (no padding) of SHA-256 of `verifier`: a PKCE S256 challenge.
+fn s256(verifier: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
 /// The provider's sealed configuration.
 struct Configured {
     issuer: String,
@@ -145,8 +163,27 @@ impl Identity {
         name: &str,
         redirect_url: &str,
         return_to: &str,
+        cli: Option<(u16, &str)>,
     ) -> Result<SsoStart> {
         require_service(caller)?;
+        if let Some((port, challenge)) = cli {
+            if port < 1024 {
+                return Err(IdentityError::invalid(
+                    "cli_port",
+                    "a port from 1024 on, on 127.0.0.1",
+                ));
+            }
+            let ok = challenge.len() == 43
+                && challenge
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(IdentityError::invalid(
+                    "cli_challenge",
+                    "a PKCE S256 challenge (43 characters of base64url)",
+                ));
+            }
+        }
         if !return_to_ok(return_to) {
             return Err(IdentityError::invalid(
                 "return_to",
@@ -182,8 +219,8 @@ impl Identity {
         let (url, state, nonce) = req.url();
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO identity_sso_logins (state_hash, org_id, provider, nonce, pkce_verifier_sealed, return_to, created_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO identity_sso_logins (state_hash, org_id, provider, nonce, pkce_verifier_sealed, return_to, created_at_ms, expires_at_ms, cli_port, cli_challenge) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(hash_secret(state.secret()))
         .bind(&org_id)
@@ -193,6 +230,8 @@ impl Identity {
         .bind(return_to)
         .bind(now)
         .bind(now + LOGIN_TTL_MS)
+        .bind(i64::from(cli.map_or(0, |c| c.0)))
+        .bind(cli.map_or("", |c| c.1))
         .execute(self.store.db().pool())
         .await?;
         // Forget logins never finished.
@@ -220,7 +259,7 @@ impl Identity {
         iss: &str,
         redirect_url: &str,
         client: &ClientInfo,
-    ) -> Result<(LoginOutcome, String)> {
+    ) -> Result<SsoDone> {
         require_service(caller)?;
         let fail = |org: String, why: String| async move {
             self.audit(
@@ -252,7 +291,7 @@ impl Identity {
         }
         // Single use: taken out, whatever happens next.
         let row = sqlx::query(
-            "DELETE FROM identity_sso_logins WHERE state_hash = $1 RETURNING org_id, provider, nonce, pkce_verifier_sealed, return_to, expires_at_ms",
+            "DELETE FROM identity_sso_logins WHERE state_hash = $1 RETURNING org_id, provider, nonce, pkce_verifier_sealed, return_to, expires_at_ms, cli_port, cli_challenge",
         )
         .bind(hash_secret(state))
         .fetch_optional(self.store.db().pool())
@@ -288,6 +327,8 @@ impl Identity {
                 .to_string(),
         );
         let return_to: String = row.try_get("return_to")?;
+        let cli_port: i64 = row.try_get("cli_port")?;
+        let cli_challenge: String = row.try_get("cli_challenge")?;
         let c = self.configured(&org_id, name).await?;
         if !iss.is_empty() && iss != c.issuer {
             return Err(fail(
@@ -454,14 +495,86 @@ impl Identity {
             "auth.sso.login",
             &user.id,
             Outcome::Success,
-            serde_json::json!({"provider": name, "mfa_required": user.totp_enabled}),
+            serde_json::json!({"provider": name, "mfa_required": user.totp_enabled,
+                "cli": cli_port != 0}),
         )
         .await;
+        if cli_port != 0 {
+            // The CLI exchanges this code with its PKCE verifier (and TOTP, when on).
+            let code = random_secret("");
+            sqlx::query(
+                "INSERT INTO identity_sso_cli_codes (code_hash, user_id, org_id, challenge, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(hash_secret(&code))
+            .bind(&user.id)
+            .bind(&org_id)
+            .bind(&cli_challenge)
+            .bind(now_ms() + 120_000)
+            .execute(self.store.db().pool())
+            .await?;
+            return Ok(SsoDone::Cli(format!(
+                "http://127.0.0.1:{cli_port}/callback?code={code}"
+            )));
+        }
         let outcome = if user.totp_enabled {
             self.mfa_step(&user)
         } else {
             self.start_session(&user, client, "sso").await?
         };
-        Ok((outcome, return_to))
+        Ok(SsoDone::Browser(outcome, return_to))
+    }
+
+    /// The CLI's exchange of its one-time code and PKCE verifier (gateway only): a
+    /// session (or the TOTP step), as after a password.
+    pub async fn sso_cli_exchange(
+        &self,
+        caller: &Principal,
+        code: &str,
+        verifier: &str,
+        client: &ClientInfo,
+    ) -> Result<LoginOutcome> {
+        require_service(caller)?;
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "DELETE FROM identity_sso_cli_codes WHERE code_hash = $1 RETURNING user_id, org_id, challenge, expires_at_ms",
+        )
+        .bind(hash_secret(code))
+        .fetch_optional(self.store.db().pool())
+        .await?;
+        let Some((user_id, org_id, challenge, expires)) = row else {
+            return Err(refused("unknown or already used code (log in again)"));
+        };
+        if expires < now_ms() {
+            return Err(refused("the code expired (log in again)"));
+        }
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            s256(verifier).as_bytes(),
+            challenge.as_bytes(),
+        )) {
+            self.audit(
+                Actor {
+                    org_id: &org_id,
+                    id: &user_id,
+                    client_ip: &client.ip,
+                },
+                "auth.sso.login",
+                &user_id,
+                Outcome::Failure,
+                serde_json::json!({"reason": "the CLI's PKCE verifier does not match"}),
+            )
+            .await;
+            return Err(refused(
+                "the PKCE verifier does not match the login's challenge",
+            ));
+        }
+        let user = self
+            .store
+            .user(&org_id, &user_id)
+            .await?
+            .ok_or_else(|| refused("the user no longer exists"))?;
+        if user.totp_enabled {
+            return Ok(self.mfa_step(&user));
+        }
+        self.start_session(&user, client, "sso").await
     }
 }
