@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::firewall::hash;
 use crate::run::Agent;
+use crate::tasks::failed;
 
 /// Longest a check, reload or post-apply command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -218,7 +219,7 @@ async fn run(argv: &[String], what: &str) -> (bool, String) {
 
 /// Replace `path` with `content` atomically (a new file renamed over it, synced),
 /// or remove it (None).
-fn put(path: &Path, content: Option<&str>) -> std::io::Result<()> {
+pub(crate) fn put(path: &Path, content: Option<&str>) -> std::io::Result<()> {
     match content {
         Some(c) => {
             let tmp = sibling(path, "lattice-new");
@@ -243,7 +244,7 @@ fn write_synced(path: &Path, content: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{suffix}"));
     path.with_file_name(name)
@@ -264,17 +265,6 @@ struct Plan<'a> {
     reload: &'a [String],
     post_check: &'a [String],
     zone: String,
-}
-
-fn failed(t: &pb::TaskAssignment, code: &str, error: String, detail: Value) -> pb::TaskResult {
-    pb::TaskResult {
-        task_id: t.task_id.clone(),
-        epoch: t.epoch,
-        ok: false,
-        result_json: detail.to_string(),
-        error_code: code.into(),
-        error,
-    }
 }
 
 /// Apply an approved plan's zone (`dns.apply`) or proxy configuration

@@ -15,7 +15,7 @@ use crate::run::Agent;
 /// Output kept per stream.
 const MAX_OUTPUT: usize = 64 * 1024;
 
-fn failed(
+pub(crate) fn failed(
     t: &pb::TaskAssignment,
     code: &str,
     error: String,

@@ -24,8 +24,10 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
+use crate::files::{put, sibling};
 use crate::firewall::hash;
 use crate::run::{Agent, VERSION};
+use crate::tasks::failed;
 
 /// The `[update]` section of `agent.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,11 +95,7 @@ fn read_pending(dir: &Path) -> Option<Pending> {
 
 /// Replace `update.json` atomically.
 fn write_pending(dir: &Path, p: &Pending) -> std::io::Result<()> {
-    let tmp = dir.join("update.json.new");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(p)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, state_file(dir))?;
-    std::fs::File::open(dir)?.sync_all()
+    put(&state_file(dir), Some(&serde_json::to_string_pretty(p)?))
 }
 
 /// This binary's `agent` artifact: the manifest it was installed from (when it
@@ -150,28 +148,6 @@ struct Apply {
     hash: String,
     base_hash: String,
     artifact: String,
-}
-
-fn failed(
-    t: &pb::TaskAssignment,
-    code: &str,
-    error: String,
-    detail: serde_json::Value,
-) -> pb::TaskResult {
-    pb::TaskResult {
-        task_id: t.task_id.clone(),
-        epoch: t.epoch,
-        ok: false,
-        result_json: detail.to_string(),
-        error_code: code.into(),
-        error,
-    }
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    path.with_file_name(name)
 }
 
 /// Download the release into `to`: its size and SHA-256.

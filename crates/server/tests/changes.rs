@@ -197,27 +197,7 @@ async fn a_firewall_change_is_reviewed_applied_on_the_node_and_audited() {
     assert_eq!(status, 409, "another hash: {b}");
     // Fresh MFA: bob turns TOTP on; his API token has no fresh TOTP, so approving
     // needs his code (a wrong one is 401).
-    let (cookie, csrf) = s.login("bob", "user-password-1234").await;
-    let session = |path: &str| {
-        s.http
-            .post(s.url(path))
-            .header("cookie", &cookie)
-            .header("x-csrf-token", &csrf)
-    };
-    let (status, enroll) =
-        common::json(session("/api/v1/auth/totp/enroll").send().await.unwrap()).await;
-    assert_eq!(status, 200, "{enroll}");
-    let seed = common::totp_seed(enroll["secret"].as_str().unwrap());
-    let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
-    let (status, b) = common::json(
-        session("/api/v1/auth/totp/confirm")
-            .json(&json!({"code": lattice_identity::totp::code_at(&seed, now)}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{b}");
+    let (seed, now) = s.enable_totp("bob", "user-password-1234").await;
     let (status, b) = s
         .call(
             "POST",
@@ -455,25 +435,9 @@ async fn a_rollout_goes_canary_first_and_halts_on_a_failure() {
         })
         .collect();
     assert_eq!(waves, vec![(a.clone(), 0), (b.clone(), 1)], "{p}");
-    let id = p["id"].as_str().unwrap().to_owned();
+
     // One admin: four eyes is off, the author approves.
-    let (status, body) = s
-        .call(
-            "POST",
-            &format!("/api/v1/plans/{id}/approve"),
-            &admin,
-            Some(json!({"hash": p["hash"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let done = wait_for(
-        &s,
-        &admin,
-        &format!("/api/v1/plans/{id}"),
-        "the rollout ends",
-        |b| b["state"] == "halted" || b["state"] == "applied",
-    )
-    .await;
+    let done = approve_and_wait(&s, &admin, &p).await;
     assert_eq!(done["state"], "halted", "{done}");
     assert_eq!(done["targets"][0]["state"], "applied", "{done}");
     assert_eq!(done["targets"][1]["state"], "failed", "{done}");
@@ -600,24 +564,8 @@ async fn an_apply_that_loses_the_server_is_rolled_back_by_the_agent() {
     assert_eq!(status, 201, "{p}");
     // From now on the server cannot be reached anew (the agent's stream stays).
     forwarder.cut.cancel();
-    let id = p["id"].as_str().unwrap().to_owned();
-    let (status, body) = s
-        .call(
-            "POST",
-            &format!("/api/v1/plans/{id}/approve"),
-            &admin,
-            Some(json!({"hash": p["hash"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let done = wait_for(
-        &s,
-        &admin,
-        &format!("/api/v1/plans/{id}"),
-        "the rollout ends",
-        |b| b["state"] == "halted" || b["state"] == "applied",
-    )
-    .await;
+
+    let done = approve_and_wait(&s, &admin, &p).await;
     assert_eq!(done["state"], "halted", "{done}");
     let result = &done["targets"][0]["result"];
     assert_eq!(result["reason"], "lost contact", "{done}");
@@ -669,7 +617,12 @@ async fn reviewed(s: &TestServer, admin: &str, doc: Value) -> Value {
         )
         .await;
     assert_eq!(status, 201, "{p}");
-    let id = p["id"].as_str().unwrap().to_owned();
+    approve_and_wait(s, admin, &p).await
+}
+
+/// Approve plan `p` by its hash and wait for the rollout's end: the finished plan.
+async fn approve_and_wait(s: &TestServer, admin: &str, p: &Value) -> Value {
+    let id = p["id"].as_str().unwrap();
     let (status, b) = s
         .call(
             "POST",

@@ -13,17 +13,13 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_are_checked_against_their_discovery_document() {
     if !available() {
-        eprintln!(
-            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
-        );
         return;
     }
     let s = TestServer::start(Backend::Sqlite).await;
     let admin = s.admin_token(&["*"]).await;
     let redirect = s.url("/api/v1/auth/sso/corp/callback");
     let op = OpenIdProvider::start(
-        &json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
-            "redirect_uris": [redirect]}]),
+        &client(&redirect),
         &json!({"alice": {"email": "alice@example.com", "email_verified": true}}),
     );
     let body = |issuer: &str| {
@@ -146,17 +142,13 @@ async fn providers_are_checked_against_their_discovery_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_log_in_through_the_provider() {
     if !available() {
-        eprintln!(
-            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
-        );
         return;
     }
     let s = TestServer::start(Backend::Sqlite).await;
     let admin = s.admin_token(&["*"]).await;
     let callback = s.url("/api/v1/auth/sso/corp/callback");
     let op = OpenIdProvider::start(
-        &json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
-            "redirect_uris": [callback]}]),
+        &client(&callback),
         &json!({
             "alice": {"email": "alice@example.com", "email_verified": true},
             "bob": {"email": "bob@example.com", "email_verified": false},
@@ -236,27 +228,9 @@ async fn users_log_in_through_the_provider() {
     assert!(page.body.contains("no user"), "{}", page.body);
 
     // SSO, then local TOTP.
-    let (cookie, csrf) = s.login("dave@example.com", "user-password-1234").await;
-    let session = |path: &str| {
-        s.http
-            .post(s.url(path))
-            .header("cookie", &cookie)
-            .header("x-csrf-token", &csrf)
-    };
-    let (status, enroll) =
-        common::json(session("/api/v1/auth/totp/enroll").send().await.unwrap()).await;
-    assert_eq!(status, 200, "{enroll}");
-    let seed = common::totp_seed(enroll["secret"].as_str().unwrap());
-    let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
-    let (status, b) = common::json(
-        session("/api/v1/auth/totp/confirm")
-            .json(&json!({"code": lattice_identity::totp::code_at(&seed, now)}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{b}");
+    let (seed, now) = s
+        .enable_totp("dave@example.com", "user-password-1234")
+        .await;
     let mut browser = Browser::new(&ca);
     let back = browser.log_in_at_provider(&start, "dave").await;
     let page = browser.send(reqwest::Method::GET, &back, None).await;
@@ -302,6 +276,13 @@ async fn users_log_in_through_the_provider() {
     s.stop().await;
 }
 
+/// The one client registered at the provider: Lattice, with its callback.
+fn client(callback: &str) -> serde_json::Value {
+    json!([{"client_id": "lattice", "client_secret": SECRET, "redirect_uris": [callback]}])
+}
+
+const SECRET: &str = "a-client-secret-of-some-length";
+
 fn urlencode(s: &str) -> String {
     s.replace(':', "%3A").replace('/', "%2F")
 }
@@ -312,16 +293,12 @@ fn urlencode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_needs_no_restart_and_unknown_keys_are_refused() {
     if !available() {
-        eprintln!(
-            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
-        );
         return;
     }
     let s = TestServer::start(Backend::Sqlite).await;
     let admin = s.admin_token(&["*"]).await;
     let callback = s.url("/api/v1/auth/sso/corp/callback");
-    let clients = json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
-        "redirect_uris": [callback]}]);
+    let clients = client(&callback);
     let accounts = json!({"alice": {"email": "alice@example.com", "email_verified": true}});
     let keys = tempfile::tempdir().unwrap();
     let key = |n: &str| keys.path().join(format!("{n}.json")).display().to_string();

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
 use crate::error::TunnelError;
-use crate::service::Nodes;
+use crate::service::{Nodes, require};
 use crate::store::NodeRow;
 
 /// Rows of the binary: 1 MiB each.
@@ -66,14 +66,6 @@ macro_rules! release_cols {
     () => {
         "version, arch, sha256, size, signature, uploaded_at_ms, uploaded_by"
     };
-}
-
-fn require(ctx: &RequestContext, scope: &str) -> Result<(), TunnelError> {
-    if ctx.principal.allows(scope) {
-        Ok(())
-    } else {
-        Err(TunnelError::MissingScope(scope.into()))
-    }
 }
 
 fn check_head(version: &str, arch: &str) -> Result<(), TunnelError> {
@@ -170,7 +162,7 @@ impl Nodes {
     where
         S: Stream<Item = Result<bytes::Bytes, TunnelError>> + Unpin + Send,
     {
-        require(ctx, "releases:admin")?;
+        require(&ctx.principal, "releases:admin")?;
         check_head(version, arch)?;
         let key = self.signing_key().await?;
         let db = self.store.db();
@@ -279,7 +271,7 @@ impl Nodes {
         ctx: &RequestContext,
     ) -> Result<(Vec<pb::Release>, String), TunnelError> {
         if !ctx.principal.is_service_in_org() {
-            require(ctx, "nodes:read")?;
+            require(&ctx.principal, "nodes:read")?;
         }
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -300,7 +292,7 @@ impl Nodes {
         arch: &str,
     ) -> Result<pb::Release, TunnelError> {
         if !ctx.principal.is_service_in_org() {
-            require(ctx, "nodes:read")?;
+            require(&ctx.principal, "nodes:read")?;
         }
         check_head(version, arch)?;
         let row = sqlx::query(concat!(

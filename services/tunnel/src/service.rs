@@ -52,7 +52,7 @@ pub struct NewJoinToken {
     pub labels: BTreeMap<String, String>,
 }
 
-fn require(p: &Principal, scope: &str) -> Result<(), TunnelError> {
+pub(crate) fn require(p: &Principal, scope: &str) -> Result<(), TunnelError> {
     if p.allows(scope) {
         Ok(())
     } else {

@@ -198,6 +198,34 @@ impl TestServer {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// Turn TOTP on for `username` through a session of theirs: the seed, and the
+    /// time (Unix seconds) of the code that confirmed it (the next usable code is
+    /// at `now + 30`).
+    pub async fn enable_totp(&self, username: &str, password: &str) -> (Vec<u8>, u64) {
+        let (cookie, csrf) = self.login(username, password).await;
+        let session = |path: &str| {
+            self.http
+                .post(self.url(path))
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+        };
+        let (status, enroll) =
+            json(session("/api/v1/auth/totp/enroll").send().await.unwrap()).await;
+        assert_eq!(status, 200, "{enroll}");
+        let seed = totp_seed(enroll["secret"].as_str().unwrap());
+        let now = u64::try_from(lattice_core::time::now_ms() / 1000).unwrap();
+        let (status, b) = json(
+            session("/api/v1/auth/totp/confirm")
+                .json(&serde_json::json!({"code": lattice_identity::totp::code_at(&seed, now)}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{b}");
+        (seed, now)
+    }
+
     /// An admin operator token with `scopes`.
     pub async fn admin_token(&self, scopes: &[&str]) -> String {
         let (cookie, csrf) = self.login("admin", ADMIN_PASSWORD).await;

@@ -44,6 +44,11 @@ pub fn available() -> bool {
         ok || std::env::var("CI").as_deref() != Ok("true"),
         "CI=true but node or the oidc-provider packages are missing (scripts/test.sh installs them)"
     );
+    if !ok {
+        eprintln!(
+            "skipped here: node or the oidc-provider packages are missing (CI requires them)"
+        );
+    }
     ok
 }
 

@@ -155,30 +155,33 @@ fn check(p: &NewSsoProvider) -> Result<()> {
     Ok(())
 }
 
+/// One request of `openidconnect`'s over our HTTP client.
+pub(super) async fn send(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+) -> std::result::Result<openidconnect::HttpResponse, reqwest::Error> {
+    let (parts, body) = req.into_parts();
+    let resp = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await?;
+    let mut out = http::Response::builder().status(resp.status());
+    for (k, v) in resp.headers() {
+        out = out.header(k, v);
+    }
+    let body = resp.bytes().await?.to_vec();
+    Ok(out.body(body).expect("a response from its parts"))
+}
+
 /// The provider's discovery document, checked (issuer, endpoints, keys URL).
 pub async fn discover(
     http: &reqwest::Client,
     issuer: &str,
 ) -> std::result::Result<CoreProviderMetadata, String> {
     let issuer_url = IssuerUrl::new(issuer.to_owned()).map_err(|e| format!("issuer: {e}"))?;
-    let fetch = |req: openidconnect::HttpRequest| {
-        let http = http.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let resp = http
-                .request(parts.method, parts.uri.to_string())
-                .headers(parts.headers)
-                .body(body)
-                .send()
-                .await?;
-            let mut out = http::Response::builder().status(resp.status());
-            for (k, v) in resp.headers() {
-                out = out.header(k, v);
-            }
-            let body = resp.bytes().await?.to_vec();
-            Ok::<_, reqwest::Error>(out.body(body).expect("a response from parts"))
-        }
-    };
+    let fetch = |req| send(http.clone(), req);
     CoreProviderMetadata::discover_async(issuer_url, &fetch)
         .await
         .map_err(|e| {

@@ -73,25 +73,6 @@ struct Configured {
     id: String,
 }
 
-async fn send(
-    http: reqwest::Client,
-    req: openidconnect::HttpRequest,
-) -> std::result::Result<openidconnect::HttpResponse, reqwest::Error> {
-    let (parts, body) = req.into_parts();
-    let resp = http
-        .request(parts.method, parts.uri.to_string())
-        .headers(parts.headers)
-        .body(body)
-        .send()
-        .await?;
-    let mut out = http::Response::builder().status(resp.status());
-    for (k, v) in resp.headers() {
-        out = out.header(k, v);
-    }
-    let body = resp.bytes().await?.to_vec();
-    Ok(out.body(body).expect("a response from its parts"))
-}
-
 fn refused(why: &str) -> IdentityError {
     IdentityError::Forbidden(format!("single sign-on refused: {why}"))
 }
@@ -353,7 +334,7 @@ impl Identity {
         )
         .set_redirect_uri(redirect.clone());
         let http = self.http()?.clone();
-        let fetch = |req| send(http.clone(), req);
+        let fetch = |req| super::sso::send(http.clone(), req);
         let token = match oidc.exchange_code(AuthorizationCode::new(code.to_owned())) {
             Ok(req) => req.set_pkce_verifier(verifier).request_async(&fetch).await,
             Err(e) => {

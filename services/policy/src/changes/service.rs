@@ -956,12 +956,13 @@ impl Changes {
     /// window is open (run every second or so, more often while plans roll out):
     /// how many plans are rolling out now.
     pub async fn drive(&self) -> Result<usize, PolicyError> {
-        for row in self.store.plans_in(&["applying"]).await? {
+        let applying = self.store.plans_in(&["applying"]).await?;
+        for row in &applying {
             let plan = self.load(&row.org_id, &row.id).await?;
             self.advance(&plan).await?;
         }
-        self.auto_updates(now_ms()).await?;
-        Ok(self.store.plans_in(&["applying"]).await?.len())
+        // One finished in this round still counts: one more quick round is cheap.
+        Ok(applying.len() + self.auto_updates(now_ms()).await?)
     }
 
     /// For every live `agent.update` intent in `auto` mode whose window is open at
@@ -969,7 +970,9 @@ impl Changes {
     /// plan and approve it as the policy (audited with the intent's version and who
     /// set it). Never while a plan of that version is pending or rolling out, and
     /// never again after one halted, was rejected or cancelled: a person looks first.
-    pub async fn auto_updates(&self, now: i64) -> Result<(), PolicyError> {
+    /// How many rollouts it started.
+    pub async fn auto_updates(&self, now: i64) -> Result<usize, PolicyError> {
+        let mut started = 0;
         for (org, row) in self.store.live_intents_of_kind("agent.update").await? {
             let spec = serde_json::from_str::<Value>(&row.spec).unwrap_or(Value::Null);
             let Ok(u) = super::update::AgentUpdate::parse(&spec) else {
@@ -1021,8 +1024,9 @@ impl Changes {
             .await;
             let plan = self.load(&org, &plan.plan.id).await?;
             self.dispatch(&plan, 0).await?;
+            started += 1;
         }
-        Ok(())
+        Ok(started)
     }
 
     /// Set the org's four-eyes rule (`policy:write`... and `*`: it weakens review).
