@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lattice/events/v1/events.proto",
         "lattice/policy/v1/policy.proto",
         "lattice/policy/v1/changes.proto",
+        "lattice/orgs/v1/orgs.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

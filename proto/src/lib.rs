@@ -11,6 +11,15 @@ pub mod identity {
     }
 }
 
+/// What each service holds of an org, and dropping it when the org is deleted.
+pub mod orgs {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("lattice.orgs.v1");
+    }
+}
+
 /// Storage hosting: KV buckets, static sites, host bindings, storage tokens.
 pub mod storage {
     /// Shared-cache key of a KV entry as served through a host binding (the storage

@@ -41,6 +41,9 @@ pub enum ErrorCode {
     Unprocessable,
     /// Too many requests; retry later (429).
     RateLimited,
+    /// An org's limit (buckets, stored bytes, nodes, tokens) would be passed (403);
+    /// the message names the limit.
+    LimitExceeded,
     /// The upstream behind a proxy failed or answered badly (502).
     BadGateway,
     /// A dependency is down; retry later (503).
@@ -51,7 +54,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadRequest,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -64,6 +67,7 @@ impl ErrorCode {
         Self::PayloadTooLarge,
         Self::Unprocessable,
         Self::RateLimited,
+        Self::LimitExceeded,
         Self::BadGateway,
         Self::Unavailable,
         Self::Internal,
@@ -84,6 +88,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unprocessable => "unprocessable",
             Self::RateLimited => "rate_limited",
+            Self::LimitExceeded => "limit_exceeded",
             Self::BadGateway => "bad_gateway",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
@@ -100,7 +105,7 @@ impl ErrorCode {
             Self::NotFound => S::NOT_FOUND,
             Self::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             Self::Conflict | Self::PlanStale => S::CONFLICT,
-            Self::MfaRequired => S::FORBIDDEN,
+            Self::MfaRequired | Self::LimitExceeded => S::FORBIDDEN,
             Self::PreconditionFailed => S::PRECONDITION_FAILED,
             Self::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Self::Unprocessable => S::UNPROCESSABLE_ENTITY,
@@ -125,7 +130,7 @@ impl ErrorCode {
             Self::MfaRequired => C::PermissionDenied,
             Self::PreconditionFailed => C::FailedPrecondition,
             Self::PayloadTooLarge => C::OutOfRange,
-            Self::RateLimited => C::ResourceExhausted,
+            Self::RateLimited | Self::LimitExceeded => C::ResourceExhausted,
             Self::Unavailable | Self::BadGateway => C::Unavailable,
             Self::Internal => C::Internal,
         }

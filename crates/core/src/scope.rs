@@ -1,7 +1,9 @@
 //! Operator scopes: the strings carried by users and API tokens.
 //!
 //! A scope is `area:level` or `*`. Within an area `admin` includes `write`, which
-//! includes `read`; `*` includes everything.
+//! includes `read`; `*` includes everything in an org. The platform scopes
+//! ([`PLATFORM_SCOPES`], managing the orgs themselves) are outside every org, so `*`
+//! does not include them: only a grant of the scope itself does.
 
 /// Every scope the server knows. A token may only be created with these.
 pub const KNOWN_SCOPES: &[&str] = &[
@@ -25,7 +27,11 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "policy:write",
     "policy:approve",
     "audit:read",
+    "orgs:admin",
 ];
+
+/// Scopes over the platform rather than one org; `*` does not include them.
+pub const PLATFORM_SCOPES: &[&str] = &["orgs:admin"];
 
 /// Why a scope string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +66,13 @@ fn level_rank(level: &str) -> Option<u8> {
 
 /// Whether one granted scope covers one required scope.
 pub fn covers(granted: &str, required: &str) -> bool {
-    if granted == "*" || granted == required {
+    if granted == required {
+        return true;
+    }
+    if PLATFORM_SCOPES.contains(&required) {
+        return false;
+    }
+    if granted == "*" {
         return true;
     }
     let (Some((g_area, g_level)), Some((r_area, r_level))) =
@@ -112,6 +124,17 @@ mod tests {
         assert!(!covers("kv:admin", "static:read"));
         assert!(covers("*", "static:admin"));
         assert!(!covers("nodes:read", "nodes:proxy"));
+    }
+
+    #[test]
+    fn the_org_wildcard_does_not_reach_the_platform() {
+        assert!(!covers("*", "orgs:admin"));
+        assert!(covers("orgs:admin", "orgs:admin"));
+        assert!(!all_covered(&v(&["*"]), &v(&["orgs:admin"])));
+        assert!(all_covered(
+            &v(&["*", "orgs:admin"]),
+            &v(&["*", "orgs:admin"])
+        ));
     }
 
     #[test]

@@ -407,6 +407,7 @@ async fn start_storage(
     secret_policy: Arc<lattice_storage::service::PolicyGate>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db)> {
+    use lattice_proto::orgs::v1::org_data_server::OrgDataServer;
     use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
     let config = shared.config;
     let db = open_service_db(config, "storage", &lattice_storage::migration_sets()).await?;
@@ -435,10 +436,15 @@ async fn start_storage(
     ));
     // The internal upload stream carries unpacked files: the deployment limit applies.
     let max_upload = config.storage.max_deployment_bytes;
+    let grpc = lattice_storage::grpc::StorageGrpc::new(storage, max_upload);
     let service = tonic::service::interceptor::InterceptedService::new(
-        StorageServiceServer::new(lattice_storage::grpc::StorageGrpc::new(storage, max_upload))
+        StorageServiceServer::new(grpc.clone())
             .max_decoding_message_size(8 * 1024 * 1024)
             .max_encoding_message_size(8 * 1024 * 1024),
+        lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+    );
+    let org_data = OrgDataServer::with_interceptor(
+        grpc,
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
     serve_internal(
@@ -446,7 +452,7 @@ async fn start_storage(
         InternalService {
             name: "lattice.storage.v1.StorageService",
             listener,
-            routes: tonic::service::Routes::new(service),
+            routes: tonic::service::Routes::new(service).add_service(org_data),
             db: db.clone(),
             timeout: Some(Duration::from_secs(120)),
         },
@@ -513,10 +519,14 @@ async fn start_tasks(
         ));
     }
     let grpc = TaskServiceServer::with_interceptor(
+        TaskGrpc::new(service.clone()),
+        lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+    );
+    let org_data = lattice_proto::orgs::v1::org_data_server::OrgDataServer::with_interceptor(
         TaskGrpc::new(service),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
-    let routes = tonic::service::Routes::new(grpc);
+    let routes = tonic::service::Routes::new(grpc).add_service(org_data);
     serve_internal(
         shared,
         InternalService {
@@ -616,14 +626,20 @@ async fn start_policy(
         });
     }
     let grpc = PolicyServiceServer::with_interceptor(
-        lattice_policy::grpc::PolicyGrpc::new(policies),
+        lattice_policy::grpc::PolicyGrpc::new(policies.clone()),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
-    let routes =
-        tonic::service::Routes::new(grpc).add_service(ChangeServiceServer::with_interceptor(
+    let routes = tonic::service::Routes::new(grpc)
+        .add_service(ChangeServiceServer::with_interceptor(
             lattice_policy::changes::grpc::ChangeGrpc::new(changes),
             lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
-        ));
+        ))
+        .add_service(
+            lattice_proto::orgs::v1::org_data_server::OrgDataServer::with_interceptor(
+                lattice_policy::grpc::PolicyGrpc::new(policies),
+                lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+            ),
+        );
     serve_internal(
         shared,
         InternalService {
@@ -724,8 +740,14 @@ async fn start_tunnel(
     }
     let check = lattice_core::grpc::RequirePrincipal::new(internal.clone());
     let tunnel = TunnelServiceServer::with_interceptor(TunnelGrpc::new(hub.clone()), check.clone());
+    let org_data = lattice_proto::orgs::v1::org_data_server::OrgDataServer::with_interceptor(
+        TunnelGrpc::new(hub.clone()),
+        check.clone(),
+    );
     let agents = AgentServiceServer::with_interceptor(AgentGrpc::new(hub), check);
-    let routes = tonic::service::Routes::new(tunnel).add_service(agents);
+    let routes = tonic::service::Routes::new(tunnel)
+        .add_service(agents)
+        .add_service(org_data);
     serve_internal(
         shared,
         InternalService {

@@ -26,7 +26,8 @@ pub(crate) struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthenticated, permission_denied,
-    /// not_found, method_not_allowed, conflict, precondition_failed, payload_too_large,
+    /// not_found, method_not_allowed, conflict, plan_stale, mfa_required, precondition_failed,
+    /// payload_too_large, limit_exceeded,
     /// unprocessable, rate_limited, unavailable, internal.
     code: String,
     /// Human-readable, names the field or thing at fault.

@@ -72,6 +72,12 @@ pub struct AppState {
     pub changes: Option<
         lattice_proto::policy::v1::change_service_client::ChangeServiceClient<InternalService>,
     >,
+    /// Every service that keeps data per org (storage, tasks, tunnel, policy, as
+    /// configured), for an org's usage and its deletion.
+    pub org_data: Vec<(
+        &'static str,
+        lattice_proto::orgs::v1::org_data_client::OrgDataClient<InternalService>,
+    )>,
     /// SHA-256 (hex) of the CA agents pin, when this gateway serves TLS.
     pub ca_sha256: Option<String>,
     /// gRPC health of the tasks service, for `/ready`.
@@ -159,7 +165,24 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let (tls, tls_info) = tls::server_config(cfg, data_dir, &shutdown)?;
+        let org_data = [
+            ("storage", backends.storage.clone().map(over_network)),
+            ("tasks", backends.tasks.clone()),
+            ("tunnel", backends.tunnel.clone()),
+            ("policy", backends.policy.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(name, svc)| {
+            svc.map(|s| {
+                (
+                    name,
+                    lattice_proto::orgs::v1::org_data_client::OrgDataClient::new(s),
+                )
+            })
+        })
+        .collect();
         let state = Arc::new(AppState {
+            org_data,
             identity: IdentityServiceClient::new(backends.identity.clone()),
             storage_health: backends
                 .storage
@@ -285,6 +308,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/auth/login/totp", post(routes::auth::login_totp))
         .route("/api/v1/auth/logout", post(routes::auth::logout))
         .route("/api/v1/auth/me", get(routes::auth::me))
+        .route("/api/v1/auth/orgs", get(routes::orgs::mine))
+        .route(
+            "/api/v1/orgs",
+            get(routes::orgs::list).post(routes::orgs::create),
+        )
+        .route(
+            "/api/v1/orgs/{name}",
+            get(routes::orgs::get)
+                .patch(routes::orgs::update)
+                .delete(routes::orgs::delete),
+        )
+        .route("/api/v1/invitations", post(routes::orgs::invite))
+        .route("/api/v1/invitations/accept", post(routes::orgs::accept))
+        .route("/api/v1/users/{id}/scopes", put(routes::orgs::set_scopes))
+        .route(
+            "/api/v1/users/{id}/membership",
+            delete(routes::orgs::remove_member),
+        )
         .route("/api/v1/auth/password", post(routes::auth::change_password))
         .route("/api/v1/auth/totp/enroll", post(routes::auth::totp_enroll))
         .route(

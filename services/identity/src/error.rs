@@ -60,6 +60,9 @@ pub enum IdentityError {
     /// Well-formed but not acceptable (a provider whose discovery fails).
     #[error("{0}")]
     Unprocessable(String),
+    /// An org's limit would be passed; names the limit.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The database failed.
     #[error("identity database")]
     Db(#[from] sqlx::Error),
@@ -95,6 +98,7 @@ impl CodedError for IdentityError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) | Self::Conflict(_) => ErrorCode::Conflict,
             Self::Unprocessable(_) => ErrorCode::Unprocessable,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::Invalid { .. } => ErrorCode::BadRequest,
             Self::Db(e) if is_unavailable(e) => ErrorCode::Unavailable,
             Self::Db(_) | Self::Crypto(_) | Self::Hash(_) => ErrorCode::Internal,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::error::IdentityError;
 use crate::input::{GroupName, Membership, NewGroup, UserGroupsQuery};
 use crate::service::{Authenticated, ClientInfo, Credential, GroupDetail, Identity, LoginOutcome};
-use crate::store::{GroupRow, TokenRow, UserRow};
+use crate::store::{GroupRow, Limits, MembershipRow, OrgRow, TokenRow, UserRow};
 
 /// The tonic service.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let m = req.into_inner();
         let out = self
             .identity
-            .login(&caller, &m.username, m.password, &client)
+            .login(&caller, &m.username, m.password, &m.org, &client)
             .await
             .map_err(st)?;
         let (idle, max) = self.identity.session_limits_s();
@@ -228,7 +228,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let m = req.get_ref();
         let created = self
             .identity
-            .create_token(&ctx, &m.name, &m.scopes, m.expires_in_s)
+            .create_token(&ctx, &m.name, &m.scopes, m.expires_in_s, &m.org)
             .await
             .map_err(st)?;
         Ok(Response::new(pb::CreateTokenResponse {
@@ -571,6 +571,228 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             .await
             .map_err(st)?;
         Ok(Response::new(pb::UserGroupsResponse { groups }))
+    }
+
+    async fn create_org(
+        &self,
+        req: Request<pb::CreateOrgRequest>,
+    ) -> Result<Response<pb::Org>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        let org = self
+            .identity
+            .create_org(&ctx, &m.name, &m.admin_username, limits_of(m.limits))
+            .await
+            .map_err(st)?;
+        Ok(Response::new(org_pb(org)))
+    }
+
+    async fn list_orgs(
+        &self,
+        req: Request<pb::ListOrgsRequest>,
+    ) -> Result<Response<pb::ListOrgsResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let orgs = self.identity.list_orgs(&caller).await.map_err(st)?;
+        Ok(Response::new(pb::ListOrgsResponse {
+            orgs: orgs.into_iter().map(org_pb).collect(),
+        }))
+    }
+
+    async fn get_org(&self, req: Request<pb::OrgRequest>) -> Result<Response<pb::Org>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let org = self
+            .identity
+            .get_org(&caller, &req.get_ref().name)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(org_pb(org)))
+    }
+
+    async fn update_org(
+        &self,
+        req: Request<pb::UpdateOrgRequest>,
+    ) -> Result<Response<pb::Org>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        let org = self
+            .identity
+            .update_org(
+                &ctx,
+                &m.name,
+                &m.new_name,
+                m.limits.map(|l| limits_of(Some(l))),
+            )
+            .await
+            .map_err(st)?;
+        Ok(Response::new(org_pb(org)))
+    }
+
+    async fn begin_delete_org(
+        &self,
+        req: Request<pb::OrgRequest>,
+    ) -> Result<Response<pb::Org>, Status> {
+        let ctx = context_of(&req)?;
+        let org = self
+            .identity
+            .begin_delete_org(&ctx, &req.get_ref().name)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(org_pb(org)))
+    }
+
+    async fn finish_delete_org(
+        &self,
+        req: Request<pb::OrgRequest>,
+    ) -> Result<Response<pb::FinishDeleteOrgResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let removed = self
+            .identity
+            .finish_delete_org(&ctx, &req.get_ref().name)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::FinishDeleteOrgResponse {
+            removed: removed.into_iter().collect(),
+        }))
+    }
+
+    async fn org_usage(
+        &self,
+        req: Request<pb::OrgRequest>,
+    ) -> Result<Response<pb::OrgUsageResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let (org, counts) = self
+            .identity
+            .org_usage(&caller, &req.get_ref().name)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::OrgUsageResponse {
+            org_id: org.id,
+            counts: counts.into_iter().collect(),
+        }))
+    }
+
+    async fn org_limits(
+        &self,
+        req: Request<pb::OrgLimitsRequest>,
+    ) -> Result<Response<pb::Limits>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let limits = self
+            .identity
+            .org_limits(&caller, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(limits_pb(limits)))
+    }
+
+    async fn my_orgs(
+        &self,
+        req: Request<pb::MyOrgsRequest>,
+    ) -> Result<Response<pb::MyOrgsResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let orgs = self.identity.my_orgs(&caller).await.map_err(st)?;
+        Ok(Response::new(pb::MyOrgsResponse {
+            memberships: orgs
+                .into_iter()
+                .map(|m| membership_pb(m.membership, m.current))
+                .collect(),
+        }))
+    }
+
+    async fn create_invitation(
+        &self,
+        req: Request<pb::CreateInvitationRequest>,
+    ) -> Result<Response<pb::CreateInvitationResponse>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        let inv = self
+            .identity
+            .create_invitation(&ctx, &m.username, &m.scopes, m.expires_in_s)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::CreateInvitationResponse {
+            id: inv.id,
+            code: inv.code,
+            expires_at_ms: inv.expires_at_ms,
+        }))
+    }
+
+    async fn accept_invitation(
+        &self,
+        req: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<Response<pb::Membership>, Status> {
+        let ctx = context_of(&req)?;
+        let m = self
+            .identity
+            .accept_invitation(&ctx, &req.get_ref().code)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(membership_pb(m, false)))
+    }
+
+    async fn set_member_scopes(
+        &self,
+        req: Request<pb::SetMemberScopesRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        let user = self
+            .identity
+            .set_member_scopes(&ctx, &m.user_id, &m.scopes)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(user_pb(user)))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let ctx = context_of(&req)?;
+        self.identity
+            .remove_member(&ctx, &req.get_ref().user_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::RemoveMemberResponse {}))
+    }
+}
+
+fn limits_pb(l: Limits) -> pb::Limits {
+    pb::Limits {
+        max_buckets: l.max_buckets,
+        max_stored_bytes: l.max_stored_bytes,
+        max_nodes: l.max_nodes,
+        max_tokens: l.max_tokens,
+    }
+}
+
+fn limits_of(l: Option<pb::Limits>) -> Limits {
+    l.map(|l| Limits {
+        max_buckets: l.max_buckets,
+        max_stored_bytes: l.max_stored_bytes,
+        max_nodes: l.max_nodes,
+        max_tokens: l.max_tokens,
+    })
+    .unwrap_or_default()
+}
+
+fn org_pb(o: OrgRow) -> pb::Org {
+    pb::Org {
+        id: o.id,
+        name: o.name,
+        created_at_ms: o.created_at_ms,
+        deleting_at_ms: o.deleting_at_ms,
+        limits: Some(limits_pb(o.limits)),
+        member_count: o.member_count,
+    }
+}
+
+fn membership_pb(m: MembershipRow, current: bool) -> pb::Membership {
+    pb::Membership {
+        org_id: m.org_id,
+        org_name: m.org_name,
+        scopes: m.scopes,
+        home: m.home,
+        current,
     }
 }
 

@@ -56,6 +56,37 @@ impl fmt::Display for Username {
     }
 }
 
+/// An org name: a DNS label, like group names (it appears in URLs and CLI output).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrgName(String);
+
+impl OrgName {
+    /// Validate `raw`; errors name `field`.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self> {
+        let ok = (1..=63).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !raw.starts_with('-')
+            && !raw.ends_with('-');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(IdentityError::invalid(
+                field,
+                format!(
+                    "org name {raw:?} must be 1 to 63 lowercase letters, digits or '-', not starting or ending with '-'"
+                ),
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A group name: a DNS label, like bucket names (1 to 63 of `a-z`, `0-9` and `-`,
 /// not starting or ending with `-`). Refused, not lowercased: policies name groups,
 /// and a name must mean one group however it is written.

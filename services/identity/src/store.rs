@@ -8,6 +8,7 @@ use lattice_core::db::{Backend, Db, Migration, MigrationSet};
 use lattice_core::time::now_ms;
 
 pub use self::groups::GroupRow;
+pub use self::orgs::{CreateOrgError, InvitationRow, Limits, MembershipRow, OrgRow};
 
 const SCHEMA: &str = include_str!("migrations/0001_identity.sql");
 const GROUPS: &str = include_str!("migrations/0002_groups.sql");
@@ -15,11 +16,12 @@ const SESSION_MFA: &str = include_str!("migrations/0003_session_mfa.sql");
 const SSO: &str = include_str!("migrations/0004_sso.sql");
 const SSO_LOGINS: &str = include_str!("migrations/0005_sso_logins.sql");
 const SSO_CLI: &str = include_str!("migrations/0006_sso_cli.sql");
+const ORGS: &str = include_str!("migrations/0007_orgs.sql");
 
 /// The identity service's migrations (one script each for both backends; the
 /// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 6] = [
+    static SET: [Migration; 7] = [
         Migration {
             version: 1,
             name: "orgs, users, sessions, tokens, audit",
@@ -56,6 +58,12 @@ pub fn migrations() -> MigrationSet {
             sqlite: SSO_CLI,
             postgres: SSO_CLI,
         },
+        Migration {
+            version: 7,
+            name: "memberships with scopes per org, org deletion and limits, invitations",
+            sqlite: ORGS,
+            postgres: ORGS,
+        },
     ];
     MigrationSet {
         component: "identity",
@@ -63,18 +71,20 @@ pub fn migrations() -> MigrationSet {
     }
 }
 
-/// A user row.
+/// A user as seen in one org: the account joined with its membership there.
 #[derive(Debug, Clone)]
 pub struct UserRow {
     /// Id.
     pub id: String,
-    /// Org.
+    /// The org of the membership this row was read through.
     pub org_id: String,
+    /// The org the account belongs to (where its password and TOTP are administered).
+    pub home_org_id: String,
     /// Login name.
     pub username: String,
     /// argon2id PHC string.
     pub password_hash: String,
-    /// Granted scopes.
+    /// Scopes granted by the membership.
     pub scopes: Vec<String>,
     /// Sealed TOTP seed (pending or enabled).
     pub totp_sealed: Option<Vec<u8>>,
@@ -94,31 +104,38 @@ type UserTuple = (
     String,
     String,
     String,
+    String,
     Option<Vec<u8>>,
     i64,
     i64,
     i64,
     i64,
 );
-/// Column list shared by the queries below (a literal, so queries stay `&'static str`).
+/// Column list shared by the queries below (a literal, so queries stay `&'static str`):
+/// the account `u` joined with a membership `m`.
 macro_rules! user_cols {
     () => {
-        "id, org_id, username, password_hash, scopes, totp_sealed, totp_enabled, failed_logins, locked_until_ms, created_at_ms"
+        "u.id, m.org_id, u.org_id, u.username, u.password_hash, m.scopes, u.totp_sealed, u.totp_enabled, u.failed_logins, u.locked_until_ms, u.created_at_ms \
+         FROM identity_users u JOIN identity_memberships m ON m.user_id = u.id"
     };
 }
+
+// After `user_cols!`, which it uses.
+mod orgs;
 
 fn user_from(t: UserTuple) -> UserRow {
     UserRow {
         id: t.0,
         org_id: t.1,
-        username: t.2,
-        password_hash: t.3,
-        scopes: parse_scopes(&t.4),
-        totp_sealed: t.5,
-        totp_enabled: t.6 != 0,
-        failed_logins: t.7,
-        locked_until_ms: t.8,
-        created_at_ms: t.9,
+        home_org_id: t.2,
+        username: t.3,
+        password_hash: t.4,
+        scopes: parse_scopes(&t.5),
+        totp_sealed: t.6,
+        totp_enabled: t.7 != 0,
+        failed_logins: t.8,
+        locked_until_ms: t.9,
+        created_at_ms: t.10,
     }
 }
 
@@ -143,7 +160,7 @@ pub struct CredentialRow {
     pub user_id: String,
     /// Username.
     pub username: String,
-    /// User's scopes.
+    /// The user's scopes in the credential's org.
     pub user_scopes: Vec<String>,
     /// Token's own scopes (tokens only).
     pub token_scopes: Vec<String>,
@@ -312,13 +329,21 @@ impl Store {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
         sqlx::query(
-            "INSERT INTO identity_users (id, org_id, username, password_hash, scopes, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            "INSERT INTO identity_users (id, org_id, username, password_hash, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
         )
         .bind(&id)
         .bind(org_id)
         .bind(username)
         .bind(password_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO identity_memberships (org_id, user_id, scopes, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(org_id)
+        .bind(&id)
         .bind(scopes_json(scopes))
         .bind(now)
         .execute(&mut *tx)
@@ -330,6 +355,7 @@ impl Store {
         Ok(UserRow {
             id,
             org_id: org_id.into(),
+            home_org_id: org_id.into(),
             username: username.into(),
             password_hash: password_hash.into(),
             scopes: scopes.to_vec(),
@@ -341,12 +367,12 @@ impl Store {
         })
     }
 
-    /// A user by login name (any org: usernames are global).
+    /// A user by login name (any org: usernames are global), as seen in their home org.
     pub async fn user_by_username(&self, username: &str) -> sqlx::Result<Option<UserRow>> {
         let row: Option<UserTuple> = sqlx::query_as(concat!(
             "SELECT ",
             user_cols!(),
-            " FROM identity_users WHERE username = $1"
+            " WHERE u.username = $1 AND m.org_id = u.org_id"
         ))
         .bind(username)
         .fetch_optional(self.db.pool())
@@ -354,12 +380,12 @@ impl Store {
         Ok(row.map(user_from))
     }
 
-    /// A user by id within an org.
+    /// A member of an org, by user id.
     pub async fn user(&self, org_id: &str, user_id: &str) -> sqlx::Result<Option<UserRow>> {
         let row: Option<UserTuple> = sqlx::query_as(concat!(
             "SELECT ",
             user_cols!(),
-            " FROM identity_users WHERE org_id = $1 AND id = $2"
+            " WHERE m.org_id = $1 AND u.id = $2"
         ))
         .bind(org_id)
         .bind(user_id)
@@ -368,12 +394,12 @@ impl Store {
         Ok(row.map(user_from))
     }
 
-    /// A user by id in whatever org (for MFA tokens, which name only the user).
+    /// A user by id as seen in their home org (for MFA tokens, which name only the user).
     pub async fn user_any_org(&self, user_id: &str) -> sqlx::Result<Option<UserRow>> {
         let row: Option<UserTuple> = sqlx::query_as(concat!(
             "SELECT ",
             user_cols!(),
-            " FROM identity_users WHERE id = $1"
+            " WHERE u.id = $1 AND m.org_id = u.org_id"
         ))
         .bind(user_id)
         .fetch_optional(self.db.pool())
@@ -381,12 +407,12 @@ impl Store {
         Ok(row.map(user_from))
     }
 
-    /// Every user of an org, by name.
+    /// Every member of an org, by name.
     pub async fn list_users(&self, org_id: &str) -> sqlx::Result<Vec<UserRow>> {
         let rows: Vec<UserTuple> = sqlx::query_as(concat!(
             "SELECT ",
             user_cols!(),
-            " FROM identity_users WHERE org_id = $1 ORDER BY username"
+            " WHERE m.org_id = $1 ORDER BY u.username"
         ))
         .bind(org_id)
         .fetch_all(self.db.pool())
@@ -430,34 +456,24 @@ impl Store {
     }
 
     /// Replace a user's password hash.
-    pub async fn set_password_hash(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        hash: &str,
-    ) -> sqlx::Result<()> {
-        sqlx::query("UPDATE identity_users SET password_hash = $3, updated_at_ms = $4 WHERE org_id = $1 AND id = $2")
-            .bind(org_id)
-            .bind(user_id)
-            .bind(hash)
-            .bind(now_ms())
-            .execute(self.db.pool())
-            .await?;
+    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE identity_users SET password_hash = $2, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(hash)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
         Ok(())
     }
 
-    /// End every live session of a user except `keep` (may be empty).
-    pub async fn revoke_sessions_of(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        keep: &str,
-    ) -> sqlx::Result<u64> {
+    /// End every live session of a user (in every org) except `keep` (may be empty).
+    pub async fn revoke_sessions_of(&self, user_id: &str, keep: &str) -> sqlx::Result<u64> {
         let res = sqlx::query(
-            "UPDATE identity_sessions SET revoked_at_ms = $4 \
-             WHERE org_id = $1 AND user_id = $2 AND id <> $3 AND revoked_at_ms IS NULL",
+            "UPDATE identity_sessions SET revoked_at_ms = $3 \
+             WHERE user_id = $1 AND id <> $2 AND revoked_at_ms IS NULL",
         )
-        .bind(org_id)
         .bind(user_id)
         .bind(keep)
         .bind(now_ms())
@@ -469,16 +485,14 @@ impl Store {
     /// Store a (pending or enabled) sealed TOTP seed.
     pub async fn set_totp(
         &self,
-        org_id: &str,
         user_id: &str,
         sealed: Option<&[u8]>,
         enabled: bool,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE identity_users SET totp_sealed = $3, totp_enabled = $4, totp_last_step = 0, updated_at_ms = $5 \
-             WHERE org_id = $1 AND id = $2",
+            "UPDATE identity_users SET totp_sealed = $2, totp_enabled = $3, totp_last_step = 0, updated_at_ms = $4 \
+             WHERE id = $1",
         )
-        .bind(org_id)
         .bind(user_id)
         .bind(sealed.map(<[u8]>::to_vec))
         .bind(i64::from(enabled))
@@ -582,9 +596,11 @@ impl Store {
     /// A session (with user and org) by the hash of its secret.
     pub async fn session_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<CredentialRow>> {
         let row: Option<SessionTuple> = sqlx::query_as(
-            "SELECT s.id, s.org_id, o.name, u.id, u.username, u.scopes, u.totp_enabled, s.expires_at_ms, s.last_seen_at_ms, s.revoked_at_ms \
-             FROM identity_sessions s JOIN identity_users u ON u.id = s.user_id JOIN identity_orgs o ON o.id = s.org_id \
-             WHERE s.secret_hash = $1",
+            "SELECT s.id, s.org_id, o.name, u.id, u.username, m.scopes, u.totp_enabled, s.expires_at_ms, s.last_seen_at_ms, s.revoked_at_ms \
+             FROM identity_sessions s JOIN identity_users u ON u.id = s.user_id \
+             JOIN identity_memberships m ON m.org_id = s.org_id AND m.user_id = s.user_id \
+             JOIN identity_orgs o ON o.id = s.org_id \
+             WHERE s.secret_hash = $1 AND o.deleting_at_ms = 0",
         )
         .bind(secret_hash)
         .fetch_optional(self.db.pool())
@@ -652,9 +668,11 @@ impl Store {
     /// A token (with user and org) by the hash of its secret.
     pub async fn token_by_hash(&self, secret_hash: &str) -> sqlx::Result<Option<CredentialRow>> {
         let row: Option<TokenTuple> = sqlx::query_as(
-            "SELECT t.id, t.org_id, o.name, u.id, u.username, u.scopes, t.scopes, u.totp_enabled, t.expires_at_ms, t.last_used_at_ms, t.revoked_at_ms \
-             FROM identity_tokens t JOIN identity_users u ON u.id = t.user_id JOIN identity_orgs o ON o.id = t.org_id \
-             WHERE t.secret_hash = $1",
+            "SELECT t.id, t.org_id, o.name, u.id, u.username, m.scopes, t.scopes, u.totp_enabled, t.expires_at_ms, t.last_used_at_ms, t.revoked_at_ms \
+             FROM identity_tokens t JOIN identity_users u ON u.id = t.user_id \
+             JOIN identity_memberships m ON m.org_id = t.org_id AND m.user_id = t.user_id \
+             JOIN identity_orgs o ON o.id = t.org_id \
+             WHERE t.secret_hash = $1 AND o.deleting_at_ms = 0",
         )
         .bind(secret_hash)
         .fetch_optional(self.db.pool())

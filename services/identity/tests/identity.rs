@@ -89,7 +89,7 @@ fn ctx_from(p: &Principal, client: &ClientInfo) -> RequestContext {
 async fn session(e: &Env, user: &str, password: &str) -> (String, Principal) {
     match e
         .identity
-        .login(&e.gateway, user, password.into(), &client())
+        .login(&e.gateway, user, password.into(), "", &client())
         .await
         .unwrap()
     {
@@ -106,7 +106,8 @@ async fn bootstrap_runs_once_and_admin_logs_in(backend: Backend) {
     );
     let (secret, p) = session(&e, "Admin", "admin-password-1").await;
     assert_eq!(p.username, "admin");
-    assert_eq!(p.scopes, vec!["*".to_owned()]);
+    // Everything in its org, and the platform scope `*` does not include.
+    assert_eq!(p.scopes, vec!["*".to_owned(), "orgs:admin".to_owned()]);
     assert_eq!(p.auth, AuthMethod::Session);
     let who = e
         .identity
@@ -121,25 +122,49 @@ async fn unknown_user_and_wrong_password_look_the_same_and_lock_after_threshold(
     let e = env(backend, config()).await;
     let unknown = e
         .identity
-        .login(&e.gateway, "nobody", "whatever-password".into(), &client())
+        .login(
+            &e.gateway,
+            "nobody",
+            "whatever-password".into(),
+            "",
+            &client(),
+        )
         .await
         .unwrap_err();
     let wrong = e
         .identity
-        .login(&e.gateway, "admin", "wrong-password!!".into(), &client())
+        .login(
+            &e.gateway,
+            "admin",
+            "wrong-password!!".into(),
+            "",
+            &client(),
+        )
         .await
         .unwrap_err();
     assert_eq!(unknown.to_string(), wrong.to_string());
     for _ in 0..2 {
         let _ = e
             .identity
-            .login(&e.gateway, "admin", "wrong-password!!".into(), &client())
+            .login(
+                &e.gateway,
+                "admin",
+                "wrong-password!!".into(),
+                "",
+                &client(),
+            )
             .await;
     }
     // Third failure locked the account: even the right password is refused, with a retry hint.
     let locked = e
         .identity
-        .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+        .login(
+            &e.gateway,
+            "admin",
+            "admin-password-1".into(),
+            "",
+            &client(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -173,12 +198,24 @@ async fn per_ip_throttle_answers_429(backend: Backend) {
     for _ in 0..2 {
         let _ = e
             .identity
-            .login(&e.gateway, "ghost", "whatever-password".into(), &client())
+            .login(
+                &e.gateway,
+                "ghost",
+                "whatever-password".into(),
+                "",
+                &client(),
+            )
             .await;
     }
     let err = e
         .identity
-        .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+        .login(
+            &e.gateway,
+            "admin",
+            "admin-password-1".into(),
+            "",
+            &client(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, IdentityError::Throttled { .. }), "{err:?}");
@@ -189,7 +226,7 @@ async fn per_ip_throttle_answers_429(backend: Backend) {
     };
     assert!(
         e.identity
-            .login(&e.gateway, "admin", "admin-password-1".into(), &other)
+            .login(&e.gateway, "admin", "admin-password-1".into(), "", &other)
             .await
             .is_ok()
     );
@@ -221,7 +258,13 @@ async fn totp_enrollment_two_step_login_replay_and_recovery_codes(backend: Backe
     // Password alone is no longer enough.
     let LoginOutcome::MfaRequired { mfa_token, .. } = e
         .identity
-        .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+        .login(
+            &e.gateway,
+            "admin",
+            "admin-password-1".into(),
+            "",
+            &client(),
+        )
         .await
         .unwrap()
     else {
@@ -312,7 +355,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate(backend: 
     // Within bob's scopes: fine (kv:write covers kv:read).
     let t = e
         .identity
-        .create_token(&ctx(&bob_p), "ci", &["kv:read".into()], 3600)
+        .create_token(&ctx(&bob_p), "ci", &["kv:read".into()], 3600, "")
         .await
         .unwrap();
     assert!(t.secret.starts_with("lat_"));
@@ -324,7 +367,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate(backend: 
     ] {
         let err = e
             .identity
-            .create_token(&ctx(&bob_p), "x", &over, 0)
+            .create_token(&ctx(&bob_p), "x", &over, 0, "")
             .await
             .unwrap_err();
         assert!(
@@ -335,13 +378,13 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate(backend: 
     // Unknown scope and bad expiry are named.
     let err = e
         .identity
-        .create_token(&ctx(&bob_p), "x", &["kv:raed".into()], 0)
+        .create_token(&ctx(&bob_p), "x", &["kv:raed".into()], 0, "")
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "scopes: unknown scope \"kv:raed\"");
     let err = e
         .identity
-        .create_token(&ctx(&bob_p), "x", &["kv:read".into()], -5)
+        .create_token(&ctx(&bob_p), "x", &["kv:read".into()], -5, "")
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("expires_in_s:"));
@@ -378,7 +421,7 @@ async fn tokens_never_exceed_their_creator_and_revocation_is_immediate(backend: 
     // Revoking one's own token needs no scope; logging out with a token revokes it.
     let t2 = e
         .identity
-        .create_token(&ctx(&bob_p), "ci2", &["kv:read".into()], 0)
+        .create_token(&ctx(&bob_p), "ci2", &["kv:read".into()], 0, "")
         .await
         .unwrap();
     let who = e
@@ -474,7 +517,7 @@ async fn failed_logins_without_a_username_are_audited_with_an_actor(backend: Bac
     for name in ["", "   ", "nobody"] {
         assert!(matches!(
             e.identity
-                .login(&e.gateway, name, "wrong-password".into(), &client())
+                .login(&e.gateway, name, "wrong-password".into(), "", &client())
                 .await,
             Err(IdentityError::InvalidCredentials)
         ));
@@ -563,7 +606,13 @@ async fn parallel_guesses_cannot_slip_past_the_lockout(backend: Backend) {
         let gateway = e.gateway.clone();
         tokio::spawn(async move {
             identity
-                .login(&gateway, "admin", format!("wrong-password-{i}"), &client())
+                .login(
+                    &gateway,
+                    "admin",
+                    format!("wrong-password-{i}"),
+                    "",
+                    &client(),
+                )
                 .await
         })
     });
@@ -584,7 +633,13 @@ async fn parallel_guesses_cannot_slip_past_the_lockout(backend: Backend) {
     // Locked now, even for the right password.
     assert!(matches!(
         e.identity
-            .login(&e.gateway, "admin", "admin-password-1".into(), &client())
+            .login(
+                &e.gateway,
+                "admin",
+                "admin-password-1".into(),
+                "",
+                &client()
+            )
             .await,
         Err(IdentityError::Locked { .. })
     ));

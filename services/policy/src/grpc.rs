@@ -354,3 +354,36 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
         }))
     }
 }
+
+#[tonic::async_trait]
+impl lattice_proto::orgs::v1::org_data_server::OrgData for PolicyGrpc {
+    async fn usage(
+        &self,
+        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
+    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
+        let ctx = context_of(&req)?;
+        let counts = self
+            .policies
+            .org_usage(&ctx, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+
+    async fn purge(
+        &self,
+        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
+    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
+        let ctx = context_of(&req)?;
+        let counts = self
+            .policies
+            .purge_org(&ctx, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+}

@@ -134,6 +134,41 @@ impl Policies {
         &self.store
     }
 
+    /// What the policy service holds of an org (`orgs:admin`).
+    pub async fn org_usage(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, PolicyError> {
+        require(ctx, "orgs:admin")?;
+        Ok(self.store.org_usage(org_id).await?)
+    }
+
+    /// Delete an org's policies, intents and plans (`orgs:admin`); its audit trail
+    /// stays. Every replica forgets the org's decisions.
+    pub async fn purge_org(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, PolicyError> {
+        require(ctx, "orgs:admin")?;
+        let removed = self.store.purge_org(org_id).await?;
+        self.changed(org_id).await;
+        self.audit(
+            Actor {
+                org_id,
+                id: &ctx.principal.sub,
+                client_ip: &ctx.client_ip,
+            },
+            "org.purge",
+            org_id,
+            Outcome::Success,
+            serde_json::json!({"removed": removed}),
+        )
+        .await;
+        Ok(removed)
+    }
+
     /// Forget `org`'s decisions in this replica.
     pub fn forget(&self, org: &str) {
         self.engines.invalidate(org);

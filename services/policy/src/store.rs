@@ -242,6 +242,68 @@ impl Store {
         Ok((n > 0).then_some(old))
     }
 
+    /// What an org holds: policies besides the seeded one (unchanged), intents
+    /// (latest versions) and plans.
+    pub async fn org_usage(
+        &self,
+        org: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, sqlx::Error> {
+        let (policies, intents, plans): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT COUNT(*) FROM policy_policies WHERE org_id = $1 AND updated_by <> 'system'), \
+               (SELECT COUNT(DISTINCT name) FROM policy_intents WHERE org_id = $1), \
+               (SELECT COUNT(*) FROM policy_plans WHERE org_id = $1)",
+        )
+        .bind(org)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok([
+            ("policies", policies),
+            ("intents", intents),
+            ("plans", plans),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect())
+    }
+
+    /// Delete everything of an org (its audit trail stays), in one transaction.
+    /// Returns how many policies, intent versions and plans went.
+    pub async fn purge_org(
+        &self,
+        org: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, sqlx::Error> {
+        const STEPS: [(&str, &str); 6] = [
+            (
+                "",
+                "DELETE FROM policy_plan_targets WHERE plan_id IN (SELECT id FROM policy_plans WHERE org_id = $1)",
+            ),
+            ("plans", "DELETE FROM policy_plans WHERE org_id = $1"),
+            (
+                "intent_versions",
+                "DELETE FROM policy_intents WHERE org_id = $1",
+            ),
+            ("policies", "DELETE FROM policy_policies WHERE org_id = $1"),
+            ("", "DELETE FROM policy_org_settings WHERE org_id = $1"),
+            ("", "DELETE FROM policy_orgs WHERE org_id = $1"),
+        ];
+        let mut tx = self.db.begin().await?;
+        let mut removed = std::collections::BTreeMap::new();
+        for (kind, sql) in STEPS {
+            let n = sqlx::query(sql)
+                .bind(org)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if !kind.is_empty() && n > 0 {
+                removed.insert(kind.to_owned(), i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Give `org` its seeded policy once, the first time the org is seen (new orgs
     /// and orgs from before policies alike). True when seeded now.
     pub async fn seed_once(&self, org: &str) -> Result<bool, sqlx::Error> {

@@ -636,3 +636,36 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
         Ok(Response::new(pb::KvDeleteResponse {}))
     }
 }
+
+#[tonic::async_trait]
+impl lattice_proto::orgs::v1::org_data_server::OrgData for StorageGrpc {
+    async fn usage(
+        &self,
+        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
+    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
+        let ctx = context_of(&req)?;
+        let counts = self
+            .storage
+            .org_usage(&ctx, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+
+    async fn purge(
+        &self,
+        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
+    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
+        let ctx = context_of(&req)?;
+        let counts = self
+            .storage
+            .purge_org(&ctx, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+}

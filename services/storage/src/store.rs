@@ -838,6 +838,44 @@ impl Store {
         Ok(ids)
     }
 
+    /// Delete every storage token of the org (live or not); returns their ids.
+    pub async fn delete_tokens_of_org(&self, org_id: &str) -> sqlx::Result<Vec<String>> {
+        let ids: Vec<(String,)> =
+            sqlx::query_as("DELETE FROM storage_tokens WHERE org_id = $1 RETURNING id")
+                .bind(org_id)
+                .fetch_all(self.db.pool())
+                .await?;
+        Ok(ids.into_iter().map(|r| r.0).collect())
+    }
+
+    /// What the org holds: buckets, host bindings, live storage tokens, and the
+    /// bytes stored (KV values and the files of every deployment).
+    pub async fn org_usage(
+        &self,
+        org_id: &str,
+    ) -> sqlx::Result<std::collections::BTreeMap<String, i64>> {
+        let (buckets, bindings, tokens): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT COUNT(*) FROM storage_buckets WHERE org_id = $1), \
+               (SELECT COUNT(*) FROM storage_bindings WHERE org_id = $1), \
+               (SELECT COUNT(*) FROM storage_tokens WHERE org_id = $1 AND revoked_at_ms IS NULL \
+                  AND (expires_at_ms = 0 OR expires_at_ms > $2))",
+        )
+        .bind(org_id)
+        .bind(now_ms())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok([
+            ("buckets", buckets),
+            ("host_bindings", bindings),
+            ("storage_tokens", tokens),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect())
+    }
+
     /// Revoke a token of the org.
     pub async fn revoke_token(&self, org_id: &str, id: &str) -> sqlx::Result<bool> {
         let res = sqlx::query("UPDATE storage_tokens SET revoked_at_ms = $3 WHERE org_id = $1 AND id = $2 AND revoked_at_ms IS NULL")

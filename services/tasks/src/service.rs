@@ -292,6 +292,50 @@ impl Tasks {
         result
     }
 
+    /// What the queue holds of an org (`orgs:admin`): its tasks.
+    pub async fn org_usage(
+        &self,
+        p: &Principal,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, TaskError> {
+        require(p, "orgs:admin")?;
+        let n = self.store.org_task_count(org_id).await?;
+        Ok((n > 0)
+            .then(|| ("tasks".to_owned(), n))
+            .into_iter()
+            .collect())
+    }
+
+    /// Delete every task of an org (`orgs:admin`); the org's audit chain stays, with
+    /// this deletion as its last entry.
+    pub async fn purge_org(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, TaskError> {
+        require(&ctx.principal, "orgs:admin")?;
+        let n = self.store.purge_org(org_id).await?;
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let event = Actor {
+            org_id,
+            id: &ctx.principal.sub,
+            client_ip: &ctx.client_ip,
+        }
+        .event(
+            "org.purge",
+            org_id,
+            Outcome::Success,
+            &serde_json::json!({"removed": {"tasks": n}}),
+        );
+        self.store
+            .append_audit(&[(uuid::Uuid::now_v7().to_string(), now_ms(), event)])
+            .await?;
+        Ok((n > 0)
+            .then(|| ("tasks".to_owned(), n))
+            .into_iter()
+            .collect())
+    }
+
     /// Queue audit events from another service (service principals only).
     pub async fn append_audit(
         &self,

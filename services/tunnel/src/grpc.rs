@@ -378,3 +378,41 @@ impl agent::agent_service_server::AgentService for AgentGrpc {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+#[tonic::async_trait]
+impl lattice_proto::orgs::v1::org_data_server::OrgData for TunnelGrpc {
+    async fn usage(
+        &self,
+        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
+    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
+        let ctx = context_of(&req)?;
+        let counts = self
+            .hub
+            .nodes()
+            .org_usage(&ctx, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+
+    async fn purge(
+        &self,
+        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
+    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
+        let ctx = context_of(&req)?;
+        let (counts, nodes) = self
+            .hub
+            .nodes()
+            .purge_org(&ctx, &req.get_ref().org_id)
+            .await
+            .map_err(st)?;
+        for id in &nodes {
+            self.hub.disconnect(id, "the node's org was deleted");
+        }
+        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+}

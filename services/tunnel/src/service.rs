@@ -354,6 +354,53 @@ impl Nodes {
         Ok(node)
     }
 
+    /// What the tunnel holds of an org (`orgs:admin`): nodes, live join tokens.
+    pub async fn org_usage(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, TunnelError> {
+        require(&ctx.principal, "orgs:admin")?;
+        self.store.org_usage(org_id).await
+    }
+
+    /// Forget every node and join token of an org (`orgs:admin`): the counts
+    /// removed, and the nodes' ids (their agents are disconnected by the caller).
+    pub async fn purge_org(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+    ) -> Result<(std::collections::BTreeMap<String, i64>, Vec<String>), TunnelError> {
+        require(&ctx.principal, "orgs:admin")?;
+        let (nodes, joins) = self.store.purge_org(org_id).await?;
+        let mut removed = std::collections::BTreeMap::new();
+        if !nodes.is_empty() {
+            removed.insert(
+                "nodes".to_owned(),
+                i64::try_from(nodes.len()).unwrap_or(i64::MAX),
+            );
+        }
+        if joins > 0 {
+            removed.insert(
+                "join_tokens".to_owned(),
+                i64::try_from(joins).unwrap_or(i64::MAX),
+            );
+        }
+        self.record(
+            Actor {
+                org_id,
+                id: &ctx.principal.sub,
+                client_ip: &ctx.client_ip,
+            },
+            "org.purge",
+            org_id,
+            true,
+            serde_json::json!({"removed": removed}),
+        )
+        .await;
+        Ok((removed, nodes))
+    }
+
     /// Forget a node (`nodes:write`).
     pub async fn delete(&self, ctx: &RequestContext, id: &str) -> Result<(), TunnelError> {
         let p = &ctx.principal;

@@ -273,6 +273,48 @@ impl Store {
             .ok_or_else(|| TunnelError::NotFound(format!("node {id}")))
     }
 
+    /// Nodes and live join tokens of an org.
+    pub async fn org_usage(&self, org: &str) -> Result<BTreeMap<String, i64>, TunnelError> {
+        let (nodes, joins): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM tunnel_nodes WHERE org_id = $1), \
+                    (SELECT COUNT(*) FROM tunnel_join_tokens WHERE org_id = $1 AND used_at_ms = 0 AND expires_at_ms > $2)",
+        )
+        .bind(org)
+        .bind(now_ms())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok([("nodes", nodes), ("join_tokens", joins)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect())
+    }
+
+    /// Forget every node of an org (with its metrics and logs) and its join tokens,
+    /// in one transaction. Returns the forgotten nodes' ids and how many join tokens
+    /// went.
+    pub async fn purge_org(&self, org: &str) -> Result<(Vec<String>, u64), TunnelError> {
+        let mut tx = self.db.begin().await?;
+        for sql in [
+            "DELETE FROM tunnel_metrics WHERE node_id IN (SELECT id FROM tunnel_nodes WHERE org_id = $1)",
+            "DELETE FROM tunnel_logs WHERE node_id IN (SELECT id FROM tunnel_nodes WHERE org_id = $1)",
+        ] {
+            sqlx::query(sql).bind(org).execute(&mut *tx).await?;
+        }
+        let nodes: Vec<(String,)> =
+            sqlx::query_as("DELETE FROM tunnel_nodes WHERE org_id = $1 RETURNING id")
+                .bind(org)
+                .fetch_all(&mut *tx)
+                .await?;
+        let joins = sqlx::query("DELETE FROM tunnel_join_tokens WHERE org_id = $1")
+            .bind(org)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((nodes.into_iter().map(|r| r.0).collect(), joins))
+    }
+
     /// Forget a node (its credential stops working at once).
     pub async fn delete_node(&self, org: &str, id: &str) -> Result<(), TunnelError> {
         let mut tx = self.db.begin().await?;

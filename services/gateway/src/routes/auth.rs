@@ -24,6 +24,9 @@ pub struct LoginBody {
     pub username: String,
     /// Password.
     pub password: String,
+    /// The org to act in (one you are a member of); absent: your home org.
+    #[serde(default)]
+    pub org: String,
 }
 
 /// Login, step two.
@@ -239,6 +242,7 @@ pub async fn login(
             username: body.username,
             password: body.password,
             user_agent: user_agent(&headers),
+            org: body.org,
         },
     );
     let resp = state.identity.clone().login(req).await?.into_inner();

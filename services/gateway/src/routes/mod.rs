@@ -4,6 +4,7 @@ pub mod auth;
 pub mod changes;
 pub mod groups;
 pub mod nodes;
+pub mod orgs;
 pub mod policies;
 pub mod releases;
 pub mod sso;

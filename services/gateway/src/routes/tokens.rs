@@ -26,6 +26,11 @@ pub struct CreateToken {
     /// Lifetime in seconds; 0 or absent: no expiry.
     #[serde(default)]
     pub expires_in_s: i64,
+    /// The org the token acts in: another org you are a member of (with
+    /// `tokens:write` there; your scopes there bound the token's). Absent: the org
+    /// you act in now.
+    #[serde(default)]
+    pub org: String,
 }
 
 /// A token (never its secret, except once at creation).
@@ -74,7 +79,7 @@ fn token(t: pb::Token, secret: Option<String>) -> Token {
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
     responses((status = 201, body = Token),
         (status = 400, body = crate::error::ErrorBody, description = "Malformed JSON, or an invalid name, scope or expires_in_s"),
-        (status = 403, body = crate::error::ErrorBody, description = "Missing `tokens:write`, scopes beyond yours, or no `X-CSRF-Token`")))]
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `tokens:write`, scopes beyond yours, not a member of `org`, the org's `max_tokens` limit reached (`limit_exceeded`), or no `X-CSRF-Token`")))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -90,6 +95,7 @@ pub async fn create(
                 name: body.name,
                 scopes: body.scopes,
                 expires_in_s: body.expires_in_s,
+                org: body.org,
             },
         ))
         .await?

@@ -54,7 +54,7 @@ pub struct UserList {
     pub users: Vec<User>,
 }
 
-fn user(u: pb::User) -> User {
+pub(crate) fn user(u: pb::User) -> User {
     let now = lattice_core::time::now_ms();
     User {
         id: u.id,

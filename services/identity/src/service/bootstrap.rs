@@ -18,7 +18,7 @@ pub struct BootstrapAdmin {
 
 impl Identity {
     /// First start: when no user exists, create org `default` and user `admin` with
-    /// scope `*`, a member of the org's `admins` group. Returns the password when it
+    /// scopes `*` and `orgs:admin` (the platform admin), a member of the org's `admins` group. Returns the password when it
     /// was generated here (to print once).
     pub async fn bootstrap(&self, password: Option<String>) -> Result<Option<BootstrapAdmin>> {
         if self.store.count_users().await? > 0 {
@@ -33,7 +33,13 @@ impl Identity {
         let hash = self.passwords.hash(password.clone()).await?;
         match self
             .store
-            .insert_user_in_groups(&org_id, "admin", &hash, &["*".to_owned()], &[ADMINS_GROUP])
+            .insert_user_in_groups(
+                &org_id,
+                "admin",
+                &hash,
+                &["*".to_owned(), "orgs:admin".to_owned()],
+                &[ADMINS_GROUP],
+            )
             .await
         {
             Ok(user) => {

@@ -55,9 +55,8 @@ impl Identity {
 
     async fn user_named(&self, org_id: &str, username: &Username) -> Result<UserRow> {
         self.store
-            .user_by_username(username.as_str())
+            .member_by_username(org_id, username.as_str())
             .await?
-            .filter(|u| u.org_id == org_id)
             .ok_or_else(|| IdentityError::NotFound(format!("user {:?}", username.as_str())))
     }
 

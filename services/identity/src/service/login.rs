@@ -40,6 +40,9 @@ struct MfaClaims {
     sub: String,
     purpose: String,
     exp: u64,
+    /// The org the login continues in (absent: the home org).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    org: String,
 }
 
 impl Identity {
@@ -140,7 +143,6 @@ impl Identity {
         }
     }
 
-    /// Step one of a login. Same error for unknown user and wrong password.
     /// The TOTP step of a login whose first factor `user` passed.
     pub(super) fn mfa_step(&self, user: &UserRow) -> LoginOutcome {
         let exp = jsonwebtoken::get_current_timestamp() + MFA_TOKEN_TTL_S;
@@ -148,6 +150,11 @@ impl Identity {
             sub: user.id.clone(),
             purpose: "mfa".into(),
             exp,
+            org: if user.org_id == user.home_org_id {
+                String::new()
+            } else {
+                user.org_id.clone()
+            },
         };
         let mfa_token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.mfa_encoding)
@@ -158,11 +165,14 @@ impl Identity {
         }
     }
 
+    /// Step one of a login, in the user's home org or in `org` (a name; the user
+    /// must be a member there). Same error for unknown user and wrong password.
     pub async fn login(
         &self,
         caller: &Principal,
         username: &str,
         password: String,
+        org: &str,
         client: &ClientInfo,
     ) -> Result<LoginOutcome> {
         require_service(caller)?;
@@ -224,6 +234,20 @@ impl Identity {
                 });
             }
         };
+        // The password was right: only now may the answer say whether the user
+        // belongs to the org asked for.
+        let user = if org.is_empty() {
+            user
+        } else {
+            match self.membership_in(org, &user.id).await {
+                Ok(member) => member,
+                Err(e) => {
+                    self.store.clear_failures(&user.id).await?;
+                    self.release_ip_attempt(&client.ip).await;
+                    return Err(e);
+                }
+            }
+        };
         if user.totp_enabled {
             let step = self.mfa_step(&user);
             self.audit(
@@ -261,11 +285,12 @@ impl Identity {
         if claims.purpose != "mfa" {
             return Err(IdentityError::InvalidMfaToken);
         }
-        let user = self
-            .store
-            .user_any_org(&claims.sub)
-            .await?
-            .ok_or(IdentityError::InvalidMfaToken)?;
+        let user = if claims.org.is_empty() {
+            self.store.user_any_org(&claims.sub).await?
+        } else {
+            self.store.user(&claims.org, &claims.sub).await?
+        }
+        .ok_or(IdentityError::InvalidMfaToken)?;
         if let Some(retry_after_s) = Self::lock_remaining_s(&user) {
             return Err(IdentityError::Locked { retry_after_s });
         }

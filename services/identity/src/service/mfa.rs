@@ -110,9 +110,7 @@ impl Identity {
         let (secret, uri) = totp::provisioning(&seed, &self.cfg.mfa_issuer, &user.username)
             .ok_or_else(|| IdentityError::invalid("mfa_issuer", "cannot build an otpauth URI"))?;
         let sealed = self.sealer.seal(&seed, &totp_aad(&user.id));
-        self.store
-            .set_totp(&user.org_id, &user.id, Some(&sealed), false)
-            .await?;
+        self.store.set_totp(&user.id, Some(&sealed), false).await?;
         Ok((secret, uri))
     }
 
@@ -136,9 +134,7 @@ impl Identity {
         let Some(step) = totp::check(&seed, code, now_s) else {
             return Err(IdentityError::InvalidCode);
         };
-        self.store
-            .set_totp(&user.org_id, &user.id, Some(sealed), true)
-            .await?;
+        self.store.set_totp(&user.id, Some(sealed), true).await?;
         self.store
             .consume_totp_step(&user.id, i64::try_from(step).unwrap_or(i64::MAX))
             .await?;
@@ -191,9 +187,7 @@ impl Identity {
             require_scope(caller, "users:admin")?;
             require_outranks(caller, &target)?;
         }
-        self.store
-            .set_totp(&target.org_id, &target.id, None, false)
-            .await?;
+        self.store.set_totp(&target.id, None, false).await?;
         self.store.replace_recovery_codes(&target.id, &[]).await?;
         self.announce_revoked(Subject::UserId(target.id.clone()))
             .await;

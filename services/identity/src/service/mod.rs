@@ -10,6 +10,7 @@ mod bootstrap;
 mod groups;
 mod login;
 mod mfa;
+mod orgs;
 mod sessions;
 pub mod sso;
 pub mod sso_login;
@@ -29,6 +30,7 @@ use lattice_core::scope;
 pub use self::bootstrap::BootstrapAdmin;
 pub use self::groups::GroupDetail;
 pub use self::login::LoginOutcome;
+pub use self::orgs::{CreatedInvitation, INVITATION_PREFIX, MyMembership};
 pub use self::sessions::Credential;
 pub use self::tokens::CreatedToken;
 use crate::error::IdentityError;
@@ -155,14 +157,29 @@ fn require_session(p: &Principal, what: &str) -> Result<()> {
     }
 }
 
-/// An admin may act on another account only if that account's scopes are within the
-/// admin's own: `users:admin` alone must not lead to the `*` account.
+/// An admin may act on another account only if the account belongs to the admin's
+/// org (a member from another org is administered there) and its scopes are within
+/// the admin's own: `users:admin` alone must not lead to the `*` account.
 fn require_outranks(caller: &Principal, target: &UserRow) -> Result<()> {
+    require_home(caller, target)?;
     if scope::all_covered(&caller.scopes, &target.scopes) {
         Ok(())
     } else {
         Err(IdentityError::Forbidden(format!(
             "user {:?} has scopes beyond yours; only an administrator who holds them may do this",
+            target.username
+        )))
+    }
+}
+
+/// Account settings (password, TOTP, lockout) are administered by the account's
+/// home org only: an admin of an org the user was invited into may not touch them.
+fn require_home(caller: &Principal, target: &UserRow) -> Result<()> {
+    if target.home_org_id == caller.org_id {
+        Ok(())
+    } else {
+        Err(IdentityError::Forbidden(format!(
+            "user {:?} belongs to another org, which administers the account",
             target.username
         )))
     }

@@ -422,11 +422,8 @@ impl Identity {
                     )
                     .await);
                 };
-                let user = self
-                    .store
-                    .user_by_username(&wanted)
-                    .await?
-                    .filter(|u| u.org_id == org_id);
+                // A member of the provider's org (its home or an org it joined).
+                let user = self.store.member_by_username(&org_id, &wanted).await?;
                 let Some(user) = user else {
                     return Err(fail(
                         org_id.clone(),

@@ -21,16 +21,32 @@ pub struct CreatedToken {
 }
 
 impl Identity {
-    /// Create an operator token whose scopes never exceed the caller's.
+    /// Create an operator token whose scopes never exceed the caller's. With `org`
+    /// (another org the caller belongs to) the token acts there, and the caller's
+    /// scopes in that org bound it (they must include `tokens:write` too).
     pub async fn create_token(
         &self,
         ctx: &RequestContext,
         name: &str,
         scopes: &[String],
         expires_in_s: i64,
+        org: &str,
     ) -> Result<CreatedToken> {
         let caller = &ctx.principal;
         require_scope(caller, "tokens:write")?;
+        // The org the token acts in, and what the caller holds there.
+        let (org_id, granted) = if org.is_empty() {
+            (caller.org_id.clone(), caller.scopes.clone())
+        } else {
+            let member = self.membership_in(org, &caller.sub).await?;
+            if !scope::allows(&member.scopes, "tokens:write") {
+                return Err(IdentityError::MissingScope(format!(
+                    "tokens:write (in org {org:?})"
+                )));
+            }
+            (member.org_id, member.scopes)
+        };
+        let caller_scopes = &granted;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(IdentityError::invalid(
@@ -45,10 +61,10 @@ impl Identity {
             ));
         }
         let scopes = validate_scopes(scopes)?;
-        if !scope::all_covered(&caller.scopes, &scopes) {
+        if !scope::all_covered(caller_scopes, &scopes) {
             let over: Vec<&String> = scopes
                 .iter()
-                .filter(|s| !scope::all_covered(&caller.scopes, std::slice::from_ref(s)))
+                .filter(|s| !scope::all_covered(caller_scopes, std::slice::from_ref(s)))
                 .collect();
             return Err(IdentityError::Forbidden(format!(
                 "a token's scopes cannot exceed its creator's: not allowed {over:?}"
@@ -76,12 +92,25 @@ impl Identity {
             expires_at_ms,
             last_used_at_ms: 0,
         };
+        let limit = self
+            .org_limits(&Principal::service("identity"), &org_id)
+            .await?;
+        if limit.max_tokens > 0 && self.store.count_tokens(&org_id).await? >= limit.max_tokens {
+            return Err(IdentityError::LimitExceeded(format!(
+                "the org's limit max_tokens ({}) is reached: revoke a token, or ask a platform admin to raise the limit",
+                limit.max_tokens
+            )));
+        }
         let secret = random_secret(TOKEN_PREFIX);
         self.store
-            .insert_token(&caller.org_id, &hash_secret(&secret), &token)
+            .insert_token(&org_id, &hash_secret(&secret), &token)
             .await?;
         self.audit(
-            Actor::of(ctx),
+            Actor {
+                org_id: &org_id,
+                id: &caller.sub,
+                client_ip: &ctx.client_ip,
+            },
             "token.create",
             &token.id,
             Outcome::Success,

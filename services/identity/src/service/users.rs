@@ -7,8 +7,8 @@ use lattice_core::scope;
 use lattice_proto::events::v1::credential_revoked::Subject;
 
 use super::{
-    ClientInfo, Identity, Result, require_outranks, require_scope, require_session, require_user,
-    validate_password, validate_scopes,
+    ClientInfo, Identity, Result, require_home, require_outranks, require_scope, require_session,
+    require_user, validate_password, validate_scopes,
 };
 use crate::error::IdentityError;
 use crate::input::Username;
@@ -121,17 +121,13 @@ impl Identity {
             }
         }
         let hash = self.passwords.hash(new).await?;
-        self.store
-            .set_password_hash(&user.org_id, &user.id, &hash)
-            .await?;
+        self.store.set_password_hash(&user.id, &hash).await?;
         let keep = if own {
             caller.credential_id.as_str()
         } else {
             ""
         };
-        self.store
-            .revoke_sessions_of(&user.org_id, &user.id, keep)
-            .await?;
+        self.store.revoke_sessions_of(&user.id, keep).await?;
         if own {
             self.store.clear_failures(&user.id).await?;
             self.release_ip_attempt(&client.ip).await;
@@ -158,6 +154,7 @@ impl Identity {
             .user(&caller.org_id, user_id)
             .await?
             .ok_or_else(|| IdentityError::NotFound(format!("user {user_id:?}")))?;
+        require_home(caller, &user)?;
         self.store.clear_failures(&user.id).await?;
         self.audit(
             Actor::of(ctx),

@@ -4,6 +4,7 @@
 
 mod access;
 mod kv;
+mod orgs;
 mod secrets;
 mod serving;
 mod sites;

@@ -139,6 +139,24 @@ pub struct Store {
 }
 
 impl Store {
+    /// Tasks of an org (any state).
+    pub async fn org_task_count(&self, org_id: &str) -> sqlx::Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tasks WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n)
+    }
+
+    /// Delete every task of an org (its audit chain stays); how many went.
+    pub async fn purge_org(&self, org_id: &str) -> sqlx::Result<u64> {
+        Ok(sqlx::query("DELETE FROM tasks WHERE org_id = $1")
+            .bind(org_id)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected())
+    }
+
     /// A store over `db`; `outbox` writes events for the webhook pusher.
     pub fn new(db: Db, outbox: bool) -> Self {
         let mut store = Self {
