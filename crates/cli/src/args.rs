@@ -65,6 +65,13 @@ pub enum Command {
     /// Single sign-on (OpenID Connect) providers of your org.
     #[command(subcommand)]
     Sso(SsoCommand),
+    /// Your orgs: list them, switch the stored token to another, join by invitation,
+    /// invite a user into yours.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Every org of the platform (scope orgs:admin): create, rename, limit, delete.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
     /// Cedar policies: who may reach which node, run which task, read which secret.
     #[command(subcommand, visible_alias = "policies")]
     Policy(PolicyCommand),
@@ -139,6 +146,91 @@ pub struct LoginArgs {
     /// With --sso: print the URL instead of opening a browser.
     #[arg(long, requires = "sso")]
     pub no_browser: bool,
+    /// The org to act in (one you are a member of; default: your account's own).
+    #[arg(long, env = "LATTICE_ORG", conflicts_with = "sso")]
+    pub org: Option<String>,
+}
+
+/// `lattice org ...`.
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// The orgs you belong to, with your scopes in each (* marks the current one).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Act in another of your orgs: the stored token is replaced by one for it.
+    Use {
+        /// Org name.
+        name: String,
+    },
+    /// Accept an invitation (the link or its code).
+    Join {
+        /// The link, or the code after its '#'.
+        link: String,
+    },
+    /// Invite an existing user into your org; prints the one-time link to hand over.
+    Invite {
+        /// Their username.
+        username: String,
+        /// Their scopes here (repeat).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime in seconds (default 7 days, at most 30).
+        #[arg(long, default_value_t = 0)]
+        expires_in_s: i64,
+    },
+}
+
+/// Limits of an org (0: none).
+#[derive(Debug, Args, Default, Clone, Copy)]
+pub struct LimitArgs {
+    /// Buckets.
+    #[arg(long)]
+    pub max_buckets: Option<i64>,
+    /// Bytes stored in buckets.
+    #[arg(long)]
+    pub max_stored_bytes: Option<i64>,
+    /// Enrolled nodes.
+    #[arg(long)]
+    pub max_nodes: Option<i64>,
+    /// Live operator tokens.
+    #[arg(long)]
+    pub max_tokens: Option<i64>,
+}
+
+/// `lattice orgs ...`.
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Every org.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Create an org.
+    Create {
+        /// 1 to 63 of a-z, 0-9 and '-'.
+        name: String,
+        /// Its first administrator (default: you).
+        #[arg(long)]
+        admin: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// One org and what it holds.
+    Show { name: String },
+    /// Rename an org.
+    Rename { name: String, new_name: String },
+    /// Set an org's limits (the ones given; 0 lifts one).
+    Limits {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Delete an org; with --force also everything it holds.
+    #[command(visible_alias = "rm")]
+    Delete {
+        name: String,
+        /// Remove its buckets, nodes, tasks, policies, tokens and members too.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `lattice token ...`.

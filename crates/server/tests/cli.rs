@@ -821,3 +821,53 @@ fn cli_sso_providers() {
     let out = lattice(&config, &["sso", "show", "corp"], &[]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn cli_orgs_and_switching() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = common::process::spawn_all_in_one(&dir.path().join("data"), "off", &[]);
+    let config = dir.path().join("cli/config.json");
+    let pw = [("LATTICE_PASSWORD", "admin-password-1")];
+    ok(&lattice(
+        &config,
+        &["login", "--server", &url, "-u", "admin"],
+        &pw,
+    ));
+
+    ok(&lattice(
+        &config,
+        &["orgs", "create", "beta", "--max-tokens", "5"],
+        &[],
+    ));
+    let list = ok(&lattice(&config, &["orgs", "list"], &[]));
+    assert!(list.contains("beta") && list.contains("default"), "{list}");
+    let shown = ok(&lattice(&config, &["orgs", "show", "beta"], &[]));
+    assert!(
+        shown.contains("max tokens") && shown.contains("nothing"),
+        "{shown}"
+    );
+
+    // Switch the stored token to beta and back.
+    ok(&lattice(&config, &["org", "use", "beta"], &[]));
+    let me = ok(&lattice(&config, &["whoami", "-o", "json"], &[]));
+    assert!(me.contains("beta"), "{me}");
+    let mine = ok(&lattice(&config, &["org", "list"], &[]));
+    assert!(mine.contains("beta"), "{mine}");
+    let out = lattice(&config, &["org", "use", "gamma"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a member of org \"gamma\""));
+    ok(&lattice(&config, &["org", "use", "default"], &[]));
+
+    // An org in use by nothing is deleted without --force.
+    ok(&lattice(&config, &["orgs", "delete", "beta"], &[]));
+    let list = ok(&lattice(&config, &["orgs", "list"], &[]));
+    assert!(!list.contains("beta"), "{list}");
+    // Login straight into an org the user is not a member of names the org.
+    let out = lattice(
+        &config,
+        &["login", "--server", &url, "-u", "admin", "--org", "nowhere"],
+        &pw,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a member of org"));
+}

@@ -54,7 +54,9 @@ pub async fn login(ctx: &Ctx, args: &LoginArgs) -> anyhow::Result<()> {
     let (api, user) = match &args.sso {
         Some(provider) => open_sso_session(&server, &tls, provider, args.no_browser).await?,
         None => {
-            let (api, user, _) = open_session(&server, &tls, args.username.as_deref()).await?;
+            let (api, user, _) =
+                open_session_in(&server, &tls, args.username.as_deref(), args.org.as_deref())
+                    .await?;
             (api, user)
         }
     };
@@ -89,10 +91,23 @@ async fn open_session(
     tls: &TlsOptions,
     username: Option<&str>,
 ) -> anyhow::Result<(Api, Me, String)> {
+    open_session_in(server, tls, username, None).await
+}
+
+/// [`open_session`] acting in `org` (None: the account's home org).
+async fn open_session_in(
+    server: &str,
+    tls: &TlsOptions,
+    username: Option<&str>,
+    org: Option<&str>,
+) -> anyhow::Result<(Api, Me, String)> {
     let username = prompt::username(username)?;
     let password = prompt::secret("Password: ", "password", "LATTICE_PASSWORD")?;
     let mut api = Api::new(server, tls, Auth::None)?;
-    let body = json!({ "username": username, "password": password });
+    let mut body = json!({ "username": username, "password": password });
+    if let Some(org) = org {
+        body["org"] = json!(org);
+    }
     let reply = api
         .send(Method::POST, "/api/v1/auth/login", Some(&body))
         .await?;
@@ -229,6 +244,15 @@ async fn wait_for_code(listener: &tokio::net::TcpListener) -> anyhow::Result<Str
     }
 }
 
+/// A name for a token the CLI stores: `cli@<host>`.
+pub(super) fn cli_token_name() -> String {
+    let name = format!("cli@{}", prompt::hostname());
+    name.chars().take(MAX_TOKEN_NAME).collect()
+}
+
+/// How long the token the CLI stores lives.
+pub(super) const CLI_TOKEN_LIFETIME_S: i64 = LOGIN_TOKEN_LIFETIME_S;
+
 async fn create_login_token(api: &Api, user: &Me) -> anyhow::Result<String> {
     if user.scopes.is_empty() {
         bail!(
@@ -254,7 +278,7 @@ async fn create_login_token(api: &Api, user: &Me) -> anyhow::Result<String> {
 }
 
 /// Best effort: the token a re-login replaces should not linger on the server.
-async fn revoke_previous(old: &StoredConfig) {
+pub(super) async fn revoke_previous(old: &StoredConfig) {
     let tls = TlsOptions {
         ca_file: old.ca_file.clone(),
         insecure: old.insecure,

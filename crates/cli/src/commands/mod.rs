@@ -7,6 +7,7 @@ mod changes;
 mod fleet;
 mod groups;
 mod kv;
+mod orgs;
 mod policy;
 mod sso;
 mod static_site;
@@ -148,6 +149,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => users::run(&ctx, cmd).await,
         Command::Groups(cmd) => groups::run(&ctx, cmd).await,
         Command::Sso(cmd) => sso::run(&ctx, cmd).await,
+        Command::Org(cmd) => orgs::run_org(&ctx, cmd).await,
+        Command::Orgs(cmd) => orgs::run_orgs(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Intent(cmd) => changes::intents(&ctx, cmd).await,
         Command::Plan(cmd) => changes::plans(&ctx, cmd).await,
