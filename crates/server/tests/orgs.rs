@@ -440,3 +440,471 @@ async fn every_service_refuses_a_purge_without_orgs_admin() {
     }
     s.stop().await;
 }
+
+/// What a caller of another org must get from one operation on org B's objects.
+enum Probe {
+    /// 404, exactly as for an object that does not exist.
+    NotFound(Req),
+    /// The route creates or replaces an object of the caller's own org under the
+    /// name: B's object (read back at `check` with B's token) is unchanged.
+    OwnOrg { req: Req, check: String },
+    /// Not tenant data (the reason is for the reader).
+    Exempt(#[allow(dead_code)] &'static str),
+}
+
+/// One request of a probe: a path, and what a valid request there carries.
+#[derive(Default)]
+struct Req {
+    path: String,
+    json: Option<Value>,
+    raw: Option<(&'static str, Vec<u8>)>,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Req {
+    fn to(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+
+    fn json(mut self, v: Value) -> Self {
+        self.json = Some(v);
+        self
+    }
+
+    async fn send(&self, s: &TestServer, method: &str, token: &str) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let mut r = s.http.request(method, s.url(&self.path)).bearer_auth(token);
+        for (k, v) in &self.headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(j) = &self.json {
+            r = r.json(j);
+        }
+        if let Some((ct, body)) = &self.raw {
+            r = r.header("content-type", *ct).body(body.clone());
+        }
+        json(r.send().await.unwrap()).await
+    }
+}
+
+/// Isolation, for every route of the OpenAPI document: a caller of org A (with `*`
+/// there) asking for org B's objects by name or id gets 404, never the object and
+/// never 403; every list A reads names nothing of B's; and a route added without a
+/// line in the table below fails this test.
+#[tokio::test]
+async fn every_route_hides_another_orgs_objects() {
+    let backend = *testing::backends().last().unwrap();
+    let (url, guard) = testing::fresh_url(backend).await;
+    let s = TestServer::start_on(&url, guard, &[]).await;
+    let platform = s.admin_token(&["*", "orgs:admin"]).await;
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/orgs",
+            &platform,
+            Some(json!({"name": "zqb"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let b_org = b["id"].as_str().unwrap().to_owned();
+    let (_, b) = s
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            &platform,
+            Some(json!({"name": "zqb", "scopes": ["*"], "org": "zqb"})),
+        )
+        .await;
+    let tb = b["token"].as_str().unwrap().to_owned();
+    // Org A's caller: everything in the default org, a member of nothing else.
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/users",
+            &platform,
+            Some(json!({"username": "alpha", "password": "alpha-password-1", "scopes": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let a_session = login_in(&s, "alpha", "alpha-password-1", None)
+        .await
+        .unwrap();
+    let ta = session_token(&s, &a_session, &["*"]).await;
+
+    // Org B's objects, one of each kind, all named or numbered so they can be found
+    // in any answer.
+    let ok = |status: u16, b: &Value, what: &str| {
+        assert!((200..300).contains(&status), "{what}: {status} {b}")
+    };
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/buckets",
+            &tb,
+            Some(json!({"name": "zqb-kv", "surface": "kv"})),
+        )
+        .await;
+    ok(st, &b, "kv bucket");
+    let (st, b) = s
+        .call(
+            "PUT",
+            "/api/v1/kv/zqb-kv/zqb-key",
+            &tb,
+            Some(json!({"value": "zqb-value"})),
+        )
+        .await;
+    ok(st, &b, "kv put");
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/buckets",
+            &tb,
+            Some(json!({"name": "zqb-site", "surface": "static"})),
+        )
+        .await;
+    ok(st, &b, "static bucket");
+    let deployment = s
+        .deploy(&tb, "zqb-site", &[("index.html", b"zqb-page")], true)
+        .await;
+    let deployment = deployment["id"].as_str().unwrap().to_owned();
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            &tb,
+            Some(json!({"host": "zqb.example.test", "bucket": "zqb-site"})),
+        )
+        .await;
+    ok(st, &b, "binding");
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/storage-tokens",
+            &tb,
+            Some(
+                json!({"name": "zqb-st", "surface": "kv", "access": "read", "buckets": ["zqb-kv"]}),
+            ),
+        )
+        .await;
+    ok(st, &b, "storage token");
+    let storage_token = b["id"].as_str().unwrap().to_owned();
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/groups",
+            &tb,
+            Some(json!({"name": "zqb-group"})),
+        )
+        .await;
+    ok(st, &b, "group");
+    let (st, b) = s
+        .call("POST", "/api/v1/users", &tb, Some(json!({"username": "zqb-user", "password": "zqb-password-123", "scopes": ["kv:read"]})))
+        .await;
+    ok(st, &b, "user");
+    let b_user = b["id"].as_str().unwrap().to_owned();
+    let (st, b) = s
+        .call(
+            "PUT",
+            "/api/v1/groups/zqb-group/members/zqb-user",
+            &tb,
+            None,
+        )
+        .await;
+    ok(st, &b, "member");
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            &tb,
+            Some(json!({"name": "zqb-tok", "scopes": ["kv:read"]})),
+        )
+        .await;
+    ok(st, &b, "token");
+    let b_token = b["id"].as_str().unwrap().to_owned();
+    let node = "0190c3f0-0000-7000-8000-00000000b0b0";
+    common::insert_node(&url, node, &b_org).await;
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/tasks",
+            &tb,
+            Some(json!({"node": node, "kind": "facts.refresh"})),
+        )
+        .await;
+    ok(st, &b, "task");
+    let task = b["id"].as_str().unwrap().to_owned();
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/policies",
+            &tb,
+            Some(json!({"name": "zqb-pol", "policies": "permit(principal in Lattice::Group::\"zqb-group\", action, resource);"})),
+        )
+        .await;
+    ok(st, &b, "policy");
+    let (st, b) = s
+        .call(
+            "POST",
+            "/api/v1/intents",
+            &tb,
+            Some(json!({"name": "zqb-intent", "kind": "firewall", "selector": {"node": node},
+                "spec": {"default": "drop", "rules": [{"action": "accept", "protocol": "tcp", "ports": "22", "from": "10.0.0.0/8", "comment": "zqb"}]}})),
+        )
+        .await;
+    ok(st, &b, "intent");
+    let plan = "0190c3f0-0000-7000-8000-00000000b1a0";
+    let provider_id = "0190c3f0-0000-7000-8000-00000000b550";
+    {
+        let db = lattice_core::db::Db::connect(&url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO policy_plans (id, org_id, intent, intent_version, kind, hash, state, author, created_at_ms, expires_at_ms, decided_by, decided_at_ms, reason) \
+             VALUES ($1, $2, 'zqb-intent', 1, 'firewall', 'zqbhash', 'pending', 'x', 1, 9999999999999, '', 0, '')",
+        )
+        .bind(plan)
+        .bind(&b_org)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO identity_sso_providers (id, org_id, name, display_name, issuer, client_id, client_secret_sealed, scopes, username_claim, require_verified_email, create_users, created_at_ms, created_by) \
+             VALUES ($1, $2, 'zqb-sso', 'zqb', 'https://zqb.example.test', 'zqb', 'x', '[]', 'email', 1, 0, 1, 'x')",
+        )
+        .bind(provider_id)
+        .bind(&b_org)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        db.close().await;
+    }
+    // (The org's own name and id appear in A's audit log: the platform admin created
+    // it from org A. Its objects' names and ids must appear nowhere.)
+    let markers = [
+        "zqb-",
+        &deployment,
+        &storage_token,
+        &b_user,
+        &b_token,
+        node,
+        &task,
+        plan,
+        provider_id,
+    ];
+
+    let nf = |p: &str| Probe::NotFound(Req::to(p));
+    let nfb = |p: &str, b: Value| Probe::NotFound(Req::to(p).json(b));
+    let probe = |method: &str, template: &str| -> Probe {
+        match (method, template) {
+            ("get", "/api/v1/agent-releases/{version}/{arch}") => Probe::Exempt(
+                "agent releases are platform-wide: any org's nodes may download any release",
+            ),
+            (
+                "get",
+                "/api/v1/auth/sso/{provider}/start" | "/api/v1/auth/sso/{provider}/callback",
+            ) => Probe::Exempt(
+                "the public login entry: the org is named in the URL, and only the provider's login page is disclosed",
+            ),
+            (_, "/api/v1/orgs/{name}") => Probe::Exempt(
+                "platform routes (orgs:admin): every org's admin is refused with 403 (see orgs_are_tenants_...)",
+            ),
+            ("delete" | "patch", "/api/v1/bindings/{host}") => {
+                if method == "patch" {
+                    nfb(
+                        "/api/v1/bindings/zqb.example.test",
+                        json!({"enabled": false}),
+                    )
+                } else {
+                    nf("/api/v1/bindings/zqb.example.test")
+                }
+            }
+            ("delete", "/api/v1/buckets/{name}") => nf("/api/v1/buckets/zqb-kv"),
+            ("get" | "delete", "/api/v1/groups/{name}") => nf("/api/v1/groups/zqb-group"),
+            ("put" | "delete", "/api/v1/groups/{name}/members/{username}") => {
+                nf("/api/v1/groups/zqb-group/members/zqb-user")
+            }
+            ("get" | "delete", "/api/v1/intents/{name}") => nf("/api/v1/intents/zqb-intent"),
+            ("put", "/api/v1/intents/{name}") => Probe::OwnOrg {
+                req: Req::to("/api/v1/intents/zqb-intent").json(json!({"kind": "firewall",
+                    "selector": {"node": node}, "spec": {"default": "accept", "rules": []}})),
+                check: "/api/v1/intents/zqb-intent/history".into(),
+            },
+            ("get", "/api/v1/intents/{name}/history") => nf("/api/v1/intents/zqb-intent/history"),
+            ("get", "/api/v1/kv/{bucket}") => nf("/api/v1/kv/zqb-kv"),
+            ("get" | "delete", "/api/v1/kv/{bucket}/{key}") => nf("/api/v1/kv/zqb-kv/zqb-key"),
+            ("put", "/api/v1/kv/{bucket}/{key}") => {
+                nfb("/api/v1/kv/zqb-kv/zqb-key", json!({"value": "x"}))
+            }
+            ("get" | "delete", "/api/v1/nodes/{id}") => nf(&format!("/api/v1/nodes/{node}")),
+            ("patch", "/api/v1/nodes/{id}") => nfb(
+                &format!("/api/v1/nodes/{node}"),
+                json!({"labels": {"a": "b"}}),
+            ),
+            ("get", "/api/v1/nodes/{id}/logs") => nf(&format!("/api/v1/nodes/{node}/logs")),
+            ("get", "/api/v1/nodes/{id}/metrics") => nf(&format!("/api/v1/nodes/{node}/metrics")),
+            ("post", "/api/v1/nodes/{id}/reconnect") => {
+                nfb(&format!("/api/v1/nodes/{node}/reconnect"), json!({}))
+            }
+            ("get", "/api/v1/nodes/{node}/portforward/{port}") => Probe::NotFound(Req {
+                headers: vec![("connection", "upgrade"), ("upgrade", "connect-tcp")],
+                ..Req::to(format!("/api/v1/nodes/{node}/portforward/22"))
+            }),
+            ("get", "/api/v1/nodes/{node}/proxy/{port}/{path}") => {
+                nf(&format!("/api/v1/nodes/{node}/proxy/80/index.html"))
+            }
+            ("get", "/api/v1/plans/{id}") => nf(&format!("/api/v1/plans/{plan}")),
+            ("post", "/api/v1/plans/{id}/approve") => nfb(
+                &format!("/api/v1/plans/{plan}/approve"),
+                json!({"hash": "zqbhash"}),
+            ),
+            ("post", "/api/v1/plans/{id}/cancel") => {
+                nfb(&format!("/api/v1/plans/{plan}/cancel"), json!({}))
+            }
+            ("post", "/api/v1/plans/{id}/reject") => nfb(
+                &format!("/api/v1/plans/{plan}/reject"),
+                json!({"reason": "x"}),
+            ),
+            ("get" | "delete", "/api/v1/policies/{name}") => nf("/api/v1/policies/zqb-pol"),
+            ("put", "/api/v1/policies/{name}") => Probe::OwnOrg {
+                req: Req::to("/api/v1/policies/zqb-pol")
+                    .json(json!({"policies": "forbid(principal, action, resource);"})),
+                check: "/api/v1/policies/zqb-pol".into(),
+            },
+            ("get" | "delete", "/api/v1/sso/providers/{name}") => {
+                nf("/api/v1/sso/providers/zqb-sso")
+            }
+            ("get", "/api/v1/static/{bucket}/deployments") => {
+                nf("/api/v1/static/zqb-site/deployments")
+            }
+            ("post", "/api/v1/static/{bucket}/deployments") => Probe::NotFound(Req {
+                raw: Some((
+                    "application/gzip",
+                    common::site_archive(&[("index.html", b"mine")]),
+                )),
+                ..Req::to("/api/v1/static/zqb-site/deployments")
+            }),
+            ("post", "/api/v1/static/{bucket}/deployments/{id}/activate") => nf(&format!(
+                "/api/v1/static/zqb-site/deployments/{deployment}/activate"
+            )),
+            ("get", "/api/v1/static/{bucket}/objects") => nf("/api/v1/static/zqb-site/objects"),
+            ("put" | "delete", "/api/v1/static/{bucket}/objects/{path}") => {
+                nf("/api/v1/static/zqb-site/objects/index.html")
+            }
+            ("delete", "/api/v1/storage-tokens/{id}") => {
+                nf(&format!("/api/v1/storage-tokens/{storage_token}"))
+            }
+            ("get", "/api/v1/tasks/{id}") => nf(&format!("/api/v1/tasks/{task}")),
+            ("post", "/api/v1/tasks/{id}/cancel") => nf(&format!("/api/v1/tasks/{task}/cancel")),
+            ("delete", "/api/v1/tokens/{id}") => nf(&format!("/api/v1/tokens/{b_token}")),
+            ("delete", "/api/v1/users/{id}/membership") => {
+                nf(&format!("/api/v1/users/{b_user}/membership"))
+            }
+            ("post", "/api/v1/users/{id}/password") => nfb(
+                &format!("/api/v1/users/{b_user}/password"),
+                json!({"new_password": "taken-over-password"}),
+            ),
+            ("put", "/api/v1/users/{id}/scopes") => nfb(
+                &format!("/api/v1/users/{b_user}/scopes"),
+                json!({"scopes": ["*"]}),
+            ),
+            ("post", "/api/v1/users/{id}/unlock") => nf(&format!("/api/v1/users/{b_user}/unlock")),
+            _ => panic!(
+                "{} {template}: a route with no isolation probe; add one to this table",
+                method.to_uppercase()
+            ),
+        }
+    };
+
+    let (_, doc) = json(
+        s.http
+            .get(s.url("/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut failures = Vec::new();
+    let mut probed = 0;
+    // Routes that create in the caller's own org run last: what they create under
+    // B's names must not stand in for B's objects in the other probes.
+    let mut own_org = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let public = op["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            });
+            if !template.contains('{') {
+                // A list (or an action without an object): A's answer names nothing of B's.
+                if method != "get" || public || !template.starts_with("/api/v1/") {
+                    continue;
+                }
+                let (status, body) = s.call("GET", template, &ta, None).await;
+                let text = body.to_string();
+                if let Some(m) = markers.iter().find(|m| text.contains(**m)) {
+                    failures.push(format!(
+                        "GET {template}: {status} names org B's {m:?}: {text}"
+                    ));
+                }
+                probed += 1;
+                continue;
+            }
+            match probe(method, template) {
+                Probe::Exempt(_) => {}
+                Probe::NotFound(req) => {
+                    let (status, answer) = req.send(&s, method, &ta).await;
+                    if status != 404 {
+                        failures.push(format!(
+                            "{} {}: {status} {answer}",
+                            method.to_uppercase(),
+                            req.path
+                        ));
+                    }
+                    // The path names a real object of B's: B itself finds it.
+                    if method == "get" {
+                        let (status, answer) = req.send(&s, method, &tb).await;
+                        if status == 404 {
+                            failures.push(format!(
+                                "GET {} as org B: {status} {answer} (the probe names nothing)",
+                                req.path
+                            ));
+                        }
+                    }
+                    probed += 1;
+                }
+                Probe::OwnOrg { req, check } => own_org.push((method.clone(), req, check)),
+            }
+        }
+    }
+    for (method, req, check) in own_org {
+        let before = s.call("GET", &check, &tb, None).await;
+        let (status, answer) = req.send(&s, &method, &ta).await;
+        let after = s.call("GET", &check, &tb, None).await;
+        if status == 403 || before != after {
+            failures.push(format!(
+                "{} {}: {status} {answer}; org B's object before {before:?} after {after:?}",
+                method.to_uppercase(),
+                req.path
+            ));
+        }
+        probed += 1;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {probed} probes leaked or refused:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // B's objects are all still there for B.
+    let (status, b) = s.call("GET", "/api/v1/kv/zqb-kv/zqb-key", &tb, None).await;
+    assert_eq!((status, b["value"].as_str()), (200, Some("zqb-value")));
+    let (status, _) = s
+        .call("GET", &format!("/api/v1/tasks/{task}"), &tb, None)
+        .await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
