@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod scope;
 pub mod shutdown;

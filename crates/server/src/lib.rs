@@ -405,6 +405,7 @@ async fn start_storage(
     shared: &Shared<'_>,
     master: &MasterKey,
     secret_policy: Arc<lattice_storage::service::PolicyGate>,
+    org_limits: Arc<lattice_core::limits::OrgLimits>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db)> {
     use lattice_proto::orgs::v1::org_data_server::OrgDataServer;
@@ -427,7 +428,8 @@ async fn start_storage(
         shared.cache.clone(),
         limits,
         lattice_storage::service::Secrets::new(sealer, secret_policy),
-    );
+    )
+    .with_org_limits(org_limits);
     let listener = bind(config.storage.listen, "storage.listen").await?;
     let addr = listener.local_addr()?;
     tasks.spawn(lattice_storage::run_sweeper(
@@ -663,6 +665,8 @@ struct TunnelLinks {
     tasks_in_process: bool,
     /// The policy check of node access (its policy client is linked by `start`).
     access: Arc<lattice_tunnel::access::NodeAccess>,
+    /// The orgs' limits (nodes).
+    org_limits: Arc<lattice_core::limits::OrgLimits>,
 }
 
 /// Build the tunnel service (nodes, agent streams, proxy), bind its internal gRPC
@@ -680,6 +684,7 @@ async fn start_tunnel(
         tasks_service,
         tasks_in_process,
         access,
+        org_limits,
     } = links;
     let (internal, cache) = (shared.internal, shared.cache);
     let db = open_service_db(shared.config, "tunnel", &lattice_tunnel::migration_sets()).await?;
@@ -716,7 +721,8 @@ async fn start_tunnel(
             },
         },
     )
-    .with_sealer(sealer);
+    .with_sealer(sealer)
+    .with_org_limits(org_limits);
     if tasks_service.is_none() {
         tracing::warn!("tasks.url is not set: agents connect but receive no tasks");
     }
@@ -1059,6 +1065,28 @@ pub async fn start(
         identity_routes = Some(routes);
         bootstrap = admin;
     }
+    // The identity service as other services reach it (groups, org limits).
+    let identity_service = match (&identity_routes, &config.gateway.identity_url) {
+        (Some(routes), _) => Some(lattice_gateway::in_process(routes.clone())),
+        (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
+            url,
+            "gateway.identity_url",
+            CALL_TIMEOUT,
+        )?)),
+        (None, None) => None,
+    };
+    // Org limits as the services that enforce them read them.
+    let org_limits = |service: &str| {
+        let limits = lattice_core::limits::OrgLimits::new(internal.clone(), service);
+        if let Some(identity) = &identity_service {
+            let _ = limits.link().set(
+                lattice_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+                    identity.clone(),
+                ),
+            );
+        }
+        Arc::new(limits)
+    };
 
     // Storage asks the policy service who may read secret values; that link is made
     // once the policy service is reachable (below).
@@ -1066,7 +1094,14 @@ pub async fn start(
     let secret_policy = Arc::new(lattice_storage::service::PolicyGate::new(internal.clone()));
     if roles.contains(&Role::Storage) {
         let master = master.as_ref().context("storage needs the master key")?;
-        let (addr, db) = start_storage(&shared, master, secret_policy.clone(), &mut tasks).await?;
+        let (addr, db) = start_storage(
+            &shared,
+            master,
+            secret_policy.clone(),
+            org_limits("storage"),
+            &mut tasks,
+        )
+        .await?;
         forward_audit(&mut tasks, "storage", &db, "storage_audit");
         pools.push(("storage database", db));
         running_storage = Some(addr);
@@ -1081,20 +1116,12 @@ pub async fn start(
         let groups = Arc::new(lattice_policy::groups::IdentityGroups::new(
             internal.clone(),
         ));
-        let identity = match (&identity_routes, &config.gateway.identity_url) {
-            (Some(routes), _) => Some(lattice_gateway::in_process(routes.clone())),
-            (None, Some(url)) => Some(lattice_gateway::over_network(internal_channel(
-                url,
-                "gateway.identity_url",
-                CALL_TIMEOUT,
-            )?)),
-            (None, None) => {
-                tracing::warn!(
-                    "gateway.identity_url is not set: the policy service cannot read groups, so decisions about users fail"
-                );
-                None
-            }
-        };
+        let identity = identity_service.clone();
+        if identity.is_none() {
+            tracing::warn!(
+                "gateway.identity_url is not set: the policy service cannot read groups, so decisions about users fail"
+            );
+        }
         if let Some(identity) = identity {
             let _ = groups.link().set(
                 lattice_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
@@ -1157,6 +1184,7 @@ pub async fn start(
             tasks_service: tasks_service.clone(),
             tasks_in_process: running_tasks.is_some(),
             access,
+            org_limits: org_limits("tunnel"),
         };
         let master = master
             .as_ref()

@@ -908,3 +908,123 @@ async fn every_route_hides_another_orgs_objects() {
     assert_eq!(status, 200);
     s.stop().await;
 }
+
+/// Every limit is enforced by the service that holds what it counts, and a refusal
+/// names the limit.
+#[tokio::test]
+async fn org_limits_are_enforced_and_named() {
+    for backend in testing::backends() {
+        let s = TestServer::start(backend).await;
+        let platform = s.admin_token(&["*", "orgs:admin"]).await;
+        let limits =
+            json!({"max_buckets": 1, "max_stored_bytes": 40, "max_nodes": 1, "max_tokens": 0});
+        let (status, b) = s
+            .call(
+                "POST",
+                "/api/v1/orgs",
+                &platform,
+                Some(json!({"name": "small", "limits": limits})),
+            )
+            .await;
+        assert_eq!(status, 201, "{b}");
+        let (_, b) = s
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                &platform,
+                Some(json!({"name": "t", "scopes": ["*"], "org": "small"})),
+            )
+            .await;
+        let t = b["token"].as_str().unwrap().to_owned();
+        let refused = |b: &Value, limit: &str| {
+            assert_eq!(b["error"]["code"], "limit_exceeded", "{b}");
+            assert!(
+                b["error"]["message"].as_str().unwrap().contains(limit),
+                "{b}"
+            );
+        };
+
+        // Buckets.
+        let (status, b) = s
+            .call(
+                "POST",
+                "/api/v1/buckets",
+                &t,
+                Some(json!({"name": "one", "surface": "kv"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{b}");
+        let (status, b) = s
+            .call(
+                "POST",
+                "/api/v1/buckets",
+                &t,
+                Some(json!({"name": "two", "surface": "kv"})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        refused(&b, "max_buckets (1)");
+
+        // Stored bytes: 30 fit, 30 more do not; what was stored stays.
+        let thirty = "x".repeat(28);
+        let (status, b) = s
+            .call(
+                "PUT",
+                "/api/v1/kv/one/a",
+                &t,
+                Some(json!({"value": thirty})),
+            )
+            .await;
+        assert_eq!(status, 200, "{b}");
+        let (status, b) = s
+            .call(
+                "PUT",
+                "/api/v1/kv/one/b",
+                &t,
+                Some(json!({"value": thirty})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        refused(&b, "max_stored_bytes (40)");
+        let (status, _) = s.call("GET", "/api/v1/kv/one/a", &t, None).await;
+        assert_eq!(status, 200);
+        let (status, _) = s.call("GET", "/api/v1/kv/one/b", &t, None).await;
+        assert_eq!(status, 404);
+
+        // Nodes: two join tokens while there are none; the second enrollment is
+        // refused by the tunnel service, and so is a third join token.
+        let first = common::agents::join_token(&s, &t).await;
+        let second = common::agents::join_token(&s, &t).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = common::agents::enroll(&first, &dir.path().join("a")).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = common::agents::enroll(&second, &dir.path().join("b")).await;
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("max_nodes (1)"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (status, b) = s
+            .call(
+                "POST",
+                "/api/v1/nodes/join-tokens",
+                &t,
+                Some(json!({"expires_in_s": 600})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        refused(&b, "max_nodes (1)");
+
+        // The platform admin lifts them (services see it within 30 s).
+        let (status, _) = s
+            .call("PATCH", "/api/v1/orgs/small", &platform, Some(json!({"limits": {"max_buckets": 0, "max_stored_bytes": 0, "max_nodes": 0, "max_tokens": 0}})))
+            .await;
+        assert_eq!(status, 200);
+        s.stop().await;
+    }
+}

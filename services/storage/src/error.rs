@@ -17,6 +17,9 @@ pub enum StorageError {
     /// A value or upload is over a stated limit.
     #[error("{0}")]
     TooLarge(String),
+    /// An org's limit would be passed; names the limit.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// A storage token is unknown, revoked or expired.
     #[error("{0}")]
     Unauthenticated(String),
@@ -74,6 +77,7 @@ impl CodedError for StorageError {
             Self::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::Db(_) | Self::Objects(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -838,6 +838,30 @@ impl Store {
         Ok(ids)
     }
 
+    /// How many buckets the org has.
+    pub async fn count_buckets(&self, org_id: &str) -> sqlx::Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM storage_buckets WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n)
+    }
+
+    /// Bytes the org stores: its KV values and the files of every deployment kept.
+    pub async fn stored_bytes(&self, org_id: &str) -> sqlx::Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT CAST(\
+               COALESCE((SELECT SUM(LENGTH(k.value)) FROM storage_kv k \
+                  JOIN storage_buckets b ON b.id = k.bucket_id WHERE b.org_id = $1), 0) + \
+               COALESCE((SELECT SUM(d.total_bytes) FROM storage_deployments d \
+                  JOIN storage_buckets b ON b.id = d.bucket_id WHERE b.org_id = $1), 0) AS BIGINT)",
+        )
+        .bind(org_id)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(n)
+    }
+
     /// Delete every storage token of the org (live or not); returns their ids.
     pub async fn delete_tokens_of_org(&self, org_id: &str) -> sqlx::Result<Vec<String>> {
         let ids: Vec<(String,)> =

@@ -33,6 +33,12 @@ pub enum TunnelError {
     /// Larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// An org's limit would be passed; names the limit.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A dependency could not answer.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("tunnel database")]
     Db(#[from] sqlx::Error),
@@ -47,6 +53,8 @@ impl CodedError for TunnelError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::NotConnected(_) => ErrorCode::Unavailable,
             Self::Busy(_) => ErrorCode::RateLimited,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::Db(e) if lattice_core::db::is_unavailable(e) => ErrorCode::Unavailable,

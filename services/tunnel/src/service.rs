@@ -41,6 +41,8 @@ pub struct Nodes {
     pub(crate) settings: Settings,
     audit: Arc<dyn AuditSink>,
     pub(crate) releases: crate::releases::ReleaseKey,
+    /// The orgs' limits (nodes), from the identity service.
+    org_limits: Option<Arc<lattice_core::limits::OrgLimits>>,
 }
 
 /// A join token as created.
@@ -102,7 +104,36 @@ impl Nodes {
             settings,
             audit,
             releases: crate::releases::ReleaseKey::default(),
+            org_limits: None,
         }
+    }
+
+    /// Enforce the orgs' `max_nodes` read through `limits`.
+    #[must_use]
+    pub fn with_org_limits(mut self, limits: Arc<lattice_core::limits::OrgLimits>) -> Self {
+        self.org_limits = Some(limits);
+        self
+    }
+
+    /// Refuse another node for `org_id` when it has `max_nodes` already (checked
+    /// when a join token is made and again when one is spent).
+    async fn check_node_limit(&self, org_id: &str) -> Result<(), TunnelError> {
+        let Some(limits) = &self.org_limits else {
+            return Ok(());
+        };
+        let max = limits
+            .of(org_id)
+            .await
+            .map_err(|s| {
+                TunnelError::Unavailable(format!("reading the org's limits: {}", s.message()))
+            })?
+            .max_nodes;
+        if max > 0 && self.store.count_nodes(org_id).await? >= max {
+            return Err(TunnelError::LimitExceeded(format!(
+                "the org's limit max_nodes ({max}) is reached: delete a node, or ask a platform admin to raise the limit"
+            )));
+        }
+        Ok(())
     }
 
     /// Seal the release signing key with `sealer` (without one, releases cannot
@@ -150,6 +181,7 @@ impl Nodes {
         let p = &ctx.principal;
         require(p, "nodes:write")?;
         check_labels(&labels)?;
+        self.check_node_limit(&p.org_id).await?;
         let ttl = if expires_in_s == 0 {
             3600
         } else {
@@ -223,6 +255,9 @@ impl Nodes {
             return Err(TunnelError::Invalid(
                 "facts.hostname: 1-253 characters".into(),
             ));
+        }
+        if let Some(org_id) = self.store.join_token_org(&hash_secret(join_secret)).await? {
+            self.check_node_limit(&org_id).await?;
         }
         let node_id = uuid::Uuid::now_v7().to_string();
         let token = random_secret("lnt_");

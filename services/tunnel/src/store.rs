@@ -273,6 +273,26 @@ impl Store {
             .ok_or_else(|| TunnelError::NotFound(format!("node {id}")))
     }
 
+    /// How many nodes an org has.
+    pub async fn count_nodes(&self, org: &str) -> Result<i64, TunnelError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tunnel_nodes WHERE org_id = $1")
+            .bind(org)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(n)
+    }
+
+    /// The org of an unspent join token, by the hash of its secret.
+    pub async fn join_token_org(&self, join_hash: &str) -> Result<Option<String>, TunnelError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT org_id FROM tunnel_join_tokens WHERE token_hash = $1 AND used_at_ms = 0",
+        )
+        .bind(join_hash)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
     /// Nodes and live join tokens of an org.
     pub async fn org_usage(&self, org: &str) -> Result<BTreeMap<String, i64>, TunnelError> {
         let (nodes, joins): (i64, i64) = sqlx::query_as(

@@ -33,6 +33,8 @@ impl Storage {
             condition,
             ttl_s,
         } = entry;
+        self.check_bytes_limit(&bucket.org_id, value.as_str().len() as u64)
+            .await?;
         let expires_at_ms = if *ttl_s == 0 {
             0
         } else {

@@ -4,6 +4,7 @@
 
 mod access;
 mod kv;
+mod limits;
 mod orgs;
 mod secrets;
 mod serving;
@@ -51,6 +52,8 @@ pub struct Storage {
     audit: Arc<dyn AuditSink>,
     limits: Limits,
     secrets: Secrets,
+    /// The orgs' limits (buckets, stored bytes), from the identity service.
+    org_limits: Option<Arc<lattice_core::limits::OrgLimits>>,
     /// sha256(storage token secret) -> its grant. Short-lived; revocations evict.
     grants: moka::sync::Cache<String, Arc<lattice_proto::storage::v1::StorageGrant>>,
 }
@@ -105,12 +108,19 @@ impl Storage {
             audit,
             limits,
             secrets,
+            org_limits: None,
             grants: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(10))
                 .support_invalidation_closures()
                 .build(),
         }
+    }
+
+    /// Enforce the orgs' limits read through `limits`.
+    pub fn with_org_limits(mut self, limits: Arc<lattice_core::limits::OrgLimits>) -> Self {
+        self.org_limits = Some(limits);
+        self
     }
 
     /// The cache and bus this service publishes on.
@@ -209,6 +219,7 @@ impl Storage {
             secret,
         } = new;
         require_scope(p, surface, Access::Admin)?;
+        self.check_bucket_limit(&p.org_id).await?;
         let row = match self
             .store
             .insert_bucket(&p.org_id, name.as_str(), surface.as_str(), secret)

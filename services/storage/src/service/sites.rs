@@ -153,6 +153,8 @@ impl Storage {
                 "a deployment needs at least one file",
             ));
         }
+        let total: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+        self.check_bytes_limit(&bucket.org_id, total).await?;
         let files = self.store_files(files).await?.into_values().collect();
         self.record_deployment(ctx, &bucket, files, activate, "static.deploy")
             .await
@@ -183,6 +185,7 @@ impl Storage {
                 self.limits.max_deployment_bytes
             )));
         }
+        self.check_bytes_limit(&bucket.org_id, total).await?;
         self.record_deployment(
             ctx,
             &bucket,
