@@ -278,6 +278,29 @@ pub enum UsersCommand {
         /// User id or username.
         user: String,
     },
+    /// Disable an account: no login, and none of its sessions or tokens work.
+    Disable {
+        /// User id or username.
+        user: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// User id or username.
+        user: String,
+    },
+    /// Set a member's scopes in your org (replaces them; never more than yours).
+    Scopes {
+        /// User id or username.
+        user: String,
+        /// Scope (repeat, or separate with commas).
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// End a member's membership in your org (not their account's own org).
+    Remove {
+        /// User id or username.
+        user: String,
+    },
 }
 
 /// `lattice groups ...`.
@@ -383,6 +406,15 @@ pub enum SsoCommand {
         /// Accept logins whose email the provider does not say is verified.
         #[arg(long)]
         allow_unverified_email: bool,
+        /// Create the user on their first login (default: only pre-created users).
+        #[arg(long)]
+        create_users: bool,
+        /// With --create-users: a scope of the users it creates (repeat).
+        #[arg(long = "new-user-scope", requires = "create_users")]
+        new_user_scopes: Vec<String>,
+        /// With --create-users: a group they join (repeat).
+        #[arg(long = "new-user-group", requires = "create_users")]
+        new_user_groups: Vec<String>,
     },
     /// The providers, with their redirect URLs.
     #[command(visible_alias = "ls")]

@@ -1091,3 +1091,80 @@ async fn https_public_url_keeps_cookies_secure_behind_a_proxy() {
     );
     s.stop().await;
 }
+
+/// A disabled account cannot log in (it is told so only after its password), its
+/// tokens stop working, its sessions end; enabled again, its tokens work again.
+/// Only an administrator of its home org who outranks it may do this, not on
+/// themself.
+#[tokio::test]
+async fn disabled_accounts_are_refused_everywhere() {
+    for backend in testing::backends() {
+        let s = TestServer::start(backend).await;
+        let admin = s.admin_token(&["*"]).await;
+        let dave = s.user_token("dave", &["kv:read"]).await;
+        let (_, users) = s.call("GET", "/api/v1/users", &admin, None).await;
+        let id = users["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == "dave")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, b) = s
+            .call("POST", &format!("/api/v1/users/{id}/disable"), &dave, None)
+            .await;
+        assert_eq!(status, 403, "{b}");
+        let me = s.call("GET", "/api/v1/auth/me", &admin, None).await.1;
+        let (status, b) = s
+            .call(
+                "POST",
+                &format!("/api/v1/users/{}/disable", me["user_id"].as_str().unwrap()),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "{b}");
+
+        let (status, b) = s
+            .call("POST", &format!("/api/v1/users/{id}/disable"), &admin, None)
+            .await;
+        assert_eq!((status, b["disabled"].as_bool()), (200, Some(true)), "{b}");
+        let (status, _) = s.call("GET", "/api/v1/auth/me", &dave, None).await;
+        assert_eq!(status, 401, "a disabled account's token stops");
+        let resp = s
+            .http
+            .post(s.url("/api/v1/auth/login"))
+            .json(&json!({"username": "dave", "password": "user-password-1234"}))
+            .send()
+            .await
+            .unwrap();
+        let (status, b) = json(resp).await;
+        assert_eq!(status, 403, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("disabled"),
+            "{b}"
+        );
+        let resp = s
+            .http
+            .post(s.url("/api/v1/auth/login"))
+            .json(&json!({"username": "dave", "password": "not-the-password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            401,
+            "a wrong password does not learn that it is disabled"
+        );
+
+        let (status, b) = s
+            .call("POST", &format!("/api/v1/users/{id}/enable"), &admin, None)
+            .await;
+        assert_eq!((status, b["disabled"].as_bool()), (200, Some(false)), "{b}");
+        let (status, _) = s.call("GET", "/api/v1/auth/me", &dave, None).await;
+        assert_eq!(status, 200, "enabled again, its token works");
+        s.stop().await;
+    }
+}

@@ -858,6 +858,18 @@ fn cli_orgs_and_switching() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a member of org \"gamma\""));
     ok(&lattice(&config, &["org", "use", "default"], &[]));
 
+    // Accounts: disabled and enabled again by name.
+    ok(&lattice(
+        &config,
+        &["users", "create", "gina", "--scope", "kv:read"],
+        &[("LATTICE_NEW_PASSWORD", "gina-password-123")],
+    ));
+    ok(&lattice(&config, &["users", "disable", "gina"], &[]));
+    let list = ok(&lattice(&config, &["users", "list"], &[]));
+    let gina = list.lines().find(|l| l.contains("gina")).unwrap();
+    assert!(gina.trim_end().ends_with("yes"), "{list}");
+    ok(&lattice(&config, &["users", "enable", "gina"], &[]));
+
     // An org in use by nothing is deleted without --force.
     ok(&lattice(&config, &["orgs", "delete", "beta"], &[]));
     let list = ok(&lattice(&config, &["orgs", "list"], &[]));

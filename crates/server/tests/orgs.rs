@@ -809,6 +809,10 @@ async fn every_route_hides_another_orgs_objects() {
                 json!({"scopes": ["*"]}),
             ),
             ("post", "/api/v1/users/{id}/unlock") => nf(&format!("/api/v1/users/{b_user}/unlock")),
+            ("post", "/api/v1/users/{id}/disable") => {
+                nf(&format!("/api/v1/users/{b_user}/disable"))
+            }
+            ("post", "/api/v1/users/{id}/enable") => nf(&format!("/api/v1/users/{b_user}/enable")),
             _ => panic!(
                 "{} {template}: a route with no isolation probe; add one to this table",
                 method.to_uppercase()

@@ -366,3 +366,162 @@ async fn key_rotation_needs_no_restart_and_unknown_keys_are_refused() {
     assert!(page.body.contains("does not verify"), "{}", page.body);
     s.stop().await;
 }
+
+/// A provider that creates users: the first login makes the account with the
+/// provider's scopes and groups. A disabled account is refused, and so is an ID
+/// token whose nonce is not the one the login asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_login_creates_users_and_refusals_name_why() {
+    if !available() {
+        return;
+    }
+    let s = TestServer::start(Backend::Sqlite).await;
+    let admin = s.admin_token(&["*"]).await;
+    let callback = s.url("/api/v1/auth/sso/corp/callback");
+    let op = OpenIdProvider::start(
+        &client(&callback),
+        &json!({
+            "erin": {"email": "erin@example.com", "email_verified": true},
+            "frank": {"email": "frank@example.com", "email_verified": true}
+        }),
+    );
+    let (status, _) = s
+        .call(
+            "POST",
+            "/api/v1/groups",
+            &admin,
+            Some(json!({"name": "ops"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let provider = |extra: serde_json::Value| {
+        let mut p = json!({"name": "corp", "issuer": op.issuer, "client_id": "lattice", "client_secret": SECRET});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    // What created users get is checked when the provider is saved.
+    for (extra, status, says) in [
+        (
+            json!({"new_user_scopes": ["nodes:read"]}),
+            400,
+            "create_users",
+        ),
+        (
+            json!({"create_users": true, "new_user_groups": ["admins"]}),
+            400,
+            "admins",
+        ),
+        (
+            json!({"create_users": true, "new_user_groups": ["nope"]}),
+            400,
+            "no group",
+        ),
+        (
+            json!({"create_users": true, "new_user_scopes": ["orgs:admin"]}),
+            403,
+            "exceed",
+        ),
+    ] {
+        let (got, b) = s
+            .call(
+                "POST",
+                "/api/v1/sso/providers",
+                &admin,
+                Some(provider(extra)),
+            )
+            .await;
+        assert_eq!(got, status, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(says),
+            "{b}"
+        );
+    }
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/sso/providers",
+            &admin,
+            Some(provider(json!({"create_users": true, "new_user_scopes": ["nodes:read"], "new_user_groups": ["ops"]}))),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    assert_eq!(b["new_user_groups"], json!(["ops"]));
+
+    let ca = s.data_dir.path.join("tls/ca.pem");
+    let start = s.url("/api/v1/auth/sso/corp/start");
+    // Erin has no account: the first login makes it.
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "erin").await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let me = browser
+        .send(reqwest::Method::GET, &s.url("/api/v1/auth/me"), None)
+        .await;
+    let me: serde_json::Value = serde_json::from_str(&me.body).unwrap();
+    assert_eq!(me["username"], "erin@example.com");
+    assert_eq!(me["scopes"], json!(["nodes:read"]));
+    let (_, ops) = s.call("GET", "/api/v1/groups/ops", &admin, None).await;
+    assert_eq!(ops["members"], json!(["erin@example.com"]));
+    // A second login finds the account by subject; no second account.
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "erin").await;
+    assert_eq!(
+        browser.send(reqwest::Method::GET, &back, None).await.status,
+        303
+    );
+
+    // Disabled: refused, saying so; enabled again: in.
+    let erin = me["user_id"].as_str().unwrap().to_owned();
+    let (status, b) = s
+        .call(
+            "POST",
+            &format!("/api/v1/users/{erin}/disable"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!((status, b["disabled"].as_bool()), (200, Some(true)), "{b}");
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "erin").await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("disabled"), "{}", page.body);
+    let (status, _) = s
+        .call(
+            "POST",
+            &format!("/api/v1/users/{erin}/enable"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "erin").await;
+    assert_eq!(
+        browser.send(reqwest::Method::GET, &back, None).await.status,
+        303
+    );
+
+    // An ID token carrying another nonce than the login's: refused.
+    let mut browser = Browser::new(&ca);
+    let back = browser.log_in_at_provider(&start, "frank").await;
+    let db = lattice_core::db::Db::connect(&s.database_url, 1)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE identity_sso_logins SET nonce = 'not-the-nonce-the-provider-saw'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    let page = browser.send(reqwest::Method::GET, &back, None).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.to_lowercase().contains("nonce"), "{}", page.body);
+    let (_, users) = s.call("GET", "/api/v1/users", &admin, None).await;
+    assert!(
+        !users.to_string().contains("frank"),
+        "no account from a refused login"
+    );
+    s.stop().await;
+}

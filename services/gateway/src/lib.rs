@@ -358,6 +358,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(routes::groups::add_member).delete(routes::groups::remove_member),
         )
         .route("/api/v1/users/{id}/unlock", post(routes::users::unlock))
+        .route("/api/v1/users/{id}/disable", post(routes::users::disable))
+        .route("/api/v1/users/{id}/enable", post(routes::users::enable))
         .route(
             "/api/v1/users/{id}/password",
             post(routes::users::set_password),

@@ -49,6 +49,8 @@ use crate::routes;
         routes::users::create,
         routes::users::list,
         routes::users::unlock,
+        routes::users::disable,
+        routes::users::enable,
         routes::users::set_password,
         routes::groups::list,
         routes::groups::create,

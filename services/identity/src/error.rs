@@ -63,6 +63,9 @@ pub enum IdentityError {
     /// An org's limit would be passed; names the limit.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The account is disabled (said only after its password or provider login).
+    #[error("this account is disabled; an administrator of its org can enable it")]
+    Disabled,
     /// The database failed.
     #[error("identity database")]
     Db(#[from] sqlx::Error),
@@ -92,7 +95,7 @@ impl CodedError for IdentityError {
             | Self::InvalidCode
             | Self::InvalidCredential => ErrorCode::Unauthenticated,
             Self::Locked { .. } | Self::Throttled { .. } => ErrorCode::RateLimited,
-            Self::MissingScope(_) | Self::Forbidden(_) | Self::WrongCaller(_) => {
+            Self::MissingScope(_) | Self::Forbidden(_) | Self::WrongCaller(_) | Self::Disabled => {
                 ErrorCode::PermissionDenied
             }
             Self::NotFound(_) => ErrorCode::NotFound,

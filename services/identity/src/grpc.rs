@@ -63,6 +63,7 @@ fn user_pb(u: UserRow) -> pb::User {
         totp_enabled: u.totp_enabled,
         created_at_ms: u.created_at_ms,
         locked_until_ms: u.locked_until_ms,
+        disabled_at_ms: u.disabled_at_ms,
     }
 }
 
@@ -443,6 +444,8 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             },
             require_verified_email: r.require_verified_email,
             create_users: r.create_users,
+            new_user_scopes: r.new_user_scopes,
+            new_user_groups: r.new_user_groups,
         };
         let p = self
             .identity
@@ -743,6 +746,20 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         Ok(Response::new(user_pb(user)))
     }
 
+    async fn set_user_disabled(
+        &self,
+        req: Request<pb::SetUserDisabledRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let ctx = context_of(&req)?;
+        let m = req.into_inner();
+        let user = self
+            .identity
+            .set_user_disabled(&ctx, &m.user_id, m.disabled)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(user_pb(user)))
+    }
+
     async fn remove_member(
         &self,
         req: Request<pb::RemoveMemberRequest>,
@@ -809,5 +826,7 @@ fn sso_pb(p: crate::service::sso::SsoProvider) -> pb::SsoProvider {
         create_users: p.create_users,
         created_at_ms: p.created_at_ms,
         created_by: p.created_by,
+        new_user_scopes: p.new_user_scopes,
+        new_user_groups: p.new_user_groups,
     }
 }

@@ -17,11 +17,12 @@ const SSO: &str = include_str!("migrations/0004_sso.sql");
 const SSO_LOGINS: &str = include_str!("migrations/0005_sso_logins.sql");
 const SSO_CLI: &str = include_str!("migrations/0006_sso_cli.sql");
 const ORGS: &str = include_str!("migrations/0007_orgs.sql");
+const USER_DISABLED: &str = include_str!("migrations/0008_user_disabled.sql");
 
 /// The identity service's migrations (one script each for both backends; the
 /// placeholders of `lattice_core::db::Migration` stand for what differs).
 pub fn migrations() -> MigrationSet {
-    static SET: [Migration; 7] = [
+    static SET: [Migration; 8] = [
         Migration {
             version: 1,
             name: "orgs, users, sessions, tokens, audit",
@@ -64,6 +65,12 @@ pub fn migrations() -> MigrationSet {
             sqlite: ORGS,
             postgres: ORGS,
         },
+        Migration {
+            version: 8,
+            name: "disabled accounts; scopes and groups of users a provider creates",
+            sqlite: USER_DISABLED,
+            postgres: USER_DISABLED,
+        },
     ];
     MigrationSet {
         component: "identity",
@@ -96,6 +103,8 @@ pub struct UserRow {
     pub locked_until_ms: i64,
     /// Created.
     pub created_at_ms: i64,
+    /// When the account was disabled (0: it is not).
+    pub disabled_at_ms: i64,
 }
 
 type UserTuple = (
@@ -110,12 +119,13 @@ type UserTuple = (
     i64,
     i64,
     i64,
+    i64,
 );
 /// Column list shared by the queries below (a literal, so queries stay `&'static str`):
 /// the account `u` joined with a membership `m`.
 macro_rules! user_cols {
     () => {
-        "u.id, m.org_id, u.org_id, u.username, u.password_hash, m.scopes, u.totp_sealed, u.totp_enabled, u.failed_logins, u.locked_until_ms, u.created_at_ms \
+        "u.id, m.org_id, u.org_id, u.username, u.password_hash, m.scopes, u.totp_sealed, u.totp_enabled, u.failed_logins, u.locked_until_ms, u.created_at_ms, u.disabled_at_ms \
          FROM identity_users u JOIN identity_memberships m ON m.user_id = u.id"
     };
 }
@@ -136,6 +146,7 @@ fn user_from(t: UserTuple) -> UserRow {
         failed_logins: t.8,
         locked_until_ms: t.9,
         created_at_ms: t.10,
+        disabled_at_ms: t.11,
     }
 }
 
@@ -364,6 +375,7 @@ impl Store {
             failed_logins: 0,
             locked_until_ms: 0,
             created_at_ms: now,
+            disabled_at_ms: 0,
         })
     }
 
@@ -452,6 +464,19 @@ impl Store {
             .bind(now_ms())
             .execute(self.db.pool())
             .await?;
+        Ok(())
+    }
+
+    /// Disable an account (at `at_ms`) or enable it (0).
+    pub async fn set_disabled(&self, user_id: &str, at_ms: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE identity_users SET disabled_at_ms = $2, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(at_ms)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
         Ok(())
     }
 
@@ -600,7 +625,7 @@ impl Store {
              FROM identity_sessions s JOIN identity_users u ON u.id = s.user_id \
              JOIN identity_memberships m ON m.org_id = s.org_id AND m.user_id = s.user_id \
              JOIN identity_orgs o ON o.id = s.org_id \
-             WHERE s.secret_hash = $1 AND o.deleting_at_ms = 0",
+             WHERE s.secret_hash = $1 AND o.deleting_at_ms = 0 AND u.disabled_at_ms = 0",
         )
         .bind(secret_hash)
         .fetch_optional(self.db.pool())
@@ -672,7 +697,7 @@ impl Store {
              FROM identity_tokens t JOIN identity_users u ON u.id = t.user_id \
              JOIN identity_memberships m ON m.org_id = t.org_id AND m.user_id = t.user_id \
              JOIN identity_orgs o ON o.id = t.org_id \
-             WHERE t.secret_hash = $1 AND o.deleting_at_ms = 0",
+             WHERE t.secret_hash = $1 AND o.deleting_at_ms = 0 AND u.disabled_at_ms = 0",
         )
         .bind(secret_hash)
         .fetch_optional(self.db.pool())

@@ -75,6 +75,9 @@ pub async fn run(ctx: &Ctx, cmd: SsoCommand) -> anyhow::Result<()> {
             scopes,
             username_claim,
             allow_unverified_email,
+            create_users,
+            new_user_scopes,
+            new_user_groups,
         } => {
             let secret = crate::prompt::secret(
                 "client secret: ",
@@ -84,7 +87,9 @@ pub async fn run(ctx: &Ctx, cmd: SsoCommand) -> anyhow::Result<()> {
             let mut body = json!({"name": name, "issuer": issuer, "client_id": client_id,
                 "client_secret": secret, "display_name": display_name.unwrap_or_default(),
                 "username_claim": username_claim,
-                "require_verified_email": !allow_unverified_email});
+                "require_verified_email": !allow_unverified_email,
+                "create_users": create_users, "new_user_scopes": new_user_scopes,
+                "new_user_groups": new_user_groups});
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);
             }

@@ -21,6 +21,8 @@ struct User {
     totp_enabled: bool,
     created_at_ms: i64,
     locked_until_ms: Option<i64>,
+    #[serde(default)]
+    disabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +38,7 @@ fn table(users: Vec<User>) -> Table {
         "TOTP",
         "CREATED",
         "LOCKED UNTIL",
+        "DISABLED",
     ]);
     for u in users {
         t.row(vec![
@@ -45,6 +48,7 @@ fn table(users: Vec<User>) -> Table {
             if u.totp_enabled { "on" } else { "off" }.to_owned(),
             format_ms(u.created_at_ms),
             format_opt_ms(u.locked_until_ms, "-"),
+            if u.disabled { "yes" } else { "" }.to_owned(),
         ]);
     }
     t
@@ -98,6 +102,40 @@ pub async fn run(ctx: &Ctx, cmd: UsersCommand) -> anyhow::Result<()> {
             ctx.show(&answer, |u: User| table(vec![u]))?;
             eprintln!("unlocked user {user}");
         }
+        UsersCommand::Disable { user } => {
+            let id = resolve(&api, &user).await?;
+            let answer = api
+                .post(&format!("/api/v1/users/{}/disable", segment(&id)?), None)
+                .await?;
+            ctx.show(&answer, |u: User| table(vec![u]))?;
+            eprintln!("disabled user {user}");
+        }
+        UsersCommand::Enable { user } => {
+            let id = resolve(&api, &user).await?;
+            let answer = api
+                .post(&format!("/api/v1/users/{}/enable", segment(&id)?), None)
+                .await?;
+            ctx.show(&answer, |u: User| table(vec![u]))?;
+            eprintln!("enabled user {user}");
+        }
+        UsersCommand::Scopes { user, scopes } => {
+            let id = resolve(&api, &user).await?;
+            let answer = api
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/users/{}/scopes", segment(&id)?),
+                    Some(&serde_json::json!({"scopes": scopes})),
+                )
+                .await?
+                .body;
+            ctx.show(&answer, |u: User| table(vec![u]))?;
+        }
+        UsersCommand::Remove { user } => {
+            let id = resolve(&api, &user).await?;
+            api.delete(&format!("/api/v1/users/{}/membership", segment(&id)?))
+                .await?;
+            eprintln!("removed {user} from this org");
+        }
     }
     Ok(())
 }
@@ -117,13 +155,13 @@ mod tests {
     fn user_lists_render() {
         let body = json!({"users": [{
             "id": "u1", "username": "ops", "org_id": "o1", "scopes": ["kv:read", "nodes:read"],
-            "totp_enabled": true, "created_at_ms": 0, "locked_until_ms": null
+            "totp_enabled": true, "created_at_ms": 0, "locked_until_ms": null, "disabled": true
         }]});
         let list: UserList = parse(&body).unwrap();
         assert_eq!(
             table(list.users).render(),
-            "ID  USERNAME  SCOPES              TOTP  CREATED               LOCKED UNTIL\n\
-             u1  ops       kv:read,nodes:read  on    1970-01-01 00:00:00Z  -\n"
+            "ID  USERNAME  SCOPES              TOTP  CREATED               LOCKED UNTIL  DISABLED\n\
+             u1  ops       kv:read,nodes:read  on    1970-01-01 00:00:00Z  -             yes\n"
         );
     }
 }

@@ -45,6 +45,12 @@ pub struct CreateSsoProvider {
     /// Create the user on first login (default false: only pre-created users).
     #[serde(default)]
     pub create_users: bool,
+    /// With `create_users`: the scopes of the users it creates (within yours).
+    #[serde(default)]
+    pub new_user_scopes: Vec<String>,
+    /// With `create_users`: groups of your org (not `admins`) they join.
+    #[serde(default)]
+    pub new_user_groups: Vec<String>,
 }
 
 /// A provider, with the redirect URL to register at it.
@@ -59,6 +65,10 @@ pub struct SsoProvider {
     pub username_claim: String,
     pub require_verified_email: bool,
     pub create_users: bool,
+    /// Scopes of the users it creates.
+    pub new_user_scopes: Vec<String>,
+    /// Groups the users it creates join.
+    pub new_user_groups: Vec<String>,
     /// Register this exact URL as the client's redirect URI at the provider.
     pub redirect_url: String,
     pub created_at_ms: i64,
@@ -84,6 +94,8 @@ fn provider(p: pb::SsoProvider, base: &str) -> SsoProvider {
         username_claim: p.username_claim,
         require_verified_email: p.require_verified_email,
         create_users: p.create_users,
+        new_user_scopes: p.new_user_scopes,
+        new_user_groups: p.new_user_groups,
         created_at_ms: p.created_at_ms,
         created_by: p.created_by,
     }
@@ -125,6 +137,8 @@ pub async fn create(
                 username_claim: body.username_claim.unwrap_or_default(),
                 require_verified_email: body.require_verified_email.unwrap_or(true),
                 create_users: body.create_users,
+                new_user_scopes: body.new_user_scopes,
+                new_user_groups: body.new_user_groups,
             },
         ))
         .await?

@@ -45,6 +45,8 @@ pub struct User {
     pub created_at_ms: i64,
     /// Locked until (null: not locked).
     pub locked_until_ms: Option<i64>,
+    /// Disabled: no login, and no credential of the account works.
+    pub disabled: bool,
 }
 
 /// User list.
@@ -64,6 +66,7 @@ pub(crate) fn user(u: pb::User) -> User {
         totp_enabled: u.totp_enabled,
         created_at_ms: u.created_at_ms,
         locked_until_ms: (u.locked_until_ms > now).then_some(u.locked_until_ms),
+        disabled: u.disabled_at_ms != 0,
     }
 }
 
@@ -130,6 +133,58 @@ pub async fn unlock(
         .await?
         .into_inner();
     Ok(Json(user(u)))
+}
+
+async fn set_disabled(
+    state: &AppState,
+    caller: &Caller,
+    id: String,
+    disabled: bool,
+) -> Result<Json<User>, ApiError> {
+    caller.require("users:admin")?;
+    let u = state
+        .identity
+        .clone()
+        .set_user_disabled(caller.request(
+            state,
+            pb::SetUserDisabledRequest {
+                user_id: id.clone(),
+                disabled,
+            },
+        ))
+        .await?
+        .into_inner();
+    crate::caller::evict_user(state, &id);
+    Ok(Json(user(u)))
+}
+
+/// Disable an account (`users:admin` of its home org, outranking it): no login,
+/// no session or token of it works; its sessions end.
+#[utoipa::path(post, path = "/api/v1/users/{id}/disable", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = User),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `users:admin`, a user with scopes beyond yours or of another org, or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such user in your org"),
+        (status = 409, body = crate::error::ErrorBody, description = "Yourself")))]
+pub async fn disable(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    set_disabled(&state, &caller, id, true).await
+}
+
+/// Enable a disabled account again (`users:admin` of its home org).
+#[utoipa::path(post, path = "/api/v1/users/{id}/enable", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = User),
+        (status = 403, body = crate::error::ErrorBody, description = "Missing `users:admin`, a user with scopes beyond yours or of another org, or no `X-CSRF-Token`"),
+        (status = 404, body = crate::error::ErrorBody, description = "No such user in your org"),
+        (status = 409, body = crate::error::ErrorBody, description = "Yourself")))]
+pub async fn enable(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    set_disabled(&state, &caller, id, false).await
 }
 
 /// Set another user's password.

@@ -234,8 +234,21 @@ impl Identity {
                 });
             }
         };
-        // The password was right: only now may the answer say whether the user
-        // belongs to the org asked for.
+        // The password was right: only now may the answer say that the account is
+        // disabled, or whether the user belongs to the org asked for.
+        if user.disabled_at_ms != 0 {
+            self.audit(
+                client.actor(&user),
+                "auth.login",
+                &user.id,
+                Outcome::Failure,
+                serde_json::json!({"reason": "disabled"}),
+            )
+            .await;
+            self.store.clear_failures(&user.id).await?;
+            self.release_ip_attempt(&client.ip).await;
+            return Err(IdentityError::Disabled);
+        }
         let user = if org.is_empty() {
             user
         } else {
@@ -296,6 +309,9 @@ impl Identity {
         }
         if !user.totp_enabled {
             return Err(IdentityError::InvalidMfaToken);
+        }
+        if user.disabled_at_ms != 0 {
+            return Err(IdentityError::Disabled);
         }
         let attempt = self.reserve_attempt(&user).await?;
         if !self.check_code(&user, code).await? {

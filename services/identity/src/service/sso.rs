@@ -33,6 +33,10 @@ pub struct SsoProvider {
     pub require_verified_email: bool,
     /// Create the user on first login (off: bind pre-created users only).
     pub create_users: bool,
+    /// The scopes of users created on first login.
+    pub new_user_scopes: Vec<String>,
+    /// The groups users created on first login join.
+    pub new_user_groups: Vec<String>,
     /// When, and by whom.
     pub created_at_ms: i64,
     pub created_by: String,
@@ -50,11 +54,13 @@ pub struct NewSsoProvider {
     pub username_claim: String,
     pub require_verified_email: bool,
     pub create_users: bool,
+    pub new_user_scopes: Vec<String>,
+    pub new_user_groups: Vec<String>,
 }
 
 macro_rules! sso_cols {
     () => {
-        "id, name, display_name, issuer, client_id, scopes, username_claim, require_verified_email, create_users, created_at_ms, created_by"
+        "id, name, display_name, issuer, client_id, scopes, username_claim, require_verified_email, create_users, created_at_ms, created_by, new_user_scopes, new_user_groups"
     };
 }
 
@@ -70,6 +76,10 @@ fn provider(row: &sqlx::any::AnyRow) -> std::result::Result<SsoProvider, sqlx::E
         username_claim: row.try_get("username_claim")?,
         require_verified_email: row.try_get::<i64, _>("require_verified_email")? != 0,
         create_users: row.try_get::<i64, _>("create_users")? != 0,
+        new_user_scopes: serde_json::from_str(&row.try_get::<String, _>("new_user_scopes")?)
+            .unwrap_or_default(),
+        new_user_groups: serde_json::from_str(&row.try_get::<String, _>("new_user_groups")?)
+            .unwrap_or_default(),
         created_at_ms: row.try_get("created_at_ms")?,
         created_by: row.try_get("created_by")?,
     })
@@ -220,6 +230,41 @@ impl Identity {
         require_scope(&ctx.principal, "users:admin")?;
         check(&p)?;
         let org = ctx.principal.org_id.clone();
+        // Users it creates get no more than the admin who configured it holds, and
+        // join groups that exist.
+        let new_user_scopes = super::validate_scopes(&p.new_user_scopes)
+            .map_err(|_| IdentityError::invalid("new_user_scopes", "an unknown scope"))?;
+        if !lattice_core::scope::all_covered(&ctx.principal.scopes, &new_user_scopes) {
+            return Err(IdentityError::Forbidden(
+                "new_user_scopes cannot exceed yours".into(),
+            ));
+        }
+        if !p.create_users && (!new_user_scopes.is_empty() || !p.new_user_groups.is_empty()) {
+            return Err(IdentityError::invalid(
+                "new_user_scopes",
+                "new_user_scopes and new_user_groups need create_users",
+            ));
+        }
+        for g in &p.new_user_groups {
+            let name = crate::input::GroupName::parse(g)?;
+            if name.is_admins() {
+                return Err(IdentityError::invalid(
+                    "new_user_groups",
+                    "users created by a provider cannot join admins",
+                ));
+            }
+            if self
+                .store
+                .group_by_name(&org, name.as_str())
+                .await?
+                .is_none()
+            {
+                return Err(IdentityError::invalid(
+                    "new_user_groups",
+                    format!("no group {g:?} in this org"),
+                ));
+            }
+        }
         let well_known = format!(
             "{}/.well-known/openid-configuration",
             p.issuer.trim_end_matches('/')
@@ -239,6 +284,8 @@ impl Identity {
             username_claim: p.username_claim.clone(),
             require_verified_email: p.require_verified_email,
             create_users: p.create_users,
+            new_user_scopes,
+            new_user_groups: p.new_user_groups.clone(),
             created_at_ms: now_ms(),
             created_by: ctx.principal.username.clone(),
         };
@@ -248,7 +295,7 @@ impl Identity {
         let inserted = sqlx::query(concat!(
             "INSERT INTO identity_sso_providers (",
             sso_cols!(),
-            ", org_id, client_secret_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ", org_id, client_secret_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&row.id)
         .bind(&row.name)
@@ -261,6 +308,8 @@ impl Identity {
         .bind(i64::from(row.create_users))
         .bind(row.created_at_ms)
         .bind(&row.created_by)
+        .bind(serde_json::to_string(&row.new_user_scopes).unwrap_or_default())
+        .bind(serde_json::to_string(&row.new_user_groups).unwrap_or_default())
         .bind(&org)
         .bind(sealed)
         .execute(self.store.db().pool())
@@ -281,7 +330,8 @@ impl Identity {
             &row.name,
             Outcome::Success,
             serde_json::json!({"issuer": row.issuer, "client_id": row.client_id,
-                "create_users": row.create_users}),
+                "create_users": row.create_users, "new_user_scopes": row.new_user_scopes,
+                "new_user_groups": row.new_user_groups}),
         )
         .await;
         Ok(row)

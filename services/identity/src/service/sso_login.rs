@@ -71,6 +71,10 @@ struct Configured {
     username_claim: String,
     require_verified_email: bool,
     id: String,
+    /// Create users on first login, with these scopes and groups.
+    create_users: bool,
+    new_user_scopes: Vec<String>,
+    new_user_groups: Vec<String>,
 }
 
 fn refused(why: &str) -> IdentityError {
@@ -89,7 +93,8 @@ fn return_to_ok(r: &str) -> bool {
 impl Identity {
     async fn configured(&self, org_id: &str, name: &str) -> Result<Configured> {
         let row = sqlx::query(
-            "SELECT id, issuer, client_id, client_secret_sealed, scopes, username_claim, require_verified_email \
+            "SELECT id, issuer, client_id, client_secret_sealed, scopes, username_claim, require_verified_email, \
+             create_users, new_user_scopes, new_user_groups \
              FROM identity_sso_providers WHERE org_id = $1 AND name = $2",
         )
         .bind(org_id)
@@ -111,7 +116,58 @@ impl Identity {
             scopes: serde_json::from_str(&scopes).unwrap_or_default(),
             username_claim: row.try_get("username_claim")?,
             require_verified_email: row.try_get::<i64, _>("require_verified_email")? != 0,
+            create_users: row.try_get::<i64, _>("create_users")? != 0,
+            new_user_scopes: serde_json::from_str(&row.try_get::<String, _>("new_user_scopes")?)
+                .unwrap_or_default(),
+            new_user_groups: serde_json::from_str(&row.try_get::<String, _>("new_user_groups")?)
+                .unwrap_or_default(),
         })
+    }
+
+    /// A provider that creates users made `username` log in for the first time:
+    /// the account, in the provider's org, with the provider's scopes and groups and
+    /// no usable password (it logs in through the provider). Err: why not.
+    async fn create_sso_user(
+        &self,
+        org_id: &str,
+        username: &str,
+        c: &Configured,
+        client: &ClientInfo,
+        provider: &str,
+    ) -> std::result::Result<crate::store::UserRow, String> {
+        let name = crate::input::Username::parse(username)
+            .map_err(|e| format!("{username:?} cannot be a username ({e})"))?;
+        // A password nobody knows: the account logs in through the provider.
+        let unusable = random_secret("");
+        let hash = self
+            .passwords
+            .hash(unusable)
+            .await
+            .map_err(|e| format!("hashing: {e}"))?;
+        let groups: Vec<&str> = c.new_user_groups.iter().map(String::as_str).collect();
+        let user = match self
+            .store
+            .insert_user_in_groups(org_id, name.as_str(), &hash, &c.new_user_scopes, &groups)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) if lattice_core::db::Db::is_unique_violation(&e) => {
+                return Err(format!(
+                    "{username:?} is the username of an account in another org"
+                ));
+            }
+            Err(e) => return Err(format!("creating the user: {e}")),
+        };
+        self.audit(
+            client.actor(&user),
+            "user.create",
+            &user.id,
+            Outcome::Success,
+            serde_json::json!({"username": user.username, "scopes": user.scopes,
+                "groups": c.new_user_groups, "via": "sso", "provider": provider}),
+        )
+        .await;
+        Ok(user)
     }
 
     /// The provider's discovery document and keys: cached, or fetched (`fresh`:
@@ -423,14 +479,32 @@ impl Identity {
                     .await);
                 };
                 // A member of the provider's org (its home or an org it joined).
-                let user = self.store.member_by_username(&org_id, &wanted).await?;
-                let Some(user) = user else {
+                let user = match self.store.member_by_username(&org_id, &wanted).await? {
+                    Some(u) => u,
+                    None if c.create_users => {
+                        match self
+                            .create_sso_user(&org_id, &wanted, &c, client, name)
+                            .await
+                        {
+                            Ok(u) => u,
+                            Err(why) => return Err(fail(org_id.clone(), why).await),
+                        }
+                    }
+                    None => {
+                        return Err(fail(
+                            org_id.clone(),
+                            format!("no user {wanted:?} here: an admin creates it first"),
+                        )
+                        .await);
+                    }
+                };
+                if user.disabled_at_ms != 0 {
                     return Err(fail(
                         org_id.clone(),
-                        format!("no user {wanted:?} here: an admin creates it first"),
+                        format!("user {:?} is disabled", user.username),
                     )
                     .await);
-                };
+                }
                 let inserted = sqlx::query(
                     "INSERT INTO identity_sso_identities (issuer, subject, user_id, org_id, provider, bound_at_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -465,6 +539,13 @@ impl Identity {
                 user
             }
         };
+        if user.disabled_at_ms != 0 {
+            return Err(fail(
+                org_id.clone(),
+                format!("user {:?} is disabled", user.username),
+            )
+            .await);
+        }
         if let Some(retry_after_s) = Self::lock_remaining_s(&user) {
             return Err(IdentityError::Locked { retry_after_s });
         }

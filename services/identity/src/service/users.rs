@@ -4,6 +4,7 @@
 use lattice_core::audit::{Actor, Outcome};
 use lattice_core::auth::{Principal, RequestContext};
 use lattice_core::scope;
+use lattice_core::time::now_ms;
 use lattice_proto::events::v1::credential_revoked::Subject;
 
 use super::{
@@ -143,6 +144,53 @@ impl Identity {
         )
         .await;
         Ok(())
+    }
+
+    /// Disable an account or enable it again (`users:admin` of its home org,
+    /// outranking it; not yourself). Disabling ends its sessions in every org; its
+    /// tokens stop working until it is enabled.
+    pub async fn set_user_disabled(
+        &self,
+        ctx: &RequestContext,
+        user_id: &str,
+        disabled: bool,
+    ) -> Result<UserRow> {
+        let caller = &ctx.principal;
+        require_scope(caller, "users:admin")?;
+        if user_id == caller.sub {
+            return Err(IdentityError::Conflict(
+                "you cannot disable or enable yourself".into(),
+            ));
+        }
+        let user = self
+            .store
+            .user(&caller.org_id, user_id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("user {user_id:?}")))?;
+        require_outranks(caller, &user)?;
+        let at = if disabled { now_ms() } else { 0 };
+        self.store.set_disabled(&user.id, at).await?;
+        if disabled {
+            self.store.revoke_sessions_of(&user.id, "").await?;
+        }
+        self.announce_revoked(Subject::UserId(user.id.clone()))
+            .await;
+        self.audit(
+            Actor::of(ctx),
+            if disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            &user.id,
+            Outcome::Success,
+            serde_json::json!({"username": user.username}),
+        )
+        .await;
+        Ok(UserRow {
+            disabled_at_ms: at,
+            ..user
+        })
     }
 
     /// Lift a lockout (`users:admin`).
