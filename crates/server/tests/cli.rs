@@ -861,7 +861,7 @@ fn cli_orgs_and_switching() {
     // Accounts: disabled and enabled again by name.
     ok(&lattice(
         &config,
-        &["users", "create", "gina", "--scope", "kv:read"],
+        &["users", "create", "gina", "--scope", "kv:read,tokens:write"],
         &[("LATTICE_NEW_PASSWORD", "gina-password-123")],
     ));
     ok(&lattice(&config, &["users", "disable", "gina"], &[]));
@@ -869,6 +869,37 @@ fn cli_orgs_and_switching() {
     let gina = list.lines().find(|l| l.contains("gina")).unwrap();
     assert!(gina.trim_end().ends_with("yes"), "{list}");
     ok(&lattice(&config, &["users", "enable", "gina"], &[]));
+
+    // Gina is invited into beta by link, joins from her own login, acts there.
+    ok(&lattice(&config, &["org", "use", "beta"], &[]));
+    let link = ok(&lattice(
+        &config,
+        &[
+            "org",
+            "invite",
+            "gina",
+            "--scope",
+            "kv:read",
+            "--scope",
+            "tokens:write",
+        ],
+        &[],
+    ))
+    .trim()
+    .to_owned();
+    assert!(link.contains("#lati_"), "{link}");
+    ok(&lattice(&config, &["org", "use", "default"], &[]));
+    let gina = dir.path().join("gina/config.json");
+    ok(&lattice(
+        &gina,
+        &["login", "--server", &url, "-u", "gina"],
+        &[("LATTICE_PASSWORD", "gina-password-123")],
+    ));
+    ok(&lattice(&gina, &["org", "join", &link], &[]));
+    ok(&lattice(&gina, &["org", "use", "beta"], &[]));
+    let me = ok(&lattice(&gina, &["whoami", "-o", "json"], &[]));
+    assert!(me.contains("beta"), "{me}");
+    ok(&lattice(&gina, &["org", "use", "default"], &[]));
 
     // An org in use by nothing is deleted without --force.
     ok(&lattice(&config, &["orgs", "delete", "beta"], &[]));

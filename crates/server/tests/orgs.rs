@@ -903,6 +903,25 @@ async fn every_route_hides_another_orgs_objects() {
         failures.len(),
         failures.join("\n")
     );
+    // Host bindings stay unique across orgs: A cannot take B's host.
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/buckets",
+            &ta,
+            Some(json!({"name": "a-site", "surface": "static"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            &ta,
+            Some(json!({"host": "zqb.example.test", "bucket": "a-site"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{b}");
     // B's objects are all still there for B.
     let (status, b) = s.call("GET", "/api/v1/kv/zqb-kv/zqb-key", &tb, None).await;
     assert_eq!((status, b["value"].as_str()), (200, Some("zqb-value")));

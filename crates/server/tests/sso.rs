@@ -7,7 +7,7 @@ mod common;
 
 use common::TestServer;
 use common::oidc::{Browser, OpenIdProvider, available};
-use lattice_core::db::Backend;
+use lattice_core::db::{Backend, testing};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +144,13 @@ async fn users_log_in_through_the_provider() {
     if !available() {
         return;
     }
-    let s = TestServer::start(Backend::Sqlite).await;
+    for backend in testing::backends() {
+        users_log_in_on(backend).await;
+    }
+}
+
+async fn users_log_in_on(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let admin = s.admin_token(&["*"]).await;
     let callback = s.url("/api/v1/auth/sso/corp/callback");
     let op = OpenIdProvider::start(
@@ -375,7 +381,13 @@ async fn first_login_creates_users_and_refusals_name_why() {
     if !available() {
         return;
     }
-    let s = TestServer::start(Backend::Sqlite).await;
+    for backend in testing::backends() {
+        first_login_on(backend).await;
+    }
+}
+
+async fn first_login_on(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let admin = s.admin_token(&["*"]).await;
     let callback = s.url("/api/v1/auth/sso/corp/callback");
     let op = OpenIdProvider::start(
