@@ -122,6 +122,12 @@ impl MasterKey {
         Zeroizing::new(h.finalize().to_vec())
     }
 
+    /// A short public name of this key (16 hex characters of a one-way derivation):
+    /// tells two keys apart without revealing either.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.derive("lattice/master-key-fingerprint")[..8])
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new_from_slice(&*self.0).expect("a 32-byte key is a valid AES-256 key")
     }
@@ -240,6 +246,28 @@ impl Sealer {
         Ok(Self {
             cipher: Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Malformed)?,
         })
+    }
+
+    /// Whether `master` opens this database's data key, without creating one: Ok(true)
+    /// when it does, Ok(false) when the database has none yet, Err when it does not.
+    pub async fn check(db: &Db, master: &MasterKey) -> Result<bool, CryptoError> {
+        let existing: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT wrapped FROM lattice_data_keys WHERE id = $1")
+                .bind("primary")
+                .fetch_optional(db.pool())
+                .await?;
+        match existing {
+            None => Ok(false),
+            Some((wrapped,)) => {
+                Self::check_wrapped(master, &wrapped)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether `master` opens a data key as stored (`lattice_data_keys.wrapped`).
+    pub fn check_wrapped(master: &MasterKey, wrapped: &[u8]) -> Result<(), CryptoError> {
+        open_with(&master.cipher(), wrapped, "lattice/data-key").map(drop)
     }
 
     /// Seal `plaintext`; `aad` names where it lives (e.g. `identity.users.totp:<user id>`).

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod audit_forward;
+pub mod backup;
 pub mod ops;
 
 mod secrecy_expose {

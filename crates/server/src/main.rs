@@ -82,6 +82,20 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, print the effective non-secret values, exit.
     CheckConfig,
+    /// Write a consistent backup of this installation (the SQLite database, objects,
+    /// master key, TLS material) into a new directory; safe while the server runs.
+    Backup {
+        /// The directory to create (or an empty one).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Restore a backup into this installation's data dir, which must hold no
+    /// database yet. Checks everything (checksums, the master key) before writing.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -166,6 +180,36 @@ async fn async_main(
         );
     }
     let result = match command {
+        Command::Backup { to } => {
+            let r = lattice_server::backup::backup(&config, &to).await?;
+            println!(
+                "backed up {} files ({} bytes) to {}",
+                r.files,
+                r.bytes,
+                to.display()
+            );
+            if !r.database_included {
+                println!("the database is Postgres: back it up with pg_dump (docs/backup.md)");
+            }
+            if !r.master_key_included {
+                println!(
+                    "the master key comes from LATTICE_MASTER_KEY and is not in the backup: keep it in your secret manager"
+                );
+            }
+            Ok(())
+        }
+        Command::Restore { from } => {
+            let r = lattice_server::backup::restore(&config, &from).await?;
+            println!(
+                "restored {} files into {}",
+                r.files,
+                config.data_dir.display()
+            );
+            if !r.database_included {
+                println!("the backup holds no database: restore the Postgres dump with pg_restore");
+            }
+            Ok(())
+        }
         Command::Migrate => {
             let report = lattice_server::migrate(&config).await?;
             if report.applied.is_empty() {
