@@ -2,7 +2,8 @@
 # scripts/test.sh — the single command that runs every CI check for Lattice.
 #
 # Usage:
-#   scripts/test.sh                 fmt + clippy + API conformance + tests (what CI
+#   scripts/test.sh                 fmt + clippy + API conformance + deploy checks
+#                                   (scripts/check-deploy.sh) + tests (what CI
 #                                   runs, via .ci/run)
 #   scripts/test.sh --no-lint [ARGS...]
 #                                   skip fmt/clippy; any other ARGS are passed to
@@ -408,8 +409,17 @@ cargo build --workspace --bins --locked
 if [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]]; then
     banner "scripts/api-conformance.sh --no-build"
     bash scripts/api-conformance.sh --no-build
+    # What ships (Dockerfile, compose, systemd units, the Helm chart) and the
+    # image's build and run steps (a release build, started as the image's user).
+    banner "scripts/check-deploy.sh"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        bash scripts/check-deploy.sh
+    else
+        log "not root: the image run step needs setpriv as root; checking the rest"
+        bash scripts/check-deploy.sh --no-image
+    fi
 else
-    log "cargo test arguments given: skipping scripts/api-conformance.sh"
+    log "cargo test arguments given: skipping scripts/api-conformance.sh and scripts/check-deploy.sh"
 fi
 
 if [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]] && cargo nextest --version >/dev/null 2>&1; then

@@ -89,6 +89,10 @@ enum Command {
         #[arg(long)]
         to: std::path::PathBuf,
     },
+    /// Exit 0 when this process's `/health` answers 200 on loopback (the gateway's
+    /// port, or `ops_listen` for a process without the gateway): the container
+    /// health check, with nothing but this binary in the image.
+    Healthcheck,
     /// Restore a backup into this installation's data dir, which must hold no
     /// database yet. Checks everything (checksums, the master key) before writing.
     Restore {
@@ -180,6 +184,7 @@ async fn async_main(
         );
     }
     let result = match command {
+        Command::Healthcheck => healthcheck(&config, &roles).await,
         Command::Backup { to } => {
             let r = lattice_server::backup::backup(&config, &to).await?;
             println!(
@@ -319,4 +324,37 @@ fn print_banner(running: &lattice_server::Running) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
+}
+
+/// `GET /health` on loopback at the port this process serves it on; with TLS the
+/// handshake is not verified (a liveness probe on loopback sends no credential).
+async fn healthcheck(
+    config: &Config,
+    roles: &std::collections::BTreeSet<lattice_server::Role>,
+) -> anyhow::Result<()> {
+    let (port, tls) = match config.ops_listen {
+        Some(addr) if !roles.contains(&lattice_server::Role::Gateway) => (addr.port(), false),
+        _ => (
+            config.gateway.listen.port(),
+            config.gateway.tls != lattice_core::config::TlsMode::Off,
+        ),
+    };
+    let url = format!(
+        "{}://127.0.0.1:{port}/health",
+        if tls { "https" } else { "http" }
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .danger_accept_invalid_certs(tls)
+        .build()?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        anyhow::bail!("{url}: {}", resp.status());
+    }
+    println!("{url}: ok");
+    Ok(())
 }
