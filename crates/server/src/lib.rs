@@ -692,10 +692,17 @@ async fn start_tunnel(
     let tc = &shared.config.tunnel;
     let listener = bind(tc.listen, "tunnel.listen").await?;
     let addr = listener.local_addr()?;
-    let advertise = tc
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let advertise = tc.advertise_url.clone().unwrap_or_else(|| {
+        // Listening on every interface: advertise the address this host reaches
+        // others from (a container's or VM's private IP), not 0.0.0.0.
+        let host = if addr.ip().is_unspecified() {
+            outbound_ip().unwrap_or(addr.ip())
+        } else {
+            addr.ip()
+        };
+        format!("http://{}", SocketAddr::new(host, addr.port()))
+    });
+    tracing::info!(%advertise, "tunnel replicas reach this one at its advertise URL");
     let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
     // Seals the agent release signing key.
     let sealer = lattice_core::crypto::Sealer::open(&db, master).await?;
@@ -769,6 +776,15 @@ async fn start_tunnel(
     )
     .await?;
     Ok((addr, db, routes))
+}
+
+/// The local address of the interface this host sends from (a UDP socket's connect
+/// sends nothing; it only picks the route).
+fn outbound_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
 /// An internal service's address for this process: where it runs here, or its

@@ -1,0 +1,18 @@
+terraform {
+  required_version = ">= 1.11.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 6.0.0, < 7.0.0"
+    }
+    random = {
+      source  = "hashicorp/random"
+      version = ">= 3.7.0, < 4.0.0"
+    }
+  }
+}
+
+provider "aws" {
+  region = var.region
+}
