@@ -88,6 +88,15 @@ impl<'a> Actor<'a> {
         }
     }
 
+    /// The caller of a request, acting on another org (`org_id`): a platform admin
+    /// purging it, a user accepting its invitation or making a token for it.
+    pub fn in_org(ctx: &'a RequestContext, org_id: &'a str) -> Self {
+        Self {
+            org_id,
+            ..Self::of(ctx)
+        }
+    }
+
     /// The event of this actor doing `action` to `target`.
     pub fn event(
         self,

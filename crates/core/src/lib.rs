@@ -14,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
+pub mod org_data;
 pub mod scope;
 pub mod shutdown;
 pub mod telemetry;

@@ -409,7 +409,6 @@ async fn start_storage(
     org_limits: Arc<lattice_core::limits::OrgLimits>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<(SocketAddr, Db)> {
-    use lattice_proto::orgs::v1::org_data_server::OrgDataServer;
     use lattice_proto::storage::v1::storage_service_server::StorageServiceServer;
     let config = shared.config;
     let db = open_service_db(config, "storage", &lattice_storage::migration_sets()).await?;
@@ -446,7 +445,7 @@ async fn start_storage(
             .max_encoding_message_size(8 * 1024 * 1024),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
-    let org_data = OrgDataServer::with_interceptor(
+    let org_data = lattice_core::org_data::OrgDataServer::new(
         grpc,
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
@@ -525,7 +524,7 @@ async fn start_tasks(
         TaskGrpc::new(service.clone()),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
-    let org_data = lattice_proto::orgs::v1::org_data_server::OrgDataServer::with_interceptor(
+    let org_data = lattice_core::org_data::OrgDataServer::new(
         TaskGrpc::new(service),
         lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
     );
@@ -637,12 +636,10 @@ async fn start_policy(
             lattice_policy::changes::grpc::ChangeGrpc::new(changes),
             lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
         ))
-        .add_service(
-            lattice_proto::orgs::v1::org_data_server::OrgDataServer::with_interceptor(
-                lattice_policy::grpc::PolicyGrpc::new(policies),
-                lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
-            ),
-        );
+        .add_service(lattice_core::org_data::OrgDataServer::new(
+            lattice_policy::grpc::PolicyGrpc::new(policies),
+            lattice_core::grpc::RequirePrincipal::new(shared.internal.clone()),
+        ));
     serve_internal(
         shared,
         InternalService {
@@ -754,10 +751,8 @@ async fn start_tunnel(
     }
     let check = lattice_core::grpc::RequirePrincipal::new(internal.clone());
     let tunnel = TunnelServiceServer::with_interceptor(TunnelGrpc::new(hub.clone()), check.clone());
-    let org_data = lattice_proto::orgs::v1::org_data_server::OrgDataServer::with_interceptor(
-        TunnelGrpc::new(hub.clone()),
-        check.clone(),
-    );
+    let org_data =
+        lattice_core::org_data::OrgDataServer::new(TunnelGrpc::new(hub.clone()), check.clone());
     let agents = AgentServiceServer::with_interceptor(AgentGrpc::new(hub), check);
     let routes = tonic::service::Routes::new(tunnel)
         .add_service(agents)

@@ -8,8 +8,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::process::{BIN, spawn_all_in_one};
 use common::{ADMIN_PASSWORD, TestServer, json};
@@ -27,6 +25,20 @@ fn server_cmd(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run lattice-server")
+}
+
+/// `lattice-server --data-dir DATA restore --from FROM`.
+fn restore(data: &Path, from: &Path, env: &[(&str, &str)]) -> Output {
+    server_cmd(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "restore",
+            "--from",
+            from.to_str().unwrap(),
+        ],
+        env,
+    )
 }
 
 fn text(out: &Output) -> String {
@@ -123,34 +135,9 @@ async fn a_backup_taken_under_load_restores_everything() {
 
     // Back up while a writer keeps writing; what was acknowledged before the
     // backup began must be in it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
-    let writer = {
-        let (http, url, admin, stop, acked) = (
-            s.http.clone(),
-            url.clone(),
-            admin.clone(),
-            stop.clone(),
-            acked.clone(),
-        );
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let r = http
-                    .put(format!("{url}/api/v1/kv/conf/load-{i}"))
-                    .bearer_auth(&admin)
-                    .json(&json!({"value": i}))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status() == 200) {
-                    acked.lock().unwrap().push(i);
-                }
-                i += 1;
-            }
-        })
-    };
+    let writer = common::KvWriter::start(&s, &admin, "conf");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let before: Vec<usize> = acked.lock().unwrap().clone();
+    let before = writer.acked();
     assert!(!before.is_empty(), "the writer is writing");
     let (a_dir, b_dir) = (a.display().to_string(), bk.display().to_string());
     let out = tokio::task::spawn_blocking(move || {
@@ -160,8 +147,7 @@ async fn a_backup_taken_under_load_restores_everything() {
     .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("backed up"), "{}", text(&out));
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    writer.stop().await;
     drop(server);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bk.join("lattice-backup.json")).unwrap()).unwrap();
@@ -178,16 +164,7 @@ async fn a_backup_taken_under_load_restores_everything() {
 
     // The wrong master key: refused, saying why, nothing written.
     let wrong = dir.path().join("wrong");
-    let out = server_cmd(
-        &[
-            "--data-dir",
-            wrong.to_str().unwrap(),
-            "restore",
-            "--from",
-            bk.to_str().unwrap(),
-        ],
-        &[("LATTICE_MASTER_KEY", &"ab".repeat(32))],
-    );
+    let out = restore(&wrong, &bk, &[("LATTICE_MASTER_KEY", &"ab".repeat(32))]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("is not the one this backup was made with"),
@@ -203,16 +180,7 @@ async fn a_backup_taken_under_load_restores_everything() {
     let n = bytes.len() / 2;
     bytes[n] ^= 0xff;
     std::fs::write(&index, bytes).unwrap();
-    let out = server_cmd(
-        &[
-            "--data-dir",
-            wrong.to_str().unwrap(),
-            "restore",
-            "--from",
-            damaged.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = restore(&wrong, &damaged, &[]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("lattice.db is damaged"),
@@ -222,27 +190,9 @@ async fn a_backup_taken_under_load_restores_everything() {
     assert!(!has_database(&wrong));
 
     // Restored into a fresh data dir, it is all there.
-    let out = server_cmd(
-        &[
-            "--data-dir",
-            c.to_str().unwrap(),
-            "restore",
-            "--from",
-            bk.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = restore(&c, &bk, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = server_cmd(
-        &[
-            "--data-dir",
-            c.to_str().unwrap(),
-            "restore",
-            "--from",
-            bk.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = restore(&c, &bk, &[]);
     assert!(
         !out.status.success(),
         "a second restore over a database is refused"

@@ -490,6 +490,20 @@ impl Req {
     }
 }
 
+/// `method path` as `token` must succeed (2xx): its answer.
+async fn created(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    what: &str,
+) -> Value {
+    let (status, b) = s.call(method, path, token, body).await;
+    assert!((200..300).contains(&status), "{what}: {status} {b}");
+    b
+}
+
 /// Isolation, for every route of the OpenAPI document: a caller of org A (with `*`
 /// there) asking for org B's objects by name or id gets 404, never the object and
 /// never 403; every list A reads names nothing of B's; and a route added without a
@@ -536,125 +550,110 @@ async fn every_route_hides_another_orgs_objects() {
 
     // Org B's objects, one of each kind, all named or numbered so they can be found
     // in any answer.
-    let ok = |status: u16, b: &Value, what: &str| {
-        assert!((200..300).contains(&status), "{what}: {status} {b}")
-    };
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/buckets",
-            &tb,
-            Some(json!({"name": "zqb-kv", "surface": "kv"})),
-        )
-        .await;
-    ok(st, &b, "kv bucket");
-    let (st, b) = s
-        .call(
-            "PUT",
-            "/api/v1/kv/zqb-kv/zqb-key",
-            &tb,
-            Some(json!({"value": "zqb-value"})),
-        )
-        .await;
-    ok(st, &b, "kv put");
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/buckets",
-            &tb,
-            Some(json!({"name": "zqb-site", "surface": "static"})),
-        )
-        .await;
-    ok(st, &b, "static bucket");
+    created(
+        &s,
+        "POST",
+        "/api/v1/buckets",
+        &tb,
+        Some(json!({"name": "zqb-kv", "surface": "kv"})),
+        "kv bucket",
+    )
+    .await;
+    created(
+        &s,
+        "PUT",
+        "/api/v1/kv/zqb-kv/zqb-key",
+        &tb,
+        Some(json!({"value": "zqb-value"})),
+        "kv put",
+    )
+    .await;
+    created(
+        &s,
+        "POST",
+        "/api/v1/buckets",
+        &tb,
+        Some(json!({"name": "zqb-site", "surface": "static"})),
+        "static bucket",
+    )
+    .await;
     let deployment = s
         .deploy(&tb, "zqb-site", &[("index.html", b"zqb-page")], true)
         .await;
     let deployment = deployment["id"].as_str().unwrap().to_owned();
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/bindings",
-            &tb,
-            Some(json!({"host": "zqb.example.test", "bucket": "zqb-site"})),
-        )
-        .await;
-    ok(st, &b, "binding");
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/storage-tokens",
-            &tb,
-            Some(
-                json!({"name": "zqb-st", "surface": "kv", "access": "read", "buckets": ["zqb-kv"]}),
-            ),
-        )
-        .await;
-    ok(st, &b, "storage token");
+    created(
+        &s,
+        "POST",
+        "/api/v1/bindings",
+        &tb,
+        Some(json!({"host": "zqb.example.test", "bucket": "zqb-site"})),
+        "binding",
+    )
+    .await;
+    let b = created(
+        &s,
+        "POST",
+        "/api/v1/storage-tokens",
+        &tb,
+        Some(json!({"name": "zqb-st", "surface": "kv", "access": "read", "buckets": ["zqb-kv"]})),
+        "storage token",
+    )
+    .await;
     let storage_token = b["id"].as_str().unwrap().to_owned();
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/groups",
-            &tb,
-            Some(json!({"name": "zqb-group"})),
-        )
-        .await;
-    ok(st, &b, "group");
-    let (st, b) = s
-        .call("POST", "/api/v1/users", &tb, Some(json!({"username": "zqb-user", "password": "zqb-password-123", "scopes": ["kv:read"]})))
-        .await;
-    ok(st, &b, "user");
+    created(
+        &s,
+        "POST",
+        "/api/v1/groups",
+        &tb,
+        Some(json!({"name": "zqb-group"})),
+        "group",
+    )
+    .await;
+    let b = created(
+        &s,
+        "POST",
+        "/api/v1/users",
+        &tb,
+        Some(
+            json!({"username": "zqb-user", "password": "zqb-password-123", "scopes": ["kv:read"]}),
+        ),
+        "user",
+    )
+    .await;
     let b_user = b["id"].as_str().unwrap().to_owned();
-    let (st, b) = s
-        .call(
-            "PUT",
-            "/api/v1/groups/zqb-group/members/zqb-user",
-            &tb,
-            None,
-        )
-        .await;
-    ok(st, &b, "member");
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/tokens",
-            &tb,
-            Some(json!({"name": "zqb-tok", "scopes": ["kv:read"]})),
-        )
-        .await;
-    ok(st, &b, "token");
+    created(
+        &s,
+        "PUT",
+        "/api/v1/groups/zqb-group/members/zqb-user",
+        &tb,
+        None,
+        "member",
+    )
+    .await;
+    let b = created(
+        &s,
+        "POST",
+        "/api/v1/tokens",
+        &tb,
+        Some(json!({"name": "zqb-tok", "scopes": ["kv:read"]})),
+        "token",
+    )
+    .await;
     let b_token = b["id"].as_str().unwrap().to_owned();
     let node = "0190c3f0-0000-7000-8000-00000000b0b0";
     common::insert_node(&url, node, &b_org).await;
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/tasks",
-            &tb,
-            Some(json!({"node": node, "kind": "facts.refresh"})),
-        )
-        .await;
-    ok(st, &b, "task");
+    let b = created(
+        &s,
+        "POST",
+        "/api/v1/tasks",
+        &tb,
+        Some(json!({"node": node, "kind": "facts.refresh"})),
+        "task",
+    )
+    .await;
     let task = b["id"].as_str().unwrap().to_owned();
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/policies",
-            &tb,
-            Some(json!({"name": "zqb-pol", "policies": "permit(principal in Lattice::Group::\"zqb-group\", action, resource);"})),
-        )
-        .await;
-    ok(st, &b, "policy");
-    let (st, b) = s
-        .call(
-            "POST",
-            "/api/v1/intents",
-            &tb,
-            Some(json!({"name": "zqb-intent", "kind": "firewall", "selector": {"node": node},
-                "spec": {"default": "drop", "rules": [{"action": "accept", "protocol": "tcp", "ports": "22", "from": "10.0.0.0/8", "comment": "zqb"}]}})),
-        )
-        .await;
-    ok(st, &b, "intent");
+    created(&s, "POST", "/api/v1/policies", &tb, Some(json!({"name": "zqb-pol", "policies": "permit(principal in Lattice::Group::\"zqb-group\", action, resource);"})), "policy").await;
+    created(&s, "POST", "/api/v1/intents", &tb, Some(json!({"name": "zqb-intent", "kind": "firewall", "selector": {"node": node}, "spec": {"default": "drop", "rules": [{"action": "accept", "protocol": "tcp", "ports": "22", "from": "10.0.0.0/8", "comment": "zqb"}]}})), "intent").await;
     let plan = "0190c3f0-0000-7000-8000-00000000b1a0";
     let provider_id = "0190c3f0-0000-7000-8000-00000000b550";
     {

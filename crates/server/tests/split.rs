@@ -9,8 +9,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
@@ -271,35 +269,9 @@ async fn every_role_in_its_own_process_on_postgres_and_redis() {
     assert_eq!(resp.text().await.unwrap(), "from the node");
 
     // kill -9 of the storage process under load: every acknowledged write survives.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
-    let writer = {
-        let (http, url, admin, stop, acked) = (
-            s.http.clone(),
-            s.base.clone(),
-            admin.clone(),
-            stop.clone(),
-            acked.clone(),
-        );
-        tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let r = http
-                    .put(format!("{url}/api/v1/kv/conf/load-{i}"))
-                    .bearer_auth(&admin)
-                    .timeout(Duration::from_secs(5))
-                    .json(&json!({"value": i}))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status() == 200) {
-                    acked.lock().unwrap().push(i);
-                }
-                i += 1;
-            }
-        })
-    };
+    let writer = common::KvWriter::start(&s, &admin, "conf");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_kill = acked.lock().unwrap().len();
+    let before_kill = writer.acked().len();
     assert!(before_kill > 0, "the writer is writing");
     storage.kill_9();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -312,7 +284,7 @@ async fn every_role_in_its_own_process_on_postgres_and_redis() {
     // Writes succeed again through the same gateway.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let n = acked.lock().unwrap().len();
+        let n = writer.acked().len();
         if n > before_kill + 5 {
             break;
         }
@@ -322,9 +294,7 @@ async fn every_role_in_its_own_process_on_postgres_and_redis() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
+    let acked = writer.stop().await;
     for i in &acked {
         let (status, v) = s
             .call("GET", &format!("/api/v1/kv/conf/load-{i}"), &admin, None)

@@ -669,8 +669,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             .await
             .map_err(st)?;
         Ok(Response::new(pb::OrgUsageResponse {
-            org_id: org.id,
+            org_id: org.id.clone(),
             counts: counts.into_iter().collect(),
+            org: Some(org_pb(org)),
         }))
     }
 

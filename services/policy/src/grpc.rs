@@ -356,34 +356,20 @@ impl pb::policy_service_server::PolicyService for PolicyGrpc {
 }
 
 #[tonic::async_trait]
-impl lattice_proto::orgs::v1::org_data_server::OrgData for PolicyGrpc {
+impl lattice_core::org_data::OrgData for PolicyGrpc {
     async fn usage(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let counts = self
-            .policies
-            .org_usage(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.policies.org_usage(ctx, org_id).await.map_err(st)
     }
 
     async fn purge(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let counts = self
-            .policies
-            .purge_org(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.policies.purge_org(ctx, org_id).await.map_err(st)
     }
 }

@@ -155,11 +155,7 @@ impl Policies {
         let removed = self.store.purge_org(org_id).await?;
         self.changed(org_id).await;
         self.audit(
-            Actor {
-                org_id,
-                id: &ctx.principal.sub,
-                client_ip: &ctx.client_ip,
-            },
+            Actor::in_org(ctx, org_id),
             "org.purge",
             org_id,
             Outcome::Success,

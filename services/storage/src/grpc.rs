@@ -638,34 +638,20 @@ impl pb::storage_service_server::StorageService for StorageGrpc {
 }
 
 #[tonic::async_trait]
-impl lattice_proto::orgs::v1::org_data_server::OrgData for StorageGrpc {
+impl lattice_core::org_data::OrgData for StorageGrpc {
     async fn usage(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let counts = self
-            .storage
-            .org_usage(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.storage.org_usage(ctx, org_id).await.map_err(st)
     }
 
     async fn purge(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let counts = self
-            .storage
-            .purge_org(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.storage.purge_org(ctx, org_id).await.map_err(st)
     }
 }

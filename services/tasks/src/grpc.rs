@@ -284,34 +284,23 @@ fn completion(r: pb::CompleteRequest) -> Completion {
 }
 
 #[tonic::async_trait]
-impl lattice_proto::orgs::v1::org_data_server::OrgData for TaskGrpc {
+impl lattice_core::org_data::OrgData for TaskGrpc {
     async fn usage(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let caller = principal_of(&req)?.clone();
-        let counts = self
-            .tasks
-            .org_usage(&caller, &req.get_ref().org_id)
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.tasks
+            .org_usage(&ctx.principal, org_id)
             .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+            .map_err(st)
     }
 
     async fn purge(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let counts = self
-            .tasks
-            .purge_org(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.tasks.purge_org(ctx, org_id).await.map_err(st)
     }
 }

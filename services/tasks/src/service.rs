@@ -316,12 +316,7 @@ impl Tasks {
         require(&ctx.principal, "orgs:admin")?;
         let n = self.store.purge_org(org_id).await?;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let event = Actor {
-            org_id,
-            id: &ctx.principal.sub,
-            client_ip: &ctx.client_ip,
-        }
-        .event(
+        let event = Actor::in_org(ctx, org_id).event(
             "org.purge",
             org_id,
             Outcome::Success,

@@ -380,39 +380,24 @@ impl agent::agent_service_server::AgentService for AgentGrpc {
 }
 
 #[tonic::async_trait]
-impl lattice_proto::orgs::v1::org_data_server::OrgData for TunnelGrpc {
+impl lattice_core::org_data::OrgData for TunnelGrpc {
     async fn usage(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let counts = self
-            .hub
-            .nodes()
-            .org_usage(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        self.hub.nodes().org_usage(ctx, org_id).await.map_err(st)
     }
 
     async fn purge(
         &self,
-        req: Request<lattice_proto::orgs::v1::OrgDataRequest>,
-    ) -> Result<Response<lattice_proto::orgs::v1::OrgDataCounts>, Status> {
-        let ctx = context_of(&req)?;
-        let (counts, nodes) = self
-            .hub
-            .nodes()
-            .purge_org(&ctx, &req.get_ref().org_id)
-            .await
-            .map_err(st)?;
+        ctx: &lattice_core::auth::RequestContext,
+        org_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Status> {
+        let (counts, nodes) = self.hub.nodes().purge_org(ctx, org_id).await.map_err(st)?;
         for id in &nodes {
             self.hub.disconnect(id, "the node's org was deleted");
         }
-        Ok(Response::new(lattice_proto::orgs::v1::OrgDataCounts {
-            counts: counts.into_iter().collect(),
-        }))
+        Ok(counts)
     }
 }

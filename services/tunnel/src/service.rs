@@ -422,11 +422,7 @@ impl Nodes {
             );
         }
         self.record(
-            Actor {
-                org_id,
-                id: &ctx.principal.sub,
-                client_ip: &ctx.client_ip,
-            },
+            Actor::in_org(ctx, org_id),
             "org.purge",
             org_id,
             true,

@@ -373,3 +373,57 @@ pub fn totp_seed(base32: &str) -> Vec<u8> {
     }
     out
 }
+
+/// A client that writes `load-<i>` = i into a KV bucket, one write after the other,
+/// until stopped, and remembers which writes were acknowledged (200): what a crash,
+/// a restart or a backup must not lose.
+pub struct KvWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KvWriter {
+    /// Start writing into `bucket` as `token`.
+    pub fn start(s: &TestServer, token: &str, bucket: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (http, url, token) = (
+            s.http.clone(),
+            s.url(&format!("/api/v1/kv/{bucket}")),
+            token.to_owned(),
+        );
+        let task = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http
+                        .put(format!("{url}/load-{i}"))
+                        .bearer_auth(&token)
+                        .timeout(std::time::Duration::from_secs(5))
+                        .json(&serde_json::json!({"value": i}))
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status() == 200) {
+                        acked.lock().unwrap().push(i);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        Self { stop, acked, task }
+    }
+
+    /// The writes acknowledged so far.
+    pub fn acked(&self) -> Vec<usize> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stop after the write in flight: every acknowledged write.
+    pub async fn stop(self) -> Vec<usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}

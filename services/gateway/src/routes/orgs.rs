@@ -209,12 +209,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(org(o))))
 }
 
-/// What every service holds of the org, by kind.
+/// The org, and what every service holds of it, by kind.
 async fn usage(
     state: &AppState,
     caller: &Caller,
     name: &str,
-) -> Result<(String, BTreeMap<String, i64>), ApiError> {
+) -> Result<(pb::Org, BTreeMap<String, i64>), ApiError> {
     let r = state
         .identity
         .clone()
@@ -242,7 +242,13 @@ async fn usage(
             *all.entry(k).or_default() += n;
         }
     }
-    Ok((r.org_id, all))
+    let org = r.org.ok_or_else(|| {
+        ApiError::new(
+            lattice_core::ErrorCode::Internal,
+            "identity returned no org",
+        )
+    })?;
+    Ok((org, all))
 }
 
 /// An org and what it holds (`orgs:admin`).
@@ -258,13 +264,7 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<Org>, ApiError> {
     require_platform(&caller)?;
-    let o = state
-        .identity
-        .clone()
-        .get_org(caller.request(&state, pb::OrgRequest { name: name.clone() }))
-        .await?
-        .into_inner();
-    let (_, counts) = usage(&state, &caller, &name).await?;
+    let (o, counts) = usage(&state, &caller, &name).await?;
     Ok(Json(Org {
         usage: Some(counts),
         ..org(o)
@@ -320,13 +320,8 @@ pub async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Deleted>, ApiError> {
     require_platform(&caller)?;
-    let (org_id, counts) = usage(&state, &caller, &name).await?;
-    let current = state
-        .identity
-        .clone()
-        .get_org(caller.request(&state, pb::OrgRequest { name: name.clone() }))
-        .await?
-        .into_inner();
+    let (current, counts) = usage(&state, &caller, &name).await?;
+    let org_id = current.id.clone();
     // A deletion that began already goes on whatever the org holds.
     if !q.force && current.deleting_at_ms == 0 && !counts.is_empty() {
         let held: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();

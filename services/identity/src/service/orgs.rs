@@ -389,11 +389,7 @@ impl Identity {
             .await?
             .ok_or_else(gone)?;
         self.audit(
-            Actor {
-                org_id: &inv.org_id,
-                id: &caller.sub,
-                client_ip: &ctx.client_ip,
-            },
+            Actor::in_org(ctx, &inv.org_id),
             "org.join",
             &caller.sub,
             Outcome::Success,

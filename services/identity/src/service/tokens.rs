@@ -93,8 +93,11 @@ impl Identity {
             last_used_at_ms: 0,
         };
         let limit = self
-            .org_limits(&Principal::service("identity"), &org_id)
-            .await?;
+            .store
+            .org_by_id(&org_id)
+            .await?
+            .map(|o| o.limits)
+            .unwrap_or_default();
         if limit.max_tokens > 0 && self.store.count_tokens(&org_id).await? >= limit.max_tokens {
             return Err(IdentityError::LimitExceeded(format!(
                 "the org's limit max_tokens ({}) is reached: revoke a token, or ask a platform admin to raise the limit",
@@ -106,11 +109,7 @@ impl Identity {
             .insert_token(&org_id, &hash_secret(&secret), &token)
             .await?;
         self.audit(
-            Actor {
-                org_id: &org_id,
-                id: &caller.sub,
-                client_ip: &ctx.client_ip,
-            },
+            Actor::in_org(ctx, &org_id),
             "token.create",
             &token.id,
             Outcome::Success,

@@ -59,11 +59,7 @@ impl Storage {
             }
         }
         self.audit(
-            Actor {
-                org_id,
-                id: &ctx.principal.sub,
-                client_ip: &ctx.client_ip,
-            },
+            Actor::in_org(ctx, org_id),
             "org.purge",
             org_id,
             serde_json::json!({"removed": removed}),
