@@ -87,9 +87,25 @@ impl Cache {
     }
 
     /// Connect to Redis at `url` and start the bus listener (a named task that runs
-    /// until `shutdown`, reconnecting with backoff).
-    pub async fn redis(url: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
+    /// until `shutdown`, reconnecting with backoff). `ca_pem`: the CA certificates
+    /// (PEM) a `rediss://` server's certificate must chain to, instead of the
+    /// system's trusted roots.
+    pub async fn redis(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let client = match ca_pem {
+            None => redis::Client::open(url),
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+        }
+        .map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -370,10 +386,10 @@ mod tests {
         match std::env::var("LATTICE_TEST_REDIS_URL") {
             Ok(url) if !url.is_empty() => {
                 let token = CancellationToken::new();
-                let a = Cache::redis(&url, token.clone())
+                let a = Cache::redis(&url, None, token.clone())
                     .await
                     .expect("connect LATTICE_TEST_REDIS_URL");
-                let b = Cache::redis(&url, token.clone())
+                let b = Cache::redis(&url, None, token.clone())
                     .await
                     .expect("connect LATTICE_TEST_REDIS_URL");
                 out.push((a, Some(b), token));
@@ -422,5 +438,101 @@ mod tests {
             }
             token.cancel();
         }
+    }
+
+    /// A private CA (as Memorystore's): `rediss://` with `redis_ca_file` connects to a
+    /// real Redis serving TLS, and without it the certificate is refused.
+    #[tokio::test]
+    async fn rediss_with_a_private_ca() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let Ok(server) = which("redis-server") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but redis-server is not installed"
+            );
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &Issuer::new(ca_params, &ca_key))
+            .unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca_file = write("ca.pem", ca.pem());
+        let cert_file = write("server.pem", cert.pem());
+        let key_file = write("server.key", key.serialize_pem());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(server)
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&cert_file)
+            .arg("--tls-key-file")
+            .arg(&key_file)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("rediss://127.0.0.1:{port}/");
+        let ca_pem = std::fs::read(&ca_file).unwrap();
+        let token = CancellationToken::new();
+        let mut connected = None;
+        for _ in 0..50 {
+            match Cache::redis(&url, Some(ca_pem.clone()), token.clone()).await {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let cache = connected.expect("connect with the private CA");
+        cache.ping().await.unwrap();
+        cache.set("k", b"v", Duration::from_secs(5)).await;
+        let other = Cache::redis(&url, Some(ca_pem), token.clone())
+            .await
+            .unwrap();
+        assert_eq!(other.get("k").await.as_deref(), Some(&b"v"[..]));
+        let refused = Cache::redis(&url, None, token.clone()).await;
+        assert!(
+            refused.is_err(),
+            "the system roots must not trust a private CA"
+        );
+        token.cancel();
+        child.kill().await.unwrap();
+    }
+
+    fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain(["/usr/bin".into(), "/usr/sbin".into()])
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .ok_or(())
     }
 }

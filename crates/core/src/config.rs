@@ -23,6 +23,9 @@ pub struct Config {
     pub database_max_connections: u32,
     /// `redis://…`; without it cache and bus are in-process.
     pub redis_url: Option<SecretString>,
+    /// PEM file of the CA that signs the Redis server's certificate (a private CA,
+    /// such as Memorystore's); default: the system's trusted roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Apply pending migrations at start-up. Default: on for SQLite, off for Postgres
     /// (where `lattice-server migrate` is the release step).
     pub migrate_on_start: Option<bool>,
@@ -529,6 +532,14 @@ impl Config {
                 errors.push("redis_url: expected redis:// or rediss://".into());
             }
         }
+        if self.redis_ca_file.is_some()
+            && !self
+                .redis_url
+                .as_ref()
+                .is_some_and(|u| u.expose_secret().starts_with("rediss://"))
+        {
+            errors.push("redis_ca_file: needs a rediss:// redis_url (TLS)".into());
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             errors.push(format!(
                 "log_format: {:?} is not one of text, json",
@@ -753,6 +764,7 @@ const STRING_KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "redis_url",
+    "redis_ca_file",
     "log_level",
     "log_format",
     "otel_exporter_otlp_endpoint",
@@ -943,6 +955,8 @@ mod tests {
                 ("DATABASE_URL", "mysql://x"),
                 ("LATTICE_GATEWAY__TLS", "files"),
                 ("JWT_SECRET", "short"),
+                ("REDIS_URL", "redis://cache:6379/"),
+                ("LATTICE_REDIS_CA_FILE", "/etc/lattice/redis-ca.pem"),
             ]),
             &Overrides::default(),
         )
@@ -950,6 +964,10 @@ mod tests {
         .0;
         let joined = err.join("\n");
         assert!(joined.contains("database_url"), "{joined}");
+        assert!(
+            joined.contains("redis_ca_file: needs a rediss://"),
+            "{joined}"
+        );
         assert!(joined.contains("gateway.tls_cert_file"), "{joined}");
         assert!(joined.contains("gateway.tls_key_file"), "{joined}");
         assert!(joined.contains("jwt_secret"), "{joined}");

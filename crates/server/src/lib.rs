@@ -185,10 +185,18 @@ pub async fn migrate(config: &Config) -> anyhow::Result<MigrationReport> {
     Ok(report)
 }
 
-async fn open_cache(config: &Config, shutdown: &CancellationToken) -> Cache {
-    match &config.redis_url {
+async fn open_cache(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Cache> {
+    let ca = match &config.redis_ca_file {
+        None => None,
+        // A CA file that cannot be read is a configuration error, not an outage.
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("redis_ca_file {}: {e}", path.display()))?,
+        ),
+    };
+    Ok(match &config.redis_url {
         None => Cache::local(),
-        Some(url) => match Cache::redis(expose(url), shutdown.clone()).await {
+        Some(url) => match Cache::redis(expose(url), ca, shutdown.clone()).await {
             Ok(c) => c,
             Err(err) => {
                 // Redis only accelerates; without it this replica still serves, slower
@@ -197,7 +205,7 @@ async fn open_cache(config: &Config, shutdown: &CancellationToken) -> Cache {
                 Cache::local()
             }
         },
-    }
+    })
 }
 
 /// Keep a service's gRPC health in step with its database: NOT_SERVING while the
@@ -1010,7 +1018,7 @@ pub async fn start(
         "jwt_secret",
         "lattice/internal-jwt",
     )?);
-    let cache = open_cache(&config, &shutdown).await;
+    let cache = open_cache(&config, &shutdown).await?;
     // Internal services stop only after the gateway has finished its grace period and
     // drained, so requests still in flight can reach them.
     let internal_stop = CancellationToken::new();
