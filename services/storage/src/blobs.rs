@@ -36,13 +36,18 @@ impl Blobs {
 
     /// Blobs at an object store URL (`s3://bucket/prefix`, `az://container/prefix`,
     /// `gs://bucket/prefix`, `file:///dir`). Credentials come from the usual
-    /// environment variables of each cloud (`AWS_*`, `AZURE_*`, `GOOGLE_*`).
+    /// environment variables of each cloud (`AWS_*`, `AZURE_*`, `GOOGLE_*`), the
+    /// instance's metadata service, or (Azure Container Apps, App Service) the managed
+    /// identity endpoint in `IDENTITY_ENDPOINT`.
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
         let parsed =
             url::Url::parse(url).map_err(|e| anyhow::anyhow!("storage.objects_url: {e}"))?;
         let options = std::env::vars().filter(|(k, _)| {
             let k = k.to_ascii_uppercase();
-            k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
+            k.starts_with("AWS_")
+                || k.starts_with("AZURE_")
+                || k.starts_with("GOOGLE_")
+                || k == "IDENTITY_ENDPOINT"
         });
         let (store, prefix) = object_store::parse_url_opts(&parsed, options)
             .map_err(|e| anyhow::anyhow!("storage.objects_url: {e}"))?;
