@@ -19,6 +19,14 @@ REQUIRED = {
         "aws_cloudwatch_log_group", "aws_lb", "aws_lb_listener", "aws_lb_target_group",
         "aws_appautoscaling_target", "aws_kms_key",
     ],
+    "gcp": [
+        "google_cloud_run_v2_service", "google_cloud_run_v2_job", "google_sql_database_instance",
+        "google_sql_user", "google_redis_instance", "google_secret_manager_secret",
+        "google_secret_manager_secret_version", "google_compute_backend_service",
+        "google_compute_managed_ssl_certificate", "google_compute_target_https_proxy",
+        "google_compute_global_forwarding_rule", "google_service_networking_connection",
+        "google_storage_bucket",
+    ],
 }
 SECRET_NAMES = re.compile(r"(password|secret|token|master_key|private_key)", re.I)
 errors = []
