@@ -276,4 +276,21 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
     }
+
+    /// One PEM file with the key and the chain (as Key Vault stores a PEM
+    /// certificate) serves as both `tls_cert_file` and `tls_key_file`.
+    #[test]
+    fn one_pem_file_holds_key_and_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cert, key) = ensure_self_signed(dir.path(), &[]).unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        let text = format!(
+            "{}{}",
+            std::fs::read_to_string(key).unwrap(),
+            std::fs::read_to_string(cert).unwrap()
+        );
+        std::fs::write(&bundle, text).unwrap();
+        let loaded = ReloadableCert::load(&bundle, &bundle).unwrap();
+        assert_eq!(loaded.cert.len(), 2, "the server certificate and its CA");
+    }
 }
