@@ -19,6 +19,12 @@ REQUIRED = {
         "aws_cloudwatch_log_group", "aws_lb", "aws_lb_listener", "aws_lb_target_group",
         "aws_appautoscaling_target", "aws_kms_key",
     ],
+    "azure": [
+        "azurerm_container_app", "azurerm_container_app_environment", "azurerm_container_app_job",
+        "azurerm_postgresql_flexible_server", "azurerm_redis_cache", "azurerm_key_vault",
+        "azurerm_key_vault_secret", "azurerm_log_analytics_workspace", "azurerm_private_endpoint",
+        "azurerm_user_assigned_identity", "azurerm_storage_account",
+    ],
     "gcp": [
         "google_cloud_run_v2_service", "google_cloud_run_v2_job", "google_sql_database_instance",
         "google_sql_user", "google_redis_instance", "google_secret_manager_secret",
@@ -108,7 +114,7 @@ def check_dir(d, kind):
             resources.add(rtype)
             for rname, body in named.items():
                 for attr, value in walk(body):
-                    leaf = attr.split(".")[-1]
+                    leaf = re.sub(r"(\[\d+\])+$", "", attr.split(".")[-1])
                     if SECRET_NAMES.search(leaf) and not leaf.endswith(("_version", "_id", "_arn", "_name")) and is_literal(value):
                         fail(f, f"{rtype}.{rname}: {attr} is a literal secret")
         for tf in doc.get("terraform", []):
