@@ -348,6 +348,17 @@ for tool in nft:nftables named-checkzone:bind9-utils haproxy:haproxy; do
     fi
 done
 
+# The dashboard tests drive Debian's Chromium through its chromedriver (nothing
+# downloads a browser).
+if ! [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+    if ! apt_install chromium chromium-driver; then
+        if is_ci; then
+            die "chromium and chromium-driver are missing and cannot be installed (CI=true: the dashboard tests need them)"
+        fi
+        warn "no chromium: the dashboard tests will be skipped"
+    fi
+fi
+
 # The single sign-on tests run a real OpenID provider (oidc-provider, pinned by
 # crates/server/tests/oidc-provider/package-lock.json) with Node, on loopback.
 OIDC_FIXTURE="$REPO_ROOT/crates/server/tests/oidc-provider"

@@ -15,6 +15,7 @@ pub mod routes;
 pub mod serve;
 pub mod storage;
 pub mod tls;
+pub mod ui;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -507,6 +508,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(uploads)
         .merge(releases)
+        // The dashboard: one shell for every page, and its hashed assets.
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::shell))
+        .route("/ui/", get(ui::shell))
+        .route("/ui/assets/{file}", get(ui::asset))
+        .route("/ui/{*page}", get(ui::shell))
         .route("/health", get(routes::system::health))
         .route("/ready", get(routes::system::ready))
         .route("/metrics", get(routes::system::metrics))

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 pub mod agents;
 pub mod oidc;
 pub mod process;
+pub mod webdriver;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 
