@@ -208,3 +208,329 @@ async fn first_run_in_a_real_browser() {
     );
     b.quit().await;
 }
+
+/// Sign in through the form (no TOTP).
+async fn sign_in(b: &Browser, base: &str, password: &str) {
+    b.goto(&format!("{base}/ui/login")).await;
+    b.fill("input[name=username]", "admin").await;
+    b.fill("input[name=password]", password).await;
+    b.press("Sign in").await;
+    b.wait("h1", "Overview").await;
+}
+
+/// Answer the confirmation dialog.
+async fn confirm(b: &Browser, action: &str) {
+    let yes = b.wait("dialog button", action).await;
+    b.click(&yes).await;
+}
+
+/// Seed 002's pages: a KV edit that meets somebody else's write shows the conflict
+/// instead of overwriting it; a static site uploaded twice, bound to a host, rolled
+/// back from the deployments list, and fetched from the bound host after each step.
+#[tokio::test]
+async fn kv_and_static_in_a_real_browser() {
+    let Some((chromium, driver)) = find_browser() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but chromium and chromium-driver are not installed"
+        );
+        eprintln!("skipped: no chromium/chromedriver here (scripts/test.sh installs them)");
+        return;
+    };
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = spawn_all_in_one(dir.path(), "off", &[]);
+    let shots = screenshots();
+    let b = Browser::start(&chromium, &driver).await;
+    sign_in(&b, &base, common::ADMIN_PASSWORD).await;
+    let _ = b.console().await;
+
+    // KV: a bucket, a key, then somebody else writes it while it is open here.
+    let kv = b.wait("nav a", "KV Store").await;
+    b.click(&kv).await;
+    b.wait("h1", "KV Store").await;
+    b.wait(".empty", "No KV bucket yet").await;
+    b.fill("#buckets input[name=name]", "config").await;
+    b.press("Create bucket").await;
+    b.wait(".empty", "No keys yet").await;
+    b.press("New key").await;
+    b.fill("#kv-entry input[name=key]", "site-title").await;
+    b.fill("#kv-entry textarea[name=value]", "\"Lattice\"")
+        .await;
+    b.press("Create").await;
+    b.wait(".success", "Saved version 1").await;
+
+    let api = common::TestServer::external(&base, reqwest::Client::new());
+    let (cookie, csrf) = api.login("admin", common::ADMIN_PASSWORD).await;
+    let other = api
+        .http
+        .put(format!("{base}/api/v1/kv/config/site-title"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("if-match", "\"1\"")
+        .json(&json!({"value": "written elsewhere"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+
+    b.fill("#kv-entry textarea[name=value]", "\"Mine\"").await;
+    b.press("Save").await;
+    let conflict = b.wait("#kv-conflict", "version 2").await;
+    assert!(b.text(&conflict).await.contains("written elsewhere"));
+    b.screenshot(&shots, "kv-conflict").await;
+    let (status, stored) = common::json(
+        api.http
+            .get(format!("{base}/api/v1/kv/config/site-title"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, &stored["value"]),
+        (200, &json!("written elsewhere")),
+        "nothing was overwritten"
+    );
+    b.press("Load the current value").await;
+    b.wait("#kv-entry .hint", "Version 2").await;
+    let _ = b.console().await; // the 412 is the expected answer
+    b.screenshot(&shots, "kv").await;
+
+    // Static: a bucket, two uploads, a binding, a rollback.
+    let st = b.wait("nav a", "Static").await;
+    b.click(&st).await;
+    b.wait("h1", "Static").await;
+    b.fill("#buckets input[name=name]", "site").await;
+    b.press("Create bucket").await;
+    b.wait(".empty", "Nothing published yet").await;
+    for (n, body) in [(1, "first version"), (2, "second version")] {
+        let archive = dir.path().join(format!("site{n}.tgz"));
+        std::fs::write(
+            &archive,
+            common::site_archive(&[("index.html", body.as_bytes())]),
+        )
+        .unwrap();
+        b.fill("input[name=archive]", archive.to_str().unwrap())
+            .await;
+        b.press("Upload and activate").await;
+        b.wait(".success", "Deployed 1 files").await;
+        for _ in 0..50 {
+            let rows = b
+                .run(
+                    "return document.querySelectorAll('#deployments tbody tr').length",
+                    json!([]),
+                )
+                .await;
+            if rows == json!(n) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    b.fill("#bindings input[name=host]", "site.test").await;
+    b.press("Bind host").await;
+    b.wait("#bindings td", "site.test").await;
+
+    let fetch_site = || async {
+        reqwest::Client::new()
+            .get(format!("{base}/"))
+            .header("host", "site.test")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let until = |want: &'static str| {
+        let fetch_site = &fetch_site;
+        async move {
+            for _ in 0..50 {
+                if fetch_site().await == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("site.test never served {want:?}");
+        }
+    };
+    until("second version").await;
+    b.screenshot(&shots, "static").await;
+
+    // Roll back: activate the older deployment from the list.
+    b.press("Activate").await;
+    confirm(&b, "Activate").await;
+    until("first version").await;
+    no_console_errors(&b, "the static page").await;
+
+    // Policies: an error shown at its line, then a valid policy previewed and saved.
+    let pol = b.wait("nav a", "Policies").await;
+    b.click(&pol).await;
+    b.wait("h1", "Policies").await;
+    let new = b.wait("a", "New policy").await;
+    b.click(&new).await;
+    b.wait("h1", "New policy").await;
+    b.fill("input[name=name]", "ssh-for-admins").await;
+    b.fill(
+        "textarea[name=policies]",
+        "permit(principal, action == Lattice::Action::\"AccessNode\", resource)\nwhen { context.port == };",
+    )
+    .await;
+    b.press("Check").await;
+    b.wait("#policy-problems .error", "Line 2").await;
+    b.screenshot(&shots, "policy-error").await;
+    b.fill(
+        "textarea[name=policies]",
+        "permit(principal in Lattice::Group::\"admins\", action == Lattice::Action::\"AccessNode\", resource)\nwhen { context.port == 22 };",
+    )
+    .await;
+    b.press("Preview and save").await;
+    b.wait("#policy-preview", "What would change").await;
+    b.press("Save policy").await;
+    b.wait("h1", "Policy ssh-for-admins").await;
+    b.screenshot(&shots, "policy").await;
+    no_console_errors(&b, "the policy pages").await;
+    b.quit().await;
+}
+
+/// Seed 000's first deployment to the end, and the product's core promise, from the
+/// dashboard alone: sign in with TOTP, add a node and start the real `lattice-agent`
+/// with the command the page shows, see it connected with facts, a chart with points
+/// and its log lines, enable the firewall capability, write an intent, plan it,
+/// review the diff and approve the hash with a fresh TOTP code, and see the rule
+/// applied on the node (its nft runs in a network namespace of the test's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_node_and_a_reviewed_change_in_a_real_browser() {
+    let Some((chromium, driver)) = find_browser() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but chromium and chromium-driver are not installed"
+        );
+        eprintln!("skipped: no chromium/chromedriver here (scripts/test.sh installs them)");
+        return;
+    };
+    let Some(ns) = common::netns::Netns::new() else {
+        eprintln!("skipped here: `unshare -rn nft` is not available (CI requires it)");
+        return;
+    };
+    common::install_crypto();
+    let s = common::TestServer::start_with(lattice_core::db::Backend::Sqlite, common::agents::FAST)
+        .await;
+    let (seed, enrolled_at) = s.enable_totp("admin", common::ADMIN_PASSWORD).await;
+    let shots = screenshots();
+    let b = Browser::start(&chromium, &driver).await;
+
+    // Sign in: password, then the code of the next step (the enrolling one is used).
+    b.goto(&s.url("/ui/login")).await;
+    b.fill("input[name=username]", "admin").await;
+    b.fill("input[name=password]", common::ADMIN_PASSWORD).await;
+    b.press("Sign in").await;
+    b.wait("label", "Code").await;
+    let login_step = (enrolled_at + 30) / 30;
+    b.fill(
+        "input[name=code]",
+        &lattice_identity::totp::code_at(&seed, login_step * 30),
+    )
+    .await;
+    b.press("Verify").await;
+    b.wait("h1", "Overview").await;
+    let _ = b.console().await;
+
+    // Add a node; run the agent with the token from the shown command.
+    let nodes = b.wait("nav a", "Nodes").await;
+    b.click(&nodes).await;
+    b.press("Add node").await;
+    b.press("Create join token").await;
+    let command = b.text(&b.wait("pre", "lattice-agent enroll").await).await;
+    let token = command
+        .split("--token '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let out = common::agents::enroll(&token, dir.path()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!(
+        "capabilities = [\"firewall\"]\n[firewall]\nnft = {:?}\nconfirm_s = 5\n\n[[logs]]\ntype = \"file\"\npath = {:?}\n",
+        ns.nft(),
+        log.display().to_string()
+    );
+    let _agent = common::agents::run_agent(dir.path(), &config);
+    // The list refreshes by itself when the node connects.
+    let link = b.wait("#node-list td a", "").await;
+    b.wait("#node-list .badge", "connected").await;
+    b.click(&link).await;
+    b.wait("h2", "Host facts").await;
+    b.wait("dl.facts dt", "").await;
+    std::fs::write(&log, "hello from the node\n").unwrap();
+    // A chart with points (one sample a second here).
+    b.wait("#charts figure[aria-label*='CPU']", "CPU").await;
+    let latest = b
+        .run(
+            "return document.querySelector('#charts figure').getAttribute('aria-label')",
+            json!([]),
+        )
+        .await;
+    assert!(
+        !latest.as_str().unwrap().contains('–'),
+        "a chart with points: {latest}"
+    );
+    let follow = b.wait("label", "Follow").await;
+    b.click(&follow).await;
+    b.wait(".logs .line", "hello from the node").await;
+    b.screenshot(&shots, "node").await;
+
+    // Enable the firewall capability here (the agent's config allows it).
+    let cap = b.wait("label", "firewall").await;
+    b.click(&cap).await;
+    b.press("Save capabilities").await;
+    b.wait(".success", "Saved").await;
+    let node = b.url().await.rsplit('/').next().unwrap().to_owned();
+
+    // The intent, its plan, and the diff.
+    let changes = b.wait("nav a", "Reviewed changes").await;
+    b.click(&changes).await;
+    let new = b.wait("a", "New intent").await;
+    b.click(&new).await;
+    b.wait("h1", "New intent").await;
+    b.fill("input[name=name]", "web-fw").await;
+    b.fill("input[name=selector]", &node).await;
+    b.fill(
+        "textarea[name=spec]",
+        r#"{"default": "drop", "rules": [{"action": "accept", "protocol": "tcp", "ports": "22", "from": "10.0.0.0/8", "comment": "ssh"}]}"#,
+    )
+    .await;
+    b.press("Create intent").await;
+    b.wait("h1", "Intent web-fw").await;
+    b.press("Plan this intent").await;
+    b.wait("h1", "Plan for web-fw").await;
+    b.wait(".diff .dl.add", "tcp dport 22 accept").await;
+    b.screenshot(&shots, "plan").await;
+
+    // Approve with a fresh code: the next step after the one the sign-in used.
+    while lattice_core::time::now_ms() / 1000 / 30 < i64::try_from(login_step).unwrap() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.fill(
+        "input[name=totp_code]",
+        &lattice_identity::totp::code_at(&seed, (login_step + 1) * 30),
+    )
+    .await;
+    b.press("Approve and apply").await;
+    b.wait(".sub .badge", "applied").await;
+    b.wait("section .badge", "applied").await;
+    b.screenshot(&shots, "plan-applied").await;
+    let ruleset = ns.run(&["list", "table", "inet", "lattice"]);
+    assert!(ruleset.contains("tcp dport 22 accept"), "{ruleset}");
+    no_console_errors(&b, "the fleet and change pages").await;
+    b.quit().await;
+}

@@ -262,7 +262,8 @@ async fn static_sites_are_served_by_host() {
                 .await;
             assert_eq!(status, 409, "{reserved}: {body}");
         }
-        // Disabled binding: the host no longer serves the site (here: falls back to the API).
+        // Disabled binding: the host no longer serves the site (here: falls back to the
+        // API, whose `/` is the dashboard and which has no `/index.html`).
         assert_eq!(
             s.call(
                 "PATCH",
@@ -274,7 +275,7 @@ async fn static_sites_are_served_by_host() {
             .0,
             200
         );
-        let (status, body) = json(s.host_get(h, "/").send().await.unwrap()).await;
+        let (status, body) = json(s.host_get(h, "/index.html").send().await.unwrap()).await;
         assert_eq!(status, 404);
         assert_eq!(body["error"]["code"], "not_found");
         s.stop().await;

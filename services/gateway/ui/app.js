@@ -47,17 +47,27 @@
 
   /** Call the API; JSON in and out. Throws ApiError with the server's message. */
   async function api(method, path, body) {
-    const headers = { Accept: "application/json" };
+    return (await call(method, path, { json: body })).data;
+  }
+
+  /**
+   * Call the API with options: `json` (a body to send as JSON), `raw` (a body as is,
+   * with `type`), `headers`. Returns {data, headers}; throws ApiError.
+   */
+  async function call(method, path, opts = {}) {
+    const headers = Object.assign({ Accept: "application/json" }, opts.headers || {});
     if (method !== "GET") headers["X-CSRF-Token"] = cookie("lattice_csrf");
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let body;
+    if (opts.json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(opts.json);
+    } else if (opts.raw !== undefined) {
+      headers["Content-Type"] = opts.type || "application/octet-stream";
+      body = opts.raw;
+    }
     let resp;
     try {
-      resp = await fetch(path, {
-        method,
-        headers,
-        credentials: "same-origin",
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
+      resp = await fetch(path, { method, headers, credentials: "same-origin", body });
     } catch (e) {
       throw new ApiError(0, "network", "The server did not answer (" + e.message + ").");
     }
@@ -75,7 +85,7 @@
       }
       throw e;
     }
-    return data === null ? text : data;
+    return { data: data === null ? text : data, headers: resp.headers };
   }
 
   const fmt = {
@@ -186,10 +196,29 @@
     [/^\/ui\/tasks$/, pageTasks],
     [/^\/ui\/tasks\/([^/]+)$/, pageTask],
     [/^\/ui\/account$/, pageAccount],
+    [/^\/ui\/kv$/, () => pageStorage("kv")],
+    [/^\/ui\/static$/, () => pageStorage("static")],
+    [/^\/ui\/changes$/, pageChanges],
+    [/^\/ui\/changes\/intents\/new$/, () => pageIntent(null)],
+    [/^\/ui\/changes\/intents\/([^/]+)$/, pageIntent],
+    [/^\/ui\/changes\/plans\/([^/]+)$/, pagePlan],
+    [/^\/ui\/policies$/, pagePolicies],
+    [/^\/ui\/policies\/new$/, () => pagePolicy(null)],
+    [/^\/ui\/policies\/([^/]+)$/, pagePolicy],
+    [/^\/ui\/settings\/users$/, pageUsers],
+    [/^\/ui\/settings\/groups$/, pageGroups],
+    [/^\/ui\/settings\/tokens$/, pageTokens],
+    [/^\/ui\/settings\/sso$/, pageSso],
+    [/^\/ui\/settings\/orgs$/, pageOrgs],
+    [/^\/ui\/settings\/audit$/, pageAudit],
   ];
 
   const nav = [
     ["Fleet", [["/ui/", "Overview"], ["/ui/nodes", "Nodes"], ["/ui/tasks", "Tasks"]]],
+    ["Changes", [["/ui/changes", "Reviewed changes"], ["/ui/policies", "Policies"]]],
+    ["Platform", [["/ui/kv", "KV Store"], ["/ui/static", "Static"]]],
+    ["Settings", [["/ui/settings/users", "Users"], ["/ui/settings/groups", "Groups"], ["/ui/settings/tokens", "API tokens"],
+      ["/ui/settings/sso", "Single sign-on"], ["/ui/settings/orgs", "Organisations"], ["/ui/settings/audit", "Audit log"]]],
     ["You", [["/ui/account", "Account and security"]]],
   ];
 
@@ -485,16 +514,19 @@
       ["Network", "B/s", [["received", rate("rx_bytes")], ["sent", rate("tx_bytes")]]],
     ];
     box.replaceChildren();
-    const width = Math.max(280, Math.min(560, box.clientWidth / 2 - 24));
     const colors = ["#2563eb", "#db2777"];
-    for (const [title, unit, series] of specs) {
+    // Lay every figure out first, so each chart takes its own cell's width.
+    const figs = specs.map(([title, unit, series]) => {
       const last = series.map(([name, v]) => name + " " + formatValue(v[v.length - 1], unit)).join(", ");
-      const fig = h("figure", { class: "chart", "aria-label": title + ", last hour; latest: " + last },
+      return h("figure", { class: "chart", "aria-label": title + ", last hour; latest: " + last },
         h("h3", {}, title), h("figcaption", { class: "sr-only" }, "Latest: " + last));
-      box.append(fig);
+    });
+    box.append(...figs);
+    for (const [i, [, unit, series]] of specs.entries()) {
+      const fig = figs[i];
       // eslint-disable-next-line no-undef
       new uPlot({
-        width, height: 160,
+        width: Math.max(220, fig.clientWidth - 20), height: 160,
         scales: unit === "%" ? { y: { range: [0, 100] } } : {},
         axes: [{}, { values: (_, ticks) => ticks.map((v) => formatValue(v, unit)), size: 70 }],
         series: [{}, ...series.map(([label], i) => ({ label, stroke: colors[i], width: 1.5 }))],
@@ -598,6 +630,763 @@
         if (!(await confirmDialog("Cancel this task?", "Cancel task"))) return;
         try { await api("POST", "/api/v1/tasks/" + encodeURIComponent(t.id) + "/cancel"); render(); } catch (e) { ev.target.after(errorBox(e)); }
       } }, "Cancel task") : null);
+  }
+
+  // ------------------------------------------------------------------ reviewed changes
+
+  function diffView(diff) {
+    const pre = h("pre", { class: "diff", "aria-label": "Diff" });
+    for (const line of diff.split("\n")) {
+      const cls = line.startsWith("+++") || line.startsWith("---") ? "meta" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("@@") ? "hunk" : "";
+      // The sign stays in the text, so the change reads without colour too.
+      pre.append(h("span", { class: "dl " + cls }, line), "\n");
+    }
+    return pre;
+  }
+
+  async function pageChanges() {
+    const main = frame(h("h1", {}, "Reviewed changes"),
+      h("p", { class: "sub" }, "Intent, plan, approval of the reviewed hash, apply on the nodes, audit."),
+      h("div", { class: "row" }, h("a", { class: "button", href: "/ui/changes/intents/new" }, "New intent")),
+      h("h2", {}, "Plans"), h("div", { id: "plans" }, h("p", { class: "loading" }, "Loading…")),
+      h("h2", {}, "Intents"), h("div", { id: "intents" }, h("p", { class: "loading" }, "Loading…")),
+      h("h2", {}, "Agent releases"), h("div", { id: "releases" }, h("p", { class: "loading" }, "Loading…")));
+    const [plans, intents, releases] = await Promise.all([
+      api("GET", "/api/v1/plans?limit=50").catch((e) => e),
+      api("GET", "/api/v1/intents").catch((e) => e),
+      api("GET", "/api/v1/agent-releases").catch((e) => e),
+    ]);
+    $("#plans", main).replaceChildren(plans instanceof Error ? errorBox(plans) : plans.plans.length
+      ? h("table", {}, h("caption", { class: "sr-only" }, "Plans"),
+        h("thead", {}, h("tr", {}, ["Plan", "Intent", "Kind", "State", "Author", "Created"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, plans.plans.map((p) => h("tr", {},
+          h("td", {}, h("a", { class: "mono", href: "/ui/changes/plans/" + encodeURIComponent(p.id) }, p.id.slice(0, 13))),
+          h("td", {}, p.intent + " v" + p.intent_version), h("td", {}, p.kind), h("td", {}, badge(p.state)),
+          h("td", {}, p.author), h("td", { title: fmt.time(p.created_at_ms) }, fmt.ago(p.created_at_ms))))))
+      : h("p", { class: "empty" }, "No plans yet: plan an intent."));
+    $("#intents", main).replaceChildren(intents instanceof Error ? errorBox(intents) : intents.intents.length
+      ? h("table", {}, h("caption", { class: "sr-only" }, "Intents"),
+        h("thead", {}, h("tr", {}, ["Intent", "Kind", "Targets", "Version", "Changed"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, intents.intents.map((i) => h("tr", {},
+          h("td", {}, h("a", { href: "/ui/changes/intents/" + encodeURIComponent(i.name) }, i.name)), h("td", {}, i.kind),
+          h("td", {}, selectorText(i.selector)), h("td", { class: "num" }, i.version),
+          h("td", { title: fmt.time(i.created_at_ms) }, fmt.ago(i.created_at_ms) + " by " + i.created_by)))))
+      : h("p", { class: "empty" }, "No intents yet."));
+    $("#releases", main).replaceChildren(releases instanceof Error ? errorBox(releases) : (releases.releases || []).length
+      ? h("table", {}, h("caption", { class: "sr-only" }, "Agent releases"),
+        h("thead", {}, h("tr", {}, ["Version", "Architecture", "Size", "Uploaded"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, releases.releases.map((r) => h("tr", {}, h("td", {}, r.version), h("td", {}, r.arch),
+          h("td", { class: "num" }, fmt.bytes(r.size)), h("td", {}, fmt.time(r.uploaded_at_ms) + " by " + r.uploaded_by)))))
+      : h("p", { class: "empty" }, "No agent releases uploaded (lattice releases upload)."));
+  }
+
+  function selectorText(s) {
+    if (!s) return "";
+    if (s.node) return "node " + s.node.slice(0, 13);
+    return Object.entries(s.labels || {}).map(([k, v]) => k + "=" + v).join(", ") || "every node";
+  }
+
+  const SPEC_EXAMPLES = {
+    firewall: { default: "drop", rules: [{ action: "accept", protocol: "tcp", ports: "22", from: "10.0.0.0/8", comment: "ssh" }] },
+    dns: { zone: "example.com", ttl: 3600, soa: { mname: "ns1.example.com.", rname: "hostmaster@example.com" },
+      records: [{ name: "@", type: "NS", value: "ns1" }, { name: "ns1", type: "A", value: "192.0.2.53" }] },
+    proxy: { listen: { address: "0.0.0.0", http: 80, https: 443 }, certificates: "/etc/haproxy/certs", routes: [] },
+    "agent.update": { version: "1.0.0", mode: "manual" },
+  };
+
+  async function pageIntent(name) {
+    let current = null;
+    if (name) current = await api("GET", "/api/v1/intents/" + encodeURIComponent(name));
+    const sel = current ? current.selector : { labels: {} };
+    const form = submitting(h("form", { class: "stack panel", "aria-labelledby": "intent-h" },
+      h("label", {}, "Name", h("input", { name: "name", required: true, value: current ? current.name : "", readonly: !!current })),
+      h("label", {}, "Kind", h("select", { name: "kind", disabled: !!current, onchange: (ev) => {
+        const spec = form.elements.spec;
+        if (!spec.value.trim() || spec.dataset.example === "1") { spec.value = JSON.stringify(SPEC_EXAMPLES[ev.target.value] || {}, null, 2); spec.dataset.example = "1"; }
+      } }, ["firewall", "dns", "proxy", "agent.update"].map((k) => h("option", { value: k, selected: current ? current.kind === k : k === "firewall" }, k)))),
+      h("label", {}, "Targets", h("span", { class: "hint" }, "A node id, or labels as key=value separated by commas (every node with all of them)"),
+        h("input", { name: "selector", required: true, value: sel.node ? sel.node : Object.entries(sel.labels || {}).map(([k, v]) => k + "=" + v).join(", ") })),
+      h("label", {}, "Spec (JSON)", h("span", { class: "hint" }, "See docs/changes.md for each kind's fields; every field is checked."),
+        h("textarea", { name: "spec", spellcheck: "false", rows: 14, text: JSON.stringify(current ? current.spec : SPEC_EXAMPLES.firewall, null, 2) })),
+      h("div", { class: "row" }, h("button", { type: "submit" }, current ? "Save new version" : "Create intent"),
+        current ? h("button", { type: "button", class: "secondary", onclick: async (ev) => {
+          try {
+            const plan = await api("POST", "/api/v1/plans", { intent: current.name });
+            go("/ui/changes/plans/" + encodeURIComponent(plan.id));
+          } catch (e) { ev.target.after(errorBox(e)); }
+        } }, "Plan this intent") : null)), async (d) => {
+      let spec;
+      try { spec = JSON.parse(d.get("spec")); } catch (e) { throw new Error("spec: not JSON (" + e.message + ")"); }
+      const raw = String(d.get("selector")).trim();
+      const selector = raw.includes("=") ? { labels: Object.fromEntries(raw.split(",").map((p) => p.trim()).filter(Boolean).map((p) => { const [k, ...v] = p.split("="); return [k.trim(), v.join("=").trim()]; })) } : { node: raw };
+      const body = { name: d.get("name"), kind: current ? current.kind : d.get("kind"), selector, spec };
+      const saved = current
+        ? await api("PUT", "/api/v1/intents/" + encodeURIComponent(current.name), body)
+        : await api("POST", "/api/v1/intents", body);
+      go("/ui/changes/intents/" + encodeURIComponent(saved.name), true);
+    });
+    form.elements.spec.addEventListener("input", (ev) => { ev.target.dataset.example = "0"; });
+    frame(h("h1", { id: "intent-h" }, current ? "Intent " + current.name : "New intent"),
+      current ? h("p", { class: "sub" }, current.kind + " · version " + current.version + " · " + fmt.time(current.created_at_ms) + " by " + current.created_by) : null,
+      form);
+  }
+
+  async function pagePlan(id) {
+    const p = await api("GET", "/api/v1/plans/" + encodeURIComponent(id));
+    const main = frame(h("h1", {}, "Plan for " + p.intent),
+      h("p", { class: "sub" }, badge(p.state), " ", p.kind, " · intent version ", p.intent_version, " · by ", p.author, " · ", fmt.time(p.created_at_ms),
+        p.decided_by ? " · decided by " + p.decided_by + (p.reason ? ": " + p.reason : "") : ""),
+      h("div", { class: "panel" }, h("p", {}, "Hash of what you review: ", h("code", { id: "plan-hash" }, p.hash))),
+      h("div", { id: "decision" }),
+      h("h2", {}, "Nodes"),
+      h("div", { id: "targets" }));
+    const targets = $("#targets", main);
+    for (const t of p.targets) {
+      append(targets, h("section", { class: "panel", "aria-label": "Node " + t.node },
+        h("h3", {}, h("a", { href: "/ui/nodes/" + encodeURIComponent(t.node), class: "mono" }, t.node), " ",
+          badge(t.state), " ", t.wave === 0 ? h("span", { class: "tag" }, "canary") : h("span", { class: "tag" }, "wave " + t.wave),
+          t.drift ? [" ", h("span", { class: "badge warn" }, "drift: hand edits on the node")] : null),
+        t.diff ? diffView(t.diff) : h("p", { class: "empty" }, "No change on this node."),
+        t.result ? h("details", {}, h("summary", {}, "Result"), h("pre", {}, JSON.stringify(t.result, null, 2))) : null,
+        t.task_id ? h("p", {}, h("a", { href: "/ui/tasks/" + encodeURIComponent(t.task_id) }, "The apply task")) : null));
+    }
+    const decision = $("#decision", main);
+    if (p.state === "pending") {
+      const approve = submitting(h("form", { class: "panel stack", "aria-labelledby": "approve-h" },
+        h("h2", { id: "approve-h" }, "Approve"),
+        h("p", {}, "Approving applies exactly the plan with hash ", h("code", {}, p.hash.slice(0, 23) + "…"), " to the nodes above, the canary first."),
+        state.me.totp_enabled ? h("label", {}, "TOTP code", h("span", { class: "hint" }, "A fresh code confirms it is you"),
+          h("input", { name: "totp_code", inputmode: "numeric", autocomplete: "one-time-code", required: true })) : null,
+        h("div", { class: "row" }, h("button", { type: "submit" }, "Approve and apply"))), async (d) => {
+        const body = { hash: p.hash };
+        if (d.get("totp_code")) body.totp_code = String(d.get("totp_code")).trim();
+        await api("POST", "/api/v1/plans/" + encodeURIComponent(p.id) + "/approve", body);
+        render();
+      });
+      const reject = submitting(h("form", { class: "panel stack", "aria-labelledby": "reject-h" },
+        h("h2", { id: "reject-h" }, "Reject"),
+        h("label", {}, "Reason", h("input", { name: "reason", required: true })),
+        h("div", { class: "row" }, h("button", { type: "submit", class: "danger" }, "Reject plan"),
+          h("button", { type: "button", class: "secondary", onclick: async (ev) => {
+            if (!(await confirmDialog("Cancel this plan? It cannot be approved afterwards.", "Cancel plan"))) return;
+            try { await api("POST", "/api/v1/plans/" + encodeURIComponent(p.id) + "/cancel"); render(); } catch (e) { ev.target.after(errorBox(e)); }
+          } }, "Cancel plan"))), async (d) => {
+        await api("POST", "/api/v1/plans/" + encodeURIComponent(p.id) + "/reject", { reason: d.get("reason") });
+        render();
+      });
+      decision.replaceChildren(h("div", { class: "grid2" }, approve, reject));
+    }
+    if (p.state === "applying" || p.state === "approved") {
+      decision.replaceChildren(h("p", { role: "status" }, "Rolling out: this page follows the nodes' progress."));
+      every(3000, async () => {
+        const now = await api("GET", "/api/v1/plans/" + encodeURIComponent(p.id)).catch(() => null);
+        if (now && JSON.stringify(now.targets.map((t) => t.state)) + now.state !== JSON.stringify(p.targets.map((t) => t.state)) + p.state) render();
+      });
+    }
+  }
+
+  // ------------------------------------------------------------------ policies
+
+  async function pagePolicies() {
+    const list = await api("GET", "/api/v1/policies");
+    frame(h("h1", {}, "Policies"),
+      h("p", { class: "sub" }, "Cedar policies decide who may reach which node and port, run which task kind, read which secret and approve which plan. Default deny."),
+      h("div", { class: "row" }, h("a", { class: "button", href: "/ui/policies/new" }, "New policy")),
+      list.policies.length ? h("table", {}, h("caption", { class: "sr-only" }, "Policies"),
+        h("thead", {}, h("tr", {}, ["Policy", "Enabled", "Priority", "Description", "Updated"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.policies.map((p) => h("tr", {},
+          h("td", {}, h("a", { href: "/ui/policies/" + encodeURIComponent(p.name) }, p.name)),
+          h("td", {}, p.enabled ? badge("active") : h("span", { class: "badge" }, "off")), h("td", { class: "num" }, p.priority),
+          h("td", {}, p.description), h("td", { title: fmt.time(p.updated_at_ms) }, fmt.ago(p.updated_at_ms) + " by " + p.updated_by)))))
+        : h("p", { class: "empty" }, "No policies: everything is denied."),
+      explainForm());
+  }
+
+  function explainForm() {
+    const out = h("div", { "aria-live": "polite" });
+    const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "explain-h" },
+      h("h2", { id: "explain-h" }, "Explain a decision"),
+      h("label", {}, "Principal", h("input", { name: "principal", required: true, value: 'Lattice::User::"' + state.me.username + '"' })),
+      h("label", {}, "Action", h("select", { name: "action" }, ["AccessNode", "RunTask", "ReadSecret", "ApprovePlan"].map((a) => h("option", { value: a }, a)))),
+      h("label", {}, "Resource", h("input", { name: "resource", required: true, placeholder: 'Lattice::Node::"<node id>"' })),
+      h("label", {}, "Context (JSON)", h("input", { name: "context", value: '{"port": 22, "protocol": "tcp"}' })),
+      h("div", {}, h("button", { type: "submit" }, "Explain")), out), async (d) => {
+      let context;
+      try { context = JSON.parse(d.get("context") || "{}"); } catch (e) { throw new Error("context: not JSON (" + e.message + ")"); }
+      const r = await api("POST", "/api/v1/policies/explain", { principal: d.get("principal"), action: d.get("action"), resource: d.get("resource"), context });
+      out.replaceChildren(h("div", { class: r.decision === "allow" ? "success" : "error", role: "status" },
+        h("strong", {}, r.decision === "allow" ? "Allowed" : "Denied"),
+        r.determining.length ? " by " + r.determining.join(", ") : " (no policy allows it)"));
+    });
+    return form;
+  }
+
+  async function pagePolicy(name) {
+    const p = name ? await api("GET", "/api/v1/policies/" + encodeURIComponent(name)) : null;
+    const problems = h("div", { id: "policy-problems", "aria-live": "polite" });
+    const preview = h("div", { id: "policy-preview", "aria-live": "polite" });
+    const form = h("form", { class: "stack panel", "aria-labelledby": "policy-h" },
+      h("label", {}, "Name", h("input", { name: "name", required: true, value: p ? p.name : "", readonly: !!p })),
+      h("label", {}, "Description", h("input", { name: "description", value: p ? p.description : "" })),
+      h("div", { class: "row" },
+        h("label", {}, "Priority", h("input", { name: "priority", type: "number", value: p ? p.priority : 0 })),
+        h("label", { class: "inline" }, h("input", { name: "enabled", type: "checkbox", checked: p ? p.enabled : true }), "Enabled")),
+      h("label", {}, "Cedar", h("textarea", { name: "policies", spellcheck: "false", rows: 16, "aria-describedby": "policy-problems",
+        text: p ? p.policies : 'permit(\n  principal in Lattice::Group::"admins",\n  action == Lattice::Action::"AccessNode",\n  resource\n) when { context.port == 22 };\n' })),
+      problems,
+      h("div", { class: "row" },
+        h("button", { type: "button", class: "secondary", onclick: () => check() }, "Check"),
+        h("button", { type: "submit" }, "Preview and save")),
+      preview);
+    const input = () => {
+      const d = new FormData(form);
+      return { name: d.get("name"), policies: d.get("policies"), enabled: d.get("enabled") === "on", priority: Number(d.get("priority")) || 0, description: d.get("description") || "" };
+    };
+    async function check() {
+      const text = form.elements.policies;
+      text.removeAttribute("aria-invalid");
+      let v;
+      try { v = await api("POST", "/api/v1/policies/validate", { policies: text.value }); } catch (e) { problems.replaceChildren(errorBox(e)); return false; }
+      if (v.valid) { problems.replaceChildren(h("div", { class: "success", role: "status" }, "Valid: " + v.statements + " statement" + (v.statements === 1 ? "" : "s") + ".")); return true; }
+      text.setAttribute("aria-invalid", "true");
+      const lines = text.value.split("\n");
+      problems.replaceChildren(...v.problems.map((pr) => h("div", { class: "error", role: "alert" },
+        pr.line ? h("button", { type: "button", class: "link", onclick: () => goToLine(text, pr.line, pr.column) }, "Line " + pr.line + (pr.column ? ", column " + pr.column : "")) : null,
+        pr.line ? ": " : "", pr.message,
+        pr.line && lines[pr.line - 1] !== undefined ? h("pre", {}, lines[pr.line - 1] + "\n" + " ".repeat(Math.max(0, (pr.column || 1) - 1)) + "^") : null)));
+      const first = v.problems.find((pr) => pr.line);
+      if (first) goToLine(text, first.line, first.column);
+      return false;
+    }
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      if (!(await check())) return;
+      let report;
+      try { report = await api("POST", "/api/v1/policies/dry-run", { put: [input()], delete: [], last: 1000 }); } catch (e) { preview.replaceChildren(errorBox(e)); return; }
+      const save = h("button", { type: "button", onclick: async () => {
+        try {
+          if (p) await api("PUT", "/api/v1/policies/" + encodeURIComponent(p.name), input());
+          else await api("POST", "/api/v1/policies", input());
+          go("/ui/policies/" + encodeURIComponent(input().name), true);
+        } catch (e) { save.after(errorBox(e)); }
+      } }, "Save policy");
+      preview.replaceChildren(h("div", { class: "panel" }, h("h2", {}, "What would change"),
+        h("p", {}, "Replayed the last " + report.replayed + " decisions: " + report.allow_to_deny + " would become denied, " + report.deny_to_allow + " would become allowed."),
+        report.flips.length ? h("table", {}, h("caption", { class: "sr-only" }, "Decisions that change"),
+          h("thead", {}, h("tr", {}, ["Principal", "Action", "Resource", "Before", "After"].map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, report.flips.map((f) => h("tr", {}, h("td", { class: "mono" }, f.principal), h("td", {}, f.action), h("td", { class: "mono" }, f.resource),
+            h("td", {}, f.before), h("td", {}, f.after))))) : null,
+        h("div", { class: "row" }, save)));
+      save.focus();
+    });
+    frame(h("h1", { id: "policy-h" }, p ? "Policy " + p.name : "New policy"),
+      p ? h("p", { class: "sub" }, "Updated " + fmt.time(p.updated_at_ms) + " by " + p.updated_by) : null,
+      form,
+      p ? h("div", { class: "panel" }, h("button", { type: "button", class: "danger", onclick: async (ev) => {
+        if (!(await confirmDialog("Delete policy " + p.name + "? What it allows is denied from then on.", "Delete policy"))) return;
+        try { await api("DELETE", "/api/v1/policies/" + encodeURIComponent(p.name)); go("/ui/policies"); } catch (e) { ev.target.after(errorBox(e)); }
+      } }, "Delete policy")) : null);
+  }
+
+  function goToLine(textarea, line, column) {
+    const lines = textarea.value.split("\n");
+    let pos = 0;
+    for (let i = 0; i < line - 1 && i < lines.length; i++) pos += lines[i].length + 1;
+    pos += Math.max(0, (column || 1) - 1);
+    textarea.focus();
+    textarea.setSelectionRange(pos, Math.min(textarea.value.length, pos + 1));
+  }
+
+  // ------------------------------------------------------------------ storage (seed 002)
+  // Platform -> KV Store and Platform -> Static: the object editor on top, then
+  // "Publishing and access" (buckets, host bindings, storage tokens).
+
+  async function pageStorage(surface) {
+    const title = surface === "kv" ? "KV Store" : "Static";
+    const params = new URLSearchParams(location.search);
+    const main = frame(h("h1", {}, title),
+      h("section", { "aria-labelledby": "editor-h" }, h("h2", { id: "editor-h" }, "Object editor"), h("div", { id: "editor" }, h("p", { class: "loading" }, "Loading…"))),
+      h("section", { "aria-labelledby": "pub-h" }, h("h2", { id: "pub-h" }, "Publishing and access"),
+        h("div", { class: "grid2" },
+          h("div", { class: "panel", id: "buckets" }), h("div", { class: "panel", id: "bindings" })),
+        h("div", { class: "panel", id: "tokens" })));
+    const buckets = (await api("GET", "/api/v1/buckets?surface=" + surface)).buckets;
+    const chosen = buckets.find((b) => b.name === params.get("bucket")) || buckets[0];
+    const editor = $("#editor", main);
+    if (!chosen) editor.replaceChildren(h("p", { class: "empty" }, "No " + (surface === "kv" ? "KV" : "static") + " bucket yet: create one under Publishing and access."));
+    else {
+      const picker = h("label", {}, "Bucket", h("select", { name: "bucket", onchange: (ev) => go("/ui/" + surface + "?bucket=" + encodeURIComponent(ev.target.value)) },
+        buckets.map((b) => h("option", { value: b.name, selected: b === chosen }, b.name + (b.secret ? " (secret)" : "")))));
+      const body = h("div", {});
+      editor.replaceChildren(h("div", { class: "row" }, picker), body);
+      if (surface === "kv") kvEditor(body, chosen, params.get("key"));
+      else staticEditor(body, chosen);
+    }
+    bucketsPanel($("#buckets", main), surface, buckets);
+    bindingsPanel($("#bindings", main), surface, buckets);
+    tokensPanel($("#tokens", main), surface, buckets);
+  }
+
+  // ---- KV
+
+  function kvEditor(box, bucket, openKey) {
+    const base = "/api/v1/kv/" + encodeURIComponent(bucket.name);
+    const keyUrl = (k) => base + "/" + k.split("/").map(encodeURIComponent).join("/");
+    const list = h("div", { class: "panel" });
+    const detail = h("div", { class: "panel", id: "kv-entry" });
+    const search = h("form", { class: "row", role: "search" },
+      h("label", {}, "Key prefix", h("input", { name: "prefix" })),
+      h("button", { type: "submit" }, "List"),
+      h("button", { type: "button", class: "secondary", onclick: () => openEntry(null) }, "New key"));
+    let cursor = null;
+    const listKeys = async (more) => {
+      const prefix = new FormData(search).get("prefix") || "";
+      try {
+        const page = await api("GET", base + "?limit=100&prefix=" + encodeURIComponent(prefix) + (more && cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+        cursor = page.next_cursor;
+        const rows = page.entries.map((e) => h("tr", {},
+          h("td", {}, h("button", { type: "button", class: "link mono", onclick: () => openEntry(e.key) }, e.key)),
+          h("td", { class: "num" }, e.version),
+          h("td", { title: fmt.time(e.updated_at_ms) }, fmt.ago(e.updated_at_ms)),
+          h("td", {}, e.expires_at_ms ? fmt.time(e.expires_at_ms) : "never")));
+        const table = more && list.querySelector("tbody");
+        if (table) append(table, rows);
+        else list.replaceChildren(rows.length
+          ? h("table", {}, h("caption", { class: "sr-only" }, "Keys"),
+            h("thead", {}, h("tr", {}, ["Key", "Version", "Updated", "Expires"].map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows))
+          : h("p", { class: "empty" }, "No keys" + (prefix ? " with this prefix." : " yet.")));
+        list.querySelector(".more")?.remove();
+        if (cursor) list.append(h("button", { type: "button", class: "secondary more", onclick: () => listKeys(true) }, "More keys"));
+      } catch (e) { list.replaceChildren(errorBox(e)); }
+    };
+    search.addEventListener("submit", (ev) => { ev.preventDefault(); listKeys(false); });
+
+    async function openEntry(key) {
+      if (key !== null) history.replaceState(null, "", "/ui/kv?bucket=" + encodeURIComponent(bucket.name) + "&key=" + encodeURIComponent(key));
+      let entry = null;
+      if (key !== null) {
+        try {
+          const r = await call("GET", keyUrl(key));
+          entry = r.data;
+        } catch (e) { detail.replaceChildren(errorBox(e)); return; }
+      }
+      const form = h("form", { class: "stack", "aria-labelledby": "entry-h" },
+        h("h3", { id: "entry-h" }, entry ? "Key " + entry.key : "New key"),
+        entry ? h("p", { class: "hint" }, "Version " + entry.version + " · updated " + fmt.time(entry.updated_at_ms) + (entry.expires_at_ms ? " · expires " + fmt.time(entry.expires_at_ms) : "")) : null,
+        entry ? null : h("label", {}, "Key", h("input", { name: "key", required: true, maxlength: 512 })),
+        h("label", {}, "Value (JSON)", h("textarea", { name: "value", spellcheck: "false", required: true, text: entry ? JSON.stringify(entry.value, null, 2) : "" })),
+        h("label", {}, "Expires after (seconds)", h("span", { class: "hint" }, "0: never. Every save sets the expiry again."), h("input", { name: "ttl_s", type: "number", min: 0, value: 0 })),
+        h("div", { class: "row" },
+          h("button", { type: "submit" }, entry ? "Save" : "Create"),
+          entry ? h("button", { type: "button", class: "danger", onclick: async (ev) => {
+            if (!(await confirmDialog("Delete key " + entry.key + "?", "Delete key"))) return;
+            try {
+              await call("DELETE", keyUrl(entry.key), { headers: { "If-Match": '"' + entry.version + '"' } });
+              detail.replaceChildren(h("div", { class: "success", role: "status" }, "Deleted " + entry.key + "."));
+              listKeys(false);
+            } catch (e) { ev.target.after(errorBox(e)); }
+          } }, "Delete") : null));
+      submitting(form, async (d) => {
+        let value;
+        try { value = JSON.parse(d.get("value")); } catch (e) { throw new Error("value: not JSON (" + e.message + ")"); }
+        const k = entry ? entry.key : d.get("key");
+        const headers = entry ? { "If-Match": '"' + entry.version + '"' } : { "If-None-Match": "*" };
+        try {
+          const r = await call("PUT", keyUrl(k), { json: { value, ttl_s: Number(d.get("ttl_s")) || 0 }, headers });
+          entry = r.data;
+          await openEntry(k);
+          $("#kv-entry").prepend(h("div", { class: "success", role: "status" }, "Saved version " + r.data.version + "."));
+          listKeys(false);
+        } catch (e) {
+          if (e.status !== 412) throw e;
+          // Somebody else wrote first: show it instead of overwriting.
+          let now = null;
+          try { now = (await call("GET", keyUrl(k))).data; } catch { /* deleted meanwhile */ }
+          const conflict = h("div", { class: "error", role: "alert", id: "kv-conflict" },
+            h("strong", {}, "Not saved: the key changed since you opened it. "),
+            now ? "It is now at version " + now.version + ":" : (entry ? "It was deleted." : "It exists already."),
+            now ? h("pre", {}, JSON.stringify(now.value, null, 2)) : null,
+            h("div", { class: "row" },
+              h("button", { type: "button", onclick: () => openEntry(k) }, "Load the current value"),
+              now ? h("button", { type: "button", class: "secondary", onclick: async () => {
+                entry = now;
+                form.requestSubmit();
+              } }, "Save mine over it") : null));
+          form.querySelector(".form-error").replaceChildren(conflict);
+        }
+      });
+      detail.replaceChildren(form);
+      form.querySelector("textarea, input").focus();
+    }
+
+    box.replaceChildren(search, h("div", { class: "grid2" }, list, detail));
+    detail.append(h("p", { class: "empty" }, "Choose a key, or create one."));
+    listKeys(false);
+    if (openKey) openEntry(openKey);
+  }
+
+  // ---- Static
+
+  function staticEditor(box, bucket) {
+    const base = "/api/v1/static/" + encodeURIComponent(bucket.name);
+    const files = h("div", { class: "panel" });
+    const deployments = h("div", { class: "panel" });
+    const viewer = h("div", { id: "file-view" });
+    const objectUrl = (p) => base + "/objects/" + p.split("/").map(encodeURIComponent).join("/");
+
+    const upload = h("form", { class: "panel stack", "aria-labelledby": "upload-h" },
+      h("h3", { id: "upload-h" }, "Upload a site"),
+      h("label", {}, "Archive", h("span", { class: "hint" }, "A tar, tar.gz or zip of the site's files; it becomes the active deployment."),
+        h("input", { type: "file", name: "archive", required: true, accept: ".tar,.tgz,.gz,.zip,application/gzip,application/zip,application/x-tar" })),
+      h("progress", { max: 100, value: 0, hidden: true, "aria-label": "Upload progress" }),
+      h("div", {}, h("button", { type: "submit" }, "Upload and activate")));
+    upload.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const file = upload.elements.archive.files[0];
+      if (!file) return;
+      const bar = upload.querySelector("progress");
+      const out = upload.querySelector(".form-error") || upload.appendChild(h("div", { class: "form-error", "aria-live": "polite" }));
+      out.replaceChildren();
+      bar.hidden = false;
+      bar.value = 0;
+      // XMLHttpRequest, not fetch: it reports upload progress.
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", base + "/deployments");
+      xhr.setRequestHeader("X-CSRF-Token", cookie("lattice_csrf"));
+      xhr.setRequestHeader("Content-Type", "application/octet-stream");
+      xhr.upload.addEventListener("progress", (p) => { if (p.lengthComputable) bar.value = Math.round(100 * p.loaded / p.total); });
+      xhr.addEventListener("load", () => {
+        bar.hidden = true;
+        if (xhr.status === 201) {
+          const d = JSON.parse(xhr.responseText);
+          out.replaceChildren(h("div", { class: "success", role: "status" }, "Deployed " + d.file_count + " files (" + fmt.bytes(d.total_bytes) + ") as " + d.id + "; it is active."));
+          upload.reset();
+          refresh();
+        } else {
+          let msg = xhr.statusText;
+          try { msg = JSON.parse(xhr.responseText).error.message; } catch { /* keep the status text */ }
+          out.replaceChildren(errorBox(msg));
+        }
+      });
+      xhr.addEventListener("error", () => { bar.hidden = true; out.replaceChildren(errorBox("The upload failed: the server did not answer.")); });
+      xhr.send(file);
+    });
+
+    const addFile = submitting(h("form", { class: "panel stack", "aria-labelledby": "put-h" },
+      h("h3", { id: "put-h" }, "Add or replace one file"),
+      h("label", {}, "Path", h("input", { name: "path", required: true, placeholder: "about/index.html" })),
+      h("label", {}, "File", h("input", { type: "file", name: "file", required: true })),
+      h("div", {}, h("button", { type: "submit" }, "Publish file"))), async (d) => {
+      const f = d.get("file");
+      await call("PUT", objectUrl(String(d.get("path")).replace(/^\/+/, "")), { raw: f, type: f.type || "application/octet-stream" });
+      addFile.reset();
+      addFile.querySelector(".form-error").replaceChildren(h("div", { class: "success", role: "status" }, "Published: a new deployment with the file is active."));
+      refresh();
+    });
+
+    async function showFile(o) {
+      const textual = /^(text\/|application\/(json|javascript|xml))|svg/.test(o.content_type) && o.size <= 512 * 1024;
+      const head = h("h3", {}, o.path);
+      const meta = h("p", { class: "hint" }, o.content_type + " · " + fmt.bytes(o.size));
+      const remove = h("button", { type: "button", class: "danger", onclick: async (ev) => {
+        if (!(await confirmDialog("Remove " + o.path + " from the site? A new deployment without it becomes active.", "Remove file"))) return;
+        try { await call("DELETE", objectUrl(o.path)); viewer.replaceChildren(h("div", { class: "success", role: "status" }, "Removed " + o.path + ".")); refresh(); } catch (e) { ev.target.after(errorBox(e)); }
+      } }, "Remove file");
+      if (!textual) { viewer.replaceChildren(h("div", { class: "panel" }, head, meta, remove)); return; }
+      let text = "";
+      try {
+        const r = await fetch(objectUrl(o.path), { credentials: "same-origin" });
+        if (!r.ok) throw new Error("could not read the file (" + r.status + ")");
+        text = await r.text();
+      } catch (e) { viewer.replaceChildren(errorBox(e)); return; }
+      const edit = submitting(h("form", { class: "stack" },
+        h("label", {}, "Content", h("textarea", { name: "content", spellcheck: "false", text })),
+        h("div", { class: "row" }, h("button", { type: "submit" }, "Publish change"), remove)), async (d) => {
+        await call("PUT", objectUrl(o.path), { raw: d.get("content"), type: o.content_type });
+        edit.querySelector(".form-error").replaceChildren(h("div", { class: "success", role: "status" }, "Published: a new deployment with the change is active."));
+        refresh();
+      });
+      viewer.replaceChildren(h("div", { class: "panel" }, head, meta, edit));
+    }
+
+    async function refresh() {
+      try {
+        const [objs, deps] = await Promise.all([api("GET", base + "/objects"), api("GET", base + "/deployments")]);
+        files.replaceChildren(h("h3", {}, "Files of the active deployment"), objs.objects.length
+          ? h("table", {}, h("caption", { class: "sr-only" }, "Files"),
+            h("thead", {}, h("tr", {}, ["Path", "Type", "Size"].map((t) => h("th", { scope: "col" }, t)))),
+            h("tbody", {}, objs.objects.map((o) => h("tr", {},
+              h("td", {}, h("button", { type: "button", class: "link mono", onclick: () => showFile(o) }, o.path)),
+              h("td", {}, o.content_type), h("td", { class: "num" }, fmt.bytes(o.size))))))
+          : h("p", { class: "empty" }, "Nothing published yet: upload a site."));
+        deployments.replaceChildren(h("h3", {}, "Deployments"), deps.deployments.length
+          ? h("table", { id: "deployments" }, h("caption", { class: "sr-only" }, "Deployments"),
+            h("thead", {}, h("tr", {}, ["Deployment", "Created", "Files", "Size", ""].map((t) => h("th", { scope: "col" }, t)))),
+            h("tbody", {}, deps.deployments.map((d) => h("tr", {},
+              h("td", { class: "mono" }, d.id.slice(0, 13), d.active ? [" ", badge("active")] : null),
+              h("td", { title: fmt.time(d.created_at_ms) }, fmt.ago(d.created_at_ms) + " by " + d.created_by),
+              h("td", { class: "num" }, d.file_count), h("td", { class: "num" }, fmt.bytes(d.total_bytes)),
+              h("td", {}, d.active ? null : h("button", { type: "button", class: "secondary", "aria-label": "Activate deployment " + d.id, onclick: async (ev) => {
+                if (!(await confirmDialog("Make deployment " + d.id.slice(0, 13) + " the live site?", "Activate"))) return;
+                try { await api("POST", base + "/deployments/" + encodeURIComponent(d.id) + "/activate"); refresh(); } catch (e) { ev.target.after(errorBox(e)); }
+              } }, "Activate"))))))
+          : h("p", { class: "empty" }, "No deployments yet."));
+      } catch (e) { files.replaceChildren(errorBox(e)); }
+    }
+
+    box.replaceChildren(h("div", { class: "grid2" }, upload, addFile), h("div", { class: "grid2" }, files, deployments), viewer);
+    refresh();
+  }
+
+  // ---- Publishing and access
+
+  function bucketsPanel(box, surface, buckets) {
+    const form = submitting(h("form", { class: "stack" },
+      h("label", {}, "Name", h("span", { class: "hint" }, "a-z, 0-9 and -, up to 63"), h("input", { name: "name", required: true, pattern: "[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?" })),
+      surface === "kv" ? h("label", { class: "inline" }, h("input", { type: "checkbox", name: "secret" }), "Secret (values sealed at rest, never cached, readable only where a policy allows)") : null,
+      h("div", {}, h("button", { type: "submit" }, "Create bucket"))), async (d) => {
+      const b = await api("POST", "/api/v1/buckets", { name: d.get("name"), surface, secret: d.get("secret") === "on" });
+      go("/ui/" + surface + "?bucket=" + encodeURIComponent(b.name));
+    });
+    box.replaceChildren(h("h3", {}, "Buckets"),
+      buckets.length ? h("ul", {}, buckets.map((b) => h("li", {},
+        h("a", { href: "/ui/" + surface + "?bucket=" + encodeURIComponent(b.name) }, b.name), b.secret ? [" ", badge("secret")] : null, " ",
+        h("button", { type: "button", class: "link", "aria-label": "Delete bucket " + b.name, onclick: async (ev) => {
+          if (!(await confirmDialog("Delete bucket " + b.name + " with everything in it? Its hosts stop serving and the storage tokens that name it are revoked.", "Delete bucket"))) return;
+          try { await api("DELETE", "/api/v1/buckets/" + encodeURIComponent(b.name)); go("/ui/" + surface, true); } catch (e) { ev.target.after(errorBox(e)); }
+        } }, "delete")))) : h("p", { class: "empty" }, "No buckets yet."),
+      form);
+  }
+
+  async function bindingsPanel(box, surface, buckets) {
+    box.replaceChildren(h("h3", {}, "Host bindings"), h("p", { class: "loading" }, "Loading…"));
+    let list;
+    try { list = (await api("GET", "/api/v1/bindings")).bindings.filter((b) => b.surface === surface); } catch (e) { box.replaceChildren(h("h3", {}, "Host bindings"), errorBox(e)); return; }
+    const form = submitting(h("form", { class: "stack" },
+      h("label", {}, "Host", h("span", { class: "hint" }, "The name this gateway serves the bucket on (DNS must point here)"), h("input", { name: "host", required: true, placeholder: "www.example.com" })),
+      h("label", {}, "Bucket", h("select", { name: "bucket" }, buckets.map((b) => h("option", { value: b.name }, b.name)))),
+      h("div", {}, h("button", { type: "submit", disabled: !buckets.length }, "Bind host"))), async (d) => {
+      await api("POST", "/api/v1/bindings", { host: d.get("host"), bucket: d.get("bucket") });
+      bindingsPanel(box, surface, buckets);
+    });
+    box.replaceChildren(h("h3", {}, "Host bindings"),
+      list.length ? h("table", {}, h("caption", { class: "sr-only" }, "Host bindings"),
+        h("thead", {}, h("tr", {}, ["Host", "Bucket", "Serving", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.map((b) => h("tr", {},
+          h("td", { class: "mono" }, b.host), h("td", {}, b.bucket),
+          h("td", {}, h("label", { class: "inline" }, h("input", { type: "checkbox", checked: b.enabled, "aria-label": "Serve " + b.host, onchange: async (ev) => {
+            try { await api("PATCH", "/api/v1/bindings/" + encodeURIComponent(b.host), { enabled: ev.target.checked }); } catch (e) { ev.target.checked = !ev.target.checked; ev.target.after(errorBox(e)); }
+          } }), b.enabled ? "on" : "off")),
+          h("td", {}, h("button", { type: "button", class: "link", "aria-label": "Unbind " + b.host, onclick: async (ev) => {
+            if (!(await confirmDialog("Stop serving " + b.host + " and delete the binding?", "Unbind"))) return;
+            try { await api("DELETE", "/api/v1/bindings/" + encodeURIComponent(b.host)); bindingsPanel(box, surface, buckets); } catch (e) { ev.target.after(errorBox(e)); }
+          } }, "unbind"))))))
+        : h("p", { class: "empty" }, "No host serves these buckets yet."),
+      form);
+  }
+
+  async function tokensPanel(box, surface, buckets) {
+    const headTitle = () => h("h3", {}, "Storage tokens");
+    box.replaceChildren(headTitle(), h("p", { class: "loading" }, "Loading…"));
+    let list;
+    try { list = (await api("GET", "/api/v1/storage-tokens")).tokens.filter((t) => t.surface === surface); } catch (e) { box.replaceChildren(headTitle(), errorBox(e)); return; }
+    const shown = h("div", {});
+    const form = submitting(h("form", { class: "stack" },
+      h("label", {}, "Name", h("input", { name: "name", maxlength: 64, placeholder: "ci-deploy" })),
+      h("label", {}, "Access", h("select", { name: "access" }, ["read", "write", "admin"].map((a) => h("option", { value: a }, a)))),
+      h("label", {}, "Buckets", h("span", { class: "hint" }, "Comma-separated names, or * for every " + surface + " bucket"), h("input", { name: "buckets", required: true, value: buckets[0] ? buckets[0].name : "*" })),
+      h("label", {}, "Expires after (days)", h("span", { class: "hint" }, "0: never"), h("input", { name: "days", type: "number", min: 0, value: 90 })),
+      h("div", {}, h("button", { type: "submit" }, "Create token"))), async (d) => {
+      const t = await api("POST", "/api/v1/storage-tokens", {
+        surface, access: d.get("access"), name: d.get("name"),
+        buckets: String(d.get("buckets")).split(",").map((s) => s.trim()).filter(Boolean),
+        expires_in_s: Math.round(Number(d.get("days")) * 86400),
+      });
+      shown.replaceChildren(h("div", { class: "success", role: "status" }, "Token created. Copy it now: it is not shown again."),
+        h("div", { class: "secret" }, h("pre", { id: "new-storage-token", "aria-label": "The new token" }, t.token), copyButton(t.token)));
+      form.reset();
+      const keep = shown;
+      await tokensPanel(box, surface, buckets);
+      box.querySelector(".shown").replaceWith(keep);
+    });
+    box.replaceChildren(headTitle(),
+      list.length ? h("table", {}, h("caption", { class: "sr-only" }, "Storage tokens"),
+        h("thead", {}, h("tr", {}, ["Name", "Access", "Buckets", "Expires", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.map((t) => h("tr", {},
+          h("td", {}, t.name || h("span", { class: "mono" }, t.id.slice(0, 13))), h("td", {}, t.access), h("td", {}, t.buckets.join(", ")),
+          h("td", {}, t.expires_at_ms ? fmt.time(t.expires_at_ms) : "never"),
+          h("td", {}, h("button", { type: "button", class: "link", "aria-label": "Revoke token " + (t.name || t.id), onclick: async (ev) => {
+            if (!(await confirmDialog("Revoke this token? Clients using it are refused at once.", "Revoke"))) return;
+            try { await api("DELETE", "/api/v1/storage-tokens/" + encodeURIComponent(t.id)); tokensPanel(box, surface, buckets); } catch (e) { ev.target.after(errorBox(e)); }
+          } }, "revoke"))))))
+        : h("p", { class: "empty" }, "No live " + surface + " tokens."),
+      h("div", { class: "shown" }), shown.childElementCount ? shown : null, form);
+  }
+
+  // ------------------------------------------------------------------ settings
+
+  function table(caption, headers, rows, empty) {
+    if (!rows.length) return h("p", { class: "empty" }, empty);
+    return h("table", {}, h("caption", { class: "sr-only" }, caption),
+      h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows));
+  }
+
+  /** A button that asks, calls the API, then redraws the page (or shows the error beside it). */
+  function action(label, question, fn, cls = "link") {
+    return h("button", { type: "button", class: cls, onclick: async (ev) => {
+      if (question && !(await confirmDialog(question, label[0].toUpperCase() + label.slice(1)))) return;
+      try { await fn(); render(); } catch (e) { ev.target.after(errorBox(e)); }
+    } }, label);
+  }
+
+  const scopeList = (v) => String(v || "").split(/[\s,]+/).filter(Boolean);
+
+  async function pageUsers() {
+    const list = await api("GET", "/api/v1/users");
+    const rows = list.users.map((u) => h("tr", {},
+      h("td", {}, u.username), h("td", {}, u.scopes.join(", ")),
+      h("td", {}, u.totp_enabled ? badge("active") : "off"),
+      h("td", {}, u.disabled ? h("span", { class: "badge bad" }, "disabled") : u.locked_until_ms ? h("span", { class: "badge warn" }, "locked") : badge("active")),
+      h("td", {}, u.locked_until_ms ? action("unlock", null, () => api("POST", "/api/v1/users/" + u.id + "/unlock")) : null, " ",
+        u.disabled ? action("enable", null, () => api("POST", "/api/v1/users/" + u.id + "/enable"))
+          : u.id === state.me.user_id ? null : action("disable", "Disable " + u.username + "? Their sessions and tokens stop working at once.", () => api("POST", "/api/v1/users/" + u.id + "/disable")))));
+    const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "new-user-h" },
+      h("h2", { id: "new-user-h" }, "New user"),
+      h("label", {}, "Username", h("input", { name: "username", required: true, autocomplete: "off" })),
+      h("label", {}, "Password", h("span", { class: "hint" }, "At least 12 characters; they can change it after signing in"), h("input", { name: "password", type: "password", required: true, minlength: 12, autocomplete: "new-password" })),
+      h("label", {}, "Scopes", h("span", { class: "hint" }, "Separated by spaces or commas, such as nodes:read tasks:read"), h("input", { name: "scopes" })),
+      h("div", {}, h("button", { type: "submit" }, "Create user"))), async (d) => {
+      await api("POST", "/api/v1/users", { username: d.get("username"), password: d.get("password"), scopes: scopeList(d.get("scopes")) });
+      render();
+    });
+    frame(h("h1", {}, "Users"), table("Users", ["User", "Scopes", "TOTP", "State", ""], rows, "No users."), form);
+  }
+
+  async function pageGroups() {
+    const list = await api("GET", "/api/v1/groups");
+    const details = await Promise.all(list.groups.map((g) => api("GET", "/api/v1/groups/" + encodeURIComponent(g.name)).catch(() => g)));
+    const sections = details.map((g) => {
+      const add = submitting(h("form", { class: "row" },
+        h("label", {}, "Add member", h("input", { name: "username", required: true })),
+        h("button", { type: "submit" }, "Add")), async (d) => {
+        await api("PUT", "/api/v1/groups/" + encodeURIComponent(g.name) + "/members/" + encodeURIComponent(d.get("username")));
+        render();
+      });
+      return h("section", { class: "panel", "aria-label": "Group " + g.name },
+        h("h2", {}, g.name, " ", h("span", { class: "hint" }, g.description)),
+        (g.members || []).length ? h("ul", {}, g.members.map((m) => h("li", {}, m, " ",
+          action("remove", "Remove " + m + " from " + g.name + "?", () => api("DELETE", "/api/v1/groups/" + encodeURIComponent(g.name) + "/members/" + encodeURIComponent(m)))))) : h("p", { class: "empty" }, "No members."),
+        add, h("p", {}, action("delete group", "Delete group " + g.name + "? Policies naming it stop matching anyone.", () => api("DELETE", "/api/v1/groups/" + encodeURIComponent(g.name)), "danger")));
+    });
+    const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "new-group-h" },
+      h("h2", { id: "new-group-h" }, "New group"),
+      h("label", {}, "Name", h("input", { name: "name", required: true })),
+      h("label", {}, "Description", h("input", { name: "description" })),
+      h("div", {}, h("button", { type: "submit" }, "Create group"))), async (d) => {
+      await api("POST", "/api/v1/groups", { name: d.get("name"), description: d.get("description") || "" });
+      render();
+    });
+    frame(h("h1", {}, "Groups"), h("p", { class: "sub" }, "Groups are what Cedar policies name (principal in Lattice::Group::\"...\")."), sections, form);
+  }
+
+  async function pageTokens() {
+    const list = await api("GET", "/api/v1/tokens");
+    const shown = h("div", { id: "token-shown" });
+    const rows = list.tokens.map((t) => h("tr", {},
+      h("td", {}, t.name), h("td", {}, t.scopes.join(", ")),
+      h("td", {}, t.expires_at_ms ? fmt.time(t.expires_at_ms) : "never"),
+      h("td", {}, t.last_used_at_ms ? fmt.ago(t.last_used_at_ms) : "never"),
+      h("td", {}, action("revoke", "Revoke token " + t.name + "? Clients using it are refused at once.", () => api("DELETE", "/api/v1/tokens/" + encodeURIComponent(t.id))))));
+    const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "new-token-h" },
+      h("h2", { id: "new-token-h" }, "New API token"),
+      h("label", {}, "Name", h("input", { name: "name", required: true })),
+      h("label", {}, "Scopes", h("span", { class: "hint" }, "At most your own: " + state.me.scopes.join(", ")), h("input", { name: "scopes", required: true })),
+      h("label", {}, "Expires after (days)", h("span", { class: "hint" }, "0: never"), h("input", { name: "days", type: "number", min: 0, value: 90 })),
+      h("div", {}, h("button", { type: "submit" }, "Create token"))), async (d) => {
+      const t = await api("POST", "/api/v1/tokens", { name: d.get("name"), scopes: scopeList(d.get("scopes")), expires_in_s: Math.round(Number(d.get("days")) * 86400) });
+      await pageTokens();
+      $("#token-shown").replaceChildren(h("div", { class: "success", role: "status" }, "Token " + t.name + " created. Copy it now: it is not shown again."),
+        h("div", { class: "secret" }, h("pre", { "aria-label": "The new token" }, t.token), copyButton(t.token)));
+    });
+    frame(h("h1", {}, "API tokens"), h("p", { class: "sub" }, "Your operator tokens, for the CLI and scripts (Authorization: Bearer)."),
+      shown, table("API tokens", ["Name", "Scopes", "Expires", "Last used", ""], rows, "No tokens."), form);
+  }
+
+  async function pageSso() {
+    const list = await api("GET", "/api/v1/sso/providers");
+    const cards = list.providers.map((p) => h("section", { class: "panel", "aria-label": "Provider " + p.name },
+      h("h2", {}, p.display_name || p.name, " ", h("span", { class: "hint mono" }, p.name)),
+      h("dl", { class: "facts" },
+        [["Issuer", p.issuer], ["Client id", p.client_id], ["Scopes", p.scopes.join(" ")], ["Username from", p.username_claim],
+          ["Verified e-mail required", p.require_verified_email ? "yes" : "no"],
+          ["New users", p.create_users ? "created on first sign-in, with " + (p.new_user_scopes.join(", ") || "no scopes") : "only existing users"]]
+          .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+      h("p", {}, "Redirect URL to register at the provider:"),
+      h("div", { class: "secret" }, h("pre", {}, p.redirect_url), copyButton(p.redirect_url)),
+      h("p", {}, action("delete provider", "Delete provider " + p.name + "? Its users can no longer sign in through it.", () => api("DELETE", "/api/v1/sso/providers/" + encodeURIComponent(p.name)), "danger"))));
+    const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "new-sso-h" },
+      h("h2", { id: "new-sso-h" }, "New OpenID Connect provider"),
+      h("label", {}, "Name", h("span", { class: "hint" }, "In URLs: a-z, 0-9, -"), h("input", { name: "name", required: true })),
+      h("label", {}, "Display name", h("input", { name: "display_name", placeholder: "Company SSO" })),
+      h("label", {}, "Issuer URL", h("input", { name: "issuer", type: "url", required: true, placeholder: "https://login.example.com/realms/main" })),
+      h("label", {}, "Client id", h("input", { name: "client_id", required: true })),
+      h("label", {}, "Client secret", h("span", { class: "hint" }, "Sealed at rest; never shown again"), h("input", { name: "client_secret", type: "password", required: true, autocomplete: "off" })),
+      h("label", { class: "inline" }, h("input", { type: "checkbox", name: "create_users" }), "Create users on their first sign-in"),
+      h("label", {}, "Scopes for new users", h("input", { name: "new_user_scopes" })),
+      h("div", {}, h("button", { type: "submit" }, "Add provider"))), async (d) => {
+      await api("POST", "/api/v1/sso/providers", {
+        name: d.get("name"), display_name: d.get("display_name") || "", issuer: d.get("issuer"), client_id: d.get("client_id"),
+        client_secret: d.get("client_secret"), create_users: d.get("create_users") === "on", new_user_scopes: scopeList(d.get("new_user_scopes")), new_user_groups: [],
+      });
+      render();
+    });
+    frame(h("h1", {}, "Single sign-on"), h("p", { class: "sub" }, "The provider is checked by discovery when you add it."), cards.length ? cards : h("p", { class: "empty" }, "No providers."), form);
+  }
+
+  async function pageOrgs() {
+    let list;
+    try { list = await api("GET", "/api/v1/orgs"); } catch (e) {
+      frame(h("h1", {}, "Organisations"), e.status === 403 ? h("p", {}, "Managing organisations needs the platform scope orgs:admin.") : errorBox(e));
+      return;
+    }
+    const rows = list.orgs.map((o) => h("tr", {}, h("td", {}, o.name), h("td", {}, badge(o.state)), h("td", { class: "num" }, o.member_count),
+      h("td", {}, Object.entries(o.limits).filter(([, v]) => v).map(([k, v]) => k.replace("max_", "") + " " + v).join(", ") || "none"),
+      h("td", {}, fmt.time(o.created_at_ms))));
+    const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "new-org-h" },
+      h("h2", { id: "new-org-h" }, "New organisation"),
+      h("label", {}, "Name", h("input", { name: "name", required: true })),
+      h("div", {}, h("button", { type: "submit" }, "Create organisation"))), async (d) => {
+      await api("POST", "/api/v1/orgs", { name: d.get("name") });
+      render();
+    });
+    frame(h("h1", {}, "Organisations"), table("Organisations", ["Organisation", "State", "Members", "Limits", "Created"], rows, "No organisations."), form);
+  }
+
+  async function pageAudit() {
+    const params = new URLSearchParams(location.search);
+    const after = Number(params.get("after") || 0);
+    const page = await api("GET", "/api/v1/audit?limit=100&after=" + after);
+    const result = h("div", { "aria-live": "polite" });
+    const verify = h("button", { type: "button", onclick: async () => {
+      verify.disabled = true;
+      result.replaceChildren(h("p", { role: "status" }, "Verifying…"));
+      try {
+        const v = await api("GET", "/api/v1/audit/verify");
+        result.replaceChildren(v.ok
+          ? h("div", { class: "success", role: "status" }, "The chain is intact: " + v.entries + " entries, each linked to the one before. Head " + v.head_hash.slice(0, 16) + "…")
+          : h("div", { class: "error", role: "alert" }, "The chain is broken at entry " + v.broken_seq + ": " + v.reason));
+      } catch (e) { result.replaceChildren(errorBox(e)); }
+      verify.disabled = false;
+    } }, "Verify chain");
+    const rows = page.entries.map((e) => h("tr", {},
+      h("td", { class: "num" }, e.seq), h("td", {}, fmt.time(e.at_ms)), h("td", {}, e.actor), h("td", {}, e.action),
+      h("td", { class: "mono" }, e.target), h("td", {}, badge(e.outcome === "success" ? "succeeded" : e.outcome)), h("td", {}, e.client_ip)));
+    frame(h("h1", {}, "Audit log"), h("p", { class: "sub" }, "Every change, by whom, from where; hash-chained."),
+      h("div", { class: "row" }, verify), result,
+      table("Audit entries", ["#", "When", "Who", "Action", "Target", "Outcome", "From"], rows, "No entries."),
+      h("div", { class: "row" },
+        after > 0 ? h("a", { href: "/ui/settings/audit" }, "First page") : null,
+        page.next_after && page.entries.length === 100 ? h("a", { href: "/ui/settings/audit?after=" + page.next_after }, "Next page") : null));
   }
 
   // ------------------------------------------------------------------ account

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub mod agents;
+pub mod netns;
 pub mod oidc;
 pub mod process;
 pub mod webdriver;

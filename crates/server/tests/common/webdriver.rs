@@ -64,6 +64,8 @@ impl Browser {
                          format!("--user-data-dir={}", profile.display())],
             },
             "goog:loggingPrefs": {"browser": "ALL"},
+            // The self-signed mode's CA is not in the browser's store.
+            "acceptInsecureCerts": true,
         }}});
         let r: Value = http
             .post(format!("{root}/session"))
