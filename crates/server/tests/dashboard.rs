@@ -534,3 +534,106 @@ async fn first_node_and_a_reviewed_change_in_a_real_browser() {
     no_console_errors(&b, "the fleet and change pages").await;
     b.quit().await;
 }
+
+/// The sign-in page's button, then the provider's login form and consent.
+async fn through_provider(b: &Browser, s: &common::TestServer, login: &str) {
+    b.goto(&s.url("/ui/login")).await;
+    let button = b.wait(".sso a", "Corp SSO").await;
+    b.click(&button).await;
+    b.fill("input[name=login]", login).await;
+    b.fill("input[name=password]", "any").await;
+    b.press("Sign-in").await;
+    b.press("Continue").await;
+}
+
+/// Single sign-on from the sign-in page, against a real OpenID provider: the
+/// provider's button, its login and consent, back to the dashboard signed in; and
+/// with TOTP on, the code asked on the sign-in page after the provider.
+#[tokio::test]
+async fn single_sign_on_in_a_real_browser() {
+    let Some((chromium, driver)) = find_browser() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but chromium and chromium-driver are not installed"
+        );
+        eprintln!("skipped: no chromium/chromedriver here (scripts/test.sh installs them)");
+        return;
+    };
+    if !common::oidc::available() {
+        return;
+    }
+    common::install_crypto();
+    let s = common::TestServer::start(lattice_core::db::Backend::Sqlite).await;
+    let admin = s.admin_token(&["*"]).await;
+    let callback = s.url("/api/v1/auth/sso/corp/callback");
+    let op = common::oidc::OpenIdProvider::start(
+        &json!([{"client_id": "lattice", "client_secret": "a-client-secret-of-some-length",
+                 "redirect_uris": [callback]}]),
+        &json!({"alice": {"email": "alice@example.com", "email_verified": true},
+                "dave": {"email": "dave@example.com", "email_verified": true}}),
+    );
+    let (status, b) = s
+        .call(
+            "POST",
+            "/api/v1/sso/providers",
+            &admin,
+            Some(
+                json!({"name": "corp", "display_name": "Corp SSO", "issuer": op.issuer,
+                "client_id": "lattice", "client_secret": "a-client-secret-of-some-length"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    for user in ["alice@example.com", "dave@example.com"] {
+        let (status, b) = s
+            .call(
+                "POST",
+                "/api/v1/users",
+                &admin,
+                Some(json!({"username": user, "password": "user-password-1234",
+                    "scopes": ["nodes:read", "tasks:read"]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{b}");
+    }
+    let (seed, enrolled_at) = s
+        .enable_totp("dave@example.com", "user-password-1234")
+        .await;
+    let shots = screenshots();
+    let b = Browser::start(&chromium, &driver).await;
+
+    b.goto(&s.url("/ui/login")).await;
+    b.wait(".sso a", "Corp SSO").await;
+    b.screenshot(&shots, "sign-in-sso").await;
+    through_provider(&b, &s, "alice").await;
+    b.wait("h1", "Overview").await;
+    b.wait(".top a", "alice@example.com").await;
+    b.press("Sign out").await;
+    b.wait("h1", "Sign in to Lattice").await;
+    b.quit().await;
+
+    // TOTP on: after the provider, the sign-in page asks for the code. (A new
+    // browser: the provider remembers alice in this one.)
+    let b = Browser::start(&chromium, &driver).await;
+    through_provider(&b, &s, "dave").await;
+    b.wait("p", "Single sign-on succeeded").await;
+    assert!(
+        !b.url().await.contains("mfa="),
+        "the challenge leaves the address bar"
+    );
+    b.fill(
+        "input[name=code]",
+        &lattice_identity::totp::code_at(&seed, enrolled_at + 30),
+    )
+    .await;
+    b.press("Verify").await;
+    b.wait("h1", "Overview").await;
+    b.wait(".top a", "dave@example.com").await;
+    // (The provider's own pages log what they log; only ours are checked.)
+    let _ = b.console().await;
+    b.goto(&s.url("/ui/nodes")).await;
+    b.wait("h1", "Nodes").await;
+    no_console_errors(&b, "nodes after single sign-on").await;
+    b.quit().await;
+    s.stop().await;
+}

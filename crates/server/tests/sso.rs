@@ -240,9 +240,15 @@ async fn users_log_in_on(backend: Backend) {
     let mut browser = Browser::new(&ca);
     let back = browser.log_in_at_provider(&start, "dave").await;
     let page = browser.send(reqwest::Method::GET, &back, None).await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    let step: serde_json::Value = serde_json::from_str(&page.body).unwrap();
-    assert_eq!(step["mfa_required"], true, "{step}");
+    // Back to the dashboard's sign-in page, the challenge in the fragment.
+    assert_eq!(page.status, 303, "{}", page.body);
+    let location = page.location.clone().unwrap();
+    let fragment = location
+        .strip_prefix(&s.url("/ui/login#mfa="))
+        .unwrap_or_else(|| panic!("{location}"));
+    let (mfa_token, next) = fragment.split_once("&next=").unwrap();
+    assert_eq!(next, "/ui/nodes");
+    let step = json!({"mfa_token": mfa_token});
     assert!(
         !page
             .set_cookies

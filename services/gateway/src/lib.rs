@@ -403,6 +403,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/auth/sso/cli/exchange",
             post(routes::sso::cli_exchange),
         )
+        .route(
+            "/api/v1/auth/sso/providers",
+            get(routes::sso::sign_in_providers),
+        )
         .route("/api/v1/auth/sso/{provider}/start", get(routes::sso::start))
         .route(
             "/api/v1/auth/sso/{provider}/callback",

@@ -122,6 +122,7 @@ use crate::routes;
         routes::sso::list,
         routes::sso::get,
         routes::sso::delete,
+        routes::sso::sign_in_providers,
         routes::sso::start,
         routes::sso::callback,
         routes::sso::cli_exchange,

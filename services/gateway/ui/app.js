@@ -307,31 +307,55 @@
   // ------------------------------------------------------------------ sign-in
 
   async function pageLogin() {
-    const next = new URLSearchParams(location.search).get("next") || "/ui/";
+    const params = new URLSearchParams(location.search);
+    // After a single sign-on with TOTP on, the callback sends the challenge in the
+    // fragment (never sent to a server); take it out of the address bar at once.
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+    const next = fragment.get("next") || params.get("next") || "/ui/";
     const safeNext = next.startsWith("/ui") ? next : "/ui/";
+    const org = params.get("org") || "";
     const done = (answer) => {
       state.me = answer.user;
       go(safeNext, true);
     };
+    const totpStep = (mfaToken) => submitting(h("form", { class: "stack" },
+      h("p", {}, "Enter the code from your authenticator app, or a recovery code."),
+      h("label", {}, "Code", h("input", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", required: true, autofocus: true })),
+      h("button", { type: "submit" }, "Verify")), async (d) => {
+      done(await api("POST", "/api/v1/auth/login/totp", { mfa_token: mfaToken, code: d.get("code").trim() }));
+    });
+    if (fragment.get("mfa")) {
+      const step = totpStep(fragment.get("mfa"));
+      frame(h("div", { class: "signin" }, h("h1", { id: "signin-title" }, "Sign in to Lattice"),
+        h("p", {}, "Single sign-on succeeded. Your account also has TOTP on."), step));
+      step.querySelector("input").focus();
+      return;
+    }
     const step1 = submitting(h("form", { class: "stack", "aria-labelledby": "signin-title" },
       h("label", {}, "Username", h("input", { name: "username", autocomplete: "username", required: true, autofocus: true })),
       h("label", {}, "Password", h("input", { name: "password", type: "password", autocomplete: "current-password", required: true })),
       h("button", { type: "submit" }, "Sign in")), async (data) => {
       const answer = await api("POST", "/api/v1/auth/login", {
-        username: data.get("username"), password: data.get("password"),
+        username: data.get("username"), password: data.get("password"), org,
       });
       if (!answer.mfa_required) return done(answer);
-      const step2 = submitting(h("form", { class: "stack" },
-        h("p", {}, "Enter the code from your authenticator app, or a recovery code."),
-        h("label", {}, "Code", h("input", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", required: true, autofocus: true })),
-        h("button", { type: "submit" }, "Verify")), async (d) => {
-        done(await api("POST", "/api/v1/auth/login/totp", { mfa_token: answer.mfa_token, code: d.get("code").trim() }));
-      });
+      const step2 = totpStep(answer.mfa_token);
       step1.replaceWith(step2);
+      sso.hidden = true;
       step2.querySelector("input").focus();
     });
-    frame(h("div", { class: "signin" }, h("h1", { id: "signin-title" }, "Sign in to Lattice"), step1));
+    const sso = h("div", { class: "sso", hidden: true });
+    frame(h("div", { class: "signin" }, h("h1", { id: "signin-title" }, "Sign in to Lattice"), step1, sso));
     step1.querySelector("input").focus();
+    try {
+      const list = await api("GET", "/api/v1/auth/sso/providers" + (org ? "?org=" + encodeURIComponent(org) : ""));
+      if (list.providers.length) {
+        append(sso, h("p", { class: "hint" }, "Or sign in with"),
+          list.providers.map((p) => h("a", { class: "button secondary", href: p.start_url.replace("return_to=/ui/", "return_to=" + encodeURIComponent(safeNext)) }, p.display_name || p.name)));
+        sso.hidden = false;
+      }
+    } catch { /* no single sign-on offered */ }
   }
 
   // ------------------------------------------------------------------ overview
@@ -344,13 +368,20 @@
       h("a", { href: "/ui/account" }, "Account and security"), ".");
   }
 
+  /** Whether the signed-in user holds `scope` (so the page asks only what it may). */
+  function can(scope) {
+    const mine = state.me ? state.me.scopes : [];
+    return mine.includes("*") || mine.includes(scope);
+  }
+
   async function pageOverview() {
     const main = frame(h("h1", {}, "Overview"), firstRunNotice(), h("p", { class: "loading" }, "Loading…"));
-    const [nodes, failed] = await Promise.all([
-      api("GET", "/api/v1/nodes").catch((e) => e),
-      api("GET", "/api/v1/tasks?state=failed&limit=5").catch((e) => e),
+    const missing = (scope) => Promise.resolve(new ApiError(403, "permission_denied", "Needs the scope " + scope + "."));
+    const [nodes, failed, plans] = await Promise.all([
+      can("nodes:read") ? api("GET", "/api/v1/nodes").catch((e) => e) : missing("nodes:read"),
+      can("tasks:read") ? api("GET", "/api/v1/tasks?state=failed&limit=5").catch((e) => e) : missing("tasks:read"),
+      can("policy:read") ? api("GET", "/api/v1/plans?limit=50").catch((e) => e) : missing("policy:read"),
     ]);
-    const plans = await api("GET", "/api/v1/plans?limit=50").catch((e) => e);
     const cards = h("div", { class: "cards" });
     const sections = [];
     if (nodes instanceof Error) sections.push(h("h2", {}, "Nodes"), errorBox(nodes));

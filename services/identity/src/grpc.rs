@@ -337,6 +337,25 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         }))
     }
 
+    async fn sso_sign_in_providers(
+        &self,
+        req: Request<pb::SsoSignInProvidersRequest>,
+    ) -> Result<Response<pb::SsoSignInProvidersResponse>, Status> {
+        let caller = principal_of(&req)?.clone();
+        let org = req.into_inner().org;
+        let providers = self
+            .identity
+            .sso_sign_in_providers(&caller, &org)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::SsoSignInProvidersResponse {
+            providers: providers
+                .into_iter()
+                .map(|(name, display_name)| pb::SsoSignInProvider { name, display_name })
+                .collect(),
+        }))
+    }
+
     async fn sso_start(
         &self,
         req: Request<pb::SsoStartRequest>,

@@ -219,6 +219,88 @@ pub async fn delete(
 /// The cookie that ties a login started in this browser to its callback.
 const STATE_COOKIE: &str = "lattice_sso_state";
 
+/// `s` with every byte but the unreserved ones (RFC 3986) percent-encoded.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Which org's sign-in page.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SignInQuery {
+    /// The org's name (absent: `default`).
+    #[serde(default)]
+    pub org: String,
+}
+
+/// A provider a sign-in page offers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignInProvider {
+    /// Its name (in the start URL).
+    pub name: String,
+    /// What the button says.
+    pub display_name: String,
+    /// Where the button goes: the start of the login, back to the dashboard after.
+    pub start_url: String,
+}
+
+/// The providers a sign-in page offers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignInProviders {
+    pub providers: Vec<SignInProvider>,
+}
+
+/// The single sign-on providers a sign-in page offers, for anyone: names and
+/// display names only (the identity service decides what is public). An org that
+/// does not exist has none.
+#[utoipa::path(get, path = "/api/v1/auth/sso/providers", tag = "auth", params(SignInQuery), security(()),
+    responses((status = 200, body = SignInProviders),
+        (status = 400, body = crate::error::ErrorBody, description = "An unknown query parameter, or an org that is not a valid name")))]
+pub async fn sign_in_providers(
+    State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::caller::PeerAddr>>,
+    headers: http::HeaderMap,
+    crate::extract::Query(q): crate::extract::Query<SignInQuery>,
+) -> Result<Json<SignInProviders>, ApiError> {
+    let ip = crate::routes::auth::anonymous_ip(&state, &headers, peer.as_ref().map(|p| &p.0));
+    let req = lattice_core::grpc::request(
+        &state.internal,
+        &state.service_principal,
+        Some(&ip),
+        pb::SsoSignInProvidersRequest { org: q.org.clone() },
+    );
+    let r = state
+        .identity
+        .clone()
+        .sso_sign_in_providers(req)
+        .await?
+        .into_inner();
+    let org = if q.org.is_empty() {
+        String::new()
+    } else {
+        format!("&org={}", q.org)
+    };
+    Ok(Json(SignInProviders {
+        providers: r
+            .providers
+            .into_iter()
+            .map(|p| SignInProvider {
+                start_url: format!("/api/v1/auth/sso/{}/start?return_to=/ui/{org}", p.name),
+                name: p.name,
+                display_name: p.display_name,
+            })
+            .collect(),
+    }))
+}
+
 /// Where a login goes after it.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -385,6 +467,28 @@ pub async fn callback(
         return Ok(resp);
     }
     let login = r.login.unwrap_or_default();
+    if let Some(pb::login_response::Outcome::Mfa(m)) = &login.outcome
+        && r.return_to.starts_with("/ui")
+    {
+        // The dashboard's TOTP step: the challenge rides in the fragment, which the
+        // browser never sends anywhere; the sign-in page asks for the code.
+        let to = format!(
+            "/ui/login#mfa={}&next={}",
+            m.mfa_token,
+            percent_encode(&r.return_to)
+        );
+        let mut resp = StatusCode::SEE_OTHER.into_response();
+        let location = http::HeaderValue::from_str(&to)
+            .map_err(|_| ApiError::new(lattice_core::ErrorCode::Internal, "bad return_to"))?;
+        resp.headers_mut().insert(http::header::LOCATION, location);
+        resp.headers_mut()
+            .append(http::header::SET_COOKIE, cookie(&state, "", 0)?);
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        return Ok(resp);
+    }
     let session = matches!(login.outcome, Some(pb::login_response::Outcome::Session(_)));
     let mut resp = crate::routes::auth::login_response(&state, login)?;
     resp.headers_mut()

@@ -191,6 +191,31 @@ impl Identity {
         Ok(m)
     }
 
+    /// The providers a sign-in page offers for org `org` (gateway only, for anyone):
+    /// (name, display name), nothing else. An org that does not exist has none, so
+    /// the answer does not tell which orgs exist.
+    pub async fn sso_sign_in_providers(
+        &self,
+        caller: &Principal,
+        org: &str,
+    ) -> Result<Vec<(String, String)>> {
+        require_service(caller)?;
+        let name = if org.is_empty() { "default" } else { org };
+        crate::input::OrgName::parse("org", name)?;
+        let Some(org_id) = self.store.org_by_name(name).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT name, display_name FROM identity_sso_providers WHERE org_id = $1 ORDER BY name",
+        )
+        .bind(&org_id)
+        .fetch_all(self.store.db().pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("display_name")?)))
+            .collect()
+    }
+
     /// Start a login with provider `name` of org `org` (gateway only): the URL to
     /// send the browser to.
     pub async fn sso_start(
