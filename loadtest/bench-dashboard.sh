@@ -70,6 +70,7 @@ for name, p in r['pages'].items():
         print(f"    {ms:8.1f} ms  {path}")
     if p['axe_violations']:
         print("    axe:", ", ".join(f"{v['id']} ({v['impact']}, {v['nodes']})" for v in p['axe_violations']))
+    print("    lighthouse:", ", ".join(f"{k} {v}" for k, v in p['lighthouse_metrics'].items()))
     if p['lighthouse_failed_accessibility_audits']:
         print("    lighthouse a11y audits not passed:", ", ".join(p['lighthouse_failed_accessibility_audits']))
     if p['console_errors']:

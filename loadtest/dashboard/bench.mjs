@@ -123,6 +123,8 @@ async function main() {
       axe_serious_or_critical: axe.filter((v) => v.impact === 'serious' || v.impact === 'critical').length,
       lighthouse_performance: Math.round(cats.performance.score * 100),
       lighthouse_accessibility: Math.round(cats.accessibility.score * 100),
+      lighthouse_metrics: Object.fromEntries(['first-contentful-paint', 'largest-contentful-paint', 'total-blocking-time', 'cumulative-layout-shift', 'speed-index']
+        .map((id) => [id, lh.lhr.audits[id].displayValue])),
       lighthouse_failed_accessibility_audits: cats.accessibility.auditRefs
         .filter((a) => a.weight > 0 && lh.lhr.audits[a.id].score !== null && lh.lhr.audits[a.id].score < 1).map((a) => a.id),
     };

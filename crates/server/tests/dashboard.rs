@@ -198,6 +198,31 @@ async fn first_run_in_a_real_browser() {
             .unwrap()
             .contains("immutable")
     );
+    // JSON answers are gzip'd for a client that takes it, and only then.
+    let gz = http
+        .get(format!("{base}/api/v1/openapi.json"))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let bytes = gz.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+        .unwrap();
+    let plain = http
+        .get(format!("{base}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_eq!(text, plain.text().await.unwrap());
+    assert!(
+        bytes.len() * 4 < text.len(),
+        "{} -> {}",
+        text.len(),
+        bytes.len()
+    );
     assert_eq!(
         http.get(format!("{base}/ui/assets/app.000000000000.js"))
             .send()

@@ -935,27 +935,28 @@
   async function pageStorage(surface) {
     const title = surface === "kv" ? "KV Store" : "Static";
     const params = new URLSearchParams(location.search);
-    const main = frame(h("h1", {}, title),
-      h("section", { "aria-labelledby": "editor-h" }, h("h2", { id: "editor-h" }, "Object editor"), h("div", { id: "editor" }, h("p", { class: "loading" }, "Loading…"))),
-      h("section", { "aria-labelledby": "pub-h" }, h("h2", { id: "pub-h" }, "Publishing and access"),
-        h("div", { class: "grid2" },
-          h("div", { class: "panel", id: "buckets" }), h("div", { class: "panel", id: "bindings" })),
-        h("div", { class: "panel", id: "tokens" })));
+    frame(h("h1", {}, title), h("p", { class: "loading" }, "Loading…"));
     const buckets = (await api("GET", "/api/v1/buckets?surface=" + surface)).buckets;
     const chosen = buckets.find((b) => b.name === params.get("bucket")) || buckets[0];
-    const editor = $("#editor", main);
+    const editor = h("div", { id: "editor" });
+    const [bucketsBox, bindingsBox, tokensBox] = ["buckets", "bindings", "tokens"].map((id) => h("div", { class: "panel", id }));
+    // Every part loads before the page is drawn, once: nothing moves after.
+    const loading = [];
     if (!chosen) editor.replaceChildren(h("p", { class: "empty" }, "No " + (surface === "kv" ? "KV" : "static") + " bucket yet: create one under Publishing and access."));
     else {
       const picker = h("label", {}, "Bucket", h("select", { name: "bucket", onchange: (ev) => go("/ui/" + surface + "?bucket=" + encodeURIComponent(ev.target.value)) },
         buckets.map((b) => h("option", { value: b.name, selected: b === chosen }, b.name + (b.secret ? " (secret)" : "")))));
       const body = h("div", {});
       editor.replaceChildren(h("div", { class: "row" }, picker), body);
-      if (surface === "kv") kvEditor(body, chosen, params.get("key"));
-      else staticEditor(body, chosen);
+      loading.push(surface === "kv" ? kvEditor(body, chosen, params.get("key")) : staticEditor(body, chosen));
     }
-    bucketsPanel($("#buckets", main), surface, buckets);
-    bindingsPanel($("#bindings", main), surface, buckets);
-    tokensPanel($("#tokens", main), surface, buckets);
+    bucketsPanel(bucketsBox, surface, buckets);
+    loading.push(bindingsPanel(bindingsBox, surface, buckets), tokensPanel(tokensBox, surface, buckets));
+    await Promise.all(loading);
+    frame(h("h1", {}, title),
+      h("section", { "aria-labelledby": "editor-h" }, h("h2", { id: "editor-h" }, "Object editor"), editor),
+      h("section", { "aria-labelledby": "pub-h" }, h("h2", { id: "pub-h" }, "Publishing and access"),
+        h("div", { class: "grid2" }, bucketsBox, bindingsBox), tokensBox));
   }
 
   // ---- KV
@@ -1052,8 +1053,7 @@
 
     box.replaceChildren(search, h("div", { class: "grid2" }, list, detail));
     detail.append(h("p", { class: "empty" }, "Choose a key, or create one."));
-    listKeys(false);
-    if (openKey) openEntry(openKey);
+    return Promise.all([listKeys(false), openKey ? openEntry(openKey) : null]);
   }
 
   // ---- Static
@@ -1166,7 +1166,7 @@
     }
 
     box.replaceChildren(h("div", { class: "grid2" }, upload, addFile), h("div", { class: "grid2" }, files, deployments), viewer);
-    refresh();
+    return refresh();
   }
 
   // ---- Publishing and access
