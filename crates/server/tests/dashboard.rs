@@ -24,6 +24,13 @@ async fn no_console_errors(b: &Browser, page: &str) {
         .filter(|(level, _)| level == "SEVERE")
         .collect();
     assert!(severe.is_empty(), "console errors on {page}: {severe:?}");
+    // Nor a missing value drawn as text.
+    let text = b.run("return document.body.innerText", json!([])).await;
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        !text.contains("undefined") && !text.lines().any(|l| l.trim() == "null" || l.contains("NaN")),
+        "{page} shows a missing value:\n{text}"
+    );
 }
 
 /// Seed 000's first steps: sign in as the bootstrap admin, see the first-run notice,

@@ -1240,7 +1240,8 @@
       await tokensPanel(box, surface, buckets);
       box.querySelector(".shown").replaceWith(keep);
     });
-    box.replaceChildren(headTitle(),
+    box.replaceChildren();
+    append(box, headTitle(),
       list.length ? h("table", {}, h("caption", { class: "sr-only" }, "Storage tokens"),
         h("thead", {}, h("tr", {}, ["Name", "Access", "Buckets", "Expires", ""].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, list.map((t) => h("tr", {},
