@@ -28,7 +28,10 @@ async fn no_console_errors(b: &Browser, page: &str) {
     let text = b.run("return document.body.innerText", json!([])).await;
     let text = text.as_str().unwrap_or_default();
     assert!(
-        !text.contains("undefined") && !text.lines().any(|l| l.trim() == "null" || l.contains("NaN")),
+        !text.contains("undefined")
+            && !text
+                .lines()
+                .any(|l| l.trim() == "null" || l.contains("NaN")),
         "{page} shows a missing value:\n{text}"
     );
 }
