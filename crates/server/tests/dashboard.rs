@@ -84,6 +84,24 @@ async fn first_run_in_a_real_browser() {
     b.wait("h1", "Overview").await;
     b.wait(".notice", "Secure your account").await;
     b.wait(".card", "nodes connected").await;
+    // Recent activity, newest first: this sign-in (and the refused one) are there.
+    b.wait("h2", "Recent activity").await;
+    for _ in 0..40 {
+        let found = b
+            .run(
+                "return [...document.querySelectorAll('td')].some(t => t.textContent === 'auth.login')",
+                json!([]),
+            )
+            .await;
+        if found == json!(true) {
+            break;
+        }
+        // Events reach the audit log shortly after: look again.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        b.goto(&format!("{base}/ui/")).await;
+        b.wait("h2", "Recent activity").await;
+    }
+    b.wait("td", "auth.login").await;
     b.screenshot(&shots, "overview").await;
     no_console_errors(&b, "overview").await;
 
@@ -166,6 +184,22 @@ async fn first_run_in_a_real_browser() {
     b.wait(".empty", "No tasks match").await;
     b.screenshot(&shots, "tasks").await;
     no_console_errors(&b, "nodes and tasks").await;
+
+    // An agent release, uploaded from the changes page with its progress bar.
+    let changes = b.wait("nav a", "Reviewed changes").await;
+    b.click(&changes).await;
+    b.wait("h1", "Reviewed changes").await;
+    let binary = dir.path().join("lattice-agent");
+    std::fs::write(&binary, vec![0x7f; 64 * 1024]).unwrap();
+    b.fill("input[name=version]", "9.9.9").await;
+    b.fill("input[name=binary]", binary.to_str().unwrap()).await;
+    b.press("Upload release").await;
+    b.wait(
+        ".success",
+        "Release 9.9.9 (x86_64, 64.0 KiB) stored and signed",
+    )
+    .await;
+    no_console_errors(&b, "the changes page").await;
 
     // A state-changing form posted without the CSRF header is refused: the session
     // cookie alone is not enough.
@@ -427,6 +461,79 @@ async fn kv_and_static_in_a_real_browser() {
     b.wait("h1", "Policy ssh-for-admins").await;
     b.screenshot(&shots, "policy").await;
     no_console_errors(&b, "the policy pages").await;
+
+    // An invitation link leads to the dashboard: bob signs in and accepts it.
+    let call =
+        |method: reqwest::Method, path: &str, cookie: &str, csrf: &str, body: serde_json::Value| {
+            api.http
+                .request(method, format!("{base}{path}"))
+                .header("cookie", cookie)
+                .header("x-csrf-token", csrf)
+                .json(&body)
+                .send()
+        };
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/orgs",
+        &cookie,
+        &csrf,
+        json!({"name": "acme"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/users",
+        &cookie,
+        &csrf,
+        json!({"username": "bob", "password": "bob-password-1234", "scopes": ["nodes:read"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let login = api
+        .http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD, "org": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    let acme_cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let acme_csrf = login.json::<serde_json::Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, invitation) = common::json(
+        call(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            &acme_cookie,
+            &acme_csrf,
+            json!({"username": "bob", "scopes": ["kv:read"]}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{invitation}");
+    let link = invitation["link"].as_str().unwrap();
+    b.press("Sign out").await;
+    b.wait("h1", "Sign in to Lattice").await;
+    let path = link.split_once("/ui/").unwrap().1;
+    b.goto(&format!("{base}/ui/{path}")).await;
+    b.wait("h1", "Sign in to Lattice").await;
+    b.fill("input[name=username]", "bob").await;
+    b.fill("input[name=password]", "bob-password-1234").await;
+    b.press("Sign in").await;
+    b.press("Accept invitation").await;
+    b.wait(".success", "You are a member of acme").await;
     b.quit().await;
 }
 
@@ -566,6 +673,11 @@ async fn first_node_and_a_reviewed_change_in_a_real_browser() {
     b.screenshot(&shots, "plan-applied").await;
     let ruleset = ns.run(&["list", "table", "inet", "lattice"]);
     assert!(ruleset.contains("tcp dport 22 accept"), "{ruleset}");
+    // The node page shows the table the agent now reports.
+    b.goto(&s.url(&format!("/ui/nodes/{node}"))).await;
+    let firewall = b.wait("details summary", "firewall").await;
+    b.click(&firewall).await;
+    b.wait("details pre", "tcp dport 22 accept").await;
     no_console_errors(&b, "the fleet and change pages").await;
     b.quit().await;
 }

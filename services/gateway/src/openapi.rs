@@ -323,6 +323,7 @@ mod tests {
                 // Single sign-on: the login itself (the state cookie, the code and
                 // the PKCE verifier are its credentials).
                 "POST /api/v1/auth/sso/cli/exchange",
+                "GET /api/v1/auth/sso/providers",
                 "GET /api/v1/auth/sso/{provider}/callback",
                 "GET /api/v1/auth/sso/{provider}/start",
                 "GET /api/v1/openapi.json",

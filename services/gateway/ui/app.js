@@ -211,6 +211,7 @@
     [/^\/ui\/settings\/sso$/, pageSso],
     [/^\/ui\/settings\/orgs$/, pageOrgs],
     [/^\/ui\/settings\/audit$/, pageAudit],
+    [/^\/ui\/invitations$/, pageInvitation],
   ];
 
   const nav = [
@@ -249,6 +250,11 @@
   async function render() {
     stopTimers();
     const path = location.pathname;
+    // An invitation link carries its code in the fragment: keep it through sign-in.
+    if (path === "/ui/invitations" && location.hash.length > 1) {
+      sessionStorage.setItem("lattice-invitation", location.hash.slice(1));
+      history.replaceState(null, "", path);
+    }
     const match = routes.map(([re, page, opts]) => [path.match(re), page, opts || {}]).find(([m]) => m);
     if (!match) return frame(h("h1", {}, "Not found"), h("p", {}, "No dashboard page at " + path + "."), h("a", { href: "/ui/" }, "To the overview"));
     const [m, page, opts] = match;
@@ -377,10 +383,11 @@
   async function pageOverview() {
     const main = frame(h("h1", {}, "Overview"), firstRunNotice(), h("p", { class: "loading" }, "Loading…"));
     const missing = (scope) => Promise.resolve(new ApiError(403, "permission_denied", "Needs the scope " + scope + "."));
-    const [nodes, failed, plans] = await Promise.all([
+    const [nodes, failed, plans, audit] = await Promise.all([
       can("nodes:read") ? api("GET", "/api/v1/nodes").catch((e) => e) : missing("nodes:read"),
       can("tasks:read") ? api("GET", "/api/v1/tasks?state=failed&limit=5").catch((e) => e) : missing("tasks:read"),
       can("policy:read") ? api("GET", "/api/v1/plans?limit=50").catch((e) => e) : missing("policy:read"),
+      can("audit:read") ? api("GET", "/api/v1/audit?newest=true&limit=8").catch((e) => e) : missing("audit:read"),
     ]);
     const cards = h("div", { class: "cards" });
     const sections = [];
@@ -400,6 +407,10 @@
     if (failed instanceof Error) sections.push(errorBox(failed));
     else if (!failed.tasks.length) sections.push(h("p", { class: "empty" }, "No failed tasks."));
     else sections.push(taskTable(failed.tasks));
+    if (!(audit instanceof Error)) {
+      sections.push(h("h2", {}, "Recent activity"), auditTable(audit.entries),
+        h("p", {}, h("a", { href: "/ui/settings/audit" }, "The whole audit log")));
+    }
     main.querySelector(".loading").replaceWith(cards, ...sections);
   }
 
@@ -471,6 +482,7 @@
       h("div", { class: "grid2" },
         h("section", { class: "panel", "aria-labelledby": "facts-h" }, h("h2", { id: "facts-h" }, "Host facts"), factsList(n.facts)),
         h("section", { class: "panel", "aria-labelledby": "caps-h" }, h("h2", { id: "caps-h" }, "Capabilities"), capabilitiesForm(n))),
+      h("section", { "aria-labelledby": "artifacts-h" }, h("h2", { id: "artifacts-h" }, "Managed artifacts"), artifactsView(n)),
       h("section", { "aria-labelledby": "metrics-h" }, h("h2", { id: "metrics-h" }, "Metrics"), h("div", { id: "charts", class: "charts" }, h("p", { class: "loading" }, "Loading…"))),
       h("section", { "aria-labelledby": "logs-h" }, h("h2", { id: "logs-h" }, "Logs"), logViewer(n.id)),
       h("section", { "aria-labelledby": "tasks-h" }, h("h2", { id: "tasks-h" }, "Tasks"), h("div", { id: "node-tasks" }, h("p", { class: "loading" }, "Loading…"))),
@@ -484,6 +496,16 @@
     $("#node-tasks", main).replaceChildren(tasks instanceof Error ? errorBox(tasks) : tasks.tasks.length ? taskTable(tasks.tasks) : h("p", { class: "empty" }, "No tasks for this node."));
     await charts(n.id);
     every(15000, () => charts(n.id));
+  }
+
+  /** What the agent reports of each artifact Lattice manages here; drift shows on a plan. */
+  function artifactsView(n) {
+    const list = n.artifacts || [];
+    if (!list.length) return h("p", { class: "empty" }, "No managed artifacts reported (the agent reports those of the capabilities its configuration allows).");
+    return h("div", {}, list.map((a) => h("details", { class: "panel" },
+      h("summary", {}, h("strong", {}, a.name), " ", a.error ? h("span", { class: "badge bad" }, "unreadable") : a.hash === "none" ? h("span", { class: "badge" }, "absent") : h("code", {}, a.hash.slice(0, 23) + "…")),
+      a.error ? h("p", { class: "error" }, a.error) : a.content ? h("pre", {}, a.content) : null)),
+      h("p", { class: "hint" }, "A plan for this node shows the diff from this state, and drift when it is not what Lattice last applied."));
   }
 
   function factsList(facts) {
@@ -703,6 +725,19 @@
           h("td", {}, selectorText(i.selector)), h("td", { class: "num" }, i.version),
           h("td", { title: fmt.time(i.created_at_ms) }, fmt.ago(i.created_at_ms) + " by " + i.created_by)))))
       : h("p", { class: "empty" }, "No intents yet."));
+    const uploadRelease = uploading(h("form", { class: "panel stack", "aria-labelledby": "release-h" },
+      h("h3", { id: "release-h" }, "Upload an agent release"),
+      h("p", { class: "hint" }, "The server signs it; agents verify the signature before they run it."),
+      h("label", {}, "Version", h("span", { class: "hint" }, "What its lattice-agent version prints"), h("input", { name: "version", required: true, placeholder: "1.4.0" })),
+      h("label", {}, "Architecture", h("select", { name: "arch" }, ["x86_64", "aarch64"].map((a) => h("option", { value: a }, a)))),
+      h("label", {}, "Binary", h("input", { type: "file", name: "binary", required: true })),
+      h("progress", { max: 100, value: 0, hidden: true, "aria-label": "Upload progress" }),
+      h("div", {}, h("button", { type: "submit" }, "Upload release"))), "binary",
+    () => {
+      const d = new FormData(uploadRelease);
+      return "/api/v1/agent-releases?version=" + encodeURIComponent(d.get("version")) + "&arch=" + encodeURIComponent(d.get("arch"));
+    }, (r) => "Release " + r.version + " (" + r.arch + ", " + fmt.bytes(r.size) + ") stored and signed.");
+    $("#releases", main).after(uploadRelease);
     $("#releases", main).replaceChildren(releases instanceof Error ? errorBox(releases) : (releases.releases || []).length
       ? h("table", {}, h("caption", { class: "sr-only" }, "Agent releases"),
         h("thead", {}, h("tr", {}, ["Version", "Architecture", "Size", "Uploaded"].map((t) => h("th", { scope: "col" }, t)))),
@@ -1071,36 +1106,9 @@
         h("input", { type: "file", name: "archive", required: true, accept: ".tar,.tgz,.gz,.zip,application/gzip,application/zip,application/x-tar" })),
       h("progress", { max: 100, value: 0, hidden: true, "aria-label": "Upload progress" }),
       h("div", {}, h("button", { type: "submit" }, "Upload and activate")));
-    upload.addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      const file = upload.elements.archive.files[0];
-      if (!file) return;
-      const bar = upload.querySelector("progress");
-      const out = upload.querySelector(".form-error") || upload.appendChild(h("div", { class: "form-error", "aria-live": "polite" }));
-      out.replaceChildren();
-      bar.hidden = false;
-      bar.value = 0;
-      // XMLHttpRequest, not fetch: it reports upload progress.
-      const xhr = new XMLHttpRequest();
-      xhr.open("POST", base + "/deployments");
-      xhr.setRequestHeader("X-CSRF-Token", cookie("lattice_csrf"));
-      xhr.setRequestHeader("Content-Type", "application/octet-stream");
-      xhr.upload.addEventListener("progress", (p) => { if (p.lengthComputable) bar.value = Math.round(100 * p.loaded / p.total); });
-      xhr.addEventListener("load", () => {
-        bar.hidden = true;
-        if (xhr.status === 201) {
-          const d = JSON.parse(xhr.responseText);
-          out.replaceChildren(h("div", { class: "success", role: "status" }, "Deployed " + d.file_count + " files (" + fmt.bytes(d.total_bytes) + ") as " + d.id + "; it is active."));
-          upload.reset();
-          refresh();
-        } else {
-          let msg = xhr.statusText;
-          try { msg = JSON.parse(xhr.responseText).error.message; } catch { /* keep the status text */ }
-          out.replaceChildren(errorBox(msg));
-        }
-      });
-      xhr.addEventListener("error", () => { bar.hidden = true; out.replaceChildren(errorBox("The upload failed: the server did not answer.")); });
-      xhr.send(file);
+    uploading(upload, "archive", () => base + "/deployments", (d) => {
+      refresh();
+      return "Deployed " + d.file_count + " files (" + fmt.bytes(d.total_bytes) + ") as " + d.id + "; it is active.";
     });
 
     const addFile = submitting(h("form", { class: "panel stack", "aria-labelledby": "put-h" },
@@ -1167,6 +1175,43 @@
 
     box.replaceChildren(h("div", { class: "grid2" }, upload, addFile), h("div", { class: "grid2" }, files, deployments), viewer);
     return refresh();
+  }
+
+  /**
+   * A form that uploads its file input `field` to `url()` with a progress bar (its
+   * <progress>), showing the API's error or `done(answer)`'s message beside it.
+   */
+  function uploading(form, field, url, done) {
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const file = form.elements[field].files[0];
+      if (!file) return;
+      const bar = form.querySelector("progress");
+      const out = form.querySelector(".form-error") || form.appendChild(h("div", { class: "form-error", "aria-live": "polite" }));
+      out.replaceChildren();
+      bar.hidden = false;
+      bar.value = 0;
+      // XMLHttpRequest, not fetch: it reports upload progress.
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", url());
+      xhr.setRequestHeader("X-CSRF-Token", cookie("lattice_csrf"));
+      xhr.setRequestHeader("Content-Type", "application/octet-stream");
+      xhr.upload.addEventListener("progress", (p) => { if (p.lengthComputable) bar.value = Math.round(100 * p.loaded / p.total); });
+      xhr.addEventListener("load", () => {
+        bar.hidden = true;
+        if (xhr.status === 201) {
+          out.replaceChildren(h("div", { class: "success", role: "status" }, done(JSON.parse(xhr.responseText))));
+          form.reset();
+        } else {
+          let msg = xhr.statusText;
+          try { msg = JSON.parse(xhr.responseText).error.message; } catch { /* keep the status text */ }
+          out.replaceChildren(errorBox(msg));
+        }
+      });
+      xhr.addEventListener("error", () => { bar.hidden = true; out.replaceChildren(errorBox("The upload failed: the server did not answer.")); });
+      xhr.send(file);
+    });
+    return form;
   }
 
   // ---- Publishing and access
@@ -1273,6 +1318,24 @@
 
   const scopeList = (v) => String(v || "").split(/[\s,]+/).filter(Boolean);
 
+  async function pageInvitation() {
+    const code = sessionStorage.getItem("lattice-invitation");
+    if (!code) {
+      frame(h("h1", {}, "Invitation"), h("p", {}, "No invitation code here: open the link you were given."));
+      return;
+    }
+    const accept = submitting(h("form", { class: "panel stack" },
+      h("p", {}, "You (" + state.me.username + ") were invited into another organisation. Accepting makes you a member with the scopes the invitation gives."),
+      h("div", { class: "row" }, h("button", { type: "submit" }, "Accept invitation"),
+        h("button", { type: "button", class: "secondary", onclick: () => { sessionStorage.removeItem("lattice-invitation"); go("/ui/"); } }, "Not now"))), async () => {
+      const m = await api("POST", "/api/v1/invitations/accept", { code });
+      sessionStorage.removeItem("lattice-invitation");
+      accept.replaceWith(h("div", { class: "success", role: "status" }, "You are a member of " + m.org + " (" + m.scopes.join(", ") + "). ",
+        h("a", { href: "/ui/login?org=" + encodeURIComponent(m.org) }, "Sign in to " + m.org)));
+    });
+    frame(h("h1", {}, "Invitation"), accept);
+  }
+
   async function pageUsers() {
     const list = await api("GET", "/api/v1/users");
     const rows = list.users.map((u) => h("tr", {},
@@ -1291,7 +1354,17 @@
       await api("POST", "/api/v1/users", { username: d.get("username"), password: d.get("password"), scopes: scopeList(d.get("scopes")) });
       render();
     });
-    frame(h("h1", {}, "Users"), table("Users", ["User", "Scopes", "TOTP", "State", ""], rows, "No users."), form);
+    const invite = submitting(h("form", { class: "panel stack", "aria-labelledby": "invite-h" },
+      h("h2", { id: "invite-h" }, "Invite a user of another organisation"),
+      h("label", {}, "Username", h("input", { name: "username", required: true, autocomplete: "off" })),
+      h("label", {}, "Scopes here", h("span", { class: "hint" }, "Never more than yours"), h("input", { name: "scopes" })),
+      h("div", {}, h("button", { type: "submit" }, "Create invitation"))), async (d) => {
+      const i = await api("POST", "/api/v1/invitations", { username: d.get("username"), scopes: scopeList(d.get("scopes")), expires_in_s: 0 });
+      invite.querySelector(".form-error").replaceChildren(h("div", { class: "success", role: "status" },
+        "Hand this link to " + d.get("username") + "; it works once, until " + fmt.time(i.expires_at_ms) + ", and is not shown again."),
+        h("div", { class: "secret" }, h("pre", { "aria-label": "Invitation link" }, i.link), copyButton(i.link)));
+    });
+    frame(h("h1", {}, "Users"), table("Users", ["User", "Scopes", "TOTP", "State", ""], rows, "No users."), form, invite);
   }
 
   async function pageGroups() {
@@ -1396,8 +1469,8 @@
 
   async function pageAudit() {
     const params = new URLSearchParams(location.search);
-    const after = Number(params.get("after") || 0);
-    const page = await api("GET", "/api/v1/audit?limit=100&after=" + after);
+    const oldestFirst = params.has("after");
+    const page = await api("GET", oldestFirst ? "/api/v1/audit?limit=100&after=" + Number(params.get("after")) : "/api/v1/audit?newest=true&limit=100");
     const result = h("div", { "aria-live": "polite" });
     const verify = h("button", { type: "button", onclick: async () => {
       verify.disabled = true;
@@ -1410,15 +1483,19 @@
       } catch (e) { result.replaceChildren(errorBox(e)); }
       verify.disabled = false;
     } }, "Verify chain");
-    const rows = page.entries.map((e) => h("tr", {},
-      h("td", { class: "num" }, e.seq), h("td", {}, fmt.time(e.at_ms)), h("td", {}, e.actor), h("td", {}, e.action),
-      h("td", { class: "mono" }, e.target), h("td", {}, badge(e.outcome === "success" ? "succeeded" : e.outcome)), h("td", {}, e.client_ip)));
-    frame(h("h1", {}, "Audit log"), h("p", { class: "sub" }, "Every change, by whom, from where; hash-chained."),
+    frame(h("h1", {}, "Audit log"), h("p", { class: "sub" }, "Every change, by whom, from where; hash-chained. " + (oldestFirst ? "Oldest first." : "The newest 100.")),
       h("div", { class: "row" }, verify), result,
-      table("Audit entries", ["#", "When", "Who", "Action", "Target", "Outcome", "From"], rows, "No entries."),
+      auditTable(page.entries),
       h("div", { class: "row" },
-        after > 0 ? h("a", { href: "/ui/settings/audit" }, "First page") : null,
-        page.next_after && page.entries.length === 100 ? h("a", { href: "/ui/settings/audit?after=" + page.next_after }, "Next page") : null));
+        oldestFirst ? h("a", { href: "/ui/settings/audit" }, "The newest") : h("a", { href: "/ui/settings/audit?after=0" }, "From the start"),
+        oldestFirst && page.entries.length === 100 ? h("a", { href: "/ui/settings/audit?after=" + page.next_after }, "Next page") : null));
+  }
+
+  function auditTable(entries) {
+    const rows = entries.map((e) => h("tr", {},
+      h("td", { class: "num" }, e.seq), h("td", { title: fmt.time(e.at_ms) }, fmt.ago(e.at_ms)), h("td", {}, e.actor), h("td", {}, e.action),
+      h("td", { class: "mono" }, e.target), h("td", {}, badge(e.outcome === "success" ? "succeeded" : e.outcome)), h("td", {}, e.client_ip)));
+    return table("Audit entries", ["#", "When", "Who", "Action", "Target", "Outcome", "From"], rows, "No entries.");
   }
 
   // ------------------------------------------------------------------ account
@@ -1449,9 +1526,16 @@
       append(totp, h("p", {}, "TOTP is off. Turn it on to protect your account with a code from an authenticator app."),
         h("button", { type: "button", onclick: () => enrollTotp(totp) }, "Set up TOTP"));
     }
+    const orgs = h("section", { class: "panel", "aria-labelledby": "orgs-h" }, h("h2", { id: "orgs-h" }, "Your organisations"));
     frame(h("h1", {}, "Account and security"), firstRunNotice(),
       h("p", { class: "sub" }, me.username + " in " + me.org_name + " · scopes: " + me.scopes.join(", ")),
-      totp, h("section", { class: "panel" }, pw));
+      totp, h("section", { class: "panel" }, pw), orgs);
+    try {
+      const mine = await api("GET", "/api/v1/auth/orgs");
+      append(orgs, h("p", { class: "hint" }, "A session acts in one organisation; sign in to another to act there."),
+        h("ul", {}, mine.memberships.map((m) => h("li", {}, m.org, m.home ? " (home)" : "", " · ", m.scopes.join(", "), " ",
+          m.current ? h("span", { class: "badge ok" }, "current") : h("a", { href: "/ui/login?org=" + encodeURIComponent(m.org) }, "sign in to " + m.org)))));
+    } catch (e) { append(orgs, errorBox(e)); }
   }
 
   async function enrollTotp(box) {

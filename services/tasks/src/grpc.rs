@@ -233,11 +233,12 @@ impl pb::task_service_server::TaskService for TaskGrpc {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let p = principal_of(&req)?.clone();
         let r = req.into_inner();
-        let rows = self
-            .tasks
-            .list_audit(&p, r.after, r.limit, &r.target)
-            .await
-            .map_err(st)?;
+        let rows = if r.newest {
+            self.tasks.recent_audit(&p, r.limit).await
+        } else {
+            self.tasks.list_audit(&p, r.after, r.limit, &r.target).await
+        }
+        .map_err(st)?;
         Ok(Response::new(pb::ListAuditResponse {
             entries: rows.into_iter().map(entry_pb).collect(),
         }))

@@ -379,6 +379,21 @@ impl Tasks {
             .await
     }
 
+    /// The newest `limit` entries of the caller's org, newest first (`audit:read`).
+    pub async fn recent_audit(
+        &self,
+        p: &Principal,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, TaskError> {
+        require(p, "audit:read")?;
+        self.store.chain_pending(10_000).await?;
+        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
+        let everything = p.scopes.iter().any(|s| s == "*");
+        self.store
+            .recent_audit(Some(&p.org_id), everything, limit)
+            .await
+    }
+
     /// Walk the chain (`audit:read`).
     pub async fn verify_audit(&self, p: &Principal) -> Result<Verification, TaskError> {
         require(p, "audit:read")?;

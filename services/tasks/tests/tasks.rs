@@ -611,6 +611,13 @@ async fn audit_chain_verifies_and_detects_edits(backend: Backend) {
         page[0].prev_hash,
         e.tasks.list_audit(&admin, 9, 1, "").await.unwrap()[0].hash
     );
+    // The newest first (the dashboard's overview).
+    let recent = e.tasks.recent_audit(&admin, 3).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|x| x.seq).collect::<Vec<_>>(),
+        vec![25, 24, 23]
+    );
+    assert!(e.tasks.recent_audit(&op(&["tasks:read"]), 3).await.is_err());
 
     // Someone with database access edits an entry: verify names it.
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 7")

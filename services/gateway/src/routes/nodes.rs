@@ -148,6 +148,10 @@ pub struct Node {
     /// Host facts (null before the agent sent any).
     #[schema(value_type = Option<Object>)]
     pub facts: serde_json::Value,
+    /// `GET /api/v1/nodes/{id}` only: what the agent reports of each artifact
+    /// Lattice manages there (reviewed changes), as it finds it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<NodeArtifact>>,
 }
 
 /// Host facts as JSON.
@@ -161,8 +165,22 @@ pub fn facts_json(f: &agent::HostFacts) -> serde_json::Value {
     })
 }
 
+/// An artifact Lattice manages on a node, as the agent reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeArtifact {
+    /// `firewall`, `dns:<zone>`, `proxy`, `agent`.
+    pub name: String,
+    /// `sha256:<hex>` of the content, `none` when absent, empty when unreadable.
+    pub hash: String,
+    pub content: String,
+    /// Why the agent could not read it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
 fn node(n: pb::Node) -> Node {
     Node {
+        artifacts: None,
         facts: n.facts.as_ref().map_or(serde_json::Value::Null, facts_json),
         id: n.id,
         hostname: n.hostname,
@@ -216,7 +234,21 @@ pub async fn get(
         .get_node(caller.request(&state, pb::GetNodeRequest { id }))
         .await?
         .into_inner();
-    Ok(Json(node(n)))
+    let artifacts = n.facts.as_ref().map(|f| {
+        f.artifacts
+            .iter()
+            .map(|a| NodeArtifact {
+                name: a.name.clone(),
+                hash: a.hash.clone(),
+                content: a.content.clone(),
+                error: a.error.clone(),
+            })
+            .collect()
+    });
+    Ok(Json(Node {
+        artifacts,
+        ..node(n)
+    }))
 }
 
 /// Node changes.

@@ -274,6 +274,9 @@ pub struct AuditQuery {
     /// At most this many (default 100, max 1000).
     #[serde(default)]
     pub limit: i64,
+    /// The newest `limit` entries, newest first (`after` and `target` unused).
+    #[serde(default)]
+    pub newest: bool,
     /// Only entries about this target: a plan id (its story), a task id, a
     /// username, ...
     #[serde(default)]
@@ -322,6 +325,7 @@ pub async fn audit(
                 after: q.after,
                 limit: q.limit,
                 target: q.target.unwrap_or_default(),
+                newest: q.newest,
             },
         ))
         .await?
@@ -347,7 +351,11 @@ pub async fn audit(
             }
         })
         .collect();
-    let next_after = entries.last().map_or(q.after, |e| e.seq);
+    let next_after = if q.newest {
+        entries.first().map_or(q.after, |e| e.seq)
+    } else {
+        entries.last().map_or(q.after, |e| e.seq)
+    };
     Ok(Json(AuditPage {
         entries,
         next_after,

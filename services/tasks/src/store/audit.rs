@@ -330,6 +330,29 @@ impl Store {
             .map_err(Into::into)
     }
 
+    /// The newest `limit` chained entries, newest first. `org` as for `list_audit`.
+    pub async fn recent_audit(
+        &self,
+        org: Option<&str>,
+        include_orgless: bool,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, TaskError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, at_ms, org_id, actor, action, target, outcome, client_ip, detail, prev_hash, hash \
+             FROM audit_log WHERE ($1 = '*' OR org_id = $1 OR ($2 = 1 AND org_id = '')) \
+             ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(org.unwrap_or("*"))
+        .bind(i64::from(include_orgless))
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(audit_entry)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
     /// Walk the whole chain and report the first entry that does not hold.
     pub async fn verify_audit(&self) -> Result<Verification, TaskError> {
         let mut prev = GENESIS_HASH.to_owned();
