@@ -646,6 +646,22 @@ async fn first_node_and_a_reviewed_change_in_a_real_browser() {
     b.wait("h1", "New intent").await;
     b.fill("input[name=name]", "web-fw").await;
     b.fill("input[name=selector]", &node).await;
+    // A field the policy service refuses: its message, and the field marked.
+    b.fill(
+        "textarea[name=spec]",
+        r#"{"default": "drop", "rules": [{"action": "accept", "protocol": "tcp", "ports": "0"}]}"#,
+    )
+    .await;
+    b.press("Create intent").await;
+    b.wait(".error", "spec.rules[0].ports").await;
+    let marked = b
+        .run(
+            "return document.querySelector('textarea[name=spec]').getAttribute('aria-invalid')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(marked, "true");
+    let _ = b.console().await; // the 422 is the expected answer
     b.fill(
         "textarea[name=spec]",
         r#"{"default": "drop", "rules": [{"action": "accept", "protocol": "tcp", "ports": "22", "from": "10.0.0.0/8", "comment": "ssh"}]}"#,

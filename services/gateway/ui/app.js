@@ -136,7 +136,14 @@
         await fn(new FormData(form));
       } catch (e) {
         out.replaceChildren(errorBox(e));
-        const field = e.message && [...form.elements].find((f) => f.name && e.message.startsWith(f.name + ":"));
+        // The API names the field ("spec.rules[0].ports: ..."): mark the first named.
+        let field = null;
+        let at = Infinity;
+        for (const f of form.elements) {
+          if (!f.name || !e.message) continue;
+          const m = e.message.match(new RegExp("(^|[\\s(])" + f.name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "[:.\\[]"));
+          if (m && m.index < at) { at = m.index; field = f; }
+        }
         if (field) { field.setAttribute("aria-invalid", "true"); field.focus(); }
       } finally {
         if (button) button.disabled = false;
