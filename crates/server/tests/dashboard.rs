@@ -366,6 +366,12 @@ async fn kv_and_static_in_a_real_browser() {
     b.wait("#kv-entry .hint", "Version 2").await;
     let _ = b.console().await; // the 412 is the expected answer
     b.screenshot(&shots, "kv").await;
+    // A storage token, shown once, and listed after.
+    b.fill("#tokens input[name=name]", "ci-reader").await;
+    b.press("Create token").await;
+    let token = b.text(&b.wait("#new-storage-token", "lst_").await).await;
+    assert!(token.starts_with("lst_"), "{token}");
+    b.wait("#tokens td", "ci-reader").await;
 
     // Static: a bucket, two uploads, a binding, a rollback.
     let st = b.wait("nav a", "Static").await;

@@ -79,7 +79,7 @@
     if (!resp.ok) {
       const err = (data && data.error) || {};
       const e = new ApiError(resp.status, err.code || "http_" + resp.status, err.message || text || resp.statusText);
-      if (resp.status === 401 && !path.startsWith("/api/v1/auth/login")) {
+      if (resp.status === 401 && !path.startsWith("/api/v1/auth/login") && location.pathname !== "/ui/login") {
         state.me = null;
         go("/ui/login?next=" + encodeURIComponent(location.pathname + location.search), true);
       }
@@ -122,6 +122,13 @@
 
   function errorBox(e) {
     return h("div", { class: "error", role: "alert" }, e instanceof ApiError || e instanceof Error ? e.message : String(e));
+  }
+
+  /** Show `e` right after `el`, replacing the error shown there before. */
+  function errorBeside(el, e) {
+    const next = el.nextElementSibling;
+    if (next && next.classList.contains("error")) next.remove();
+    el.after(errorBox(e));
   }
 
   /** A form's submit handler that shows the API's error next to the form and keeps its input. */
@@ -193,7 +200,9 @@
 
   // ------------------------------------------------------------------ state and routing
 
-  const state = { me: null, timers: [] };
+  // gen: which navigation is current (a page that finishes loading after the user
+  // moved on draws nothing); charts: the uPlot instances on the page.
+  const state = { me: null, timers: [], gen: 0, charts: [] };
 
   const routes = [
     [/^\/ui\/login$/, pageLogin, { public: true }],
@@ -249,6 +258,8 @@
   function stopTimers() {
     for (const t of state.timers) clearInterval(t);
     state.timers = [];
+    for (const c of state.charts) c.destroy();
+    state.charts = [];
   }
   function every(ms, fn) {
     state.timers.push(setInterval(fn, ms));
@@ -256,6 +267,7 @@
 
   async function render() {
     stopTimers();
+    state.gen++;
     const path = location.pathname;
     // An invitation link carries its code in the fragment: keep it through sign-in.
     if (path === "/ui/invitations" && location.hash.length > 1) {
@@ -326,7 +338,7 @@
     const fragment = new URLSearchParams(location.hash.slice(1));
     if (location.hash) history.replaceState(null, "", location.pathname + location.search);
     const next = fragment.get("next") || params.get("next") || "/ui/";
-    const safeNext = next.startsWith("/ui") ? next : "/ui/";
+    const safeNext = next.startsWith("/ui") && !next.startsWith("/ui/login") ? next : "/ui/";
     const org = params.get("org") || "";
     const done = (answer) => {
       state.me = answer.user;
@@ -428,14 +440,17 @@
       h("div", { class: "row" }, h("button", { type: "button", onclick: addNode }, "Add node")),
       h("div", { id: "join" }),
       h("div", { id: "node-list" }, h("p", { class: "loading" }, "Loading…")));
-    const list = await api("GET", "/api/v1/nodes");
+    drawNodeList($("#node-list", main), await api("GET", "/api/v1/nodes"));
+  }
+
+  function drawNodeList(box, list) {
     const rows = list.nodes.map((n) => h("tr", {},
       h("td", {}, h("a", { href: "/ui/nodes/" + encodeURIComponent(n.id) }, n.hostname || n.id)),
       h("td", {}, badge(n.status)),
       h("td", {}, Object.entries(n.labels).map(([k, v]) => h("span", { class: "tag" }, k + "=" + v))),
       h("td", {}, n.agent_version),
       h("td", { title: fmt.time(n.last_seen_ms) }, fmt.ago(n.last_seen_ms))));
-    $("#node-list", main).replaceChildren(rows.length
+    box.replaceChildren(rows.length
       ? h("table", {}, h("caption", { class: "sr-only" }, "Nodes"),
         h("thead", {}, h("tr", {}, ["Node", "Status", "Labels", "Agent", "Last seen"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, rows))
@@ -444,6 +459,10 @@
 
   function addNode() {
     const box = $("#join");
+    let poll = null;
+    const stopPolling = () => {
+      if (poll) { clearInterval(poll); state.timers = state.timers.filter((t) => t !== poll); poll = null; }
+    };
     const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "join-title" },
       h("h2", { id: "join-title" }, "Add a node"),
       h("label", {}, "Labels", h("span", { class: "hint" }, "Optional, key=value separated by commas (env=prod, role=web)"),
@@ -457,31 +476,35 @@
         if (!v.length) throw new Error("labels: " + JSON.stringify(pair) + " is not key=value");
         labels[k.trim()] = v.join("=").trim();
       }
+      const known = new Set((await api("GET", "/api/v1/nodes")).nodes.map((n) => n.id));
       const t = await api("POST", "/api/v1/nodes/join-tokens", { labels, expires_in_s: Math.round(Number(data.get("hours")) * 3600) });
       box.replaceChildren(h("div", { class: "panel" },
         h("h2", {}, "Install the agent"),
         h("p", {}, "On the node, with lattice-agent and its systemd unit installed (deploy/install-agent.sh does both), run the command below. The token works once, until " + fmt.time(t.expires_at_ms) + ", and is not shown again."),
         h("div", { class: "secret" }, h("pre", { "aria-label": "Install command" }, t.install_command), copyButton(t.install_command)),
-        h("p", {}, "The node appears in the list below when its agent connects."),
-        h("button", { type: "button", class: "secondary", onclick: () => { box.replaceChildren(); pageNodes(); } }, "Done")));
-      every(5000, async () => {
+        h("p", { role: "status" }, "The node appears in the list below when its agent connects."),
+        h("button", { type: "button", class: "secondary", onclick: () => { stopPolling(); box.replaceChildren(); pageNodes(); } }, "Done")));
+      // The list follows until the new node is there and connected.
+      stopPolling();
+      poll = setInterval(async () => {
         const list = await api("GET", "/api/v1/nodes").catch(() => null);
-        if (list && !$("#node-list table")) pageNodesRefresh(list);
-      });
+        const listBox = $("#node-list");
+        if (!list || !listBox) return;
+        const fresh = list.nodes.filter((n) => !known.has(n.id));
+        if (!fresh.length) return;
+        drawNodeList(listBox, list);
+        if (fresh.every((n) => n.status === "connected")) stopPolling();
+      }, 3000);
+      state.timers.push(poll);
     });
     box.replaceChildren(form);
     form.querySelector("input").focus();
   }
 
-  function pageNodesRefresh(list) {
-    if (list.nodes.length) {
-      const keep = $("#join").firstChild;
-      pageNodes().then(() => { if (keep) $("#join").replaceChildren(keep); });
-    }
-  }
-
   async function pageNode(id) {
+    const gen = state.gen;
     const n = await api("GET", "/api/v1/nodes/" + encodeURIComponent(id));
+    if (gen !== state.gen) return;
     const main = frame(
       h("h1", {}, n.hostname || n.id),
       h("p", { class: "sub" }, badge(n.status), " ", n.status_reason || "", " · agent ", n.agent_version || "unknown",
@@ -497,12 +520,15 @@
         h("p", {}, "Deleting the node revokes its credential and closes its stream; to bring it back, enroll it again."),
         h("button", { class: "danger", type: "button", onclick: async (ev) => {
           if (!(await confirmDialog("Delete node " + (n.hostname || n.id) + "? Its agent is cut off at once.", "Delete node"))) return;
-          try { await api("DELETE", "/api/v1/nodes/" + encodeURIComponent(n.id)); go("/ui/nodes"); } catch (e) { ev.target.after(errorBox(e)); }
+          try { await api("DELETE", "/api/v1/nodes/" + encodeURIComponent(n.id)); go("/ui/nodes"); } catch (e) { errorBeside(ev.target, e); }
         } }, "Delete node")));
     const tasks = await api("GET", "/api/v1/tasks?limit=20&node=" + encodeURIComponent(n.id)).catch((e) => e);
     $("#node-tasks", main).replaceChildren(tasks instanceof Error ? errorBox(tasks) : tasks.tasks.length ? taskTable(tasks.tasks) : h("p", { class: "empty" }, "No tasks for this node."));
-    await charts(n.id);
-    every(15000, () => charts(n.id));
+    if (gen !== state.gen) return;
+    const chartBox = $("#charts", main);
+    await charts(n.id, chartBox);
+    if (gen !== state.gen) return;
+    every(15000, () => charts(n.id, chartBox));
   }
 
   /** What the agent reports of each artifact Lattice manages here; drift shows on a plan. */
@@ -536,9 +562,8 @@
   }
 
   /** Charts of the node's samples: CPU, memory, disk and network, with uPlot. */
-  async function charts(id) {
-    const box = $("#charts");
-    if (!box) return;
+  async function charts(id, box) {
+    if (!box.isConnected) return;
     const since = Date.now() - 3600 * 1000;
     let samples;
     try {
@@ -573,6 +598,8 @@
       ["Disk used (/)", "%", [["disk", disk]]],
       ["Network", "B/s", [["received", rate("rx_bytes")], ["sent", rate("tx_bytes")]]],
     ];
+    for (const c of state.charts) c.destroy();
+    state.charts = [];
     box.replaceChildren();
     const colors = ["#2563eb", "#db2777"];
     // Lay every figure out first, so each chart takes its own cell's width.
@@ -585,12 +612,12 @@
     for (const [i, [, unit, series]] of specs.entries()) {
       const fig = figs[i];
       // eslint-disable-next-line no-undef
-      new uPlot({
+      state.charts.push(new uPlot({
         width: Math.max(220, fig.clientWidth - 20), height: 160,
         scales: unit === "%" ? { y: { range: [0, 100] } } : {},
         axes: [{}, { values: (_, ticks) => ticks.map((v) => formatValue(v, unit)), size: 70 }],
         series: [{}, ...series.map(([label], i) => ({ label, stroke: colors[i], width: 1.5 }))],
-      }, [t, ...series.map(([, v]) => v)], fig);
+      }, [t, ...series.map(([, v]) => v)], fig));
     }
   }
 
@@ -620,6 +647,7 @@
         const r = await api("GET", "/api/v1/nodes/" + encodeURIComponent(id) + "/logs?limit=500&since=" + since + query());
         const entries = r.entries.sort((a, b) => a.at_ms - b.at_ms);
         if (!append_) out.replaceChildren();
+        if (entries.length) out.querySelector(".empty")?.remove();
         for (const e of entries) { out.append(line(e)); newest = Math.max(newest, e.at_ms); }
         if (!out.childElementCount) out.append(h("p", { class: "empty" }, "No log lines in the last hour (the agent sends logs only for the units its configuration names)."));
         out.scrollTop = out.scrollHeight;
@@ -688,7 +716,7 @@
       h("h2", {}, "Result"), t.result ? h("pre", {}, JSON.stringify(t.result, null, 2)) : h("p", { class: "empty" }, "No result yet."),
       cancellable ? h("button", { class: "danger", type: "button", onclick: async (ev) => {
         if (!(await confirmDialog("Cancel this task?", "Cancel task"))) return;
-        try { await api("POST", "/api/v1/tasks/" + encodeURIComponent(t.id) + "/cancel"); render(); } catch (e) { ev.target.after(errorBox(e)); }
+        try { await api("POST", "/api/v1/tasks/" + encodeURIComponent(t.id) + "/cancel"); render(); } catch (e) { errorBeside(ev.target, e); }
       } }, "Cancel task") : null);
   }
 
@@ -780,13 +808,13 @@
       h("label", {}, "Targets", h("span", { class: "hint" }, "A node id, or labels as key=value separated by commas (every node with all of them)"),
         h("input", { name: "selector", required: true, value: sel.node ? sel.node : Object.entries(sel.labels || {}).map(([k, v]) => k + "=" + v).join(", ") })),
       h("label", {}, "Spec (JSON)", h("span", { class: "hint" }, "See docs/changes.md for each kind's fields; every field is checked."),
-        h("textarea", { name: "spec", spellcheck: "false", rows: 14, text: JSON.stringify(current ? current.spec : SPEC_EXAMPLES.firewall, null, 2) })),
+        h("textarea", { name: "spec", spellcheck: "false", rows: 14, "data-example": current ? null : "1", text: JSON.stringify(current ? current.spec : SPEC_EXAMPLES.firewall, null, 2) })),
       h("div", { class: "row" }, h("button", { type: "submit" }, current ? "Save new version" : "Create intent"),
         current ? h("button", { type: "button", class: "secondary", onclick: async (ev) => {
           try {
             const plan = await api("POST", "/api/v1/plans", { intent: current.name });
             go("/ui/changes/plans/" + encodeURIComponent(plan.id));
-          } catch (e) { ev.target.after(errorBox(e)); }
+          } catch (e) { errorBeside(ev.target, e); }
         } }, "Plan this intent") : null)), async (d) => {
       let spec;
       try { spec = JSON.parse(d.get("spec")); } catch (e) { throw new Error("spec: not JSON (" + e.message + ")"); }
@@ -842,7 +870,7 @@
         h("div", { class: "row" }, h("button", { type: "submit", class: "danger" }, "Reject plan"),
           h("button", { type: "button", class: "secondary", onclick: async (ev) => {
             if (!(await confirmDialog("Cancel this plan? It cannot be approved afterwards.", "Cancel plan"))) return;
-            try { await api("POST", "/api/v1/plans/" + encodeURIComponent(p.id) + "/cancel"); render(); } catch (e) { ev.target.after(errorBox(e)); }
+            try { await api("POST", "/api/v1/plans/" + encodeURIComponent(p.id) + "/cancel"); render(); } catch (e) { errorBeside(ev.target, e); }
           } }, "Cancel plan"))), async (d) => {
         await api("POST", "/api/v1/plans/" + encodeURIComponent(p.id) + "/reject", { reason: d.get("reason") });
         render();
@@ -913,7 +941,7 @@
       preview);
     const input = () => {
       const d = new FormData(form);
-      return { name: d.get("name"), policies: d.get("policies"), enabled: d.get("enabled") === "on", priority: Number(d.get("priority")) || 0, description: d.get("description") || "" };
+      return { name: d.get("name"), policies: d.get("policies"), enabled: d.get("enabled") === "on", priority: Number(d.get("priority")) || 0, description: d.get("description") || "", expires_at: p ? p.expires_at || null : null };
     };
     async function check() {
       const text = form.elements.policies;
@@ -941,7 +969,7 @@
           if (p) await api("PUT", "/api/v1/policies/" + encodeURIComponent(p.name), input());
           else await api("POST", "/api/v1/policies", input());
           go("/ui/policies/" + encodeURIComponent(input().name), true);
-        } catch (e) { save.after(errorBox(e)); }
+        } catch (e) { errorBeside(save, e); }
       } }, "Save policy");
       preview.replaceChildren(h("div", { class: "panel" }, h("h2", {}, "What would change"),
         h("p", {}, "Replayed the last " + report.replayed + " decisions: " + report.allow_to_deny + " would become denied, " + report.deny_to_allow + " would become allowed."),
@@ -957,7 +985,7 @@
       form,
       p ? h("div", { class: "panel" }, h("button", { type: "button", class: "danger", onclick: async (ev) => {
         if (!(await confirmDialog("Delete policy " + p.name + "? What it allows is denied from then on.", "Delete policy"))) return;
-        try { await api("DELETE", "/api/v1/policies/" + encodeURIComponent(p.name)); go("/ui/policies"); } catch (e) { ev.target.after(errorBox(e)); }
+        try { await api("DELETE", "/api/v1/policies/" + encodeURIComponent(p.name)); go("/ui/policies"); } catch (e) { errorBeside(ev.target, e); }
       } }, "Delete policy")) : null);
   }
 
@@ -1058,7 +1086,7 @@
               await call("DELETE", keyUrl(entry.key), { headers: { "If-Match": '"' + entry.version + '"' } });
               detail.replaceChildren(h("div", { class: "success", role: "status" }, "Deleted " + entry.key + "."));
               listKeys(false);
-            } catch (e) { ev.target.after(errorBox(e)); }
+            } catch (e) { errorBeside(ev.target, e); }
           } }, "Delete") : null));
       submitting(form, async (d) => {
         let value;
@@ -1130,29 +1158,18 @@
       refresh();
     });
 
-    async function showFile(o) {
-      const textual = /^(text\/|application\/(json|javascript|xml))|svg/.test(o.content_type) && o.size <= 512 * 1024;
-      const head = h("h3", {}, o.path);
-      const meta = h("p", { class: "hint" }, o.content_type + " · " + fmt.bytes(o.size));
+    function showFile(o) {
       const remove = h("button", { type: "button", class: "danger", onclick: async (ev) => {
         if (!(await confirmDialog("Remove " + o.path + " from the site? A new deployment without it becomes active.", "Remove file"))) return;
-        try { await call("DELETE", objectUrl(o.path)); viewer.replaceChildren(h("div", { class: "success", role: "status" }, "Removed " + o.path + ".")); refresh(); } catch (e) { ev.target.after(errorBox(e)); }
+        try { await call("DELETE", objectUrl(o.path)); viewer.replaceChildren(h("div", { class: "success", role: "status" }, "Removed " + o.path + ".")); refresh(); } catch (e) { errorBeside(ev.target, e); }
       } }, "Remove file");
-      if (!textual) { viewer.replaceChildren(h("div", { class: "panel" }, head, meta, remove)); return; }
-      let text = "";
-      try {
-        const r = await fetch(objectUrl(o.path), { credentials: "same-origin" });
-        if (!r.ok) throw new Error("could not read the file (" + r.status + ")");
-        text = await r.text();
-      } catch (e) { viewer.replaceChildren(errorBox(e)); return; }
-      const edit = submitting(h("form", { class: "stack" },
-        h("label", {}, "Content", h("textarea", { name: "content", spellcheck: "false", text })),
-        h("div", { class: "row" }, h("button", { type: "submit" }, "Publish change"), remove)), async (d) => {
-        await call("PUT", objectUrl(o.path), { raw: d.get("content"), type: o.content_type });
-        edit.querySelector(".form-error").replaceChildren(h("div", { class: "success", role: "status" }, "Published: a new deployment with the change is active."));
-        refresh();
-      });
-      viewer.replaceChildren(h("div", { class: "panel" }, head, meta, edit));
+      const replace = h("button", { type: "button", class: "secondary", onclick: () => {
+        addFile.elements.path.value = o.path;
+        addFile.elements.file.focus();
+      } }, "Replace file");
+      viewer.replaceChildren(h("div", { class: "panel" }, h("h3", {}, o.path),
+        h("p", { class: "hint" }, o.content_type + " · " + fmt.bytes(o.size) + ". The site serves it on its bound hosts; to change it, publish a new version of the file."),
+        h("div", { class: "row" }, replace, remove)));
     }
 
     async function refresh() {
@@ -1174,7 +1191,7 @@
               h("td", { class: "num" }, d.file_count), h("td", { class: "num" }, fmt.bytes(d.total_bytes)),
               h("td", {}, d.active ? null : h("button", { type: "button", class: "secondary", "aria-label": "Activate deployment " + d.id, onclick: async (ev) => {
                 if (!(await confirmDialog("Make deployment " + d.id.slice(0, 13) + " the live site?", "Activate"))) return;
-                try { await api("POST", base + "/deployments/" + encodeURIComponent(d.id) + "/activate"); refresh(); } catch (e) { ev.target.after(errorBox(e)); }
+                try { await api("POST", base + "/deployments/" + encodeURIComponent(d.id) + "/activate"); refresh(); } catch (e) { errorBeside(ev.target, e); }
               } }, "Activate"))))))
           : h("p", { class: "empty" }, "No deployments yet."));
       } catch (e) { files.replaceChildren(errorBox(e)); }
@@ -1198,12 +1215,15 @@
       out.replaceChildren();
       bar.hidden = false;
       bar.value = 0;
+      const button = form.querySelector("button[type=submit]");
+      button.disabled = true;
       // XMLHttpRequest, not fetch: it reports upload progress.
       const xhr = new XMLHttpRequest();
       xhr.open("POST", url());
       xhr.setRequestHeader("X-CSRF-Token", cookie("lattice_csrf"));
       xhr.setRequestHeader("Content-Type", "application/octet-stream");
       xhr.upload.addEventListener("progress", (p) => { if (p.lengthComputable) bar.value = Math.round(100 * p.loaded / p.total); });
+      xhr.addEventListener("loadend", () => { button.disabled = false; });
       xhr.addEventListener("load", () => {
         bar.hidden = true;
         if (xhr.status === 201) {
@@ -1236,7 +1256,7 @@
         h("a", { href: "/ui/" + surface + "?bucket=" + encodeURIComponent(b.name) }, b.name), b.secret ? [" ", badge("secret")] : null, " ",
         h("button", { type: "button", class: "link", "aria-label": "Delete bucket " + b.name, onclick: async (ev) => {
           if (!(await confirmDialog("Delete bucket " + b.name + " with everything in it? Its hosts stop serving and the storage tokens that name it are revoked.", "Delete bucket"))) return;
-          try { await api("DELETE", "/api/v1/buckets/" + encodeURIComponent(b.name)); go("/ui/" + surface, true); } catch (e) { ev.target.after(errorBox(e)); }
+          try { await api("DELETE", "/api/v1/buckets/" + encodeURIComponent(b.name)); go("/ui/" + surface, true); } catch (e) { errorBeside(ev.target, e); }
         } }, "delete")))) : h("p", { class: "empty" }, "No buckets yet."),
       form);
   }
@@ -1258,22 +1278,27 @@
         h("tbody", {}, list.map((b) => h("tr", {},
           h("td", { class: "mono" }, b.host), h("td", {}, b.bucket),
           h("td", {}, h("label", { class: "inline" }, h("input", { type: "checkbox", checked: b.enabled, "aria-label": "Serve " + b.host, onchange: async (ev) => {
-            try { await api("PATCH", "/api/v1/bindings/" + encodeURIComponent(b.host), { enabled: ev.target.checked }); } catch (e) { ev.target.checked = !ev.target.checked; ev.target.after(errorBox(e)); }
-          } }), b.enabled ? "on" : "off")),
+            try { await api("PATCH", "/api/v1/bindings/" + encodeURIComponent(b.host), { enabled: ev.target.checked }); } catch (e) { ev.target.checked = !ev.target.checked; errorBeside(ev.target, e); }
+            ev.target.nextElementSibling.textContent = ev.target.checked ? "on" : "off";
+          } }), h("span", {}, b.enabled ? "on" : "off"))),
           h("td", {}, h("button", { type: "button", class: "link", "aria-label": "Unbind " + b.host, onclick: async (ev) => {
             if (!(await confirmDialog("Stop serving " + b.host + " and delete the binding?", "Unbind"))) return;
-            try { await api("DELETE", "/api/v1/bindings/" + encodeURIComponent(b.host)); bindingsPanel(box, surface, buckets); } catch (e) { ev.target.after(errorBox(e)); }
+            try { await api("DELETE", "/api/v1/bindings/" + encodeURIComponent(b.host)); bindingsPanel(box, surface, buckets); } catch (e) { errorBeside(ev.target, e); }
           } }, "unbind"))))))
         : h("p", { class: "empty" }, "No host serves these buckets yet."),
       form);
   }
 
-  async function tokensPanel(box, surface, buckets) {
+  async function tokensPanel(box, surface, buckets, created = null) {
     const headTitle = () => h("h3", {}, "Storage tokens");
     box.replaceChildren(headTitle(), h("p", { class: "loading" }, "Loading…"));
-    let list;
-    try { list = (await api("GET", "/api/v1/storage-tokens")).tokens.filter((t) => t.surface === surface); } catch (e) { box.replaceChildren(headTitle(), errorBox(e)); return; }
     const shown = h("div", {});
+    let list;
+    try { list = (await api("GET", "/api/v1/storage-tokens")).tokens.filter((t) => t.surface === surface); } catch (e) {
+      box.replaceChildren(headTitle(), errorBox(e));
+      if (created) box.append(h("div", { class: "secret" }, h("pre", { "aria-label": "The new token" }, created), copyButton(created)));
+      return;
+    }
     const form = submitting(h("form", { class: "stack" },
       h("label", {}, "Name", h("input", { name: "name", maxlength: 64, placeholder: "ci-deploy" })),
       h("label", {}, "Access", h("select", { name: "access" }, ["read", "write", "admin"].map((a) => h("option", { value: a }, a)))),
@@ -1285,13 +1310,12 @@
         buckets: String(d.get("buckets")).split(",").map((s) => s.trim()).filter(Boolean),
         expires_in_s: Math.round(Number(d.get("days")) * 86400),
       });
-      shown.replaceChildren(h("div", { class: "success", role: "status" }, "Token created. Copy it now: it is not shown again."),
-        h("div", { class: "secret" }, h("pre", { id: "new-storage-token", "aria-label": "The new token" }, t.token), copyButton(t.token)));
-      form.reset();
-      const keep = shown;
-      await tokensPanel(box, surface, buckets);
-      box.querySelector(".shown").replaceWith(keep);
+      await tokensPanel(box, surface, buckets, t.token);
     });
+    if (created) {
+      shown.replaceChildren(h("div", { class: "success", role: "status" }, "Token created. Copy it now: it is not shown again."),
+        h("div", { class: "secret" }, h("pre", { id: "new-storage-token", "aria-label": "The new token" }, created), copyButton(created)));
+    }
     box.replaceChildren();
     append(box, headTitle(),
       list.length ? h("table", {}, h("caption", { class: "sr-only" }, "Storage tokens"),
@@ -1301,10 +1325,10 @@
           h("td", {}, t.expires_at_ms ? fmt.time(t.expires_at_ms) : "never"),
           h("td", {}, h("button", { type: "button", class: "link", "aria-label": "Revoke token " + (t.name || t.id), onclick: async (ev) => {
             if (!(await confirmDialog("Revoke this token? Clients using it are refused at once.", "Revoke"))) return;
-            try { await api("DELETE", "/api/v1/storage-tokens/" + encodeURIComponent(t.id)); tokensPanel(box, surface, buckets); } catch (e) { ev.target.after(errorBox(e)); }
+            try { await api("DELETE", "/api/v1/storage-tokens/" + encodeURIComponent(t.id)); tokensPanel(box, surface, buckets); } catch (e) { errorBeside(ev.target, e); }
           } }, "revoke"))))))
         : h("p", { class: "empty" }, "No live " + surface + " tokens."),
-      h("div", { class: "shown" }), shown.childElementCount ? shown : null, form);
+      shown, form);
   }
 
   // ------------------------------------------------------------------ settings
@@ -1319,7 +1343,7 @@
   function action(label, question, fn, cls = "link") {
     return h("button", { type: "button", class: cls, onclick: async (ev) => {
       if (question && !(await confirmDialog(question, label[0].toUpperCase() + label.slice(1)))) return;
-      try { await fn(); render(); } catch (e) { ev.target.after(errorBox(e)); }
+      try { await fn(); render(); } catch (e) { errorBeside(ev.target, e); }
     } }, label);
   }
 
@@ -1349,9 +1373,9 @@
       h("td", {}, u.username), h("td", {}, u.scopes.join(", ")),
       h("td", {}, u.totp_enabled ? badge("active") : "off"),
       h("td", {}, u.disabled ? h("span", { class: "badge bad" }, "disabled") : u.locked_until_ms ? h("span", { class: "badge warn" }, "locked") : badge("active")),
-      h("td", {}, u.locked_until_ms ? action("unlock", null, () => api("POST", "/api/v1/users/" + u.id + "/unlock")) : null, " ",
-        u.disabled ? action("enable", null, () => api("POST", "/api/v1/users/" + u.id + "/enable"))
-          : u.id === state.me.user_id ? null : action("disable", "Disable " + u.username + "? Their sessions and tokens stop working at once.", () => api("POST", "/api/v1/users/" + u.id + "/disable")))));
+      h("td", {}, u.locked_until_ms ? action("unlock", null, () => api("POST", "/api/v1/users/" + encodeURIComponent(u.id) + "/unlock")) : null, " ",
+        u.disabled ? action("enable", null, () => api("POST", "/api/v1/users/" + encodeURIComponent(u.id) + "/enable"))
+          : u.id === state.me.user_id ? null : action("disable", "Disable " + u.username + "? Their sessions and tokens stop working at once.", () => api("POST", "/api/v1/users/" + encodeURIComponent(u.id) + "/disable")))));
     const form = submitting(h("form", { class: "panel stack", "aria-labelledby": "new-user-h" },
       h("h2", { id: "new-user-h" }, "New user"),
       h("label", {}, "Username", h("input", { name: "username", required: true, autocomplete: "off" })),
@@ -1401,9 +1425,14 @@
     frame(h("h1", {}, "Groups"), h("p", { class: "sub" }, "Groups are what Cedar policies name (principal in Lattice::Group::\"...\")."), sections, form);
   }
 
-  async function pageTokens() {
-    const list = await api("GET", "/api/v1/tokens");
+  async function pageTokens(created = null) {
     const shown = h("div", { id: "token-shown" });
+    if (created) {
+      shown.append(h("div", { class: "success", role: "status" }, "Token " + created.name + " created. Copy it now: it is not shown again."),
+        h("div", { class: "secret" }, h("pre", { "aria-label": "The new token" }, created.token), copyButton(created.token)));
+    }
+    let list;
+    try { list = await api("GET", "/api/v1/tokens"); } catch (e) { frame(h("h1", {}, "API tokens"), shown, errorBox(e)); return; }
     const rows = list.tokens.map((t) => h("tr", {},
       h("td", {}, t.name), h("td", {}, t.scopes.join(", ")),
       h("td", {}, t.expires_at_ms ? fmt.time(t.expires_at_ms) : "never"),
@@ -1416,9 +1445,7 @@
       h("label", {}, "Expires after (days)", h("span", { class: "hint" }, "0: never"), h("input", { name: "days", type: "number", min: 0, value: 90 })),
       h("div", {}, h("button", { type: "submit" }, "Create token"))), async (d) => {
       const t = await api("POST", "/api/v1/tokens", { name: d.get("name"), scopes: scopeList(d.get("scopes")), expires_in_s: Math.round(Number(d.get("days")) * 86400) });
-      await pageTokens();
-      $("#token-shown").replaceChildren(h("div", { class: "success", role: "status" }, "Token " + t.name + " created. Copy it now: it is not shown again."),
-        h("div", { class: "secret" }, h("pre", { "aria-label": "The new token" }, t.token), copyButton(t.token)));
+      await pageTokens(t);
     });
     frame(h("h1", {}, "API tokens"), h("p", { class: "sub" }, "Your operator tokens, for the CLI and scripts (Authorization: Bearer)."),
       shown, table("API tokens", ["Name", "Scopes", "Expires", "Last used", ""], rows, "No tokens."), form);
