@@ -369,14 +369,20 @@ impl Tasks {
         limit: i64,
         target: &str,
     ) -> Result<Vec<AuditEntry>, TaskError> {
-        require(p, "audit:read")?;
-        // Whatever is queued is chained first, so the reader sees every event so far.
-        self.store.chain_pending(10_000).await?;
-        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
-        let everything = p.scopes.iter().any(|s| s == "*");
+        let (limit, everything) = self.audit_reader(p, limit).await?;
         self.store
             .list_audit(Some(&p.org_id), everything, after.max(0), limit, target)
             .await
+    }
+
+    /// A read of the chain: `audit:read`, whatever is queued chained first (so the
+    /// reader sees every event so far), the page size, and whether the reader (a `*`
+    /// principal) also sees events of no org.
+    async fn audit_reader(&self, p: &Principal, limit: i64) -> Result<(i64, bool), TaskError> {
+        require(p, "audit:read")?;
+        self.store.chain_pending(10_000).await?;
+        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
+        Ok((limit, p.scopes.iter().any(|s| s == "*")))
     }
 
     /// The newest `limit` entries of the caller's org, newest first (`audit:read`).
@@ -385,10 +391,7 @@ impl Tasks {
         p: &Principal,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, TaskError> {
-        require(p, "audit:read")?;
-        self.store.chain_pending(10_000).await?;
-        let limit = if limit <= 0 { 100 } else { limit.min(1000) };
-        let everything = p.scopes.iter().any(|s| s == "*");
+        let (limit, everything) = self.audit_reader(p, limit).await?;
         self.store
             .recent_audit(Some(&p.org_id), everything, limit)
             .await

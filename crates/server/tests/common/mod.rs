@@ -147,10 +147,16 @@ impl TestServer {
 
     /// Log in; returns (cookie header value, csrf token).
     pub async fn login(&self, username: &str, password: &str) -> (String, String) {
+        self.login_in(username, password, "").await
+    }
+
+    /// Log in to act in `org` ("": the home org); returns (cookie header value,
+    /// csrf token).
+    pub async fn login_in(&self, username: &str, password: &str, org: &str) -> (String, String) {
         let resp = self
             .http
             .post(self.url("/api/v1/auth/login"))
-            .json(&serde_json::json!({"username": username, "password": password}))
+            .json(&serde_json::json!({"username": username, "password": password, "org": org}))
             .send()
             .await
             .unwrap();
